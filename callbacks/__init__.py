@@ -1,0 +1,9 @@
+"""Callbacks: the loop's observers (progress, early stopping, monitors) and loggers."""
+
+from callbacks.base import Callback, MissingMetricError
+from callbacks.early_stopping import EarlyStopping
+from callbacks.logger import CSVLogger, Logger
+from callbacks.lr_monitor import LearningRateMonitor
+from callbacks.progress import ProgressBar
+
+__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ProgressBar"]

@@ -1,0 +1,113 @@
+"""``EarlyStopping``: stop when a monitored metric stops improving (or crosses a threshold)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from callbacks.base import Callback, MissingMetricError
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved by ``min_delta`` for ``patience`` checks.
+
+    Args:
+        monitor: a metric name logged with ``self.log`` (e.g. "val/loss").
+        mode: "min" or "max".
+        patience: checks without improvement before stopping.
+        min_delta: the smallest change that counts as an improvement.
+        stopping_threshold: stop as soon as the metric is better than this.
+        divergence_threshold: stop as soon as the metric is worse than this.
+        check_finite: stop when the metric is NaN or infinite.
+        strict: a missing ``monitor`` is an error (listing the logged keys); else it is skipped.
+        check_on_train_epoch_end: check after each training epoch instead of after validation
+            (default: after validation when there is validation, else after the epoch).
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
+                 stopping_threshold: float | None = None, divergence_threshold: float | None = None,
+                 check_finite: bool = True, strict: bool = True, verbose: bool = False,
+                 check_on_train_epoch_end: bool | None = None) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'.")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping(patience={patience!r}): expected an int >= 0.")
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.min_delta = abs(min_delta)
+        self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
+        self.check_finite, self.strict, self.verbose = check_finite, strict, verbose
+        self.check_on_train_epoch_end = check_on_train_epoch_end
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.best_score = math.inf if mode == "min" else -math.inf
+        self.stopping_reason: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}"
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    def on_validation_end(self, trainer: Any, module: Any) -> None:
+        if trainer.sanity_checking or self.check_on_train_epoch_end:
+            return
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if self.check_on_train_epoch_end or (self.check_on_train_epoch_end is None and not self._saw_validation):
+            self._check(trainer)
+
+    def on_fit_start(self, trainer: Any, module: Any) -> None:
+        self._saw_validation = False
+
+    def on_validation_start(self, trainer: Any, module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._saw_validation = True
+
+    _saw_validation = False
+
+    def _check(self, trainer: Any) -> None:
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            if self.strict:
+                raise MissingMetricError(f"EarlyStopping(monitor={self.monitor!r}): this metric was never logged. Logged "
+                               f"metrics: {sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, value) "
+                               "or pass strict=False to skip the check while it is missing.")
+            return
+        value = float(metrics[self.monitor])
+        should_stop, reason = self._evaluate(value)
+        if should_stop:
+            self.stopped_epoch = trainer.current_epoch
+            self.stopping_reason = reason
+            trainer.should_stop = True
+            if self.verbose and trainer.is_global_zero:
+                print(f"EarlyStopping: {reason}")
+
+    def _evaluate(self, value: float) -> tuple[bool, str | None]:
+        name = self.monitor
+        if self.check_finite and not math.isfinite(value):
+            return True, f"{name} = {value} is not finite."
+        if self.stopping_threshold is not None and self._better(value, self.stopping_threshold):
+            return True, f"{name} = {value:.6g} reached the stopping threshold {self.stopping_threshold}."
+        if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
+            return True, f"{name} = {value:.6g} is worse than the divergence threshold {self.divergence_threshold}."
+        delta = -self.min_delta if self.mode == "min" else self.min_delta
+        if self._better(value, self.best_score + delta):
+            self.best_score, self.wait_count = value, 0
+            return False, None
+        self.wait_count += 1
+        if self.wait_count >= self.patience:
+            return True, (f"{name} did not improve by more than {self.min_delta} in {self.wait_count} checks; "
+                          f"best {self.best_score:.6g}.")
+        return False, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wait_count": self.wait_count, "stopped_epoch": self.stopped_epoch,
+                "best_score": self.best_score, "patience": self.patience}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.wait_count = state_dict["wait_count"]
+        self.stopped_epoch = state_dict["stopped_epoch"]
+        self.best_score = state_dict["best_score"]
+        self.patience = state_dict["patience"]

@@ -1,0 +1,66 @@
+"""``LearningRateMonitor``: logs each parameter group's learning rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callbacks.base import Callback
+
+
+class LearningRateMonitor(Callback):
+    """Log the learning rate of every parameter group of every optimizer to the loggers.
+
+    Names are ``lr-<Optimizer>`` (``lr-<Optimizer>/pg<i>`` with several groups).
+
+    Args:
+        logging_interval: "step" (every ``log_every_n_steps`` optimizer steps), "epoch"
+            (at each epoch start), or None (both).
+        log_momentum: also log momentum (or Adam's beta1) as ``momentum-<Optimizer>``.
+    """
+
+    def __init__(self, logging_interval: str | None = None, log_momentum: bool = False) -> None:
+        if logging_interval not in (None, "step", "epoch"):
+            raise ValueError(f"LearningRateMonitor(logging_interval={logging_interval!r}): expected 'step', "
+                             "'epoch' or None.")
+        self.logging_interval = logging_interval
+        self.log_momentum = log_momentum
+        self.lrs: dict[str, list[float]] = {}
+        self._last_logged_step = -1
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        if stage == "fit" and not trainer.loggers:
+            raise ValueError("LearningRateMonitor needs a logger to write to, but the Trainer has logger=False. "
+                             "Remove logger=False (or pass e.g. logger=CSVLogger('runs')), or drop the callback.")
+
+    def _values(self, trainer: Any) -> dict[str, float]:
+        out = {}
+        for opt in trainer.optimizers:
+            base = f"lr-{type(opt).__name__}"
+            groups = opt.param_groups
+            for i, group in enumerate(groups):
+                name = base if len(groups) == 1 else f"{base}/pg{i + 1}"
+                out[name] = float(group["lr"])
+                if self.log_momentum:
+                    momentum = group.get("momentum", group.get("betas", (None,))[0])
+                    if momentum is not None:
+                        out[name.replace("lr-", "momentum-", 1)] = float(momentum)
+        return out
+
+    def _log(self, trainer: Any) -> None:
+        values = self._values(trainer)
+        for name, value in values.items():
+            self.lrs.setdefault(name, []).append(value)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.logging_interval != "epoch" and step % trainer.log_every_n_steps == 0 \
+                and step != self._last_logged_step:
+            self._last_logged_step = step
+            self._log(trainer)
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        if self.logging_interval != "step":
+            self._log(trainer)

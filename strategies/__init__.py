@@ -1,0 +1,7 @@
+"""Where tensors live and how gradients move: devices, precision, and (later) distributed strategies."""
+
+from strategies.precision import PRECISIONS, Precision
+from strategies.registry import STRATEGIES, resolve_strategy
+from strategies.strategy import SingleDeviceStrategy, Strategy
+
+__all__ = ["PRECISIONS", "Precision", "STRATEGIES", "SingleDeviceStrategy", "Strategy", "resolve_strategy"]

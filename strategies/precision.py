@@ -1,0 +1,129 @@
+"""Precision: how the forward runs (autocast), how parameters are stored and how the loss is scaled.
+
+One class covers the four settings; the strategy owns an instance. ``Precision.from_string``
+is the only place a precision string becomes an object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager
+
+import torch
+
+from strategies._util import apply_to_tensors, did_you_mean, quoted
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+# Spellings users bring from Lightning and Accelerate.
+_ALIASES = {
+    "32": "32-true", 32: "32-true", "fp32": "32-true", "no": "32-true", "32-true": "32-true",
+    "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+    "16": "16-mixed", 16: "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed",
+    "bf16-true": "bf16-true",
+}
+
+
+class Precision:
+    """Numerics of one training run.
+
+    Args:
+        name: one of ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"``.
+
+    ``*-mixed`` keeps fp32 parameters and runs the forward under ``torch.autocast``;
+    ``16-mixed`` adds a ``GradScaler`` so small fp16 gradients do not underflow (a step
+    whose gradients overflow is skipped, as the scaler intends). ``bf16-true`` stores the
+    parameters in bf16 and casts floating inputs to bf16.
+    """
+
+    def __init__(self, name: str = "32-true") -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"Precision({name!r}): unknown precision. Expected one of {quoted(PRECISIONS)}.")
+        self.name = name
+        self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(name)
+        self.param_dtype = torch.bfloat16 if name == "bf16-true" else None
+        self.device_type = "cpu"
+        self.scaler: Any = None
+
+    @classmethod
+    def from_string(cls, value: Any, owner: str = "Trainer(precision=...)") -> "Precision":
+        """Turn a user's precision setting into an object; ``owner`` names the call for errors."""
+        if isinstance(value, Precision):
+            return value
+        key = value.lower() if isinstance(value, str) else value
+        if key not in _ALIASES:
+            raise ValueError(
+                f"{owner.replace('...', repr(value))}: unknown precision. Expected one of "
+                f"{quoted(PRECISIONS)}.{did_you_mean(value, PRECISIONS + ('fp16', 'bf16', 'no'))}"
+            )
+        return cls(_ALIASES[key])
+
+    # -- set-up -------------------------------------------------------------------------
+    def setup(self, device: torch.device) -> None:
+        """Bind to a device: check the combination works there and build the scaler."""
+        self.device_type = device.type
+        if self.name == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                "precision='bf16-mixed': this CUDA device does not support bfloat16. "
+                "Use precision='16-mixed' (fp16 with a gradient scaler) instead."
+            )
+        if self.autocast_dtype is not None and not torch.amp.is_autocast_available(device.type):
+            raise ValueError(
+                f"precision={self.name!r}: torch.autocast does not support device type {device.type!r}. "
+                "Use precision='32-true' on this device."
+            )
+        if self.name == "16-mixed" and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(device.type)
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.param_dtype is not None:
+            return module.to(self.param_dtype)
+        if self.name == "16-mixed":
+            half = [n for n, p in module.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+            if half:
+                raise ValueError(
+                    f"precision='16-mixed' needs float32 parameters, but {half[0]!r} "
+                    f"(and {len(half) - 1} more) are float16: the gradient scaler cannot unscale fp16 "
+                    "gradients. Keep the model in float32 (remove `.half()`) and let autocast run "
+                    "the forward in fp16."
+                )
+        return module
+
+    def convert_input(self, batch: Any) -> Any:
+        if self.param_dtype is None:
+            return batch
+        dtype = self.param_dtype
+        return apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+    # -- the training step --------------------------------------------------------------
+    def forward_context(self) -> ContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients back to their true scale (before clipping); safe to call once per step."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)  # skips the step when unscale_ found inf/nan gradients
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def __repr__(self) -> str:
+        return f"Precision({self.name!r})"

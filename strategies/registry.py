@@ -1,0 +1,113 @@
+"""The one place where user settings (strings, ints) become a ``Strategy`` object.
+
+Later strategies register themselves in ``STRATEGIES`` with a factory taking the
+resolved device kind, device list and precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from strategies._util import did_you_mean, quoted
+from strategies.precision import Precision
+from strategies.strategy import SingleDeviceStrategy, Strategy
+
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+def _single_device(kind: str, indices: list[int], precision: Precision) -> Strategy:
+    if len(indices) > 1:
+        raise ValueError(
+            f"strategy='single_device' trains on one device, but devices={indices} names {len(indices)}. "
+            "Pass devices=1, or a distributed strategy such as strategy='ddp' once it is installed."
+        )
+    device = torch.device(kind, indices[0]) if kind == "cuda" else torch.device(kind)
+    return SingleDeviceStrategy(device, precision=precision)
+
+
+STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
+    "auto": _single_device,
+    "single_device": _single_device,
+}
+
+
+def detect_device_kind() -> str:
+    """cuda, then mps, then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _device_kind(accelerator: str) -> str:
+    if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATORS:
+        raise ValueError(
+            f"Trainer(accelerator={accelerator!r}): unknown accelerator. Expected one of "
+            f"{quoted(ACCELERATORS)}.{did_you_mean(accelerator, ACCELERATORS)}"
+        )
+    kind = accelerator.lower()
+    kind = "cuda" if kind == "gpu" else kind
+    if kind == "auto":
+        return detect_device_kind()
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"Trainer(accelerator={accelerator!r}): no CUDA device is available on this machine "
+            "(torch.cuda.is_available() is False). Use accelerator='auto' or 'cpu'."
+        )
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"Trainer(accelerator={accelerator!r}): MPS is not available here. Use 'auto' or 'cpu'.")
+    return kind
+
+
+def _device_indices(devices: Any, kind: str) -> list[int]:
+    available = torch.cuda.device_count() if kind == "cuda" else 1
+    if devices == "auto" or devices is None:
+        return [0]
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, bool) or not isinstance(devices, (int, list, tuple)):
+        raise ValueError(
+            f"Trainer(devices={devices!r}): expected 'auto', a positive int (how many devices), "
+            "or a list of device indices such as [0, 1]."
+        )
+    if isinstance(devices, int):
+        if devices == -1:
+            devices = available
+        if devices < 1:
+            raise ValueError(f"Trainer(devices={devices}): expected at least 1 device, or -1 for all of them.")
+        indices = list(range(devices))
+    else:
+        indices = [int(i) for i in devices]
+        if not indices:
+            raise ValueError("Trainer(devices=[]): the list of device indices is empty. Pass e.g. devices=[0].")
+    if kind == "cuda" and max(indices) >= available:
+        raise ValueError(
+            f"Trainer(devices={devices!r}): this machine has {available} CUDA device(s); "
+            f"index {max(indices)} does not exist."
+        )
+    return indices
+
+
+def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices: Any = "auto",
+                     precision: Any = None) -> Strategy:
+    """Build the ``Strategy`` for these settings, validating each before anything runs.
+
+    ``precision=None`` means "not given": a Strategy object keeps its own precision, a
+    strategy string gets "32-true".
+    """
+    prec = Precision.from_string("32-true" if precision is None else precision)
+    if isinstance(strategy, Strategy):
+        if precision is not None:
+            strategy.precision = prec
+        return strategy
+    if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
+        raise ValueError(
+            f"Trainer(strategy={strategy!r}): unknown strategy. Expected a Strategy object or one of "
+            f"{quoted(STRATEGIES)}.{did_you_mean(strategy, STRATEGIES)}"
+        )
+    kind = _device_kind(accelerator)
+    return STRATEGIES[strategy.lower()](kind, _device_indices(devices, kind), prec)

@@ -1,0 +1,148 @@
+"""Strategies decide where tensors live and how gradients move.
+
+``Strategy`` is the abstract base the engine talks to; it owns a ``Precision`` by
+composition. ``SingleDeviceStrategy`` trains on one device. Distributed strategies
+override the collective methods (``reduce``, ``barrier``, ...) and ``no_backward_sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from typing import Any, ContextManager, Iterable
+
+import torch
+
+from strategies._util import apply_to_tensors
+from strategies.precision import Precision
+
+REDUCE_OPS = ("mean", "sum", "max", "min")
+
+
+class Strategy(ABC):
+    """Where tensors live and how gradients move; owns the run's ``Precision``.
+
+    Args:
+        precision: a ``Precision`` or a precision string (see ``Precision.from_string``).
+    """
+
+    def __init__(self, precision: Precision | str | None = None) -> None:
+        self.precision = Precision.from_string(precision or "32-true", owner="Strategy(precision=...)")
+
+    # -- who and where ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def root_device(self) -> torch.device: ...
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    # -- set-up -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Prepare the environment (devices, process groups) before any module is touched."""
+        self.precision.setup(self.root_device)
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move the module to the device, convert it for the precision, wrap it if needed."""
+        return self.precision.convert_module(module.to(self.root_device))
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Move optimizer state (e.g. Adam moments loaded from elsewhere) to the device."""
+        device = self.root_device
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    state[key] = value.to(device)
+        return optimizer
+
+    def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def batch_to_device(self, batch: Any) -> Any:
+        device = self.root_device
+        non_blocking = device.type == "cuda"
+        batch = apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
+        return self.precision.convert_input(batch)
+
+    # -- the training step --------------------------------------------------------------
+    def forward_context(self) -> ContextManager:
+        return self.precision.forward_context()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss)
+
+    def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
+        """Context for micro-steps that do not step the optimizer: gradients must not be
+        all-reduced there. Nothing to skip on one device."""
+        return contextlib.nullcontext()
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        self.precision.unscale_gradients(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.precision.optimizer_step(optimizer)
+
+    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                        norm_type: float = 2.0) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm, norm_type=norm_type)
+
+    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
+        torch.nn.utils.clip_grad_value_(list(parameters), clip_value)
+
+    # -- collectives (trivial on one process) -------------------------------------------
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.unsqueeze(0)
+
+    def barrier(self, name: str | None = None) -> None:
+        return None
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def teardown(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.root_device}, precision={self.precision.name!r})"
+
+
+class SingleDeviceStrategy(Strategy):
+    """Train on one device.
+
+    Args:
+        device: e.g. ``"cpu"``, ``"cuda:0"``, ``torch.device("mps")``.
+        precision: see ``Precision``.
+
+    Example:
+        >>> SingleDeviceStrategy("cpu", precision="bf16-mixed")
+        SingleDeviceStrategy(device=cpu, precision='bf16-mixed')
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", precision: Precision | str | None = None) -> None:
+        super().__init__(precision)
+        self._device = torch.device(device)
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._device
+
+    def setup(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        super().setup()

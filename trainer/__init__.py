@@ -1,0 +1,9 @@
+"""Train a ``TrainModule`` with the ``Trainer``, or keep your own loop with the ``Accelerator``."""
+
+from trainer.accelerator import Accelerator
+from trainer.module import TrainModule
+from trainer.seed import seed_everything
+from trainer.trainer import Trainer
+
+__version__ = "0.1.0"
+__all__ = ["Accelerator", "TrainModule", "Trainer", "seed_everything", "__version__"]

@@ -1,0 +1,246 @@
+"""The engine: one object that owns the strategy (device, precision, gradient sync).
+
+It is public as ``trainer.Accelerator`` for hand-written loops (Accelerate's names), and
+the ``Trainer``'s loop is written on the same object (``trainer.accelerator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+
+from strategies import Strategy, resolve_strategy
+from strategies._util import apply_to_tensors
+from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
+
+
+class Accelerator:
+    """Device placement, mixed precision and gradient accumulation for your own loop.
+
+    Args:
+        mixed_precision: "no" / "fp16" / "bf16" (Accelerate), or any Trainer precision string.
+        gradient_accumulation_steps: micro-batches per optimizer step inside ``accumulate()``.
+        cpu: force the CPU even when a GPU is present.
+        device_placement: move prepared models and batches to ``self.device``.
+        strategy: a ``Strategy`` object or name (defaults to one device, picked cuda > mps > cpu).
+        devices: how many devices (or which), as for the Trainer.
+
+    Example:
+        >>> accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=4)
+        >>> model, optimizer, loader = accelerator.prepare(model, optimizer, loader)  # doctest: +SKIP
+        >>> for batch in loader:                                                      # doctest: +SKIP
+        ...     with accelerator.accumulate(model):
+        ...         accelerator.backward(model(batch).mean())
+        ...         optimizer.step(); optimizer.zero_grad()
+    """
+
+    def __init__(self, device_placement: bool = True, mixed_precision: str | None = None,
+                 gradient_accumulation_steps: int = 1, cpu: bool = False, strategy: Strategy | str = "auto",
+                 devices: Any = "auto", deepspeed_plugin: Any = None, fsdp_plugin: Any = None,
+                 log_with: Any = None, project_dir: str | None = None,
+                 step_scheduler_with_optimizer: bool = True) -> None:
+        if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
+                or gradient_accumulation_steps < 1:
+            raise ValueError(f"Accelerator(gradient_accumulation_steps={gradient_accumulation_steps!r}): "
+                             "expected a positive int (1 means no accumulation).")
+        for name, value in (("deepspeed_plugin", deepspeed_plugin), ("fsdp_plugin", fsdp_plugin),
+                            ("log_with", log_with)):
+            if value is not None:
+                raise NotImplementedError(f"Accelerator({name}=...): not available in this version yet; "
+                                          f"remove the argument to train without it.")
+        self.strategy = resolve_strategy(strategy, accelerator="cpu" if cpu else "auto", devices=devices,
+                                         precision=mixed_precision)
+        self.strategy.setup()
+        self.device_placement = device_placement
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
+        self.project_dir = project_dir
+        self.sync_gradients = True
+        self.step = 0  # micro-steps seen by accumulate()
+        self._micro = 0  # position inside the current accumulation window
+        self._window_len = gradient_accumulation_steps
+        self._active_loader: PreparedDataLoader | None = None
+        self._models: list[torch.nn.Module] = []
+        self._optimizers: list[AcceleratedOptimizer] = []
+
+    # -- who and where ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.root_device
+
+    @property
+    def precision(self) -> str:
+        return self.strategy.precision.name
+
+    @property
+    def mixed_precision(self) -> str:
+        return {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(self.precision, "no")
+
+    @property
+    def num_processes(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def process_index(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_process_index(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.strategy.local_rank == 0
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` once per job (on the main process)."""
+        if self.is_main_process:
+            print(*args, **kwargs)
+
+    # -- prepare ------------------------------------------------------------------------------
+    def prepare(self, *objects: Any) -> Any:
+        """Prepare models, optimizers, dataloaders and schedulers, in any order.
+
+        Anything else is returned as it came. Returns one object for one argument, else a tuple.
+        """
+        # Models first, so optimizers see parameters already converted for the precision.
+        prepared = list(objects)
+        for i, obj in enumerate(objects):
+            if isinstance(obj, torch.nn.Module):
+                prepared[i] = self.prepare_model(obj)
+        for i, obj in enumerate(objects):
+            if isinstance(obj, torch.optim.Optimizer):
+                prepared[i] = self.prepare_optimizer(obj)
+        for i, obj in enumerate(objects):
+            if isinstance(obj, torch.utils.data.DataLoader):
+                prepared[i] = self.prepare_data_loader(obj)
+            elif _is_scheduler(obj):
+                prepared[i] = self.prepare_scheduler(obj)
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.device_placement:
+            model = self.strategy.setup_module(model)
+        self._models.append(model)
+        return model
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
+        if isinstance(optimizer, AcceleratedOptimizer):
+            return optimizer
+        wrapped = AcceleratedOptimizer(self.strategy.setup_optimizer(optimizer), self)
+        self._optimizers.append(wrapped)
+        return wrapped
+
+    def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        return AcceleratedScheduler(scheduler, self)
+
+    def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> PreparedDataLoader:
+        return PreparedDataLoader(loader, self)
+
+    def batch_to_device(self, batch: Any) -> Any:
+        return self.strategy.batch_to_device(batch) if self.device_placement else batch
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The user's original module, without strategy wrappers (DDP, compile)."""
+        model = self.strategy.unwrap_module(model)
+        return getattr(model, "_orig_mod", model)
+
+    # -- the step -----------------------------------------------------------------------------
+    def autocast(self) -> ContextManager:
+        """The forward context of this precision (``torch.autocast`` for mixed precision)."""
+        return self.strategy.forward_context()
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``loss.backward()`` with loss scaling, divided by the accumulation window's length.
+
+        The window is ``gradient_accumulation_steps`` micro-batches, or fewer for the last
+        window of a prepared dataloader whose length is known, so every window averages
+        over exactly its own micro-batches.
+        """
+        if self._window_len > 1:
+            loss = loss / self._window_len
+        self.strategy.backward(loss)
+
+    @contextlib.contextmanager
+    def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
+        """Run one micro-step: gradients sync, and prepared optimizers and schedulers step,
+        only on the window's last micro-step (or on the last batch of a prepared loader)."""
+        loader = self._active_loader
+        if self._micro == 0:
+            left = loader.remaining + 1 if loader is not None and loader.remaining is not None else None
+            k = self.gradient_accumulation_steps
+            self._window_len = k if left is None else min(k, left)
+        self._micro += 1
+        self.step += 1
+        self.sync_gradients = self._micro >= self._window_len or (loader is not None and loader.is_last)
+        if self.sync_gradients:
+            self._micro = 0
+            yield
+            return
+        with self.no_sync(*models):
+            yield
+
+    @contextlib.contextmanager
+    def no_sync(self, *models: torch.nn.Module) -> Iterator[None]:
+        """Skip the gradient all-reduce for these models (a no-op on one device)."""
+        with contextlib.ExitStack() as stack:
+            for model in models:
+                stack.enter_context(self.strategy.no_backward_sync(model))
+            yield
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Undo loss scaling on the gradients (16-mixed) so they can be inspected or clipped."""
+        targets = [optimizer] if optimizer is not None else self._optimizers
+        for opt in targets:
+            self.strategy.unscale_gradients(getattr(opt, "optimizer", opt))
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip the gradient norm after unscaling; returns the total norm before clipping."""
+        self.unscale_gradients()
+        return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type)
+
+    def clip_grad_value_(self, parameters: Any, clip_value: float) -> None:
+        self.unscale_gradients()
+        self.strategy.clip_grad_value_(parameters, clip_value)
+
+    # -- collectives ----------------------------------------------------------------------------
+    def gather(self, tensor: Any) -> Any:
+        """Concatenate tensors from every process along dim 0."""
+        return apply_to_tensors(tensor, lambda t: self.strategy.all_gather(t).flatten(0, 1)
+                                if t.dim() else self.strategy.all_gather(t))
+
+    def gather_for_metrics(self, tensor: Any) -> Any:
+        return self.gather(tensor)
+
+    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
+        return apply_to_tensors(tensor, lambda t: self.strategy.reduce(t, reduction))
+
+    def wait_for_everyone(self) -> None:
+        self.strategy.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """Let the main process run the block first (e.g. to download or cache), then the others."""
+        if not self.is_main_process:
+            self.wait_for_everyone()
+        yield
+        if self.is_main_process:
+            self.wait_for_everyone()
+
+    def on_main_process(self, fn: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs) if self.is_main_process else None
+        return wrapper
+
+    def end_training(self) -> None:
+        self.strategy.teardown()
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))

@@ -1,0 +1,74 @@
+"""Evaluation loops: validation (inside fit, or alone), test, and predict."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from strategies._util import batch_size_of
+
+_HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
+_STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test": "test_step",
+         "predict": "predict_step"}
+
+
+def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") -> list[dict[str, float]]:
+    """Run ``validation_step`` (or ``test_step``) over ``loaders`` and publish epoch metrics."""
+    module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+    prefix, results = _HOOK_PREFIX[stage], trainer._results["test" if stage == "test" else "validate"]
+    results.reset()
+    step_fn = getattr(module, _STEP[stage])
+    was_training, previous_results = module.training, module._results
+    module._results = results
+    module.eval()
+    hooks(f"on_{prefix}_start")
+    hooks(f"on_{prefix}_epoch_start")
+    with torch.no_grad():
+        for dataloader_idx, loader in enumerate(loaders):
+            results.suffix = f"/dataloader_idx_{dataloader_idx}" if len(loaders) > 1 else ""
+            extra = (dataloader_idx,) if len(loaders) > 1 else ()
+            limit = trainer._eval_limit(stage, loader)
+            for batch_idx, batch in enumerate(itertools.islice(loader, limit)):
+                batch = accel.batch_to_device(batch)
+                results.batch_size = batch_size_of(batch) or 1
+                hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
+                with accel.autocast():
+                    output = step_fn(batch, batch_idx, *extra)
+                hooks(f"on_{prefix}_batch_end", output, batch, batch_idx, dataloader_idx)
+    results.suffix = ""
+    results.in_step = False
+    hooks.module(f"on_{prefix}_epoch_end")
+    metrics = trainer._publish_eval_metrics(stage, len(loaders))
+    hooks.callbacks(f"on_{prefix}_epoch_end")
+    results.in_step = True
+    hooks(f"on_{prefix}_end")
+    if was_training:
+        module.train()
+    module._results = previous_results
+    return metrics
+
+
+def run_predict(trainer: Any, loaders: list[Any]) -> list[Any]:
+    """``predict_step`` over every batch; returns its outputs (a list per loader if several)."""
+    module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+    module.eval()
+    hooks("on_predict_start")
+    hooks("on_predict_epoch_start")
+    per_loader = []
+    with torch.inference_mode():
+        for dataloader_idx, loader in enumerate(loaders):
+            extra = (dataloader_idx,) if len(loaders) > 1 else ()
+            outputs = []
+            for batch_idx, batch in enumerate(itertools.islice(loader, trainer._eval_limit("predict", loader))):
+                batch = accel.batch_to_device(batch)
+                hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
+                with accel.autocast():
+                    output = module.predict_step(batch, batch_idx, *extra)
+                hooks("on_predict_batch_end", output, batch, batch_idx, dataloader_idx)
+                outputs.append(output)
+            per_loader.append(outputs)
+    hooks("on_predict_epoch_end")
+    hooks("on_predict_end")
+    return per_loader[0] if len(per_loader) == 1 else per_loader

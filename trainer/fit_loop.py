@@ -1,0 +1,230 @@
+"""The training loop. It reads top to bottom:
+
+    for each epoch:
+        for each batch (one batch of look-ahead tells which is last):
+            move it to the device
+            forward under the precision's context      (gradient sync skipped unless this
+            backward                                     micro-batch closes the window)
+            on the window's last micro-batch: normalise, clip, step, schedule, zero
+            read the logged values back every `log_every_n_steps` steps
+            validate when it is time
+        epoch-end logging, hooks, epoch schedulers
+
+Accumulation: a window is `accumulate_grad_batches` micro-batches, or what is left of the
+epoch. Each micro-batch's loss counts with its number of items (its batch size, or the
+``num_items`` the step returned, the loss then being a sum), and the summed gradient is
+divided by the window's total items, so the step equals one big batch of the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import torch
+
+from strategies._util import batch_size_of
+from trainer import eval_loop
+from trainer._wrappers import with_is_last
+from trainer.optim import step_schedulers
+
+
+def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any]) -> None:
+    state, cfg = trainer.state, trainer.config
+    trainer._fit_start_time = time.monotonic()
+    num_batches = trainer._num_batches(train_loader, cfg.limit_train_batches, "train")
+    val_every = _val_check_batches(cfg, num_batches)
+    hooks = trainer._hooks
+    hooks("on_train_start")
+    while state.current_epoch < cfg.epochs_limit and not state.should_stop:
+        _set_sampler_epoch(train_loader, state.current_epoch)
+        trainer.module.train()
+        trainer._results["train"].reset()
+        hooks("on_train_epoch_start")
+        _train_epoch(trainer, train_loader, num_batches, val_loaders, val_every)
+        _end_train_epoch(trainer)
+    hooks("on_train_end")
+
+
+def _train_epoch(trainer: Any, loader: Any, num_batches: int | None, val_loaders: list[Any],
+                 val_every: int | None) -> None:
+    state, cfg, accel = trainer.state, trainer.config, trainer.accelerator
+    module, model, hooks = trainer.module, trainer.model, trainer._hooks
+    results = trainer._results["train"]
+    optimizer = trainer.optimizer
+    k = cfg.accumulate_grad_batches
+    plain_mean = k == 1  # no accumulation: the loss is used as returned unless it carries num_items
+    has_batch_start, has_batch_end = hooks.has("on_train_batch_start"), hooks.has("on_train_batch_end")
+    has_before_backward, has_after_backward = hooks.has("on_before_backward"), hooks.has("on_after_backward")
+    validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
+                                           or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
+    module._results = results
+    window = _Window()
+    batches = loader if num_batches is None else itertools.islice(loader, num_batches)
+    for batch_idx, (batch, is_last) in enumerate(with_is_last(batches)):
+        batch = accel.batch_to_device(batch)
+        size = batch_size_of(batch) or 1
+        results.batch_size = size
+        if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
+            break  # the module asked to end the epoch here
+        window.micro += 1
+        closes_window = window.micro == k or is_last
+        with contextlib.nullcontext() if closes_window else accel.no_sync(model):
+            with accel.autocast():
+                output = module.training_step(batch, batch_idx)
+            loss, num_items = _unpack_step_output(output, state, batch_idx)
+            if loss is not None:
+                results.record_loss(loss, state.global_step, batch_idx)
+                if not (plain_mean and num_items is None):
+                    loss, num_items = (loss, num_items) if num_items is not None else (loss * size, size)
+                    window.add_items(num_items)
+                window.has_loss = True
+                if has_before_backward:
+                    hooks("on_before_backward", loss)
+                accel.backward(loss)
+                if has_after_backward:
+                    hooks("on_after_backward")
+        state.batch_idx = batch_idx + 1
+        state.batches_seen += 1
+        state.samples_seen += size
+        stepped = closes_window and window.has_loss
+        if stepped:
+            _optimizer_step(trainer, optimizer, window.items)
+        if closes_window:
+            window = _Window()
+        if has_batch_end:
+            hooks("on_train_batch_end", output, batch, batch_idx)
+        if stepped and state.global_step % cfg.log_every_n_steps == 0:
+            trainer._publish_train_metrics()
+        if validate_this_epoch and _is_val_time(cfg, state, batch_idx, is_last, val_every):
+            eval_loop.run_validation(trainer, val_loaders)
+        if stepped and trainer._should_stop_now():
+            break
+
+
+class _Window:
+    """One accumulation window: micro-batches seen, items counted, whether any produced a loss."""
+
+    __slots__ = ("micro", "items", "has_loss")
+
+    def __init__(self) -> None:
+        self.micro = 0
+        self.items: Any = None
+        self.has_loss = False
+
+    def add_items(self, n: Any) -> None:
+        self.items = n if self.items is None else self.items + n
+
+
+def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, items: Any) -> None:
+    """Normalise by the window's items, clip, step the optimizer and the step-schedulers, zero."""
+    cfg, accel, hooks, state = trainer.config, trainer.accelerator, trainer._hooks, trainer.state
+    clip = cfg.gradient_clip_val
+    if clip or items is not None:
+        accel.unscale_gradients(optimizer)
+    if items is not None:
+        _divide_gradients(trainer, optimizer, items)
+    hooks("on_before_optimizer_step", optimizer)
+    if clip:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if cfg.gradient_clip_algorithm == "norm":
+            accel.strategy.clip_grad_norm_(params, clip)
+        else:
+            accel.strategy.clip_grad_value_(params, clip)
+    accel.strategy.optimizer_step(optimizer)
+    hooks("on_before_zero_grad", optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    state.global_step += 1
+    if trainer._step_schedulers:
+        step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
+
+
+def _divide_gradients(trainer: Any, optimizer: torch.optim.Optimizer, items: Any) -> None:
+    """Turn summed gradients into the mean over every item of the window on every process.
+
+    Gradient all-reduce averages over processes, so multiply by world size over the global
+    item count. The count stays a tensor when the step returned one: no host sync.
+    """
+    strategy = trainer.accelerator.strategy
+    if strategy.world_size > 1:
+        total = torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device)
+        items = strategy.reduce(total, "sum") / strategy.world_size
+    if isinstance(items, torch.Tensor):
+        scale: Any = 1.0 / items.clamp_min(1).to(torch.float32)
+    else:
+        scale = 1.0 / max(items, 1)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, scale)
+
+
+def _unpack_step_output(output: Any, state: Any, batch_idx: int) -> tuple[torch.Tensor | None, Any]:
+    """training_step may return a loss tensor, a dict with "loss" (and "num_items"), or None."""
+    if isinstance(output, torch.Tensor):
+        loss, num_items = output, None
+    elif isinstance(output, dict) and "loss" in output:
+        loss, num_items = output["loss"], output.get("num_items")
+    elif output is None:
+        return None, None
+    else:
+        shown = f"a dict with keys {sorted(output)}" if isinstance(output, dict) else f"{type(output).__name__}"
+        raise TypeError(f"training_step returned {shown} at batch_idx {batch_idx} (global_step {state.global_step}). "
+                        "Expected a loss tensor, a dict with a 'loss' key (and optionally 'num_items'), "
+                        "or None to skip the batch.")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"training_step's loss at batch_idx {batch_idx} must be a one-element tensor, got "
+                        f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
+    if not loss.requires_grad:
+        raise RuntimeError(f"training_step's loss at batch_idx {batch_idx} does not require grad: it is not "
+                           "connected to any trainable parameter (was it computed under torch.no_grad() or "
+                           "from detached tensors?).")
+    return loss, num_items
+
+
+def _val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
+    """Validate after every this-many training batches (None: at the epoch's last batch)."""
+    v = cfg.val_check_interval
+    if isinstance(v, int):
+        if num_batches is not None and v > num_batches and cfg.check_val_every_n_epoch is not None:
+            raise ValueError(f"Trainer(val_check_interval={v}) is more than the {num_batches} training batches of "
+                             "an epoch, so validation would never run. Pass a smaller int, a fraction such as 0.5, "
+                             "or check_val_every_n_epoch=None to count batches across epochs.")
+        return v
+    if v == 1.0:
+        return None
+    if num_batches is None:
+        raise ValueError(f"Trainer(val_check_interval={v}) is a fraction of an epoch, but the training dataloader "
+                         "has no length. Pass an int number of batches instead.")
+    return max(1, int(num_batches * v))
+
+
+def _is_val_time(cfg: Any, state: Any, batch_idx: int, is_last: bool, every: int | None) -> bool:
+    if every is None:
+        return is_last
+    count = state.batches_seen if cfg.check_val_every_n_epoch is None else batch_idx + 1
+    return count % every == 0
+
+
+def _end_train_epoch(trainer: Any) -> None:
+    """Epoch-end order: the module's hook (it may log epoch values), then the epoch metrics are
+    published, then the callbacks' hook (so they see everything), then epoch schedulers."""
+    state, results = trainer.state, trainer._results["train"]
+    results.in_step = False
+    trainer._hooks.module("on_train_epoch_end")
+    trainer._publish_train_metrics(epoch_end=True)
+    trainer._hooks.callbacks("on_train_epoch_end")
+    results.in_step = True
+    state.current_epoch += 1
+    state.batch_idx = 0
+    if trainer._epoch_schedulers:
+        step_schedulers(trainer._epoch_schedulers, "epoch", state.current_epoch, trainer.callback_metrics)
+    if trainer._should_stop_now():
+        state.should_stop = True
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)

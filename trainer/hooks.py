@@ -1,0 +1,63 @@
+"""Hook dispatch: the module's hook first, then each callback's, skipping hooks nobody overrides."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from callbacks.base import HOOK_NAMES, Callback
+from trainer.module import TrainModule
+
+
+class Hooks:
+    """Calls ``hook(*args)`` on the module (without trainer/module arguments) and then on every
+    callback that overrides it (with them). An error raised inside gets a note naming the
+    callback, the hook and the step, and is re-raised as the same exception."""
+
+    def __init__(self, trainer: Any, module: TrainModule, callbacks: list[Callback]) -> None:
+        self._trainer = trainer
+        self._module: dict[str, list[tuple[str, Callable]]] = {}
+        self._callbacks: dict[str, list[tuple[str, Callable]]] = {}
+        for name in HOOK_NAMES:
+            self._module[name] = ([(f"{type(module).__name__} (the TrainModule)", getattr(module, name))]
+                                  if _overrides(module, TrainModule, name) else [])
+            self._callbacks[name] = [(f"callback {type(cb).__name__}", functools.partial(getattr(cb, name), trainer, module))
+                                     for cb in callbacks if _overrides(cb, Callback, name)]
+
+    def has(self, name: str) -> bool:
+        return bool(self._module[name] or self._callbacks[name])
+
+    def __call__(self, name: str, *args: Any) -> Any:
+        """The module's hook, then the callbacks'. Returns the module's result if not None."""
+        result = self.module(name, *args)
+        self.callbacks(name, *args)
+        return result
+
+    def module(self, name: str, *args: Any) -> Any:
+        return self._run(self._module[name], name, args)
+
+    def callbacks(self, name: str, *args: Any) -> Any:
+        return self._run(self._callbacks[name], name, args)
+
+    def _run(self, targets: list[tuple[str, Callable]], name: str, args: tuple) -> Any:
+        result = None
+        for owner, fn in targets:
+            try:
+                out = fn(*args)
+            except Exception as err:
+                _add_note(err, f"raised in {owner}.{name} at {self._trainer._where()}")
+                raise
+            result = out if out is not None else result
+        return result
+
+
+def _overrides(obj: Any, base: type, name: str) -> bool:
+    impl = getattr(type(obj), name, None)
+    return impl is not None and impl is not getattr(base, name, None)
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    if hasattr(err, "add_note"):
+        err.add_note(note)
+    else:  # Python 3.10: keep the type, extend the message
+        err.args = (f"{err.args[0] if err.args else ''} ({note})",) + tuple(err.args[1:])

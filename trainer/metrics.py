@@ -1,0 +1,81 @@
+"""Publishing logged values: to ``callback_metrics`` (floats), the progress bar and the loggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MetricsPublisher:
+    """Turns ``Results`` into the Trainer's metric dicts and the loggers' rows (rank zero only)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
+        self.callback_metrics: dict[str, float] = {}
+        self.logged_metrics: dict[str, float] = {}
+        self.progress_bar_metrics: dict[str, float] = {}
+
+    def publish_train(self, epoch_end: bool) -> None:
+        trainer = self._trainer
+        results = trainer._results["train"]
+        bad = results.flush()
+        if bad is not None and trainer.config.stop_on_nonfinite_loss:
+            step, batch_idx = bad
+            raise FloatingPointError(
+                f"training_step returned a non-finite loss at global_step {step}, batch_idx {batch_idx} "
+                f"(epoch {trainer.current_epoch}); detected at global_step {trainer.global_step} (losses are "
+                "checked when logged values are read back, every log_every_n_steps, to avoid a host sync per "
+                "step). Lower the learning rate, clip gradients (gradient_clip_val=1.0) or use bf16-mixed "
+                "instead of 16-mixed; pass Trainer(stop_on_nonfinite_loss=False) to keep training anyway.")
+        if epoch_end:
+            values = results.epoch_metrics(trainer.accelerator.strategy)
+            self._publish(values, results, also_plain=True, extra={"epoch": trainer.current_epoch})
+        else:
+            self._publish(results.step_metrics(), results, also_plain=True)
+
+    def publish_eval(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
+        trainer = self._trainer
+        results = trainer._results["test" if stage == "test" else "validate"]
+        results.flush()
+        values = {**results.step_metrics(), **results.epoch_metrics(trainer.accelerator.strategy)}
+        if stage != "sanity_check":
+            self._publish(values, results, also_plain=False)
+        if num_loaders == 1:
+            return [values]
+        return [{k: v for k, v in values.items() if k.endswith(f"/dataloader_idx_{i}")} for i in range(num_loaders)]
+
+    def _publish(self, values: dict[str, float], results: Any, also_plain: bool,
+                 extra: dict[str, float] | None = None) -> None:
+        """``x_step``/``x_epoch`` values are also published under plain ``x`` for callbacks."""
+        plain = {}
+        if also_plain:
+            for key, value in values.items():
+                for suffix in ("_step", "_epoch"):
+                    if key.endswith(suffix) and key[: -len(suffix)] in results.entries:
+                        plain[key[: -len(suffix)]] = value
+        self.callback_metrics.update(values)
+        self.callback_metrics.update(plain)
+        bar_names, log_names = results.names("prog_bar"), results.names("logger")
+        self.progress_bar_metrics.update({k: v for k, v in {**values, **plain}.items() if k in bar_names})
+        row = {k: v for k, v in values.items() if k in log_names}
+        if row:
+            row.update(extra or {})
+            self.log_row(row)
+
+    def log_row(self, row: dict[str, float], step: int | None = None) -> None:
+        trainer = self._trainer
+        self.logged_metrics.update(row)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=trainer.global_step if step is None else step)
+
+    def log_hyperparams(self) -> None:
+        trainer = self._trainer
+        if trainer.is_global_zero and trainer.loggers:
+            params = {**getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
+            for logger in trainer.loggers:
+                logger.log_hyperparams(params)
+
+    def finalize(self, status: str) -> None:
+        if self._trainer.is_global_zero:
+            for logger in self._trainer.loggers:
+                logger.finalize(status)

@@ -1,0 +1,163 @@
+"""``TrainModule``: a ``torch.nn.Module`` that also says how to train, evaluate and log itself."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Mapping
+
+import torch
+
+
+class TrainModule(torch.nn.Module):
+    """Write the model once; the ``Trainer`` runs it on any device or strategy.
+
+    Override ``training_step`` and ``configure_optimizers``; the other steps and hooks
+    are optional. Hooks a subclass does not override are never called.
+
+    Example:
+        >>> class Net(TrainModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layer = torch.nn.Linear(4, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        ...         self.log("train/loss", loss)
+        ...         return loss
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: Any = None
+        self._results: Any = None  # the Results of the running stage, set by the loop
+        self._warned_unattached_log = False
+        self.hparams: dict[str, Any] = {}
+
+    # -- what the user writes -------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step(self, batch, batch_idx) "
+                                  "returning a loss tensor, a dict with 'loss', or None to skip the batch.")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any: ...
+    def test_step(self, batch: Any, batch_idx: int) -> Any: ...
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement configure_optimizers(self) returning an optimizer, "
+            "(optimizer, scheduler), or {'optimizer': opt, 'lr_scheduler': {...}}.")
+
+    def configure_model(self) -> None:
+        """Build layers here (instead of ``__init__``) to create them directly on the target device."""
+
+    # -- hooks (same names as Callback's, without the trainer/module arguments) -----------
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_sanity_check_start(self) -> None: ...
+    def on_sanity_check_end(self) -> None: ...
+    def on_exception(self, exception: BaseException) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    # -- services -------------------------------------------------------------------------
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__}.trainer: this module is not attached to a Trainer. "
+                               "It is attached while trainer.fit/validate/test/predict runs.")
+        return self._trainer
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    def log(self, name: str, value: Any, *, prog_bar: bool = False, logger: bool = True,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
+            sync_dist: bool = False, batch_size: int | None = None) -> None:
+        """Record a scalar metric. The value stays on the device; it is read back at log
+        intervals. Defaults: in ``training_step`` ``on_step=True, on_epoch=False``; in
+        evaluation steps and epoch hooks ``on_step=False, on_epoch=True``. Epoch values are
+        the mean weighted by batch size (or ``reduce_fx``: "sum", "max", "min", a callable).
+        With ``sync_dist=True`` the value is reduced across processes.
+        """
+        if self._results is None:
+            if not self._warned_unattached_log:
+                self._warned_unattached_log = True
+                warnings.warn(f"self.log({name!r}, ...) called outside trainer.fit/validate/test: ignored.",
+                              stacklevel=2)
+            return
+        self._results.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                          reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size)
+
+    def log_dict(self, metrics: Mapping[str, Any], **kwargs: Any) -> None:
+        """``self.log`` for each item; keyword arguments apply to all."""
+        for name, value in metrics.items():
+            self.log(name, value, **kwargs)
+
+    def save_hyperparameters(self, *names: str, ignore: tuple[str, ...] | list[str] = ()) -> None:
+        """Store the calling ``__init__``'s arguments in ``self.hparams`` (checkpointed and logged).
+
+        Call it inside ``__init__``; pass names to keep only those, or ``ignore=`` to drop some.
+        """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is None:
+            return
+        args = inspect.getargvalues(caller)
+        keys = [a for a in args.args if a != "self"]
+        if args.keywords:
+            keys += list(caller.f_locals.get(args.keywords, {}))
+        values = {**{k: caller.f_locals[k] for k in keys if k in caller.f_locals},
+                  **caller.f_locals.get(args.keywords or "", {})}
+        chosen = names or tuple(values)
+        self.hparams.update({k: values[k] for k in chosen if k in values and k not in ignore})
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Print once per job (on rank zero)."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)

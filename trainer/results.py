@@ -1,0 +1,166 @@
+"""Metrics logged with ``self.log``: kept on the device, read back only when flushed.
+
+Each ``log`` call appends a detached device scalar to a list (no kernel, no sync). A flush,
+which the loop runs every ``log_every_n_steps`` optimizer steps and at epoch end, stacks
+every pending value into one tensor and reads it back in a single transfer, then folds
+it into host-side running sums (float64). Epoch values are weighted by batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from strategies._util import quoted
+
+REDUCE_FX = ("mean", "sum", "max", "min")
+_CALLABLE_NAMES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
+                   sum: "sum", max: "max", min: "min"}
+
+
+def _reduce_name(name: str, reduce_fx: Any) -> str | Callable:
+    if isinstance(reduce_fx, str):
+        if reduce_fx not in REDUCE_FX:
+            raise ValueError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): expected one of {quoted(REDUCE_FX)} "
+                             "or a callable that reduces a 1-D tensor to a scalar.")
+        return reduce_fx
+    if reduce_fx in _CALLABLE_NAMES:
+        return _CALLABLE_NAMES[reduce_fx]
+    if callable(reduce_fx):
+        return reduce_fx
+    raise TypeError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): expected one of {quoted(REDUCE_FX)} or a callable.")
+
+
+@dataclass(slots=True)
+class _Entry:
+    on_step: bool
+    on_epoch: bool
+    prog_bar: bool
+    logger: bool
+    sync_dist: bool
+    reduce_fx: str | Callable
+    pending: list = field(default_factory=list)      # device scalars or python numbers
+    pending_sizes: list = field(default_factory=list)
+    weighted_sum: float = 0.0
+    weight: float = 0.0
+    maximum: float = -math.inf
+    minimum: float = math.inf
+    values: list = field(default_factory=list)       # only kept for custom reduce callables
+    last: float | None = None
+
+    def fold(self, values: list[float], sizes: list[int]) -> None:
+        for v, n in zip(values, sizes):
+            self.weighted_sum += v * n if self.reduce_fx == "mean" else v
+            self.weight += n
+            self.maximum = max(self.maximum, v)
+            self.minimum = min(self.minimum, v)
+        if callable(self.reduce_fx):
+            self.values.extend(values)
+        if values:
+            self.last = values[-1]
+
+    def epoch_value(self, strategy: Any) -> float:
+        fx = self.reduce_fx
+        if callable(fx):
+            return float(fx(torch.tensor(self.values, dtype=torch.float64)))
+        if fx in ("mean", "sum"):
+            pair = torch.tensor([self.weighted_sum, self.weight], dtype=torch.float64)
+            if self.sync_dist:
+                pair = strategy.reduce(pair, "sum")
+            s, w = pair.tolist()
+            return s / w if fx == "mean" else s
+        value = torch.tensor(self.maximum if fx == "max" else self.minimum, dtype=torch.float64)
+        if self.sync_dist:
+            value = strategy.reduce(value, fx)
+        return float(value)
+
+
+class Results:
+    """The values logged during one stage ("train", "validate", "test")."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.entries: dict[str, _Entry] = {}
+        self.batch_size = 1
+        self.suffix = ""  # "/dataloader_idx_N" while one of several eval loaders runs
+        self.in_step = True  # False while epoch-level hooks run
+        self._losses: list[torch.Tensor] = []
+        self._loss_where: list[tuple[int, int]] = []
+        self.window_loss: float | None = None
+
+    def log(self, name: str, value: Any, *, prog_bar: bool = False, logger: bool = True,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
+            sync_dist: bool = False, batch_size: int | None = None) -> None:
+        name = name + self.suffix if self.suffix else name
+        entry = self.entries.get(name)
+        if entry is None:
+            if on_step is None:
+                on_step = self.stage == "train" and self.in_step
+            if on_epoch is None:
+                on_epoch = not (self.stage == "train" and self.in_step)
+            entry = self.entries[name] = _Entry(on_step, on_epoch, prog_bar, logger, sync_dist,
+                                                _reduce_name(name, reduce_fx))
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"self.log({name!r}, value): expected a scalar (one element), "
+                                 f"got a tensor of shape {tuple(value.shape)}. Reduce it first, e.g. value.mean().")
+            value = value.detach()
+        elif not isinstance(value, numbers.Number) or isinstance(value, complex):
+            raise TypeError(f"self.log({name!r}, value): expected a number or a one-element tensor, "
+                            f"got {type(value).__name__}.")
+        entry.pending.append(value)
+        entry.pending_sizes.append(self.batch_size if batch_size is None else batch_size)
+
+    def record_loss(self, loss: torch.Tensor, global_step: int, batch_idx: int) -> None:
+        """Keep the loss to check finiteness and show it, without reading it now."""
+        self._losses.append(loss.detach())
+        self._loss_where.append((global_step, batch_idx))
+
+    def flush(self) -> tuple[int, int] | None:
+        """Read every pending value back in one transfer. Returns (step, batch_idx) of the first
+        non-finite loss since the last flush, or None."""
+        tensors = [v for e in self.entries.values() for v in e.pending if isinstance(v, torch.Tensor)]
+        tensors += self._losses
+        host = iter(torch.stack([t.reshape(()).to(torch.float64) for t in tensors]).tolist()) if tensors else iter(())
+        for entry in self.entries.values():
+            values = [next(host) if isinstance(v, torch.Tensor) else float(v) for v in entry.pending]
+            entry.fold(values, entry.pending_sizes)
+            entry.pending.clear()
+            entry.pending_sizes.clear()
+        losses = list(host)
+        where = self._loss_where
+        self._losses, self._loss_where = [], []
+        if losses:
+            self.window_loss = sum(losses) / len(losses)
+        for value, at in zip(losses, where):
+            if not math.isfinite(value):
+                return at
+        return None
+
+    def step_metrics(self) -> dict[str, float]:
+        """The latest value of each on_step metric, named ``x_step`` when also on_epoch."""
+        return {(f"{k}_step" if e.on_epoch else k): e.last
+                for k, e in self.entries.items() if e.on_step and e.last is not None}
+
+    def epoch_metrics(self, strategy: Any) -> dict[str, float]:
+        """The epoch value of each on_epoch metric, named ``x_epoch`` when also on_step."""
+        return {(f"{k}_epoch" if e.on_step else k): e.epoch_value(strategy)
+                for k, e in self.entries.items() if e.on_epoch and e.weight > 0}
+
+    def names(self, which: str) -> set[str]:
+        """Metric names flagged ``prog_bar`` or ``logger`` (as they appear in the outputs)."""
+        out = set()
+        for k, e in self.entries.items():
+            if getattr(e, which):
+                out.update([f"{k}_step", f"{k}_epoch", k] if (e.on_step and e.on_epoch) else [k])
+        return out
+
+    def reset(self) -> None:
+        self.entries.clear()
+        self._losses.clear()
+        self._loss_where.clear()
+        self.window_loss = None

@@ -1,0 +1,257 @@
+"""The ``Trainer``: configuration and wiring. The loops live in fit_loop.py and eval_loop.py."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+
+from callbacks.base import Callback
+from callbacks.logger import Logger, default_loggers
+from callbacks.progress import ProgressBar
+from strategies import resolve_strategy
+from trainer import eval_loop, fit_loop
+from trainer.accelerator import Accelerator
+from trainer.config import TrainerConfig
+from trainer.hooks import Hooks
+from trainer.metrics import MetricsPublisher
+from trainer.module import TrainModule
+from trainer.optim import parse_optimizers
+from trainer.results import Results
+from trainer.seed import install_worker_seeding, set_deterministic
+from trainer.state import TrainerState
+
+
+class Trainer:
+    """Runs a ``TrainModule``: fit, validate, test and predict, on any strategy.
+
+    Example:
+        >>> trainer = Trainer(max_epochs=3, precision="bf16-mixed", accumulate_grad_batches=4)
+        >>> trainer.fit(model, train_loader, val_loader)  # doctest: +SKIP
+
+    All arguments are keyword-only; see ``TrainerConfig`` for the loop settings, and
+    ``strategy``/``accelerator``/``devices``/``precision`` for where and how it runs.
+    """
+
+    def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",
+                 num_nodes: int = 1, precision: Any = None, callbacks: Iterable[Callback] | Callback | None = None,
+                 logger: Any = None, **loop_settings: Any) -> None:
+        unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
+        if unknown:
+            from strategies._util import did_you_mean
+            name = sorted(unknown)[0]
+            raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, TrainerConfig.__dataclass_fields__)}")
+        self.config = TrainerConfig(**loop_settings)
+        if num_nodes != 1:
+            raise ValueError(f"Trainer(num_nodes={num_nodes!r}): training on several machines needs a distributed "
+                             "strategy, which this version does not have yet. Use num_nodes=1.")
+        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision))
+        self.callbacks: list[Callback] = _callback_list(callbacks)
+        if self.config.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in self.callbacks):
+            self.callbacks.append(ProgressBar())
+        self.loggers: list[Logger] = default_loggers(logger, self.config)
+        self.state = TrainerState()
+        self._metrics = MetricsPublisher(self)
+        self._results = {stage: Results(stage) for stage in ("train", "validate", "test")}
+        self.module: TrainModule | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._step_schedulers: list = []
+        self._epoch_schedulers: list = []
+        self._fit_start_time: float | None = None
+
+    # -- read-only state ---------------------------------------------------------------------
+    global_step = property(lambda self: self.state.global_step)
+    current_epoch = property(lambda self: self.state.current_epoch)
+    strategy = property(lambda self: self.accelerator.strategy)
+    precision = property(lambda self: self.accelerator.precision)
+    world_size = property(lambda self: self.accelerator.strategy.world_size)
+    global_rank = property(lambda self: self.accelerator.strategy.global_rank)
+    local_rank = property(lambda self: self.accelerator.strategy.local_rank)
+    is_global_zero = property(lambda self: self.accelerator.strategy.is_global_zero)
+    sanity_checking = property(lambda self: self.state.stage == "sanity_check")
+    training = property(lambda self: self.state.stage == "fit")
+    callback_metrics = property(lambda self: self._metrics.callback_metrics)
+    logged_metrics = property(lambda self: self._metrics.logged_metrics)
+    progress_bar_metrics = property(lambda self: self._metrics.progress_bar_metrics)
+    logger = property(lambda self: self.loggers[0] if self.loggers else None)
+    optimizers = property(lambda self: [self.optimizer] if self.optimizer is not None else [])
+    lr_scheduler_configs = property(lambda self: self._step_schedulers + self._epoch_schedulers)
+    max_epochs = property(lambda self: self.config.max_epochs)
+    max_steps = property(lambda self: self.config.max_steps)
+    log_every_n_steps = property(lambda self: self.config.log_every_n_steps)
+    default_root_dir = property(lambda self: self.config.default_root_dir)
+    num_training_batches = property(lambda self: self._num_train_batches)
+    model = property(lambda self: self._model)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = bool(value)
+
+    @property
+    def checkpoint_callback(self) -> Callback | None:
+        return next((c for c in self.callbacks if type(c).__name__ == "ModelCheckpoint"), None)
+
+    # -- entry points ------------------------------------------------------------------------
+    def fit(self, model: TrainModule, train_dataloaders: Any, val_dataloaders: Any = None,
+            ckpt_path: str | None = None) -> None:
+        """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders`` when given."""
+        if ckpt_path is not None:
+            raise NotImplementedError("Trainer.fit(ckpt_path=...): resuming from a checkpoint is not available in "
+                                      "this version yet. Remove ckpt_path to train from the start.")
+        train_loader = _check_loaders(train_dataloaders, "fit", "train_dataloaders", single=True)[0]
+        val_loaders = _check_loaders(val_dataloaders, "fit", "val_dataloaders") if val_dataloaders is not None else []
+        if val_loaders and self.config.limit_val_batches == 0:
+            val_loaders = []
+        self._run("fit", model, lambda: self._fit(train_loader, val_loaders), loaders=[train_loader, *val_loaders])
+
+    def validate(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
+        """Run ``validation_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
+        loaders = _check_loaders(dataloaders, "validate", "dataloaders")
+        return self._run("validate", model, lambda: eval_loop.run_validation(self, loaders, "validate"), loaders)
+
+    def test(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
+        """Run ``test_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
+        loaders = _check_loaders(dataloaders, "test", "dataloaders")
+        return self._run("test", model, lambda: eval_loop.run_validation(self, loaders, "test"), loaders)
+
+    def predict(self, model: TrainModule, dataloaders: Any) -> list[Any]:
+        """Run ``predict_step`` over ``dataloaders``; returns its outputs in order."""
+        loaders = _check_loaders(dataloaders, "predict", "dataloaders")
+        return self._run("predict", model, lambda: eval_loop.run_predict(self, loaders), loaders)
+
+    # -- wiring ------------------------------------------------------------------------------
+    def _run(self, stage: str, module: TrainModule, body: Callable[[], Any], loaders: list[Any]) -> Any:
+        _check_module(module, stage)
+        set_deterministic(self.config.deterministic)
+        for loader in loaders:
+            install_worker_seeding(loader)
+        self.module, self.state.stage = module, stage
+        module._trainer = self
+        self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
+        try:
+            self._hooks("setup", stage)
+            module.configure_model()
+            self._model = self.accelerator.prepare_model(module)
+            if stage == "fit":
+                self._setup_optimizers(module)
+            return body()
+        except BaseException as err:
+            self._hooks("on_exception", err)
+            raise
+        finally:
+            self._hooks("teardown", stage)
+            module._results = None
+            self.state.stage = "idle"
+
+    def _fit(self, train_loader: Any, val_loaders: list[Any]) -> None:
+        self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
+        self._metrics.log_hyperparams()
+        self._hooks("on_fit_start")
+        if val_loaders and self.config.num_sanity_val_steps != 0:
+            self.state.stage = "sanity_check"
+            self._hooks("on_sanity_check_start")
+            eval_loop.run_validation(self, val_loaders, "sanity_check")
+            self._hooks("on_sanity_check_end")
+            self.state.stage = "fit"
+        fit_loop.run_fit(self, train_loader, val_loaders)
+        if self.state.batches_seen == 0:
+            raise ValueError("fit(train_dataloaders=...): the dataloader yielded no batch. Check that the dataset "
+                             "is not empty and that batch_size is not larger than it with drop_last=True.")
+        self._hooks("on_fit_end")
+        self._metrics.finalize("success")
+
+    def _setup_optimizers(self, module: TrainModule) -> None:
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(f"{type(module).__name__} has no trainable parameters (none with requires_grad=True), "
+                             "so fit has nothing to optimize. Unfreeze some parameters, or use "
+                             "trainer.validate/test/predict to only evaluate.")
+        optimizer, schedulers = parse_optimizers(module.configure_optimizers())
+        self.optimizer = self.accelerator.strategy.setup_optimizer(optimizer)
+        self._step_schedulers = [s for s in schedulers if s.interval == "step"]
+        self._epoch_schedulers = [s for s in schedulers if s.interval == "epoch"]
+
+    def _num_batches(self, loader: Any, limit: int | float | None, what: str) -> int | None:
+        """Batches per epoch after ``limit_*``; None when the loader has no length."""
+        try:
+            total = len(loader)
+        except TypeError:
+            if isinstance(limit, float) and limit < 1.0:
+                raise ValueError(f"Trainer(limit_{what}_batches={limit}): a fraction needs a dataloader with a "
+                                 "length; this one has none (an IterableDataset?). Pass an int.") from None
+            return limit if isinstance(limit, int) else None
+        if total == 0:
+            raise ValueError(f"The {what} dataloader is empty (len 0). Check that its dataset is not empty and that "
+                             "batch_size is not larger than the dataset with drop_last=True.")
+        if limit is None:
+            return total
+        return min(total, limit) if isinstance(limit, int) else int(total * limit)
+
+    def _eval_limit(self, stage: str, loader: Any) -> int | None:
+        cfg = self.config
+        if stage == "sanity_check":
+            n = cfg.num_sanity_val_steps
+            return None if n == -1 else n
+        limit = {"validate": cfg.limit_val_batches, "test": cfg.limit_test_batches,
+                 "predict": cfg.limit_predict_batches}[stage]
+        return self._num_batches(loader, limit, {"validate": "val"}.get(stage, stage))
+
+    def _should_stop_now(self) -> bool:
+        cfg, state = self.config, self.state
+        if state.should_stop or (cfg.max_steps != -1 and state.global_step >= cfg.max_steps):
+            return True
+        if state.current_epoch >= cfg.epochs_limit:
+            return True
+        return cfg.max_time is not None and time.monotonic() - self._fit_start_time >= cfg.max_time
+
+    def _publish_train_metrics(self, epoch_end: bool = False) -> None:
+        self._metrics.publish_train(epoch_end)
+
+    def _publish_eval_metrics(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
+        return self._metrics.publish_eval(stage, num_loaders)
+
+    def _where(self) -> str:
+        s = self.state
+        return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {s.batch_idx}, stage {s.stage!r})"
+
+    @property
+    def log_dir(self) -> str:
+        return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
+
+
+def _callback_list(callbacks: Any) -> list[Callback]:
+    if callbacks is None:
+        return []
+    items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    for cb in items:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
+                            f"got {type(cb).__name__}.")
+    return items
+
+
+def _check_module(module: Any, stage: str) -> None:
+    if not isinstance(module, TrainModule):
+        raise TypeError(f"trainer.{stage}(model=...): expected a TrainModule, got {type(module).__name__}. "
+                        "Subclass trainer.TrainModule (it is a torch.nn.Module) and implement training_step.")
+
+
+def _check_loaders(value: Any, stage: str, name: str, single: bool = False) -> list[Any]:
+    loaders = list(value) if isinstance(value, (list, tuple)) and not single else [value]
+    if single and isinstance(value, (list, tuple)) and value and hasattr(value[0], "__iter__") \
+            and not isinstance(value[0], torch.Tensor) and len(value) > 1 and all(hasattr(v, "__len__") for v in value) \
+            and all(isinstance(v, torch.utils.data.DataLoader) for v in value):
+        raise TypeError(f"trainer.{stage}({name}=[{len(value)} dataloaders]): training takes one dataloader. "
+                        "Combine the datasets (torch.utils.data.ConcatDataset) into one loader.")
+    for loader in loaders:
+        if loader is None or not hasattr(loader, "__iter__") or isinstance(loader, (torch.Tensor, str, dict)):
+            raise TypeError(f"trainer.{stage}({name}={loader!r:.80}): expected a torch DataLoader (or any "
+                            "iterable of batches), or a list of them for evaluation.")
+    if not loaders:
+        raise ValueError(f"trainer.{stage}({name}=[]): the list of dataloaders is empty.")
+    return loaders
