@@ -44,6 +44,7 @@ class Precision:
         self.param_dtype = torch.bfloat16 if name == "bf16-true" else None
         self.device_type = "cpu"
         self.scaler: Any = None
+        self._unscaled: set[int] = set()  # optimizers unscaled since their last step
 
     @classmethod
     def from_string(cls, value: Any, owner: str = "Trainer(precision=...)") -> "Precision":
@@ -108,8 +109,9 @@ class Precision:
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients back to their true scale (before clipping); safe to call once per step."""
-        if self.scaler is not None:
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
             self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
@@ -117,6 +119,7 @@ class Precision:
             return
         self.scaler.step(optimizer)  # skips the step when unscale_ found inf/nan gradients
         self.scaler.update()
+        self._unscaled.discard(id(optimizer))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

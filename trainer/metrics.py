@@ -27,6 +27,8 @@ class MetricsPublisher:
                 "step). Lower the learning rate, clip gradients (gradient_clip_val=1.0) or use bf16-mixed "
                 "instead of 16-mixed; pass Trainer(stop_on_nonfinite_loss=False) to keep training anyway.")
         if epoch_end:
+            # the latest step values become visible to callbacks; loggers keep their interval
+            self._publish(results.step_metrics(), results, also_plain=True, log=False)
             values = results.epoch_metrics(trainer.accelerator.strategy)
             self._publish(values, results, also_plain=True, extra={"epoch": trainer.current_epoch})
         else:
@@ -44,7 +46,7 @@ class MetricsPublisher:
         return [{k: v for k, v in values.items() if k.endswith(f"/dataloader_idx_{i}")} for i in range(num_loaders)]
 
     def _publish(self, values: dict[str, float], results: Any, also_plain: bool,
-                 extra: dict[str, float] | None = None) -> None:
+                 extra: dict[str, float] | None = None, log: bool = True) -> None:
         """``x_step``/``x_epoch`` values are also published under plain ``x`` for callbacks."""
         plain = {}
         if also_plain:
@@ -57,7 +59,7 @@ class MetricsPublisher:
         bar_names, log_names = results.names("prog_bar"), results.names("logger")
         self.progress_bar_metrics.update({k: v for k, v in {**values, **plain}.items() if k in bar_names})
         row = {k: v for k, v in values.items() if k in log_names}
-        if row:
+        if row and log:
             row.update(extra or {})
             self.log_row(row)
 
