@@ -47,6 +47,7 @@ class LearningRateMonitor(Callback):
         return out
 
     def _log(self, trainer: Any) -> None:
+        self._last_logged_step = trainer.global_step  # an epoch start and a step at one step give one row
         values = self._values(trainer)
         for name, value in values.items():
             self.lrs.setdefault(name, []).append(value)
@@ -58,7 +59,6 @@ class LearningRateMonitor(Callback):
         step = trainer.global_step
         if self.logging_interval != "epoch" and step % trainer.log_every_n_steps == 0 \
                 and step != self._last_logged_step:
-            self._last_logged_step = step
             self._log(trainer)
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:

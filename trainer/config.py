@@ -49,8 +49,9 @@ def _check_limit(name: str, value: Any) -> None:
         return
     if isinstance(value, float):
         if not 0.0 <= value <= 1.0:
+            fix = f" For a number of batches pass an int, e.g. {name}={int(value)}." if value > 1 else ""
             raise ValueError(f"Trainer({name}={value}): a float is a fraction of the epoch and must lie in "
-                             f"[0.0, 1.0]. For a number of batches pass an int, e.g. {name}={int(value)}.")
+                             f"[0.0, 1.0].{fix}")
         return
     raise TypeError(f"Trainer({name}={value!r}): expected an int (batches) or a float (fraction of the epoch).")
 

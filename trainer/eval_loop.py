@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -14,9 +15,26 @@ _STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test
          "predict": "predict_step"}
 
 
+def check_step_signature(module: Any, stage: str, num_loaders: int, owner: str) -> None:
+    """With several dataloaders the step gets a third argument, ``dataloader_idx``; say so
+    before running rather than fail inside the first step with Python's arity error."""
+    if num_loaders < 2:
+        return
+    name = _STEP[stage]
+    try:
+        inspect.signature(getattr(module, name)).bind(None, 0, 0)
+    except ValueError:  # no signature to inspect (a builtin): let the call decide
+        return
+    except TypeError:
+        raise TypeError(f"{owner} got {num_loaders} dataloaders, so {type(module).__name__}.{name} is called as "
+                        f"{name}(batch, batch_idx, dataloader_idx); add a dataloader_idx argument, e.g. "
+                        f"def {name}(self, batch, batch_idx, dataloader_idx=0).") from None
+
+
 def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") -> list[dict[str, float]]:
     """Run ``validation_step`` (or ``test_step``) over ``loaders`` and publish epoch metrics."""
     module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+    check_step_signature(module, stage, len(loaders), f"trainer.{trainer.state.stage}")
     prefix, results = _HOOK_PREFIX[stage], trainer._results["test" if stage == "test" else "validate"]
     results.reset()
     step_fn = getattr(module, _STEP[stage])
@@ -53,6 +71,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
 def run_predict(trainer: Any, loaders: list[Any]) -> list[Any]:
     """``predict_step`` over every batch; returns its outputs (a list per loader if several)."""
     module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+    check_step_signature(module, "predict", len(loaders), "trainer.predict")
     module.eval()
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")

@@ -31,19 +31,23 @@ from trainer._wrappers import with_is_last
 from trainer.optim import step_schedulers
 
 
-def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any]) -> None:
-    state, cfg = trainer.state, trainer.config
+def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches: int | None,
+            val_every: int | None) -> None:
+    state = trainer.state
     trainer._fit_start_time = time.monotonic()
-    num_batches = trainer._num_batches(train_loader, cfg.limit_train_batches, "train")
-    val_every = _val_check_batches(cfg, num_batches)
     hooks = trainer._hooks
     hooks("on_train_start")
-    while state.current_epoch < cfg.epochs_limit and not state.should_stop:
+    while not trainer._should_stop_now():
         _set_sampler_epoch(train_loader, state.current_epoch)
         trainer.module.train()
         trainer._results["train"].reset()
         hooks("on_train_epoch_start")
+        seen = state.batches_seen
         _train_epoch(trainer, train_loader, num_batches, val_loaders, val_every)
+        if state.batches_seen == seen:
+            raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
+                             "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
+                             "and that an iterable dataset can be iterated more than once.")
         _end_train_epoch(trainer)
     hooks("on_train_end")
 
@@ -183,7 +187,7 @@ def _unpack_step_output(output: Any, state: Any, batch_idx: int) -> tuple[torch.
     return loss, num_items
 
 
-def _val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
+def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     """Validate after every this-many training batches (None: at the epoch's last batch)."""
     v = cfg.val_check_interval
     if isinstance(v, int):
@@ -220,8 +224,6 @@ def _end_train_epoch(trainer: Any) -> None:
     state.batch_idx = 0
     if trainer._epoch_schedulers:
         step_schedulers(trainer._epoch_schedulers, "epoch", state.current_epoch, trainer.callback_metrics)
-    if trainer._should_stop_now():
-        state.should_stop = True
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:

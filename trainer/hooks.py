@@ -45,10 +45,19 @@ class Hooks:
             try:
                 out = fn(*args)
             except Exception as err:
-                _add_note(err, f"raised in {owner}.{name} at {self._trainer._where()}")
+                _add_note(err, f"raised in {owner}.{name} at {self._trainer._where(_batch_idx_arg(name, args))}")
                 raise
             result = out if out is not None else result
         return result
+
+
+def _batch_idx_arg(name: str, args: tuple) -> int | None:
+    """The batch_idx a batch hook was called with (the loop's own counter has moved on by then)."""
+    if name.endswith("_batch_start"):
+        return args[1]  # (batch, batch_idx, ...)
+    if name.endswith("_batch_end"):
+        return args[2]  # (outputs, batch, batch_idx, ...)
+    return None
 
 
 def _overrides(obj: Any, base: type, name: str) -> bool:

@@ -43,7 +43,9 @@ class MetricsPublisher:
             self._publish(values, results, also_plain=False)
         if num_loaders == 1:
             return [values]
-        return [{k: v for k, v in values.items() if k.endswith(f"/dataloader_idx_{i}")} for i in range(num_loaders)]
+        # each loader's dict: its own metrics, and those logged outside any loader (e.g. in an epoch-end hook)
+        return [{k: v for k, v in values.items() if "/dataloader_idx_" not in k or k.endswith(f"/dataloader_idx_{i}")}
+                for i in range(num_loaders)]
 
     def _publish(self, values: dict[str, float], results: Any, also_plain: bool,
                  extra: dict[str, float] | None = None, log: bool = True) -> None:

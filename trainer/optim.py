@@ -28,7 +28,21 @@ class SchedulerConfig:
 
 
 def _bad(returned: Any, why: str) -> TypeError:
-    return TypeError(f"configure_optimizers() returned {returned!r:.200}: {why}. Expected {_SHAPES}.")
+    return TypeError(f"configure_optimizers() returned {_describe(returned):.200}: {why}. Expected {_SHAPES}.")
+
+
+def _describe(value: Any) -> str:
+    """A one-line picture of a returned value: optimizers and schedulers by class name (their
+    reprs span many lines), containers by their items."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return type(value).__name__
 
 
 def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
@@ -41,7 +55,7 @@ def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
                                  item.get("monitor"), item.get("strict", True))
     else:
         config = SchedulerConfig(item)
-    if not hasattr(config.scheduler, "step"):
+    if not hasattr(config.scheduler, "step") or isinstance(config.scheduler, torch.optim.Optimizer):
         raise _bad(returned, f"{type(config.scheduler).__name__} is not a learning-rate scheduler")
     if config.interval not in ("step", "epoch"):
         raise _bad(returned, f"lr_scheduler interval={config.interval!r} must be 'step' or 'epoch'")
@@ -59,6 +73,10 @@ def parse_optimizers(returned: Any) -> tuple[torch.optim.Optimizer, list[Schedul
     schedulers: list[Any] = []
     if isinstance(returned, torch.optim.Optimizer):
         optimizer = returned
+    elif isinstance(returned, (list, tuple)) and len(returned) > 1 \
+            and all(isinstance(o, torch.optim.Optimizer) for o in returned):
+        raise _bad(returned, f"{len(returned)} optimizers were returned; the Trainer steps exactly one "
+                             "(combine parameter groups into one optimizer)")
     elif isinstance(returned, Mapping):
         if "optimizer" not in returned:
             raise _bad(returned, "the dict has no 'optimizer' key")

@@ -24,6 +24,9 @@ from trainer.seed import install_worker_seeding, set_deterministic
 from trainer.state import TrainerState
 
 
+_WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger")
+
+
 class Trainer:
     """Runs a ``TrainModule``: fit, validate, test and predict, on any strategy.
 
@@ -42,7 +45,8 @@ class Trainer:
         if unknown:
             from strategies._util import did_you_mean
             name = sorted(unknown)[0]
-            raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, TrainerConfig.__dataclass_fields__)}")
+            known = [*TrainerConfig.__dataclass_fields__, *_WIRING_ARGS]
+            raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, known)}")
         self.config = TrainerConfig(**loop_settings)
         if num_nodes != 1:
             raise ValueError(f"Trainer(num_nodes={num_nodes!r}): training on several machines needs a distributed "
@@ -140,7 +144,9 @@ class Trainer:
             self._model = self.accelerator.prepare_model(module)
             if stage == "fit":
                 self._setup_optimizers(module)
-            return body()
+            result = body()
+            self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
+            return result
         except BaseException as err:
             self._hooks("on_exception", err)
             raise
@@ -151,6 +157,10 @@ class Trainer:
 
     def _fit(self, train_loader: Any, val_loaders: list[Any]) -> None:
         self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
+        for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
+            self._eval_limit("validate", loader)
+        eval_loop.check_step_signature(self.module, "validate", len(val_loaders), "trainer.fit")
+        val_every = fit_loop.val_check_batches(self.config, self._num_train_batches) if val_loaders else None
         self._metrics.log_hyperparams()
         self._hooks("on_fit_start")
         if val_loaders and self.config.num_sanity_val_steps != 0:
@@ -159,12 +169,8 @@ class Trainer:
             eval_loop.run_validation(self, val_loaders, "sanity_check")
             self._hooks("on_sanity_check_end")
             self.state.stage = "fit"
-        fit_loop.run_fit(self, train_loader, val_loaders)
-        if self.state.batches_seen == 0:
-            raise ValueError("fit(train_dataloaders=...): the dataloader yielded no batch. Check that the dataset "
-                             "is not empty and that batch_size is not larger than it with drop_last=True.")
+        fit_loop.run_fit(self, train_loader, val_loaders, self._num_train_batches, val_every)
         self._hooks("on_fit_end")
-        self._metrics.finalize("success")
 
     def _setup_optimizers(self, module: TrainModule) -> None:
         if not any(p.requires_grad for p in module.parameters()):
@@ -190,13 +196,21 @@ class Trainer:
                              "batch_size is not larger than the dataset with drop_last=True.")
         if limit is None:
             return total
-        return min(total, limit) if isinstance(limit, int) else int(total * limit)
+        if isinstance(limit, int):
+            return min(total, limit)
+        if 0 < limit and int(total * limit) == 0:
+            raise ValueError(f"Trainer(limit_{what}_batches={limit}): {limit} of the {total} batches of the {what} "
+                             f"dataloader is less than one batch. Pass at least {1 / total:.3g}, or an int "
+                             "number of batches.")
+        return int(total * limit)
 
     def _eval_limit(self, stage: str, loader: Any) -> int | None:
         cfg = self.config
         if stage == "sanity_check":
-            n = cfg.num_sanity_val_steps
-            return None if n == -1 else n
+            n, limit = cfg.num_sanity_val_steps, self._eval_limit("validate", loader)
+            if n == -1 or limit is None:
+                return limit if n == -1 else n
+            return min(n, limit)
         limit = {"validate": cfg.limit_val_batches, "test": cfg.limit_test_batches,
                  "predict": cfg.limit_predict_batches}[stage]
         return self._num_batches(loader, limit, {"validate": "val"}.get(stage, stage))
@@ -215,9 +229,10 @@ class Trainer:
     def _publish_eval_metrics(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
         return self._metrics.publish_eval(stage, num_loaders)
 
-    def _where(self) -> str:
+    def _where(self, batch_idx: int | None = None) -> str:
         s = self.state
-        return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {s.batch_idx}, stage {s.stage!r})"
+        batch_idx = s.batch_idx if batch_idx is None else batch_idx
+        return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {batch_idx}, stage {s.stage!r})"
 
     @property
     def log_dir(self) -> str:
@@ -227,8 +242,16 @@ class Trainer:
 def _callback_list(callbacks: Any) -> list[Callback]:
     if callbacks is None:
         return []
-    items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    try:
+        items = list(callbacks)
+    except TypeError:
+        raise TypeError(f"Trainer(callbacks={callbacks!r}): expected a Callback or a list of them.") from None
     for cb in items:
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            raise TypeError(f"Trainer(callbacks=[..., {cb.__name__}]): got the class {cb.__name__} itself; pass an "
+                            f"instance, e.g. {cb.__name__}(...).")
         if not isinstance(cb, Callback):
             raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
                             f"got {type(cb).__name__}.")

@@ -1,0 +1,314 @@
+"""``self.log``: epoch values weighted by batch size, reduce_fx, step/epoch naming, what reaches
+callback_metrics, the progress bar and the CSV logger's file."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings, strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks import CSVLogger
+from trainer import Trainer
+from tests.helpers import BoringModel, regression_loader
+
+
+def _trainer(**kw) -> Trainer:
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_progress_bar", False)
+    kw.setdefault("accelerator", "cpu")
+    return Trainer(**kw)
+
+
+class Logs(BoringModel):
+    """Logs ``value(batch_idx)`` as ``name`` with ``log_kwargs`` in training and/or validation."""
+
+    def __init__(self, name="v", value=lambda i: float(i + 1), where=("train", "val"), **log_kwargs) -> None:
+        super().__init__()
+        self.name, self.value, self.where, self.log_kwargs = name, value, where, log_kwargs
+        self.step_losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.step_losses.append(loss.item())
+        if "train" in self.where:
+            self.log(self.name, torch.tensor(self.value(batch_idx)), **self.log_kwargs)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        if "val" in self.where:
+            self.log(self.name, torch.tensor(self.value(batch_idx)), **self.log_kwargs)
+
+
+UNEVEN = (10, 4)  # 10 samples in batches of 4, 4, 2; value i+1 in batch i: 1, 2, 3
+
+
+def _uneven() -> DataLoader:
+    return regression_loader(*UNEVEN)
+
+
+# -- epoch values ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduce_fx, expected", [
+    ("mean", (1 * 4 + 2 * 4 + 3 * 2) / 10),   # weighted by batch size: 1.8, not 2.0
+    ("sum", 1 + 2 + 3),
+    ("max", 3.0),
+    ("min", 1.0),
+    (torch.max, 3.0),
+    (max, 3.0),
+    (torch.sum, 6.0),
+    (lambda values: values.median(), 2.0),
+])
+def test_validation_epoch_value_of_each_reduce_fx(reduce_fx, expected):
+    result = _trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
+    assert result == [{"v": pytest.approx(expected, rel=1e-12)}]
+
+
+@pytest.mark.parametrize("reduce_fx, expected", [("mean", 1.8), ("sum", 6.0), ("max", 3.0), ("min", 1.0)])
+def test_training_epoch_value_of_each_reduce_fx(reduce_fx, expected):
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(Logs(reduce_fx=reduce_fx, on_step=False, on_epoch=True, where=("train",)), _uneven())
+    assert trainer.callback_metrics["v"] == pytest.approx(expected, rel=1e-12)
+    assert trainer.logged_metrics["v"] == pytest.approx(expected, rel=1e-12)
+    assert "v_step" not in trainer.callback_metrics and "v_epoch" not in trainer.callback_metrics
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 23), batch_size=st.integers(1, 7), log_every=st.integers(1, 3))
+def test_epoch_mean_is_weighted_by_batch_size(n, batch_size, log_every):
+    """Whatever the split into batches (and when values are read back), the epoch mean of a
+    per-batch mean equals the mean over every sample."""
+    values = torch.arange(n, dtype=torch.float64) * 0.37 + 1.0
+    loader = DataLoader(TensorDataset(values), batch_size=batch_size)
+
+    class MeanOfBatch(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("m", batch[0].mean(), on_step=False, on_epoch=True)
+            return self.layer.weight.sum() * 0.0 + self.layer.bias.sum() * 0.0 + 1.0
+
+        def validation_step(self, batch, batch_idx):
+            self.log("m", batch[0].mean())
+
+    trainer = _trainer(max_epochs=1, log_every_n_steps=log_every)
+    trainer.fit(MeanOfBatch(), loader)
+    assert trainer.callback_metrics["m"] == pytest.approx(values.mean().item(), rel=1e-12)
+    assert trainer.validate(MeanOfBatch(), loader) == [{"m": pytest.approx(values.mean().item(), rel=1e-12)}]
+
+
+def test_batch_size_argument_overrides_the_inferred_size():
+    result = _trainer().validate(Logs(batch_size=1, where=("val",)), _uneven())
+    assert result == [{"v": pytest.approx(2.0, rel=1e-12)}]
+
+
+def test_sync_dist_on_one_process_keeps_the_value():
+    result = _trainer().validate(Logs(sync_dist=True, where=("val",)), _uneven())
+    assert result == [{"v": pytest.approx(1.8, rel=1e-12)}]
+
+
+def test_python_numbers_can_be_logged():
+    result = _trainer().validate(Logs(where=("val",), value=lambda i: i + 1), _uneven())  # ints, no tensors
+    assert result == [{"v": pytest.approx(1.8, rel=1e-12)}]
+
+
+# -- step and epoch naming ---------------------------------------------------------------------------------
+
+def test_on_step_and_on_epoch_give_x_step_and_x_epoch():
+    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+    trainer.fit(Logs(on_step=True, on_epoch=True, where=("train",)), _uneven())
+    metrics = trainer.callback_metrics
+    assert metrics["v_step"] == 3.0                        # the last step's value
+    assert metrics["v_epoch"] == pytest.approx(1.8, rel=1e-12)
+    assert metrics["v"] == metrics["v_epoch"]             # the plain name holds the epoch value after the epoch
+    assert set(trainer.logged_metrics) == {"v_step", "v_epoch", "train/loss", "epoch"}
+
+
+def test_defaults_are_per_step_in_training_and_per_epoch_in_validation_and_epoch_hooks():
+    class Defaults(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("t", float(batch_idx + 1))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            self.log("w", float(batch_idx + 1))
+
+        def on_train_epoch_end(self):
+            self.log("e", 5.0)
+
+    trainer = _trainer(max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(Defaults(), _uneven(), _uneven())
+    metrics = trainer.callback_metrics
+    assert metrics["t"] == 3.0                              # on_step only: the last value
+    assert metrics["w"] == pytest.approx(1.8, rel=1e-12)    # on_epoch: weighted mean
+    assert metrics["e"] == 5.0
+    assert not any(k.endswith(("_step", "_epoch")) for k in metrics)
+
+
+def test_step_values_reach_callback_metrics_by_the_end_of_a_short_epoch():
+    """log_every_n_steps larger than the epoch still leaves the latest step value visible."""
+    trainer = _trainer(max_epochs=1, log_every_n_steps=50)
+    model = Logs(where=("train",))
+    trainer.fit(model, _uneven())
+    assert trainer.callback_metrics["train/loss"] == pytest.approx(model.step_losses[-1], rel=1e-7)
+    assert trainer.callback_metrics["v"] == 3.0
+    assert "train/loss" not in trainer.logged_metrics   # the logger still only gets rows every 50 steps
+
+
+def test_callback_metrics_hold_floats():
+    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+    trainer.fit(Logs(on_step=True, on_epoch=True), _uneven(), _uneven())
+    assert trainer.callback_metrics
+    assert all(type(v) is float for v in trainer.callback_metrics.values())
+    assert {k for k, v in trainer.logged_metrics.items() if type(v) is not float} == {"epoch"}
+
+
+def test_prog_bar_and_logger_flags_choose_where_values_go():
+    class Flags(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("bar", 1.0, prog_bar=True)
+            self.log("quiet", 2.0, logger=False)
+            self.log("both", 3.0, prog_bar=True, on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+    trainer.fit(Flags(), _uneven())
+    assert trainer.progress_bar_metrics == {"bar": 1.0, "both_step": 3.0, "both_epoch": 3.0, "both": 3.0}
+    assert "quiet" not in trainer.logged_metrics and trainer.callback_metrics["quiet"] == 2.0
+    assert {"bar", "both_step", "both_epoch", "train/loss"} <= set(trainer.logged_metrics)
+
+
+def test_logging_outside_a_run_warns_once_and_is_ignored():
+    model = BoringModel()
+    with pytest.warns(UserWarning, match=r"self\.log\('x', \.\.\.\) called outside trainer\.fit/validate/test: "
+                                         r"ignored"):
+        model.log("x", 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.log("y", 2.0)  # warned once already: silent now
+
+
+# -- bad values -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, error, pattern", [
+    (torch.ones(3), ValueError, r"self\.log\('bad', value\): expected a scalar \(one element\), got a tensor of "
+                                r"shape \(3,\)\. Reduce it first, e\.g\. value\.mean\(\)\."),
+    (torch.ones(2, 2), ValueError, r"got a tensor of shape \(2, 2\)"),
+    (torch.ones(0), ValueError, r"got a tensor of shape \(0,\)"),
+    ("1.0", TypeError, r"self\.log\('bad', value\): expected a number or a one-element tensor, got str\."),
+    ([1.0], TypeError, r"got list\."),
+    (1j, TypeError, r"got complex\."),
+])
+def test_non_scalar_value_errors_with_key_and_shape(value, error, pattern):
+    class Bad(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("bad", value)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(error, match=pattern):
+        _trainer(max_epochs=1).fit(Bad(), _uneven())
+
+
+def test_non_scalar_value_in_validation_names_the_suffixed_key():
+    class Bad(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("bad", torch.ones(2) if dataloader_idx == 1 else torch.ones(()))
+
+    with pytest.raises(ValueError, match=r"self\.log\('bad/dataloader_idx_1', value\): expected a scalar .* shape "
+                                         r"\(2,\)"):
+        _trainer().validate(Bad(), [_uneven(), _uneven()])
+
+
+@pytest.mark.parametrize("reduce_fx, error, pattern", [
+    ("median", ValueError, r"self\.log\('v', reduce_fx='median'\): expected one of 'mean', 'sum', 'max', 'min' or "
+                           r"a callable"),
+    (3, TypeError, r"self\.log\('v', reduce_fx=3\): expected one of 'mean', 'sum', 'max', 'min' or a callable"),
+])
+def test_unknown_reduce_fx_is_refused(reduce_fx, error, pattern):
+    with pytest.raises(error, match=pattern):
+        _trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
+
+
+# -- the CSV logger's file --------------------------------------------------------------------------------
+
+def _read(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+class Hyper(Logs):
+    def __init__(self, width: int = 3, label: str = "x") -> None:
+        super().__init__(name="t", where=("train",), on_step=False, on_epoch=True)
+        self.save_hyperparameters()
+
+    def validation_step(self, batch, batch_idx):
+        return BoringModel.validation_step(self, batch, batch_idx)  # logs val/loss
+
+
+def test_csv_logger_columns_and_rows():
+    logger = CSVLogger("logs", name="exp", version=0)
+    trainer = _trainer(max_epochs=2, logger=logger, log_every_n_steps=2)
+    model = Hyper(width=5)
+    trainer.fit(model, regression_loader(12, 4), regression_loader(8, 4))   # 3 steps per epoch
+    assert logger.metrics_file == os.path.join("logs", "exp", "version_0", "metrics.csv")
+    columns, rows = _read(logger.metrics_file)
+    assert columns == ["step", "train/loss", "val/loss", "t", "epoch"]
+    losses = model.step_losses
+    val = [r["val/loss"] for r in rows if r["val/loss"]]
+    assert len(val) == 2  # the sanity check writes no row
+    # the epoch value of t: batches of 4 with values 1, 2, 3 -> 2.0
+    expected = [
+        {"step": "2", "train/loss": repr(losses[1]), "val/loss": "", "t": "", "epoch": ""},
+        {"step": "3", "train/loss": "", "val/loss": val[0], "t": "", "epoch": ""},
+        {"step": "3", "train/loss": "", "val/loss": "", "t": "2.0", "epoch": "0"},
+        {"step": "4", "train/loss": repr(losses[3]), "val/loss": "", "t": "", "epoch": ""},
+        {"step": "6", "train/loss": repr(losses[5]), "val/loss": "", "t": "", "epoch": ""},
+        {"step": "6", "train/loss": "", "val/loss": val[1], "t": "", "epoch": ""},
+        {"step": "6", "train/loss": "", "val/loss": "", "t": "2.0", "epoch": "1"},
+    ]
+    assert rows == expected
+    assert float(val[1]) == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-12)
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
+        hparams = yaml.safe_load(f)
+    assert (hparams["width"], hparams["label"]) == (5, "x")
+    assert hparams["trainer"]["max_epochs"] == 2 and hparams["trainer"]["log_every_n_steps"] == 2
+
+
+def test_csv_logger_step_and_epoch_columns():
+    logger = CSVLogger("logs", name="exp", version="run")
+    trainer = _trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
+    trainer.fit(Logs(on_step=True, on_epoch=True, where=("train",)), _uneven())
+    columns, rows = _read(os.path.join("logs", "exp", "run", "metrics.csv"))
+    assert columns == ["step", "train/loss", "v_step", "v_epoch", "epoch"]
+    assert [(r["step"], r["v_step"], r["v_epoch"], r["epoch"]) for r in rows] == [
+        ("1", "1.0", "", ""), ("2", "2.0", "", ""), ("3", "3.0", "", ""), ("3", "", "1.8", "0")]
+
+
+def test_csv_logger_versions_count_up_and_test_metrics_are_written():
+    first, second = CSVLogger("logs"), CSVLogger("logs")
+    _trainer(max_epochs=1, logger=first).fit(BoringModel(), regression_loader(8, 8))
+    assert first.log_dir == os.path.join("logs", "default", "version_0")
+    result = _trainer(logger=second).test(BoringModel(), regression_loader(16, 8))
+    assert second.log_dir == os.path.join("logs", "default", "version_1")
+    columns, rows = _read(second.metrics_file)
+    assert columns == ["step", "test/loss"]
+    assert [float(r["test/loss"]) for r in rows] == [pytest.approx(result[0]["test/loss"], rel=1e-12)]
+
+
+def test_default_logger_is_csv_under_default_root_dir():
+    trainer = Trainer(max_epochs=1, enable_progress_bar=False, default_root_dir="here", log_every_n_steps=1)
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger"]
+    trainer.fit(BoringModel(), regression_loader(16, 8))
+    assert trainer.log_dir == os.path.join("here", "logs", "version_0")
+    columns, rows = _read(os.path.join(trainer.log_dir, "metrics.csv"))
+    assert columns == ["step", "train/loss"] and [r["step"] for r in rows] == ["1", "2"]
+
+
+def test_logger_false_writes_nothing(tmp_path):
+    _trainer(max_epochs=1, logger=False).fit(BoringModel(), regression_loader(16, 8))
+    assert os.listdir(tmp_path) == []
+    assert _trainer(logger=False).log_dir == "runs"
