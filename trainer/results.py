@@ -156,7 +156,7 @@ class Results:
         out = set()
         for k, e in self.entries.items():
             if getattr(e, which):
-                out.update([f"{k}_step", f"{k}_epoch", k] if (e.on_step and e.on_epoch) else [k])
+                out.update([f"{k}_step", f"{k}_epoch"] if (e.on_step and e.on_epoch) else [k])
         return out
 
     def reset(self) -> None:
