@@ -14,6 +14,7 @@ from typing import Any, ContextManager, Iterable
 import torch
 
 from strategies._util import apply_to_tensors
+from strategies.checkpoint_io import atomic_save, safe_load
 from strategies.precision import Precision
 
 REDUCE_OPS = ("mean", "sum", "max", "min")
@@ -117,6 +118,16 @@ class Strategy(ABC):
 
     def teardown(self) -> None:
         return None
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str) -> None:
+        """Write a full checkpoint atomically (rank zero writes; others wait)."""
+        if self.is_global_zero:
+            atomic_save(checkpoint, path)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(self, path: str) -> Any:
+        return safe_load(path, map_location="cpu")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.root_device}, precision={self.precision.name!r})"

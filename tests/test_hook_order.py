@@ -154,6 +154,8 @@ def test_golden_hook_order_of_fit_with_validation_and_accumulation():
         "module.on_train_batch_end(2)", "cb.on_train_batch_end(2)",
         # end-of-epoch validation runs before the epoch-end hooks
         *VALIDATION,
+        # the default ModelCheckpoint (after the recorder in the callback list) saves after validation
+        "module.on_save_checkpoint", "cb.on_save_checkpoint",
         "module.on_train_epoch_end", "cb.on_train_epoch_end",
         "module.on_train_end", "cb.on_train_end",
         "module.on_fit_end", "cb.on_fit_end",

@@ -309,6 +309,6 @@ def test_default_logger_is_csv_under_default_root_dir():
 
 
 def test_logger_false_writes_nothing(tmp_path):
-    _trainer(max_epochs=1, logger=False).fit(BoringModel(), regression_loader(16, 8))
+    _trainer(max_epochs=1, logger=False, enable_checkpointing=False).fit(BoringModel(), regression_loader(16, 8))
     assert os.listdir(tmp_path) == []
     assert _trainer(logger=False).log_dir == "runs"

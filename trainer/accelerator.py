@@ -64,6 +64,8 @@ class Accelerator:
         self._active_loader: PreparedDataLoader | None = None
         self._models: list[torch.nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
+        self._schedulers: list[AcceleratedScheduler] = []
+        self._custom_objects: list[Any] = []
 
     # -- who and where ----------------------------------------------------------------------
     @property
@@ -127,7 +129,8 @@ class Accelerator:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.device_placement:
             model = self.strategy.setup_module(model)
-        self._models.append(model)
+        if all(m is not model for m in self._models):
+            self._models.append(model)
         return model
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
@@ -138,7 +141,9 @@ class Accelerator:
         return wrapped
 
     def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
-        return AcceleratedScheduler(scheduler, self)
+        wrapped = AcceleratedScheduler(scheduler, self)
+        self._schedulers.append(wrapped)
+        return wrapped
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> PreparedDataLoader:
         return PreparedDataLoader(loader, self)
@@ -240,6 +245,56 @@ class Accelerator:
 
     def end_training(self) -> None:
         self.strategy.teardown()
+
+    # -- state and weights ------------------------------------------------------------------------
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Include objects with ``state_dict``/``load_state_dict`` in ``save_state``/``load_state``."""
+        for obj in objects:
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"register_for_checkpointing({obj!r:.80}): the object needs state_dict() and "
+                                "load_state_dict() methods.")
+            self._custom_objects.append(obj)
+
+    def save_state(self, output_dir: str) -> str:
+        """Save every prepared model, optimizer, scheduler, the gradient scaler, RNG states and
+        registered objects into ``output_dir`` (written whole, or not at all). Returns the path."""
+        from trainer.accelerator_state import save_state
+
+        return save_state(self, output_dir)
+
+    def load_state(self, input_dir: str, strict: bool = True) -> None:
+        """Restore what ``save_state`` wrote, into the objects prepared in the same order."""
+        from trainer.accelerator_state import load_state
+
+        load_state(self, input_dir, strict=strict)
+
+    def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full (unsharded) state dict of ``model``."""
+        return self.unwrap_model(model).state_dict()
+
+    def save_model(self, model: torch.nn.Module, save_directory: str, max_shard_size: int | str = "10GB",
+                   safe_serialization: bool = True) -> list[str]:
+        """Write plain weights as safetensors, split into shards under ``max_shard_size`` with a
+        ``model.safetensors.index.json``; load them with ``safetensors`` alone. Returns file names."""
+        from strategies.checkpoint_io import save_weights
+
+        if not safe_serialization:
+            raise ValueError("save_model(safe_serialization=False): only safetensors is written (pickle files can "
+                             "carry code). Drop the argument.")
+        state = self.get_state_dict(model)
+        names: list[str] = []
+        if self.is_main_process:
+            names = save_weights(state, save_directory, max_shard_size)
+        self.wait_for_everyone()
+        return names
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int) -> Any:
+        """A prepared dataloader that starts at batch ``num_batches`` of the same order (to resume
+        inside an epoch; restore the RNG state first so the order is the same)."""
+        from trainer.data_position import skip_batches
+
+        loader = getattr(dataloader, "loader", dataloader)
+        return PreparedDataLoader(skip_batches(loader, num_batches), self)
 
 
 def _is_scheduler(obj: Any) -> bool:

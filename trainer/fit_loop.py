@@ -28,6 +28,7 @@ import torch
 from strategies._util import batch_size_of
 from trainer import eval_loop
 from trainer._wrappers import with_is_last
+from trainer.data_position import capture_epoch_start, restore_epoch_start, set_rng_states, skip_batches
 from trainer.optim import step_schedulers
 
 
@@ -37,14 +38,21 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
     trainer._fit_start_time = time.monotonic()
     hooks = trainer._hooks
     hooks("on_train_start")
+    if trainer._resume_rng is not None and state.val_pending:
+        state.val_pending = False
+        eval_loop.run_validation(trainer, val_loaders)  # it was due right after the checkpoint was taken
     while not trainer._should_stop_now():
+        start = state.batch_idx  # > 0 only when resuming inside an epoch
         _set_sampler_epoch(train_loader, state.current_epoch)
         trainer.module.train()
-        trainer._results["train"].reset()
+        if start == 0:
+            trainer._results["train"].reset()
         hooks("on_train_epoch_start")
         seen = state.batches_seen
-        _train_epoch(trainer, train_loader, num_batches, val_loaders, val_every)
-        if state.batches_seen == seen:
+        if num_batches is None or start < num_batches:
+            batches = _epoch_batches(trainer, train_loader, num_batches, start)
+            _train_epoch(trainer, batches, start, val_loaders, val_every)
+        if state.batches_seen == seen and start == 0:
             raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
                              "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
                              "and that an iterable dataset can be iterated more than once.")
@@ -52,8 +60,40 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
     hooks("on_train_end")
 
 
-def _train_epoch(trainer: Any, loader: Any, num_batches: int | None, val_loaders: list[Any],
-                 val_every: int | None) -> None:
+def _epoch_batches(trainer: Any, loader: Any, num_batches: int | None, start: int) -> Any:
+    """This epoch's batches from position ``start``, as ``(batch, is_last)``.
+
+    A fresh epoch records the RNG states that decide its order; a resumed one replays them,
+    skips ``start`` batches, and puts the checkpoint's RNG states back once the loader has
+    drawn its order (see data_position.py).
+    """
+    resume_rng, trainer._resume_rng = trainer._resume_rng, None
+    if start == 0:
+        if resume_rng is not None:
+            set_rng_states(resume_rng)
+            resume_rng = None
+        trainer._epoch_start_rng = capture_epoch_start(loader)
+        batches = loader
+    else:
+        restore_epoch_start(loader, trainer._epoch_start_rng)
+        batches = skip_batches(loader, start)
+    if num_batches is not None:
+        batches = itertools.islice(batches, num_batches - start)
+    items = with_is_last(batches)
+    return items if resume_rng is None else _then_set_rng(items, resume_rng)
+
+
+def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:
+        return
+    set_rng_states(states)
+    yield first
+    yield from iterator
+
+
+def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> None:
     state, cfg, accel = trainer.state, trainer.config, trainer.accelerator
     module, model, hooks = trainer.module, trainer.model, trainer._hooks
     results = trainer._results["train"]
@@ -65,9 +105,8 @@ def _train_epoch(trainer: Any, loader: Any, num_batches: int | None, val_loaders
     validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
                                            or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
     module._results = results
-    window = _Window()
-    batches = loader if num_batches is None else itertools.islice(loader, num_batches)
-    for batch_idx, (batch, is_last) in enumerate(with_is_last(batches)):
+    window = trainer._window = _Window()
+    for batch_idx, (batch, is_last) in enumerate(batches, start):
         batch = accel.batch_to_device(batch)
         size = batch_size_of(batch) or 1
         results.batch_size = size
@@ -97,13 +136,17 @@ def _train_epoch(trainer: Any, loader: Any, num_batches: int | None, val_loaders
         if stepped:
             _optimizer_step(trainer, optimizer, window.items)
         if closes_window:
-            window = _Window()
+            window = trainer._window = _Window()
+        state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
         if has_batch_end:
-            hooks("on_train_batch_end", output, batch, batch_idx)
+            hooks("on_train_batch_end", output, batch, batch_idx)  # a checkpoint taken here resumes after it
         if stepped and state.global_step % cfg.log_every_n_steps == 0:
             trainer._publish_train_metrics()
-        if validate_this_epoch and _is_val_time(cfg, state, batch_idx, is_last, val_every):
+        if state.val_pending:
+            state.val_pending = False  # a checkpoint written during validation must not repeat it
             eval_loop.run_validation(trainer, val_loaders)
+        if closes_window and trainer._preempted:
+            trainer._preempt()
         if stepped and trainer._should_stop_now():
             break
 

@@ -14,10 +14,10 @@ class MetricsPublisher:
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
 
-    def publish_train(self, epoch_end: bool) -> None:
+    def flush_train(self) -> None:
+        """Read the training values back; raise on a non-finite loss (unless allowed)."""
         trainer = self._trainer
-        results = trainer._results["train"]
-        bad = results.flush()
+        bad = trainer._results["train"].flush()
         if bad is not None and trainer.config.stop_on_nonfinite_loss:
             step, batch_idx = bad
             raise FloatingPointError(
@@ -26,6 +26,11 @@ class MetricsPublisher:
                 "checked when logged values are read back, every log_every_n_steps, to avoid a host sync per "
                 "step). Lower the learning rate, clip gradients (gradient_clip_val=1.0) or use bf16-mixed "
                 "instead of 16-mixed; pass Trainer(stop_on_nonfinite_loss=False) to keep training anyway.")
+
+    def publish_train(self, epoch_end: bool) -> None:
+        trainer = self._trainer
+        results = trainer._results["train"]
+        self.flush_train()
         if epoch_end:
             # the latest step values become visible to callbacks; loggers keep their interval
             self._publish(results.step_metrics(), results, also_plain=True, log=False)

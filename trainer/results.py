@@ -79,6 +79,10 @@ class _Entry:
         return float(value)
 
 
+_SAVED_FIELDS = ("on_step", "on_epoch", "prog_bar", "logger", "sync_dist", "reduce_fx", "weighted_sum", "weight",
+                 "maximum", "minimum", "values", "last")
+
+
 class Results:
     """The values logged during one stage ("train", "validate", "test")."""
 
@@ -158,6 +162,21 @@ class Results:
             if getattr(e, which):
                 out.update([f"{k}_step", f"{k}_epoch"] if (e.on_step and e.on_epoch) else [k])
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host-side accumulators (call after ``flush``); entries with a custom reduce callable
+        are left out (a callable cannot be saved safely)."""
+        return {name: {f: getattr(e, f) for f in _SAVED_FIELDS}
+                for name, e in self.entries.items() if isinstance(e.reduce_fx, str)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        for name, fields in state.items():
+            entry = _Entry(fields["on_step"], fields["on_epoch"], fields["prog_bar"], fields["logger"],
+                           fields["sync_dist"], fields["reduce_fx"])
+            for f in _SAVED_FIELDS:
+                setattr(entry, f, fields[f])
+            self.entries[name] = entry
 
     def reset(self) -> None:
         self.entries.clear()

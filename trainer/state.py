@@ -20,3 +20,4 @@ class TrainerState:
     batches_seen: int = 0        # training batches over all epochs
     samples_seen: int = 0
     should_stop: bool = False
+    val_pending: bool = False    # validation is due after the current batch (kept for resume)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import os
 import time
 from typing import Any, Callable, Iterable
 
@@ -10,15 +10,17 @@ import torch
 
 from callbacks.base import Callback
 from callbacks.logger import Logger, default_loggers
+from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.progress import ProgressBar
 from strategies import resolve_strategy
-from trainer import eval_loop, fit_loop
+from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
 from trainer.hooks import Hooks
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.optim import parse_optimizers
+from trainer.preemption import Preempted, sigterm_sets_flag
 from trainer.results import Results
 from trainer.seed import install_worker_seeding, set_deterministic
 from trainer.state import TrainerState
@@ -64,6 +66,13 @@ class Trainer:
         self._step_schedulers: list = []
         self._epoch_schedulers: list = []
         self._fit_start_time: float | None = None
+        self._resume_rng: dict | None = None     # RNG states to put back when resuming
+        self._epoch_start_rng: dict | None = None  # what decided the current epoch's data order
+        self._window: Any = None                 # the open accumulation window (fit_loop._Window)
+        self._preempted = False
+        self.val_dataloaders: list[Any] = []
+        if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
+            self.callbacks.append(ModelCheckpoint())
 
     # -- read-only state ---------------------------------------------------------------------
     global_step = property(lambda self: self.state.global_step)
@@ -99,20 +108,26 @@ class Trainer:
 
     @property
     def checkpoint_callback(self) -> Callback | None:
-        return next((c for c in self.callbacks if type(c).__name__ == "ModelCheckpoint"), None)
+        return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
 
     # -- entry points ------------------------------------------------------------------------
     def fit(self, model: TrainModule, train_dataloaders: Any, val_dataloaders: Any = None,
             ckpt_path: str | None = None) -> None:
-        """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders`` when given."""
-        if ckpt_path is not None:
-            raise NotImplementedError("Trainer.fit(ckpt_path=...): resuming from a checkpoint is not available in "
-                                      "this version yet. Remove ckpt_path to train from the start.")
+        """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders`` when given.
+
+        ``ckpt_path``: resume from this checkpoint, or ``"last"``: the newest whole checkpoint in
+        the checkpoint directory if there is one (else start fresh) -- the same command for the
+        first run and every restart.
+        """
+        if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
+            raise TypeError(f"fit(ckpt_path={ckpt_path!r}): expected a path or 'last'.")
         train_loader = _check_loaders(train_dataloaders, "fit", "train_dataloaders", single=True)[0]
         val_loaders = _check_loaders(val_dataloaders, "fit", "val_dataloaders") if val_dataloaders is not None else []
         if val_loaders and self.config.limit_val_batches == 0:
             val_loaders = []
-        self._run("fit", model, lambda: self._fit(train_loader, val_loaders), loaders=[train_loader, *val_loaders])
+        self.val_dataloaders = val_loaders
+        self._run("fit", model, lambda: self._fit(train_loader, val_loaders, ckpt_path),
+                  loaders=[train_loader, *val_loaders])
 
     def validate(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
         """Run ``validation_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
@@ -147,6 +162,9 @@ class Trainer:
             result = body()
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             return result
+        except Preempted:
+            self._metrics.finalize("preempted")
+            raise SystemExit(0) from None
         except BaseException as err:
             self._hooks("on_exception", err)
             raise
@@ -155,7 +173,18 @@ class Trainer:
             module._results = None
             self.state.stage = "idle"
 
-    def _fit(self, train_loader: Any, val_loaders: list[Any]) -> None:
+    def _fit(self, train_loader: Any, val_loaders: list[Any], ckpt_path: str | None) -> None:
+        if ckpt_path is not None:
+            found = checkpoint.load_for_resume(self, str(ckpt_path))
+            if found is not None:
+                checkpoint.restore(self, found[1], found[0])
+                if self.is_global_zero:
+                    print(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
+                          f"batch_idx {self.state.batch_idx}).")
+        with sigterm_sets_flag(self):
+            self._fit_loops(train_loader, val_loaders)
+
+    def _fit_loops(self, train_loader: Any, val_loaders: list[Any]) -> None:
         self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
         for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
             self._eval_limit("validate", loader)
@@ -233,6 +262,42 @@ class Trainer:
         s = self.state
         batch_idx = s.batch_idx if batch_idx is None else batch_idx
         return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {batch_idx}, stage {s.stage!r})"
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
+        """Write the whole training state to ``filepath`` (atomically: a crash never leaves a
+        half-written file under that name). ``weights_only``: just the module's weights."""
+        if self.module is None:
+            raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
+        self.accelerator.strategy.save_checkpoint(checkpoint.dump(self, weights_only), str(filepath))
+
+    def save_model(self, directory: str, max_shard_size: int | str = "10GB") -> list[str]:
+        """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),
+        loadable into a plain ``nn.Module`` without this library."""
+        if self.module is None:
+            raise RuntimeError("trainer.save_model(...): no module yet; call it after fit.")
+        return self.accelerator.save_model(self.module, directory, max_shard_size)
+
+    def _checkpoint_dir(self) -> str:
+        cb = self.checkpoint_callback
+        if cb is not None and cb.dirpath:
+            return cb.dirpath
+        return os.path.abspath(os.path.join(self.config.default_root_dir, "checkpoints"))
+
+    def _window_open(self) -> bool:
+        """True between micro-batches of an accumulation window (gradients not yet applied)."""
+        return self._window is not None and self._window.micro > 0
+
+    def _preempt(self) -> None:
+        """SIGTERM arrived: the optimizer step is done; save last.ckpt and leave fit."""
+        path = os.path.join(self._checkpoint_dir(), "last.ckpt")
+        self.save_checkpoint(path)
+        if self.checkpoint_callback is not None:
+            self.checkpoint_callback.last_model_path = path
+        if self.is_global_zero:
+            print(f"Received SIGTERM: saved {path} at global_step {self.global_step}. Run the same command with "
+                  "trainer.fit(..., ckpt_path='last') to continue where it stopped.", flush=True)
+        raise Preempted()
 
     @property
     def log_dir(self) -> str:

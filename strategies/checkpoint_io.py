@@ -1,0 +1,178 @@
+"""Writing and reading checkpoint files: atomically, and without unpickling arbitrary objects.
+
+- ``atomic_save``: write to a temporary name in the same directory, flush and fsync, rename
+  into place, fsync the directory. A reader sees the old file or the new one, never half.
+- ``safe_load``: ``torch.load(weights_only=True)``: tensors, containers and primitives only.
+  A pickled callable or class is refused with ``UnsafeCheckpointError``; a truncated or
+  corrupt file raises ``CorruptCheckpointError``.
+- ``save_weights`` / ``load_weights``: plain safetensors weights, split into shards under a
+  size limit with a JSON index, loadable with ``safetensors`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from typing import Any, Callable
+
+import torch
+
+TEMP_PREFIX = ".tmp-"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says why and what to do."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is truncated or damaged (e.g. a copy interrupted by a crash)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file would need to unpickle code (a callable or class) to load."""
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, fill: Callable[[str], None]) -> None:
+    """Call ``fill(tmp_path)`` to write a temporary file beside ``path``; fsync it and rename it
+    into place, then fsync the directory so the rename itself survives a power loss."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    os.close(fd)
+    try:
+        fill(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
+        if delay:  # test hook: widen the window in which a kill lands mid-save
+            time.sleep(delay)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (temp file, fsync, rename)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def safe_load(path: str, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``torch.load(weights_only=True)``, explaining every refusal."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist. Check the path, or pass ckpt_path='last' to "
+                                "resume from the newest checkpoint (or start fresh when there is none).")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Checkpoint {path!r} is a directory; pass the path of a .ckpt file inside it.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err)
+        if "Unsupported global" in detail or "weights_only" in detail.lower() or "Weights only" in detail:
+            found = detail.split("Unsupported global:", 1)[-1].split("\n")[0].strip() if "Unsupported global" in detail else "an object"
+            raise UnsafeCheckpointError(
+                f"Refusing to load {path!r}: it contains a pickled Python object ({found}). Loading it would run "
+                "code from the file, so only tensors, containers and plain values are accepted. If you trust the "
+                "file, load it yourself with torch.load(path, weights_only=False) and save its state dicts again."
+            ) from None
+        raise CorruptCheckpointError(f"Checkpoint {path!r} is damaged and cannot be read ({detail}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CorruptCheckpointError(
+            f"Checkpoint {path!r} is truncated or damaged ({type(err).__name__}: {str(err)[:200]}). It was probably "
+            "cut short by a crash or an interrupted copy; use an earlier checkpoint.") from None
+
+
+def is_temporary(name: str) -> bool:
+    return os.path.basename(name).startswith(TEMP_PREFIX)
+
+
+# -- plain weights (safetensors) -------------------------------------------------------------
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    text = size.strip().upper()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * units[unit])
+    raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or a string such as '5GB' or '500MB'.")
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], directory: str, max_shard_size: int | str = "10GB") -> list[str]:
+    """Write ``state_dict`` as safetensors into ``directory``: one ``model.safetensors``, or shards
+    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` when it is larger
+    than ``max_shard_size``. Tied tensors are stored once per name. Returns the file names."""
+    from safetensors.torch import save_file
+
+    limit = _parse_size(max_shard_size)
+    tensors = {}
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        t = t.clone() if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
+        seen.add(key)
+        tensors[name] = t
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    os.makedirs(directory, exist_ok=True)
+    names = [WEIGHTS_NAME] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        atomic_write(os.path.join(directory, name), lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        atomic_write(os.path.join(directory, WEIGHTS_INDEX_NAME),
+                     lambda tmp: _write_text(tmp, json.dumps(index, indent=2)))
+        names.append(WEIGHTS_INDEX_NAME)
+    return names
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def load_weights(directory: str) -> dict[str, torch.Tensor]:
+    """Read weights written by ``save_weights`` (single file or sharded with an index)."""
+    from safetensors.torch import load_file
+
+    index_path = os.path.join(directory, WEIGHTS_INDEX_NAME)
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
+        files = [WEIGHTS_NAME]
+    else:
+        raise FileNotFoundError(f"No weights in {directory!r}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}.")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(os.path.join(directory, name)))
+    return state

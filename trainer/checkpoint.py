@@ -1,0 +1,184 @@
+"""What a Trainer checkpoint holds, and putting it back.
+
+A checkpoint is one file (``torch.save`` of plain containers and tensors, loaded with
+``weights_only=True``) written atomically by ``strategies.checkpoint_io``. It holds:
+
+    format_version, metadata  library/torch versions, resolved Trainer config, world size, strategy
+    state_dict                the module's weights          hparams     save_hyperparameters()
+    optimizer_states          lr_schedulers                 precision   (the gradient scaler)
+    loops                     global_step, epoch, position in the epoch, the RNG states that
+                              decide the epoch's data order, metric accumulators, callback_metrics
+    rng                       python, numpy, torch and CUDA generators, per rank
+    callbacks                 {state_key: state_dict()} of every callback
+    ... and whatever the module's / callbacks' on_save_checkpoint add.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from strategies.checkpoint_io import CheckpointError
+from trainer.data_position import rng_states, set_rng_states
+
+FORMAT_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters reduced to what loads without unpickling code (others become their repr)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    return repr(value)
+
+
+def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
+    """The whole training state of ``trainer`` as a checkpoint dict."""
+    from trainer import __version__
+
+    module = trainer.module
+    if trainer.state.stage in ("fit", "sanity_check"):
+        trainer._metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
+    strategy = trainer.accelerator.strategy
+    ckpt: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "metadata": {"trainer_version": __version__, "torch_version": torch.__version__,
+                     "python_version": platform.python_version(), "world_size": strategy.world_size,
+                     "strategy": type(strategy).__name__, "precision": strategy.precision.name,
+                     "config": trainer.config.to_dict(), "saved_at": time.time()},
+        "state_dict": trainer.accelerator.unwrap_model(module).state_dict(),
+        "hparams": _plain(dict(module.hparams)),
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+    }
+    if not weights_only:
+        ckpt.update({
+            "optimizer_states": [opt.state_dict() for opt in trainer.optimizers],
+            "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
+            "precision": strategy.precision.state_dict(),
+            "loops": _loop_state(trainer),
+            "rng": {strategy.global_rank: rng_states()},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        })
+        trainer._hooks("on_save_checkpoint", ckpt)
+    return ckpt
+
+
+def _loop_state(trainer: Any) -> dict[str, Any]:
+    state = trainer.state
+    if state.batch_idx and trainer._window_open():
+        warnings.warn(f"Saving a checkpoint in the middle of an accumulation window (batch_idx {state.batch_idx}): "
+                      "the gradients accumulated since the last optimizer step are not saved.", stacklevel=3)
+    return {
+        "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
+        "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
+        "epoch_start_rng": trainer._epoch_start_rng,
+        "results": trainer._results["train"].state_dict(),
+        "callback_metrics": dict(trainer.callback_metrics),
+    }
+
+
+def check_compatible(ckpt: Any, path: str, world_size: int) -> None:
+    """Refuse checkpoints this version cannot use, saying why and what to do."""
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path!r} is not a checkpoint written by this library (no format_version/state_dict). "
+                              "For plain weights use TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
+    version = ckpt["format_version"]
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path!r} has checkpoint format {version}, newer than the {FORMAT_VERSION} this "
+                              f"version reads (it was written by trainer {ckpt['metadata'].get('trainer_version')}). "
+                              "Upgrade the trainer package to resume from it.")
+    saved_world = ckpt["metadata"].get("world_size", 1)
+    loops = ckpt.get("loops") or {}
+    if saved_world != world_size and loops.get("batch_idx", 0):
+        raise CheckpointError(
+            f"{path!r} was saved in the middle of an epoch (batch_idx {loops['batch_idx']}) by {saved_world} "
+            f"process(es); this run has {world_size}. The rest of that epoch's samples cannot be split the same way "
+            f"among {world_size}. Resume with {saved_world} process(es), or from a checkpoint taken at an epoch end.")
+
+
+def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool) -> None:
+    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state_dict)
+                        if isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mismatched)) if keys]
+        message = (f"Checkpoint {path!r} does not match {type(module).__name__}: " + "; ".join(parts) + ".")
+        if strict:
+            raise CheckpointError(message + " Is it from a different model? To load only the matching keys, set "
+                                            "`model.strict_loading = False` before fit.")
+        warnings.warn(message + " Loading the matching keys only (strict_loading=False).", stacklevel=3)
+        state_dict = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    module.load_state_dict(state_dict, strict=False)
+
+
+def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
+    """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
+    module, strategy = trainer.module, trainer.accelerator.strategy
+    check_compatible(ckpt, path, strategy.world_size)
+    load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
+                      strict=getattr(module, "strict_loading", True))
+    trainer._hooks("on_load_checkpoint", ckpt)
+    if "optimizer_states" not in ckpt:
+        raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
+                              "Load it with model.load_state_dict(...) and start a new fit instead.")
+    for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
+        opt.load_state_dict(state)
+        strategy.setup_optimizer(opt)
+    for cfg, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
+        cfg.scheduler.load_state_dict(state)
+    strategy.precision.load_state_dict(ckpt.get("precision", {}))
+    loops = ckpt["loops"]
+    s = trainer.state
+    s.global_step, s.current_epoch, s.batch_idx = loops["global_step"], loops["current_epoch"], loops["batch_idx"]
+    s.batches_seen, s.samples_seen, s.should_stop = loops["batches_seen"], loops["samples_seen"], loops["should_stop"]
+    trainer._epoch_start_rng = loops.get("epoch_start_rng")
+    trainer._results["train"].load_state_dict(loops.get("results", {}))
+    trainer._metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+    by_key = {cb.state_key: cb for cb in trainer.callbacks}
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key in by_key:
+            by_key[key].load_state_dict(state)
+    rng = ckpt.get("rng", {})
+    trainer._resume_rng = rng.get(strategy.global_rank) if rng else None
+    if trainer._resume_rng is None and rng:
+        warnings.warn(f"{path!r} has no RNG state for rank {strategy.global_rank}; random streams restart.",
+                      stacklevel=3)
+
+
+def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] | None:
+    """Read the checkpoint to resume from. ``"last"``: the checkpoint directory's last.ckpt, else
+    its newest whole checkpoint (damaged ones are reported and skipped); None when there is
+    none, and training starts fresh. Any other value is a path that must load."""
+    from strategies.checkpoint_io import CorruptCheckpointError, is_temporary, safe_load
+
+    if ckpt_path != "last":
+        return ckpt_path, safe_load(ckpt_path)
+    dirpath = trainer._checkpoint_dir()
+    candidates: list[str] = []
+    if os.path.isdir(dirpath):
+        paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
+        last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
+        candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
+    for path in candidates:
+        try:
+            return path, safe_load(path)
+        except CorruptCheckpointError as err:
+            warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
+    if trainer.is_global_zero:
+        print(f"ckpt_path='last': no checkpoint found in {dirpath!r}; starting from scratch.")
+    return None
