@@ -4,6 +4,7 @@ from callbacks.base import Callback, MissingMetricError
 from callbacks.early_stopping import EarlyStopping
 from callbacks.logger import CSVLogger, Logger
 from callbacks.lr_monitor import LearningRateMonitor
+from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.progress import ProgressBar
 
-__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ProgressBar"]
+__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar"]

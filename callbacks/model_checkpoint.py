@@ -109,6 +109,12 @@ class ModelCheckpoint(Callback):
         if self._on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._save(trainer)
 
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        # fit stopped inside an epoch (max_steps, max_time): keep that point too, to resume from it
+        stopped_inside = trainer.state.batch_idx > 0 and not trainer._window_open()
+        if stopped_inside and trainer.global_step != self._last_global_step_saved:
+            self._save(trainer)
+
     def _on_train_epoch_end(self, trainer: Any) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end

@@ -108,7 +108,8 @@ def test_setting_should_stop_in_a_callback_stops_after_that_step():
 
     trainer = _trainer(max_epochs=5, callbacks=[StopAt()])
     trainer.fit(BoringModel(), regression_loader(16, 8))
-    assert (trainer.global_step, trainer.current_epoch, trainer.should_stop) == (3, 2, True)
+    # stopped after the first batch of epoch 1: that epoch is not completed
+    assert (trainer.global_step, trainer.current_epoch, trainer.should_stop) == (3, 1, True)
 
 
 # -- errors raised in hooks ------------------------------------------------------------------------------

@@ -48,14 +48,19 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
         if start == 0:
             trainer._results["train"].reset()
         hooks("on_train_epoch_start")
-        seen = state.batches_seen
+        seen, completed = state.batches_seen, True
         if num_batches is None or start < num_batches:
             batches = _epoch_batches(trainer, train_loader, num_batches, start)
-            _train_epoch(trainer, batches, start, val_loaders, val_every)
+            completed = _train_epoch(trainer, batches, start, val_loaders, val_every)
         if state.batches_seen == seen and start == 0:
             raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
                              "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
                              "and that an iterable dataset can be iterated more than once.")
+        if not completed:
+            # A limit (max_steps, max_time, should_stop) ended fit inside the epoch: the epoch is not
+            # over, so no epoch-end hooks and no epoch count; a checkpoint taken now resumes right here.
+            trainer._publish_train_metrics(epoch_end=True)
+            break
         _end_train_epoch(trainer)
     hooks("on_train_end")
 
@@ -93,7 +98,8 @@ def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
     yield from iterator
 
 
-def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> None:
+def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> bool:
+    """Train on ``batches``; returns False when a limit stopped it before the epoch's end."""
     state, cfg, accel = trainer.state, trainer.config, trainer.accelerator
     module, model, hooks = trainer.module, trainer.model, trainer._hooks
     results = trainer._results["train"]
@@ -147,8 +153,9 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             eval_loop.run_validation(trainer, val_loaders)
         if closes_window and trainer._preempted:
             trainer._preempt()
-        if stepped and trainer._should_stop_now():
-            break
+        if stepped and not is_last and trainer._should_stop_now():
+            return False
+    return True
 
 
 class _Window:
