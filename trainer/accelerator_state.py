@@ -27,7 +27,7 @@ def save_state(accelerator: Any, output_dir: str) -> str:
     strategy = accelerator.strategy
     state = {
         "format_version": FORMAT_VERSION,
-        "metadata": {"trainer_version": __version__, "torch_version": torch.__version__,
+        "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
                      "world_size": strategy.world_size, "strategy": type(strategy).__name__,
                      "precision": strategy.precision.name},
         "models": [accelerator.unwrap_model(m).state_dict() for m in accelerator._models],

@@ -50,7 +50,7 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     strategy = trainer.accelerator.strategy
     ckpt: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "metadata": {"trainer_version": __version__, "torch_version": torch.__version__,
+        "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
                      "python_version": platform.python_version(), "world_size": strategy.world_size,
                      "strategy": type(strategy).__name__, "precision": strategy.precision.name,
                      "config": trainer.config.to_dict(), "saved_at": time.time()},
@@ -80,6 +80,7 @@ def _loop_state(trainer: Any) -> dict[str, Any]:
     return {
         "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
         "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
+        "val_pending": state.val_pending,
         "epoch_start_rng": trainer._epoch_start_rng,
         "results": trainer._results["train"].state_dict(),
         "callback_metrics": dict(trainer.callback_metrics),
@@ -146,6 +147,7 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     s = trainer.state
     s.global_step, s.current_epoch, s.batch_idx = loops["global_step"], loops["current_epoch"], loops["batch_idx"]
     s.batches_seen, s.samples_seen, s.should_stop = loops["batches_seen"], loops["samples_seen"], loops["should_stop"]
+    s.val_pending = loops["val_pending"]
     trainer._epoch_start_rng = loops.get("epoch_start_rng")
     trainer._results["train"].load_state_dict(loops.get("results", {}))
     trainer._metrics.callback_metrics.update(loops.get("callback_metrics", {}))

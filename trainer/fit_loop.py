@@ -28,7 +28,8 @@ import torch
 from strategies._util import batch_size_of
 from trainer import eval_loop
 from trainer._wrappers import with_is_last
-from trainer.data_position import capture_epoch_start, restore_epoch_start, set_rng_states, skip_batches
+from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
+                                   skip_batches)
 from trainer.optim import step_schedulers
 
 
@@ -38,9 +39,12 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
     trainer._fit_start_time = time.monotonic()
     hooks = trainer._hooks
     hooks("on_train_start")
-    if trainer._resume_rng is not None and state.val_pending:
-        state.val_pending = False
-        eval_loop.run_validation(trainer, val_loaders)  # it was due right after the checkpoint was taken
+    if trainer._resume_rng is not None:
+        set_rng_states(trainer._resume_rng)  # every random stream continues from the checkpoint
+        trainer._resume_rng = None
+        if state.val_pending:
+            state.val_pending = False
+            eval_loop.run_validation(trainer, val_loaders)  # it was due right after the checkpoint was taken
     while not trainer._should_stop_now():
         start = state.batch_idx  # > 0 only when resuming inside an epoch
         _set_sampler_epoch(train_loader, state.current_epoch)
@@ -69,23 +73,20 @@ def _epoch_batches(trainer: Any, loader: Any, num_batches: int | None, start: in
     """This epoch's batches from position ``start``, as ``(batch, is_last)``.
 
     A fresh epoch records the RNG states that decide its order; a resumed one replays them,
-    skips ``start`` batches, and puts the checkpoint's RNG states back once the loader has
-    drawn its order (see data_position.py).
+    skips ``start`` batches, and puts the current RNG states back once the loader has drawn
+    its order (see data_position.py).
     """
-    resume_rng, trainer._resume_rng = trainer._resume_rng, None
     if start == 0:
-        if resume_rng is not None:
-            set_rng_states(resume_rng)
-            resume_rng = None
         trainer._epoch_start_rng = capture_epoch_start(loader)
         batches = loader
     else:
+        now = rng_states()
         restore_epoch_start(loader, trainer._epoch_start_rng)
         batches = skip_batches(loader, start)
     if num_batches is not None:
         batches = itertools.islice(batches, num_batches - start)
     items = with_is_last(batches)
-    return items if resume_rng is None else _then_set_rng(items, resume_rng)
+    return items if start == 0 else _then_set_rng(items, now)
 
 
 def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
