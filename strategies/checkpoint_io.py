@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 import zipfile
@@ -87,8 +88,9 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err)
-        if "Unsupported global" in detail or "weights_only" in detail.lower() or "Weights only" in detail:
-            found = detail.split("Unsupported global:", 1)[-1].split("\n")[0].strip() if "Unsupported global" in detail else "an object"
+        if "Weights only load failed" in detail or "weights_only" in detail:
+            named = re.search(r"GLOBAL ([\w.]+)", detail)
+            found = f"the global {named.group(1)}" if named else "a non-data pickle instruction"
             raise UnsafeCheckpointError(
                 f"Refusing to load {path!r}: it contains a pickled Python object ({found}). Loading it would run "
                 "code from the file, so only tensors, containers and plain values are accepted. If you trust the "

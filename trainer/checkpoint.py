@@ -173,6 +173,10 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     dirpath = trainer._checkpoint_dir()
     candidates: list[str] = []
     if os.path.isdir(dirpath):
+        if trainer.is_global_zero:  # temporary files left by a run killed while saving
+            for name in os.listdir(dirpath):
+                if is_temporary(name):
+                    os.remove(os.path.join(dirpath, name))
         paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
         last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)

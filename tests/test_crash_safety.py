@@ -1,0 +1,138 @@
+"""Real crashes: SIGKILL at random moments (including in the middle of writing a checkpoint),
+SIGTERM preemption, damaged files, and checkpoints that must not be unpickled."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from strategies.checkpoint_io import CorruptCheckpointError, UnsafeCheckpointError, atomic_save, safe_load
+from trainer import Trainer
+from tests.helpers import BoringModel, regression_loader
+
+SCRIPT = str(Path(__file__).with_name("resume_script.py"))
+
+
+def _start(run_dir: Path, out: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, SCRIPT, str(run_dir), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+
+
+def _reference(tmp_path: Path) -> dict:
+    out = tmp_path / "reference.pt"
+    proc = _start(tmp_path / "reference", out)
+    assert proc.wait(timeout=120) == 0, proc.stdout.read()
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    expected = _reference(tmp_path)
+    run_dir, out = tmp_path / "run", tmp_path / "final.pt"
+    rng = random.Random(0)
+    leftovers_seen = kills = 0
+    for _ in range(5):
+        # every save sleeps 30 ms between writing the temp file and renaming it: most kills land mid-save
+        proc = _start(run_dir, out, TRAINER_TEST_SAVE_DELAY="0.03")
+        while proc.stdout.readline().strip() not in ("training", ""):  # "" if it finished first
+            pass
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+        ckpt_dir = run_dir / "checkpoints"
+        if ckpt_dir.exists():
+            names = os.listdir(ckpt_dir)
+            leftovers_seen += any(n.startswith(".tmp-") for n in names)
+            if "last.ckpt" in names:
+                safe_load(str(ckpt_dir / "last.ckpt"))  # whatever moment the kill hit, last.ckpt is whole
+    proc = _start(run_dir, out)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    assert kills >= 2 and leftovers_seen >= 1  # the kills did land, some in the middle of a save
+    got = torch.load(out, weights_only=True)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
+    expected = _reference(tmp_path)
+    run_dir, out = tmp_path / "run", tmp_path / "final.pt"
+    proc = _start(run_dir, out, TRAINER_TEST_SAVE_DELAY="0.02")
+    assert "no checkpoint found" in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "training"
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "Received SIGTERM: saved" in output and "ckpt_path='last'" in output
+    assert not out.exists()  # it stopped before the end
+    proc = _start(run_dir, out)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "Resuming from" in output, output
+    got = torch.load(out, weights_only=True)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_a_checkpoint_carrying_a_pickled_callable_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"format_version": 1, "state_dict": {}, "payload": _Evil()}, f)
+    with pytest.raises(UnsafeCheckpointError, match=r"contains a pickled Python object.*would run code from the file"):
+        safe_load(str(path))
+    torch.save({"format_version": 1, "state_dict": {}, "payload": _Evil()}, tmp_path / "evil2.ckpt")
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"Refusing to load .*the global posix\.system"):
+        trainer.fit(BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "evil2.ckpt"))
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_truncated_checkpoint_is_reported_and_last_falls_back(tmp_path):
+    def trainer():
+        return Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+
+    from callbacks import ModelCheckpoint
+
+    first = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                    callbacks=[ModelCheckpoint(save_top_k=-1, save_last=True)])
+    first.fit(BoringModel(), regression_loader())
+    ckpt_dir = tmp_path / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # e.g. a copy cut short
+    with pytest.raises(CorruptCheckpointError, match=r"truncated or damaged.*use an earlier checkpoint"):
+        safe_load(str(last))
+    again = trainer()
+    with pytest.warns(UserWarning, match=r"skipping a damaged checkpoint"):
+        again.fit(BoringModel(), regression_loader(), ckpt_path="last")
+    assert again.global_step == first.global_step  # resumed from the newest whole one (epoch 1's end)
+
+
+def test_atomic_save_never_leaves_a_partial_file_under_the_real_name(tmp_path):
+    path = tmp_path / "x.ckpt"
+    atomic_save({"a": torch.ones(3)}, str(path))
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"a": torch.zeros(3), "b": Boom()}, str(path))
+    assert torch.equal(safe_load(str(path))["a"], torch.ones(3))  # the old checkpoint is intact
+    assert os.listdir(tmp_path) == ["x.ckpt"]  # and the temporary file is gone
