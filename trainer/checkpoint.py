@@ -137,8 +137,17 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     if "optimizer_states" not in ckpt:
         raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
                               "Load it with model.load_state_dict(...) and start a new fit instead.")
+    strict = getattr(module, "strict_loading", True)
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
-        opt.load_state_dict(state)
+        try:
+            opt.load_state_dict(state)
+        except ValueError as err:
+            if strict:
+                raise CheckpointError(f"{path!r}: the optimizer state does not fit this model's optimizer ({err}). "
+                                      "Was the checkpoint written for other parameters?") from None
+            warnings.warn(f"{path!r}: optimizer state skipped, it does not fit ({err}); strict_loading=False.",
+                          stacklevel=3)
+            continue
         strategy.setup_optimizer(opt)
     for cfg, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         cfg.scheduler.load_state_dict(state)

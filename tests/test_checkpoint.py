@@ -1,0 +1,339 @@
+"""Checkpoint content, ModelCheckpoint's options, plain safetensors weights, the Accelerator's
+save_state/load_state, and the errors a user meets when a checkpoint does not fit."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks import ModelCheckpoint, MissingMetricError
+from strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
+from trainer import Accelerator, Trainer, TrainModule, seed_everything
+from tests.helpers import BoringModel, regression_loader
+
+
+def _trainer(tmp_path, **kw):
+    kw.setdefault("max_epochs", 1)
+    return Trainer(logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=str(tmp_path), **kw)
+
+
+def test_checkpoint_holds_the_whole_training_state(tmp_path):
+    class Extras(BoringModel):
+        def __init__(self, width: int = 3):
+            super().__init__()
+            self.save_hyperparameters()
+
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["my_extra"] = {"answer": 42}
+
+    trainer = _trainer(tmp_path, max_epochs=2, precision="16-mixed", enable_checkpointing=False)
+    trainer.fit(Extras(), regression_loader(), regression_loader())
+    path = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(str(path))
+    ckpt = safe_load(str(path))
+    assert ckpt["format_version"] == 1 and ckpt["my_extra"] == {"answer": 42}
+    meta = ckpt["metadata"]
+    assert meta["world_size"] == 1 and meta["strategy"] == "SingleDeviceStrategy" and meta["precision"] == "16-mixed"
+    assert meta["config"]["max_epochs"] == 2 and meta["torch_version"] == str(torch.__version__)
+    assert ckpt["hparams"] == {"width": 3}
+    assert set(ckpt["state_dict"]) == {"layer.weight", "layer.bias"}
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.1
+    assert ckpt["precision"]["scaler"]["scale"] == trainer.strategy.precision.scaler.get_scale()
+    loops = ckpt["loops"]
+    assert (loops["global_step"], loops["current_epoch"], loops["batch_idx"]) == (16, 2, 0)
+    assert set(ckpt["rng"][0]) >= {"python", "numpy", "torch"}
+    assert "val/loss" in loops["callback_metrics"]
+
+
+def test_gradient_scaler_state_is_restored(tmp_path):
+    trainer = _trainer(tmp_path, precision="16-mixed", enable_checkpointing=False)
+    trainer.fit(BoringModel(), regression_loader())
+    trainer.strategy.precision.scaler.update(1234.0)
+    trainer.save_checkpoint(str(tmp_path / "s.ckpt"))
+    resumed = _trainer(tmp_path, precision="16-mixed", max_epochs=1, enable_checkpointing=False)
+    resumed.fit(BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "s.ckpt"))
+    assert resumed.strategy.precision.scaler.get_scale() == 1234.0
+
+
+# -- ModelCheckpoint ----------------------------------------------------------------------------------
+
+class Scored(BoringModel):
+    """val/score follows a fixed sequence, one value per epoch."""
+
+    SCORES = [5.0, 3.0, 4.0, 1.0, 2.0]
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", self.SCORES[self.current_epoch])
+
+
+@pytest.mark.parametrize("k, mode, kept", [(2, "min", [1.0, 2.0]), (2, "max", [5.0, 4.0]), (1, "min", [1.0]),
+                                            (-1, "min", [1.0, 2.0, 3.0, 4.0, 5.0])])
+def test_save_top_k_keeps_the_best_files_and_names_them_from_the_template(tmp_path, k, mode, kept):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), monitor="val/score", mode=mode, save_top_k=k,
+                           filename="epoch={epoch}-step={step}-{val/score:.1f}")
+    _trainer(tmp_path, max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0).fit(
+        Scored(), regression_loader(16, 8), regression_loader(8, 8))
+    files = sorted(os.listdir(tmp_path / "c"))
+    expected = sorted(f"epoch={Scored.SCORES.index(s)}-step={2 * (Scored.SCORES.index(s) + 1)}-val_score={s:.1f}.ckpt"
+                      for s in kept)
+    assert files == expected
+    assert ckpt.best_model_score == kept[0]  # kept lists the best first
+    assert os.path.basename(ckpt.best_model_path).endswith(f"val_score={kept[0]:.1f}.ckpt")
+    assert sorted(ckpt.best_k_models.values()) == sorted(kept)
+
+
+def test_save_top_k_zero_with_save_last_writes_only_last(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), save_top_k=0, save_last=True)
+    _trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    assert os.listdir(tmp_path / "c") == ["last.ckpt"]
+    assert safe_load(str(tmp_path / "c" / "last.ckpt"))["loops"]["current_epoch"] == 1  # saved in epoch 1's end
+
+
+def test_every_n_train_steps_and_every_n_epochs(tmp_path):
+    steps = ModelCheckpoint(dirpath=str(tmp_path / "s"), every_n_train_steps=3, save_top_k=-1)
+    epochs = ModelCheckpoint(dirpath=str(tmp_path / "e"), every_n_epochs=2, save_top_k=-1)
+    _trainer(tmp_path, max_epochs=4, callbacks=[steps, epochs]).fit(BoringModel(), regression_loader(32, 8))
+    assert sorted(os.listdir(tmp_path / "s")) == sorted(f"epoch={(s - 1) // 4}-step={s}.ckpt"
+                                                        for s in (3, 6, 9, 12, 15))
+    assert sorted(os.listdir(tmp_path / "e")) == ["epoch=1-step=8.ckpt", "epoch=3-step=16.ckpt"]
+
+
+def test_train_time_interval(tmp_path, monkeypatch):
+    import time as time_module
+    clock = [0.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
+
+    class Tick(BoringModel):
+        def training_step(self, batch, batch_idx):
+            clock[0] += 10.0
+            return super().training_step(batch, batch_idx)
+
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "t"), train_time_interval=datetime.timedelta(seconds=25),
+                           save_top_k=-1)
+    _trainer(tmp_path, max_epochs=1, callbacks=[ckpt]).fit(Tick(), regression_loader(64, 8))
+    assert sorted(os.listdir(tmp_path / "t")) == ["epoch=0-step=3.ckpt", "epoch=0-step=6.ckpt"]
+
+
+def test_save_weights_only_cannot_resume(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "w"), save_weights_only=True, save_last=True)
+    _trainer(tmp_path, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    content = safe_load(str(tmp_path / "w" / "last.ckpt"))
+    assert "optimizer_states" not in content and set(content["state_dict"]) == {"layer.weight", "layer.bias"}
+    with pytest.raises(CheckpointError, match=r"holds weights only \(save_weights_only=True\)"):
+        _trainer(tmp_path, callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "w"))]).fit(
+            BoringModel(), regression_loader(), ckpt_path="last")
+
+
+def test_a_monitor_that_was_never_logged_lists_the_logged_keys(tmp_path):
+    ckpt = ModelCheckpoint(monitor="val/acc")
+    with pytest.raises(MissingMetricError, match=r"monitor='val/acc'\): this metric was never logged\. Logged "
+                                                 r"metrics: \['val/loss'\]"):
+        _trainer(tmp_path, callbacks=[ckpt]).fit(BoringModel(), regression_loader(), regression_loader())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "best"}, r"mode='best'.*'min' or 'max'"),
+    ({"save_top_k": -2}, r"save_top_k=-2.*k >= 0, or -1"),
+    ({"save_top_k": 3}, r"save_top_k=3, monitor=None.*need a metric"),
+    ({"every_n_train_steps": 2, "every_n_epochs": 1}, r"every_n_train_steps=\.\.\., every_n_epochs=\.\.\..*one schedule"),
+])
+def test_model_checkpoint_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelCheckpoint(**kwargs)
+
+
+# -- errors on load ------------------------------------------------------------------------------------
+
+def _saved(tmp_path, model=None, **kw) -> str:
+    trainer = _trainer(tmp_path, enable_checkpointing=False, **kw)
+    trainer.fit(model or BoringModel(), regression_loader())
+    path = str(tmp_path / "m.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_missing_checkpoint_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Checkpoint '.*nope\.ckpt' does not exist.*ckpt_path='last'"):
+        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "nope.ckpt"))
+
+
+class Wider(BoringModel):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.head = torch.nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.head(self.layer(x))
+
+
+def test_checkpoint_from_a_different_model_lists_every_difference(tmp_path):
+    path = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match=r"missing keys \(2\): head\.bias, head\.weight; shape mismatches \(2\): "
+                                              r"layer\.bias: checkpoint \(1,\) vs model \(2,\), layer\.weight: "
+                                              r"checkpoint \(1, 4\) vs model \(2, 4\).*strict_loading = False"):
+        _trainer(tmp_path, max_epochs=2).fit(Wider(), regression_loader(), ckpt_path=path)
+
+
+def test_strict_loading_false_loads_the_matching_keys(tmp_path):
+    class Extra(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Linear(1, 1)
+
+    path = _saved(tmp_path)
+    saved = safe_load(path)["state_dict"]
+    model = Extra()
+    model.strict_loading = False
+    trainer = _trainer(tmp_path, max_epochs=1)
+    with pytest.warns(UserWarning, match=r"missing keys \(2\): extra\.bias, extra\.weight.*matching keys only"):
+        with pytest.warns(UserWarning, match=r"optimizer state skipped, it does not fit"):
+            trainer.fit(model, regression_loader(), ckpt_path=path)
+    assert trainer.global_step == 8  # resumed at the end of epoch 0: nothing left to train
+    assert torch.equal(model.layer.weight, saved["layer.weight"])
+
+
+def test_checkpoint_from_a_newer_format_version(tmp_path):
+    path = _saved(tmp_path)
+    content = safe_load(path)
+    content["format_version"] = 99
+    atomic_save(content, path)
+    with pytest.raises(CheckpointError, match=r"format 99, newer than the 1 this version reads.*Upgrade"):
+        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=path)
+
+
+def test_mid_epoch_checkpoint_from_another_world_size(tmp_path):
+    path = _saved(tmp_path, max_steps=3)
+    content = safe_load(path)
+    assert content["loops"]["batch_idx"] == 3
+    content["metadata"]["world_size"] = 2
+    atomic_save(content, path)
+    with pytest.raises(CheckpointError, match=r"middle of an epoch \(batch_idx 3\) by 2 process\(es\); this run has 1"
+                                              r".*Resume with 2 process\(es\)"):
+        _trainer(tmp_path, max_steps=5).fit(BoringModel(), regression_loader(), ckpt_path=path)
+
+
+def test_not_a_checkpoint_of_this_library(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(BoringModel().state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"not a checkpoint written by this library"):
+        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=str(path))
+
+
+# -- plain weights -----------------------------------------------------------------------------------
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(4))
+        self.out = torch.nn.Linear(16, 50, bias=False)
+        self.out.weight = self.emb.weight  # tied weights
+
+
+def test_save_model_shards_and_loads_into_a_plain_module_without_the_library(tmp_path):
+    torch.manual_seed(0)
+    model = Tied()
+    names = Accelerator(cpu=True).save_model(model, str(tmp_path / "w"), max_shard_size="4KB")
+    assert len(names) > 2 and names[-1] == "model.safetensors.index.json"
+    index = json.loads((tmp_path / "w" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(model.state_dict())
+    assert all(os.path.getsize(tmp_path / "w" / n) < 4000 + 3500 for n in names[:-1])  # one tensor may overflow
+    script = f"""
+import sys, json, torch
+sys.modules['trainer'] = sys.modules['strategies'] = sys.modules['callbacks'] = None  # not importable here
+from safetensors.torch import load_file
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+index = json.load(open({str(tmp_path / 'w' / 'model.safetensors.index.json')!r}))
+state = {{}}
+for name in sorted(set(index['weight_map'].values())):
+    state.update(load_file({str(tmp_path / 'w')!r} + '/' + name))
+from test_checkpoint_plain import Tied
+torch.manual_seed(1)
+m = Tied()
+m.load_state_dict(state)
+torch.save(m.state_dict(), {str(tmp_path / 'roundtrip.pt')!r})
+"""
+    (tmp_path / "run.py").write_text(script)
+    result = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    back = torch.load(tmp_path / "roundtrip.pt", weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_trainer_save_model_single_file(tmp_path):
+    trainer = _trainer(tmp_path, enable_checkpointing=False)
+    model = BoringModel()
+    trainer.fit(model, regression_loader())
+    assert trainer.save_model(str(tmp_path / "final")) == ["model.safetensors"]
+    from safetensors.torch import load_file
+    back = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert torch.equal(back["layer.weight"], model.layer.weight)
+
+
+# -- the Accelerator door -------------------------------------------------------------------------------
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def _door(tmp_path, state_dir=None, steps=6, save_at=None):
+    seed_everything(0)
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16", gradient_accumulation_steps=2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.9)
+    counter = Counter()
+    accelerator.register_for_checkpointing(counter)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    if state_dir is not None:
+        accelerator.load_state(state_dir)
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(4, 4, generator=g), torch.randn(4, 1, generator=g)) for _ in range(steps)]
+    start = counter.n
+    for i in range(start, steps):
+        x, y = data[i]
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = torch.nn.functional.mse_loss(model(x).float(), y)
+            accelerator.backward(loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        counter.n = i + 1
+        if save_at == counter.n:
+            accelerator.save_state(str(tmp_path / "state"))
+            return None
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_accelerator_save_state_then_load_state_continues_exactly(tmp_path):
+    expected = _door(tmp_path)
+    _door(tmp_path, save_at=4)
+    assert os.listdir(tmp_path / "state") == ["state.ckpt"]
+    got = _door(tmp_path, state_dir=str(tmp_path / "state"))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_accelerator_load_state_with_other_objects_says_what_differs(tmp_path):
+    _door(tmp_path, save_at=2)
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(4, 8))
+    with pytest.raises(CheckpointError, match=r"holds 1 optimizers but this Accelerator has 0"):
+        accelerator.load_state(str(tmp_path / "state"))
+    with pytest.raises(FileNotFoundError, match=r"no such directory"):
+        accelerator.load_state(str(tmp_path / "missing"))
