@@ -20,16 +20,36 @@ ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 def _single_device(kind: str, indices: list[int], precision: Precision) -> Strategy:
     if len(indices) > 1:
         raise ValueError(
-            f"strategy='single_device' trains on one device, but devices={indices} names {len(indices)}. "
-            "Pass devices=1, or a distributed strategy such as strategy='ddp' once it is installed."
+            f"strategy='single_device' trains on one device, but {len(indices)} devices were asked for. "
+            "Pass devices=1, or strategy='ddp' to train on several."
         )
     device = torch.device(kind, indices[0]) if kind == "cuda" else torch.device(kind)
     return SingleDeviceStrategy(device, precision=precision)
 
 
+def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
+    from strategies.ddp import DDPStrategy
+
+    if kind == "mps":
+        raise ValueError("strategy='ddp' does not run on MPS (Apple GPUs have no multi-process backend). "
+                         "Use accelerator='cpu' for several processes, or one MPS device.")
+    strategy = DDPStrategy(device_kind=kind, precision=precision)
+    strategy.requested_processes = len(indices)
+    return strategy
+
+
+def _auto(kind: str, indices: list[int], precision: Precision) -> Strategy:
+    from strategies.environment import detect_environment
+
+    if len(indices) > 1 or detect_environment().is_distributed:
+        return _ddp(kind, indices, precision)
+    return _single_device(kind, indices, precision)
+
+
 STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
-    "auto": _single_device,
+    "auto": _auto,
     "single_device": _single_device,
+    "ddp": _ddp,
 }
 
 

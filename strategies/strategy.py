@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
@@ -59,6 +59,11 @@ class Strategy(ABC):
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         """Move the module to the device, convert it for the precision, wrap it if needed."""
         return self.precision.convert_module(module.to(self.root_device))
+
+    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable[..., Any]]:
+        """For the Trainer: the prepared model and the callable that runs ``training_step``
+        (a distributed strategy routes it through its wrapper so gradients sync)."""
+        return self.setup_module(module), module.training_step
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Move optimizer state (e.g. Adam moments loaded from elsewhere) to the device."""

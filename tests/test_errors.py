@@ -184,9 +184,17 @@ def test_fraction_that_rounds_to_no_batch_fails_before_training(limit, what):
 
 # -- devices and nodes -------------------------------------------------------------------------------
 
-def test_two_devices_without_a_distributed_strategy_is_refused():
-    with pytest.raises(ValueError, match=r"devices=\[0, 1\] names 2\. Pass devices=1, or a distributed strategy"):
-        _trainer(devices=2)
+def test_two_devices_with_the_single_device_strategy_is_refused():
+    with pytest.raises(ValueError, match=r"single_device' trains on one device, but 2 devices were asked for\. "
+                                         r"Pass devices=1, or strategy='ddp'"):
+        _trainer(devices=2, strategy="single_device")
+
+
+def test_two_devices_picks_ddp_which_launches_at_fit():
+    from strategies import DDPStrategy
+
+    strategy = _trainer(devices=2).strategy
+    assert isinstance(strategy, DDPStrategy) and strategy.needs_launch and strategy.requested_processes == 2
 
 
 @pytest.mark.parametrize("devices, pattern", [

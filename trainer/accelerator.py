@@ -133,6 +133,13 @@ class Accelerator:
             self._models.append(model)
         return model
 
+    def prepare_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+        """For the Trainer: the prepared model and the callable that runs ``training_step``."""
+        model, step = self.strategy.setup_trainer_module(module)
+        if all(m is not module for m in self._models):
+            self._models.append(module)
+        return model, step
+
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
         if isinstance(optimizer, AcceleratedOptimizer):
             return optimizer

@@ -19,7 +19,16 @@ def _version(args: argparse.Namespace) -> int:
 COMMANDS["version"] = ("print the installed version", lambda parser: None, _version)
 
 
+def _register_commands() -> None:
+    """Import the command modules (config, env, ...); each adds itself to ``COMMANDS``.
+
+    Imported here rather than by ``import trainer`` so the library stays free of CLI code.
+    """
+    import trainer.commands  # noqa: F401
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _register_commands()
     parser = argparse.ArgumentParser(prog="trainer", description="Train PyTorch models from a laptop to many GPUs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
@@ -39,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so commands register in the same COMMANDS as main uses.
+    from trainer.cli import main as _main
+
+    sys.exit(_main())

@@ -103,6 +103,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     """Train on ``batches``; returns False when a limit stopped it before the epoch's end."""
     state, cfg, accel = trainer.state, trainer.config, trainer.accelerator
     module, model, hooks = trainer.module, trainer.model, trainer._hooks
+    training_step = trainer._training_step  # through the strategy's wrapper (DDP arms gradient sync there)
     results = trainer._results["train"]
     optimizer = trainer.optimizer
     k = cfg.accumulate_grad_batches
@@ -123,7 +124,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         closes_window = window.micro == k or is_last
         with contextlib.nullcontext() if closes_window else accel.no_sync(model):
             with accel.autocast():
-                output = module.training_step(batch, batch_idx)
+                output = training_step(batch, batch_idx)
             loss, num_items = _unpack_step_output(output, state, batch_idx)
             if loss is not None:
                 results.record_loss(loss, state.global_step, batch_idx)

@@ -156,7 +156,7 @@ class Trainer:
         try:
             self._hooks("setup", stage)
             module.configure_model()
-            self._model = self.accelerator.prepare_model(module)
+            self._model, self._training_step = self.accelerator.prepare_trainer_module(module)
             if stage == "fit":
                 self._setup_optimizers(module)
             result = body()

@@ -1,0 +1,158 @@
+"""``DDPStrategy``: one process per device, gradients all-reduced by DistributedDataParallel."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.distributed as dist
+
+from strategies.environment import ClusterEnvironment, detect_environment
+from strategies.precision import Precision
+from strategies.strategy import Strategy
+
+_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
+
+
+class _StepForward(torch.nn.Module):
+    """Routes ``training_step`` through DDP's ``forward``, which is what arms the gradient
+    all-reduce for the backward that follows."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, method)(*args, **kwargs)
+
+
+class DDPStrategy(Strategy):
+    """Distributed data parallel: each process holds a full replica and trains on its shard of
+    the data; gradients are averaged across processes during backward.
+
+    World size and ranks come from the environment (torchrun, ``trainer launch``, SLURM).
+
+    Args:
+        device_kind: "cpu" (gloo) or "cuda" (nccl: one GPU per process, picked by local rank).
+        precision: see ``Precision``.
+        timeout: how long a collective may wait before failing (a hang becomes an error).
+            Default 10 minutes.
+        find_unused_parameters: set when some parameters get no gradient in a step.
+        static_graph: the set of used parameters never changes (lets DDP optimise).
+        process_group_backend: override "nccl"/"gloo".
+    """
+
+    def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
+                 timeout: datetime.timedelta | float = datetime.timedelta(minutes=10),
+                 find_unused_parameters: bool = False, static_graph: bool = False,
+                 process_group_backend: str | None = None, environment: ClusterEnvironment | None = None) -> None:
+        super().__init__(precision)
+        if device_kind not in ("cpu", "cuda"):
+            raise ValueError(f"DDPStrategy(device_kind={device_kind!r}): expected 'cpu' or 'cuda'.")
+        self.device_kind = device_kind
+        self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
+        self.find_unused_parameters, self.static_graph = find_unused_parameters, static_graph
+        self.backend = process_group_backend or ("nccl" if device_kind == "cuda" else "gloo")
+        self.environment = environment or detect_environment()
+        self._created_group = False
+        self._wrapped: dict[int, tuple[torch.nn.Module, Callable]] = {}
+
+    @property
+    def root_device(self) -> torch.device:
+        if self.device_kind == "cuda":
+            return torch.device("cuda", self.environment.local_rank)
+        return torch.device("cpu")
+
+    world_size = property(lambda self: self.environment.world_size)
+    global_rank = property(lambda self: self.environment.global_rank)
+    local_rank = property(lambda self: self.environment.local_rank)
+
+    @property
+    def needs_launch(self) -> bool:
+        """Several processes were asked for, but this one was not started by a launcher: the
+        Trainer starts the workers itself (through torch's elastic launcher)."""
+        return self.environment.kind == "single" and self.requested_processes > 1
+
+    requested_processes = 1
+
+    def setup(self) -> None:
+        env = self.environment
+        if self.needs_launch:
+            return  # this process only launches the workers; they set up for real
+        if self.device_kind == "cuda":
+            torch.cuda.set_device(self.root_device)
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", env.main_address)
+            os.environ.setdefault("MASTER_PORT", str(env.main_port))
+            dist.init_process_group(self.backend, rank=env.global_rank, world_size=env.world_size,
+                                    timeout=self.timeout)
+            self._created_group = True
+        elif dist.get_world_size() != env.world_size:
+            raise RuntimeError(f"DDPStrategy: a process group of size {dist.get_world_size()} already exists, but "
+                               f"the environment says WORLD_SIZE={env.world_size}.")
+        super().setup()
+
+    # -- modules ---------------------------------------------------------------------------------
+    def _ddp(self, module: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
+        device_ids = [self.root_device.index] if self.device_kind == "cuda" else None
+        # DDP's constructor broadcasts parameters and buffers from rank 0: every replica starts equal
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters,
+            static_graph=self.static_graph)
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            return module
+        return self._ddp(self.precision.convert_module(module.to(self.root_device)))
+
+    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
+        key = id(module)
+        if key not in self._wrapped:
+            model = self._ddp(_StepForward(self.precision.convert_module(module.to(self.root_device))))
+            self._wrapped[key] = (model, functools.partial(model, "training_step"))
+        return self._wrapped[key]
+
+    def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        return module.module if isinstance(module, _StepForward) else module
+
+    def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            return module.no_sync()
+        return super().no_backward_sync(module)
+
+    # -- collectives -------------------------------------------------------------------------------
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if op not in _OPS:
+            raise ValueError(f"reduce(op={op!r}): expected one of {sorted(_OPS)}.")
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, _OPS[op]))
+        return out / self.world_size if op == "mean" else out
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    def barrier(self, name: str | None = None) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def teardown(self) -> None:
+        self._wrapped.clear()
+        if self._created_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._created_group = False
+
+    def __repr__(self) -> str:
+        return (f"DDPStrategy({self.backend}, rank {self.global_rank}/{self.world_size}, "
+                f"precision={self.precision.name!r})")

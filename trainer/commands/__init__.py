@@ -1,0 +1,5 @@
+"""Subcommands of the ``trainer`` command. Importing this package registers each in ``trainer.cli.COMMANDS``."""
+
+from trainer.commands import config, env
+
+__all__ = ["config", "env"]
