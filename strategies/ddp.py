@@ -142,6 +142,11 @@ class DDPStrategy(Strategy):
         if dist.is_initialized():
             dist.barrier()
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         box = [obj]
         dist.broadcast_object_list(box, src=src)

@@ -118,6 +118,10 @@ class Strategy(ABC):
     def barrier(self, name: str | None = None) -> None:
         return None
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` from every process, in rank order."""
+        return [obj]
+
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 

@@ -65,7 +65,7 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             "precision": strategy.precision.state_dict(),
             "loops": _loop_state(trainer),
-            "rng": {strategy.global_rank: rng_states()},
+            "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
             "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
         })
         trainer._hooks("on_save_checkpoint", ckpt)

@@ -202,15 +202,17 @@ class LaunchConfig:
         main_process_ip: address or host name of the rank-0 machine.
         main_process_port: TCP port on the main machine for the rendezvous (1..65535).
         num_processes: processes on each machine (usually one per GPU).
-        device: ``"cpu"`` or ``"gpu"``.
+        device: ``"cpu"`` or ``"gpu"`` (``"cuda"`` is read as ``"gpu"``).
         gpu_ids: ``"all"`` or the GPU indices to use on each machine, e.g. ``"0,1"``.
-        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"``.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (YAML's unquoted ``no``, read as False,
+            means ``"no"``).
         strategy: ``"ddp"``, ``"fsdp"``, ``"deepspeed"`` or ``"single_device"``.
-        deepspeed: with ``strategy="deepspeed"``: ``zero_stage`` (0-3), ``offload_optimizer_device``
-            and ``offload_param_device`` (``"none"`` or ``"cpu"``); missing keys take defaults.
-        fsdp: with ``strategy="fsdp"``: ``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
+        deepspeed: only with ``strategy="deepspeed"``: ``zero_stage`` (0-3), ``offload_optimizer_device``
+            and ``offload_param_device`` (``"none"`` or ``"cpu"``). Missing keys, or the whole section,
+            take ``DEEPSPEED_DEFAULTS``: with that strategy it is always a full dict, otherwise None.
+        fsdp: only with ``strategy="fsdp"``: ``sharding_strategy``, ``cpu_offload``, ``auto_wrap_policy``
             (``"transformer"``, ``"size"``, ``"none"``), ``transformer_layer_cls``, ``min_num_params``,
-            ``activation_checkpointing``; missing keys take defaults.
+            ``activation_checkpointing``; filled from ``FSDP_DEFAULTS`` as ``deepspeed`` is.
         gradient_accumulation_steps: micro-batches per optimizer step.
         max_restarts: how often torchrun restarts the workers after a failure.
         rdzv_backend: ``"static"`` (fixed ranks) or ``"c10d"`` (elastic rendezvous).
@@ -236,6 +238,9 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         for name, check in _FIELD_CHECKS.items():
             setattr(self, name, check(name, getattr(self, name)))
+        if self.strategy in ("deepspeed", "fsdp") and getattr(self, self.strategy) is None:
+            # The strategy's section is always a full dict, so readers need no defaults of their own.
+            setattr(self, self.strategy, _FIELD_CHECKS[self.strategy](self.strategy, {}))
         _check_combinations(self)
 
     @classmethod

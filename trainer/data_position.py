@@ -64,14 +64,20 @@ def skip_batches(loader: Any, skip: int) -> Any:
     return itertools.islice(loader, skip, None)
 
 
-def _rebuild(loader: DataLoader, skip: int) -> DataLoader:
+def loader_kwargs(loader: DataLoader) -> dict[str, Any]:
+    """The settings of ``loader`` other than its dataset and sampling, to build a sibling."""
     kwargs: dict[str, Any] = dict(
         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
         timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
         multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
-        persistent_workers=False, pin_memory_device=loader.pin_memory_device)
+        persistent_workers=loader.persistent_workers, pin_memory_device=loader.pin_memory_device)
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
+    return kwargs
+
+
+def _rebuild(loader: DataLoader, skip: int) -> DataLoader:
+    kwargs = {**loader_kwargs(loader), "persistent_workers": False}
     if loader.batch_sampler is not None:
         return DataLoader(loader.dataset, batch_sampler=_SkipFirst(loader.batch_sampler, skip), **kwargs)
     return DataLoader(loader.dataset, sampler=_SkipFirst(loader.sampler, skip), batch_size=None, **kwargs)

@@ -153,6 +153,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         if state.val_pending:
             state.val_pending = False  # a checkpoint written during validation must not repeat it
             eval_loop.run_validation(trainer, val_loaders)
+            trainer._sync_should_stop()
         if closes_window and trainer._preempted:
             trainer._preempt()
         if stepped and not is_last and trainer._should_stop_now():
@@ -204,13 +205,13 @@ def _divide_gradients(trainer: Any, optimizer: torch.optim.Optimizer, items: Any
     item count. The count stays a tensor when the step returned one: no host sync.
     """
     strategy = trainer.accelerator.strategy
-    if strategy.world_size > 1:
-        total = torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device)
-        items = strategy.reduce(total, "sum") / strategy.world_size
-    if isinstance(items, torch.Tensor):
-        scale: Any = 1.0 / items.clamp_min(1).to(torch.float32)
+    world_size = strategy.world_size
+    if world_size > 1:
+        items = strategy.reduce(torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device), "sum")
+    if isinstance(items, torch.Tensor):  # a window of zero items leaves its (zero) gradients as they are
+        scale: Any = (world_size / items.clamp_min(1)).to(torch.float32)
     else:
-        scale = 1.0 / max(items, 1)
+        scale = world_size / max(items, 1)
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if grads:
         torch._foreach_mul_(grads, scale)
@@ -272,6 +273,7 @@ def _end_train_epoch(trainer: Any) -> None:
     trainer._publish_train_metrics(epoch_end=True)
     trainer._hooks.callbacks("on_train_epoch_end")
     results.in_step = True
+    trainer._sync_should_stop()
     state.current_epoch += 1
     state.batch_idx = 0
     if trainer._epoch_schedulers:

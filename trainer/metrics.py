@@ -54,7 +54,13 @@ class MetricsPublisher:
 
     def _publish(self, values: dict[str, float], results: Any, also_plain: bool,
                  extra: dict[str, float] | None = None, log: bool = True) -> None:
-        """``x_step``/``x_epoch`` values are also published under plain ``x`` for callbacks."""
+        """``x_step``/``x_epoch`` values are also published under plain ``x`` for callbacks.
+
+        With several processes, rank zero's values are sent to all, so callbacks decide alike
+        everywhere (values logged with ``sync_dist=True`` are already equal on every rank)."""
+        strategy = self._trainer.accelerator.strategy
+        if strategy.world_size > 1:
+            values = strategy.broadcast(values)
         plain = {}
         if also_plain:
             for key, value in values.items():

@@ -16,6 +16,7 @@ from strategies import resolve_strategy
 from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
+from trainer.distributed_data import distribute_loader
 from trainer.hooks import Hooks
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
@@ -125,6 +126,9 @@ class Trainer:
         val_loaders = _check_loaders(val_dataloaders, "fit", "val_dataloaders") if val_dataloaders is not None else []
         if val_loaders and self.config.limit_val_batches == 0:
             val_loaders = []
+        self._launch_if_needed()
+        train_loader = self._distribute([train_loader], train=True)[0]
+        val_loaders = self._distribute(val_loaders, train=False)
         self.val_dataloaders = val_loaders
         self._run("fit", model, lambda: self._fit(train_loader, val_loaders, ckpt_path),
                   loaders=[train_loader, *val_loaders])
@@ -132,16 +136,22 @@ class Trainer:
     def validate(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
         """Run ``validation_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
         loaders = _check_loaders(dataloaders, "validate", "dataloaders")
+        self._launch_if_needed()
+        loaders = self._distribute(loaders, train=False)
         return self._run("validate", model, lambda: eval_loop.run_validation(self, loaders, "validate"), loaders)
 
     def test(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
         """Run ``test_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
         loaders = _check_loaders(dataloaders, "test", "dataloaders")
+        self._launch_if_needed()
+        loaders = self._distribute(loaders, train=False)
         return self._run("test", model, lambda: eval_loop.run_validation(self, loaders, "test"), loaders)
 
     def predict(self, model: TrainModule, dataloaders: Any) -> list[Any]:
         """Run ``predict_step`` over ``dataloaders``; returns its outputs in order."""
         loaders = _check_loaders(dataloaders, "predict", "dataloaders")
+        self._launch_if_needed()
+        loaders = self._distribute(loaders, train=False)
         return self._run("predict", model, lambda: eval_loop.run_predict(self, loaders), loaders)
 
     # -- wiring ------------------------------------------------------------------------------
@@ -262,6 +272,31 @@ class Trainer:
         s = self.state
         batch_idx = s.batch_idx if batch_idx is None else batch_idx
         return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {batch_idx}, stage {s.stage!r})"
+
+    # -- processes -------------------------------------------------------------------------------
+    def _launch_if_needed(self) -> None:
+        """Several processes asked for in a plain ``python train.py``: start them through torch's
+        elastic launcher (each re-runs this script as one rank), wait, and exit with their status."""
+        if getattr(self.strategy, "needs_launch", False):
+            from trainer.launch import launch_this_script
+
+            launch_this_script(self.strategy.requested_processes)
+
+    def _distribute(self, loaders: list[Any], train: bool) -> list[Any]:
+        strategy = self.strategy
+        return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train) for loader in loaders]
+
+    def _sync_should_stop(self) -> None:
+        """Every process stops if any one decided to (a lone stop would leave the others waiting)."""
+        strategy = self.strategy
+        if strategy.world_size > 1:
+            flag = torch.tensor(float(self.state.should_stop), device=strategy.root_device)
+            self.state.should_stop = bool(strategy.reduce(flag, "max").item())
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` once per job (on global rank zero)."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:

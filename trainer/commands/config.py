@@ -284,7 +284,12 @@ def run(args: argparse.Namespace) -> int:
         print("\ntrainer config: error: the input ended before every question was answered. Answer them all, "
               "or pass --default or a flag per question.", file=sys.stderr)
         return 1
-    print(f"Configuration saved to {config_file.save_config(cfg, path)}")
+    try:
+        print(f"Configuration saved to {config_file.save_config(cfg, path)}")
+    except OSError as err:
+        print(f"trainer config: error: cannot write {path}: {err}. Pick a writable location with "
+              f"--config-file or ${config_file.ENV_VAR}.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,55 @@
+"""Run a function in N real processes joined by a gloo process group on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(fn: Callable, rank: int, world_size: int, port: int, queue: Any, kwargs: dict) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "OMP_NUM_THREADS": "1"})
+    import torch
+    torch.set_num_threads(1)
+    try:
+        queue.put((rank, "ok", fn(**kwargs)))
+    except BaseException:  # report every failure, including in the test's own asserts
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 120, **kwargs: Any) -> list[Any]:
+    """``fn(**kwargs)`` on every rank; returns the results in rank order (lists, numbers, not tensors:
+    tensors sent through a queue die with their process)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(fn, rank, world_size, port, queue, kwargs)) for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors = []
+    try:
+        for _ in range(world_size):
+            rank, status, value = queue.get(timeout=timeout)
+            if status == "error":
+                errors.append(f"rank {rank}:\n{value}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    if errors:
+        raise AssertionError("\n".join(errors))
+    return [results[r] for r in range(world_size)]

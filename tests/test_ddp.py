@@ -1,0 +1,150 @@
+"""DDP on real gloo process groups (2 processes on 127.0.0.1): n processes with b samples each
+update like one process with n*b, with accumulation and item counts; metrics agree across
+ranks; validation counts every sample once; only rank zero writes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks import EarlyStopping, ModelCheckpoint
+from strategies import DDPStrategy
+from trainer import Trainer, TrainModule
+from tests.helpers.distributed import run_distributed
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Model(TrainModule):
+    def __init__(self, use_num_items: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3, 2)
+        self.use_num_items = use_num_items
+
+    def training_step(self, batch, batch_idx):
+        x, y, mask = batch
+        err = ((self.layer(x) - y) ** 2).sum(dim=1)
+        if self.use_num_items:
+            return {"loss": (err * mask).sum(), "num_items": mask.sum()}
+        return err.mean()
+
+    def validation_step(self, batch, batch_idx):
+        x, y, mask = batch
+        self.log("val/loss", ((self.layer(x) - y) ** 2).sum(dim=1).mean(), sync_dist=True)
+        self.log("val/count", float(len(x)), reduce_fx="sum", sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 3, generator=g), torch.randn(n, 2, generator=g)
+    mask = (torch.rand(n, generator=g) < 0.6).float()
+    return x, y, mask
+
+
+def _fit(batch: int, k: int, use_num_items: bool, epochs: int = 2, **kw) -> tuple[list, Trainer]:
+    x, y, mask = _data()
+    model = Model(use_num_items)
+    trainer = Trainer(max_epochs=epochs, accumulate_grad_batches=k, accelerator="cpu", logger=False,
+                      enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0, **kw)
+    val = DataLoader(TensorDataset(x[:7], y[:7], mask[:7]), batch_size=2)
+    trainer.fit(model, DataLoader(TensorDataset(x, y, mask), batch_size=batch), val)
+    return [p.detach().tolist() for p in model.parameters()], trainer
+
+
+def _ddp_worker(batch, k, use_num_items):
+    weights, trainer = _fit(batch, k, use_num_items)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
+    return {"weights": weights, "metrics": dict(trainer.callback_metrics), "steps": trainer.global_step}
+
+
+@pytest.mark.parametrize("k, use_num_items", [(1, False), (2, False), (3, True), (1, True)])
+def test_two_processes_with_b_each_equal_one_process_with_2b(k, use_num_items):
+    ranks = run_distributed(_ddp_worker, batch=2, k=k, use_num_items=use_num_items)
+    single, trainer = _fit(batch=4, k=k, use_num_items=use_num_items)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == trainer.global_step
+    for rank in ranks:
+        for got, want in zip(rank["weights"], single):
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-6, rtol=1e-5)
+    # validation: 7 samples split 4 + 3 (no padding), reduced with sync_dist: equal to one process
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    assert ranks[0]["metrics"]["val/count"] == 7.0
+    assert ranks[0]["metrics"]["val/loss"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-6)
+
+
+def _stop_worker(tmp):
+    class Unsynced(Model):
+        def validation_step(self, batch, batch_idx):
+            # differs per rank and not synced: rank zero's value is what every rank sees
+            self.log("val/rank_value", float(self.trainer.global_rank) + self.current_epoch)
+
+    x, y, mask = _data()
+    ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/rank_value", mode="min", save_top_k=1, save_last=True)
+    stop = EarlyStopping("val/rank_value", mode="min", patience=1)
+    trainer = Trainer(max_epochs=10, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      num_sanity_val_steps=0, callbacks=[ckpt, stop])
+    loader = DataLoader(TensorDataset(x, y, mask), batch_size=4)
+    trainer.fit(Unsynced(), loader, DataLoader(TensorDataset(x, y, mask), batch_size=4))
+    return {"epoch": trainer.current_epoch, "metric": trainer.callback_metrics["val/rank_value"],
+            "best": os.path.basename(ckpt.best_model_path)}
+
+
+def test_callbacks_decide_alike_on_every_rank_and_only_rank_zero_writes(tmp_path):
+    ranks = run_distributed(_stop_worker, tmp=str(tmp_path))
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["epoch"] == 2  # rank zero's value rises each epoch: patience 1 stops after epoch 1
+    assert sorted(os.listdir(tmp_path)) == sorted([ranks[0]["best"], "last.ckpt"])
+
+
+def _sampler_worker():
+    x = torch.arange(10).float().unsqueeze(1)
+    seen = []
+
+    class Record(TrainModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            seen.append((self.current_epoch, batch[0].flatten().tolist()))
+            return (self.w * batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_checkpointing=False).fit(Record(), DataLoader(TensorDataset(x), batch_size=2, shuffle=True))
+    return seen
+
+
+def test_distributed_sampler_splits_shuffles_per_epoch_and_keeps_every_sample():
+    ranks = run_distributed(_sampler_worker)
+    for epoch in (0, 1):
+        got = sorted(v for rank in ranks for e, batch in rank if e == epoch for v in batch)
+        assert got == list(range(10))  # each sample once per epoch, split between the ranks
+    order = [[v for e, b in ranks[0] if e == epoch for v in b] for epoch in (0, 1)]
+    assert order[0] != order[1]  # set_epoch reshuffles
+
+
+def _no_sync_worker(k):
+    counts = {"no_sync": 0}
+
+    class Counting(DDPStrategy):
+        def no_backward_sync(self, module):
+            counts["no_sync"] += 1
+            return super().no_backward_sync(module)
+
+    _, trainer = _fit(batch=2, k=k, use_num_items=False, epochs=1, strategy=Counting())
+    return counts["no_sync"], trainer.global_step
+
+
+def test_no_all_reduce_on_non_final_micro_steps():
+    ranks = run_distributed(_no_sync_worker, k=3)
+    # 24 samples: 6 micro-batches of 2 per rank, windows of 3: 2 steps, 4 micro-steps skip the all-reduce
+    assert [tuple(r) for r in ranks] == [(4, 2), (4, 2)]
