@@ -13,6 +13,7 @@ import torch
 
 from strategies import Strategy, resolve_strategy
 from strategies._util import apply_to_tensors
+from trainer.launch import apply_launch_settings
 from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
 
 
@@ -37,10 +38,18 @@ class Accelerator:
     """
 
     def __init__(self, device_placement: bool = True, mixed_precision: str | None = None,
-                 gradient_accumulation_steps: int = 1, cpu: bool = False, strategy: Strategy | str = "auto",
+                 gradient_accumulation_steps: int | None = None, cpu: bool = False,
+                 strategy: Strategy | str = "auto",
                  devices: Any = "auto", deepspeed_plugin: Any = None, fsdp_plugin: Any = None,
                  log_with: Any = None, project_dir: str | None = None,
                  step_scheduler_with_optimizer: bool = True) -> None:
+        given = {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps,
+                 "strategy": None if strategy == "auto" else strategy, "accelerator": "cpu" if cpu else None}
+        # a Strategy object is already resolved (e.g. by the Trainer, which applied the launch settings)
+        launched = given if isinstance(strategy, Strategy) else apply_launch_settings("Accelerator", given)
+        mixed_precision, strategy = launched["mixed_precision"], launched["strategy"] or "auto"
+        gradient_accumulation_steps = launched["gradient_accumulation_steps"] or 1
+        cpu = launched["accelerator"] == "cpu"
         if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
                 or gradient_accumulation_steps < 1:
             raise ValueError(f"Accelerator(gradient_accumulation_steps={gradient_accumulation_steps!r}): "
@@ -50,7 +59,8 @@ class Accelerator:
             if value is not None:
                 raise NotImplementedError(f"Accelerator({name}=...): not available in this version yet; "
                                           f"remove the argument to train without it.")
-        self.strategy = resolve_strategy(strategy, accelerator="cpu" if cpu else "auto", devices=devices,
+        self.strategy = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
+                                         devices=devices,
                                          precision=mixed_precision)
         self.strategy.setup()
         self.device_placement = device_placement

@@ -24,3 +24,44 @@ def launch_this_script(num_processes: int) -> NoReturn:
     print(f"Starting {num_processes} processes through torch.distributed's elastic launcher.", flush=True)
     elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
     raise SystemExit(0)
+
+
+# -- in the workers: the settings `trainer launch` sent -------------------------------------------
+SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
+_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
+_DEVICE = {"cpu": "cpu", "gpu": "cuda"}
+# our argument -> (launch setting, how its value becomes ours)
+_MAP = {
+    "precision": ("mixed_precision", _PRECISION.get), "mixed_precision": ("mixed_precision", lambda v: v),
+    "strategy": ("strategy", lambda v: v), "accelerator": ("device", _DEVICE.get),
+    "accumulate_grad_batches": ("gradient_accumulation_steps", int),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", int),
+}
+_reported: set[tuple[str, str]] = set()
+
+
+def launch_settings() -> dict:
+    """What ``trainer launch`` resolved from its flags and the config file; {} outside it."""
+    import json
+
+    raw = os.environ.get(SETTINGS_ENV)
+    return json.loads(raw) if raw else {}
+
+
+def apply_launch_settings(owner: str, given: dict) -> dict:
+    """Fill the arguments the code did not give (None) from the launch settings; an argument the
+    code did give wins, and a difference is reported once, on rank zero."""
+    settings = launch_settings()
+    resolved = dict(given)
+    for name, value in given.items():
+        setting, convert = _MAP[name]
+        if settings.get(setting) is None:
+            continue
+        launched = convert(settings[setting])
+        if value is None:
+            resolved[name] = launched
+        elif value != launched and (owner, name) not in _reported and os.environ.get("RANK", "0") == "0":
+            _reported.add((owner, name))
+            print(f"{owner}({name}={value!r}) in the code overrides {setting}: {settings[setting]!r} from "
+                  "`trainer launch` (its flags and config file).", flush=True)
+    return resolved

@@ -18,6 +18,7 @@ from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
 from trainer.distributed_data import distribute_loader
 from trainer.hooks import Hooks
+from trainer.launch import apply_launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.optim import parse_optimizers
@@ -50,6 +51,14 @@ class Trainer:
             name = sorted(unknown)[0]
             known = [*TrainerConfig.__dataclass_fields__, *_WIRING_ARGS]
             raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, known)}")
+        launched = apply_launch_settings("Trainer", {
+            "precision": precision, "strategy": None if strategy == "auto" else strategy,
+            "accelerator": None if accelerator == "auto" else accelerator,
+            "accumulate_grad_batches": loop_settings.get("accumulate_grad_batches")})
+        precision, strategy = launched["precision"], launched["strategy"] or "auto"
+        accelerator = launched["accelerator"] or "auto"
+        if launched["accumulate_grad_batches"] is not None:
+            loop_settings["accumulate_grad_batches"] = launched["accumulate_grad_batches"]
         self.config = TrainerConfig(**loop_settings)
         if num_nodes != 1:
             raise ValueError(f"Trainer(num_nodes={num_nodes!r}): training on several machines needs a distributed "

@@ -1,0 +1,107 @@
+"""``trainer launch``: start a script on as many processes as the config says, through torchrun.
+
+Precedence, highest first: an argument in the user's code, a flag of this command, the config
+file, the built-in default. The resolved settings travel to the workers in
+``$TRAINER_LAUNCH_SETTINGS`` (JSON), where the Trainer and the Accelerator read them; world
+size, ranks and addresses travel the way torchrun sends them (RANK, WORLD_SIZE, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from trainer import config_file
+from trainer.cli import COMMANDS
+from trainer.config_file import LaunchConfig
+
+SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
+
+# flag -> LaunchConfig field; Accelerate's underscore spellings are accepted too.
+_FLAGS = {"num-processes": ("num_processes", int), "num-machines": ("num_machines", int),
+          "machine-rank": ("machine_rank", int), "main-process-ip": ("main_process_ip", str),
+          "main-process-port": ("main_process_port", int), "mixed-precision": ("mixed_precision", str),
+          "strategy": ("strategy", str), "gradient-accumulation-steps": ("gradient_accumulation_steps", int),
+          "max-restarts": ("max_restarts", int), "gpu-ids": ("gpu_ids", str), "rdzv-backend": ("rdzv_backend", str)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", "--config_file", default=None, help="config file (default: see `trainer config`)")
+    for flag, (field, kind) in _FLAGS.items():
+        parser.add_argument(f"--{flag}", f"--{flag.replace('-', '_')}", dest=field, type=kind, default=None,
+                            help=f"overrides {field} of the config file")
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--multi-gpu", "--multi_gpu", action="store_true", help="train on GPUs (device: gpu)")
+    device.add_argument("--cpu", action="store_true", help="train on the CPU (device: cpu)")
+    parser.add_argument("script", help="the training script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+
+
+def resolve(args: argparse.Namespace) -> LaunchConfig:
+    """The config file (or the defaults, if there is none) with this command's flags applied."""
+    try:
+        cfg = config_file.load_config(args.config_file)
+    except FileNotFoundError:
+        if args.config_file is not None:
+            raise
+        print(f"trainer launch: no config file at {config_file.config_path()}; using the defaults "
+              "(create one with `trainer config`).", file=sys.stderr)
+        cfg = LaunchConfig()
+    overrides: dict[str, Any] = {field: getattr(args, field) for field, _ in _FLAGS.values()
+                                 if getattr(args, field, None) is not None}
+    if args.multi_gpu:
+        overrides["device"] = "gpu"
+    if args.cpu:
+        overrides["device"] = "cpu"
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def torchrun_args(cfg: LaunchConfig, script: str, script_args: list[str]) -> list[str]:
+    args = ["--nnodes", str(cfg.num_machines), "--nproc-per-node", str(cfg.num_processes),
+            "--max-restarts", str(cfg.max_restarts)]
+    if cfg.num_machines == 1 and cfg.rdzv_backend == "static":
+        args.append("--standalone")  # one machine: torchrun picks a free port itself
+    else:
+        args += ["--node-rank", str(cfg.machine_rank), "--rdzv-backend", cfg.rdzv_backend,
+                 "--master-addr", cfg.main_process_ip, "--master-port", str(cfg.main_process_port)]
+        if cfg.rdzv_backend == "c10d":
+            args += ["--rdzv-endpoint", f"{cfg.main_process_ip}:{cfg.main_process_port}",
+                     "--rdzv-conf", f"timeout={cfg.rdzv_timeout}"]
+    return [*args, script, *script_args]
+
+
+def worker_settings(cfg: LaunchConfig) -> dict[str, Any]:
+    return {"mixed_precision": cfg.mixed_precision, "strategy": cfg.strategy, "device": cfg.device,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "num_processes": cfg.num_processes,
+            "deepspeed": cfg.deepspeed, "fsdp": cfg.fsdp}
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.distributed import run as torchrun
+
+    if not os.path.isfile(args.script):
+        print(f"trainer launch: script {args.script!r} not found.", file=sys.stderr)
+        return 2
+    try:
+        cfg = resolve(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"trainer launch: {err}", file=sys.stderr)
+        return 2
+    os.environ[SETTINGS_ENV] = json.dumps(worker_settings(cfg))
+    if cfg.device == "gpu" and cfg.gpu_ids != "all":
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu_ids
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        torchrun.main(torchrun_args(cfg, args.script, list(args.script_args)))
+    except Exception as err:  # torchrun's ChildFailedError names the failed rank and its traceback
+        print(f"trainer launch: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS["launch"] = ("start a script on as many processes as the config says (through torchrun)",
+                      add_arguments, run)
