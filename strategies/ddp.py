@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import os
@@ -15,6 +16,11 @@ from strategies.precision import Precision
 from strategies.strategy import Strategy
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _StepForward(torch.nn.Module):
@@ -90,6 +96,8 @@ class DDPStrategy(Strategy):
             dist.init_process_group(self.backend, rank=env.global_rank, world_size=env.world_size,
                                     timeout=self.timeout)
             self._created_group = True
+            # destroy the group before interpreter shutdown: gloo's threads abort the process otherwise
+            atexit.register(_destroy_process_group)
         elif dist.get_world_size() != env.world_size:
             raise RuntimeError(f"DDPStrategy: a process group of size {dist.get_world_size()} already exists, but "
                                f"the environment says WORLD_SIZE={env.world_size}.")

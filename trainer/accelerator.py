@@ -48,7 +48,8 @@ class Accelerator:
         # a Strategy object is already resolved (e.g. by the Trainer, which applied the launch settings)
         launched = given if isinstance(strategy, Strategy) else apply_launch_settings("Accelerator", given)
         mixed_precision, strategy = launched["mixed_precision"], launched["strategy"] or "auto"
-        gradient_accumulation_steps = launched["gradient_accumulation_steps"] or 1
+        gradient_accumulation_steps = launched["gradient_accumulation_steps"]
+        gradient_accumulation_steps = 1 if gradient_accumulation_steps is None else gradient_accumulation_steps
         cpu = launched["accelerator"] == "cpu"
         if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
                 or gradient_accumulation_steps < 1:
