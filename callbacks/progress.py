@@ -86,6 +86,12 @@ class ProgressBar(Callback):
             print(f"epoch {trainer.current_epoch}: global_step {trainer.global_step}"
                   + (f", {_fmt(trainer.progress_bar_metrics)}" if trainer.progress_bar_metrics else ""), flush=True)
 
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        # fit may stop inside an epoch (max_steps, max_time): no on_train_epoch_end then
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         for bar in (self._bar, self._val_bar):
             if bar is not None:

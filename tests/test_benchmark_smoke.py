@@ -1,0 +1,63 @@
+"""Smoke test of benchmarks/overhead.py: it runs end to end and reports every variant.
+
+No timing is asserted: the numbers of a --quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "overhead.py"
+
+
+def _expected_labels() -> list[str]:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from _variants import VARIANTS
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    labels = []
+    for k in (1, 4):
+        for v in VARIANTS.values():
+            if v.requires is None or importlib.util.find_spec(v.requires) is not None:
+                labels.append(v.label + (f", accum {k}" if k > 1 else ""))
+    return labels
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_prints_every_variant_row(tmp_path):
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "12", "--warmup", "2", "--chunks", "3", "--jobs", "2",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0][2:]: line for line in table}
+    for label in _expected_labels():
+        assert label in rows, f"no row for {label!r} in:\n{proc.stdout}"
+        assert re.search(r"\| \d+(\.\d+)?x \|", rows[label]), rows[label]
+    assert rows["plain PyTorch loop"].count("1.00x") >= 1
+    assert "`import torch`" in rows and "`import torch, trainer`" in rows
+
+    raw = json.loads(out_json.read_text())
+    for row in raw["rows"]:
+        # Every loop really ran its optimizer steps and landed on the plain loop's weights.
+        assert row["steps_ok"], row
+        assert row["weights_rel_diff"] < 1e-3, row
+    for entry in raw["runs"]:
+        for result in entry["runs"]:
+            assert result["variant"] == entry["variant"] and result["accum"] == entry["accum"]
+            assert result["optimizer_steps"] == result["expected_steps"] == 2 + 12 + 2
+            assert result["threads"] == 1 and len(result["chunk_us_per_step"]) == 3
+            assert result["us_per_step"] > 0
+            assert abs(result["us_per_micro"] * result["accum"] - result["us_per_step"]) <= 1e-6 * result["us_per_step"]
+
