@@ -229,13 +229,7 @@ def test_not_a_checkpoint_of_this_library(tmp_path):
 
 # -- plain weights -----------------------------------------------------------------------------------
 
-class Tied(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(50, 16)
-        self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(4))
-        self.out = torch.nn.Linear(16, 50, bias=False)
-        self.out.weight = self.emb.weight  # tied weights
+from tests.test_checkpoint_plain import Tied  # noqa: E402  (the subprocess imports the same definition)
 
 
 def test_save_model_shards_and_loads_into_a_plain_module_without_the_library(tmp_path):
