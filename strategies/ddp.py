@@ -6,6 +6,7 @@ import atexit
 import datetime
 import functools
 import os
+import weakref
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -18,8 +19,27 @@ from strategies.strategy import Strategy
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
 
 
+# Every DistributedDataParallel this module made. Their C++ reducers hold the process group; if one
+# is still alive when the interpreter finalises, the group's gloo threads are torn down out of order
+# and the process dies with "terminate called without an active exception" (SIGABRT) after a run
+# that succeeded (measured: 2 of 12 torchrun runs of a 4-step DDP script). Releasing the reducers
+# before destroying the group makes the exit clean (0 of 14).
+_DDP_MODULES: "weakref.WeakSet[torch.nn.parallel.DistributedDataParallel]" = weakref.WeakSet()
+
+
+def _release_reducers() -> None:
+    for module in list(_DDP_MODULES):
+        module.__dict__.pop("reducer", None)
+        module.__dict__.pop("logger", None)
+    _DDP_MODULES.clear()
+
+
 def _destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
+        _release_reducers()
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -107,9 +127,11 @@ class DDPStrategy(Strategy):
     def _ddp(self, module: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
         device_ids = [self.root_device.index] if self.device_kind == "cuda" else None
         # DDP's constructor broadcasts parameters and buffers from rank 0: every replica starts equal
-        return torch.nn.parallel.DistributedDataParallel(
+        ddp = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters,
             static_graph=self.static_graph)
+        _DDP_MODULES.add(ddp)
+        return ddp
 
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):
@@ -163,7 +185,7 @@ class DDPStrategy(Strategy):
     def teardown(self) -> None:
         self._wrapped.clear()
         if self._created_group and dist.is_initialized():
-            dist.destroy_process_group()
+            _destroy_process_group()
             self._created_group = False
 
     def __repr__(self) -> str:

@@ -49,7 +49,6 @@ def _rank_lines(out: str) -> list[str]:
     return sorted(line for line in out.splitlines() if line.startswith("rank="))
 
 
-@pytest.mark.xfail(strict=False, reason="gloo sometimes aborts a worker at exit under load (terminate called without an active exception); see the issue note")
 def test_launch_flags_reach_every_worker(tmp_path):
     result = _launch(tmp_path, "--num_processes", "2", "--mixed-precision", "bf16", "--cpu",
                      script_args=("{}", "--lr", "3e-4"))
@@ -59,7 +58,6 @@ def test_launch_flags_reach_every_worker(tmp_path):
     assert "no config file" in result.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="gloo sometimes aborts a worker at exit under load (terminate called without an active exception); see the issue note")
 def test_code_beats_flag_beats_config_file_beats_default(tmp_path):
     config = "num_processes: 2\nmixed_precision: fp16\ngradient_accumulation_steps: 2\ndevice: cpu\n"
     result = _launch(tmp_path, "--mixed-precision", "bf16", config=config,
@@ -73,7 +71,6 @@ def test_code_beats_flag_beats_config_file_beats_default(tmp_path):
                        "launch` (its flags and config file)."]  # once, on rank zero
 
 
-@pytest.mark.xfail(strict=False, reason="gloo sometimes aborts a worker at exit under load (terminate called without an active exception); see the issue note")
 def test_a_failing_rank_fails_the_launch(tmp_path):
     result = _launch(tmp_path, "--num-processes", "2", "--cpu", script_args=("{'fail_on_rank_1': True}",))
     assert result.returncode == 1
@@ -81,7 +78,6 @@ def test_a_failing_rank_fails_the_launch(tmp_path):
     assert "trainer launch: ChildFailedError" in result.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="gloo sometimes aborts a worker at exit under load (terminate called without an active exception); see the issue note")
 def test_trainer_with_two_devices_starts_its_workers_through_the_elastic_launcher(tmp_path):
     script = tmp_path / "plain.py"
     script.write_text(SCRIPT)
