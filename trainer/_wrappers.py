@@ -74,40 +74,91 @@ class AcceleratedScheduler:
 
 class PreparedDataLoader:
     """Yields batches already on the accelerator's device, and tells it which batch is last
-    (one batch of look-ahead), so ``accumulate()`` can close the final, short window."""
+    (one batch of look-ahead), so ``accumulate()`` can close the final, short window.
 
-    def __init__(self, loader: torch.utils.data.DataLoader, accelerator: Any) -> None:
+    With several processes the loader carries a ``DistributedSampler`` (see
+    ``Accelerator.prepare_data_loader``); the sampler's epoch advances on every pass unless the
+    user calls ``set_epoch`` themselves, and the wrapper counts this rank's samples so
+    ``gather_for_metrics`` can put gathered samples back in sampler order and drop the padding.
+    """
+
+    def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True) -> None:
         self.loader = loader
         self._accelerator = accelerator
         self.is_last = False
         self.remaining: int | None = None  # batches left after the current one, when known
+        self.samples_before = 0  # this rank's samples yielded before the current batch, this pass
+        self.batch_len = 0  # samples in the current batch
+        self._skipped_samples = skipped_samples
+        self._auto_epoch = auto_epoch
+        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    @property
+    def padded_sampler(self) -> Any:
+        """The ``DistributedSampler`` that pads this loader's last samples, or None."""
+        todo = [getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)]
+        for _ in range(8):  # through BatchSampler and skip_first_batches' wrapper
+            if not todo:
+                break
+            obj = todo.pop()
+            if obj is None:
+                continue
+            if isinstance(obj, torch.utils.data.DistributedSampler):
+                return None if obj.drop_last else obj
+            todo.append(getattr(obj, "sampler", None))
+        return None
 
     def __iter__(self) -> Iterator[Any]:
         accelerator = self._accelerator
         accelerator._active_loader = self
         accelerator._micro = 0
+        if self._auto_epoch:
+            self._set_sampler_epoch(self._epoch)
+            self._epoch += 1
         try:
             total: int | None = len(self.loader)
         except TypeError:
             total = None
+        self.samples_before = self._skipped_samples
         try:
             for index, (batch, is_last) in enumerate(with_is_last(self.loader)):
                 self.is_last = is_last
                 self.remaining = 0 if is_last else (max(total - index - 1, 1) if total is not None else None)
+                self.batch_len = _batch_len(batch)
                 yield accelerator.batch_to_device(batch)
+                self.samples_before += self.batch_len
         finally:
             accelerator._active_loader = None
 
     def set_epoch(self, epoch: int) -> None:
-        for obj in (self.loader.sampler, getattr(self.loader, "batch_sampler", None)):
+        """Set the shuffling epoch yourself (the wrapper then stops advancing it on each pass)."""
+        self._auto_epoch = False
+        self._set_sampler_epoch(epoch)
+
+    def _set_sampler_epoch(self, epoch: int) -> None:
+        for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
+
+
+def _batch_len(batch: Any) -> int:
+    """How many samples a collated batch holds (the first dimension of its first tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            n = _batch_len(item)
+            if n:
+                return n
+    return 0
 
 
 def with_is_last(iterable: Any) -> Iterator[tuple[Any, bool]]:

@@ -164,6 +164,17 @@ class Accelerator:
         return wrapped
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> PreparedDataLoader:
+        """Batches on the device; with several processes each gets its share of the samples through a
+        ``DistributedSampler`` (shuffle and drop_last kept; the epoch advances on every pass).
+
+        Without drop_last the sampler pads the last samples (repeating the first ones) so every process
+        runs the same number of steps; ``gather_for_metrics`` drops those repeats again.
+        """
+        if isinstance(loader, PreparedDataLoader):
+            return loader
+        from trainer.distributed_data import distribute_loader
+
+        loader = distribute_loader(loader, self.num_processes, self.process_index, train=True)
         return PreparedDataLoader(loader, self)
 
     def batch_to_device(self, batch: Any) -> Any:
@@ -239,7 +250,34 @@ class Accelerator:
                                 if t.dim() else self.strategy.all_gather(t))
 
     def gather_for_metrics(self, tensor: Any) -> Any:
-        return self.gather(tensor)
+        """``gather``, then, inside a prepared dataloader's loop: the samples in the sampler's order
+        (the dataset's order when not shuffled) with the padding repeats of the last batch dropped,
+        so a metric over everything gathered counts every sample exactly once.
+
+        Works on tensors (and nests of them) whose first dimension is the batch dimension.
+        """
+        loader = self._active_loader
+        sampler = loader.padded_sampler if loader is not None and self.num_processes > 1 else None
+        if sampler is None:
+            return self.gather(tensor)
+        world = self.num_processes
+        start, total = loader.samples_before, len(sampler.dataset)
+
+        def gather_in_order(t: torch.Tensor) -> torch.Tensor:
+            if t.dim() == 0:  # one value per process, not per sample
+                return self.strategy.all_gather(t)
+            local = t.shape[0]
+            if local != loader.batch_len:  # not one row per sample of this batch: nothing to match up
+                return self.strategy.all_gather(t).flatten(0, 1)
+            gathered = self.strategy.all_gather(t).flatten(0, 1)
+            # element (rank r, local position start + j) is sample number r + (start + j) * world of the epoch
+            positions = (torch.arange(world).repeat_interleave(local)
+                         + (start + torch.arange(local).repeat(world)) * world)
+            order = torch.argsort(positions)
+            keep = order[positions[order] < total]
+            return gathered[keep.to(gathered.device)]
+
+        return apply_to_tensors(tensor, gather_in_order)
 
     def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
         return apply_to_tensors(tensor, lambda t: self.strategy.reduce(t, reduction))
@@ -312,7 +350,8 @@ class Accelerator:
         from trainer.data_position import skip_batches
 
         loader = getattr(dataloader, "loader", dataloader)
-        return PreparedDataLoader(skip_batches(loader, num_batches), self)
+        skipped = num_batches * (getattr(loader, "batch_size", None) or 0)
+        return PreparedDataLoader(skip_batches(loader, num_batches), self, skipped_samples=skipped, auto_epoch=False)
 
 
 def _is_scheduler(obj: Any) -> bool:

@@ -1,0 +1,125 @@
+"""The Accelerator door on a real 2-process gloo group: prepared loaders are sharded, an update
+equals one process on the whole batch (with accumulation), and ``gather_for_metrics`` returns
+every sample exactly once, in the sampler's order, however uneven the tail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from trainer import Accelerator
+from tests.helpers.distributed import run_distributed
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _data(n: int):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g)
+
+
+def _train(accelerator: Accelerator, n: int, batch: int, k: int, shuffle: bool) -> list:
+    x, y = _data(n)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=shuffle)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    for _ in range(2):  # two epochs: the sampler's epoch must advance
+        for xb, yb in loader:
+            with accelerator.accumulate(model):
+                accelerator.backward(torch.nn.functional.mse_loss(model(xb), yb))
+                optimizer.step()
+                optimizer.zero_grad()
+    return [p.detach().flatten().tolist() for p in accelerator.unwrap_model(model).parameters()]
+
+
+def _reference(n: int, global_batch: int, world: int, shuffle: bool) -> list:
+    """One process, whole global batches, in the order the distributed sampler deals them out."""
+    x, y = _data(n)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(2):
+        sampler = DistributedSampler(TensorDataset(x), num_replicas=1, rank=0, shuffle=shuffle, seed=0)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for start in range(0, n, global_batch):
+            idx = order[start:start + global_batch]
+            torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return [p.detach().flatten().tolist() for p in model.parameters()]
+
+
+def _train_worker(n, batch, k, shuffle):
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=k)
+    assert accelerator.num_processes == 2
+    return _train(accelerator, n, batch, k, shuffle)
+
+
+@pytest.mark.parametrize("k,shuffle", [(1, False), (2, True)])
+def test_two_processes_update_like_one_process_with_the_whole_batch(k, shuffle):
+    n, batch = 24, 3  # 2 ranks x 3 samples x k micro-batches per optimizer step
+    ranks = run_distributed(_train_worker, n=n, batch=batch, k=k, shuffle=shuffle)
+    assert ranks[0] == ranks[1]
+    expected = _reference(n, 2 * batch * k, 2, shuffle)
+    for got, want in zip(ranks[0], expected):
+        assert got == pytest.approx(want, abs=1e-6)
+
+
+CASES = [(1, 1), (5, 2), (11, 3), (12, 3), (7, 4), (16, 5), (9, 9)]
+
+
+def _gather_worker():
+    accelerator = Accelerator(cpu=True)
+    out = {}
+    for n, batch in CASES:
+        for shuffle in (False, True):
+            loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(n)), batch_size=batch,
+                                                    shuffle=shuffle))
+            passes = []
+            for _ in range(2):
+                seen, per_rank = [], []
+                for (xb,) in loader:
+                    seen += accelerator.gather_for_metrics(xb).tolist()
+                    per_rank += xb.tolist()
+                    # a per-process scalar and a tensor not shaped like the batch are gathered as they are
+                    assert accelerator.gather_for_metrics(xb.sum()).shape == (2,)
+                    assert accelerator.gather_for_metrics(torch.zeros(batch + 1)).shape == (2 * (batch + 1),)
+                passes.append((seen, per_rank))
+            out[f"{n},{batch},{shuffle}"] = passes
+    # outside a prepared loader's loop it is a plain gather
+    out["plain"] = accelerator.gather_for_metrics(torch.tensor([accelerator.process_index] * 2)).tolist()
+    return out
+
+
+def test_gather_for_metrics_returns_every_sample_once_in_sampler_order():
+    ranks = run_distributed(_gather_worker)
+    assert ranks[0]["plain"] == [0, 0, 1, 1]
+    for n, batch in CASES:
+        for shuffle in (False, True):
+            passes = ranks[0][f"{n},{batch},{shuffle}"]
+            for epoch, ((seen, _), (seen1, _)) in enumerate(zip(passes, ranks[1][f"{n},{batch},{shuffle}"])):
+                assert seen == seen1
+                sampler = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=shuffle, seed=0)
+                sampler.set_epoch(epoch)
+                assert seen == list(sampler), (n, batch, shuffle, epoch)  # every sample once, in order
+            # each rank got its padded share: together they hold duplicates only when n is odd
+            local = passes[0][1] + ranks[1][f"{n},{batch},{shuffle}"][0][1]
+            assert len(local) == n + n % 2 and set(local) == set(range(n))
+            if shuffle and n > 2:
+                assert passes[0][0] != passes[1][0], "the sampler's epoch did not advance between passes"
+
+
+def _skip_worker():
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(TensorDataset(torch.arange(11)), batch_size=2))
+    skipped = accelerator.skip_first_batches(loader, 1)
+    return [v for (xb,) in skipped for v in accelerator.gather_for_metrics(xb).tolist()]
+
+
+def test_gather_for_metrics_after_skip_first_batches_continues_the_order():
+    ranks = run_distributed(_skip_worker)
+    assert ranks[0] == ranks[1] == list(range(4, 11))
