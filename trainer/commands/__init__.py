@@ -1,5 +1,5 @@
 """Subcommands of the ``trainer`` command. Importing this package registers each in ``trainer.cli.COMMANDS``."""
 
-from trainer.commands import config, env, launch
+from trainer.commands import config, env, launch, selftest
 
-__all__ = ["config", "env", "launch"]
+__all__ = ["config", "env", "launch", "selftest"]

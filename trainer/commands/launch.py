@@ -30,6 +30,13 @@ _FLAGS = {"num-processes": ("num_processes", int), "num-machines": ("num_machine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser)
+    parser.add_argument("script", help="the training script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config-file and override flags (shared with ``trainer test``)."""
     parser.add_argument("--config-file", "--config_file", default=None, help="config file (default: see `trainer config`)")
     for flag, (field, kind) in _FLAGS.items():
         parser.add_argument(f"--{flag}", f"--{flag.replace('-', '_')}", dest=field, type=kind, default=None,
@@ -37,18 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--multi-gpu", "--multi_gpu", action="store_true", help="train on GPUs (device: gpu)")
     device.add_argument("--cpu", action="store_true", help="train on the CPU (device: cpu)")
-    parser.add_argument("script", help="the training script")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
 
 
-def resolve(args: argparse.Namespace) -> LaunchConfig:
+def resolve(args: argparse.Namespace, command: str = "trainer launch") -> LaunchConfig:
     """The config file (or the defaults, if there is none) with this command's flags applied."""
     try:
         cfg = config_file.load_config(args.config_file)
     except FileNotFoundError:
         if args.config_file is not None:
             raise
-        print(f"trainer launch: no config file at {config_file.config_path()}; using the defaults "
+        print(f"{command}: no config file at {config_file.config_path()}; using the defaults "
               "(create one with `trainer config`).", file=sys.stderr)
         cfg = LaunchConfig()
     overrides: dict[str, Any] = {field: getattr(args, field) for field, _ in _FLAGS.values()
@@ -60,7 +65,7 @@ def resolve(args: argparse.Namespace) -> LaunchConfig:
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
-def torchrun_args(cfg: LaunchConfig, script: str, script_args: list[str]) -> list[str]:
+def torchrun_args(cfg: LaunchConfig, script: str, script_args: list[str], module: bool = False) -> list[str]:
     args = ["--nnodes", str(cfg.num_machines), "--nproc-per-node", str(cfg.num_processes),
             "--max-restarts", str(cfg.max_restarts)]
     if cfg.num_machines == 1 and cfg.rdzv_backend == "static":
@@ -71,6 +76,8 @@ def torchrun_args(cfg: LaunchConfig, script: str, script_args: list[str]) -> lis
         if cfg.rdzv_backend == "c10d":
             args += ["--rdzv-endpoint", f"{cfg.main_process_ip}:{cfg.main_process_port}",
                      "--rdzv-conf", f"timeout={cfg.rdzv_timeout}"]
+    if module:
+        args.append("--module")  # `script` is a module name, run as `python -m script`
     return [*args, script, *script_args]
 
 
@@ -81,8 +88,6 @@ def worker_settings(cfg: LaunchConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torch.distributed import run as torchrun
-
     if not os.path.isfile(args.script):
         print(f"trainer launch: script {args.script!r} not found.", file=sys.stderr)
         return 2
@@ -91,14 +96,23 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"trainer launch: {err}", file=sys.stderr)
         return 2
+    return start(cfg, args.script, list(args.script_args))
+
+
+def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str = "trainer launch",
+          module: bool = False) -> int:
+    """Run ``script`` (a file, or a module name with ``module=True``) under torchrun with the settings of
+    ``cfg``; 0 when every worker succeeded."""
+    from torch.distributed import run as torchrun
+
     os.environ[SETTINGS_ENV] = json.dumps(worker_settings(cfg))
     if cfg.device == "gpu" and cfg.gpu_ids != "all":
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu_ids
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        torchrun.main(torchrun_args(cfg, args.script, list(args.script_args)))
+        torchrun.main(torchrun_args(cfg, script, script_args, module=module))
     except Exception as err:  # torchrun's ChildFailedError names the failed rank and its traceback
-        print(f"trainer launch: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 

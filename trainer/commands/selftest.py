@@ -1,0 +1,34 @@
+"""``trainer test``: launch the built-in end-to-end check (``trainer.selftest``) under the current config,
+through the same torchrun path as ``trainer launch``; one line per check, a verdict, and the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.cli import COMMANDS
+from trainer.commands import launch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    launch.add_settings_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = launch.resolve(args, command="trainer test")
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"trainer test: {err}", file=sys.stderr)
+        return 2
+    machines = f" on machine {cfg.machine_rank} of {cfg.num_machines}" if cfg.num_machines > 1 else ""
+    print(f"trainer test: {cfg.num_processes} process(es){machines}, device {cfg.device}, "
+          f"mixed precision {cfg.mixed_precision}, strategy {cfg.strategy}", flush=True)
+    status = launch.start(cfg, "trainer.selftest", [], command="trainer test", module=True)
+    if status:
+        print("trainer test: FAILED (see the lines above; fix the setting named there, or run "
+              "`trainer env` for a bug report)", file=sys.stderr)
+    return status
+
+
+COMMANDS["test"] = ("run a built-in end-to-end check of the current config and print a verdict",
+                    add_arguments, run)
