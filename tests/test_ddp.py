@@ -5,12 +5,15 @@ ranks; validation counts every sample once; only rank zero writes."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import EarlyStopping, ModelCheckpoint
+from callbacks import Callback, EarlyStopping, ModelCheckpoint
 from strategies import DDPStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers.distributed import run_distributed
@@ -148,3 +151,46 @@ def test_no_all_reduce_on_non_final_micro_steps():
     ranks = run_distributed(_no_sync_worker, k=3)
     # 24 samples: 6 micro-batches of 2 per rank, windows of 3: 2 steps, 4 micro-steps skip the all-reduce
     assert [tuple(r) for r in ranks] == [(4, 2), (4, 2)]
+
+
+class _SigtermOnRank1(Callback):
+    """SIGTERM reaches only rank 1 (as when a scheduler signals processes one by one)."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == self.at_step and not trainer._preempted:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _preempt_worker(tmp, at_step):
+    def fit(ckpt_dir, callbacks=(), ckpt_path=None):
+        x, y, mask = _data(n=40)
+        model = Model()
+        trainer = Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          num_sanity_val_steps=0, callbacks=[ModelCheckpoint(dirpath=ckpt_dir), *callbacks])
+        loader = DataLoader(TensorDataset(x, y, mask), batch_size=3, shuffle=True)
+        try:
+            trainer.fit(model, loader, ckpt_path=ckpt_path)
+        except SystemExit as stop:
+            return {"exit": stop.code, "step": trainer.global_step}
+        return {"weights": [p.detach().tolist() for p in model.parameters()], "step": trainer.global_step}
+
+    interrupted = fit(f"{tmp}/a", [_SigtermOnRank1(at_step)])
+    resumed = fit(f"{tmp}/a", ckpt_path="last")
+    straight = fit(f"{tmp}/b")
+    return {"interrupted": interrupted, "resumed": resumed, "straight": straight}
+
+
+@settings(max_examples=2, deadline=None)
+@given(at_step=st.integers(1, 19))
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exact(tmp_path_factory, at_step):
+    tmp = tmp_path_factory.mktemp("preempt")
+    ranks = run_distributed(_preempt_worker, tmp=str(tmp), at_step=at_step)
+    for rank in ranks:
+        # every rank saw the signal one optimizer step after it reached rank 1, and left fit cleanly
+        assert rank["interrupted"] == {"exit": 0, "step": at_step + 1}
+        assert rank["resumed"]["step"] == rank["straight"]["step"] == 21
+        assert rank["resumed"]["weights"] == rank["straight"]["weights"]  # bit-exact
+    assert ranks[0]["resumed"]["weights"] == ranks[1]["resumed"]["weights"]

@@ -154,7 +154,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             state.val_pending = False  # a checkpoint written during validation must not repeat it
             eval_loop.run_validation(trainer, val_loaders)
             trainer._sync_should_stop()
-        if closes_window and trainer._preempted:
+        if closes_window and trainer._stop_agreement.poll(trainer._preempted):
             trainer._preempt()
         if stepped and not is_last and trainer._should_stop_now():
             return False

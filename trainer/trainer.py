@@ -22,7 +22,7 @@ from trainer.launch import apply_launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.optim import parse_optimizers
-from trainer.preemption import Preempted, sigterm_sets_flag
+from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
 from trainer.results import Results
 from trainer.seed import install_worker_seeding, set_deterministic
 from trainer.state import TrainerState
@@ -80,6 +80,7 @@ class Trainer:
         self._epoch_start_rng: dict | None = None  # what decided the current epoch's data order
         self._window: Any = None                 # the open accumulation window (fit_loop._Window)
         self._preempted = False
+        self._stop_agreement = StopAgreement(1)
         self.val_dataloaders: list[Any] = []
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
@@ -200,8 +201,10 @@ class Trainer:
                 if self.is_global_zero:
                     print(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
                           f"batch_idx {self.state.batch_idx}).")
+        self._stop_agreement = StopAgreement(self.strategy.world_size)
         with sigterm_sets_flag(self):
             self._fit_loops(train_loader, val_loaders)
+        self._stop_agreement.drain()
 
     def _fit_loops(self, train_loader: Any, val_loaders: list[Any]) -> None:
         self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
