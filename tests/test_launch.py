@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from strategies.environment import ClusterEnvironment, detect_environment, first_host
 from trainer.commands.launch import torchrun_args
@@ -112,3 +113,117 @@ def test_cluster_environment_from_torchrun_slurm_or_nothing():
     assert first_host("node001") == "node001" and first_host("a[3-5]-ib,b1") == "a3-ib"
     with pytest.raises(ValueError, match=r"RANK='x' is not an integer"):
         detect_environment({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+EQUIVALENCE = textwrap.dedent(f"""
+    import json, sys
+    sys.path.insert(0, {str(ROOT)!r})
+    from tests.test_ddp import _fit
+    out = {{}}
+    for k in (1, 2):
+        weights, trainer = _fit(batch=2, k=k, use_num_items=False)
+        out[k] = {{"weights": weights, "world": trainer.world_size, "steps": trainer.global_step}}
+    if trainer.is_global_zero:
+        json.dump(out, open(sys.argv[1], "w"))
+""")
+
+
+def test_two_launched_processes_with_b_each_equal_one_process_with_2b(tmp_path):
+    script = tmp_path / "equivalence.py"
+    script.write_text(EQUIVALENCE)
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "--cpu",
+                             str(script), str(tmp_path / "out.json")], capture_output=True, text=True, env=env,
+                            timeout=200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    from tests.test_ddp import _fit
+
+    launched = json.loads((tmp_path / "out.json").read_text())
+    for k in (1, 2):
+        weights, trainer = _fit(batch=4, k=k, use_num_items=False)
+        assert launched[str(k)]["world"] == 2 and launched[str(k)]["steps"] == trainer.global_step
+        for got, want in zip(launched[str(k)]["weights"], weights):
+            assert torch.tensor(got) == pytest.approx(torch.tensor(want), abs=1e-6)
+
+
+def test_two_machines_on_one_host_complete_a_run_together(tmp_path):
+    from tests.helpers.distributed import free_port
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    port = str(free_port())
+    machines = [subprocess.Popen([sys.executable, "-m", "trainer.cli", "launch", "--num-machines", "2",
+                                  "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1",
+                                  "--main-process-port", port, "--num-processes", "1", "--cpu", str(script), "{}"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                for rank in (0, 1)]
+    outputs = [m.communicate(timeout=200) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], [err for _, err in outputs]
+    assert _rank_lines(outputs[0][0] + outputs[1][0]) == [
+        f"rank={r} world=2 precision=32-true accum=1 steps=4 args=[]" for r in (0, 1)]
+
+
+MISMATCH = textwrap.dedent("""
+    import torch, torch.distributed as dist
+    from trainer import Accelerator
+    accelerator = Accelerator(cpu=True)
+    t = torch.ones(3)
+    if accelerator.process_index == 0:
+        dist.all_reduce(t)      # rank 0 reduces ...
+    else:
+        dist.broadcast(t, 0)    # ... while rank 1 broadcasts: a bug that would hang until the timeout
+""")
+
+
+def test_debug_mode_names_a_mismatched_collective_instead_of_hanging(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCH)
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "launch", "--debug", "--num-processes", "2",
+                             "--cpu", str(script)], capture_output=True, text=True, env=env, timeout=100, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Detected mismatch between collectives" in result.stderr
+    assert "ALLREDUCE" in result.stderr and "BROADCAST" in result.stderr
+
+
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    from trainer import Accelerator
+    accelerator = Accelerator(cpu=True)
+    open(os.path.join(sys.argv[1], f"pid{accelerator.process_index}"), "w").write(str(os.getpid()))
+    while True:
+        accelerator.reduce(torch.ones(1))
+        time.sleep(0.05)
+""")
+
+
+def test_ctrl_c_stops_every_worker(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    launcher = subprocess.Popen([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "--cpu",
+                                 str(script), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("pid*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
+    assert len(pids) == 2, launcher.stderr.read() if launcher.poll() is not None else "workers did not start"
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGINT
+    assert "stopped by SIGINT; every worker process was stopped" in err
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        # a zombie awaiting its parent is gone for our purpose; anything else is a live worker
+        assert open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"worker {pid} still runs after Ctrl-C"

@@ -44,6 +44,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--multi-gpu", "--multi_gpu", action="store_true", help="train on GPUs (device: gpu)")
     device.add_argument("--cpu", action="store_true", help="train on the CPU (device: cpu)")
+    parser.add_argument("--debug", action="store_true",
+                        help="check that every rank calls the same collectives (TORCH_DISTRIBUTED_DEBUG=DETAIL): "
+                             "a mismatch fails with both ranks' calls named instead of hanging; slower")
 
 
 def resolve(args: argparse.Namespace, command: str = "trainer launch") -> LaunchConfig:
@@ -96,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"trainer launch: {err}", file=sys.stderr)
         return 2
-    return start(cfg, args.script, list(args.script_args))
+    return start(cfg, args.script, list(args.script_args), debug=args.debug)
 
 
 def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str = "trainer launch",
-          module: bool = False) -> int:
+          module: bool = False, debug: bool = False) -> int:
     """Run ``script`` (a file, or a module name with ``module=True``) under torchrun with the settings of
     ``cfg``; 0 when every worker succeeded."""
     from torch.distributed import run as torchrun
@@ -109,8 +112,18 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     if cfg.device == "gpu" and cfg.gpu_ids != "all":
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu_ids
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if debug:
+        os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     try:
         torchrun.main(torchrun_args(cfg, script, script_args, module=module))
+    except SignalException as err:  # Ctrl-C or a scheduler's signal: torchrun has stopped every worker
+        import signal
+
+        print(f"{command}: stopped by {signal.Signals(err.sigval).name}; every worker process was stopped.",
+              file=sys.stderr)
+        return 128 + int(err.sigval)
     except Exception as err:  # torchrun's ChildFailedError names the failed rank and its traceback
         print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
