@@ -61,3 +61,12 @@ def test_quick_run_prints_every_variant_row(tmp_path):
             assert result["us_per_step"] > 0
             assert abs(result["us_per_micro"] * result["accum"] - result["us_per_step"]) <= 1e-6 * result["us_per_step"]
 
+
+
+@pytest.mark.timeout(180)
+def test_ddp_benchmark_runs_both_rows():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--rounds", "1", "--steps", "12"],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("1 process", "DDP, 2 processes"))]
+    assert len(rows) == 2 and all(re.search(r"\d+\.\d\dx\s+\d+\.\d\ds$", row) for row in rows), proc.stdout
