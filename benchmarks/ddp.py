@@ -4,7 +4,8 @@
 Each round runs, side by side: one process training on the whole global batch (2 threads, the
 machine's cores), then `trainer launch --num-processes 2` with half the batch per process (torchrun
 gives each 1 thread). Rounds are interleaved and the medians reported, because these machines are
-noisy. Run: `python benchmarks/ddp.py [--rounds 5] [--steps 60]`.
+noisy. The same workload as a raw PyTorch loop (plain, and DDP under torchrun) is measured in the
+same rounds, so the Trainer's own cost shows. Run: `python benchmarks/ddp.py [--rounds 5] [--steps 60]`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,42 @@ WORKER = textwrap.dedent("""
 """)
 
 
+RAW = textwrap.dedent("""
+    import json, os, sys, time
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    out, global_batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                              torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    n = global_batch * (steps + 1)
+    data = TensorDataset(torch.randn(n, 256, generator=g), torch.randint(0, 10, (n,), generator=g))
+    sampler = DistributedSampler(data, shuffle=False) if world > 1 else None
+    first = time.time()
+    for step, (x, y) in enumerate(DataLoader(data, batch_size=global_batch // world, sampler=sampler)):
+        if step == 10:
+            warm = time.perf_counter()
+        if step == steps:
+            break
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    end = time.perf_counter()
+    if int(os.environ.get("RANK", "0")) == 0:
+        json.dump({"first_step": first, "samples_per_s": (steps - 10) * global_batch / (end - warm)}, open(out, "w"))
+    if world > 1:
+        dist.destroy_process_group()
+""")
+
+
 def _run(cmd: list[str], out: str, env: dict) -> dict:
     start = time.time()
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -85,23 +122,29 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     script = os.path.join(tmp, "worker.py")
     open(script, "w").write(WORKER.format(root=ROOT))
+    raw = os.path.join(tmp, "raw.py")
+    open(raw, "w").write(RAW)
     out = os.path.join(tmp, "out.json")
     env = {**os.environ, "TRAINER_CONFIG_FILE": os.path.join(tmp, "none.yaml")}
     single_env = {**env, "OMP_NUM_THREADS": "2"}
-    rows: dict[str, list[dict]] = {"1 process": [], "DDP, 2 processes": []}
+    rows: dict[str, list[dict]] = {"1 process": [], "DDP, 2 processes": [], "raw torch, 1 process": [],
+                                   "raw torch DDP, 2": []}
     common = [out, str(args.global_batch), str(args.steps)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     for _ in range(args.rounds):
         rows["1 process"].append(_run([sys.executable, script, *common], out, single_env))
         rows["DDP, 2 processes"].append(_run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2",
                                               "--cpu", script, *common], out, env))
+        rows["raw torch, 1 process"].append(_run([sys.executable, raw, *common], out, single_env))
+        rows["raw torch DDP, 2"].append(_run([*torchrun, raw, *common], out, {**env, "OMP_NUM_THREADS": "1"}))
     base = statistics.median(r["samples_per_s"] for r in rows["1 process"])
     print(f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps, median of {args.rounds} "
           "interleaved rounds")
-    print(f"{'':<18}{'samples/s':>11}{'vs 1 process':>14}{'start to first step':>22}")
+    print(f"{'':<22}{'samples/s':>11}{'vs 1 process':>14}{'start to first step':>22}")
     for name, results in rows.items():
         speed = statistics.median(r["samples_per_s"] for r in results)
         first = statistics.median(r["to_first_step"] for r in results)
-        print(f"{name:<18}{speed:>11.0f}{speed / base:>13.2f}x{first:>21.2f}s")
+        print(f"{name:<22}{speed:>11.0f}{speed / base:>13.2f}x{first:>21.2f}s")
 
 
 if __name__ == "__main__":
