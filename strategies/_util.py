@@ -67,7 +67,11 @@ def first_tensor(data: Any) -> torch.Tensor | None:
 
 def batch_size_of(batch: Any) -> int | None:
     """Length of the first dimension of the first tensor in ``batch`` (host-side, no sync)."""
-    t = first_tensor(batch)
+    kind = type(batch)
+    if (kind is tuple or kind is list) and batch and type(batch[0]) is torch.Tensor:
+        t = batch[0]  # the common (inputs, targets) batch, without the general walk
+    else:
+        t = first_tensor(batch)
     if t is None or t.dim() == 0:
         return None
     return int(t.shape[0])

@@ -79,6 +79,8 @@ class Strategy(ABC):
 
     def batch_to_device(self, batch: Any) -> Any:
         device = self.root_device
+        if device.type == "cpu" and self.precision.param_dtype is None and _flat_on_cpu(batch):
+            return batch  # nothing to move or convert: skip rebuilding the batch
         non_blocking = device.type == "cuda"
         batch = apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
         return self.precision.convert_input(batch)
@@ -140,6 +142,23 @@ class Strategy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.root_device}, precision={self.precision.name!r})"
+
+
+def _flat_on_cpu(batch: Any) -> bool:
+    """A tensor, or a plain tuple/list/dict of tensors, all on the CPU (the common batch shapes)."""
+    kind = type(batch)
+    if kind is torch.Tensor:
+        return batch.device.type == "cpu"
+    if kind is tuple or kind is list:
+        values: Any = batch
+    elif kind is dict:
+        values = batch.values()
+    else:
+        return False
+    for value in values:
+        if type(value) is not torch.Tensor or value.device.type != "cpu":
+            return False
+    return True
 
 
 class SingleDeviceStrategy(Strategy):

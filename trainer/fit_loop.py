@@ -10,10 +10,13 @@
             validate when it is time
         epoch-end logging, hooks, epoch schedulers
 
-Accumulation: a window is `accumulate_grad_batches` micro-batches, or what is left of the
+Accumulation: a window is `accumulate_grad_batches` (k) micro-batches, or what is left of the
 epoch. Each micro-batch's loss counts with its number of items (its batch size, or the
-``num_items`` the step returned, the loss then being a sum), and the summed gradient is
-divided by the window's total items, so the step equals one big batch of the window.
+``num_items`` the step returned, the loss then being a sum), so the step equals one big batch
+of the window. The loss of a micro-batch of size b is scaled by b / (k * b0) before backward (b0:
+the window's first micro-batch size) -- for a full window of equal batches that is the plain 1/k --
+and at the window's end the gradients are corrected only if the window was not k * b0 items
+(a short last window, uneven batches, or ``num_items``), by k * b0 / (its item count).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from strategies import Strategy
 from strategies._util import batch_size_of
 from trainer import eval_loop
 from trainer._wrappers import with_is_last
@@ -107,11 +111,16 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     results = trainer._results["train"]
     optimizer = trainer.optimizer
     k = cfg.accumulate_grad_batches
-    plain_mean = k == 1  # no accumulation: the loss is used as returned unless it carries num_items
     has_batch_start, has_batch_end = hooks.has("on_train_batch_start"), hooks.has("on_train_batch_end")
-    has_before_backward, has_after_backward = hooks.has("on_before_backward"), hooks.has("on_after_backward")
+    trainer._backward_hooks = (hooks.has("on_before_backward"), hooks.has("on_after_backward"))
     validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
                                            or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
+    trainer._step_hooks = (hooks.has("on_before_optimizer_step"), hooks.has("on_before_zero_grad"))
+    # no autocast and no DDP: call training_step without entering (null) contexts on every micro-batch
+    strategy_type = type(accel.strategy)
+    plain_forward = accel.strategy.precision.autocast_dtype is None \
+        and strategy_type.forward_context is Strategy.forward_context \
+        and strategy_type.no_backward_sync is Strategy.no_backward_sync
     module._results = results
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
@@ -121,28 +130,23 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
             break  # the module asked to end the epoch here
         window.micro += 1
+        if window.micro == 1:
+            window.ref = size
         closes_window = window.micro == k or is_last
-        with contextlib.nullcontext() if closes_window else accel.no_sync(model):
-            with accel.autocast():
-                output = training_step(batch, batch_idx)
-            loss, num_items = _unpack_step_output(output, state, batch_idx)
-            if loss is not None:
-                results.record_loss(loss, state.global_step, batch_idx)
-                if not (plain_mean and num_items is None):
-                    loss, num_items = (loss, num_items) if num_items is not None else (loss * size, size)
-                    window.add_items(num_items)
-                window.has_loss = True
-                if has_before_backward:
-                    hooks("on_before_backward", loss)
-                accel.backward(loss)
-                if has_after_backward:
-                    hooks("on_after_backward")
+        if plain_forward:
+            output = training_step(batch, batch_idx)
+            _micro_step(trainer, output, batch_idx, size, window, k)
+        else:
+            with contextlib.nullcontext() if closes_window else accel.no_sync(model):
+                with accel.autocast():
+                    output = training_step(batch, batch_idx)
+                _micro_step(trainer, output, batch_idx, size, window, k)
         state.batch_idx = batch_idx + 1
         state.batches_seen += 1
         state.samples_seen += size
         stepped = closes_window and window.has_loss
         if stepped:
-            _optimizer_step(trainer, optimizer, window.items)
+            _optimizer_step(trainer, optimizer, window, k)
         if closes_window:
             window = trainer._window = _Window()
         state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
@@ -161,29 +165,54 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     return True
 
 
-class _Window:
-    """One accumulation window: micro-batches seen, items counted, whether any produced a loss."""
+def _micro_step(trainer: Any, output: Any, batch_idx: int, size: int, window: "_Window", k: int) -> None:
+    """Check the step's output, scale its loss for the window (see the module docstring), backward."""
+    loss, num_items = _unpack_step_output(output, trainer.state, batch_idx)
+    if loss is None:
+        return
+    trainer._results["train"].record_loss(loss, trainer.state.global_step, batch_idx)
+    if num_items is None:
+        window.items += size
+        if k != 1 or size != window.ref:
+            loss = loss * (size / (k * window.ref))
+    else:  # the loss is a sum over num_items items
+        window.counted = True
+        window.items = window.items + num_items
+        loss = loss * (1.0 / (k * window.ref))
+    window.has_loss = True
+    before, after = trainer._backward_hooks
+    if before:
+        trainer._hooks("on_before_backward", loss)
+    trainer.accelerator.backward(loss)
+    if after:
+        trainer._hooks("on_after_backward")
 
-    __slots__ = ("micro", "items", "has_loss")
+
+class _Window:
+    """One accumulation window: micro-batches seen, the first one's size, items counted (an int, or a
+    tensor once a step returned ``num_items`` as one), whether any produced a loss."""
+
+    __slots__ = ("micro", "ref", "items", "counted", "has_loss")
 
     def __init__(self) -> None:
         self.micro = 0
-        self.items: Any = None
+        self.ref = 1
+        self.items: Any = 0
+        self.counted = False  # some step returned num_items
         self.has_loss = False
 
-    def add_items(self, n: Any) -> None:
-        self.items = n if self.items is None else self.items + n
 
-
-def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, items: Any) -> None:
-    """Normalise by the window's items, clip, step the optimizer and the step-schedulers, zero."""
+def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:
+    """Correct the window's normalisation if needed, clip, step the optimizer and the step-schedulers, zero."""
     cfg, accel, hooks, state = trainer.config, trainer.accelerator, trainer._hooks, trainer.state
     clip = cfg.gradient_clip_val
-    if clip or items is not None:
-        accel.unscale_gradients(optimizer)
-    if items is not None:
-        _divide_gradients(trainer, optimizer, items)
-    hooks("on_before_optimizer_step", optimizer)
+    if window.counted or window.items != k * window.ref:
+        _correct_gradients(trainer, optimizer, window, k)
+    before_step, before_zero = trainer._step_hooks
+    if clip:
+        accel.unscale_gradients(optimizer)  # the hook and the clipping see true gradients
+    if before_step:
+        hooks("on_before_optimizer_step", optimizer)
     if clip:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if cfg.gradient_clip_algorithm == "norm":
@@ -191,27 +220,33 @@ def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, items: Any) 
         else:
             accel.strategy.clip_grad_value_(params, clip)
     accel.strategy.optimizer_step(optimizer)
-    hooks("on_before_zero_grad", optimizer)
+    if before_zero:
+        hooks("on_before_zero_grad", optimizer)
     optimizer.zero_grad(set_to_none=True)
     state.global_step += 1
     if trainer._step_schedulers:
         step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
 
 
-def _divide_gradients(trainer: Any, optimizer: torch.optim.Optimizer, items: Any) -> None:
-    """Turn summed gradients into the mean over every item of the window on every process.
-
-    Gradient all-reduce averages over processes, so multiply by world size over the global
-    item count. The count stays a tensor when the step returned one: no host sync.
+def _correct_gradients(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:
+    """The losses were scaled by 1 / (k * ref) per item; make the gradient the mean over the window's
+    items. With ``num_items`` that is the mean over every item of the window on every process:
+    DDP averages over processes, so the factor is world size over the global item count (kept a
+    tensor when the step returned one: no host sync). Without it every process has the same
+    number of samples (the distributed sampler pads), and the local count is the global one.
     """
     strategy = trainer.accelerator.strategy
     world_size = strategy.world_size
-    if world_size > 1:
-        items = strategy.reduce(torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device), "sum")
-    if isinstance(items, torch.Tensor):  # a window of zero items leaves its (zero) gradients as they are
-        scale: Any = (world_size / items.clamp_min(1)).to(torch.float32)
+    items = window.items
+    if window.counted:
+        if world_size > 1:
+            items = strategy.reduce(torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device), "sum")
+        if isinstance(items, torch.Tensor):  # a window of zero items leaves its (zero) gradients as they are
+            scale: Any = (k * window.ref * world_size / items.clamp_min(1)).to(torch.float32)
+        else:
+            scale = k * window.ref * world_size / max(items, 1)
     else:
-        scale = world_size / max(items, 1)
+        scale = k * window.ref / max(items, 1)
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if grads:
         torch._foreach_mul_(grads, scale)
