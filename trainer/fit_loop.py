@@ -121,6 +121,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     plain_forward = accel.strategy.precision.autocast_dtype is None \
         and strategy_type.forward_context is Strategy.forward_context \
         and strategy_type.no_backward_sync is Strategy.no_backward_sync
+    max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
     module._results = results
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
@@ -160,7 +161,8 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             trainer._sync_should_stop()
         if closes_window and trainer._stop_agreement.poll(trainer._preempted):
             trainer._preempt()
-        if stepped and not is_last and trainer._should_stop_now():
+        if stepped and not is_last and (state.should_stop or 0 <= max_steps <= state.global_step
+                                        or (max_time is not None and trainer._time_is_up())):
             return False
     return True
 

@@ -272,7 +272,10 @@ class Trainer:
             return True
         if state.current_epoch >= cfg.epochs_limit:
             return True
-        return cfg.max_time is not None and time.monotonic() - self._fit_start_time >= cfg.max_time
+        return cfg.max_time is not None and self._time_is_up()
+
+    def _time_is_up(self) -> bool:
+        return time.monotonic() - self._fit_start_time >= self.config.max_time
 
     def _publish_train_metrics(self, epoch_end: bool = False) -> None:
         self._metrics.publish_train(epoch_end)
