@@ -6,5 +6,7 @@ from callbacks.logger import CSVLogger, Logger
 from callbacks.lr_monitor import LearningRateMonitor
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.progress import ProgressBar
+from callbacks.trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar"]
+__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar",
+           "TensorBoardLogger", "WandbLogger", "MLflowLogger"]

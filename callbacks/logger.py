@@ -38,7 +38,7 @@ class Logger(Callback):
 
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         if trainer.is_global_zero:
-            self.finalize("failed")
+            self.finalize("interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
 
 
 def _next_version(root: str) -> int:
@@ -117,13 +117,17 @@ def _plain(value: Any) -> Any:
 
 
 def default_loggers(logger: Any, config: Any) -> list[Logger]:
-    """``logger=None``: a CSVLogger under ``default_root_dir``; ``False``: none; else the given ones."""
+    """``logger=None``: TensorBoard if installed, else CSV, under ``default_root_dir/logs/version_N``;
+    ``False``: none; else the given ones."""
     if logger is False:
         return []
     if logger is None or logger is True:
         if config.fast_dev_run:
             return []
-        return [CSVLogger(save_dir=config.default_root_dir, name="logs")]
+        from callbacks.trackers import TensorBoardLogger, installed
+
+        kind = TensorBoardLogger if installed("tensorboard") else CSVLogger
+        return [kind(save_dir=config.default_root_dir, name="logs")]
     loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
     for item in loggers:
         if not isinstance(item, Logger):

@@ -122,7 +122,8 @@ def test_set_seed_reproduces():
 @pytest.mark.parametrize("kwargs, match", [
     ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps=0.*positive int"),
     ({"mixed_precision": "fp8"}, r"unknown precision.*'16-mixed'"),
-    ({"log_with": "wandb"}, r"log_with=.*not available in this version"),
+    ({"log_with": "wandbb"}, r"log_with='wandbb'.*unknown tracker.*'tensorboard', 'wandb', 'mlflow', 'csv'.*'wandb'\?"),
+    ({"log_with": ["csv", 3]}, r"log_with=3.*unknown tracker"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):

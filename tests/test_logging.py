@@ -299,7 +299,10 @@ def test_csv_logger_versions_count_up_and_test_metrics_are_written():
     assert [float(r["test/loss"]) for r in rows] == [pytest.approx(result[0]["test/loss"], rel=1e-12)]
 
 
-def test_default_logger_is_csv_under_default_root_dir():
+def test_default_logger_is_csv_under_default_root_dir_without_tensorboard(monkeypatch):
+    import callbacks.trackers
+
+    monkeypatch.setattr(callbacks.trackers, "installed", lambda name: name != "tensorboard")
     trainer = Trainer(max_epochs=1, enable_progress_bar=False, default_root_dir="here", log_every_n_steps=1)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger"]
     trainer.fit(BoringModel(), regression_loader(16, 8))

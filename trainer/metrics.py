@@ -13,6 +13,8 @@ class MetricsPublisher:
         self.callback_metrics: dict[str, float] = {}
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
+        self.history: list[tuple[int, dict[str, float]]] = []  # what the loggers received (rank zero)
+        self._announced = False
 
     def flush_train(self) -> None:
         """Read the training values back; raise on a non-finite loss (unless allowed)."""
@@ -79,18 +81,30 @@ class MetricsPublisher:
     def log_row(self, row: dict[str, float], step: int | None = None) -> None:
         trainer = self._trainer
         self.logged_metrics.update(row)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and trainer.loggers:
+            self.history.append((trainer.global_step if step is None else step, dict(row)))
             for logger in trainer.loggers:
                 logger.log_metrics(row, step=trainer.global_step if step is None else step)
 
     def log_hyperparams(self) -> None:
         trainer = self._trainer
         if trainer.is_global_zero and trainer.loggers:
+            if not self._announced:
+                self._announced = True
+                where = ", ".join(f"{type(lg).__name__} in {lg.log_dir}" for lg in trainer.loggers)
+                print(f"Logging to {where}", flush=True)
             params = {**getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
             for logger in trainer.loggers:
                 logger.log_hyperparams(params)
 
     def finalize(self, status: str) -> None:
-        if self._trainer.is_global_zero:
-            for logger in self._trainer.loggers:
+        trainer = self._trainer
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
                 logger.finalize(status)
+            if status == "success" and trainer.state.stage == "fit" and trainer.loggers:
+                from trainer.plots import write_loss_png
+
+                path = write_loss_png(self.history, trainer.log_dir)
+                if path is not None:
+                    print(f"Loss curves: {path}", flush=True)

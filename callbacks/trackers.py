@@ -1,0 +1,271 @@
+"""Loggers for the experiment trackers users already run: TensorBoard, Weights & Biases, MLflow.
+
+Each imports its package only when it first writes (a missing one names the extra to install),
+writes on rank zero only (the Trainer and the Accelerator call loggers there), logs scalars at
+the step they belong to, logs hyperparameters once, and closes on success, on an exception and on
+Ctrl-C (``finalize(status)``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from callbacks.logger import Logger, _plain
+
+
+def _require(module: str, extra: str, owner: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{owner} needs the {extra!r} package, which is not installed: "
+                          f"pip install 'trainer[{extra}]' (or pip install {extra}).") from err
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested hyperparameters as one level, keys joined with '/' (what every tracker's UI shows best)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+class TensorBoardLogger(Logger):
+    """Writes TensorBoard event files to ``<save_dir>/<name>/version_N/``.
+
+    View them with ``tensorboard --logdir <save_dir>``. Hyperparameters go to the HPARAMS tab
+    and, as YAML, to ``hparams.yaml`` beside the events.
+
+    Args:
+        save_dir: root directory of runs.
+        name: experiment name (a sub-directory).
+        version: an int or a string; by default the next free ``version_N``.
+        **writer_kwargs: passed to ``torch.utils.tensorboard.SummaryWriter`` (e.g. ``flush_secs``).
+    """
+
+    def __init__(self, save_dir: str = "runs", name: str = "default", version: int | str | None = None,
+                 **writer_kwargs: Any) -> None:
+        super().__init__(save_dir, name, version)
+        self._writer_kwargs = writer_kwargs
+        self._writer: Any = None
+
+    @property
+    def experiment(self) -> Any:
+        """The ``SummaryWriter`` (created on first use)."""
+        if self._writer is None:
+            _require("tensorboard", "tensorboard", "TensorBoardLogger")
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
+        return self._writer
+
+    writer = experiment
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        writer = self.experiment
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, global_step=step)
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self.experiment
+        with open(os.path.join(self.log_dir, "hparams.yaml"), "w") as f:
+            yaml.safe_dump(_plain(params), f, sort_keys=False)
+        flat = {k: (v if isinstance(v, (bool, int, float, str)) else repr(v)) for k, v in flatten(params).items()}
+        # the three summaries of the HPARAMS plugin, in this run's own event file
+        for summary in hparams(flat, {}):
+            writer.file_writer.add_summary(summary)
+
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+def _wandb_has_key() -> bool:
+    """An API key is configured (environment or ~/.netrc), without reading or showing it."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(netrc) as f:
+            return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
+
+
+class WandbLogger(Logger):
+    """Logs to Weights & Biases. With no API key configured the run is written offline, and one
+    line says how to upload it (``wandb sync <dir>``). The key is never printed or written.
+
+    Args:
+        project: the W&B project.
+        name: the run's display name.
+        save_dir: where W&B writes its ``wandb/`` directory.
+        offline: force offline (True) or online (False); by default offline when no key is set
+            (or whatever ``WANDB_MODE`` says).
+        **init_kwargs: passed to ``wandb.init`` (entity, tags, group, ...).
+    """
+
+    def __init__(self, project: str | None = None, name: str | None = None, save_dir: str = "runs",
+                 offline: bool | None = None, **init_kwargs: Any) -> None:
+        super().__init__(save_dir, name or "wandb", version=None)
+        self.project, self.run_name = project or "trainer", name
+        self.offline, self._init_kwargs = offline, init_kwargs
+        self._run: Any = None
+        self._pending_config: dict[str, Any] = {}
+        self._finish_registered = False
+
+    @property
+    def experiment(self) -> Any:
+        """The ``wandb`` run (started on first use)."""
+        if self._run is None:
+            wandb = _require("wandb", "wandb", "WandbLogger")
+            mode = self._mode()
+            os.makedirs(self.save_dir, exist_ok=True)
+            self._run = wandb.init(project=self.project, name=self.run_name, dir=self.save_dir, mode=mode,
+                                   config=self._pending_config or None, **self._init_kwargs)
+            if mode == "offline":
+                run_dir = os.path.dirname(self._run.dir)  # .../wandb/offline-run-<time>-<id>
+                print(f"W&B: no API key configured, so this run is logged offline to {run_dir}. Upload it later "
+                      f"with `wandb sync {run_dir}` (after `wandb login`).", flush=True)
+        return self._run
+
+    run = experiment
+
+    def _mode(self) -> str:
+        if self.offline is not None:
+            return "offline" if self.offline else "online"
+        env = os.environ.get("WANDB_MODE")
+        if env:
+            return env
+        return "online" if _wandb_has_key() else "offline"
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.dirname(self._run.dir) if self._run is not None else os.path.join(self.save_dir, "wandb")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.experiment.log(dict(metrics), step=step)
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        flat = _plain(flatten(params))
+        if self._run is None:
+            self._pending_config.update(flat)  # goes into wandb.init(config=...)
+        self.experiment.config.update(flat, allow_val_change=True)
+
+    def finalize(self, status: str) -> None:
+        """A failure finishes the run now (marked failed); after a successful stage the run stays open
+        for the next one (``trainer.test`` after ``fit`` logs to the same run) and is finished at exit."""
+        if self._run is None:
+            return
+        if status in ("success", "preempted"):
+            if not self._finish_registered:
+                import atexit
+
+                atexit.register(self.close)
+                self._finish_registered = True
+            return
+        self._run.finish(exit_code=1)
+        self._run = None
+
+    def close(self) -> None:
+        """Finish the run (uploads or, offline, seals the local files)."""
+        if self._run is not None:
+            self._run.finish(exit_code=0)
+            self._run = None
+
+
+class MLflowLogger(Logger):
+    """Logs to MLflow: by default a local file store in ``<save_dir>/mlruns`` (browse it with
+    ``mlflow ui --backend-store-uri <save_dir>/mlruns``), or the server at ``tracking_uri``.
+
+    Args:
+        experiment_name: the MLflow experiment (created when missing).
+        run_name: the run's name.
+        tracking_uri: e.g. ``http://mlflow:5000`` or ``sqlite:///mlflow.db``; default: the local store
+            (or ``$MLFLOW_TRACKING_URI`` when set).
+        save_dir: where the default local store lives.
+        tags: run tags.
+    """
+
+    def __init__(self, experiment_name: str = "default", run_name: str | None = None,
+                 tracking_uri: str | None = None, save_dir: str = "runs", tags: dict[str, Any] | None = None) -> None:
+        super().__init__(save_dir, experiment_name, version=None)
+        self.experiment_name, self.run_name, self.tags = experiment_name, run_name, tags or {}
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self._client: Any = None
+        self.run_id: str | None = None
+
+    @property
+    def experiment(self) -> Any:
+        """The ``MlflowClient`` (the run is created on first use; its id is ``run_id``)."""
+        if self._client is None:
+            _require("mlflow", "mlflow", "MLflowLogger")
+            from mlflow.tracking import MlflowClient
+
+            uri = self.tracking_uri
+            if uri is None:
+                store = os.path.abspath(os.path.join(self.save_dir, "mlruns"))
+                os.makedirs(store, exist_ok=True)
+                uri = "file:" + store
+                # MLflow 3 refuses its file store unless allowed; we allow it for this local default only
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            self.tracking_uri = uri
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(self.experiment_name)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(self.experiment_name)
+            run = client.create_run(experiment_id, run_name=self.run_name,
+                                    tags={str(k): str(v) for k, v in self.tags.items()})
+            self.run_id, self._client = run.info.run_id, client
+        return self._client
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.save_dir, "mlruns")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        client = self.experiment
+        now = int(time.time() * 1000)
+        client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        client = self.experiment
+        flat = flatten(params)
+        items = [Param(key, str(value)[:6000]) for key, value in flat.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def finalize(self, status: str) -> None:
+        if self._client is not None and self.run_id is not None:
+            state = {"success": "FINISHED", "preempted": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED")
+            self._client.set_terminated(self.run_id, status=state)
+            self._client = None
+
+
+TRACKERS = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "mlflow": MLflowLogger}
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "csv": None}
+
+
+def installed(name: str) -> bool:
+    import importlib.util
+
+    package = TRACKER_PACKAGES[name]
+    return package is None or importlib.util.find_spec(package) is not None
+
