@@ -133,7 +133,8 @@ class WandbLogger(Logger):
             wandb = _require("wandb", "wandb", "WandbLogger")
             mode = self._mode()
             os.makedirs(self.save_dir, exist_ok=True)
-            self._run = wandb.init(project=self.project, name=self.run_name, dir=self.save_dir, mode=mode,
+            # absolute: wandb's service process may have been started from another working directory
+            self._run = wandb.init(project=self.project, name=self.run_name, dir=os.path.abspath(self.save_dir), mode=mode,
                                    config=self._pending_config or None, **self._init_kwargs)
             if mode == "offline":
                 run_dir = os.path.dirname(self._run.dir)  # .../wandb/offline-run-<time>-<id>
