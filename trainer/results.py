@@ -51,6 +51,7 @@ class _Entry:
     minimum: float = math.inf
     values: list = field(default_factory=list)       # only kept for custom reduce callables
     last: float | None = None
+    metric: Any = None                                # a torchmetrics Metric: its compute() is the epoch value
 
     def fold(self, values: list[float], sizes: list[int]) -> None:
         for v, n in zip(values, sizes):
@@ -64,6 +65,11 @@ class _Entry:
             self.last = values[-1]
 
     def epoch_value(self, strategy: Any) -> float:
+        if self.metric is not None:
+            # torchmetrics synchronises its own state across processes inside compute()
+            value = self.metric.compute()
+            self.metric.reset()
+            return float(value)
         fx = self.reduce_fx
         if callable(fx):
             return float(fx(torch.tensor(self.values, dtype=torch.float64)))
@@ -99,6 +105,10 @@ class Results:
     def log(self, name: str, value: Any, *, prog_bar: bool = False, logger: bool = True,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
             sync_dist: bool = False, batch_size: int | None = None) -> None:
+        if _is_metric(value):
+            self._log_metric(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                             sync_dist=sync_dist)
+            return
         name = name + self.suffix if self.suffix else name
         entry = self.entries.get(name)
         if entry is None:
@@ -118,6 +128,36 @@ class Results:
                             f"got {type(value).__name__}.")
         entry.pending.append(value)
         entry.pending_sizes.append(self.batch_size if batch_size is None else batch_size)
+
+    def _log_metric(self, name: str, metric: Any, *, prog_bar: bool, logger: bool, on_step: bool | None,
+                    on_epoch: bool | None, sync_dist: bool) -> None:
+        """A torchmetrics ``Metric`` (updated by the step): its batch value (the last ``forward``) on
+        step, its ``compute()`` over the epoch on epoch, then ``reset()``. A ``MetricCollection``
+        logs each member as ``<name>/<member>``."""
+        if hasattr(metric, "items") and callable(metric.items):  # MetricCollection
+            for member_name, member in metric.items():
+                self._log_metric(f"{name}/{member_name}", member, prog_bar=prog_bar, logger=logger,
+                                 on_step=on_step, on_epoch=on_epoch, sync_dist=sync_dist)
+            return
+        name = name + self.suffix if self.suffix else name
+        entry = self.entries.get(name)
+        if entry is None:
+            on_step = self.stage == "train" and self.in_step if on_step is None else on_step
+            on_epoch = True if on_epoch is None else on_epoch
+            if not (on_step or on_epoch):
+                raise ValueError(f"self.log({name!r}, <{type(metric).__name__}>, on_step=False, on_epoch=False): the "
+                                 "metric would never be logged. Set on_epoch=True (compute over the epoch) and/or "
+                                 "on_step=True (the batch value).")
+            entry = self.entries[name] = _Entry(on_step, on_epoch, prog_bar, logger, False, "mean", metric=metric)
+        elif entry.metric is not metric:
+            raise ValueError(f"self.log({name!r}, ...): this name was logged with another value before; log each "
+                             "metric object under its own name.")
+        entry.weight = 1.0  # the epoch value exists once the metric was logged
+        if entry.on_step:
+            batch_value = getattr(metric, "_forward_cache", None)
+            if isinstance(batch_value, torch.Tensor) and batch_value.numel() == 1:
+                entry.pending.append(batch_value.detach())
+                entry.pending_sizes.append(0)  # the step value only; the epoch value comes from compute()
 
     def record_loss(self, loss: torch.Tensor, global_step: int, batch_idx: int) -> None:
         """Keep the loss to check finiteness and show it, without reading it now."""
@@ -167,7 +207,7 @@ class Results:
         """Host-side accumulators (call after ``flush``); entries with a custom reduce callable
         are left out (a callable cannot be saved safely)."""
         return {name: {f: getattr(e, f) for f in _SAVED_FIELDS}
-                for name, e in self.entries.items() if isinstance(e.reduce_fx, str)}
+                for name, e in self.entries.items() if isinstance(e.reduce_fx, str) and e.metric is None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
@@ -183,6 +223,13 @@ class Results:
         self._losses.clear()
         self._loss_where.clear()
         self.window_loss = None
+
+
+def _is_metric(value: Any) -> bool:
+    """A torchmetrics Metric or MetricCollection, recognised without importing torchmetrics."""
+    return (isinstance(value, torch.nn.Module)
+            and any(cls.__module__.startswith("torchmetrics") for cls in type(value).__mro__)
+            and callable(getattr(value, "compute", None)) and callable(getattr(value, "reset", None)))
 
 
 def _read_back(tensors: list[torch.Tensor]) -> list[float]:
