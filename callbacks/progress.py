@@ -31,7 +31,8 @@ class ProgressBar(Callback):
         self._val_bar: Any = None
         self._shown_metrics: dict[str, float] = {}
         self._fit_start = 0.0
-        self._samples_at_start = 0
+        self._samples_at_start = self._steps_at_start = self._batches_at_start = 0
+        self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
 
     def _enabled(self, trainer: Any) -> bool:
         return trainer.is_global_zero and (self.force or sys.stderr.isatty())
@@ -40,6 +41,8 @@ class ProgressBar(Callback):
         self._fit_start = time.monotonic()
         self._samples_at_start = trainer.state.samples_seen
         self._steps_at_start = trainer.global_step
+        self._batches_at_start = trainer.state.batches_seen
+        self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if self._enabled(trainer):
@@ -60,6 +63,8 @@ class ProgressBar(Callback):
                 bar.set_postfix_str(_fmt(metrics), refresh=False)
 
     def on_validation_start(self, trainer: Any, module: Any) -> None:
+        if trainer.state.stage == "fit":  # not the sanity check, not trainer.validate()
+            self._val_start = time.monotonic()
         if self._enabled(trainer) and not trainer.sanity_checking:
             from tqdm.auto import tqdm
 
@@ -67,10 +72,15 @@ class ProgressBar(Callback):
 
     def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
+        if self._val_start is not None:
+            self._val_batches += 1
         if self._val_bar is not None:
             self._val_bar.update(1)
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
+        if self._val_start is not None:
+            self._val_seconds += time.monotonic() - self._val_start
+            self._val_start = None
         if self._val_bar is not None:
             self._val_bar.close()
             self._val_bar = None
@@ -99,12 +109,33 @@ class ProgressBar(Callback):
         self._bar = self._val_bar = None
 
     def on_fit_end(self, trainer: Any, module: Any) -> None:
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            print(self.summary(trainer), flush=True)
+
+    def summary(self, trainer: Any) -> str:
+        """The end-of-fit table: each stage's batches, time and throughput, the best checkpoint and
+        the final metrics (rates are for the whole job: this process's times the process count)."""
         seconds = max(time.monotonic() - self._fit_start, 1e-9)
+        val_seconds = self._val_seconds
+        train_seconds = max(seconds - val_seconds, 1e-9)
         steps = trainer.global_step - self._steps_at_start
-        samples = trainer.state.samples_seen - self._samples_at_start
-        print(f"Trained {steps} steps ({trainer.current_epoch} epochs) in {seconds:.1f} s: "
-              f"{steps / seconds:.1f} steps/s, {samples / seconds:.1f} samples/s (this process).")
+        samples = (trainer.state.samples_seen - self._samples_at_start) * trainer.world_size
+        batches = trainer.state.batches_seen - self._batches_at_start
+        rows = [("stage", "batches", "time", "throughput"),
+                ("train", str(batches), f"{train_seconds:.1f} s",
+                 f"{steps / train_seconds:.1f} steps/s, {samples / train_seconds:.1f} samples/s")]
+        if self._val_batches:
+            rows.append(("validate", str(self._val_batches), f"{val_seconds:.1f} s",
+                         f"{self._val_batches / max(val_seconds, 1e-9):.1f} batches/s"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"Fit finished: {steps} optimizer steps, {trainer.current_epoch} epochs, {seconds:.1f} s "
+                 f"({trainer.world_size} process{'es' if trainer.world_size > 1 else ''})"]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+            score = checkpoint.best_model_score
+            monitor = f" ({checkpoint.monitor}={score:.4g})" if checkpoint.monitor and score is not None else ""
+            lines.append(f"  best checkpoint: {checkpoint.best_model_path}{monitor}")
         if trainer.callback_metrics:
-            print("Final metrics: " + _fmt(dict(sorted(trainer.callback_metrics.items()))))
+            lines.append("  final metrics: " + _fmt(dict(sorted(trainer.callback_metrics.items()))))
+        return "\n".join(lines)

@@ -347,10 +347,12 @@ def test_progress_bar_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[:2] == ["epoch 0: global_step 2, const=1.5", "epoch 1: global_step 4, const=1.5"]
-    assert re.fullmatch(r"Trained 4 steps \(2 epochs\) in \d+\.\d s: [\d.]+ steps/s, [\d.]+ samples/s "
-                        r"\(this process\)\.", lines[2])
-    assert re.fullmatch(r"Final metrics: const=1\.5, hidden=2\.5, train/loss=[\d.e+-]+", lines[3])
-    assert len(lines) == 4 and err == ""
+    assert re.fullmatch(r"Fit finished: 4 optimizer steps, 2 epochs, \d+\.\d s \(1 process\)", lines[2])
+    assert lines[3].split() == ["stage", "batches", "time", "throughput"]
+    assert re.fullmatch(r"  train +4 +\d+\.\d s +[\d.]+ steps/s, [\d.]+ samples/s", lines[4])
+    assert re.fullmatch(r"  best checkpoint: .*epoch=1-step=4\.ckpt", lines[5])
+    assert re.fullmatch(r"  final metrics: const=1\.5, hidden=2\.5, train/loss=[\d.e+-]+", lines[6])
+    assert len(lines) == 7 and err == ""
 
 
 def test_progress_bar_draws_a_bar_with_prog_bar_metrics_when_forced(capsys):

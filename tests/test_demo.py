@@ -48,7 +48,7 @@ def test_demo_trains_validates_and_samples(tmp_path, capsys):
 
     assert len(result.sample) == 120
     out = capsys.readouterr().out
-    assert "Trained 60 steps" in out  # the Trainer's end-of-fit summary
+    assert "Fit finished: 60 optimizer steps" in out  # the Trainer's end-of-fit summary
     assert "characters sampled after 'def '" in out
     assert "def " + result.sample in out
     assert (tmp_path / "runs").is_dir()  # the metrics went under --default-root-dir, not the cwd
