@@ -203,6 +203,27 @@ def run_trainer_barebones(plan: Plan, loader: DataLoader, tmp: str) -> tuple[tor
     return _run_trainer(plan, loader, tmp, defaults=False)
 
 
+def run_trainer_all_loggers(plan: Plan, loader: DataLoader, tmp: str) -> tuple[torch.nn.Module, int]:
+    """Barebones, plus `self.log` of the loss every step and every logger (TensorBoard, W&B offline,
+    MLflow file store, CSV) at log_every_n_steps=50: the cost of logging alone."""
+    import os
+
+    from callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
+    from trainer import Trainer
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    module = _trainer_module(log=True)(plan.seed)
+    loggers = [TensorBoardLogger(tmp), WandbLogger(save_dir=tmp, offline=True), MLflowLogger(save_dir=tmp),
+               CSVLogger(tmp)]
+    trainer = Trainer(max_steps=plan.total_steps, accumulate_grad_batches=plan.accum, default_root_dir=tmp,
+                      enable_progress_bar=False, logger=loggers, enable_checkpointing=False,
+                      num_sanity_val_steps=0, log_every_n_steps=50)
+    trainer.fit(module, loader)
+    loggers[1].close()
+    return module, trainer.global_step
+
+
 def run_accelerator(plan: Plan, loader: DataLoader, tmp: str) -> tuple[torch.nn.Module, int]:
     from trainer import Accelerator
 
@@ -338,6 +359,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             note="goal <= 1.10x"),
     Variant("trainer_defaults_bar", "Trainer, defaults + ProgressBar(force=True)", run_trainer_defaults_bar),
     Variant("trainer_barebones", "Trainer, barebones", run_trainer_barebones, note="goal <= 1.05x"),
+    Variant("trainer_all_loggers", "Trainer, barebones + every logger", run_trainer_all_loggers, "wandb",
+            note="goal: <= 3% over barebones"),
     Variant("accelerator", "Accelerator door", run_accelerator),
     Variant("lightning_defaults", "Lightning Trainer, defaults", run_lightning_defaults, "lightning",
             note="reference 4.6x (accum 4: 6.4x)"),

@@ -198,12 +198,18 @@ class MLflowLogger(Logger):
             (or ``$MLFLOW_TRACKING_URI`` when set).
         save_dir: where the default local store lives.
         tags: run tags.
+        flush_every: send metrics in batches of this many logged rows (one MLflow call each; a file
+            store write costs ~0.3 ms per call), and always when a stage ends.
     """
 
     def __init__(self, experiment_name: str = "default", run_name: str | None = None,
-                 tracking_uri: str | None = None, save_dir: str = "runs", tags: dict[str, Any] | None = None) -> None:
+                 tracking_uri: str | None = None, save_dir: str = "runs", tags: dict[str, Any] | None = None,
+                 flush_every: int = 10) -> None:
         super().__init__(save_dir, experiment_name, version=None)
         self.experiment_name, self.run_name, self.tags = experiment_name, run_name, tags or {}
+        self.flush_every = flush_every
+        self._buffer: list[Any] = []
+        self._buffered_rows = 0
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self._client: Any = None
         self.run_id: str | None = None
@@ -240,9 +246,19 @@ class MLflowLogger(Logger):
 
         from mlflow.entities import Metric
 
-        client = self.experiment
+        self.experiment  # noqa: B018 -- start the run now, so its clock and id exist
         now = int(time.time() * 1000)
-        client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+        self._buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self._buffered_rows += 1
+        if self._buffered_rows >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered metrics (MLflow takes at most 1000 per call)."""
+        while self._buffer and self._client is not None:
+            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self._client.log_batch(self.run_id, metrics=batch)
+        self._buffered_rows = 0
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -255,6 +271,7 @@ class MLflowLogger(Logger):
 
     def finalize(self, status: str) -> None:
         if self._client is not None and self.run_id is not None:
+            self.flush()
             state = {"success": "FINISHED", "preempted": "KILLED", "interrupted": "KILLED"}.get(status, "FAILED")
             self._client.set_terminated(self.run_id, status=state)
             self._client = None
