@@ -2,8 +2,9 @@
 
 from strategies.ddp import DDPStrategy
 from strategies.environment import ClusterEnvironment, detect_environment
+from strategies.fsdp import FSDPStrategy
 from strategies.precision import PRECISIONS, Precision
 from strategies.registry import STRATEGIES, resolve_strategy
 from strategies.strategy import SingleDeviceStrategy, Strategy
 
-__all__ = ["ClusterEnvironment", "DDPStrategy", "detect_environment", "PRECISIONS", "Precision", "STRATEGIES", "SingleDeviceStrategy", "Strategy", "resolve_strategy"]
+__all__ = ["ClusterEnvironment", "DDPStrategy", "FSDPStrategy", "detect_environment", "PRECISIONS", "Precision", "STRATEGIES", "SingleDeviceStrategy", "Strategy", "resolve_strategy"]

@@ -38,6 +38,16 @@ def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
     return strategy
 
 
+def _fsdp(kind: str, indices: list[int], precision: Precision) -> Strategy:
+    from strategies.fsdp import FSDPStrategy
+
+    if kind == "mps":
+        raise ValueError("strategy='fsdp' does not run on MPS. Use accelerator='cpu' or CUDA devices.")
+    strategy = FSDPStrategy(device_kind=kind, precision=precision)
+    strategy.requested_processes = len(indices)
+    return strategy
+
+
 def _auto(kind: str, indices: list[int], precision: Precision) -> Strategy:
     from strategies.environment import detect_environment
 
@@ -50,6 +60,7 @@ STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
     "auto": _auto,
     "single_device": _single_device,
     "ddp": _ddp,
+    "fsdp": _fsdp,
 }
 
 

@@ -1,0 +1,207 @@
+"""``FSDPStrategy``: fully sharded data parallel on FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Each process holds 1/n of every parameter, gradient and optimizer state; parameters are
+all-gathered per wrapped block for its forward and backward and freed after, gradients are
+reduce-scattered. Process groups, ranks and collectives come from ``DDPStrategy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from typing import Any, Callable, ContextManager, Iterable
+
+import torch
+
+from strategies.ddp import DDPStrategy
+from strategies.precision import Precision
+
+# Which precisions FSDP's own MixedPrecisionPolicy serves (params cast for compute, reduced in fp32).
+_MP_DTYPES = {"bf16-mixed": torch.bfloat16}
+
+
+class FSDPStrategy(DDPStrategy):
+    """Shard parameters, gradients and optimizer state across processes (FSDP2).
+
+    Args:
+        device_kind: "cpu" (gloo) or "cuda" (nccl).
+        precision: "32-true", "bf16-mixed" (FSDP's MixedPrecisionPolicy: bf16 compute and all-gather,
+            fp32 gradient reduction and fp32 sharded master weights; no autocast) or "bf16-true".
+        auto_wrap_policy: which submodules get their own ``fully_shard`` (their parameters are
+            gathered only while they run): a set of module classes (e.g. ``{TransformerBlock}``), an
+            int (every submodule with at least this many parameters of its own subtree, innermost
+            first), or a callable ``(module) -> bool``. The root module is always sharded.
+        cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory.
+        activation_checkpointing: module classes whose activations are recomputed in backward.
+        reshard_after_forward: free gathered parameters after forward (less memory, one more gather).
+        sharding: "full" (shard over all processes) or "hybrid" (HSDP: shard within a machine,
+            replicate across machines; a 2-D mesh of num_machines x processes per machine).
+        timeout: collectives' timeout (as for DDPStrategy).
+
+    Example:
+        >>> FSDPStrategy(auto_wrap_policy={torch.nn.TransformerEncoderLayer})  # doctest: +SKIP
+    """
+
+    def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
+                 auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
+                 cpu_offload: bool = False, activation_checkpointing: set[type] | None = None,
+                 reshard_after_forward: bool = True, sharding: str = "full",
+                 timeout: datetime.timedelta | float = datetime.timedelta(minutes=10), **kwargs: Any) -> None:
+        super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
+        if sharding not in ("full", "hybrid"):
+            raise ValueError(f"FSDPStrategy(sharding={sharding!r}): expected 'full' or 'hybrid' (shard within a "
+                             "machine, replicate across machines).")
+        if not (auto_wrap_policy is None or callable(auto_wrap_policy) or isinstance(auto_wrap_policy, (set, list,
+                tuple, frozenset)) or (isinstance(auto_wrap_policy, int) and auto_wrap_policy > 0)):
+            raise ValueError(f"FSDPStrategy(auto_wrap_policy={auto_wrap_policy!r}): expected a set of module classes, "
+                             "a positive minimum parameter count, or a callable (module) -> bool.")
+        self.auto_wrap_policy, self.cpu_offload = auto_wrap_policy, cpu_offload
+        self.activation_checkpointing = set(activation_checkpointing or ())
+        self.reshard_after_forward, self.sharding = reshard_after_forward, sharding
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        name = self.precision.name
+        if name == "16-mixed":
+            raise ValueError("FSDPStrategy(precision='16-mixed'): fp16 with a loss scaler is not supported with "
+                             "sharded gradients here. Use precision='bf16-mixed' (FSDP's mixed precision policy, no "
+                             "scaler needed) or '32-true'.")
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _mesh(self) -> Any:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world = self.world_size
+        if self.sharding == "hybrid":
+            per_machine = self.environment.local_world_size
+            if world % per_machine:
+                raise ValueError(f"FSDPStrategy(sharding='hybrid'): {world} processes do not split into machines of "
+                                 f"{per_machine} (LOCAL_WORLD_SIZE).")
+            return init_device_mesh(self.device_kind, (world // per_machine, per_machine),
+                                    mesh_dim_names=("replicate", "shard"))
+        return init_device_mesh(self.device_kind, (world,), mesh_dim_names=("shard",))
+
+    def _wrap_targets(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+        policy = self.auto_wrap_policy
+        if policy is None:
+            return []
+        if isinstance(policy, int):
+            big = [m for m in module.modules() if m is not module and sum(p.numel() for p in m.parameters()) >= policy]
+            return [m for m in big if not any(_contains(m, other) for other in big)]  # the innermost ones
+        if callable(policy) and not isinstance(policy, type):
+            return [sub for sub in module.modules() if sub is not module and policy(sub)]
+        classes = tuple(policy)
+        return [sub for sub in module.modules() if sub is not module and isinstance(sub, classes)]
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        if isinstance(module, FSDPModule):
+            return module
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(f"FSDPStrategy: {type(module).__name__} has no trainable parameters to shard. Build the "
+                             "layers in __init__ or configure_model(), or use strategy='ddp' for a model without "
+                             "parameters.")
+        module = module.to(self.root_device) if not self.cpu_offload else module
+        if self.precision.param_dtype is not None:  # bf16-true: the sharded weights themselves are bf16
+            module = module.to(self.precision.param_dtype)
+        if self.activation_checkpointing:
+            _checkpoint_activations(module, tuple(self.activation_checkpointing))
+        options: dict[str, Any] = {"mesh": self._mesh(), "reshard_after_forward": self.reshard_after_forward}
+        dtype = _MP_DTYPES.get(self.precision.name)
+        if dtype is not None:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if self.cpu_offload:
+            options["offload_policy"] = CPUOffloadPolicy()
+        for sub in self._wrap_targets(module):
+            fully_shard(sub, **options)
+        fully_shard(module, **options)
+        # the loop calls training_step (not forward): gather the root's own parameters around it too
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for name in ("training_step", "validation_step", "test_step", "predict_step"):
+            if callable(getattr(module, name, None)):
+                register_fsdp_forward_method(module, name)
+        return module
+
+    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
+        key = id(module)
+        if key not in self._wrapped:
+            # the module itself is sharded in place: training_step runs its forward, which gathers
+            model = self.setup_module(module)
+            self._wrapped[key] = (model, model.training_step)
+        return self._wrapped[key]
+
+    def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module  # FSDP2 shards in place: the module is the user's own object
+
+    # -- the step -----------------------------------------------------------------------------------
+    def forward_context(self) -> ContextManager:
+        if self.precision.name in _MP_DTYPES:
+            return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts; no autocast on top
+        return super().forward_context()
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: torch.nn.Module) -> Any:
+        """Accumulate unsharded gradients locally; reduce-scatter only on the window's last backward."""
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(module, FSDPModule):
+            yield
+            return
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+
+    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                        norm_type: float = 2.0) -> torch.Tensor:
+        """The norm over every shard (an all-reduce inside DTensor's norm), then clipping in place."""
+        params = [p for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+    # -- state ----------------------------------------------------------------------------------------
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The unsharded weights, gathered to CPU on rank zero ({} elsewhere)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def local_state_bytes(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Bytes of parameters (and optimizer state) this process holds: the local shards."""
+        def local(t: torch.Tensor) -> torch.Tensor:
+            return t.to_local() if hasattr(t, "to_local") else t
+
+        total = sum(local(p).numel() * local(p).element_size() for p in module.parameters())
+        if optimizer is not None:
+            for state in optimizer.state.values():
+                total += sum(local(v).numel() * local(v).element_size() for k, v in state.items()
+                             if isinstance(v, torch.Tensor) and k != "step")
+        return total
+
+    def __repr__(self) -> str:
+        return (f"FSDPStrategy({self.backend}, rank {self.global_rank}/{self.world_size}, sharding={self.sharding!r}, "
+                f"precision={self.precision.name!r})")
+
+
+def _contains(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    return outer is not inner and any(m is inner for m in outer.modules())
+
+
+def _checkpoint_activations(module: torch.nn.Module, classes: tuple[type, ...]) -> None:
+    """Recompute the activations of every ``classes`` block in backward instead of storing them."""
+    import torch.utils.checkpoint as checkpoint
+
+    for sub in module.modules():
+        if isinstance(sub, classes) and not getattr(sub, "_trainer_checkpointed", False):
+            forward = sub.forward
+
+            def recomputed(*args: Any, _forward: Callable = forward, **kwargs: Any) -> Any:
+                return checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            sub.forward = recomputed  # type: ignore[method-assign]
+            sub._trainer_checkpointed = True

@@ -1,0 +1,126 @@
+"""FSDP2 on a real 2-process gloo group: the same weights as one process on the same global batch
+(fp32, SGD), with and without accumulation; bf16 lands close to fp32; each rank holds half of the
+parameter and optimizer state; the full state dict is gathered on request; bad settings are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from strategies import FSDPStrategy
+from trainer import Trainer, TrainModule
+from tests.helpers.distributed import run_distributed
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return torch.tanh(self.linear(x))
+
+
+class Net(TrainModule):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.Sequential(Block(width), Block(width))
+        self.head = torch.nn.Linear(width, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.head(self.blocks(x)).float(), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.head(self.blocks(x)).float(), y), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def _data(n=32):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 8, generator=g), torch.randn(n, 1, generator=g)
+
+
+def _fit(strategy, batch, k, precision="32-true", epochs=2):
+    x, y = _data()
+    model = Net()
+    trainer = Trainer(max_epochs=epochs, strategy=strategy, precision=precision, accumulate_grad_batches=k,
+                      logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                      accelerator="cpu")
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=batch), DataLoader(TensorDataset(x, y),
+                                                                                      batch_size=4))
+    return model, trainer
+
+
+def _fsdp_worker(k, precision):
+    strategy = FSDPStrategy(auto_wrap_policy={Block}, precision=precision)
+    model, trainer = _fit(strategy, batch=2, k=k, precision=precision)
+    full = strategy.full_state_dict(model)
+    per_rank = strategy.local_state_bytes(model, trainer.optimizer)
+    total = sum(p.numel() * 4 for p in Net().parameters()) * 2  # fp32 params + one momentum buffer each
+    return {"weights": {k: v.tolist() for k, v in full.items()}, "local_bytes": per_rank, "full_bytes": total,
+            "steps": trainer.global_step, "val": trainer.callback_metrics["val/loss"]}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_fsdp_on_two_processes_matches_one_process_on_the_global_batch(k):
+    ranks = run_distributed(_fsdp_worker, k=k, precision="32-true")
+    model, trainer = _fit("auto", batch=4, k=k)  # one process, batch 2 x 2 ranks
+    reference = model.state_dict()
+    assert ranks[0]["steps"] == trainer.global_step
+    assert set(ranks[0]["weights"]) == set(reference)
+    for name, value in reference.items():
+        assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=1e-5), name
+    assert ranks[0]["val"] == ranks[1]["val"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-5)
+    # each rank holds half of the parameters and of the optimizer state
+    for rank in ranks:
+        assert rank["local_bytes"] == pytest.approx(rank["full_bytes"] / 2, rel=0.15)
+
+
+def test_fsdp_bf16_mixed_trains_close_to_fp32():
+    ranks = run_distributed(_fsdp_worker, k=1, precision="bf16-mixed")
+    model, _ = _fit("auto", batch=4, k=1)
+    for name, value in model.state_dict().items():
+        got = torch.tensor(ranks[0]["weights"][name])
+        assert got.dtype == torch.float32  # sharded master weights stay fp32
+        assert got == pytest.approx(value, abs=3e-2), name
+
+
+def test_fsdp_refuses_settings_that_cannot_work():
+    with pytest.raises(ValueError, match=r"precision='16-mixed'.*Use precision='bf16-mixed'"):
+        FSDPStrategy(precision="16-mixed")
+    with pytest.raises(ValueError, match=r"sharding='ring'.*expected 'full' or 'hybrid'"):
+        FSDPStrategy(sharding="ring")
+    with pytest.raises(ValueError, match=r"auto_wrap_policy=-3"):
+        FSDPStrategy(auto_wrap_policy=-3)
+
+
+def _no_params_worker():
+    class Empty(TrainModule):
+        def training_step(self, batch, batch_idx):
+            return batch[0].sum()
+
+    try:
+        FSDPStrategy().setup_module(Empty())
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
+def test_fsdp_with_a_module_without_parameters_names_the_fix():
+    ranks = run_distributed(_no_params_worker)
+    assert "has no trainable parameters to shard" in ranks[0] and "strategy='ddp'" in ranks[0]
+
+
+def test_min_params_policy_picks_the_innermost_big_blocks():
+    net = Net()  # each Block's Linear has 72 parameters, the Sequential of both 144
+    assert FSDPStrategy(auto_wrap_policy=70)._wrap_targets(net) == [net.blocks[0].linear, net.blocks[1].linear]
+    assert FSDPStrategy(auto_wrap_policy=80)._wrap_targets(net) == [net.blocks]
+    assert FSDPStrategy(auto_wrap_policy={Block})._wrap_targets(net) == [net.blocks[0], net.blocks[1]]
