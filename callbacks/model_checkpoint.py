@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from strategies.checkpoint_io import remove_path
 from callbacks.base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
@@ -210,7 +211,7 @@ class ModelCheckpoint(Callback):
         for path in paths:
             inside = os.path.dirname(os.path.abspath(path)) == self.dirpath
             if inside and path not in (self.best_model_path, self.last_model_path) and os.path.exists(path):
-                os.remove(path)
+                remove_path(path)  # a file, or a sharded checkpoint's directory
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import pickle
 import re
 import tempfile
@@ -83,7 +84,12 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist. Check the path, or pass ckpt_path='last' to "
                                 "resume from the newest checkpoint (or start fresh when there is none).")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"Checkpoint {path!r} is a directory; pass the path of a .ckpt file inside it.")
+        meta = os.path.join(path, SHARDED_META)
+        if not os.path.isfile(meta):
+            raise CorruptCheckpointError(
+                f"Checkpoint {path!r} is a directory without {SHARDED_META}: it is not a whole sharded checkpoint "
+                "(its writing was cut short, or it is another kind of directory). Use an earlier checkpoint.")
+        path = meta
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -105,6 +111,61 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
 
 def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
+
+
+def remove_path(path: str) -> None:
+    """Delete a checkpoint file, or a sharded checkpoint directory."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+# -- sharded checkpoints (a directory per checkpoint) -------------------------------------------
+SHARDED_META = "meta.ckpt"  # written last: a directory without it is not a whole checkpoint
+
+
+def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None], is_main: bool,
+                     broadcast: Callable[[Any], Any], barrier: Callable[[], None]) -> None:
+    """Write a sharded checkpoint directory with the crash safety of ``atomic_write``.
+
+    Every process writes its shards into one temporary directory (``fill(tmp)``); once all have
+    finished, the main process writes ``meta`` (the loop state) as ``meta.ckpt`` -- last, fsynced --
+    and renames the directory into place; an older checkpoint of the same name is moved aside first
+    and deleted only after the new one is in place. A reader never takes a partial directory for a
+    whole one: a temporary name is skipped, and a directory without ``meta.ckpt`` is refused.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    if is_main:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    tmp = broadcast(tmp)
+    try:
+        fill(tmp)
+        barrier()
+        if is_main:
+            meta_path = os.path.join(tmp, SHARDED_META)
+            torch.save(meta, meta_path)
+            with open(meta_path, "rb+") as f:
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
+            if delay:
+                time.sleep(delay)
+            old = None
+            if os.path.lexists(path):
+                old = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}.old.{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync_dir(directory)
+            if old is not None:
+                remove_path(old)
+    except BaseException:
+        if is_main and tmp is not None and os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
 
 
 # -- plain weights (safetensors) -------------------------------------------------------------

@@ -164,6 +164,40 @@ class FSDPStrategy(DDPStrategy):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
+    # -- checkpoints: torch.distributed.checkpoint, each rank writes its own shards ---------------------
+    sharded_format = "fsdp-dcp"
+
+    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
+                     optimizers: list[torch.optim.Optimizer]) -> None:
+        """``path`` becomes a directory: DCP shards of the model and optimizer state (no gather on rank
+        zero) and ``meta.ckpt`` with the rest of ``checkpoint`` (loop state, RNG, callbacks, ...)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        from strategies.checkpoint_io import atomic_directory
+
+        weights_only = "optimizer_states" not in checkpoint
+        model_sd, optim_sd = get_state_dict(module, [] if weights_only else list(optimizers))
+        tensors = {"model": model_sd} if weights_only else {"model": model_sd, "optim": optim_sd}
+        meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        meta["sharded"] = self.sharded_format
+        if not weights_only:
+            meta["optimizer_states"] = "sharded"
+        atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), self.is_global_zero,
+                         self.broadcast, self.barrier)
+
+    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Read the shards this rank needs (any number of ranks may have written them) into the module
+        and optimizers."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(module, list(optimizers))
+        tensors = {"model": model_sd, "optim": optim_sd}
+        dcp.load(tensors, checkpoint_id=path)
+        set_state_dict(module, list(optimizers), model_state_dict=tensors["model"],
+                       optim_state_dict=tensors["optim"])
+
     # -- state ----------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The unsharded weights, gathered to CPU on rank zero ({} elsewhere)."""

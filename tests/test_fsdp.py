@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from callbacks import Callback
 from strategies import FSDPStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers.distributed import run_distributed
@@ -124,3 +125,82 @@ def test_min_params_policy_picks_the_innermost_big_blocks():
     assert FSDPStrategy(auto_wrap_policy=70)._wrap_targets(net) == [net.blocks[0].linear, net.blocks[1].linear]
     assert FSDPStrategy(auto_wrap_policy=80)._wrap_targets(net) == [net.blocks]
     assert FSDPStrategy(auto_wrap_policy={Block})._wrap_targets(net) == [net.blocks[0], net.blocks[1]]
+
+
+def _resume_worker(tmp, world):
+    from callbacks import ModelCheckpoint
+
+    def fit(epochs, ckpt_path=None, dirpath=f"{tmp}/a"):
+        x, y = _data()
+        model = Net()
+        trainer = Trainer(max_epochs=epochs, strategy=FSDPStrategy(auto_wrap_policy={Block}), logger=False,
+                          enable_progress_bar=False, num_sanity_val_steps=0, accelerator="cpu",
+                          callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True)])
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4 // world, shuffle=True), ckpt_path=ckpt_path)
+        return trainer.strategy.full_state_dict(model), trainer
+
+    fit(2)                                    # writes last.ckpt (a directory of shards) after epoch 2
+    resumed, trainer = fit(4, ckpt_path="last")
+    straight, _ = fit(4, dirpath=f"{tmp}/b")
+    return {"resumed": {k: v.tolist() for k, v in resumed.items()},
+            "straight": {k: v.tolist() for k, v in straight.items()}, "steps": trainer.global_step}
+
+
+def test_resume_from_a_sharded_checkpoint_is_exact(tmp_path):
+    import os
+
+    ranks = run_distributed(_resume_worker, tmp=str(tmp_path), world=2)
+    assert ranks[0]["resumed"] == ranks[0]["straight"]  # bit-exact
+    last = tmp_path / "a" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.ckpt").is_file() and (last / ".metadata").is_file()
+    assert sorted(n for n in os.listdir(last) if n.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def _save_two_ranks(tmp):
+    x, y = _data()
+    model = Net()
+    trainer = Trainer(max_epochs=1, strategy=FSDPStrategy(), logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, accelerator="cpu")
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=2))
+    trainer.save_checkpoint(f"{tmp}/two.ckpt")
+    return {k: v.tolist() for k, v in trainer.strategy.full_state_dict(model).items()}
+
+
+def _load_one_rank(tmp):
+    x, y = _data()
+    model = Net()
+    trainer = Trainer(max_epochs=2, strategy=FSDPStrategy(), logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, accelerator="cpu", limit_train_batches=1)
+    loaded = {}
+
+    class Grab(Callback):
+        def on_train_start(self, trainer, module):
+            loaded.update({k: v.tolist() for k, v in trainer.strategy.full_state_dict(module).items()})
+
+    trainer.callbacks.append(Grab())
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4), ckpt_path=f"{tmp}/two.ckpt")
+    return loaded
+
+
+def test_a_checkpoint_saved_on_two_ranks_loads_on_one(tmp_path):
+    saved = run_distributed(_save_two_ranks, tmp=str(tmp_path))[0]
+    loaded = run_distributed(_load_one_rank, world_size=1, tmp=str(tmp_path))[0]
+    assert loaded == saved
+
+
+def _wrong_strategy_worker(tmp):
+    x, y = _data()
+    trainer = Trainer(max_epochs=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, accelerator="cpu")
+    try:
+        trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=2), ckpt_path=f"{tmp}/two.ckpt")
+    except Exception as err:  # noqa: BLE001 -- the message is what is checked
+        return str(err)
+    return "no error"
+
+
+def test_a_sharded_checkpoint_with_another_strategy_names_the_fix(tmp_path):
+    run_distributed(_save_two_ranks, tmp=str(tmp_path))
+    message = run_distributed(_wrong_strategy_worker, tmp=str(tmp_path))[0]
+    assert "written by FSDPStrategy (sharded: fsdp-dcp)" in message and "DDPStrategy" in message
+    assert "trainer merge-weights" in message

@@ -89,7 +89,7 @@ def _loop_state(trainer: Any) -> dict[str, Any]:
 
 def check_compatible(ckpt: Any, path: str, world_size: int) -> None:
     """Refuse checkpoints this version cannot use, saying why and what to do."""
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt or not ("state_dict" in ckpt or "sharded" in ckpt):
         raise CheckpointError(f"{path!r} is not a checkpoint written by this library (no format_version/state_dict). "
                               "For plain weights use TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
     version = ckpt["format_version"]
@@ -131,6 +131,22 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
     module, strategy = trainer.module, trainer.accelerator.strategy
     check_compatible(ckpt, path, strategy.world_size)
+    sharded = ckpt.get("sharded")
+    if sharded != getattr(strategy, "sharded_format", None):
+        saved = ckpt["metadata"].get("strategy")
+        raise CheckpointError(
+            f"{path!r} was written by {saved} ({'sharded: ' + sharded if sharded else 'one file'}), but this run uses "
+            f"{type(strategy).__name__}, which reads "
+            f"{'sharded ' + strategy.sharded_format if getattr(strategy, 'sharded_format', None) else 'one-file'} "
+            f"checkpoints. Resume with the strategy that saved it, or turn it into plain weights with "
+            f"`trainer merge-weights {path} OUT` and load those into the model before a new fit.")
+    if sharded:
+        if "optimizer_states" not in ckpt:
+            raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training.")
+        strategy.load_sharded(path, module, trainer.optimizers)
+        trainer._hooks("on_load_checkpoint", ckpt)
+        _restore_rest(trainer, ckpt, path)
+        return
     load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
                       strict=getattr(module, "strict_loading", True))
     trainer._hooks("on_load_checkpoint", ckpt)
@@ -149,6 +165,12 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
                           stacklevel=3)
             continue
         strategy.setup_optimizer(opt)
+    _restore_rest(trainer, ckpt, path)
+
+
+def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
+    """Schedulers, scaler, loop counters, metric accumulators, callbacks and RNG."""
+    strategy = trainer.accelerator.strategy
     for cfg, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         cfg.scheduler.load_state_dict(state)
     strategy.precision.load_state_dict(ckpt.get("precision", {}))
@@ -175,7 +197,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     """Read the checkpoint to resume from. ``"last"``: the checkpoint directory's last.ckpt, else
     its newest whole checkpoint (damaged ones are reported and skipped); None when there is
     none, and training starts fresh. Any other value is a path that must load."""
-    from strategies.checkpoint_io import CorruptCheckpointError, is_temporary, safe_load
+    from strategies.checkpoint_io import CorruptCheckpointError, is_temporary, remove_path, safe_load
 
     if ckpt_path != "last":
         return ckpt_path, safe_load(ckpt_path)
@@ -185,7 +207,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         if trainer.is_global_zero:  # temporary files left by a run killed while saving
             for name in os.listdir(dirpath):
                 if is_temporary(name):
-                    os.remove(os.path.join(dirpath, name))
+                    remove_path(os.path.join(dirpath, name))
         paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
         last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)

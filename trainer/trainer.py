@@ -319,7 +319,12 @@ class Trainer:
         half-written file under that name). ``weights_only``: just the module's weights."""
         if self.module is None:
             raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
-        self.accelerator.strategy.save_checkpoint(checkpoint.dump(self, weights_only), str(filepath))
+        strategy = self.accelerator.strategy
+        ckpt = checkpoint.dump(self, weights_only)
+        if getattr(strategy, "sharded_format", None):  # each process writes its own shards
+            strategy.save_sharded(ckpt, str(filepath), self.module, self.optimizers)
+        else:
+            strategy.save_checkpoint(ckpt, str(filepath))
 
     def save_model(self, directory: str, max_shard_size: int | str = "10GB") -> list[str]:
         """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),
