@@ -204,3 +204,32 @@ def test_a_sharded_checkpoint_with_another_strategy_names_the_fix(tmp_path):
     message = run_distributed(_wrong_strategy_worker, tmp=str(tmp_path))[0]
     assert "written by FSDPStrategy (sharded: fsdp-dcp)" in message and "DDPStrategy" in message
     assert "trainer merge-weights" in message
+
+
+def test_merge_weights_turns_a_sharded_checkpoint_into_plain_weights(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    saved = run_distributed(_save_two_ranks, tmp=str(tmp_path))[0]
+    out = tmp_path / "plain"
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "merge-weights", str(tmp_path / "two.ckpt"),
+                             str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    weights = load_file(str(out / "model.safetensors"))
+    plain = torch.nn.Module()  # a plain module of the same shape, no trainer involved
+    plain.blocks = torch.nn.Sequential(Block(8), Block(8))
+    plain.head = torch.nn.Linear(8, 1)
+    plain.load_state_dict(weights)
+    assert {k: v.tolist() for k, v in plain.state_dict().items()} == saved
+
+
+def test_merge_weights_of_a_missing_or_partial_checkpoint_fails_with_the_reason(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "partial.ckpt").mkdir()  # a sharded directory whose writing never finished
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "merge-weights", str(tmp_path / "partial.ckpt"),
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "without meta.ckpt" in result.stderr

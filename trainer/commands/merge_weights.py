@@ -1,0 +1,56 @@
+"""``trainer merge-weights CKPT OUT``: any checkpoint (one file, or a sharded directory) to plain
+safetensors weights, offline, in one process, without a GPU and without a process group."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Any
+
+from trainer.cli import COMMANDS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .ckpt file, or a sharded checkpoint directory (FSDP)")
+    parser.add_argument("output", help="directory for model.safetensors (split above --max-shard-size)")
+    parser.add_argument("--max-shard-size", default="10GB", help="largest safetensors file (default 10GB)")
+
+
+def full_weights(path: str) -> dict[str, Any]:
+    """The unsharded weights of the checkpoint at ``path``."""
+    from strategies.checkpoint_io import CheckpointError, safe_load
+
+    meta = safe_load(path)
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        raise CheckpointError(f"{path!r} is not a checkpoint written by this library.")
+    sharded = meta.get("sharded")
+    if sharded is None:
+        return meta["state_dict"]
+    if sharded == "fsdp-dcp":
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            merged = os.path.join(tmp, "merged.pt")
+            dcp_to_torch_save(path, merged)  # reads every rank's shards in this one process
+            return safe_load(merged)["model"]
+    raise CheckpointError(f"{path!r} is a sharded checkpoint of an unknown kind ({sharded!r}); this version reads "
+                          "'fsdp-dcp'. Upgrade the trainer package.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from strategies.checkpoint_io import CheckpointError, save_weights
+
+    try:
+        weights = full_weights(args.checkpoint)
+    except (CheckpointError, FileNotFoundError, OSError) as err:
+        print(f"trainer merge-weights: {err}", file=sys.stderr)
+        return 2
+    names = save_weights({k: v.contiguous() for k, v in weights.items()}, args.output, args.max_shard_size)
+    total = sum(v.numel() for v in weights.values())
+    print(f"trainer merge-weights: {len(weights)} tensors, {total:,} values -> {args.output} ({', '.join(names)})")
+    return 0
+
+
+COMMANDS["merge-weights"] = ("turn any checkpoint (sharded or not) into plain safetensors weights", add_arguments, run)
