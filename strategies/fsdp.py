@@ -32,7 +32,7 @@ class FSDPStrategy(DDPStrategy):
             int (every submodule with at least this many parameters of its own subtree, innermost
             first), or a callable ``(module) -> bool``. The root module is always sharded.
         cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory.
-        activation_checkpointing: module classes whose activations are recomputed in backward.
+        activation_checkpointing: module classes (or a predicate) whose activations are recomputed in backward.
         reshard_after_forward: free gathered parameters after forward (less memory, one more gather).
         sharding: "full" (shard over all processes) or "hybrid" (HSDP: shard within a machine,
             replicate across machines; a 2-D mesh of num_machines x processes per machine).
@@ -44,7 +44,7 @@ class FSDPStrategy(DDPStrategy):
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
                  auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
-                 cpu_offload: bool = False, activation_checkpointing: set[type] | None = None,
+                 cpu_offload: bool = False, activation_checkpointing: Any = None,
                  reshard_after_forward: bool = True, sharding: str = "full",
                  timeout: datetime.timedelta | float = datetime.timedelta(minutes=10), **kwargs: Any) -> None:
         super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
@@ -56,9 +56,32 @@ class FSDPStrategy(DDPStrategy):
             raise ValueError(f"FSDPStrategy(auto_wrap_policy={auto_wrap_policy!r}): expected a set of module classes, "
                              "a positive minimum parameter count, or a callable (module) -> bool.")
         self.auto_wrap_policy, self.cpu_offload = auto_wrap_policy, cpu_offload
-        self.activation_checkpointing = set(activation_checkpointing or ())
+        self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward, self.sharding = reshard_after_forward, sharding
         self._check_precision()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], **kwargs: Any) -> "FSDPStrategy":
+        """Build from the config file's ``fsdp`` section (the names Accelerate users know):
+        sharding_strategy FULL_SHARD / SHARD_GRAD_OP (keep gathered parameters between forward and
+        backward) / HYBRID_SHARD; cpu_offload; auto_wrap_policy "transformer" (classes named in
+        transformer_layer_cls, comma-separated) / "size" (min_num_params) / "none";
+        activation_checkpointing (of the wrapped blocks)."""
+        sharding = options.get("sharding_strategy", "FULL_SHARD")
+        if sharding == "NO_SHARD":
+            raise ValueError("FSDP sharding_strategy NO_SHARD keeps a full replica on every process: that is DDP. Use "
+                             "strategy='ddp' (or sharding_strategy FULL_SHARD / SHARD_GRAD_OP / HYBRID_SHARD).")
+        policy_kind = options.get("auto_wrap_policy", "size")
+        names = {n.strip() for n in str(options.get("transformer_layer_cls") or "").split(",") if n.strip()}
+        policy: Any = None
+        if policy_kind == "transformer":
+            policy = _ByClassName(names)
+        elif policy_kind == "size":
+            policy = int(options.get("min_num_params", 100_000_000))
+        checkpointing = _ByClassName(names) if options.get("activation_checkpointing") and names else None
+        return cls(auto_wrap_policy=policy, cpu_offload=bool(options.get("cpu_offload", False)),
+                   activation_checkpointing=checkpointing, reshard_after_forward=sharding != "SHARD_GRAD_OP",
+                   sharding="hybrid" if sharding == "HYBRID_SHARD" else "full", **kwargs)
 
     def _check_precision(self) -> None:
         name = self.precision.name
@@ -106,7 +129,7 @@ class FSDPStrategy(DDPStrategy):
         if self.precision.param_dtype is not None:  # bf16-true: the sharded weights themselves are bf16
             module = module.to(self.precision.param_dtype)
         if self.activation_checkpointing:
-            _checkpoint_activations(module, tuple(self.activation_checkpointing))
+            _checkpoint_activations(module, self.activation_checkpointing)
         options: dict[str, Any] = {"mesh": self._mesh(), "reshard_after_forward": self.reshard_after_forward}
         dtype = _MP_DTYPES.get(self.precision.name)
         if dtype is not None:
@@ -226,12 +249,24 @@ def _contains(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
     return outer is not inner and any(m is inner for m in outer.modules())
 
 
-def _checkpoint_activations(module: torch.nn.Module, classes: tuple[type, ...]) -> None:
-    """Recompute the activations of every ``classes`` block in backward instead of storing them."""
+class _ByClassName:
+    """A wrap policy: modules whose class name is one of ``names`` (from a config file)."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def __call__(self, module: torch.nn.Module) -> bool:
+        return type(module).__name__ in self.names
+
+
+def _checkpoint_activations(module: torch.nn.Module, which: Any) -> None:
+    """Recompute the activations of the chosen blocks (a set of classes, or a predicate) in backward."""
     import torch.utils.checkpoint as checkpoint
 
+    chosen = which if callable(which) and not isinstance(which, (set, tuple, list, frozenset)) \
+        else (lambda m, classes=tuple(which): isinstance(m, classes))
     for sub in module.modules():
-        if isinstance(sub, classes) and not getattr(sub, "_trainer_checkpointed", False):
+        if sub is not module and chosen(sub) and not getattr(sub, "_trainer_checkpointed", False):
             forward = sub.forward
 
             def recomputed(*args: Any, _forward: Callable = forward, **kwargs: Any) -> Any:

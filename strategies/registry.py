@@ -38,12 +38,13 @@ def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
     return strategy
 
 
-def _fsdp(kind: str, indices: list[int], precision: Precision) -> Strategy:
+def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
     from strategies.fsdp import FSDPStrategy
 
     if kind == "mps":
         raise ValueError("strategy='fsdp' does not run on MPS. Use accelerator='cpu' or CUDA devices.")
-    strategy = FSDPStrategy(device_kind=kind, precision=precision)
+    strategy = FSDPStrategy.from_options(options, device_kind=kind, precision=precision) if options \
+        else FSDPStrategy(device_kind=kind, precision=precision)
     strategy.requested_processes = len(indices)
     return strategy
 
@@ -124,8 +125,10 @@ def _device_indices(devices: Any, kind: str) -> list[int]:
 
 
 def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices: Any = "auto",
-                     precision: Any = None) -> Strategy:
+                     precision: Any = None, options: dict | None = None) -> Strategy:
     """Build the ``Strategy`` for these settings, validating each before anything runs.
+
+    ``options``: the config file's section for the strategy (e.g. its ``fsdp`` settings).
 
     ``precision=None`` means "not given": a Strategy object keeps its own precision, a
     strategy string gets "32-true".
@@ -141,4 +144,7 @@ def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices:
             f"{quoted(STRATEGIES)}.{did_you_mean(strategy, STRATEGIES)}"
         )
     kind = _device_kind(accelerator)
-    return STRATEGIES[strategy.lower()](kind, _device_indices(devices, kind), prec)
+    factory = STRATEGIES[strategy.lower()]
+    if options and strategy.lower() == "fsdp":  # the config file's section for this strategy
+        return factory(kind, _device_indices(devices, kind), prec, options)  # type: ignore[call-arg]
+    return factory(kind, _device_indices(devices, kind), prec)

@@ -233,3 +233,54 @@ def test_merge_weights_of_a_missing_or_partial_checkpoint_fails_with_the_reason(
     result = subprocess.run([sys.executable, "-m", "trainer.cli", "merge-weights", str(tmp_path / "partial.ckpt"),
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "without meta.ckpt" in result.stderr
+
+
+def _accelerator_worker(plugin_kwargs):
+    from trainer import Accelerator, FullyShardedDataParallelPlugin
+
+    accelerator = Accelerator(cpu=True, fsdp_plugin=FullyShardedDataParallelPlugin(**plugin_kwargs),
+                              gradient_accumulation_steps=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Block(8), Block(8), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # built before prepare, as the seed's script does
+    x, y = _data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=2)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    for xb, yb in loader:
+        with accelerator.accumulate(model):
+            accelerator.backward(torch.nn.functional.mse_loss(model(xb), yb))
+            optimizer.step()
+            optimizer.zero_grad()
+    return {"strategy": repr(accelerator.strategy),
+            "weights": {k: v.tolist() for k, v in accelerator.get_state_dict(model).items()}}
+
+
+def test_accelerator_with_the_fsdp_plugin_matches_one_process():
+    ranks = run_distributed(_accelerator_worker, plugin_kwargs={"auto_wrap_policy": "transformer",
+                                                               "transformer_cls_names_to_wrap": ["Block"]})
+    assert ranks[0]["strategy"].startswith("FSDPStrategy(gloo, rank 0/2")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Block(8), Block(8), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data()
+    for start in range(0, 32, 8):  # 2 ranks x 2 micro-batches x 2 samples per optimizer step
+        torch.nn.functional.mse_loss(model(x[start:start + 8]), y[start:start + 8]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, value in model.state_dict().items():
+        assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=1e-5), name
+
+
+def test_plugins_refuse_settings_that_cannot_work():
+    from trainer import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin
+
+    with pytest.raises(ValueError, match=r"auto_wrap_policy='transformer'\) needs transformer_cls_names_to_wrap"):
+        FullyShardedDataParallelPlugin(auto_wrap_policy="transformer")
+    with pytest.raises(ValueError, match=r"NO_SHARD.*that is DDP"):
+        FSDPStrategy.from_options({"sharding_strategy": "NO_SHARD"})
+    with pytest.raises(ValueError, match=r"zero_stage=4.*expected 0, 1, 2 or 3"):
+        DeepSpeedPlugin(zero_stage=4)
+    with pytest.raises(ValueError, match=r"offload_param_device='cpu', zero_stage=2.*ZeRO stage 3"):
+        DeepSpeedPlugin(zero_stage=2, offload_param_device="cpu")
+    with pytest.raises(NotImplementedError, match=r"DeepSpeed training is not in this version.*fsdp_plugin"):
+        Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin())

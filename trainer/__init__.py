@@ -2,8 +2,10 @@
 
 from trainer.accelerator import Accelerator
 from trainer.module import TrainModule
+from trainer.plugins import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from trainer.seed import seed_everything
 from trainer.trainer import Trainer
 
 __version__ = "0.1.0"
-__all__ = ["Accelerator", "TrainModule", "Trainer", "seed_everything", "__version__"]
+__all__ = ["Accelerator", "DeepSpeedPlugin", "FullyShardedDataParallelPlugin", "TrainModule", "Trainer",
+           "seed_everything", "__version__"]

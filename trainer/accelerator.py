@@ -13,7 +13,7 @@ import torch
 
 from strategies import Strategy, resolve_strategy
 from strategies._util import apply_to_tensors
-from trainer.launch import apply_launch_settings
+from trainer.launch import apply_launch_settings, launch_settings
 from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
 
 
@@ -56,13 +56,20 @@ class Accelerator:
             raise ValueError(f"Accelerator(gradient_accumulation_steps={gradient_accumulation_steps!r}): "
                              "expected a positive int (1 means no accumulation).")
         self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
-        for name, value in (("deepspeed_plugin", deepspeed_plugin), ("fsdp_plugin", fsdp_plugin)):
-            if value is not None:
-                raise NotImplementedError(f"Accelerator({name}=...): not available in this version yet; "
-                                          f"remove the argument to train without it.")
+        if deepspeed_plugin is not None:
+            raise NotImplementedError("Accelerator(deepspeed_plugin=...): DeepSpeed training is not in this version yet. "
+                                      "For sharded training use fsdp_plugin=FullyShardedDataParallelPlugin() (FSDP2: "
+                                      "ZeRO-3-like sharding of parameters, gradients and optimizer state).")
+        options = None
+        if fsdp_plugin is not None:
+            if strategy not in ("auto", "fsdp"):
+                raise ValueError(f"Accelerator(strategy={strategy!r}, fsdp_plugin=...): the plugin configures FSDP; "
+                                 "drop strategy= or set strategy='fsdp'.")
+            strategy, options = "fsdp", fsdp_plugin.options()
+        elif isinstance(strategy, str):
+            options = launch_settings().get(strategy)  # the config file's section (e.g. fsdp options)
         self.strategy = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
-                                         devices=devices,
-                                         precision=mixed_precision)
+                                         devices=devices, precision=mixed_precision, options=options)
         self.strategy.setup()
         self.device_placement = device_placement
         self.gradient_accumulation_steps = gradient_accumulation_steps
@@ -126,9 +133,17 @@ class Accelerator:
         """
         # Models first, so optimizers see parameters already converted for the precision.
         prepared = list(objects)
+        before: dict[int, str] = {}  # id of each parameter -> its name, to follow in-place sharding (FSDP2)
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.nn.Module):
+                names = {id(p): n for n, p in obj.named_parameters()}
                 prepared[i] = self.prepare_model(obj)
+                after = dict(self.unwrap_model(prepared[i]).named_parameters())
+                before.update({pid: after[n] for pid, n in names.items() if n in after and after[n] is not None})
+        for obj in objects:
+            if isinstance(obj, torch.optim.Optimizer):  # built before prepare(): point it at the sharded parameters
+                for group in obj.param_groups:
+                    group["params"] = [before.get(id(p), p) for p in group["params"]]
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.optim.Optimizer):
                 prepared[i] = self.prepare_optimizer(obj)
@@ -392,7 +407,10 @@ class Accelerator:
         load_state(self, input_dir, strict=strict)
 
     def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The full (unsharded) state dict of ``model``."""
+        """The full (unsharded) state dict of ``model`` (gathered on rank zero under FSDP)."""
+        full = getattr(self.strategy, "full_state_dict", None)
+        if full is not None:
+            return full(self.unwrap_model(model))
         return self.unwrap_model(model).state_dict()
 
     def save_model(self, model: torch.nn.Module, save_directory: str, max_shard_size: int | str = "10GB",

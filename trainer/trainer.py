@@ -18,7 +18,7 @@ from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
 from trainer.distributed_data import distribute_loader
 from trainer.hooks import Hooks
-from trainer.launch import apply_launch_settings
+from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.optim import parse_optimizers
@@ -63,7 +63,8 @@ class Trainer:
         if num_nodes != 1:
             raise ValueError(f"Trainer(num_nodes={num_nodes!r}): training on several machines needs a distributed "
                              "strategy, which this version does not have yet. Use num_nodes=1.")
-        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision))
+        options = launch_settings().get(strategy) if isinstance(strategy, str) else None
+        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options))
         self.callbacks: list[Callback] = _callback_list(callbacks)
         if self.config.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.append(ProgressBar())

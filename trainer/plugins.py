@@ -1,0 +1,91 @@
+"""Accelerate-style configuration objects for the sharded strategies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FullyShardedDataParallelPlugin:
+    """FSDP settings with the names Accelerate users know; ``Accelerator(fsdp_plugin=...)`` trains with
+    ``strategies.FSDPStrategy`` (FSDP2) built from them.
+
+    Args:
+        sharding_strategy: "FULL_SHARD", "SHARD_GRAD_OP" (keep gathered parameters from forward to
+            backward) or "HYBRID_SHARD" (shard within a machine, replicate across machines).
+        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
+        auto_wrap_policy: "transformer" (the classes named in ``transformer_cls_names_to_wrap``),
+            "size" (``min_num_params``) or "none" (only the root is sharded).
+        transformer_cls_names_to_wrap: class names, e.g. ``["GPT2Block"]``.
+        min_num_params: the size policy's threshold.
+        activation_checkpointing: recompute the wrapped blocks' activations in backward.
+        state_dict_type: "SHARDED_STATE_DICT" (save_state writes each rank's shards) or
+            "FULL_STATE_DICT" (``get_state_dict`` gathers on rank zero; save_state still shards).
+    """
+
+    sharding_strategy: str = "FULL_SHARD"
+    cpu_offload: bool = False
+    auto_wrap_policy: str = "size"
+    transformer_cls_names_to_wrap: list[str] = field(default_factory=list)
+    min_num_params: int = 100_000_000
+    activation_checkpointing: bool = False
+    state_dict_type: str = "SHARDED_STATE_DICT"
+
+    def __post_init__(self) -> None:
+        from trainer.config_file import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
+
+        if self.sharding_strategy not in SHARDING_STRATEGIES:
+            raise ValueError(f"FullyShardedDataParallelPlugin(sharding_strategy={self.sharding_strategy!r}): expected "
+                             f"one of {', '.join(SHARDING_STRATEGIES)}.")
+        if self.auto_wrap_policy not in AUTO_WRAP_POLICIES:
+            raise ValueError(f"FullyShardedDataParallelPlugin(auto_wrap_policy={self.auto_wrap_policy!r}): expected "
+                             f"one of {', '.join(AUTO_WRAP_POLICIES)}.")
+        if self.auto_wrap_policy == "transformer" and not self.transformer_cls_names_to_wrap:
+            raise ValueError("FullyShardedDataParallelPlugin(auto_wrap_policy='transformer') needs "
+                             "transformer_cls_names_to_wrap, e.g. ['Block'].")
+        if self.state_dict_type not in ("SHARDED_STATE_DICT", "FULL_STATE_DICT"):
+            raise ValueError(f"FullyShardedDataParallelPlugin(state_dict_type={self.state_dict_type!r}): expected "
+                             "'SHARDED_STATE_DICT' or 'FULL_STATE_DICT'.")
+
+    def options(self) -> dict[str, Any]:
+        """As the config file's ``fsdp`` section."""
+        return {"sharding_strategy": self.sharding_strategy, "cpu_offload": self.cpu_offload,
+                "auto_wrap_policy": self.auto_wrap_policy,
+                "transformer_layer_cls": ",".join(self.transformer_cls_names_to_wrap) or None,
+                "min_num_params": self.min_num_params, "activation_checkpointing": self.activation_checkpointing}
+
+
+@dataclass
+class DeepSpeedPlugin:
+    """DeepSpeed ZeRO settings with Accelerate's names. Validated here; training with DeepSpeed is not
+    in this version yet (``Accelerator(deepspeed_plugin=...)`` says so and names the alternative).
+
+    Args:
+        zero_stage: 0-3.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        gradient_clipping: clip the gradient norm at this value (None: no clipping).
+        offload_optimizer_device: "none" or "cpu" (ZeRO stage 1 or more).
+        offload_param_device: "none" or "cpu" (ZeRO stage 3).
+        hf_ds_config: a DeepSpeed config dict or the path of its JSON file.
+    """
+
+    zero_stage: int = 2
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float | None = None
+    offload_optimizer_device: str = "none"
+    offload_param_device: str = "none"
+    hf_ds_config: Any = None
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"DeepSpeedPlugin(zero_stage={self.zero_stage!r}): expected 0, 1, 2 or 3.")
+        for name in ("offload_optimizer_device", "offload_param_device"):
+            if getattr(self, name) not in ("none", "cpu"):
+                raise ValueError(f"DeepSpeedPlugin({name}={getattr(self, name)!r}): expected 'none' or 'cpu'.")
+        if self.offload_param_device == "cpu" and self.zero_stage != 3:
+            raise ValueError(f"DeepSpeedPlugin(offload_param_device='cpu', zero_stage={self.zero_stage}): parameters "
+                             "can only be offloaded with ZeRO stage 3. Set zero_stage=3 or offload_param_device='none'.")
+        if self.offload_optimizer_device == "cpu" and self.zero_stage == 0:
+            raise ValueError("DeepSpeedPlugin(offload_optimizer_device='cpu', zero_stage=0): optimizer offload needs "
+                             "ZeRO stage 1 or more. Set zero_stage to 1, 2 or 3.")
