@@ -71,3 +71,13 @@ def test_a_failing_check_is_reported_with_its_rank_and_the_verdict_fails(monkeyp
     assert "  FAIL  broken              rank 0: AssertionError: deliberately broken" in out
     assert out.count("  PASS") == 8
     assert "trainer test: FAILED (1 of 9 checks failed" in out
+
+
+def test_passes_with_the_configured_sharded_strategy(tmp_path):
+    config = ("num_processes: 2\ndevice: cpu\nmixed_precision: bf16\nstrategy: fsdp\n"
+              "fsdp:\n  auto_wrap_policy: none\n")
+    result = _trainer_test(tmp_path, config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "backend gloo, FSDPStrategy" in result.stdout and "bf16-mixed: matmuls in bfloat16" in result.stdout
+    assert "save_state / load_state restores the weights exactly" in result.stdout
+    assert "PASSED (all 8 checks; 2 process(es), cpu, bf16-mixed, FSDPStrategy)" in result.stdout

@@ -39,10 +39,56 @@ def save_state(accelerator: Any, output_dir: str) -> str:
         "rng": {strategy.global_rank: rng_states()},
     }
     output_dir = os.path.abspath(output_dir)
+    if getattr(strategy, "sharded_format", None):
+        _save_sharded(accelerator, state, output_dir)
+        return output_dir
     if strategy.is_global_zero:
         _write_dir_atomically(output_dir, lambda tmp: atomic_save(state, os.path.join(tmp, STATE_FILE)))
     strategy.barrier("save_state")
     return output_dir
+
+
+def _sharded_state(accelerator: Any) -> tuple[Any, dict[str, Any]]:
+    """The model's and its optimizers' state dicts as DCP wants them (FQN keys, sharded tensors)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if len(accelerator._models) != 1:
+        raise CheckpointError(f"save_state/load_state with {type(accelerator.strategy).__name__} supports one prepared "
+                              f"model (its optimizers are saved with it); this Accelerator has "
+                              f"{len(accelerator._models)}. Save each model's get_state_dict() yourself.")
+    model = accelerator.unwrap_model(accelerator._models[0])
+    optimizers = [o.optimizer for o in accelerator._optimizers]
+    model_sd, optim_sd = get_state_dict(model, optimizers)
+    return model, {"model": model_sd, "optim": optim_sd}
+
+
+def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from strategies.checkpoint_io import atomic_directory
+
+    strategy = accelerator.strategy
+    _, tensors = _sharded_state(accelerator)
+    meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
+    meta.update({"sharded": strategy.sharded_format, "models": 1, "optimizers": len(accelerator._optimizers)})
+    meta["rng"] = dict(enumerate(strategy.all_gather_object(rng_states())))
+    atomic_directory(output_dir, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), strategy.is_global_zero,
+                     strategy.broadcast, strategy.barrier)
+
+
+def _load_sharded(accelerator: Any, input_dir: str, meta: dict[str, Any]) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    strategy = accelerator.strategy
+    if meta.get("sharded") != getattr(strategy, "sharded_format", None):
+        raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {meta['metadata'].get('strategy')} "
+                              f"as {meta.get('sharded') or 'one file'}; this Accelerator uses "
+                              f"{type(strategy).__name__}. Load it with the strategy that saved it.")
+    model, tensors = _sharded_state(accelerator)
+    dcp.load(tensors, checkpoint_id=input_dir)
+    set_state_dict(model, [o.optimizer for o in accelerator._optimizers], model_state_dict=tensors["model"],
+                   optim_state_dict=tensors["optim"])
 
 
 def _write_dir_atomically(output_dir: str, fill: Any) -> None:
@@ -66,10 +112,18 @@ def _write_dir_atomically(output_dir: str, fill: Any) -> None:
 
 
 def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
+    from strategies.checkpoint_io import SHARDED_META
+
     path = os.path.join(input_dir, STATE_FILE)
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): no such directory. Pass the directory "
                                 "given to save_state.")
+    sharded = os.path.isfile(os.path.join(input_dir, SHARDED_META))
+    if sharded or getattr(accelerator.strategy, "sharded_format", None):
+        meta = safe_load(input_dir)  # the directory's meta.ckpt (refused if the directory is partial)
+        _load_sharded(accelerator, input_dir, meta)
+        _load_rest(accelerator, meta, input_dir)
+        return
     state = safe_load(path)
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path!r} has format {state['format_version']}, newer than {FORMAT_VERSION}; "
@@ -87,6 +141,10 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     for opt, sd in zip(accelerator._optimizers, state["optimizers"]):
         opt.load_state_dict(sd)
         accelerator.strategy.setup_optimizer(opt.optimizer)
+    _load_rest(accelerator, state, path)
+
+
+def _load_rest(accelerator: Any, state: dict[str, Any], path: str) -> None:
     for sched, sd in zip(accelerator._schedulers, state["schedulers"]):
         sched.scheduler.load_state_dict(sd)
     for obj, sd in zip(accelerator._custom_objects, state["custom"]):
