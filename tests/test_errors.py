@@ -207,10 +207,22 @@ def test_bad_devices_value_is_refused(devices, pattern):
         _trainer(devices=devices)
 
 
-def test_several_nodes_are_refused():
-    with pytest.raises(ValueError, match=r"Trainer\(num_nodes=2\): training on several machines needs a "
-                                         r"distributed strategy"):
+def test_several_nodes_without_a_launcher_say_how_to_launch(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"Trainer\(num_nodes=2\): this process was not started by a launcher.*"
+                                         r"trainer launch --num-machines 2"):
         _trainer(num_nodes=2)
+    with pytest.raises(ValueError, match=r"num_nodes=0.*positive int"):
+        _trainer(num_nodes=0)
+
+
+def test_num_nodes_must_agree_with_the_launcher(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"num_nodes=3.*4 processes, 2 per machine, i.e. 2 machine"):
+        _trainer(num_nodes=3)
 
 
 # -- callbacks and loggers ---------------------------------------------------------------------------

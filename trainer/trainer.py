@@ -60,9 +60,7 @@ class Trainer:
         if launched["accumulate_grad_batches"] is not None:
             loop_settings["accumulate_grad_batches"] = launched["accumulate_grad_batches"]
         self.config = TrainerConfig(**loop_settings)
-        if num_nodes != 1:
-            raise ValueError(f"Trainer(num_nodes={num_nodes!r}): training on several machines needs a distributed "
-                             "strategy, which this version does not have yet. Use num_nodes=1.")
+        _check_num_nodes(num_nodes)
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
         self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options))
         self.callbacks: list[Callback] = _callback_list(callbacks)
@@ -377,6 +375,26 @@ def _callback_list(callbacks: Any) -> list[Callback]:
             raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
                             f"got {type(cb).__name__}.")
     return items
+
+
+def _check_num_nodes(num_nodes: Any) -> None:
+    """Machines come from the launcher's environment; ``num_nodes`` states what the code expects."""
+    from strategies.environment import detect_environment
+
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")
+    if num_nodes == 1:
+        return
+    env = detect_environment()
+    if not env.is_distributed:
+        raise ValueError(f"Trainer(num_nodes={num_nodes}): this process was not started by a launcher, so there is only "
+                         f"one machine. Start the script on each machine with `trainer launch --num-machines "
+                         f"{num_nodes} --machine-rank <i> --main-process-ip <ip> train.py` (or srun under SLURM).")
+    machines = env.world_size // max(env.local_world_size, 1)
+    if machines != num_nodes:
+        raise ValueError(f"Trainer(num_nodes={num_nodes}): the launcher started {env.world_size} processes, "
+                         f"{env.local_world_size} per machine, i.e. {machines} machine(s). Make them agree (or drop "
+                         "num_nodes: the environment decides).")
 
 
 def _check_module(module: Any, stage: str) -> None:
