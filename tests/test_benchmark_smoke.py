@@ -70,3 +70,13 @@ def test_ddp_benchmark_runs_both_rows():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("1 process", "DDP, 2 processes"))]
     assert len(rows) == 2 and all(re.search(r"\d+\.\d\dx\s+\d+\.\d\ds$", row) for row in rows), proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_sharded_benchmark_reports_both_strategies():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--rounds", "1", "--steps", "8"],
+                          capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("DDP", "FSDP"))}
+    assert set(rows) == {"DDP", "FSDP"}
+    assert float(rows["FSDP"][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)  # params per rank halve
