@@ -49,6 +49,23 @@ def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | N
     return strategy
 
 
+def _deepspeed(stage: int, offload: bool = False) -> Callable[..., Strategy]:
+    def build(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
+        from strategies.deepspeed import DeepSpeedStrategy
+
+        if kind == "mps":
+            raise ValueError("DeepSpeed does not run on MPS. Use accelerator='cpu' or CUDA devices.")
+        options = options or {}
+        chosen = int(options.get("zero_stage", stage))
+        strategy = DeepSpeedStrategy(
+            zero_stage=chosen, device_kind=kind, precision=precision,
+            offload_optimizer=offload or options.get("offload_optimizer_device") == "cpu",
+            offload_parameters=(offload and chosen == 3) or options.get("offload_param_device") == "cpu")
+        strategy.requested_processes = len(indices)
+        return strategy
+    return build
+
+
 def _auto(kind: str, indices: list[int], precision: Precision) -> Strategy:
     from strategies.environment import detect_environment
 
@@ -62,6 +79,12 @@ STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
     "single_device": _single_device,
     "ddp": _ddp,
     "fsdp": _fsdp,
+    "deepspeed": _deepspeed(2),
+    "deepspeed_stage_1": _deepspeed(1),
+    "deepspeed_stage_2": _deepspeed(2),
+    "deepspeed_stage_2_offload": _deepspeed(2, offload=True),
+    "deepspeed_stage_3": _deepspeed(3),
+    "deepspeed_stage_3_offload": _deepspeed(3, offload=True),
 }
 
 
@@ -145,6 +168,6 @@ def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices:
         )
     kind = _device_kind(accelerator)
     factory = STRATEGIES[strategy.lower()]
-    if options and strategy.lower() == "fsdp":  # the config file's section for this strategy
+    if options and strategy.lower() in ("fsdp", "deepspeed"):  # the config file's section for this strategy
         return factory(kind, _device_indices(devices, kind), prec, options)  # type: ignore[call-arg]
     return factory(kind, _device_indices(devices, kind), prec)

@@ -209,7 +209,10 @@ def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Win
     cfg, accel, hooks, state = trainer.config, trainer.accelerator, trainer._hooks, trainer.state
     clip = cfg.gradient_clip_val
     if window.counted or window.items != k * window.ref:
-        _correct_gradients(trainer, optimizer, window, k)
+        if getattr(accel.strategy, "supports_gradient_correction", True):
+            _correct_gradients(trainer, optimizer, window, k)
+        else:
+            _cannot_correct(trainer, window, k)
     before_step, before_zero = trainer._step_hooks
     if clip:
         accel.unscale_gradients(optimizer)  # the hook and the clipping see true gradients
@@ -228,6 +231,22 @@ def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Win
     state.global_step += 1
     if trainer._step_schedulers:
         step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
+
+
+def _cannot_correct(trainer: Any, window: _Window, k: int) -> None:
+    """The strategy keeps gradients where the loop cannot rescale them (DeepSpeed's partitions)."""
+    name = type(trainer.accelerator.strategy).__name__
+    if window.counted:
+        raise ValueError(f"training_step returned num_items, but {name} keeps the gradients in its own partitions, "
+                         "where they cannot be renormalised by the item count. Return a mean loss instead, or use "
+                         "strategy='ddp' or 'fsdp' for item-count normalisation.")
+    if not getattr(trainer, "_warned_window", False):
+        trainer._warned_window = True
+        import warnings
+
+        warnings.warn(f"{name}: an accumulation window of {window.items} samples instead of {k * window.ref} (a short "
+                      "last window or uneven batches) is averaged as if it were full. Use drop_last=True and a "
+                      "number of batches divisible by accumulate_grad_batches for exact averaging.", stacklevel=2)
 
 
 def _correct_gradients(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:

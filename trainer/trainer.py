@@ -175,6 +175,9 @@ class Trainer:
         try:
             self._hooks("setup", stage)
             module.configure_model()
+            connect = getattr(self.accelerator.strategy, "connect", None)
+            if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
+                connect(self.config)
             self._model, self._training_step = self.accelerator.prepare_trainer_module(module)
             if stage == "fit":
                 self._setup_optimizers(module)

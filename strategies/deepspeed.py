@@ -1,0 +1,251 @@
+"""``DeepSpeedStrategy``: ZeRO stages 0-3 through DeepSpeed's engine (imported only when used).
+
+The engine owns backward, the gradient reduction, loss scaling, clipping and the optimizer step;
+the Trainer's settings (accumulation, precision, clipping) are written into its config. The loop
+keeps its own accumulation windows: DeepSpeed runs with ``managed_gradient_accumulation=False``, so
+each ``backward`` only accumulates and each ``engine.step()`` (at the window's end) reduces and
+updates -- the same step count and normalisation as every other strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import warnings
+from typing import Any, Callable, ContextManager, Iterable
+
+import torch
+
+from strategies.ddp import DDPStrategy, _StepForward
+from strategies.precision import Precision
+
+_DS_PRECISION = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": None}
+
+
+def _require_deepspeed() -> Any:
+    try:
+        import deepspeed
+    except ImportError as err:
+        raise ImportError("DeepSpeedStrategy needs the 'deepspeed' package, which is not installed: "
+                          "pip install 'trainer[deepspeed]'.") from err
+    return deepspeed
+
+
+class DeepSpeedStrategy(DDPStrategy):
+    """ZeRO data parallelism: optimizer state (stage 1), gradients (2) and parameters (3) sharded.
+
+    Args:
+        zero_stage: 0, 1, 2 or 3.
+        offload_optimizer: keep optimizer state on the CPU (stage 1 or more).
+        offload_parameters: keep parameters on the CPU (stage 3).
+        config: a DeepSpeed config dict or the path of its JSON file; its ``zero_optimization`` and
+            other sections are used as given, except where the Trainer's own arguments decide
+            (accumulation, precision, clipping): a disagreement is reported once and the Trainer's
+            value wins.
+        precision: "32-true", "bf16-mixed" or "16-mixed" (DeepSpeed's bf16 / fp16 with loss scaling).
+        timeout: collectives' timeout.
+
+    Example:
+        >>> Trainer(strategy=DeepSpeedStrategy(zero_stage=3))            # doctest: +SKIP
+        >>> Trainer(strategy="deepspeed_stage_2", precision="bf16-mixed")  # doctest: +SKIP
+    """
+
+    sharded_format = "deepspeed"
+
+    def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
+                 config: dict[str, Any] | str | None = None, precision: Precision | str | None = None,
+                 device_kind: str = "cpu", timeout: datetime.timedelta | float = datetime.timedelta(minutes=10),
+                 **kwargs: Any) -> None:
+        super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
+        if zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"DeepSpeedStrategy(zero_stage={zero_stage!r}): expected 0, 1, 2 or 3.")
+        if offload_parameters and zero_stage != 3:
+            raise ValueError(f"DeepSpeedStrategy(offload_parameters=True, zero_stage={zero_stage}): parameters can only "
+                             "be offloaded with ZeRO stage 3. Set zero_stage=3 (or 'deepspeed_stage_3_offload').")
+        if offload_optimizer and zero_stage == 0:
+            raise ValueError("DeepSpeedStrategy(offload_optimizer=True, zero_stage=0): optimizer offload needs ZeRO "
+                             "stage 1 or more.")
+        if isinstance(config, str):
+            try:
+                with open(config) as f:
+                    config = json.load(f)
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"DeepSpeedStrategy(config={config!r}): cannot read it as JSON ({err}).") from None
+        self.zero_stage, self.offload_optimizer, self.offload_parameters = zero_stage, offload_optimizer, \
+            offload_parameters
+        self.user_config: dict[str, Any] = dict(config or {})
+        self.gradient_clip_val: float | None = None
+        self.accumulate_grad_batches = 1
+        self.engine: Any = None
+        self._module: torch.nn.Module | None = None
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        if self.precision.name not in _DS_PRECISION:
+            raise ValueError(f"DeepSpeedStrategy(precision={self.precision.name!r}): expected '32-true', 'bf16-mixed' "
+                             "or '16-mixed' (DeepSpeed keeps fp32 master weights itself).")
+
+    def connect(self, trainer_config: Any) -> None:
+        """Take the Trainer's settings that DeepSpeed's config must carry."""
+        self.gradient_clip_val = trainer_config.gradient_clip_val
+        self.accumulate_grad_batches = trainer_config.accumulate_grad_batches
+        if trainer_config.gradient_clip_algorithm != "norm" and trainer_config.gradient_clip_val:
+            raise ValueError("Trainer(gradient_clip_algorithm='value') with DeepSpeed: DeepSpeed clips by norm only. "
+                             "Use gradient_clip_algorithm='norm'.")
+
+    def ds_config(self) -> dict[str, Any]:
+        """The config handed to ``deepspeed.initialize``: the user's, with the Trainer's settings written in."""
+        config = json.loads(json.dumps(self.user_config))  # a deep copy
+        decided = {"gradient_clipping": float(self.gradient_clip_val or 0.0),  # DeepSpeed would clip at 1.0
+                   "gradient_accumulation_steps": 1,   # the loop accumulates (managed_gradient_accumulation off)
+                   "train_micro_batch_size_per_gpu": 1}
+        for key, value in decided.items():
+            given = config.get(key)
+            if given is not None and given != value and key != "train_micro_batch_size_per_gpu" \
+                    and self.is_global_zero:
+                ours = self.accumulate_grad_batches if key == "gradient_accumulation_steps" else value
+                warnings.warn(f"DeepSpeed config {key}={given!r} disagrees with the Trainer ({key.split('_')[0]}: "
+                              f"{ours!r}); the Trainer's value is used.", stacklevel=3)
+            config[key] = value
+        config.pop("train_batch_size", None)
+        config["managed_gradient_accumulation"] = False
+        config["zero_allow_untested_optimizer"] = True  # any torch.optim optimizer from configure_optimizers
+        zero = config.setdefault("zero_optimization", {})
+        if zero.get("stage", self.zero_stage) != self.zero_stage and self.is_global_zero:
+            warnings.warn(f"DeepSpeed config zero_optimization.stage={zero['stage']} disagrees with "
+                          f"DeepSpeedStrategy(zero_stage={self.zero_stage}); the strategy's stage is used.", stacklevel=3)
+        zero["stage"] = self.zero_stage
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
+        if self.offload_parameters:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
+        kind = _DS_PRECISION[self.precision.name]
+        for section in ("bf16", "fp16"):
+            wanted = section == kind
+            given = config.get(section, {}).get("enabled")
+            if given is not None and bool(given) != wanted and self.is_global_zero:
+                warnings.warn(f"DeepSpeed config {section}.enabled={given} disagrees with the Trainer's precision "
+                              f"{self.precision.name!r}; the Trainer's precision is used.", stacklevel=3)
+            config.setdefault(section, {})["enabled"] = wanted
+        return config
+
+    # -- the module and the engine ------------------------------------------------------------------
+    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
+        _require_deepspeed()
+        self._module = module.to(self.root_device)
+        # the engine is built with the optimizer (setup_optimizer); training_step runs through it
+        return module, lambda *args, **kwargs: self.engine("training_step", *args, **kwargs)
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError("DeepSpeedStrategy with the Accelerator's prepare() is not in this version yet: use "
+                                  "it through the Trainer, or FSDP (Accelerator(fsdp_plugin=...)) for a hand-written loop.")
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        deepspeed = _require_deepspeed()
+        if self._module is None:
+            raise RuntimeError("DeepSpeedStrategy: the module must be set up before its optimizer.")
+        self.engine, _, _, _ = deepspeed.initialize(model=_StepForward(self._module), optimizer=optimizer,
+                                                    config=self.ds_config())
+        return optimizer
+
+    def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def batch_to_device(self, batch: Any) -> Any:
+        batch = super().batch_to_device(batch)
+        if self.precision.name in ("bf16-mixed", "16-mixed"):  # the engine holds the weights in half precision
+            from strategies._util import apply_to_tensors
+
+            dtype = torch.bfloat16 if self.precision.name == "bf16-mixed" else torch.float16
+            batch = apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
+        return batch
+
+    def forward_context(self) -> ContextManager:
+        return contextlib.nullcontext()  # DeepSpeed casts the weights; no autocast on top
+
+    def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
+        return contextlib.nullcontext()  # backward only accumulates; engine.step() reduces
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop already scaled it for its window
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        return None  # the engine unscales inside step()
+
+    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                        norm_type: float = 2.0) -> torch.Tensor:
+        return torch.tensor(float("nan"))  # the engine clips at gradient_clipping inside step()
+
+    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
+        return None
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.engine.step()
+
+    supports_gradient_correction = False  # gradients live in the engine's partitions
+
+    # -- state --------------------------------------------------------------------------------------
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full weights (gathered from the partitions under ZeRO-3), on every rank, in fp32 on CPU."""
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+    def local_state_bytes(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Bytes of parameters and optimizer state this rank holds (its partitions)."""
+        total = 0
+        for p in module.parameters():
+            local = getattr(p, "ds_tensor", p)  # ZeRO-3 keeps only this rank's partition
+            total += local.numel() * local.element_size()
+        zero_opt = self.engine.optimizer
+        groups = getattr(zero_opt, "single_partition_of_fp32_groups", None) or \
+            getattr(zero_opt, "fp32_partitioned_groups_flat", None) or []
+        inner = getattr(zero_opt, "optimizer", zero_opt)
+        for flat in groups:
+            state = inner.state.get(flat, {})
+            total += sum(v.numel() * v.element_size() for k, v in state.items()
+                         if isinstance(v, torch.Tensor) and k != "step")
+        return total
+
+    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
+                     optimizers: list[torch.optim.Optimizer]) -> None:
+        """``path`` becomes a directory: the engine's own per-rank files, and ``meta.ckpt`` (loop state)."""
+        from strategies.checkpoint_io import atomic_directory
+
+        meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        meta["sharded"] = self.sharded_format
+        if "optimizer_states" in checkpoint:
+            meta["optimizer_states"] = "sharded"
+        atomic_directory(path, meta, lambda tmp: self.engine.save_checkpoint(tmp, tag="engine", save_latest=False),
+                         self.is_global_zero, self.broadcast, self.barrier)
+
+    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        loaded, _ = self.engine.load_checkpoint(path, tag="engine", load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+        if loaded is None:
+            from strategies.checkpoint_io import CheckpointError
+
+            raise CheckpointError(f"DeepSpeed could not load {path!r} (no engine files under tag 'engine').")
+
+    def teardown(self) -> None:
+        self.engine = None
+        super().teardown()
+
+    def __repr__(self) -> str:
+        return (f"DeepSpeedStrategy(ZeRO-{self.zero_stage}, {self.backend}, rank {self.global_rank}/{self.world_size}, "
+                f"precision={self.precision.name!r})")
+
+
+def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a DeepSpeed checkpoint directory, rebuilt in one process."""
+    _require_deepspeed()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(path, tag="engine")
+    prefix = "module."  # the engine wraps the module in _StepForward
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
