@@ -27,7 +27,7 @@ class Net(TrainModule):
         return torch.nn.functional.mse_loss(self.head(self.body(x)).float(), y.float())
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=0.02, momentum=0.9)
 
 
 def _data(n=32):
@@ -116,3 +116,47 @@ def test_aliases_build_the_stage_they_name():
     assert resolve_strategy("deepspeed").zero_stage == 2
     three = resolve_strategy("deepspeed_stage_3_offload")
     assert (three.zero_stage, three.offload_optimizer, three.offload_parameters) == (3, True, True)
+
+
+def _resume_worker(tmp, stage):
+    from callbacks import ModelCheckpoint
+    from strategies import DeepSpeedStrategy
+
+    def fit(epochs, ckpt_path=None, dirpath=f"{tmp}/a"):
+        x, y = _data()
+        model = Net()
+        strategy = DeepSpeedStrategy(zero_stage=stage)
+        trainer = Trainer(max_epochs=epochs, strategy=strategy, logger=False, enable_progress_bar=False,
+                          num_sanity_val_steps=0, accelerator="cpu",
+                          callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True)])
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=2, shuffle=True), ckpt_path=ckpt_path)
+        return {k: v.tolist() for k, v in strategy.full_state_dict(model).items()}
+
+    fit(1)
+    resumed = fit(3, ckpt_path="last")
+    straight = fit(3, dirpath=f"{tmp}/b")
+    return {"resumed": resumed, "straight": straight}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_from_a_zero_checkpoint_is_exact_and_merge_weights_exports_it(tmp_path, stage):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    ranks = run_distributed(_resume_worker, timeout=300, tmp=str(tmp_path), stage=stage)
+    assert ranks[0]["resumed"] == ranks[0]["straight"]  # bit-exact
+    last = tmp_path / "b" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.ckpt").is_file() and (last / "engine").is_dir()
+    out = tmp_path / "plain"
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "merge-weights", str(last), str(out)],
+                            capture_output=True, text=True, timeout=200, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr
+    plain = torch.nn.Module()  # no trainer involved
+    plain.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16))
+    plain.head = torch.nn.Linear(16, 1)
+    plain.load_state_dict(load_file(str(out / "model.safetensors")))
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(value, torch.tensor(ranks[0]["straight"][name]), rtol=0, atol=0)

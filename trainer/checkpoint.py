@@ -48,20 +48,21 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     if trainer.state.stage in ("fit", "sanity_check"):
         trainer._metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
     strategy = trainer.accelerator.strategy
+    sharded = getattr(strategy, "sharded_format", None)  # its weights and optimizer state go in shards
     ckpt: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
                      "python_version": platform.python_version(), "world_size": strategy.world_size,
                      "strategy": type(strategy).__name__, "precision": strategy.precision.name,
                      "config": trainer.config.to_dict(), "saved_at": time.time()},
-        "state_dict": trainer.accelerator.unwrap_model(module).state_dict(),
+        "state_dict": {} if sharded else trainer.accelerator.unwrap_model(module).state_dict(),
         "hparams": _plain(dict(module.hparams)),
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
     }
     if not weights_only:
         ckpt.update({
-            "optimizer_states": [opt.state_dict() for opt in trainer.optimizers],
+            "optimizer_states": "sharded" if sharded else [opt.state_dict() for opt in trainer.optimizers],
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             "precision": strategy.precision.state_dict(),
             "loops": _loop_state(trainer),

@@ -13,7 +13,7 @@ from trainer.cli import COMMANDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .ckpt file, or a sharded checkpoint directory (FSDP)")
+    parser.add_argument("checkpoint", help="a .ckpt file, or a sharded checkpoint directory (FSDP, DeepSpeed)")
     parser.add_argument("output", help="directory for model.safetensors (split above --max-shard-size)")
     parser.add_argument("--max-shard-size", default="10GB", help="largest safetensors file (default 10GB)")
 
@@ -35,8 +35,12 @@ def full_weights(path: str) -> dict[str, Any]:
             merged = os.path.join(tmp, "merged.pt")
             dcp_to_torch_save(path, merged)  # reads every rank's shards in this one process
             return safe_load(merged)["model"]
+    if sharded == "deepspeed":
+        from strategies.deepspeed import deepspeed_merged_weights
+
+        return deepspeed_merged_weights(path)  # the engine's zero_to_fp32, in this one process
     raise CheckpointError(f"{path!r} is a sharded checkpoint of an unknown kind ({sharded!r}); this version reads "
-                          "'fsdp-dcp'. Upgrade the trainer package.")
+                          "'fsdp-dcp' and 'deepspeed'. Upgrade the trainer package.")
 
 
 def run(args: argparse.Namespace) -> int:
