@@ -21,7 +21,7 @@ from trainer.utils import set_seed
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output-dir", default="runs/seed_pattern")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--log-with", default="wandb")
     args = parser.parse_args()
 
@@ -29,14 +29,14 @@ def main() -> None:
     deepspeed_plugin = DeepSpeedPlugin(zero_stage=2, gradient_accumulation_steps=4)
     accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=4,
                               deepspeed_plugin=deepspeed_plugin, log_with=args.log_with, project_dir=args.output_dir)
-    accelerator.init_trackers("seed_pattern", config={"lr": 3e-2, "epochs": args.epochs})
+    accelerator.init_trackers("seed_pattern", config={"lr": 1e-2, "epochs": args.epochs})
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=g)
     y = x @ torch.randn(16, 1, generator=g) + 0.1 * torch.randn(256, 1, generator=g)
     train_dataloader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=3e-2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.9)
 
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
@@ -45,6 +45,7 @@ def main() -> None:
     step = 0
     for epoch in range(args.epochs):
         model.train()
+        total, batches = torch.zeros(()), 0
         for batch in train_dataloader:
             inputs, targets = batch
             with accelerator.accumulate(model):
@@ -54,11 +55,13 @@ def main() -> None:
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
+            total, batches = total + loss.detach().float().cpu(), batches + 1
             if accelerator.sync_gradients:
                 step += 1
                 accelerator.log({"train_loss": loss.item()}, step=step)
         accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{epoch}"))
-        accelerator.print(f"epoch {epoch}: loss {loss.item():.4f}")
+        mean = accelerator.reduce(total / batches, "mean")
+        accelerator.print(f"epoch {epoch}: mean loss {mean.item():.4f}")
 
     accelerator.load_state(os.path.join(args.output_dir, f"checkpoint-{args.epochs - 1}"))
     accelerator.wait_for_everyone()

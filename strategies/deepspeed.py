@@ -137,9 +137,17 @@ class DeepSpeedStrategy(DDPStrategy):
         # the engine is built with the optimizer (setup_optimizer); training_step runs through it
         return module, lambda *args, **kwargs: self.engine("training_step", *args, **kwargs)
 
+    def setup_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+        """For the Accelerator: the engine over ``module`` itself (``engine(x)`` runs ``module(x)``)."""
+        deepspeed = _require_deepspeed()
+        self._module = module
+        self.engine, _, _, _ = deepspeed.initialize(model=module.to(self.root_device), optimizer=optimizer,
+                                                    config=self.ds_config())
+        return self.engine
+
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        raise NotImplementedError("DeepSpeedStrategy with the Accelerator's prepare() is not in this version yet: use "
-                                  "it through the Trainer, or FSDP (Accelerator(fsdp_plugin=...)) for a hand-written loop.")
+        raise ValueError(f"DeepSpeed needs the model's optimizer to build its engine: pass both to one call, "
+                         f"accelerator.prepare(model, optimizer, ...) (got {type(module).__name__} alone).")
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         deepspeed = _require_deepspeed()
@@ -150,7 +158,9 @@ class DeepSpeedStrategy(DDPStrategy):
         return optimizer
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module
+        inner = getattr(module, "module", None) if type(module).__name__ == "DeepSpeedEngine" else None
+        module = inner if inner is not None else module
+        return module.module if isinstance(module, _StepForward) else module
 
     def batch_to_device(self, batch: Any) -> Any:
         batch = super().batch_to_device(batch)

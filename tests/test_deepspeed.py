@@ -160,3 +160,43 @@ def test_resume_from_a_zero_checkpoint_is_exact_and_merge_weights_exports_it(tmp
     plain.load_state_dict(load_file(str(out / "model.safetensors")))
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(value, torch.tensor(ranks[0]["straight"][name]), rtol=0, atol=0)
+
+
+def _accelerator_worker(stage):
+    from trainer import Accelerator, DeepSpeedPlugin
+
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2,
+                              deepspeed_plugin=DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=2))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    x, y = _data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=2)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    for xb, yb in loader:
+        with accelerator.accumulate(model):
+            accelerator.backward(torch.nn.functional.mse_loss(model(xb), yb))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+    return {"strategy": repr(accelerator.strategy),
+            "weights": {k: v.tolist() for k, v in accelerator.get_state_dict(model).items()}}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_accelerator_with_the_deepspeed_plugin_matches_one_process(stage):
+    ranks = run_distributed(_accelerator_worker, timeout=300, stage=stage)
+    assert ranks[0]["strategy"].startswith(f"DeepSpeedStrategy(ZeRO-{stage}, gloo, rank 0/2")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    x, y = _data()
+    for start in range(0, 32, 8):  # 2 ranks x 2 micro-batches x 2 samples per optimizer step
+        torch.nn.functional.mse_loss(model(x[start:start + 8]), y[start:start + 8]).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    for name, value in model.state_dict().items():
+        assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=1e-5), name

@@ -56,12 +56,12 @@ class Accelerator:
             raise ValueError(f"Accelerator(gradient_accumulation_steps={gradient_accumulation_steps!r}): "
                              "expected a positive int (1 means no accumulation).")
         self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
-        if deepspeed_plugin is not None:
-            raise NotImplementedError("Accelerator(deepspeed_plugin=...): DeepSpeed training is not in this version yet. "
-                                      "For sharded training use fsdp_plugin=FullyShardedDataParallelPlugin() (FSDP2: "
-                                      "ZeRO-3-like sharding of parameters, gradients and optimizer state).")
         options = None
-        if fsdp_plugin is not None:
+        if deepspeed_plugin is not None and fsdp_plugin is not None:
+            raise ValueError("Accelerator(deepspeed_plugin=..., fsdp_plugin=...): pick one sharded strategy.")
+        if deepspeed_plugin is not None:
+            strategy = deepspeed_plugin.strategy(mixed_precision, gradient_accumulation_steps)
+        elif fsdp_plugin is not None:
             if strategy not in ("auto", "fsdp"):
                 raise ValueError(f"Accelerator(strategy={strategy!r}, fsdp_plugin=...): the plugin configures FSDP; "
                                  "drop strategy= or set strategy='fsdp'.")
@@ -133,6 +133,8 @@ class Accelerator:
         """
         # Models first, so optimizers see parameters already converted for the precision.
         prepared = list(objects)
+        if hasattr(self.strategy, "setup_engine"):  # DeepSpeed: one engine owns the model and its optimizer
+            return self._prepare_engine(objects)
         before: dict[int, str] = {}  # id of each parameter -> its name, to follow in-place sharding (FSDP2)
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.nn.Module):
@@ -149,6 +151,26 @@ class Accelerator:
                 prepared[i] = self.prepare_optimizer(obj)
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.utils.data.DataLoader):
+                prepared[i] = self.prepare_data_loader(obj)
+            elif _is_scheduler(obj):
+                prepared[i] = self.prepare_scheduler(obj)
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    def _prepare_engine(self, objects: tuple[Any, ...]) -> Any:
+        models = [o for o in objects if isinstance(o, torch.nn.Module)]
+        optimizers = [o for o in objects if isinstance(o, torch.optim.Optimizer)]
+        if len(models) != 1 or len(optimizers) != 1:
+            raise ValueError(f"accelerator.prepare(...) with DeepSpeed: pass exactly one model and its optimizer "
+                             f"together (got {len(models)} model(s) and {len(optimizers)} optimizer(s)).")
+        prepared = list(objects)
+        engine = self.strategy.setup_engine(models[0], optimizers[0])
+        for i, obj in enumerate(objects):
+            if obj is models[0]:
+                prepared[i] = engine
+                self._models.append(engine)
+            elif obj is optimizers[0]:
+                prepared[i] = self.prepare_optimizer(obj)
+            elif isinstance(obj, torch.utils.data.DataLoader):
                 prepared[i] = self.prepare_data_loader(obj)
             elif _is_scheduler(obj):
                 prepared[i] = self.prepare_scheduler(obj)
@@ -171,7 +193,8 @@ class Accelerator:
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
         if isinstance(optimizer, AcceleratedOptimizer):
             return optimizer
-        wrapped = AcceleratedOptimizer(self.strategy.setup_optimizer(optimizer), self)
+        engine_owned = hasattr(self.strategy, "setup_engine")  # DeepSpeed built its engine with it already
+        wrapped = AcceleratedOptimizer(optimizer if engine_owned else self.strategy.setup_optimizer(optimizer), self)
         self._optimizers.append(wrapped)
         return wrapped
 

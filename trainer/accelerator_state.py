@@ -25,13 +25,15 @@ def save_state(accelerator: Any, output_dir: str) -> str:
     from trainer import __version__
 
     strategy = accelerator.strategy
+    sharded = getattr(strategy, "sharded_format", None)
     state = {
         "format_version": FORMAT_VERSION,
         "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
                      "world_size": strategy.world_size, "strategy": type(strategy).__name__,
                      "precision": strategy.precision.name},
-        "models": [accelerator.unwrap_model(m).state_dict() for m in accelerator._models],
-        "optimizers": [o.state_dict() for o in accelerator._optimizers],
+        # sharded strategies write these as shards (below), not as one file
+        "models": [] if sharded else [accelerator.unwrap_model(m).state_dict() for m in accelerator._models],
+        "optimizers": [] if sharded else [o.state_dict() for o in accelerator._optimizers],
         "schedulers": [s.scheduler.state_dict() for s in accelerator._schedulers],
         "precision": strategy.precision.state_dict(),
         "custom": [obj.state_dict() for obj in accelerator._custom_objects],
@@ -68,6 +70,12 @@ def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> N
     from strategies.checkpoint_io import atomic_directory
 
     strategy = accelerator.strategy
+    if strategy.sharded_format == "deepspeed":  # the engine's own files, and the rest as meta.ckpt
+        meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
+        meta.update({"models": 1, "optimizers": 1, "optimizer_states": "sharded",
+                     "rng": dict(enumerate(strategy.all_gather_object(rng_states())))})
+        strategy.save_sharded(meta, output_dir, None, [])
+        return
     _, tensors = _sharded_state(accelerator)
     meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
     meta.update({"sharded": strategy.sharded_format, "models": 1, "optimizers": len(accelerator._optimizers)})
@@ -85,6 +93,9 @@ def _load_sharded(accelerator: Any, input_dir: str, meta: dict[str, Any]) -> Non
         raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {meta['metadata'].get('strategy')} "
                               f"as {meta.get('sharded') or 'one file'}; this Accelerator uses "
                               f"{type(strategy).__name__}. Load it with the strategy that saved it.")
+    if strategy.sharded_format == "deepspeed":
+        strategy.load_sharded(input_dir, None, [])
+        return
     model, tensors = _sharded_state(accelerator)
     dcp.load(tensors, checkpoint_id=input_dir)
     set_state_dict(model, [o.optimizer for o in accelerator._optimizers], model_state_dict=tensors["model"],

@@ -58,8 +58,8 @@ class FullyShardedDataParallelPlugin:
 
 @dataclass
 class DeepSpeedPlugin:
-    """DeepSpeed ZeRO settings with Accelerate's names. Validated here; training with DeepSpeed is not
-    in this version yet (``Accelerator(deepspeed_plugin=...)`` says so and names the alternative).
+    """DeepSpeed ZeRO settings with Accelerate's names; ``Accelerator(deepspeed_plugin=...)`` trains with
+    ``strategies.DeepSpeedStrategy`` built from them.
 
     Args:
         zero_stage: 0-3.
@@ -89,3 +89,25 @@ class DeepSpeedPlugin:
         if self.offload_optimizer_device == "cpu" and self.zero_stage == 0:
             raise ValueError("DeepSpeedPlugin(offload_optimizer_device='cpu', zero_stage=0): optimizer offload needs "
                              "ZeRO stage 1 or more. Set zero_stage to 1, 2 or 3.")
+
+    def strategy(self, mixed_precision: str | None, accumulation: int | None) -> Any:
+        """The ``DeepSpeedStrategy`` for these settings and the Accelerator's own arguments."""
+        from strategies import DeepSpeedStrategy
+        from strategies.environment import detect_environment
+
+        if accumulation is not None and accumulation != self.gradient_accumulation_steps \
+                and self.gradient_accumulation_steps != 1:
+            raise ValueError(f"Accelerator(gradient_accumulation_steps={accumulation}) and DeepSpeedPlugin("
+                             f"gradient_accumulation_steps={self.gradient_accumulation_steps}) disagree; set the same "
+                             "value in both (or only in the Accelerator).")
+        precision = {"bf16": "bf16-mixed", "fp16": "16-mixed", "no": "32-true", None: "32-true"}.get(
+            mixed_precision, mixed_precision)
+        import torch
+
+        strategy = DeepSpeedStrategy(zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer_device == "cpu",
+                                     offload_parameters=self.offload_param_device == "cpu", config=self.hf_ds_config,
+                                     precision=precision, device_kind="cuda" if torch.cuda.is_available() else "cpu",
+                                     environment=detect_environment())
+        strategy.gradient_clip_val = self.gradient_clipping
+        strategy.accumulate_grad_batches = accumulation or self.gradient_accumulation_steps
+        return strategy

@@ -59,12 +59,15 @@ def resolve(args: argparse.Namespace, command: str = "trainer launch") -> Launch
         print(f"{command}: no config file at {config_file.config_path()}; using the defaults "
               "(create one with `trainer config`).", file=sys.stderr)
         cfg = LaunchConfig()
+        args.explicit_fields = set()  # only the flags below were chosen: defaults never override code
     overrides: dict[str, Any] = {field: getattr(args, field) for field, _ in _FLAGS.values()
                                  if getattr(args, field, None) is not None}
     if args.multi_gpu:
         overrides["device"] = "gpu"
     if args.cpu:
         overrides["device"] = "cpu"
+    if getattr(args, "explicit_fields", None) is not None:
+        args.explicit_fields |= set(overrides)
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
@@ -84,10 +87,15 @@ def torchrun_args(cfg: LaunchConfig, script: str, script_args: list[str], module
     return [*args, script, *script_args]
 
 
-def worker_settings(cfg: LaunchConfig) -> dict[str, Any]:
-    return {"mixed_precision": cfg.mixed_precision, "strategy": cfg.strategy, "device": cfg.device,
-            "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "num_processes": cfg.num_processes,
-            "deepspeed": cfg.deepspeed, "fsdp": cfg.fsdp}
+def worker_settings(cfg: LaunchConfig, explicit: set[str] | None = None) -> dict[str, Any]:
+    """What the workers' Trainer/Accelerator take from the launch. ``explicit``: the settings a user chose
+    (flags, when there is no config file); the others are left unset so the code's own defaults apply."""
+    settings = {"mixed_precision": cfg.mixed_precision, "strategy": cfg.strategy, "device": cfg.device,
+                "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "num_processes": cfg.num_processes,
+                "deepspeed": cfg.deepspeed, "fsdp": cfg.fsdp}
+    if explicit is not None:
+        settings = {k: (v if k in explicit or k == "num_processes" else None) for k, v in settings.items()}
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,16 +107,17 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"trainer launch: {err}", file=sys.stderr)
         return 2
-    return start(cfg, args.script, list(args.script_args), debug=args.debug)
+    return start(cfg, args.script, list(args.script_args), debug=args.debug,
+                 explicit=getattr(args, "explicit_fields", None))
 
 
 def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str = "trainer launch",
-          module: bool = False, debug: bool = False) -> int:
+          module: bool = False, debug: bool = False, explicit: set[str] | None = None) -> int:
     """Run ``script`` (a file, or a module name with ``module=True``) under torchrun with the settings of
     ``cfg``; 0 when every worker succeeded."""
     from torch.distributed import run as torchrun
 
-    os.environ[SETTINGS_ENV] = json.dumps(worker_settings(cfg))
+    os.environ[SETTINGS_ENV] = json.dumps(worker_settings(cfg, explicit))
     if cfg.device == "gpu" and cfg.gpu_ids != "all":
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu_ids
     os.environ.setdefault("OMP_NUM_THREADS", "1")

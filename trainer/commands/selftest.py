@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     machines = f" on machine {cfg.machine_rank} of {cfg.num_machines}" if cfg.num_machines > 1 else ""
     print(f"trainer test: {cfg.num_processes} process(es){machines}, device {cfg.device}, "
           f"mixed precision {cfg.mixed_precision}, strategy {cfg.strategy}", flush=True)
-    status = launch.start(cfg, "trainer.selftest", [], command="trainer test", module=True, debug=args.debug)
+    status = launch.start(cfg, "trainer.selftest", [], command="trainer test", module=True, debug=args.debug,
+                          explicit=getattr(args, "explicit_fields", None))
     if status:
         print("trainer test: FAILED (see the lines above; fix the setting named there, or run "
               "`trainer env` for a bug report)", file=sys.stderr)
