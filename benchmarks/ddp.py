@@ -107,7 +107,9 @@ RAW = textwrap.dedent("""
 
 def _run(cmd: list[str], out: str, env: dict) -> dict:
     start = time.time()
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed ({done.returncode}):\n{done.stderr[-4000:]}")
     result = json.load(open(out))
     result["to_first_step"] = result["first_step"] - start
     return result

@@ -81,3 +81,12 @@ def test_passes_with_the_configured_sharded_strategy(tmp_path):
     assert "backend gloo, FSDPStrategy" in result.stdout and "bf16-mixed: matmuls in bfloat16" in result.stdout
     assert "save_state / load_state restores the weights exactly" in result.stdout
     assert "PASSED (all 8 checks; 2 process(es), cpu, bf16-mixed, FSDPStrategy)" in result.stdout
+
+
+@pytest.mark.timeout(400)
+def test_passes_with_deepspeed_zero_3_from_the_config_file(tmp_path):
+    pytest.importorskip("deepspeed")
+    config = "num_processes: 2\ndevice: cpu\nmixed_precision: bf16\nstrategy: deepspeed\ndeepspeed:\n  zero_stage: 3\n"
+    result = _trainer_test(tmp_path, config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED (all 8 checks; 2 process(es), cpu, bf16-mixed, DeepSpeedStrategy)" in result.stdout

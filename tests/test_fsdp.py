@@ -282,5 +282,5 @@ def test_plugins_refuse_settings_that_cannot_work():
         DeepSpeedPlugin(zero_stage=4)
     with pytest.raises(ValueError, match=r"offload_param_device='cpu', zero_stage=2.*ZeRO stage 3"):
         DeepSpeedPlugin(zero_stage=2, offload_param_device="cpu")
-    with pytest.raises(NotImplementedError, match=r"DeepSpeed training is not in this version.*fsdp_plugin"):
-        Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin())
+    with pytest.raises(ValueError, match=r"pick one sharded strategy"):
+        Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin(), fsdp_plugin=FullyShardedDataParallelPlugin())

@@ -102,10 +102,11 @@ class SelfTest:
         for m in range(micro):
             # micro-batch m of every rank together is a contiguous slice of the global batch
             start = (m * self.world + self.rank) * per_rank
-            xb, yb = (t[start:start + per_rank].to(accelerator.device) for t in (x, y))
+            # as a prepared dataloader would hand it over (on the device, in the strategy's input dtype)
+            xb, yb = accelerator.batch_to_device((x[start:start + per_rank], y[start:start + per_rank]))
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = torch.nn.functional.mse_loss(model(xb).float(), yb)
+                    loss = torch.nn.functional.mse_loss(model(xb).float(), yb.float())
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -139,11 +140,12 @@ class SelfTest:
             f"the engine uses {self.precision}, the config asks for {expected}"
         # through the strategy's own wrapping (autocast, or FSDP's mixed precision policy)
         accelerator = self.acc_for(1)
-        model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        model, _ = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
         seen: list[torch.dtype] = []
         accelerator.unwrap_model(model)[0].register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
         with accelerator.autocast():
-            model(torch.randn(2, 4, device=accelerator.device))
+            model(accelerator.batch_to_device(torch.randn(2, 4)))
         out = torch.empty(0, dtype=seen[0])
         want = _LOW_PRECISION.get(self.precision, torch.float32) if self.precision != "bf16-true" else torch.bfloat16
         assert out.dtype == want, f"a Linear inside the prepared model computes in {out.dtype}, expected {want}"
@@ -166,7 +168,8 @@ class SelfTest:
 
         def step() -> None:
             with accelerator.autocast():
-                loss = torch.nn.functional.mse_loss(model(x.to(accelerator.device)).float(), y.to(accelerator.device))
+                xb, yb = accelerator.batch_to_device((x, y))
+                loss = torch.nn.functional.mse_loss(model(xb).float(), yb.float())
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
