@@ -1,4 +1,4 @@
-"""Per-rank state bytes, step time and checkpoint save/load time: DDP against FSDP2, 2 CPU processes.
+"""Per-rank state bytes, step time and checkpoint save/load time: DDP, FSDP2, ZeRO-2, ZeRO-3, 2 CPU processes.
 
 A 4.2M-parameter MLP (4 x Linear(1024, 1024)) with Adam (two moment buffers per parameter), global
 batch 64, under `trainer launch --num-processes 2`. The strategies are run in alternating rounds
@@ -61,6 +61,9 @@ WORKER = textwrap.dedent("""
     if strategy == "fsdp":
         from strategies import FSDPStrategy
         chosen = FSDPStrategy(auto_wrap_policy={{Block}})
+    elif strategy.startswith("zero"):
+        from strategies import DeepSpeedStrategy
+        chosen = DeepSpeedStrategy(zero_stage=int(strategy[-1]))
     else:
         chosen = "ddp"
     clock = Clock()
@@ -74,9 +77,14 @@ WORKER = textwrap.dedent("""
         t = t.to_local() if hasattr(t, "to_local") else t
         return t.numel() * t.element_size()
 
-    params = sum(local_bytes(p) for p in model.parameters())
-    optim = sum(local_bytes(v) for s in trainer.optimizer.state.values() for k, v in s.items()
-                if isinstance(v, torch.Tensor) and k != "step")
+    if strategy.startswith("zero"):
+        held = trainer.strategy.local_state_bytes(model)
+        params = sum(local_bytes(getattr(p, "ds_tensor", p)) for p in model.parameters())
+        optim = held - params
+    else:
+        params = sum(local_bytes(p) for p in model.parameters())
+        optim = sum(local_bytes(v) for s in trainer.optimizer.state.values() for k, v in s.items()
+                    if isinstance(v, torch.Tensor) and k != "step")
     path = os.path.join(tmp, f"{{strategy}}.ckpt")
     trainer.strategy.barrier()
     t = time.perf_counter()
@@ -98,12 +106,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--deepspeed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also ZeRO-2 and ZeRO-3 (needs deepspeed)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     script = os.path.join(tmp, "worker.py")
     open(script, "w").write(WORKER.format(root=ROOT))
     env = {**os.environ, "TRAINER_CONFIG_FILE": os.path.join(tmp, "none.yaml")}
-    results: dict[str, list[dict]] = {"ddp": [], "fsdp": []}
+    strategies = ["ddp", "fsdp"] + (["zero2", "zero3"] if args.deepspeed else [])
+    results: dict[str, list[dict]] = {name: [] for name in strategies}
     for _ in range(args.rounds):
         for strategy in results:
             out = os.path.join(tmp, f"{strategy}.json")
