@@ -125,7 +125,9 @@ class FSDPStrategy(DDPStrategy):
             raise ValueError(f"FSDPStrategy: {type(module).__name__} has no trainable parameters to shard. Build the "
                              "layers in __init__ or configure_model(), or use strategy='ddp' for a model without "
                              "parameters.")
-        module = module.to(self.root_device) if not self.cpu_offload else module
+        on_meta = any(p.is_meta for p in module.parameters())
+        if not (self.cpu_offload or on_meta):
+            module = module.to(self.root_device)
         if self.precision.param_dtype is not None:  # bf16-true: the sharded weights themselves are bf16
             module = module.to(self.precision.param_dtype)
         if self.activation_checkpointing:
@@ -135,10 +137,12 @@ class FSDPStrategy(DDPStrategy):
         if dtype is not None:
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         if self.cpu_offload:
-            options["offload_policy"] = CPUOffloadPolicy()
+            options["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device_kind == "cuda")
         for sub in self._wrap_targets(module):
             fully_shard(sub, **options)
         fully_shard(module, **options)
+        if on_meta:
+            _materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
         # the loop calls training_step (not forward): gather the root's own parameters around it too
         from torch.distributed.fsdp import register_fsdp_forward_method
 
@@ -146,6 +150,9 @@ class FSDPStrategy(DDPStrategy):
             if callable(getattr(module, name, None)):
                 register_fsdp_forward_method(module, name)
         return module
+
+    def module_init_context(self) -> ContextManager:
+        return torch.device("meta")  # configure_model's layers take no memory until they are sharded
 
     def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
         key = id(module)
@@ -247,6 +254,22 @@ class FSDPStrategy(DDPStrategy):
 
 def _contains(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
     return outer is not inner and any(m is inner for m in outer.modules())
+
+
+def _materialize(module: torch.nn.Module, device: torch.device) -> None:
+    """Allocate the local shards of parameters built on the meta device and initialise them."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    missing = [n for n, sub in module.named_modules() if any(True for _ in sub.parameters(recurse=False))
+               and not callable(getattr(sub, "reset_parameters", None))]
+    if missing:
+        raise ValueError(f"FSDPStrategy: parameters built on the meta device in configure_model() have no "
+                         f"reset_parameters() to initialise them, in: {', '.join(missing[:5])}. Give those modules a "
+                         "reset_parameters(), or build them in __init__.")
 
 
 class _ByClassName:

@@ -56,6 +56,10 @@ class Strategy(ABC):
         """Prepare the environment (devices, process groups) before any module is touched."""
         self.precision.setup(self.root_device)
 
+    def module_init_context(self) -> ContextManager:
+        """Where ``TrainModule.configure_model`` creates its layers (FSDP: the meta device)."""
+        return contextlib.nullcontext()
+
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         """Move the module to the device, convert it for the precision, wrap it if needed."""
         return self.precision.convert_module(module.to(self.root_device))

@@ -284,3 +284,70 @@ def test_plugins_refuse_settings_that_cannot_work():
         DeepSpeedPlugin(zero_stage=2, offload_param_device="cpu")
     with pytest.raises(ValueError, match=r"pick one sharded strategy"):
         Accelerator(cpu=True, deepspeed_plugin=DeepSpeedPlugin(), fsdp_plugin=FullyShardedDataParallelPlugin())
+
+
+class Huge(TrainModule):
+    """Layers built in configure_model: on the meta device under FSDP, materialised sharded."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = None
+        self.meta_at_build = None
+
+    def configure_model(self):
+        if self.blocks is not None:
+            return
+        self.blocks = torch.nn.Sequential(Block(8), Block(8), torch.nn.Linear(8, 1))
+        self.meta_at_build = self.blocks[0].linear.weight.is_meta
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.blocks(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _meta_worker():
+    strategy = FSDPStrategy(auto_wrap_policy={Block})
+    x, y = _data()
+    model = Huge()
+    trainer = Trainer(max_epochs=1, strategy=strategy, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, accelerator="cpu")
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    full = strategy.full_state_dict(model)
+    return {"meta_at_build": model.meta_at_build, "local": strategy.local_state_bytes(model),
+            "total": sum(v.numel() * 4 for v in full.values()) if full else None,
+            "any_meta": any(p.is_meta for p in model.parameters()), "loss": trainer.callback_metrics.get("train/loss"),
+            "finite": all(bool(torch.isfinite(v).all()) for v in full.values())}
+
+
+def test_configure_model_builds_on_meta_and_materialises_sharded():
+    ranks = run_distributed(_meta_worker)
+    for rank in ranks:
+        assert rank["meta_at_build"] is True and rank["any_meta"] is False
+    assert ranks[0]["finite"] and ranks[0]["local"] == pytest.approx(ranks[0]["total"] / 2, rel=0.15)
+
+
+def test_configure_model_without_fsdp_builds_real_layers():
+    x, y = _data()
+    model = Huge()
+    Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            accelerator="cpu").fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert model.meta_at_build is False
+
+
+def _options_worker(kind):
+    options = {"offload": dict(cpu_offload=True), "checkpointing": dict(activation_checkpointing={Block}),
+               "hybrid": dict(sharding="hybrid"), "grad_op": dict(reshard_after_forward=False)}[kind]
+    strategy = FSDPStrategy(auto_wrap_policy={Block}, **options)
+    model, trainer = _fit(strategy, batch=2, k=1)
+    return {k: v.tolist() for k, v in strategy.full_state_dict(model).items()}
+
+
+@pytest.mark.parametrize("kind", ["offload", "checkpointing", "hybrid", "grad_op"])
+def test_fsdp_options_train_to_the_same_weights(kind):
+    ranks = run_distributed(_options_worker, kind=kind)
+    model, _ = _fit("auto", batch=4, k=1)
+    for name, value in model.state_dict().items():
+        assert torch.tensor(ranks[0][name]) == pytest.approx(value, abs=1e-5), (kind, name)

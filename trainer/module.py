@@ -53,7 +53,13 @@ class TrainModule(torch.nn.Module):
             "(optimizer, scheduler), or {'optimizer': opt, 'lr_scheduler': {...}}.")
 
     def configure_model(self) -> None:
-        """Build layers here (instead of ``__init__``) to create them directly on the target device."""
+        """Build layers here (instead of ``__init__``) to create them under the strategy's control.
+
+        With FSDP the layers built here are created on the ``meta`` device (no memory), sharded, and
+        only then materialised: each process allocates its own shard and initialises it with the
+        modules' ``reset_parameters()``. This is how a model larger than one device's memory is built.
+        The Trainer calls it at the start of every fit/validate/test/predict: make it idempotent
+        (e.g. ``if self.blocks is not None: return``)."""
 
     # -- hooks (same names as Callback's, without the trainer/module arguments) -----------
     def setup(self, stage: str) -> None: ...

@@ -174,7 +174,8 @@ class Trainer:
         self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
         try:
             self._hooks("setup", stage)
-            module.configure_model()
+            with self.accelerator.strategy.module_init_context():
+                module.configure_model()
             connect = getattr(self.accelerator.strategy, "connect", None)
             if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
                 connect(self.config)
