@@ -118,9 +118,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for strategy in results:
             out = os.path.join(tmp, f"{strategy}.json")
-            subprocess.run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "--cpu", script,
-                            out, strategy, str(args.steps), tmp], check=True, env=env, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            done = subprocess.run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "--cpu",
+                                   script, out, strategy, str(args.steps), tmp], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{strategy} failed ({done.returncode}):\n{done.stderr[-6000:]}")
             results[strategy].append(json.load(open(out)))
     mb = 1024 * 1024
     print(f"4.2M-parameter MLP, Adam, global batch 64, 2 CPU processes (gloo), median of {args.rounds} rounds")

@@ -71,7 +71,8 @@ class DeepSpeedStrategy(DDPStrategy):
                 with open(config) as f:
                     config = json.load(f)
             except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"DeepSpeedStrategy(config={config!r}): cannot read it as JSON ({err}).") from None
+                raise ValueError(f"DeepSpeedStrategy(config={config!r}): cannot read it as JSON ({err}). "
+                                 "Pass the path of a readable DeepSpeed JSON config, or the config as a dict.") from None
         self.zero_stage, self.offload_optimizer, self.offload_parameters = zero_stage, offload_optimizer, \
             offload_parameters
         self.user_config: dict[str, Any] = dict(config or {})
@@ -120,6 +121,10 @@ class DeepSpeedStrategy(DDPStrategy):
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
         if self.offload_parameters:
             zero["offload_param"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
+        if zero.get("offload_optimizer", {}).get("device", "none") != "none":
+            # the optimizer from configure_optimizers / prepare() is the user's choice: DeepSpeed would refuse
+            # any but its own CPU Adam under offload (see _check_offload_optimizer for the notice)
+            config.setdefault("zero_force_ds_cpu_optimizer", False)
         kind = _DS_PRECISION[self.precision.name]
         for section in ("bf16", "fp16"):
             wanted = section == kind
@@ -137,12 +142,23 @@ class DeepSpeedStrategy(DDPStrategy):
         # the engine is built with the optimizer (setup_optimizer); training_step runs through it
         return module, lambda *args, **kwargs: self.engine("training_step", *args, **kwargs)
 
+    def _check_offload_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
+        offloaded = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") != "none"
+        name = type(optimizer).__name__
+        if offloaded and name not in ("DeepSpeedCPUAdam", "DeepSpeedCPUAdagrad", "DeepSpeedCPULion") \
+                and self.is_global_zero:
+            warnings.warn(f"DeepSpeed optimizer offload with {type(optimizer).__module__}.{name}: its step runs on "
+                          "the CPU as written. For Adam/AdamW, deepspeed.ops.adam.DeepSpeedCPUAdam is much faster "
+                          "there (it compiles once, ~1 minute).", stacklevel=4)
+
     def setup_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
         """For the Accelerator: the engine over ``module`` itself (``engine(x)`` runs ``module(x)``)."""
         deepspeed = _require_deepspeed()
         self._module = module
+        config = self.ds_config()
+        self._check_offload_optimizer(optimizer, config)
         self.engine, _, _, _ = deepspeed.initialize(model=module.to(self.root_device), optimizer=optimizer,
-                                                    config=self.ds_config())
+                                                    config=config)
         return self.engine
 
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -153,8 +169,10 @@ class DeepSpeedStrategy(DDPStrategy):
         deepspeed = _require_deepspeed()
         if self._module is None:
             raise RuntimeError("DeepSpeedStrategy: the module must be set up before its optimizer.")
+        config = self.ds_config()
+        self._check_offload_optimizer(optimizer, config)
         self.engine, _, _, _ = deepspeed.initialize(model=_StepForward(self._module), optimizer=optimizer,
-                                                    config=self.ds_config())
+                                                    config=config)
         return optimizer
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -192,6 +210,11 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.engine.step()
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        # engine.step() zeroed what it owns; the torch optimizer's own zero_grad would drop the gradient
+        # buffers ZeRO-Offload keeps on the CPU partitions between steps
+        return None
 
     supports_gradient_correction = False  # gradients live in the engine's partitions
 

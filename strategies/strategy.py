@@ -107,6 +107,9 @@ class Strategy(ABC):
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.precision.optimizer_step(optimizer)
 
+    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        optimizer.zero_grad(set_to_none=set_to_none)
+
     def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
                         norm_type: float = 2.0) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm, norm_type=norm_type)

@@ -105,9 +105,59 @@ def test_the_trainers_settings_are_written_into_the_config_and_disagreements_rep
     assert config["fp16"] == {"enabled": False} and config["managed_gradient_accumulation"] is False
     assert config["zero_optimization"] == {"stage": 3, "overlap_comm": False,
                                            "offload_optimizer": {"device": "cpu", "pin_memory": False}}
+    assert config["zero_force_ds_cpu_optimizer"] is False  # the user's optimizer is kept under offload
     unclipped = DeepSpeedStrategy()
     unclipped.connect(TrainerConfig())
     assert unclipped.ds_config()["gradient_clipping"] == 0.0  # never DeepSpeed's silent 1.0
+
+
+def test_a_json_config_file_is_read_and_merged(tmp_path):
+    import json
+
+    from strategies import DeepSpeedStrategy
+    from trainer.config import TrainerConfig
+
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"},
+                                                      "reduce_bucket_size": 12345},
+                                "steps_per_print": 7, "zero_force_ds_cpu_optimizer": True}))
+    strategy = DeepSpeedStrategy(zero_stage=2, config=str(path))
+    strategy.connect(TrainerConfig(gradient_clip_val=2.0))
+    config = strategy.ds_config()
+    assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"},
+                                           "reduce_bucket_size": 12345}
+    assert config["steps_per_print"] == 7 and config["gradient_clipping"] == 2.0
+    assert config["zero_force_ds_cpu_optimizer"] is True  # said in the file: the user's word is kept
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"config='.*ds_config.json'\): cannot read it as JSON"):
+        DeepSpeedStrategy(config=str(path))
+    with pytest.raises(ValueError, match=r"cannot read it as JSON"):
+        DeepSpeedStrategy(config=str(tmp_path / "missing.json"))
+
+
+def _offload_worker(alias):
+    import warnings
+
+    from strategies import resolve_strategy
+
+    strategy = resolve_strategy(alias)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, trainer = _fit(strategy, batch=2, k=1, enable_checkpointing=False)
+    return {"weights": {n: v.tolist() for n, v in strategy.full_state_dict(model).items()},
+            "warnings": [str(w.message) for w in caught]}
+
+
+@pytest.mark.parametrize("alias", ["deepspeed_stage_2_offload", "deepspeed_stage_3_offload"])
+def test_offload_trains_with_the_users_optimizer_to_the_same_weights(alias):
+    ranks = run_distributed(_offload_worker, timeout=300, alias=alias)
+    model, _ = _fit("auto", batch=4, k=1, enable_checkpointing=False)
+    for name, value in model.state_dict().items():
+        for rank in ranks:
+            assert torch.tensor(rank["weights"][name]) == pytest.approx(value, abs=1e-5), (alias, name)
+    notices = [m for m in ranks[0]["warnings"] if "optimizer offload with torch.optim.sgd.SGD" in m]
+    assert len(notices) == 1 and "DeepSpeedCPUAdam" in notices[0]
+    assert not any("optimizer offload" in m for m in ranks[1]["warnings"])  # said once, on rank zero
 
 
 def test_aliases_build_the_stage_they_name():

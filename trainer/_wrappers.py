@@ -42,7 +42,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._accelerator.sync_gradients:
-            self.optimizer.zero_grad(set_to_none=set_to_none)
+            self._accelerator.strategy.zero_grad(self.optimizer, set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()

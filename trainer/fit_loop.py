@@ -227,7 +227,7 @@ def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Win
     accel.strategy.optimizer_step(optimizer)
     if before_zero:
         hooks("on_before_zero_grad", optimizer)
-    optimizer.zero_grad(set_to_none=True)
+    accel.strategy.zero_grad(optimizer)
     state.global_step += 1
     if trainer._step_schedulers:
         step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
