@@ -203,9 +203,8 @@ def run_trainer_barebones(plan: Plan, loader: DataLoader, tmp: str) -> tuple[tor
     return _run_trainer(plan, loader, tmp, defaults=False)
 
 
-def run_trainer_all_loggers(plan: Plan, loader: DataLoader, tmp: str) -> tuple[torch.nn.Module, int]:
-    """Barebones, plus `self.log` of the loss every step and every logger (TensorBoard, W&B offline,
-    MLflow file store, CSV) at log_every_n_steps=50: the cost of logging alone."""
+def _run_trainer_logging(plan: Plan, loader: DataLoader, tmp: str, kinds: tuple[str, ...]) -> tuple[torch.nn.Module, int]:
+    """Barebones, plus `self.log` of the loss every step and the named loggers at log_every_n_steps=50."""
     import os
 
     from callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
@@ -214,14 +213,26 @@ def run_trainer_all_loggers(plan: Plan, loader: DataLoader, tmp: str) -> tuple[t
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     module = _trainer_module(log=True)(plan.seed)
-    loggers = [TensorBoardLogger(tmp), WandbLogger(save_dir=tmp, offline=True), MLflowLogger(save_dir=tmp),
-               CSVLogger(tmp)]
+    make = {"tensorboard": lambda: TensorBoardLogger(tmp), "wandb": lambda: WandbLogger(save_dir=tmp, offline=True),
+            "mlflow": lambda: MLflowLogger(save_dir=tmp), "csv": lambda: CSVLogger(tmp)}
+    loggers = [make[kind]() for kind in kinds]
     trainer = Trainer(max_steps=plan.total_steps, accumulate_grad_batches=plan.accum, default_root_dir=tmp,
-                      enable_progress_bar=False, logger=loggers, enable_checkpointing=False,
+                      enable_progress_bar=False, logger=loggers or False, enable_checkpointing=False,
                       num_sanity_val_steps=0, log_every_n_steps=50)
     trainer.fit(module, loader)
-    loggers[1].close()
+    for logger in loggers:  # W&B keeps its run open for a later stage; finish it inside the temp dir's life
+        getattr(logger, "close", lambda: None)()
     return module, trainer.global_step
+
+
+def run_trainer_all_loggers(plan: Plan, loader: DataLoader, tmp: str) -> tuple[torch.nn.Module, int]:
+    """Barebones, plus `self.log` of the loss every step and every logger (TensorBoard, W&B offline,
+    MLflow file store, CSV) at log_every_n_steps=50: the cost of logging alone."""
+    return _run_trainer_logging(plan, loader, tmp, ("tensorboard", "wandb", "mlflow", "csv"))
+
+
+def _one_logger(kind: str) -> Callable[[Plan, DataLoader, str], tuple[torch.nn.Module, int]]:
+    return lambda plan, loader, tmp: _run_trainer_logging(plan, loader, tmp, (kind,) if kind else ())
 
 
 def run_accelerator(plan: Plan, loader: DataLoader, tmp: str) -> tuple[torch.nn.Module, int]:
@@ -351,6 +362,7 @@ class Variant:
     run: Callable[[Plan, DataLoader, str], tuple[torch.nn.Module, int]]
     requires: str | None = None   # an optional package that must be importable
     note: str = ""
+    optional: bool = False        # measured only when named in --variants
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
@@ -361,6 +373,15 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("trainer_barebones", "Trainer, barebones", run_trainer_barebones, note="goal <= 1.05x"),
     Variant("trainer_all_loggers", "Trainer, barebones + every logger", run_trainer_all_loggers, "wandb",
             note="goal: <= 3% over barebones"),
+    # the cost of logging piece by piece (not in the default run: name them with --variants)
+    Variant("trainer_self_log", "Trainer, barebones + self.log, no logger", _one_logger(""), optional=True),
+    Variant("trainer_csv", "Trainer, barebones + self.log + CSV", _one_logger("csv"), optional=True),
+    Variant("trainer_tensorboard", "Trainer, barebones + self.log + TensorBoard", _one_logger("tensorboard"),
+            "tensorboard", optional=True),
+    Variant("trainer_mlflow", "Trainer, barebones + self.log + MLflow", _one_logger("mlflow"), "mlflow",
+            optional=True),
+    Variant("trainer_wandb", "Trainer, barebones + self.log + W&B offline", _one_logger("wandb"), "wandb",
+            optional=True),
     Variant("accelerator", "Accelerator door", run_accelerator),
     Variant("lightning_defaults", "Lightning Trainer, defaults", run_lightning_defaults, "lightning",
             note="reference 4.6x (accum 4: 6.4x)"),

@@ -27,7 +27,7 @@ def _expected_labels() -> list[str]:
     labels = []
     for k in (1, 4):
         for v in VARIANTS.values():
-            if v.requires is None or importlib.util.find_spec(v.requires) is not None:
+            if not v.optional and (v.requires is None or importlib.util.find_spec(v.requires) is not None):
                 labels.append(v.label + (f", accum {k}" if k > 1 else ""))
     return labels
 
@@ -61,6 +61,18 @@ def test_quick_run_prints_every_variant_row(tmp_path):
             assert result["us_per_step"] > 0
             assert abs(result["us_per_micro"] * result["accum"] - result["us_per_step"]) <= 1e-6 * result["us_per_step"]
 
+
+
+@pytest.mark.timeout(180)
+def test_logging_cost_variants_run_when_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "60", "--warmup", "2", "--chunks", "2", "--accum-list", "1",
+         "--import-reps", "0", "--variants", "trainer_self_log,trainer_csv"],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| Trainer, barebones + self.log")]
+    assert len(rows) == 2 and all(re.search(r"\| \d+(\.\d+)?x \|", row) for row in rows), proc.stdout
+    assert "| Trainer, barebones |" not in proc.stdout  # optional variants only add to what was named
 
 
 @pytest.mark.timeout(180)
