@@ -9,6 +9,7 @@ Ctrl-C (``finalize(status)``).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from callbacks.logger import Logger, _plain
@@ -69,9 +70,12 @@ class TensorBoardLogger(Logger):
     writer = experiment
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        writer = self.experiment
-        for key, value in metrics.items():
-            writer.add_scalar(key, value, global_step=step)
+        # one event holding the row's scalars, built directly: what add_scalar writes per value (a
+        # simple_value), at ~1/6 of its cost per call
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=key, simple_value=float(value)) for key, value in metrics.items()])
+        self.experiment.file_writer.add_summary(summary, step)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         import yaml
@@ -198,18 +202,24 @@ class MLflowLogger(Logger):
             (or ``$MLFLOW_TRACKING_URI`` when set).
         save_dir: where the default local store lives.
         tags: run tags.
-        flush_every: send metrics in batches of this many logged rows (one MLflow call each; a file
-            store write costs ~0.3 ms per call), and always when a stage ends.
+        flush_every: send the buffered metrics once this many rows are waiting ...
+        flush_interval: ... or once this many seconds have passed since the last send (checked when a
+            row arrives), and always when a stage ends. One MLflow call costs ~0.3 ms on a file store
+            and a round trip on a server, so rows are batched; 0 sends every row at once.
     """
 
     def __init__(self, experiment_name: str = "default", run_name: str | None = None,
                  tracking_uri: str | None = None, save_dir: str = "runs", tags: dict[str, Any] | None = None,
-                 flush_every: int = 10) -> None:
+                 flush_every: int = 100, flush_interval: float = 5.0) -> None:
         super().__init__(save_dir, experiment_name, version=None)
+        if flush_every < 1 or flush_interval < 0:
+            raise ValueError(f"MLflowLogger(flush_every={flush_every!r}, flush_interval={flush_interval!r}): expected "
+                             "flush_every >= 1 rows and flush_interval >= 0 seconds (0 sends every row at once).")
         self.experiment_name, self.run_name, self.tags = experiment_name, run_name, tags or {}
-        self.flush_every = flush_every
+        self.flush_every, self.flush_interval = flush_every, flush_interval
         self._buffer: list[Any] = []
         self._buffered_rows = 0
+        self._last_flush = time.monotonic()
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self._client: Any = None
         self.run_id: str | None = None
@@ -242,15 +252,13 @@ class MLflowLogger(Logger):
         return os.path.join(self.save_dir, "mlruns")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         self.experiment  # noqa: B018 -- start the run now, so its clock and id exist
         now = int(time.time() * 1000)
         self._buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self._buffered_rows += 1
-        if self._buffered_rows >= self.flush_every:
+        if self._buffered_rows >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
     def flush(self) -> None:
@@ -259,6 +267,7 @@ class MLflowLogger(Logger):
             batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
             self._client.log_batch(self.run_id, metrics=batch)
         self._buffered_rows = 0
+        self._last_flush = time.monotonic()
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -126,6 +126,36 @@ def test_mlflow_file_store_has_params_and_metrics_with_steps(tmp_path):
     assert [r.info.run_id for r in found] == [ml.run_id]
 
 
+def test_mlflow_batches_rows_by_count_and_time_and_sends_the_rest_at_stage_end(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import callbacks.trackers as trackers
+
+    clock = [1000.0]
+    monkeypatch.setattr(trackers.time, "monotonic", lambda: clock[0])
+    ml = MLflowLogger(save_dir="runs", flush_every=3, flush_interval=60.0)
+    client = MlflowClient(tracking_uri=ml.experiment.tracking_uri)
+    sent = lambda: [m.step for m in client.get_metric_history(ml.run_id, "loss")]  # noqa: E731
+    for step in range(2):
+        ml.log_metrics({"loss": float(step)}, step)
+    assert sent() == []                      # 2 rows, 0 s: still buffered
+    ml.log_metrics({"loss": 2.0}, 2)
+    assert sent() == [0, 1, 2]               # the third row sends the batch
+    ml.log_metrics({"loss": 3.0}, 3)
+    clock[0] += 59.0
+    ml.log_metrics({"loss": 4.0}, 4)
+    assert sent() == [0, 1, 2]
+    clock[0] += 1.0
+    ml.log_metrics({"loss": 5.0}, 5)
+    assert sent() == [0, 1, 2, 3, 4, 5]      # a minute since the last send
+    ml.log_metrics({"loss": 6.0}, 6)
+    ml.finalize("success")
+    assert sent() == [0, 1, 2, 3, 4, 5, 6]   # the end of a stage sends what is left
+    assert client.get_run(ml.run_id).info.status == "FINISHED"
+    with pytest.raises(ValueError, match=r"flush_every=0.*expected flush_every >= 1"):
+        MLflowLogger(flush_every=0)
+
+
 def test_a_failed_fit_closes_the_loggers_marked_failed(tmp_path):
     from mlflow.tracking import MlflowClient
 
