@@ -136,3 +136,22 @@ def test_atomic_save_never_leaves_a_partial_file_under_the_real_name(tmp_path):
         atomic_save({"a": torch.zeros(3), "b": Boom()}, str(path))
     assert torch.equal(safe_load(str(path))["a"], torch.ones(3))  # the old checkpoint is intact
     assert os.listdir(tmp_path) == ["x.ckpt"]  # and the temporary file is gone
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_atomic_save_starts_the_disk_writeback_chunk_by_chunk_and_the_file_loads_whole(tmp_path, monkeypatch):
+    import strategies.checkpoint_io as checkpoint_io
+
+    advised = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(checkpoint_io._WritebackFile, "CHUNK", 64 << 10)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: (advised.append(
+        (os.fstat(fd).st_size, advice)), real(fd, offset, length, advice))[1])
+    content = {f"w{i}": torch.randn(128, 128) for i in range(8)}  # 8 x 64 KB
+    atomic_save(content, str(tmp_path / "big.ckpt"))
+    loaded = safe_load(str(tmp_path / "big.ckpt"))
+    assert loaded.keys() == content.keys() and all(torch.equal(loaded[k], v) for k, v in content.items())
+    # the kernel was asked to write back as the file grew, not once at the end
+    assert len(advised) >= 7 and all(advice == os.POSIX_FADV_DONTNEED for _, advice in advised)
+    sizes = [size for size, _ in advised]
+    assert sizes == sorted(sizes) and sizes[0] < os.path.getsize(tmp_path / "big.ckpt") / 2
