@@ -76,6 +76,16 @@ def test_logging_cost_variants_run_when_named(tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_logger_calls_benchmark_times_the_flush_and_each_logger(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "logger_calls.py"), "--steps", "300",
+                           "--loggers", "csv,tensorboard"], capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for label in ("read back the logged values (flush)", "CSVLogger.log_metrics", "TensorBoardLogger.log_metrics"):
+        assert re.search(r"\| [678] \| \d+\.\d \| \d+\.\d\d \| \d+\.\d%", rows.get(label, "")), proc.stdout
+
+
+@pytest.mark.timeout(180)
 def test_ddp_benchmark_runs_both_rows():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--rounds", "1", "--steps", "12"],
                           capture_output=True, text=True, timeout=170)
