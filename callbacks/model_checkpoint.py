@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from strategies.checkpoint_io import remove_path
+from strategies.checkpoint_io import atomic_link, remove_path
 from callbacks.base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
@@ -145,20 +145,32 @@ class ModelCheckpoint(Callback):
         metrics = dict(trainer.callback_metrics)
         self._last_global_step_saved = trainer.global_step
         self._last_time_saved = time.monotonic()
+        if self.save_last:  # before the save below, so that file and last.ckpt hold the same bookkeeping
+            self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
+        written = None
         if self.save_top_k != 0:
             if self.monitor is None:
-                self._save_latest(trainer, metrics)
+                written = self._save_latest(trainer, metrics)
             elif self.monitor in metrics:
-                self._save_ranked(trainer, metrics)
+                written = self._save_ranked(trainer, metrics)
             elif self._saw_validation or not trainer.val_dataloaders:
                 raise MissingMetricError(
                     f"ModelCheckpoint(monitor={self.monitor!r}): this metric was never logged. Logged metrics: "
                     f"{sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, value), or fix the name.")
-        if self.save_last:
-            self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
+        if self.save_last and not (written and self._link_last(trainer, written)):
             trainer.save_checkpoint(self.last_model_path, weights_only=self.save_weights_only)
 
-    def _save_latest(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def _link_last(self, trainer: Any, written: str) -> bool:
+        """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
+        one write per save instead of two. False where links cannot be made (sharded directories,
+        some filesystems): then last.ckpt is written in full."""
+        strategy = trainer.accelerator.strategy
+        if getattr(strategy, "sharded_format", None):
+            return False
+        linked = atomic_link(written, self.last_model_path) if trainer.is_global_zero else False
+        return bool(strategy.broadcast(linked)) if strategy.world_size > 1 else linked
+
+    def _save_latest(self, trainer: Any, metrics: dict[str, float]) -> str:
         path = self._path(trainer, metrics)
         evicted = []
         if path not in self._latest:
@@ -168,15 +180,16 @@ class ModelCheckpoint(Callback):
         self.best_model_path = path
         trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         self._remove(trainer, [p for p in evicted if p != path])
+        return path
 
-    def _save_ranked(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def _save_ranked(self, trainer: Any, metrics: dict[str, float]) -> str | None:
         score = float(metrics[self.monitor])
         if math.isnan(score):
             score = math.inf if self.mode == "min" else -math.inf
         worst = self._worst()
         full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
         if full and not self._better(score, self.best_k_models[worst]):
-            return
+            return None
         path = self._path(trainer, metrics)
         self.best_k_models[path] = score
         evicted = []
@@ -189,6 +202,7 @@ class ModelCheckpoint(Callback):
         if self.verbose and trainer.is_global_zero:
             print(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
         self._remove(trainer, [p for p in evicted if p != path])
+        return path
 
     def _sort_key(self, path: str) -> float:
         score = self.best_k_models[path]

@@ -142,6 +142,31 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
             "cut short by a crash or an interrupted copy; use an earlier checkpoint.") from None
 
 
+def atomic_link(src: str, dst: str) -> bool:
+    """Make ``dst`` a second name of the whole file ``src`` (a hard link made under a temporary
+    name, then renamed into place, and the directory fsynced): no second copy is written. Returns
+    False, changing nothing, where that cannot be done (``src`` or ``dst`` a directory, another
+    filesystem, one without hard links); the caller then writes ``dst`` itself."""
+    if not os.path.isfile(src) or os.path.isdir(dst):
+        return False
+    directory = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(dst)}.{os.getpid()}.link")
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(src, tmp)
+    except OSError:
+        return False
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+    return True
+
+
 def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
 

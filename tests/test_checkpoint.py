@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import ModelCheckpoint, MissingMetricError
+from callbacks import Callback, ModelCheckpoint, MissingMetricError
 from strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
 from trainer import Accelerator, Trainer, TrainModule, seed_everything
 from tests.helpers import BoringModel, regression_loader
@@ -94,6 +94,46 @@ def test_save_top_k_zero_with_save_last_writes_only_last(tmp_path):
     _trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
     assert os.listdir(tmp_path / "c") == ["last.ckpt"]
     assert safe_load(str(tmp_path / "c" / "last.ckpt"))["loops"]["current_epoch"] == 1  # saved in epoch 1's end
+
+
+def test_last_is_a_second_name_of_the_checkpoint_just_written_and_outlives_its_eviction(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), monitor="val/score", save_top_k=1, save_last=True,
+                           filename="{epoch}")
+    seen = []
+
+    class Watch(Callback):
+        def on_validation_end(self, trainer, module):  # runs after ModelCheckpoint's save
+            last = os.path.join(ckpt.dirpath, "last.ckpt")
+            seen.append(os.path.samefile(last, os.path.join(ckpt.dirpath, f"epoch={trainer.current_epoch}.ckpt"))
+                        if os.path.exists(os.path.join(ckpt.dirpath, f"epoch={trainer.current_epoch}.ckpt"))
+                        else os.stat(last).st_nlink)
+
+    _trainer(tmp_path, max_epochs=3, callbacks=[ckpt, Watch()], num_sanity_val_steps=0).fit(
+        Scored(), regression_loader(16, 8), regression_loader(8, 8))
+    # epoch 0 (5.0) is saved and linked; epoch 1 (3.0) replaces it; epoch 2 (4.0) is not among the best 1, so
+    # last.ckpt is written in full
+    assert seen == [True, True, 1]
+    assert sorted(os.listdir(tmp_path / "c")) == ["epoch=1.ckpt", "last.ckpt"]
+    last = safe_load(str(tmp_path / "c" / "last.ckpt"))
+    assert last["loops"]["current_epoch"] == 2
+    best = safe_load(str(tmp_path / "c" / "epoch=1.ckpt"))
+    assert best["callbacks"] != {} and best["loops"]["current_epoch"] == 1
+    # epoch 0's file was evicted (its name removed) while last.ckpt still named it: last stayed whole
+    assert not os.path.exists(tmp_path / "c" / "epoch=0.ckpt")
+
+
+def test_last_is_written_in_full_where_links_cannot_be_made(tmp_path, monkeypatch):
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), save_top_k=1, save_last=True, filename="{epoch}")
+    _trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    assert sorted(os.listdir(tmp_path / "c")) == ["epoch=1.ckpt", "last.ckpt"]
+    assert os.stat(tmp_path / "c" / "last.ckpt").st_nlink == 1
+    first, second = (safe_load(str(tmp_path / "c" / n)) for n in ("epoch=1.ckpt", "last.ckpt"))
+    assert first["loops"]["global_step"] == second["loops"]["global_step"] == 16
+    assert first["callbacks"][ckpt.state_key] == second["callbacks"][ckpt.state_key]  # the same bookkeeping
 
 
 def test_every_n_train_steps_and_every_n_epochs(tmp_path):
