@@ -86,14 +86,13 @@ class _WritebackFile:
 
     def __init__(self, f: Any) -> None:
         self._f, self._pending = f, 0
-        self._advise = getattr(os, "posix_fadvise", None)  # not on Windows or macOS: plain writes
 
     def write(self, data: Any) -> int:
         n = self._f.write(data)
         self._pending += n
-        if self._advise is not None and self._pending >= self.CHUNK:
+        if self._pending >= self.CHUNK:
             self._f.flush()
-            self._advise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             self._pending = 0
         return n
 
@@ -105,6 +104,9 @@ def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temp file, fsync, rename), with the disk writing
     while it is serialised (see ``_WritebackFile``)."""
     def fill(tmp: str) -> None:
+        if not hasattr(os, "posix_fadvise"):  # Windows, macOS: torch's own writer, to the path
+            torch.save(obj, tmp)
+            return
         with open(tmp, "wb") as f:
             torch.save(obj, _WritebackFile(f))
 

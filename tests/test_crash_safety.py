@@ -155,3 +155,12 @@ def test_atomic_save_starts_the_disk_writeback_chunk_by_chunk_and_the_file_loads
     assert len(advised) >= 7 and all(advice == os.POSIX_FADV_DONTNEED for _, advice in advised)
     sizes = [size for size, _ in advised]
     assert sizes == sorted(sizes) and sizes[0] < os.path.getsize(tmp_path / "big.ckpt") / 2
+
+
+def test_atomic_save_without_posix_fadvise_writes_through_torch_to_the_path(tmp_path, monkeypatch):
+    import strategies.checkpoint_io as checkpoint_io
+
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)
+    monkeypatch.setattr(checkpoint_io._WritebackFile, "write", lambda self, data: pytest.fail("not used here"))
+    atomic_save({"a": torch.arange(5)}, str(tmp_path / "x.ckpt"))
+    assert torch.equal(safe_load(str(tmp_path / "x.ckpt"))["a"], torch.arange(5))
