@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from strategies.checkpoint_io import atomic_link, remove_path
+from strategies.checkpoint_io import atomic_link, atomic_save, remove_path, snapshot
 from callbacks.base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
@@ -31,6 +31,11 @@ class ModelCheckpoint(Callback):
             default every epoch, after validation when there is any).
         save_weights_only: only the module's weights (cannot resume training).
         save_on_train_epoch_end: save at the training epoch's end instead of after validation.
+        async_save: write on a background thread: training stops only while the state is copied
+            to CPU memory (the copy needs as much memory as the checkpoint), then goes on while the
+            file is written, fsynced and renamed into place. Saves stay in order, ``last.ckpt``
+            and evictions follow each write, and fit ends only once the last write is whole. For
+            single-file checkpoints (not FSDP or DeepSpeed, whose ranks each write their own shards).
 
     Its bookkeeping (the best k paths and scores) is checkpointed too, so after a resume it
     neither rescans the directory nor deletes files it did not write.
@@ -41,7 +46,7 @@ class ModelCheckpoint(Callback):
                  every_n_train_steps: int | None = None, every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None, save_weights_only: bool = False,
                  save_on_train_epoch_end: bool | None = None, verbose: bool = False,
-                 auto_insert_metric_name: bool = True) -> None:
+                 auto_insert_metric_name: bool = True, async_save: bool = False) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
         if not isinstance(save_top_k, int) or save_top_k < -1:
@@ -64,7 +69,7 @@ class ModelCheckpoint(Callback):
         self.every_n_epochs = every_n_epochs if every_n_epochs is not None else (0 if triggers else 1)
         self.train_time_interval = train_time_interval
         self.save_on_train_epoch_end, self.verbose = save_on_train_epoch_end, verbose
-        self.auto_insert_metric_name = auto_insert_metric_name
+        self.auto_insert_metric_name, self.async_save = auto_insert_metric_name, async_save
         self.best_k_models: dict[str, float] = {}
         self.best_model_path = ""
         self.best_model_score: float | None = None
@@ -82,6 +87,11 @@ class ModelCheckpoint(Callback):
 
     # -- when ---------------------------------------------------------------------------------
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        sharded = getattr(trainer.accelerator.strategy, "sharded_format", None)
+        if self.async_save and sharded:
+            raise ValueError(f"ModelCheckpoint(async_save=True) with {type(trainer.accelerator.strategy).__name__}: its "
+                             "checkpoints are sharded, each rank writing its own part, and background writes are for "
+                             "single-file checkpoints. Use ModelCheckpoint(async_save=False) with this strategy.")
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         self.dirpath = os.path.abspath(self.dirpath)
@@ -145,22 +155,49 @@ class ModelCheckpoint(Callback):
         metrics = dict(trainer.callback_metrics)
         self._last_global_step_saved = trainer.global_step
         self._last_time_saved = time.monotonic()
-        if self.save_last:  # before the save below, so that file and last.ckpt hold the same bookkeeping
+        if self.save_last:  # before the bookkeeping below, so that file and last.ckpt hold the same
             self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
-        written = None
+        written, evicted = None, []
         if self.save_top_k != 0:
             if self.monitor is None:
-                written = self._save_latest(trainer, metrics)
+                written, evicted = self._rank_latest(metrics, trainer)
             elif self.monitor in metrics:
-                written = self._save_ranked(trainer, metrics)
+                written, evicted = self._rank_by_score(metrics, trainer)
             elif self._saw_validation or not trainer.val_dataloaders:
                 raise MissingMetricError(
                     f"ModelCheckpoint(monitor={self.monitor!r}): this metric was never logged. Logged metrics: "
                     f"{sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, value), or fix the name.")
-        if self.save_last and not (written and self._link_last(trainer, written)):
-            trainer.save_checkpoint(self.last_model_path, weights_only=self.save_weights_only)
+        if written is None and not self.save_last:
+            return
+        if not self.async_save:
+            self._write(trainer, written, evicted, None)
+            return
+        from trainer.checkpoint import dump  # (trainer imports this module)
 
-    def _link_last(self, trainer: Any, written: str) -> bool:
+        writer = trainer._background_writes
+        writer.wait()  # the previous write first: one snapshot in memory, saves in order
+        ckpt = snapshot(dump(trainer, self.save_weights_only))  # training may change the state from here on
+        if trainer.is_global_zero:
+            writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)
+
+    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: dict[str, Any] | None) -> None:
+        """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is a snapshot to
+        write from the background thread on rank zero only (no collectives there); None: save now."""
+        def save(path: str) -> None:
+            if ckpt is None:
+                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            else:
+                atomic_save(ckpt, path)
+
+        if written is not None:
+            save(written)
+            if self.verbose and trainer.is_global_zero:
+                print(f"ModelCheckpoint: saved {written}")
+            self._remove(trainer, evicted)
+        if self.save_last and not (written and self._link_last(trainer, written, collective=ckpt is None)):
+            save(self.last_model_path)
+
+    def _link_last(self, trainer: Any, written: str, collective: bool) -> bool:
         """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
         one write per save instead of two. False where links cannot be made (sharded directories,
         some filesystems): then last.ckpt is written in full."""
@@ -168,9 +205,9 @@ class ModelCheckpoint(Callback):
         if getattr(strategy, "sharded_format", None):
             return False
         linked = atomic_link(written, self.last_model_path) if trainer.is_global_zero else False
-        return bool(strategy.broadcast(linked)) if strategy.world_size > 1 else linked
+        return bool(strategy.broadcast(linked)) if collective and strategy.world_size > 1 else linked
 
-    def _save_latest(self, trainer: Any, metrics: dict[str, float]) -> str:
+    def _rank_latest(self, metrics: dict[str, float], trainer: Any) -> tuple[str, list[str]]:
         path = self._path(trainer, metrics)
         evicted = []
         if path not in self._latest:
@@ -178,18 +215,16 @@ class ModelCheckpoint(Callback):
         if self.save_top_k != -1:
             evicted, self._latest = self._latest[: -self.save_top_k], self._latest[-self.save_top_k:]
         self.best_model_path = path
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-        self._remove(trainer, [p for p in evicted if p != path])
-        return path
+        return path, [p for p in evicted if p != path]
 
-    def _save_ranked(self, trainer: Any, metrics: dict[str, float]) -> str | None:
+    def _rank_by_score(self, metrics: dict[str, float], trainer: Any) -> tuple[str | None, list[str]]:
         score = float(metrics[self.monitor])
         if math.isnan(score):
             score = math.inf if self.mode == "min" else -math.inf
         worst = self._worst()
         full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
         if full and not self._better(score, self.best_k_models[worst]):
-            return None
+            return None, []
         path = self._path(trainer, metrics)
         self.best_k_models[path] = score
         evicted = []
@@ -198,11 +233,9 @@ class ModelCheckpoint(Callback):
             del self.best_k_models[evicted[0]]
         self.best_model_path = min(self.best_k_models, key=self._sort_key)
         self.best_model_score = self.best_k_models[self.best_model_path]
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)  # holds this bookkeeping
         if self.verbose and trainer.is_global_zero:
-            print(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
-        self._remove(trainer, [p for p in evicted if p != path])
-        return path
+            print(f"ModelCheckpoint: {self.monitor}={score:.6g} is among the best {self.save_top_k}: {path}")
+        return path, [p for p in evicted if p != path]
 
     def _sort_key(self, path: str) -> float:
         score = self.best_k_models[path]

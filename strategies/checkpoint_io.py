@@ -2,6 +2,8 @@
 
 - ``atomic_save``: write to a temporary name in the same directory, flush and fsync, rename
   into place, fsync the directory. A reader sees the old file or the new one, never half.
+- ``BackgroundWriter`` / ``snapshot``: the same writes on a background thread, from a copy of
+  the state taken when the save was asked for (``ModelCheckpoint(async_save=True)``).
 - ``safe_load``: ``torch.load(weights_only=True)``: tensors, containers and primitives only.
   A pickled callable or class is refused with ``UnsafeCheckpointError``; a truncated or
   corrupt file raises ``CorruptCheckpointError``.
@@ -11,12 +13,14 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
 import pickle
 import re
 import tempfile
+import threading
 import time
 import zipfile
 from typing import Any, Callable
@@ -167,6 +171,59 @@ def atomic_link(src: str, dst: str) -> bool:
         raise
     _fsync_dir(directory)
     return True
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint's content that training can no longer change: every tensor copied
+    to the CPU, every container rebuilt (plain values are immutable and shared)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        items = [(k, snapshot(v)) for k, v in obj.items()]
+        return type(obj)(items) if type(obj) in (dict, collections.OrderedDict) else dict(items)
+    if isinstance(obj, list):
+        return [snapshot(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs checkpoint writes on a background thread, one at a time and in order: a new write
+    first waits for the one before (so at most one snapshot is held and "last" never goes back in
+    time). ``wait()`` blocks until the pending write is done and raises its error, if any. The
+    thread is not a daemon: the interpreter finishes a write before it exits."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: tuple[str, BaseException] | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, job: Callable[[], None], what: str) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                job()
+            except BaseException as err:  # raised in the training thread by the next wait()
+                self._error = (what, err)
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            (what, err), self._error = self._error, None
+            raise RuntimeError(f"Writing the checkpoint {what} in the background failed: {type(err).__name__}: "
+                               f"{err}. The checkpoints written before it are whole; fix the cause (disk space, "
+                               "permissions) or use ModelCheckpoint(async_save=False) to see it where it happens."
+                               ) from err
 
 
 def is_temporary(name: str) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -134,6 +135,116 @@ def test_last_is_written_in_full_where_links_cannot_be_made(tmp_path, monkeypatc
     first, second = (safe_load(str(tmp_path / "c" / n)) for n in ("epoch=1.ckpt", "last.ckpt"))
     assert first["loops"]["global_step"] == second["loops"]["global_step"] == 16
     assert first["callbacks"][ckpt.state_key] == second["callbacks"][ckpt.state_key]  # the same bookkeeping
+
+
+def _checkpoint_files(directory):
+    return {name: safe_load(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
+
+
+def _assert_same_content(a, b, where=""):
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict)), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if key not in ("versions", "saved_at"):
+                _assert_same_content(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_content(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), where
+
+
+def test_async_save_writes_the_same_checkpoints_as_a_synchronous_save(tmp_path, monkeypatch):
+    def run(name, async_save):
+        seed_everything(3)
+        ckpt = ModelCheckpoint(dirpath=str(tmp_path / name), monitor="val/score", save_top_k=2, save_last=True,
+                               every_n_epochs=1, filename="{epoch}", async_save=async_save)
+        trainer = _trainer(tmp_path, max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0)
+        trainer.fit(Scored(), regression_loader(16, 8), regression_loader(8, 8))
+        return ckpt, trainer
+
+    sync, _ = run("sync", False)
+    monkeypatch.setenv("TRAINER_TEST_SAVE_DELAY", "0.05")  # every background write lags behind training
+    asyn, trainer = run("async", True)
+    assert not trainer._background_writes.pending  # fit returned only after the last write was whole
+    files = _checkpoint_files(tmp_path / "sync")
+    assert sorted(files) == sorted(os.listdir(tmp_path / "async")) == ["epoch=3.ckpt", "epoch=4.ckpt", "last.ckpt"]
+    for name, content in files.items():
+        other = safe_load(str(tmp_path / "async" / name))
+        # the same state, step and bookkeeping; only the directory names differ
+        state_key = asyn.state_key
+        content["callbacks"][state_key] = other["callbacks"][state_key] = None
+        _assert_same_content(content, other, name)
+    assert (asyn.best_model_score, os.path.basename(asyn.best_model_path)) == \
+        (sync.best_model_score, os.path.basename(sync.best_model_path))
+    assert os.path.samefile(tmp_path / "async" / "last.ckpt", tmp_path / "async" / "epoch=4.ckpt")
+
+
+def test_async_save_does_not_wait_for_the_disk_and_keeps_saves_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINER_TEST_SAVE_DELAY", "1.0")  # each write holds its rename back for a second
+    landed = []
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            # ModelCheckpoint (listed before this callback) has just asked for step=N.ckpt
+            landed.append(os.path.exists(os.path.join(ckpt.dirpath, f"step={trainer.global_step}.ckpt")))
+            if trainer.global_step == 2:  # a synchronous save while step=2's write (and its link) is pending
+                trainer.save_checkpoint(os.path.join(ckpt.dirpath, "last.ckpt"))
+
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=1, save_top_k=-1, save_last=True,
+                           filename="{step}", async_save=True)
+    _trainer(tmp_path, max_steps=2, callbacks=[ckpt, Watch()]).fit(BoringModel(), regression_loader())
+    assert landed == [False, False]  # training went on while the files were still being written
+    assert sorted(os.listdir(tmp_path / "c")) == ["last.ckpt", "step=1.ckpt", "step=2.ckpt"]
+    # the synchronous save waited for the background write: its full file replaced the link, not the reverse
+    assert os.stat(tmp_path / "c" / "last.ckpt").st_nlink == 1
+    assert os.stat(tmp_path / "c" / "step=2.ckpt").st_nlink == 1
+    assert safe_load(str(tmp_path / "c" / "last.ckpt"))["loops"]["global_step"] == 2
+
+
+def test_the_snapshot_a_background_write_takes_is_not_changed_by_training():
+    from collections import OrderedDict
+
+    from strategies.checkpoint_io import snapshot
+
+    weight = torch.ones(3)
+    live = {"state_dict": OrderedDict(w=weight), "optimizer": {"state": {0: {"exp_avg": weight * 2}}, "groups": [
+        {"lr": 0.1, "params": [0]}]}, "loops": {"global_step": 4}}
+    copy = snapshot(live)
+    weight.add_(1.0)                                   # an optimizer step after the save was asked for
+    live["optimizer"]["state"][0]["exp_avg"].zero_()
+    live["optimizer"]["groups"][0]["lr"] = 0.5         # a scheduler step
+    live["loops"]["global_step"] = 5
+    assert torch.equal(copy["state_dict"]["w"], torch.ones(3)) and type(copy["state_dict"]) is OrderedDict
+    assert torch.equal(copy["optimizer"]["state"][0]["exp_avg"], torch.full((3,), 2.0))
+    assert copy["optimizer"]["groups"][0]["lr"] == 0.1 and copy["loops"]["global_step"] == 4
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, monkeypatch):
+    import callbacks.model_checkpoint as model_checkpoint
+
+    def full_disk(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model_checkpoint, "atomic_save", full_disk)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
+    with pytest.raises(RuntimeError, match=r"Writing the checkpoint .*step=2.ckpt in the background failed: "
+                                           r"OSError: .*No space left on device.*async_save=False"):
+        _trainer(tmp_path, max_steps=6, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+
+
+def test_async_save_is_refused_for_sharded_checkpoints():
+    from strategies import FSDPStrategy
+
+    ckpt = ModelCheckpoint(async_save=True)
+    trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(strategy=FSDPStrategy()))
+    with pytest.raises(ValueError, match=r"async_save=True\) with FSDPStrategy: its checkpoints are sharded.*"
+                                         r"async_save=False"):
+        ckpt.setup(trainer, None, "fit")
 
 
 def test_every_n_train_steps_and_every_n_epochs(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import Callback, EarlyStopping, ModelCheckpoint
+from strategies.checkpoint_io import safe_load
 from strategies import DDPStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers.distributed import run_distributed
@@ -81,14 +82,15 @@ def test_two_processes_with_b_each_equal_one_process_with_2b(k, use_num_items):
     assert ranks[0]["metrics"]["val/loss"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-6)
 
 
-def _stop_worker(tmp):
+def _stop_worker(tmp, async_save=False):
     class Unsynced(Model):
         def validation_step(self, batch, batch_idx):
             # differs per rank and not synced: rank zero's value is what every rank sees
             self.log("val/rank_value", float(self.trainer.global_rank) + self.current_epoch)
 
     x, y, mask = _data()
-    ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/rank_value", mode="min", save_top_k=1, save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/rank_value", mode="min", save_top_k=1, save_last=True,
+                           async_save=async_save)
     stop = EarlyStopping("val/rank_value", mode="min", patience=1)
     trainer = Trainer(max_epochs=10, accelerator="cpu", logger=False, enable_progress_bar=False,
                       num_sanity_val_steps=0, callbacks=[ckpt, stop])
@@ -98,11 +100,14 @@ def _stop_worker(tmp):
             "best": os.path.basename(ckpt.best_model_path)}
 
 
-def test_callbacks_decide_alike_on_every_rank_and_only_rank_zero_writes(tmp_path):
-    ranks = run_distributed(_stop_worker, tmp=str(tmp_path))
+@pytest.mark.parametrize("async_save", [False, True])
+def test_callbacks_decide_alike_on_every_rank_and_only_rank_zero_writes(tmp_path, async_save):
+    ranks = run_distributed(_stop_worker, tmp=str(tmp_path), async_save=async_save)
     assert ranks[0] == ranks[1]
     assert ranks[0]["epoch"] == 2  # rank zero's value rises each epoch: patience 1 stops after epoch 1
     assert sorted(os.listdir(tmp_path)) == sorted([ranks[0]["best"], "last.ckpt"])
+    last = safe_load(str(tmp_path / "last.ckpt"))
+    assert last["loops"]["current_epoch"] == 1 and last["metadata"]["world_size"] == 2  # epoch 1, after validation
 
 
 def _sampler_worker():

@@ -13,6 +13,7 @@ from callbacks.logger import Logger, default_loggers
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.progress import ProgressBar
 from strategies import resolve_strategy
+from strategies.checkpoint_io import BackgroundWriter
 from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
@@ -80,6 +81,7 @@ class Trainer:
         self._window: Any = None                 # the open accumulation window (fit_loop._Window)
         self._preempted = False
         self._stop_agreement = StopAgreement(1)
+        self._background_writes = BackgroundWriter()  # ModelCheckpoint(async_save=True)
         self.val_dataloaders: list[Any] = []
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
@@ -183,12 +185,18 @@ class Trainer:
             if stage == "fit":
                 self._setup_optimizers(module)
             result = body()
+            self._finish_background_writes()
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             return result
         except Preempted:
             self._metrics.finalize("preempted")
             raise SystemExit(0) from None
         except BaseException as err:
+            if self._background_writes.pending:  # let a checkpoint being written become whole first
+                try:
+                    self._background_writes.wait()
+                except RuntimeError as write_error:
+                    err.add_note(str(write_error))
             self._hooks("on_exception", err)
             raise
         finally:
@@ -322,12 +330,19 @@ class Trainer:
         half-written file under that name). ``weights_only``: just the module's weights."""
         if self.module is None:
             raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
+        self._background_writes.wait()  # in order: a write still running in the background lands first
         strategy = self.accelerator.strategy
         ckpt = checkpoint.dump(self, weights_only)
         if getattr(strategy, "sharded_format", None):  # each process writes its own shards
             strategy.save_sharded(ckpt, str(filepath), self.module, self.optimizers)
         else:
             strategy.save_checkpoint(ckpt, str(filepath))
+
+    def _finish_background_writes(self) -> None:
+        """Wait for a checkpoint written in the background (rank zero) before the stage ends."""
+        self._background_writes.wait()
+        if self.world_size > 1 and any(getattr(cb, "async_save", False) for cb in self.callbacks):
+            self.accelerator.strategy.barrier("background checkpoint writes")  # only rank zero wrote
 
     def save_model(self, directory: str, max_shard_size: int | str = "10GB") -> list[str]:
         """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),
