@@ -176,8 +176,9 @@ class ModelCheckpoint(Callback):
 
         writer = trainer._background_writes
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
-        ckpt = snapshot(dump(trainer, self.save_weights_only))  # training may change the state from here on
+        ckpt = dump(trainer, self.save_weights_only)  # every rank: it gathers the ranks' RNG states
         if trainer.is_global_zero:
+            ckpt = snapshot(ckpt)  # training may change the state from here on
             writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)
 
     def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: dict[str, Any] | None) -> None:
