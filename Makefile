@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/char_transformer.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
