@@ -237,6 +237,34 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, mo
         _trainer(tmp_path, max_steps=6, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
 
 
+def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tmp_path, monkeypatch):
+    import threading
+
+    import callbacks.model_checkpoint as model_checkpoint
+
+    release = threading.Event()
+
+    def slow_full_disk(obj, path):
+        release.wait(30)
+        raise OSError(28, "No space left on device")
+
+    class Boom(BoringModel):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 3:
+                release.set()  # the write of step=2 fails while this error unwinds
+                raise ValueError("boom at step 3")
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(model_checkpoint, "atomic_save", slow_full_disk)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
+    trainer = _trainer(tmp_path, max_steps=6, callbacks=[ckpt])
+    with pytest.raises(ValueError, match="boom at step 3") as caught:
+        trainer.fit(Boom(), regression_loader())
+    assert not trainer._background_writes.pending
+    notes = "\n".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
+    assert "step=2.ckpt in the background failed: OSError" in notes
+
+
 def test_async_save_is_refused_for_sharded_checkpoints():
     from strategies import FSDPStrategy
 

@@ -18,7 +18,7 @@ from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.config import TrainerConfig
 from trainer.distributed_data import distribute_loader
-from trainer.hooks import Hooks
+from trainer.hooks import Hooks, _add_note
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
@@ -196,7 +196,7 @@ class Trainer:
                 try:
                     self._background_writes.wait()
                 except RuntimeError as write_error:
-                    err.add_note(str(write_error))
+                    _add_note(err, str(write_error))
             self._hooks("on_exception", err)
             raise
         finally:
