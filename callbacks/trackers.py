@@ -70,8 +70,8 @@ class TensorBoardLogger(Logger):
     writer = experiment
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        # one event holding the row's scalars, built directly: what add_scalar writes per value (a
-        # simple_value), at ~1/6 of its cost per call
+        # one event holding the row's scalars, built directly: the same simple_value records add_scalar
+        # writes, one event per row instead of one per value (a two-value row: ~13 µs instead of ~24)
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         summary = Summary(value=[Summary.Value(tag=key, simple_value=float(value)) for key, value in metrics.items()])
@@ -202,10 +202,10 @@ class MLflowLogger(Logger):
             (or ``$MLFLOW_TRACKING_URI`` when set).
         save_dir: where the default local store lives.
         tags: run tags.
-        flush_every: send the buffered metrics once this many rows are waiting ...
+        flush_every: send the buffered metrics once this many rows are waiting, ...
         flush_interval: ... or once this many seconds have passed since the last send (checked when a
-            row arrives), and always when a stage ends. One MLflow call costs ~0.3 ms on a file store
-            and a round trip on a server, so rows are batched; 0 sends every row at once.
+            row arrives; 0 sends every row at once); and always when a stage ends. Rows are batched
+            because one MLflow call costs ~0.3 ms on a file store and a round trip on a server.
     """
 
     def __init__(self, experiment_name: str = "default", run_name: str | None = None,
