@@ -155,21 +155,15 @@ def atomic_link(src: str, dst: str) -> bool:
     filesystem, one without hard links); the caller then writes ``dst`` itself."""
     if not os.path.isfile(src) or os.path.isdir(dst):
         return False
-    directory = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(dst)}.{os.getpid()}.link")
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+
+    def fill(tmp: str) -> None:
+        os.remove(tmp)  # the temporary name becomes the link
         os.link(src, tmp)
+
+    try:
+        atomic_write(dst, fill)
     except OSError:
         return False
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
     return True
 
 
