@@ -192,8 +192,6 @@ class ModelCheckpoint(Callback):
 
         if written is not None:
             save(written)
-            if self.verbose and trainer.is_global_zero:
-                print(f"ModelCheckpoint: saved {written}")
             self._remove(trainer, evicted)
         if self.save_last and not (written and self._link_last(trainer, written, collective=ckpt is None)):
             save(self.last_model_path)
@@ -235,7 +233,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = min(self.best_k_models, key=self._sort_key)
         self.best_model_score = self.best_k_models[self.best_model_path]
         if self.verbose and trainer.is_global_zero:
-            print(f"ModelCheckpoint: {self.monitor}={score:.6g} is among the best {self.save_top_k}: {path}")
+            print(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
         return path, [p for p in evicted if p != path]
 
     def _sort_key(self, path: str) -> float:

@@ -121,7 +121,7 @@ class DeepSpeedStrategy(DDPStrategy):
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
         if self.offload_parameters:
             zero["offload_param"] = {"device": "cpu", "pin_memory": self.device_kind == "cuda"}
-        if zero.get("offload_optimizer", {}).get("device", "none") != "none":
+        if _offloads_optimizer(zero):
             # the optimizer from configure_optimizers / prepare() is the user's choice: DeepSpeed would refuse
             # any but its own CPU Adam under offload (see _check_offload_optimizer for the notice)
             config.setdefault("zero_force_ds_cpu_optimizer", False)
@@ -143,9 +143,8 @@ class DeepSpeedStrategy(DDPStrategy):
         return module, lambda *args, **kwargs: self.engine("training_step", *args, **kwargs)
 
     def _check_offload_optimizer(self, optimizer: torch.optim.Optimizer, config: dict[str, Any]) -> None:
-        offloaded = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") != "none"
         name = type(optimizer).__name__
-        if offloaded and name not in ("DeepSpeedCPUAdam", "DeepSpeedCPUAdagrad", "DeepSpeedCPULion") \
+        if _offloads_optimizer(config["zero_optimization"]) and name not in ("DeepSpeedCPUAdam", "DeepSpeedCPUAdagrad", "DeepSpeedCPULion") \
                 and self.is_global_zero:
             warnings.warn(f"DeepSpeed optimizer offload with {type(optimizer).__module__}.{name}: its step runs on "
                           "the CPU as written. For Adam/AdamW, deepspeed.ops.adam.DeepSpeedCPUAdam is much faster "
@@ -282,3 +281,7 @@ def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:
     prefix = "module."  # the engine wraps the module in _StepForward
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
+
+def _offloads_optimizer(zero_optimization: dict[str, Any]) -> bool:
+    """The ZeRO section moves the optimizer state (and its step) to the CPU or NVMe."""
+    return zero_optimization.get("offload_optimizer", {}).get("device", "none") != "none"
