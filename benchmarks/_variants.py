@@ -179,7 +179,7 @@ def _run_trainer(plan: Plan, loader: DataLoader, tmp: str, defaults: bool, force
     if defaults:
         callbacks = None
         if force_bar:
-            from callbacks import ProgressBar
+            from trainer.callbacks import ProgressBar
             callbacks = [ProgressBar(force=True)]
         trainer = Trainer(max_steps=plan.total_steps, accumulate_grad_batches=plan.accum,
                           default_root_dir=tmp, callbacks=callbacks)
@@ -207,7 +207,7 @@ def _run_trainer_logging(plan: Plan, loader: DataLoader, tmp: str, kinds: tuple[
     """Barebones, plus `self.log` of the loss every step and the named loggers at log_every_n_steps=50."""
     import os
 
-    from callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
+    from trainer.callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
     from trainer import Trainer
 
     os.environ.setdefault("WANDB_MODE", "offline")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from strategies.checkpoint_io import safe_load  # noqa: E402
+from trainer.strategies.checkpoint_io import safe_load  # noqa: E402
 from trainer import Trainer, TrainModule  # noqa: E402
 from trainer.checkpoint import dump  # noqa: E402
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # what a ModelCheckpoint(save_top_k=1, save_last=True) save holds training up for: the checkpoint and
     # last.ckpt (a hard link to it where the filesystem allows; a second full write before)
-    from callbacks import ModelCheckpoint
+    from trainer.callbacks import ModelCheckpoint
 
     periodic = ModelCheckpoint(dirpath=str(out / "periodic"), save_top_k=1, save_last=True, filename="{step}")
     periodic.dirpath = str(out / "periodic")

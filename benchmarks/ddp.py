@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
     sys.path.insert(0, {root!r})
-    from callbacks import Callback
+    from trainer.callbacks import Callback
     from trainer import Trainer, TrainModule
 
     out, global_batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    import callbacks
+    import trainer.callbacks as callbacks
     from _variants import Plan, _run_trainer_logging
     from trainer.metrics import MetricsPublisher
 

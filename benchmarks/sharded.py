@@ -23,7 +23,7 @@ WORKER = textwrap.dedent("""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
     sys.path.insert(0, {root!r})
-    from callbacks import Callback
+    from trainer.callbacks import Callback
     from trainer import Trainer, TrainModule
     from trainer import checkpoint
 
@@ -59,10 +59,10 @@ WORKER = textwrap.dedent("""
             self.times.append(time.perf_counter() - self.t)
 
     if strategy == "fsdp":
-        from strategies import FSDPStrategy
+        from trainer.strategies import FSDPStrategy
         chosen = FSDPStrategy(auto_wrap_policy={{Block}})
     elif strategy.startswith("zero"):
-        from strategies import DeepSpeedStrategy
+        from trainer.strategies import DeepSpeedStrategy
         chosen = DeepSpeedStrategy(zero_stage=int(strategy[-1]))
     else:
         chosen = "ddp"

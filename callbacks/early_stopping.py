@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from callbacks.base import Callback, MissingMetricError
+from .base import Callback, MissingMetricError
 
 
 class EarlyStopping(Callback):

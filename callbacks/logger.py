@@ -6,7 +6,7 @@ import csv
 import os
 from typing import Any
 
-from callbacks.base import Callback
+from .base import Callback
 
 
 class Logger(Callback):
@@ -124,7 +124,7 @@ def default_loggers(logger: Any, config: Any) -> list[Logger]:
     if logger is None or logger is True:
         if config.fast_dev_run:
             return []
-        from callbacks.trackers import TensorBoardLogger, installed
+        from .trackers import TensorBoardLogger, installed
 
         kind = TensorBoardLogger if installed("tensorboard") else CSVLogger
         return [kind(save_dir=config.default_root_dir, name="logs")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks.base import Callback
+from .base import Callback
 
 
 class LearningRateMonitor(Callback):

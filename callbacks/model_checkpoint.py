@@ -9,8 +9,8 @@ import re
 import time
 from typing import Any
 
-from strategies.checkpoint_io import atomic_link, atomic_save, remove_path, snapshot
-from callbacks.base import Callback, MissingMetricError
+from trainer.strategies.checkpoint_io import atomic_link, atomic_save, remove_path, snapshot
+from .base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 

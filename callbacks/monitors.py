@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any
 
-from callbacks.base import Callback
+from .base import Callback
 
 # Dense peak FLOP/s per device (vendor datasheets), by the precision the matmuls run in.
 PEAK_FLOPS: dict[str, dict[str, float]] = {

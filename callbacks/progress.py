@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from callbacks.base import Callback
+from .base import Callback
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from callbacks.logger import Logger, _plain
+from .logger import Logger, _plain
 
 
 def _require(module: str, extra: str, owner: str) -> Any:

@@ -12,9 +12,9 @@ from typing import Any, Callable, ContextManager
 import torch
 import torch.distributed as dist
 
-from strategies.environment import ClusterEnvironment, detect_environment
-from strategies.precision import Precision
-from strategies.strategy import Strategy
+from .environment import ClusterEnvironment, detect_environment
+from .precision import Precision
+from .strategy import Strategy
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
-from strategies.ddp import DDPStrategy, _StepForward
-from strategies.precision import Precision
+from .ddp import DDPStrategy, _StepForward
+from .precision import Precision
 
 _DS_PRECISION = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": None}
 
@@ -182,7 +182,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def batch_to_device(self, batch: Any) -> Any:
         batch = super().batch_to_device(batch)
         if self.precision.name in ("bf16-mixed", "16-mixed"):  # the engine holds the weights in half precision
-            from strategies._util import apply_to_tensors
+            from ._util import apply_to_tensors
 
             dtype = torch.bfloat16 if self.precision.name == "bf16-mixed" else torch.float16
             batch = apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
@@ -246,7 +246,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
                      optimizers: list[torch.optim.Optimizer]) -> None:
         """``path`` becomes a directory: the engine's own per-rank files, and ``meta.ckpt`` (loop state)."""
-        from strategies.checkpoint_io import atomic_directory
+        from .checkpoint_io import atomic_directory
 
         meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
         meta["sharded"] = self.sharded_format
@@ -259,7 +259,7 @@ class DeepSpeedStrategy(DDPStrategy):
         loaded, _ = self.engine.load_checkpoint(path, tag="engine", load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
-            from strategies.checkpoint_io import CheckpointError
+            from .checkpoint_io import CheckpointError
 
             raise CheckpointError(f"DeepSpeed could not load {path!r} (no engine files under tag 'engine').")
 

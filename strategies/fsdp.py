@@ -13,8 +13,8 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
-from strategies.ddp import DDPStrategy
-from strategies.precision import Precision
+from .ddp import DDPStrategy
+from .precision import Precision
 
 # Which precisions FSDP's own MixedPrecisionPolicy serves (params cast for compute, reduced in fp32).
 _MP_DTYPES = {"bf16-mixed": torch.bfloat16}
@@ -204,7 +204,7 @@ class FSDPStrategy(DDPStrategy):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        from strategies.checkpoint_io import atomic_directory
+        from .checkpoint_io import atomic_directory
 
         weights_only = "optimizer_states" not in checkpoint
         model_sd, optim_sd = get_state_dict(module, [] if weights_only else list(optimizers))

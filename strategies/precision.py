@@ -11,7 +11,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from strategies._util import apply_to_tensors, did_you_mean, quoted
+from ._util import apply_to_tensors, did_you_mean, quoted
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 

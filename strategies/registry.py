@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import torch
 
-from strategies._util import did_you_mean, quoted
-from strategies.precision import Precision
-from strategies.strategy import SingleDeviceStrategy, Strategy
+from ._util import did_you_mean, quoted
+from .precision import Precision
+from .strategy import SingleDeviceStrategy, Strategy
 
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 
@@ -28,7 +28,7 @@ def _single_device(kind: str, indices: list[int], precision: Precision) -> Strat
 
 
 def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
-    from strategies.ddp import DDPStrategy
+    from .ddp import DDPStrategy
 
     if kind == "mps":
         raise ValueError("strategy='ddp' does not run on MPS (Apple GPUs have no multi-process backend). "
@@ -39,7 +39,7 @@ def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
 
 
 def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
-    from strategies.fsdp import FSDPStrategy
+    from .fsdp import FSDPStrategy
 
     if kind == "mps":
         raise ValueError("strategy='fsdp' does not run on MPS. Use accelerator='cpu' or CUDA devices.")
@@ -51,7 +51,7 @@ def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | N
 
 def _deepspeed(stage: int, offload: bool = False) -> Callable[..., Strategy]:
     def build(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
-        from strategies.deepspeed import DeepSpeedStrategy
+        from .deepspeed import DeepSpeedStrategy
 
         if kind == "mps":
             raise ValueError("DeepSpeed does not run on MPS. Use accelerator='cpu' or CUDA devices.")
@@ -67,7 +67,7 @@ def _deepspeed(stage: int, offload: bool = False) -> Callable[..., Strategy]:
 
 
 def _auto(kind: str, indices: list[int], precision: Precision) -> Strategy:
-    from strategies.environment import detect_environment
+    from .environment import detect_environment
 
     if len(indices) > 1 or detect_environment().is_distributed:
         return _ddp(kind, indices, precision)

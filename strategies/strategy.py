@@ -13,9 +13,9 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
-from strategies._util import apply_to_tensors
-from strategies.checkpoint_io import atomic_save, safe_load
-from strategies.precision import Precision
+from ._util import apply_to_tensors
+from .checkpoint_io import atomic_save, safe_load
+from .precision import Precision
 
 REDUCE_OPS = ("mean", "sum", "max", "min")
 

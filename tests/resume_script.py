@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from callbacks import Callback, ModelCheckpoint  # noqa: E402
+from trainer.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from trainer import Trainer, TrainModule, seed_everything  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from strategies import SingleDeviceStrategy
+from trainer.strategies import SingleDeviceStrategy
 from trainer import Trainer, TrainModule
 
 SETTINGS = settings(max_examples=20, deadline=None)

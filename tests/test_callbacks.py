@@ -11,9 +11,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from callbacks import Callback, CSVLogger, EarlyStopping, LearningRateMonitor, MissingMetricError, ProgressBar
-from callbacks.base import HOOK_NAMES
-from strategies import SingleDeviceStrategy
+from trainer.callbacks import Callback, CSVLogger, EarlyStopping, LearningRateMonitor, MissingMetricError, ProgressBar
+from trainer.callbacks.base import HOOK_NAMES
+from trainer.strategies import SingleDeviceStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers import BoringModel, regression_loader
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import Callback, ModelCheckpoint, MissingMetricError
-from strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
+from trainer.callbacks import Callback, ModelCheckpoint, MissingMetricError
+from trainer.strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
 from trainer import Accelerator, Trainer, TrainModule, seed_everything
 from tests.helpers import BoringModel, regression_loader
 
@@ -209,7 +209,7 @@ def test_async_save_does_not_wait_for_the_disk_and_keeps_saves_in_order(tmp_path
 def test_the_snapshot_a_background_write_takes_is_not_changed_by_training():
     from collections import OrderedDict
 
-    from strategies.checkpoint_io import snapshot
+    from trainer.strategies.checkpoint_io import snapshot
 
     weight = torch.ones(3)
     live = {"state_dict": OrderedDict(w=weight), "optimizer": {"state": {0: {"exp_avg": weight * 2}}, "groups": [
@@ -225,7 +225,7 @@ def test_the_snapshot_a_background_write_takes_is_not_changed_by_training():
 
 
 def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, monkeypatch):
-    import callbacks.model_checkpoint as model_checkpoint
+    import trainer.callbacks.model_checkpoint as model_checkpoint
 
     def full_disk(obj, path):
         raise OSError(28, "No space left on device")
@@ -240,7 +240,7 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, mo
 def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tmp_path, monkeypatch):
     import threading
 
-    import callbacks.model_checkpoint as model_checkpoint
+    import trainer.callbacks.model_checkpoint as model_checkpoint
 
     release = threading.Event()
 
@@ -266,7 +266,7 @@ def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tm
 
 
 def test_async_save_is_refused_for_sharded_checkpoints():
-    from strategies import FSDPStrategy
+    from trainer.strategies import FSDPStrategy
 
     ckpt = ModelCheckpoint(async_save=True)
     trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(strategy=FSDPStrategy()))
@@ -421,7 +421,7 @@ def test_save_model_shards_and_loads_into_a_plain_module_without_the_library(tmp
     assert all(os.path.getsize(tmp_path / "w" / n) < 4000 + 3500 for n in names[:-1])  # one tensor may overflow
     script = f"""
 import sys, json, torch
-sys.modules['trainer'] = sys.modules['strategies'] = sys.modules['callbacks'] = None  # not importable here
+sys.modules['trainer'] = None  # not importable here
 from safetensors.torch import load_file
 sys.path.insert(0, {str(os.path.dirname(__file__))!r})
 index = json.load(open({str(tmp_path / 'w' / 'model.safetensors.index.json')!r}))

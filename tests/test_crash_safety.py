@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strategies.checkpoint_io import CorruptCheckpointError, UnsafeCheckpointError, atomic_save, safe_load
+from trainer.strategies.checkpoint_io import CorruptCheckpointError, UnsafeCheckpointError, atomic_save, safe_load
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 
@@ -107,7 +107,7 @@ def test_truncated_checkpoint_is_reported_and_last_falls_back(tmp_path):
     def trainer():
         return Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
 
-    from callbacks import ModelCheckpoint
+    from trainer.callbacks import ModelCheckpoint
 
     first = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
                     callbacks=[ModelCheckpoint(save_top_k=-1, save_last=True)])
@@ -140,7 +140,7 @@ def test_atomic_save_never_leaves_a_partial_file_under_the_real_name(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
 def test_atomic_save_starts_the_disk_writeback_chunk_by_chunk_and_the_file_loads_whole(tmp_path, monkeypatch):
-    import strategies.checkpoint_io as checkpoint_io
+    import trainer.strategies.checkpoint_io as checkpoint_io
 
     advised = []
     real = os.posix_fadvise
@@ -158,7 +158,7 @@ def test_atomic_save_starts_the_disk_writeback_chunk_by_chunk_and_the_file_loads
 
 
 def test_atomic_save_without_posix_fadvise_writes_through_torch_to_the_path(tmp_path, monkeypatch):
-    import strategies.checkpoint_io as checkpoint_io
+    import trainer.strategies.checkpoint_io as checkpoint_io
 
     monkeypatch.delattr(os, "posix_fadvise", raising=False)
     monkeypatch.setattr(checkpoint_io._WritebackFile, "write", lambda self, data: pytest.fail("not used here"))

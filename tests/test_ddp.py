@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import Callback, EarlyStopping, ModelCheckpoint
-from strategies.checkpoint_io import safe_load
-from strategies import DDPStrategy
+from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.strategies.checkpoint_io import safe_load
+from trainer.strategies import DDPStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers.distributed import run_distributed
 

@@ -45,7 +45,7 @@ def _fit(strategy, batch, k, precision="32-true", epochs=2, **kwargs):
 
 
 def _worker(stage, k, precision):
-    from strategies import DeepSpeedStrategy
+    from trainer.strategies import DeepSpeedStrategy
 
     strategy = DeepSpeedStrategy(zero_stage=stage)
     model, trainer = _fit(strategy, batch=2, k=k, precision=precision, enable_checkpointing=False)
@@ -78,7 +78,7 @@ def test_zero_2_bf16_trains_close_to_fp32():
 
 
 def test_bad_settings_are_refused_before_training():
-    from strategies import DeepSpeedStrategy
+    from trainer.strategies import DeepSpeedStrategy
 
     with pytest.raises(ValueError, match=r"zero_stage=4.*expected 0, 1, 2 or 3"):
         DeepSpeedStrategy(zero_stage=4)
@@ -89,7 +89,7 @@ def test_bad_settings_are_refused_before_training():
 
 
 def test_the_trainers_settings_are_written_into_the_config_and_disagreements_reported():
-    from strategies import DeepSpeedStrategy
+    from trainer.strategies import DeepSpeedStrategy
     from trainer.config import TrainerConfig
 
     strategy = DeepSpeedStrategy(zero_stage=3, offload_optimizer=True, precision="bf16-mixed",
@@ -114,7 +114,7 @@ def test_the_trainers_settings_are_written_into_the_config_and_disagreements_rep
 def test_a_json_config_file_is_read_and_merged(tmp_path):
     import json
 
-    from strategies import DeepSpeedStrategy
+    from trainer.strategies import DeepSpeedStrategy
     from trainer.config import TrainerConfig
 
     path = tmp_path / "ds_config.json"
@@ -138,7 +138,7 @@ def test_a_json_config_file_is_read_and_merged(tmp_path):
 def _offload_worker(alias):
     import warnings
 
-    from strategies import resolve_strategy
+    from trainer.strategies import resolve_strategy
 
     strategy = resolve_strategy(alias)
     with warnings.catch_warnings(record=True) as caught:
@@ -161,7 +161,7 @@ def test_offload_trains_with_the_users_optimizer_to_the_same_weights(alias):
 
 
 def test_aliases_build_the_stage_they_name():
-    from strategies import resolve_strategy
+    from trainer.strategies import resolve_strategy
 
     assert resolve_strategy("deepspeed").zero_stage == 2
     three = resolve_strategy("deepspeed_stage_3_offload")
@@ -169,8 +169,8 @@ def test_aliases_build_the_stage_they_name():
 
 
 def _resume_worker(tmp, stage):
-    from callbacks import ModelCheckpoint
-    from strategies import DeepSpeedStrategy
+    from trainer.callbacks import ModelCheckpoint
+    from trainer.strategies import DeepSpeedStrategy
 
     def fit(epochs, ckpt_path=None, dirpath=f"{tmp}/a"):
         x, y = _data()

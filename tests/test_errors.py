@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from callbacks import Callback, CSVLogger, EarlyStopping, LearningRateMonitor
-from strategies import STRATEGIES
+from trainer.callbacks import Callback, CSVLogger, EarlyStopping, LearningRateMonitor
+from trainer.strategies import STRATEGIES
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 
@@ -191,7 +191,7 @@ def test_two_devices_with_the_single_device_strategy_is_refused():
 
 
 def test_two_devices_picks_ddp_which_launches_at_fit():
-    from strategies import DDPStrategy
+    from trainer.strategies import DDPStrategy
 
     strategy = _trainer(devices=2).strategy
     assert isinstance(strategy, DDPStrategy) and strategy.needs_launch and strategy.requested_processes == 2

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import Callback
-from strategies import FSDPStrategy
+from trainer.callbacks import Callback
+from trainer.strategies import FSDPStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers.distributed import run_distributed
 
@@ -128,7 +128,7 @@ def test_min_params_policy_picks_the_innermost_big_blocks():
 
 
 def _resume_worker(tmp, world):
-    from callbacks import ModelCheckpoint
+    from trainer.callbacks import ModelCheckpoint
 
     def fit(epochs, ckpt_path=None, dirpath=f"{tmp}/a"):
         x, y = _data()

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from callbacks import Callback
-from callbacks.base import HOOK_NAMES
+from trainer.callbacks import Callback
+from trainer.callbacks.base import HOOK_NAMES
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strategies.environment import ClusterEnvironment, detect_environment, first_host
+from trainer.strategies.environment import ClusterEnvironment, detect_environment, first_host
 from trainer.commands.launch import torchrun_args
 from trainer.config_file import LaunchConfig
 

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
-from callbacks.trackers import _require
+from trainer.callbacks import CSVLogger, MLflowLogger, TensorBoardLogger, WandbLogger
+from trainer.callbacks.trackers import _require
 from trainer import Accelerator, Trainer
 from tests.helpers import BoringModel, regression_loader
 from tests.helpers.distributed import run_distributed
@@ -129,7 +129,7 @@ def test_mlflow_file_store_has_params_and_metrics_with_steps(tmp_path):
 def test_mlflow_batches_rows_by_count_and_time_and_sends_the_rest_at_stage_end(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    import callbacks.trackers as trackers
+    import trainer.callbacks.trackers as trackers
 
     clock = [1000.0]
     monkeypatch.setattr(trackers.time, "monotonic", lambda: clock[0])

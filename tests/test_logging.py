@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import CSVLogger
+from trainer.callbacks import CSVLogger
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 
@@ -300,9 +300,9 @@ def test_csv_logger_versions_count_up_and_test_metrics_are_written():
 
 
 def test_default_logger_is_csv_under_default_root_dir_without_tensorboard(monkeypatch):
-    import callbacks.trackers
+    import trainer.callbacks.trackers as trackers
 
-    monkeypatch.setattr(callbacks.trackers, "installed", lambda name: name != "tensorboard")
+    monkeypatch.setattr(trackers, "installed", lambda name: name != "tensorboard")
     trainer = Trainer(max_epochs=1, enable_progress_bar=False, default_root_dir="here", log_every_n_steps=1)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger"]
     trainer.fit(BoringModel(), regression_loader(16, 8))

@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 from torch.utils.data import DataLoader, IterableDataset
 
-from callbacks import Callback, CSVLogger
+from trainer.callbacks import Callback, CSVLogger
 from trainer import Trainer
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import CSVLogger, DeviceStatsMonitor, ModelCheckpoint, ThroughputMonitor, Timer
-from callbacks.monitors import peak_flops
+from trainer.callbacks import CSVLogger, DeviceStatsMonitor, ModelCheckpoint, ThroughputMonitor, Timer
+from trainer.callbacks.monitors import peak_flops
 from trainer import Trainer, TrainModule
 from tests.helpers import BoringModel, regression_loader
 

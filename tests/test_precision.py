@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import Callback
-from strategies import Precision, SingleDeviceStrategy
+from trainer.callbacks import Callback
+from trainer.strategies import Precision, SingleDeviceStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers import BoringModel, regression_loader
 

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from trainer import Trainer, TrainModule, seed_everything
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from callbacks import MissingMetricError
+from trainer.callbacks import MissingMetricError
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError, atomic_directory, safe_load
+from trainer.strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError, atomic_directory, safe_load
 
 
 def _write(path, meta, shard_text, fail=False):

@@ -11,8 +11,8 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from strategies import Strategy, resolve_strategy
-from strategies._util import apply_to_tensors
+from trainer.strategies import Strategy, resolve_strategy
+from trainer.strategies._util import apply_to_tensors
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
 from trainer.tracking import TrackingMixin, _tracker_specs
@@ -383,7 +383,7 @@ class Accelerator(TrackingMixin):
                    safe_serialization: bool = True) -> list[str]:
         """Write plain weights as safetensors, split into shards under ``max_shard_size`` with a
         ``model.safetensors.index.json``; load them with ``safetensors`` alone. Returns file names."""
-        from strategies.checkpoint_io import save_weights
+        from trainer.strategies.checkpoint_io import save_weights
 
         if not safe_serialization:
             raise ValueError("save_model(safe_serialization=False): only safetensors is written (pickle files can "

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from strategies.checkpoint_io import CheckpointError, _fsync_dir, atomic_save, safe_load
+from trainer.strategies.checkpoint_io import CheckpointError, _fsync_dir, atomic_save, safe_load
 from trainer.checkpoint import FORMAT_VERSION, load_weights_into
 from trainer.data_position import rng_states, set_rng_states
 
@@ -67,7 +67,7 @@ def _sharded_state(accelerator: Any) -> tuple[Any, dict[str, Any]]:
 def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> None:
     import torch.distributed.checkpoint as dcp
 
-    from strategies.checkpoint_io import atomic_directory
+    from trainer.strategies.checkpoint_io import atomic_directory
 
     strategy = accelerator.strategy
     if strategy.sharded_format == "deepspeed":  # the engine's own files, and the rest as meta.ckpt
@@ -123,7 +123,7 @@ def _write_dir_atomically(output_dir: str, fill: Any) -> None:
 
 
 def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
-    from strategies.checkpoint_io import SHARDED_META
+    from trainer.strategies.checkpoint_io import SHARDED_META
 
     path = os.path.join(input_dir, STATE_FILE)
     if not os.path.isdir(input_dir):

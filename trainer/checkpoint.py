@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from strategies.checkpoint_io import CheckpointError
+from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.data_position import rng_states, set_rng_states
 
 FORMAT_VERSION = 1
@@ -198,7 +198,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     """Read the checkpoint to resume from. ``"last"``: the checkpoint directory's last.ckpt, else
     its newest whole checkpoint (damaged ones are reported and skipped); None when there is
     none, and training starts fresh. Any other value is a path that must load."""
-    from strategies.checkpoint_io import CorruptCheckpointError, is_temporary, remove_path, safe_load
+    from trainer.strategies.checkpoint_io import CorruptCheckpointError, is_temporary, remove_path, safe_load
 
     if ckpt_path != "last":
         return ckpt_path, safe_load(ckpt_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from strategies.checkpoint_io import BackgroundWriter
+from trainer.strategies.checkpoint_io import BackgroundWriter
 from trainer import checkpoint
 from trainer.hooks import _add_note
 from trainer.preemption import Preempted

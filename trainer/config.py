@@ -7,7 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from strategies._util import quoted
+from trainer.strategies._util import quoted
 
 
 def _is_int(value: Any) -> bool:

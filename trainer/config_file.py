@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from strategies._util import did_you_mean, quoted
+from trainer.strategies._util import did_you_mean, quoted
 
 ENV_VAR = "TRAINER_CONFIG_FILE"
 DEFAULT_LOCATION = "~/.config/trainer/default_config.yaml"

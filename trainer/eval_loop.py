@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from strategies._util import batch_size_of
+from trainer.strategies._util import batch_size_of
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
 _STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test": "test_step",

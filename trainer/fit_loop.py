@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from strategies import Strategy
-from strategies._util import batch_size_of
+from trainer.strategies import Strategy
+from trainer.strategies._util import batch_size_of
 from trainer import eval_loop
 from trainer._wrappers import with_is_last
 from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,

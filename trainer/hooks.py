@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from callbacks.base import HOOK_NAMES, Callback
+from trainer.callbacks.base import HOOK_NAMES, Callback
 from trainer.module import TrainModule
 
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from callbacks.base import MissingMetricError
+from trainer.callbacks.base import MissingMetricError
 
 _SHAPES = ("an optimizer; (optimizer, scheduler); ([optimizer], [scheduler, ...]); "
            "{'optimizer': opt, 'lr_scheduler': scheduler or {'scheduler': s, 'interval': 'step'|'epoch', "

@@ -92,8 +92,8 @@ class DeepSpeedPlugin:
 
     def strategy(self, mixed_precision: str | None, accumulation: int | None) -> Any:
         """The ``DeepSpeedStrategy`` for these settings and the Accelerator's own arguments."""
-        from strategies import DeepSpeedStrategy
-        from strategies.environment import detect_environment
+        from trainer.strategies import DeepSpeedStrategy
+        from trainer.strategies.environment import detect_environment
 
         if accumulation is not None and accumulation != self.gradient_accumulation_steps \
                 and self.gradient_accumulation_steps != 1:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from strategies._util import quoted
+from trainer.strategies._util import quoted
 
 REDUCE_FX = ("mean", "sum", "max", "min")
 _CALLABLE_NAMES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",

@@ -26,8 +26,8 @@ class TrackingMixin:
         arguments for its logger (e.g. ``{"wandb": {"entity": "me"}}``)."""
         if not self.is_main_process:
             return
-        from callbacks.logger import CSVLogger
-        from callbacks.trackers import MLflowLogger, TensorBoardLogger, WandbLogger
+        from trainer.callbacks.logger import CSVLogger
+        from trainer.callbacks.trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
         root = self.project_dir or "runs"
         init_kwargs = init_kwargs or {}
@@ -83,8 +83,8 @@ _TRACKER_NAMES = ("tensorboard", "wandb", "mlflow", "csv")
 def _tracker_specs(log_with: Any) -> list[Any]:
     """``log_with`` as a list of tracker names and Logger objects, validated (names known, packages
     installed); "all" is every installed tracker."""
-    from callbacks.logger import Logger
-    from callbacks.trackers import installed
+    from trainer.callbacks.logger import Logger
+    from trainer.callbacks.trackers import installed
 
     if log_with is None:
         return []
@@ -99,7 +99,7 @@ def _tracker_specs(log_with: Any) -> list[Any]:
             specs += [n for n in _TRACKER_NAMES if installed(n) and n not in specs]
             continue
         if name not in _TRACKER_NAMES:
-            from strategies._util import did_you_mean, quoted
+            from trainer.strategies._util import did_you_mean, quoted
 
             raise ValueError(f"Accelerator(log_with={item!r}): unknown tracker. Expected one of "
                              f"{quoted(_TRACKER_NAMES)}, 'all', a Logger object, or a list of these."

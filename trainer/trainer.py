@@ -8,12 +8,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from callbacks.base import Callback
-from callbacks.logger import Logger, default_loggers
-from callbacks.model_checkpoint import ModelCheckpoint
-from callbacks.progress import ProgressBar
-from strategies import resolve_strategy
-from strategies.checkpoint_io import BackgroundWriter
+from trainer.callbacks.base import Callback
+from trainer.callbacks.logger import Logger, default_loggers
+from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.callbacks.progress import ProgressBar
+from trainer.strategies import resolve_strategy
+from trainer.strategies.checkpoint_io import BackgroundWriter
 from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.checkpointing import CheckpointingMixin
@@ -49,7 +49,7 @@ class Trainer(CheckpointingMixin):
                  logger: Any = None, **loop_settings: Any) -> None:
         unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
         if unknown:
-            from strategies._util import did_you_mean
+            from trainer.strategies._util import did_you_mean
             name = sorted(unknown)[0]
             known = [*TrainerConfig.__dataclass_fields__, *_WIRING_ARGS]
             raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, known)}")
@@ -351,7 +351,7 @@ def _callback_list(callbacks: Any) -> list[Callback]:
 
 def _check_num_nodes(num_nodes: Any) -> None:
     """Machines come from the launcher's environment; ``num_nodes`` states what the code expects."""
-    from strategies.environment import detect_environment
+    from trainer.strategies.environment import detect_environment
 
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
         raise ValueError(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def full_weights(path: str) -> dict[str, Any]:
     """The unsharded weights of the checkpoint at ``path``."""
-    from strategies.checkpoint_io import CheckpointError, safe_load
+    from trainer.strategies.checkpoint_io import CheckpointError, safe_load
 
     meta = safe_load(path)
     if not isinstance(meta, dict) or "format_version" not in meta:
@@ -36,7 +36,7 @@ def full_weights(path: str) -> dict[str, Any]:
             dcp_to_torch_save(path, merged)  # reads every rank's shards in this one process
             return safe_load(merged)["model"]
     if sharded == "deepspeed":
-        from strategies.deepspeed import deepspeed_merged_weights
+        from trainer.strategies.deepspeed import deepspeed_merged_weights
 
         return deepspeed_merged_weights(path)  # the engine's zero_to_fp32, in this one process
     raise CheckpointError(f"{path!r} is a sharded checkpoint of an unknown kind ({sharded!r}); this version reads "
@@ -44,7 +44,7 @@ def full_weights(path: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from strategies.checkpoint_io import CheckpointError, save_weights
+    from trainer.strategies.checkpoint_io import CheckpointError, save_weights
 
     try:
         weights = full_weights(args.checkpoint)
