@@ -24,3 +24,19 @@ def _isolate(tmp_path, monkeypatch):
     torch.use_deterministic_algorithms(False)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+# The slow tier: files whose tests start processes (torchrun, gloo groups, DeepSpeed, the CLI's
+# launcher, pip). `make test-fast` (-m "not slow") leaves them out; `make test` runs everything.
+# A test elsewhere that does the same carries @pytest.mark.slow itself.
+SLOW_FILES = {
+    "test_accelerator_ddp.py", "test_benchmark_smoke.py", "test_cli_selftest.py", "test_crash_safety.py",
+    "test_ddp.py", "test_deepspeed.py", "test_demo.py", "test_fsdp.py", "test_launch.py",
+    "test_packaging.py", "test_seed_pattern.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
