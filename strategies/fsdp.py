@@ -19,6 +19,10 @@ from .precision import Precision
 # Which precisions FSDP's own MixedPrecisionPolicy serves (params cast for compute, reduced in fp32).
 _MP_DTYPES = {"bf16-mixed": torch.bfloat16}
 
+# The option names of the config file's ``fsdp`` section and FullyShardedDataParallelPlugin (Accelerate's).
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+AUTO_WRAP_POLICIES = ("transformer", "size", "none")
+
 
 class FSDPStrategy(DDPStrategy):
     """Shard parameters, gradients and optimizer state across processes (FSDP2).

@@ -1,4 +1,4 @@
-"""The config file (`trainer.config_file`) and `trainer config`: questionnaire, --default, flags, show."""
+"""The config file (`trainer.cli.config_file`) and `trainer config`: questionnaire, --default, flags, show."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from trainer import cli
-from trainer.commands import config as config_command
-from trainer.config_file import LaunchConfig, config_path, load_config, save_config, to_yaml
+from trainer.cli import config as config_command
+from trainer.cli.config_file import LaunchConfig, config_path, load_config, save_config, to_yaml
 
 FIELD_ORDER = ["num_machines", "machine_rank", "main_process_ip", "main_process_port", "num_processes", "device",
                "gpu_ids", "mixed_precision", "strategy", "deepspeed", "fsdp", "gradient_accumulation_steps",

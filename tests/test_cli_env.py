@@ -15,8 +15,8 @@ import torch
 
 import trainer
 from trainer import cli
-from trainer.commands import env as env_command
-from trainer.config_file import LaunchConfig, save_config
+from trainer.cli import env as env_command
+from trainer.cli.config_file import LaunchConfig, save_config
 
 
 @pytest.fixture(scope="module", autouse=True)

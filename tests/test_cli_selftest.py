@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from trainer import selftest
+from trainer.cli import selftest
 
 pytestmark = pytest.mark.timeout(240)
 CHECKS = [label for label, _ in selftest.SelfTest.CHECKS]

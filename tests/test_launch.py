@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from trainer.strategies.environment import ClusterEnvironment, detect_environment, first_host
-from trainer.commands.launch import torchrun_args
-from trainer.config_file import LaunchConfig
+from trainer.cli.launch import torchrun_args
+from trainer.cli.config_file import LaunchConfig
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,6 +99,7 @@ def test_wheel_holds_only_the_trainer_namespace_and_works_beside_a_user_project(
     assert "trainer/callbacks/__init__.py" in names and "trainer/callbacks/model_checkpoint.py" in names
     assert "trainer/strategies/__init__.py" in names and "trainer/strategies/ddp.py" in names
     assert "trainer/py.typed" in names and "trainer/__main__.py" in names
+    assert "trainer/cli/__init__.py" in names and "trainer/cli/launch.py" in names and "trainer/cli/__main__.py" in names
     assert not any(n.startswith(("callbacks/", "strategies/", "tests/")) for n in names)
     from trainer import __version__
 

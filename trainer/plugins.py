@@ -33,7 +33,7 @@ class FullyShardedDataParallelPlugin:
     state_dict_type: str = "SHARDED_STATE_DICT"
 
     def __post_init__(self) -> None:
-        from trainer.config_file import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
+        from trainer.strategies.fsdp import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
 
         if self.sharding_strategy not in SHARDING_STRATEGIES:
             raise ValueError(f"FullyShardedDataParallelPlugin(sharding_strategy={self.sharding_strategy!r}): expected "

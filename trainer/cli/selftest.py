@@ -1,4 +1,4 @@
-"""The end-to-end check behind ``trainer test``, run on every process by torchrun (``-m trainer.selftest``).
+"""The end-to-end check behind ``trainer test``, run on every process by torchrun (``-m trainer.cli.selftest``).
 
 Each check runs on every rank; the results are gathered and rank zero prints one line per check
 and a verdict. The process exits with status 1 when any check failed on any rank, so the launcher

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from trainer.strategies._util import did_you_mean, quoted
+from trainer.strategies.fsdp import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
 
 ENV_VAR = "TRAINER_CONFIG_FILE"
 DEFAULT_LOCATION = "~/.config/trainer/default_config.yaml"
@@ -33,8 +34,6 @@ STRATEGY_CHOICES = ("ddp", "fsdp", "deepspeed", "single_device")
 RDZV_BACKENDS = ("static", "c10d")
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOAD_DEVICES = ("none", "cpu")
-SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
-AUTO_WRAP_POLICIES = ("transformer", "size", "none")
 
 DEEPSPEED_DEFAULTS: dict[str, Any] = {
     "zero_stage": 2, "offload_optimizer_device": "none", "offload_param_device": "none",

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from trainer import config_file
-from trainer.cli import COMMANDS
+from trainer.cli import config_file
+
+HELP = "print versions, devices, the config file and the environment: what a bug report needs"
 
 # Integration -> the distributions that provide it, first match wins.
 INTEGRATIONS: dict[str, tuple[str, ...]] = {
@@ -157,7 +158,3 @@ def run(args: argparse.Namespace) -> int:
     info = collect(path)
     print(json.dumps(info, indent=2, default=str) if args.json else render(info))
     return 0
-
-
-COMMANDS["env"] = ("print versions, devices, the config file and the environment: what a bug report needs",
-                   add_arguments, run)

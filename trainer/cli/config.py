@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer import config_file
-from trainer.cli import COMMANDS
-from trainer.config_file import LaunchConfig
+from trainer.cli import config_file
+from trainer.cli.config_file import LaunchConfig
+
+HELP = ("write the config file: a questionnaire, --default, or one flag per question "
+        "(`trainer config show` prints it)")
 
 Answers = dict[str, Any]  # LaunchConfig field, or "deepspeed.zero_stage", -> value
 
@@ -291,7 +293,3 @@ def run(args: argparse.Namespace) -> int:
               f"--config-file or ${config_file.ENV_VAR}.", file=sys.stderr)
         return 1
     return 0
-
-
-COMMANDS["config"] = ("write the config file: a questionnaire, --default, or one flag per question "
-                      "(`trainer config show` prints it)", add_arguments, run)

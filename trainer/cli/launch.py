@@ -15,9 +15,10 @@ import os
 import sys
 from typing import Any
 
-from trainer import config_file
-from trainer.cli import COMMANDS
-from trainer.config_file import LaunchConfig
+from trainer.cli import config_file
+from trainer.cli.config_file import LaunchConfig
+
+HELP = "start a script on as many processes as the config says (through torchrun)"
 
 SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
 
@@ -137,7 +138,3 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
         print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-COMMANDS["launch"] = ("start a script on as many processes as the config says (through torchrun)",
-                      add_arguments, run)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from typing import Any
 
-from trainer.cli import COMMANDS
+HELP = "turn any checkpoint (sharded or not) into plain safetensors weights"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +55,3 @@ def run(args: argparse.Namespace) -> int:
     total = sum(v.numel() for v in weights.values())
     print(f"trainer merge-weights: {len(weights)} tensors, {total:,} values -> {args.output} ({', '.join(names)})")
     return 0
-
-
-COMMANDS["merge-weights"] = ("turn any checkpoint (sharded or not) into plain safetensors weights", add_arguments, run)
