@@ -83,6 +83,7 @@ def test_tensorboard_scalars_match_what_was_logged_step_for_step(tmp_path):
     assert "width: 4" in hparams and "note: hello" in hparams and "max_epochs: 2" in hparams
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_history_and_config(tmp_path, capsys):
     wb = WandbLogger(project="demo", save_dir="runs")
     _fit([wb])
@@ -200,6 +201,7 @@ def _rank_zero_worker(root):
     return trainer.global_rank
 
 
+@pytest.mark.slow
 def test_with_two_processes_only_rank_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read the workers' file store here
     run_distributed(_rank_zero_worker, root=str(tmp_path))
@@ -270,7 +272,8 @@ def test_loggers_are_imported_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, trainer, callbacks; t = trainer.Trainer(logger=[callbacks.WandbLogger(), "
+    code = ("import sys, trainer, trainer.callbacks as callbacks; "
+            "t = trainer.Trainer(logger=[callbacks.WandbLogger(), "
             "callbacks.MLflowLogger(), callbacks.TensorBoardLogger()]); "
             "print(sorted(m for m in ('wandb', 'mlflow', 'tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

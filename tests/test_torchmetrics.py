@@ -88,6 +88,7 @@ def _ddp_worker():
     return {"metrics": metrics, "whole": whole, "world": world}
 
 
+@pytest.mark.slow
 def test_with_two_processes_torchmetrics_synchronises_the_epoch_value():
     ranks = run_distributed(_ddp_worker)
     for rank in ranks:
