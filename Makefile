@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast test-gpu bench clean
 
 # PYTHONWARNINGS below: setuptools prints an informational notice on every editable install
 # (it maps trainer.callbacks/trainer.strategies with a finder); it is not for our users.
@@ -26,6 +26,13 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 tests
+
+# The GPU tier: tests marked `cuda` (skipped on a machine without one). Refuses to report an
+# all-skipped run as a pass: it first checks that torch sees a CUDA device.
+test-gpu: $(VENV)/.installed
+	@$(PY) -c "import sys, torch; n = torch.cuda.device_count() if torch.cuda.is_available() else 0; \
+	sys.exit(0 if n else 'make test-gpu: torch ' + torch.__version__ + ' sees no CUDA device (no GPU, no driver, or a CPU build of torch).')"
+	$(PY) -m pytest -q -m cuda -rs --durations=10 tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py

@@ -37,6 +37,11 @@ SLOW_FILES = {
 
 
 def pytest_collection_modifyitems(config, items):
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+        # The GPU tier (`make test-gpu`): @pytest.mark.cuda, or cuda(devices=2) for several GPUs.
+        needed = max((m.kwargs.get("devices", 1) for m in item.iter_markers("cuda")), default=0)
+        if needed > gpus:
+            item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA device(s), this machine has {gpus}"))
