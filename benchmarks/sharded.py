@@ -108,12 +108,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--deepspeed", action=argparse.BooleanOptionalAction, default=True,
                         help="also ZeRO-2 and ZeRO-3 (needs deepspeed)")
+    parser.add_argument("--strategies", default=None,
+                        help="comma-separated subset of ddp,fsdp,zero2,zero3 (default: all that --deepspeed allows)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     script = os.path.join(tmp, "worker.py")
     open(script, "w").write(WORKER.format(root=ROOT))
     env = {**os.environ, "TRAINER_CONFIG_FILE": os.path.join(tmp, "none.yaml")}
     strategies = ["ddp", "fsdp"] + (["zero2", "zero3"] if args.deepspeed else [])
+    if args.strategies:
+        chosen = args.strategies.split(",")
+        unknown = sorted(set(chosen) - {"ddp", "fsdp", "zero2", "zero3"})
+        if unknown:
+            parser.error(f"--strategies {args.strategies}: unknown {unknown}; expected names from ddp,fsdp,zero2,zero3")
+        strategies = chosen
     results: dict[str, list[dict]] = {name: [] for name in strategies}
     for _ in range(args.rounds):
         for strategy in results:

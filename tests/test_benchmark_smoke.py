@@ -96,13 +96,15 @@ def test_ddp_benchmark_runs_both_rows():
 
 @pytest.mark.timeout(400)
 def test_sharded_benchmark_reports_every_strategy():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--rounds", "1", "--steps", "8"],
-                          capture_output=True, text=True, timeout=390)
+    # The full benchmark also runs ZeRO-2; its per-rank figures are pinned in test_deepspeed.py.
+    # Here one launch per kind of row: DDP (the reference), FSDP2 and ZeRO-3 (both halve both).
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--rounds", "1", "--steps", "6",
+                           "--strategies", "ddp,fsdp,zero3"], capture_output=True, text=True, timeout=390)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
             if line.startswith(("DDP", "FSDP", "ZERO"))}
-    assert set(rows) == {"DDP", "FSDP", "ZERO2", "ZERO3"}
+    assert set(rows) == {"DDP", "FSDP", "ZERO3"}
     for sharded in ("FSDP", "ZERO3"):  # parameters per rank halve
         assert float(rows[sharded][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)
-    for sharded in ("FSDP", "ZERO2", "ZERO3"):  # optimizer state per rank halves
+    for sharded in ("FSDP", "ZERO3"):  # optimizer state per rank halves
         assert float(rows[sharded][3]) == pytest.approx(float(rows["DDP"][3]) / 2, rel=0.05)
