@@ -16,6 +16,12 @@ class MetricsPublisher:
         self.history: list[tuple[int, dict[str, float]]] = []  # what the loggers received (rank zero)
         self._announced = False
 
+    def reset(self) -> None:
+        """A new top-level stage (fit, validate, test, predict) starts with no metrics (as Lightning)."""
+        self.callback_metrics.clear()
+        self.logged_metrics.clear()
+        self.progress_bar_metrics.clear()
+
     def flush_train(self) -> None:
         """Read the training values back; raise on a non-finite loss (unless allowed)."""
         trainer = self._trainer
@@ -45,9 +51,16 @@ class MetricsPublisher:
         trainer = self._trainer
         results = trainer._results["test" if stage == "test" else "validate"]
         results.flush()
-        values = {**results.step_metrics(), **results.epoch_metrics(trainer.accelerator.strategy)}
+        # as in Lightning: the loggers get the last x_step too, but callbacks and the returned dicts see
+        # only epoch values (x_epoch, and plain x for it) -- a single evaluation batch is no thing to monitor
+        forks = results.plain_names()
+        step_values = {k: v for k, v in results.step_metrics().items() if k in forks}
+        values = results.epoch_metrics(trainer.accelerator.strategy)
+        values.update({forks[k]: v for k, v in values.items() if k in forks})
         if stage != "sanity_check":
-            self._publish(values, results, also_plain=False)
+            logged_steps = results.names("logger")
+            self._publish(values, results, also_plain=False,
+                          extra={k: v for k, v in step_values.items() if k in logged_steps})
         if num_loaders == 1:
             return [values]
         # each loader's dict: its own metrics, and those logged outside any loader (e.g. in an epoch-end hook)
@@ -65,10 +78,8 @@ class MetricsPublisher:
             values = strategy.broadcast(values)
         plain = {}
         if also_plain:
-            for key, value in values.items():
-                for suffix in ("_step", "_epoch"):
-                    if key.endswith(suffix) and key[: -len(suffix)] in results.entries:
-                        plain[key[: -len(suffix)]] = value
+            forks = results.plain_names()
+            plain = {forks[key]: value for key, value in values.items() if key in forks}
         self.callback_metrics.update(values)
         self.callback_metrics.update(plain)
         bar_names, log_names = results.names("prog_bar"), results.names("logger")

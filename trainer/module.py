@@ -9,6 +9,23 @@ from typing import Any, Mapping
 import torch
 
 
+class AttributeDict(dict):
+    """A dict whose keys are also attributes (``hparams.lr`` == ``hparams["lr"]``), as Lightning's."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"hparams has no {key!r}; it holds {sorted(self)}. Pass it to __init__ and call "
+                                 f"self.save_hyperparameters(), or set self.hparams.{key} = ...") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self[key]
+
+
 class TrainModule(torch.nn.Module):
     """Write the model once; the ``Trainer`` runs it on any device or strategy.
 
@@ -34,7 +51,7 @@ class TrainModule(torch.nn.Module):
         self._trainer: Any = None
         self._results: Any = None  # the Results of the running stage, set by the loop
         self._warned_unattached_log = False
-        self.hparams: dict[str, Any] = {}
+        self._hparams = AttributeDict()
 
     # -- what the user writes -------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Any:
@@ -102,6 +119,16 @@ class TrainModule(torch.nn.Module):
 
     # -- services -------------------------------------------------------------------------
     @property
+    def hparams(self) -> AttributeDict:
+        """The hyperparameters (``save_hyperparameters()``): a dict with attribute access."""
+        return self._hparams
+
+    @hparams.setter
+    def hparams(self, value: Mapping[str, Any]) -> None:
+        self._hparams = AttributeDict(vars(value) if hasattr(value, "__dict__") and not isinstance(value, Mapping)
+                                      else value)
+
+    @property
     def trainer(self) -> Any:
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__name__}.trainer: this module is not attached to a Trainer. "
@@ -145,25 +172,43 @@ class TrainModule(torch.nn.Module):
         for name, value in metrics.items():
             self.log(name, value, **kwargs)
 
-    def save_hyperparameters(self, *names: str, ignore: tuple[str, ...] | list[str] = ()) -> None:
+    def save_hyperparameters(self, *args: Any, ignore: str | tuple[str, ...] | list[str] = ()) -> None:
         """Store the calling ``__init__``'s arguments in ``self.hparams`` (checkpointed and logged).
 
         Call it inside ``__init__``; pass names to keep only those, or ``ignore=`` to drop some.
+        A single dict or ``argparse.Namespace`` argument is stored as it is.
         """
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        if caller is None:
-            return
-        args = inspect.getargvalues(caller)
-        keys = [a for a in args.args if a != "self"]
-        if args.keywords:
-            keys += list(caller.f_locals.get(args.keywords, {}))
-        values = {**{k: caller.f_locals[k] for k in keys if k in caller.f_locals},
-                  **caller.f_locals.get(args.keywords or "", {})}
-        chosen = names or tuple(values)
-        self.hparams.update({k: values[k] for k in chosen if k in values and k not in ignore})
+        self.hparams = save_hyperparameters(self.hparams, args, ignore, inspect.currentframe())
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print once per job (on rank zero)."""
         if self._trainer is None or self._trainer.is_global_zero:
             print(*args, **kwargs)
+
+
+def save_hyperparameters(hparams: AttributeDict, args: tuple, ignore: Any, frame: Any) -> AttributeDict:
+    """What ``save_hyperparameters(*args, ignore=...)`` stores, read from the ``__init__`` that called it
+    (``frame`` is the ``save_hyperparameters`` method's own frame). Shared with ``DataModule``."""
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    if len(args) == 1 and not isinstance(args[0], str):
+        given = args[0]
+        given = vars(given) if hasattr(given, "__dict__") and not isinstance(given, Mapping) else given
+        if not isinstance(given, Mapping):
+            raise TypeError(f"save_hyperparameters({args[0]!r}): expected argument names (str), a dict or an "
+                            "argparse.Namespace.")
+        return AttributeDict({**hparams, **{k: v for k, v in given.items() if k not in ignore}})
+    caller = frame.f_back if frame is not None else None
+    if caller is None:
+        return hparams
+    info = inspect.getargvalues(caller)
+    keys = [a for a in info.args if a != "self"]
+    if info.varargs:
+        keys.append(info.varargs)
+    values = {k: caller.f_locals[k] for k in keys if k in caller.f_locals}
+    values.update(caller.f_locals.get(info.keywords or "", {}) if info.keywords else {})
+    unknown = [n for n in args if n not in values]
+    if unknown:
+        raise ValueError(f"save_hyperparameters({', '.join(map(repr, args))}): {unknown[0]!r} is not an argument of "
+                         f"the calling __init__, whose arguments are {sorted(values)}.")
+    chosen = args or tuple(values)
+    return AttributeDict({**hparams, **{k: values[k] for k in chosen if k not in ignore}})

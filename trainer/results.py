@@ -154,8 +154,10 @@ class Results:
         name = name + self.suffix if self.suffix else name
         entry = self.entries.get(name)
         if entry is None:
-            on_step = self.stage == "train" and self.in_step if on_step is None else on_step
-            on_epoch = True if on_epoch is None else on_epoch
+            # the same defaults as a tensor (Lightning's): in training_step the batch value only
+            in_train_step = self.stage == "train" and self.in_step
+            on_step = in_train_step if on_step is None else on_step
+            on_epoch = (not in_train_step) if on_epoch is None else on_epoch
             if not (on_step or on_epoch):
                 raise ValueError(f"self.log({name!r}, <{type(metric).__name__}>, on_step=False, on_epoch=False): the "
                                  "metric would never be logged. Set on_epoch=True (compute over the epoch) and/or "
@@ -198,20 +200,26 @@ class Results:
 
     def step_metrics(self) -> dict[str, float]:
         """The latest value of each on_step metric, named ``x_step`` when also on_epoch."""
-        return {(f"{k}_step" if e.on_epoch else k): e.last
+        return {(_forked(k, "step") if e.on_epoch else k): e.last
                 for k, e in self.entries.items() if e.on_step and e.last is not None}
 
     def epoch_metrics(self, strategy: Any) -> dict[str, float]:
         """The epoch value of each on_epoch metric, named ``x_epoch`` when also on_step."""
-        return {(f"{k}_epoch" if e.on_step else k): e.epoch_value(strategy)
+        return {(_forked(k, "epoch") if e.on_step else k): e.epoch_value(strategy)
                 for k, e in self.entries.items() if e.on_epoch and e.weight > 0}
+
+    def plain_names(self) -> dict[str, str]:
+        """``{x_step: x, x_epoch: x}`` for the metrics logged both on step and on epoch
+        (``x_epoch/dataloader_idx_0`` -> ``x/dataloader_idx_0``)."""
+        return {_forked(name, tag): name for name, e in self.entries.items() if e.on_step and e.on_epoch
+                for tag in ("step", "epoch")}
 
     def names(self, which: str) -> set[str]:
         """Metric names flagged ``prog_bar`` or ``logger`` (as they appear in the outputs)."""
         out = set()
         for k, e in self.entries.items():
             if getattr(e, which):
-                out.update([f"{k}_step", f"{k}_epoch"] if (e.on_step and e.on_epoch) else [k])
+                out.update([_forked(k, "step"), _forked(k, "epoch")] if (e.on_step and e.on_epoch) else [k])
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,6 +242,12 @@ class Results:
         self._losses.clear()
         self._loss_where.clear()
         self.window_loss = None
+
+
+def _forked(name: str, tag: str) -> str:
+    """``name_tag``, the tag before a ``/dataloader_idx_N`` suffix, as Lightning names them."""
+    base, sep, idx = name.rpartition("/dataloader_idx_")
+    return f"{base}_{tag}{sep}{idx}" if sep else f"{name}_{tag}"
 
 
 def _is_metric(value: Any) -> bool:

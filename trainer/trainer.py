@@ -174,6 +174,7 @@ class Trainer(CheckpointingMixin):
             install_worker_seeding(loader)
         self.module, self.state.stage = module, stage
         module._trainer = self
+        self._metrics.reset()
         self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
         try:
             self._hooks("setup", stage)
