@@ -87,6 +87,17 @@ class TrainerConfig:
     enable_checkpointing: bool = True
     deterministic: bool | str = False
     stop_on_nonfinite_loss: bool = True
+    # Lightning's everyday switches (see _check_lightning_switches)
+    min_epochs: int | None = None
+    min_steps: int | None = None
+    overfit_batches: int | float = 0.0
+    reload_dataloaders_every_n_epochs: int = 0
+    use_distributed_sampler: bool = True
+    benchmark: bool | None = None
+    detect_anomaly: bool = False
+    inference_mode: bool = True
+    sync_batchnorm: bool = False
+    barebones: bool = False
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and (not _is_int(self.max_epochs) or self.max_epochs < -1 or self.max_epochs == 0):
@@ -119,7 +130,9 @@ class TrainerConfig:
                              "batches >= 0.")
         if self.deterministic not in (True, False, "warn"):
             raise ValueError(f"Trainer(deterministic={self.deterministic!r}): expected True, False or 'warn'.")
+        self._check_lightning_switches()
         self._apply_fast_dev_run()
+        self._apply_overfit_batches()
 
     def _check_clipping(self) -> None:
         if self.gradient_clip_algorithm not in ("norm", "value"):
@@ -143,6 +156,44 @@ class TrainerConfig:
         if self.check_val_every_n_epoch is None and not _is_int(v):
             raise ValueError("Trainer(check_val_every_n_epoch=None) counts val_check_interval over all epochs, "
                              f"so val_check_interval must be an int number of batches, got {v!r}.")
+
+    def _check_lightning_switches(self) -> None:
+        for name in ("min_epochs", "min_steps"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise ValueError(f"Trainer({name}={value!r}): expected an int >= 0 or None.")
+        if self.min_epochs is not None and self.max_epochs not in (None, -1) and self.min_epochs > self.max_epochs:
+            raise ValueError(f"Trainer(min_epochs={self.min_epochs}, max_epochs={self.max_epochs}): min_epochs cannot "
+                             "exceed max_epochs.")
+        if self.min_steps is not None and self.max_steps != -1 and self.min_steps > self.max_steps:
+            raise ValueError(f"Trainer(min_steps={self.min_steps}, max_steps={self.max_steps}): min_steps cannot "
+                             "exceed max_steps.")
+        if not _is_int(self.reload_dataloaders_every_n_epochs) or self.reload_dataloaders_every_n_epochs < 0:
+            raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={self.reload_dataloaders_every_n_epochs!r}): "
+                             "expected an int >= 0 (0: never reload).")
+        _check_limit("overfit_batches", self.overfit_batches)
+        for name in ("use_distributed_sampler", "detect_anomaly", "inference_mode", "sync_batchnorm", "barebones"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Trainer({name}={getattr(self, name)!r}): expected True or False.")
+        if self.benchmark not in (None, True, False):
+            raise TypeError(f"Trainer(benchmark={self.benchmark!r}): expected True, False or None.")
+        if self.barebones:
+            self._apply_barebones()
+
+    def _apply_barebones(self) -> None:
+        """Lightning's ``barebones=True``: nothing runs beside the loop (no checkpointing, progress
+        bar, sanity check; the Trainer also drops loggers). The Trainer refuses an explicit request
+        for one of them (see trainer._check_barebones)."""
+        self.enable_checkpointing = self.enable_progress_bar = False
+        self.num_sanity_val_steps = 0
+
+    def _apply_overfit_batches(self) -> None:
+        """Lightning's ``overfit_batches``: the same first N (or fraction of) batches every epoch, for
+        training and validation; the training loader is read in order (see Trainer._distribute)."""
+        if self.overfit_batches == 0:
+            return
+        self.limit_train_batches = self.limit_val_batches = self.overfit_batches
+        self.num_sanity_val_steps = 0
 
     def _apply_fast_dev_run(self) -> None:
         if self.fast_dev_run is False or self.fast_dev_run == 0:

@@ -66,3 +66,14 @@ def distribute_loader(loader: Any, world_size: int, rank: int, train: bool) -> A
         sampler = UnpaddedShard(len(loader.dataset), rank, world_size)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
                       **loader_kwargs(loader))
+
+
+def in_order(loader: Any, reason: str) -> Any:
+    """``loader`` reading its dataset in order (a shuffling DataLoader is rebuilt with a sequential
+    sampler, with a warning), as Lightning does for ``overfit_batches``."""
+    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, RandomSampler):
+        return loader
+    warnings.warn(f"Trainer({reason}=...): the training dataloader shuffles; it is read in order instead, so "
+                  "every epoch sees the same batches.", stacklevel=3)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, drop_last=loader.drop_last,
+                      **loader_kwargs(loader))

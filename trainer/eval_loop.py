@@ -31,6 +31,13 @@ def check_step_signature(module: Any, stage: str, num_loaders: int, owner: str) 
                         f"def {name}(self, batch, batch_idx, dataloader_idx=0).") from None
 
 
+def _no_grad(trainer: Any) -> Any:
+    """``Trainer(inference_mode=True)`` (the default, as Lightning's): evaluation runs under
+    ``torch.inference_mode`` (no autograd bookkeeping at all); False: ``torch.no_grad`` (for a step
+    that needs tensors it can later use in autograd)."""
+    return torch.inference_mode() if trainer.config.inference_mode else torch.no_grad()
+
+
 def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") -> list[dict[str, float]]:
     """Run ``validation_step`` (or ``test_step``) over ``loaders`` and publish epoch metrics."""
     module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
@@ -43,7 +50,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
     module.eval()
     hooks(f"on_{prefix}_start")
     hooks(f"on_{prefix}_epoch_start")
-    with torch.no_grad():
+    with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             results.suffix = f"/dataloader_idx_{dataloader_idx}" if len(loaders) > 1 else ""
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
@@ -76,7 +83,7 @@ def run_predict(trainer: Any, loaders: list[Any]) -> list[Any]:
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")
     per_loader = []
-    with torch.inference_mode():
+    with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
             outputs = []

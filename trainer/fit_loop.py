@@ -161,7 +161,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             trainer._sync_should_stop()
         if closes_window and trainer._stop_agreement.poll(trainer._preempted):
             trainer._preempt()
-        if stepped and not is_last and (state.should_stop or 0 <= max_steps <= state.global_step
+        if stepped and not is_last and (trainer._stop_requested() or 0 <= max_steps <= state.global_step
                                         or (max_time is not None and trainer._time_is_up())):
             return False
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -18,7 +19,7 @@ from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.checkpointing import CheckpointingMixin
 from trainer.config import TrainerConfig
-from trainer.distributed_data import distribute_loader
+from trainer.distributed_data import distribute_loader, in_order
 from trainer.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
@@ -47,6 +48,7 @@ class Trainer(CheckpointingMixin):
     def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = None, callbacks: Iterable[Callback] | Callback | None = None,
                  logger: Any = None, **loop_settings: Any) -> None:
+        _check_plugins(loop_settings.pop("plugins", None))
         unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
         if unknown:
             from trainer.strategies._util import did_you_mean
@@ -61,6 +63,9 @@ class Trainer(CheckpointingMixin):
         accelerator = launched["accelerator"] or "auto"
         if launched["accumulate_grad_batches"] is not None:
             loop_settings["accumulate_grad_batches"] = launched["accumulate_grad_batches"]
+        if loop_settings.get("barebones"):
+            _check_barebones(loop_settings, logger, callbacks)
+            logger = False
         self.config = TrainerConfig(**loop_settings)
         _check_num_nodes(num_nodes)
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
@@ -170,6 +175,10 @@ class Trainer(CheckpointingMixin):
     def _run(self, stage: str, module: TrainModule, body: Callable[[], Any], loaders: list[Any]) -> Any:
         _check_module(module, stage)
         set_deterministic(self.config.deterministic)
+        if self.config.benchmark is not None:  # cuDNN picks its fastest kernels (non-deterministic); None: leave it
+            torch.backends.cudnn.benchmark = self.config.benchmark
+        elif self.config.deterministic is True:
+            torch.backends.cudnn.benchmark = False
         for loader in loaders:
             install_worker_seeding(loader)
         self.module, self.state.stage = module, stage
@@ -180,13 +189,16 @@ class Trainer(CheckpointingMixin):
             self._hooks("setup", stage)
             with self.accelerator.strategy.module_init_context():
                 module.configure_model()
+            if self.config.sync_batchnorm:
+                _convert_sync_batchnorm(module, self.accelerator.strategy)
             connect = getattr(self.accelerator.strategy, "connect", None)
             if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
                 connect(self.config)
             self._model, self._training_step = self.accelerator.prepare_trainer_module(module)
             if stage == "fit":
                 self._setup_optimizers(module)
-            result = body()
+            with torch.autograd.set_detect_anomaly(True) if self.config.detect_anomaly else contextlib.nullcontext():
+                result = body()
             self._finish_background_writes()
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             return result
@@ -275,9 +287,24 @@ class Trainer(CheckpointingMixin):
                  "predict": cfg.limit_predict_batches}[stage]
         return self._num_batches(loader, limit, {"validate": "val"}.get(stage, stage))
 
+    def _stop_requested(self) -> bool:
+        """``should_stop`` (set by a callback or the module), honoured once ``min_epochs`` and ``min_steps``
+        are reached; before that it is cleared, as in Lightning, so that it can be asked again."""
+        state, cfg = self.state, self.config
+        if not state.should_stop:
+            return False
+        if (cfg.min_epochs or 0) <= state.current_epoch and (cfg.min_steps or 0) <= state.global_step:
+            return True
+        state.should_stop = False
+        if self.is_global_zero and not getattr(self, "_told_min", False):
+            self._told_min = True
+            print(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); it "
+                  f"continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")
+        return False
+
     def _should_stop_now(self) -> bool:
         cfg, state = self.config, self.state
-        if state.should_stop or (cfg.max_steps != -1 and state.global_step >= cfg.max_steps):
+        if self._stop_requested() or (cfg.max_steps != -1 and state.global_step >= cfg.max_steps):
             return True
         if state.current_epoch >= cfg.epochs_limit:
             return True
@@ -308,6 +335,10 @@ class Trainer(CheckpointingMixin):
 
     def _distribute(self, loaders: list[Any], train: bool) -> list[Any]:
         strategy = self.strategy
+        if train and self.config.overfit_batches:
+            loaders = [in_order(loader, "overfit_batches") for loader in loaders]
+        if not self.config.use_distributed_sampler:  # the user's loaders already give each rank its share
+            return loaders
         return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train) for loader in loaders]
 
     def _sync_should_stop(self) -> None:
@@ -348,6 +379,49 @@ def _callback_list(callbacks: Any) -> list[Callback]:
             raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
                             f"got {type(cb).__name__}.")
     return items
+
+
+def _convert_sync_batchnorm(module: TrainModule, strategy: Any) -> None:
+    """``sync_batchnorm=True``: BatchNorm layers become SyncBatchNorm when there are several processes.
+    torch's SyncBatchNorm runs on GPUs only, so on CPU it is refused with the reason."""
+    if strategy.world_size == 1:
+        return  # nothing to synchronise with
+    if strategy.root_device.type == "cpu":
+        raise ValueError(f"Trainer(sync_batchnorm=True) with {strategy.world_size} CPU processes: torch's "
+                         "SyncBatchNorm only runs on GPU/XPU devices. Drop sync_batchnorm (each process then "
+                         "normalises over its own batch), or train on GPUs.")
+    for name, child in module.named_children():
+        setattr(module, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
+def _check_plugins(plugins: Any) -> None:
+    """Lightning's ``plugins=`` carries precision, cluster environments and checkpoint IO; here each has
+    its own place, so a non-empty value is refused with where it goes."""
+    if plugins is None or plugins == []:
+        return
+    from trainer.strategies import Precision
+
+    first = plugins[0] if isinstance(plugins, (list, tuple)) else plugins
+    if isinstance(first, Precision) or "Precision" in type(first).__name__:
+        where = "pass it as Trainer(precision=...) (a string such as 'bf16-mixed', or a Precision object)"
+    elif "Environment" in type(first).__name__:
+        where = ("the cluster environment is read from the launcher's variables (torchrun, SLURM); there is no "
+                 "plugin to pass")
+    elif "CheckpointIO" in type(first).__name__:
+        where = "checkpoints are written by the strategy (atomically); a custom CheckpointIO is not supported"
+    else:
+        where = "precision goes to Trainer(precision=...), everything else to the strategy object"
+    raise ValueError(f"Trainer(plugins={plugins!r:.80}): plugins are not supported: {where}.")
+
+
+def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any) -> None:
+    """``barebones=True`` with something it turns off is a contradiction (Lightning refuses it too)."""
+    asked = [f"{name}=True" for name in ("enable_checkpointing", "enable_progress_bar") if settings.get(name) is True]
+    if logger not in (None, False):
+        asked.append("logger=...")
+    if asked:
+        raise ValueError(f"Trainer(barebones=True, {asked[0]}): barebones turns off logging, checkpointing and the "
+                         f"progress bar. Drop {asked[0]}, or barebones.")
 
 
 def _check_num_nodes(num_nodes: Any) -> None:
