@@ -34,8 +34,11 @@ test-gpu: $(VENV)/.installed
 	sys.exit(0 if n else 'make test-gpu: torch ' + torch.__version__ + ' sees no CUDA device (no GPU, no driver, or a CPU build of torch).')"
 	$(PY) -m pytest -q -m cuda -rs --durations=10 tests
 
+# One markdown table and one PNG per benchmark in benchmarks/results/ (peers from the `bench` extra).
 bench: $(VENV)/.installed
-	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/realistic.py --results benchmarks/results
+	$(PY) benchmarks/overhead.py --results benchmarks/results
+	$(PY) benchmarks/ddp.py --results benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--global-batch", type=int, default=128)
+    parser.add_argument("--results", help="also write ddp.md and ddp.png (ratio bars) in this directory")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     script = os.path.join(tmp, "worker.py")
@@ -147,6 +148,34 @@ def main() -> None:
         speed = statistics.median(r["samples_per_s"] for r in results)
         first = statistics.median(r["to_first_step"] for r in results)
         print(f"{name:<22}{speed:>11.0f}{speed / base:>13.2f}x{first:>21.2f}s")
+    if args.results:
+        _write_results(args, rows)
+
+
+def _write_results(args: argparse.Namespace, rows: dict[str, list[dict]]) -> None:
+    """benchmarks/results/ddp.md and ddp.png: the Trainer against raw torch with the same process count."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _report import write_results
+
+    pairs = [("this Trainer, 1 process", "1 process", "raw torch, 1 process"),
+             ("this Trainer, DDP on 2 processes", "DDP, 2 processes", "raw torch DDP, 2")]
+    lines = [f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps (the first 10 untimed), "
+             f"{args.rounds} interleaved rounds; ratio: samples/s over raw PyTorch with the same number of "
+             "processes in the same round.", "",
+             "| run | samples/s | raw torch samples/s | ratio (median) | range | start to first step | raw torch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    bars = []
+    for label, ours, raw in pairs:
+        ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(rows[ours], rows[raw])]
+        med = lambda key, name: statistics.median(r[key] for r in rows[name])  # noqa: E731
+        lines.append(f"| {label} | {med('samples_per_s', ours):.0f} | {med('samples_per_s', raw):.0f} | "
+                     f"{statistics.median(ratios):.3f}x | {min(ratios):.3f}-{max(ratios):.3f}x | "
+                     f"{med('to_first_step', ours):.2f} s | {med('to_first_step', raw):.2f} s |")
+        bars.append((label, ratios))
+    for path in write_results(args.results, "ddp", "DDP on 2 CPU processes: this Trainer vs raw PyTorch",
+                              "\n".join(lines), bars, "samples/s / raw PyTorch (same processes, same round)",
+                              better="higher"):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

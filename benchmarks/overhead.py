@@ -216,7 +216,7 @@ def summarize(bench: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": name, "accum": k, "label": variant.label + (f", accum {k}" if k > 1 else ""),
                 "us_per_step": statistics.median(r["us_per_step"] for r in runs),
                 "us_per_micro": statistics.median(r["us_per_micro"] for r in runs),
-                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
                 "best_us_per_step": best, "best_ratio": best / best_plain,
                 "chunk_us_per_step": statistics.median(statistics.median(r["chunk_us_per_step"]) for r in runs),
                 "total_s": statistics.median(r["total_s"] for r in runs),
@@ -326,6 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per worker process")
     p.add_argument("--json", help="also write the raw measurements here")
+    p.add_argument("--results", help="also write overhead.md and overhead.png (ratio bars) in this directory")
     p.add_argument("--worker", help="internal: train one variant (NAME, or NAME@K,...) and print JSON")
     p.add_argument("--accum", type=int, default=1, help="with --worker: micro-batches per optimizer step")
     args = p.parse_args(argv)
@@ -352,7 +353,15 @@ def main(argv: list[str] | None = None) -> None:
                "runs": [{"variant": n, "accum": k, "runs": rs} for (n, k), rs in bench["runs"].items()],
                "import_runs": {str(m): rs for m, rs in bench["imports"].items()}}
         Path(args.json).write_text(json.dumps(raw, indent=1))
-    print(render(rows, imports, args, bench))
+    table = render(rows, imports, args, bench)
+    print(table)
+    if args.results:
+        from _report import write_results
+
+        bars = [(r["label"], r["ratios"]) for r in rows]
+        for path in write_results(args.results, "overhead", "Per-step overhead on a tiny MLP (1 thread)", table, bars,
+                                  "time per optimizer step / plain PyTorch loop"):
+            print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

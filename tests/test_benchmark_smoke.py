@@ -108,3 +108,57 @@ def test_sharded_benchmark_reports_every_strategy():
         assert float(rows[sharded][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)
     for sharded in ("FSDP", "ZERO3"):  # optimizer state per rank halves
         assert float(rows[sharded][3]) == pytest.approx(float(rows["DDP"][3]) / 2, rel=0.05)
+
+
+@pytest.mark.timeout(300)
+def test_realistic_benchmark_trains_every_loop_to_the_same_weights_and_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "realistic.py"), "--rounds", "1", "--steps", "2",
+                           "--warmup", "1", "--workloads", "mlp", "--json", str(tmp_path / "raw.json"),
+                           "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| mlp |")]
+    expected = {"plain PyTorch loop", "this Trainer", "this Accelerator"}
+    expected |= {"Lightning Trainer"} if importlib.util.find_spec("lightning") else set()
+    expected |= {"HF Accelerate"} if importlib.util.find_spec("accelerate") else set()
+    assert {row[1] for row in rows} == expected, proc.stdout
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    plain = raw["mlp/plain"][0]
+    for runs in raw.values():  # every loop ran its steps and landed on the plain loop's weights
+        assert runs[0]["steps"] == runs[0]["expected_steps"] == 1 + 2 + 2
+        assert runs[0]["checksum"] == pytest.approx(plain["checksum"], rel=1e-6)
+        assert runs[0]["peak_rss_mb"] > 50
+    assert (tmp_path / "results" / "realistic.md").read_text().count("| mlp |") == len(expected)
+    assert (tmp_path / "results" / "realistic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_realistic_benchmark_builds_the_demos_transformer():
+    """The benchmark writes the demo's architecture out (so its plain loop does not import this
+    package): same parameter names, shapes and initial values as examples/char_transformer.py."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import char_transformer
+        import realistic
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(str(ROOT / "examples"))
+    import torch
+
+    torch.manual_seed(0)
+    demo = char_transformer.CharTransformer(70).state_dict()
+    torch.manual_seed(0)
+    bench = realistic._char_transformer(70).state_dict()
+    assert list(bench) == list(demo)
+    for name, value in demo.items():
+        assert torch.equal(bench[name], value), name
+
+
+def test_overhead_benchmark_writes_a_table_and_a_chart(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "6", "--warmup", "1", "--chunks", "2", "--accum-list", "1",
+         "--import-reps", "0", "--variants", "trainer_barebones", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "overhead.md").read_text()
+    assert "| Trainer, barebones |" in table and "![" in table and "load average" in table
+    assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
