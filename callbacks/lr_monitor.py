@@ -34,8 +34,12 @@ class LearningRateMonitor(Callback):
 
     def _values(self, trainer: Any) -> dict[str, float]:
         out = {}
+        seen: dict[str, int] = {}
         for opt in trainer.optimizers:
             base = f"lr-{type(opt).__name__}"
+            seen[base] = seen.get(base, -1) + 1
+            if seen[base]:  # several optimizers of one class: lr-Adam, lr-Adam-1, ...
+                base = f"{base}-{seen[base]}"
             groups = opt.param_groups
             for i, group in enumerate(groups):
                 name = base if len(groups) == 1 else f"{base}/pg{i + 1}"

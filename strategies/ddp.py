@@ -84,7 +84,7 @@ class DDPStrategy(Strategy):
         self.backend = process_group_backend or ("nccl" if device_kind == "cuda" else "gloo")
         self.environment = environment or detect_environment()
         self._created_group = False
-        self._wrapped: dict[int, tuple[torch.nn.Module, Callable]] = {}
+        self._wrapped: dict[Any, tuple[torch.nn.Module, Callable]] = {}
 
     @property
     def root_device(self) -> torch.device:
@@ -138,12 +138,28 @@ class DDPStrategy(Strategy):
             return module
         return self._ddp(self.precision.convert_module(module.to(self.root_device)))
 
-    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
-        key = id(module)
+    def setup_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Callable]:
+        key = (id(module), manual)
         if key not in self._wrapped:
             model = self._ddp(_StepForward(self.precision.convert_module(module.to(self.root_device))))
-            self._wrapped[key] = (model, functools.partial(model, "training_step"))
+            # manual optimization runs any number of backward calls per step: DDP's reducer (armed by its
+            # forward for exactly one) stays idle, and manual_backward averages the gradients itself
+            step = module.training_step if manual else functools.partial(model, "training_step")
+            self._wrapped[key] = (model, step)
         return self._wrapped[key]
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """One all-reduce of the flattened gradients, divided by the world size (manual optimization)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads or self.world_size == 1:
+            return
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(averaged)
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):

@@ -136,7 +136,14 @@ class DeepSpeedStrategy(DDPStrategy):
         return config
 
     # -- the module and the engine ------------------------------------------------------------------
-    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
+    def setup_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Callable]:
+        if manual:
+            raise ValueError(
+                f"DeepSpeedStrategy with manual optimization ({type(module).__name__}.automatic_optimization = False): "
+                "not supported. DeepSpeed's engine is built around one optimizer and owns the backward, the loss "
+                "scale, the gradient partitions and the step, so the optimizers of self.optimizers() cannot be "
+                "stepped one by one. Use strategy='ddp' or 'fsdp' with manual optimization, or automatic "
+                "optimization with DeepSpeed.")
         _require_deepspeed()
         self._module = module.to(self.root_device)
         # the engine is built with the optimizer (setup_optimizer); training_step runs through it
@@ -194,7 +201,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
         return contextlib.nullcontext()  # backward only accumulates; engine.step() reduces
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already scaled it for its window
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
@@ -207,7 +214,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
         return None
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
         self.engine.step()
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:

@@ -158,7 +158,7 @@ class FSDPStrategy(DDPStrategy):
     def module_init_context(self) -> ContextManager:
         return torch.device("meta")  # configure_model's layers take no memory until they are sharded
 
-    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable]:
+    def setup_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Callable]:
         key = id(module)
         if key not in self._wrapped:
             # the module itself is sharded in place: training_step runs its forward, which gathers
@@ -168,6 +168,9 @@ class FSDPStrategy(DDPStrategy):
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module  # FSDP2 shards in place: the module is the user's own object
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        return None  # FSDP's own backward hooks reduce-scatter every backward, manual or not
 
     # -- the step -----------------------------------------------------------------------------------
     def forward_context(self) -> ContextManager:

@@ -102,10 +102,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        loss.backward()
+        loss.backward(*args, **kwargs)
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients back to their true scale (before clipping); safe to call once per step."""
@@ -113,13 +113,16 @@ class Precision:
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> Any:
+        """Step (``closure``: re-evaluates the loss, e.g. for LBFGS; under 16-mixed it runs once first,
+        as the scaler cannot step with a closure)."""
         if self.scaler is None:
-            optimizer.step()
-            return
+            return optimizer.step() if closure is None else optimizer.step(closure)
+        result = closure() if closure is not None else None
         self.scaler.step(optimizer)  # skips the step when unscale_ found inf/nan gradients
         self.scaler.update()
         self._unscaled.discard(id(optimizer))
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

@@ -64,9 +64,11 @@ class Strategy(ABC):
         """Move the module to the device, convert it for the precision, wrap it if needed."""
         return self.precision.convert_module(module.to(self.root_device))
 
-    def setup_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Callable[..., Any]]:
+    def setup_trainer_module(self, module: torch.nn.Module,
+                             manual: bool = False) -> tuple[torch.nn.Module, Callable[..., Any]]:
         """For the Trainer: the prepared model and the callable that runs ``training_step``
-        (a distributed strategy routes it through its wrapper so gradients sync)."""
+        (a distributed strategy routes it through its wrapper so gradients sync). ``manual``: the
+        module steps its own optimizers and calls backward itself (manual optimization)."""
         return self.setup_module(module), module.training_step
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -93,8 +95,14 @@ class Strategy(ABC):
     def forward_context(self) -> ContextManager:
         return self.precision.forward_context()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.precision.backward(loss)
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward(*args, **kwargs)`` with the precision's loss scaling."""
+        self.precision.backward(loss, *args, **kwargs)
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Manual optimization: make these gradients the mean over processes (the backward did not
+        run through a wrapper that syncs). Nothing to do on one process."""
+        return None
 
     def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
         """Context for micro-steps that do not step the optimizer: gradients must not be
@@ -104,8 +112,8 @@ class Strategy(ABC):
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         self.precision.unscale_gradients(optimizer)
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.precision.optimizer_step(optimizer)
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+        return self.precision.optimizer_step(optimizer, closure)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
         optimizer.zero_grad(set_to_none=set_to_none)

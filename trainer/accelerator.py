@@ -184,9 +184,10 @@ class Accelerator(TrackingMixin):
             self._models.append(model)
         return model
 
-    def prepare_trainer_module(self, module: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
-        """For the Trainer: the prepared model and the callable that runs ``training_step``."""
-        model, step = self.strategy.setup_trainer_module(module)
+    def prepare_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Any]:
+        """For the Trainer: the prepared model and the callable that runs ``training_step``
+        (``manual``: the module runs its own backward and steps, see trainer/manual.py)."""
+        model, step = self.strategy.setup_trainer_module(module, manual=manual)
         if all(m is not module for m in self._models):
             self._models.append(module)
         return model, step

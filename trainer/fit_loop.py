@@ -122,6 +122,8 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         and strategy_type.forward_context is Strategy.forward_context \
         and strategy_type.no_backward_sync is Strategy.no_backward_sync
     max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
+    manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
+    log_every = cfg.log_every_n_steps
     module._results = results
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
@@ -134,7 +136,12 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         if window.micro == 1:
             window.ref = size
         closes_window = window.micro == k or is_last
-        if plain_forward:
+        trainer.is_last_batch = is_last
+        steps_before = state.global_step
+        if manual:  # training_step runs its own backward and steps; k is 1
+            with accel.autocast():
+                output = training_step(batch, batch_idx)
+        elif plain_forward:
             output = training_step(batch, batch_idx)
             _micro_step(trainer, output, batch_idx, size, window, k)
         else:
@@ -145,15 +152,15 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         state.batch_idx = batch_idx + 1
         state.batches_seen += 1
         state.samples_seen += size
-        stepped = closes_window and window.has_loss
-        if stepped:
+        stepped = state.global_step != steps_before if manual else closes_window and window.has_loss
+        if stepped and not manual:
             _optimizer_step(trainer, optimizer, window, k)
         if closes_window:
             window = trainer._window = _Window()
         state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
         if has_batch_end:
             hooks("on_train_batch_end", output, batch, batch_idx)  # a checkpoint taken here resumes after it
-        if stepped and state.global_step % cfg.log_every_n_steps == 0:
+        if stepped and state.global_step // log_every != steps_before // log_every:  # crossed a multiple
             trainer._publish_train_metrics()
         if state.val_pending:
             state.val_pending = False  # a checkpoint written during validation must not repeat it

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
+
+from trainer import manual
 
 
 class AttributeDict(dict):
@@ -116,6 +119,46 @@ class TrainModule(torch.nn.Module):
     def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    # -- manual optimization (see trainer/manual.py) ----------------------------------------
+    automatic_optimization: bool = True  # set False in __init__ to step the optimizers in training_step
+
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizer(s) of ``configure_optimizers``: one, or a list in the order returned. Their
+        ``step()``/``zero_grad()`` go through the strategy and precision (``use_pl_optimizer=False``:
+        the raw torch optimizers)."""
+        return manual.module_optimizers(self, use_pl_optimizer)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler(s) of ``configure_optimizers`` (one, a list, or None); in manual
+        optimization the module steps them."""
+        return manual.module_lr_schedulers(self)
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward(*args, **kwargs)`` for manual optimization: loss scaling, the backward
+        hooks and, with several processes, gradients averaged across them."""
+        manual.manual_backward(self, loss, *args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Until ``untoggle_optimizer``, only ``optimizer``'s parameters require grad."""
+        manual.toggle_optimizer(self, optimizer)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        manual.untoggle_optimizer(self, optimizer)
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """``toggle_optimizer`` for the block, ``untoggle_optimizer`` after it."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip ``optimizer``'s gradients by norm (default) or value, after undoing the loss scale."""
+        manual.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- services -------------------------------------------------------------------------
     @property

@@ -9,9 +9,9 @@ import torch
 
 from trainer.callbacks.base import MissingMetricError
 
-_SHAPES = ("an optimizer; (optimizer, scheduler); ([optimizer], [scheduler, ...]); "
+_SHAPES = ("an optimizer; a list of optimizers; (optimizer, scheduler); ([optimizers], [schedulers]); "
            "{'optimizer': opt, 'lr_scheduler': scheduler or {'scheduler': s, 'interval': 'step'|'epoch', "
-           "'frequency': n, 'monitor': 'val/loss'}}")
+           "'frequency': n, 'monitor': 'val/loss'}}; or a list of such dicts")
 
 
 @dataclass(slots=True)
@@ -67,40 +67,72 @@ def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
     return config
 
 
-def parse_optimizers(returned: Any) -> tuple[torch.optim.Optimizer, list[SchedulerConfig]]:
-    """Normalise ``configure_optimizers()``'s return value to (optimizer, scheduler configs)."""
-    optimizer: Any
+def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[SchedulerConfig]]:
+    """Normalise ``configure_optimizers()``'s return value to (optimizers, scheduler configs).
+
+    Lightning's shapes: an optimizer; a list/tuple of optimizers; ``([optimizers], [schedulers])``;
+    a dict ``{"optimizer", "lr_scheduler", "monitor"}``; a list/tuple of such dicts; and the
+    shorthand ``(optimizer, scheduler)``.
+    """
+    optimizers: list[Any]
     schedulers: list[Any] = []
     if isinstance(returned, torch.optim.Optimizer):
-        optimizer = returned
-    elif isinstance(returned, (list, tuple)) and len(returned) > 1 \
-            and all(isinstance(o, torch.optim.Optimizer) for o in returned):
-        raise _bad(returned, f"{len(returned)} optimizers were returned; the Trainer steps exactly one "
-                             "(combine parameter groups into one optimizer)")
+        optimizers = [returned]
     elif isinstance(returned, Mapping):
-        if "optimizer" not in returned:
-            raise _bad(returned, "the dict has no 'optimizer' key")
-        optimizer = returned["optimizer"]
-        if returned.get("lr_scheduler") is not None:
-            schedulers = [returned["lr_scheduler"]]
+        optimizers, schedulers = _from_dict(returned, returned)
+    elif isinstance(returned, (list, tuple)) and returned and all(isinstance(o, Mapping) for o in returned):
+        optimizers = []
+        for entry in returned:
+            opts, scheds = _from_dict(entry, returned)
+            optimizers += opts
+            schedulers += scheds
     elif isinstance(returned, (list, tuple)) and len(returned) == 2 and isinstance(returned[1], (list, tuple)) \
             and isinstance(returned[0], (list, tuple)):
         optimizers, schedulers = list(returned[0]), list(returned[1])
-        if len(optimizers) != 1:
-            raise _bad(returned, f"{len(optimizers)} optimizers were returned; the Trainer steps exactly one "
-                                 "(combine parameter groups into one optimizer)")
-        optimizer = optimizers[0]
+    elif isinstance(returned, (list, tuple)) and returned \
+            and all(isinstance(o, torch.optim.Optimizer) for o in returned):
+        optimizers = list(returned)
     elif isinstance(returned, (list, tuple)) and len(returned) == 2:
-        optimizer, schedulers = returned[0], [returned[1]]
-    elif isinstance(returned, (list, tuple)) and len(returned) == 1:
-        optimizer = returned[0]
+        optimizers, schedulers = [returned[0]], [returned[1]]
     elif returned is None:
         raise _bad(returned, "nothing was returned (did you forget `return`?)")
     else:
         raise _bad(returned, f"a {type(returned).__name__} is not one of the accepted shapes")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise _bad(returned, f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
-    return optimizer, [_scheduler_config(s, returned) for s in schedulers]
+    if not optimizers:
+        raise _bad(returned, "no optimizer was returned")
+    for optimizer in optimizers:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise _bad(returned, f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
+    if len({id(o) for o in optimizers}) != len(optimizers):
+        raise _bad(returned, "the same optimizer was returned twice")
+    return optimizers, [_scheduler_config(s, returned) for s in schedulers]
+
+
+def _from_dict(entry: Mapping, returned: Any) -> tuple[list[Any], list[Any]]:
+    unknown = set(entry) - {"optimizer", "lr_scheduler", "monitor"}
+    if "optimizer" not in entry:
+        raise _bad(returned, "the dict has no 'optimizer' key")
+    if unknown:
+        raise _bad(returned, f"the dict accepts only optimizer/lr_scheduler/monitor keys (got {sorted(entry)})")
+    scheduler = entry.get("lr_scheduler")
+    if scheduler is None:
+        return [entry["optimizer"]], []
+    if entry.get("monitor") is not None:  # Lightning's top-level monitor, for a plain ReduceLROnPlateau
+        scheduler = dict(scheduler) if isinstance(scheduler, Mapping) else {"scheduler": scheduler}
+        scheduler.setdefault("monitor", entry["monitor"])
+    return [entry["optimizer"]], [scheduler]
+
+
+def check_optimizer_count(optimizers: list[torch.optim.Optimizer], module: Any) -> None:
+    """Automatic optimization steps one optimizer; several need manual optimization (as in Lightning 2)."""
+    if len(optimizers) > 1:
+        names = ", ".join(type(o).__name__ for o in optimizers)
+        raise ValueError(
+            f"{type(module).__name__}.configure_optimizers() returned {len(optimizers)} optimizers ({names}), but "
+            "automatic optimization steps exactly one. To step several (a GAN, alternating updates), use manual "
+            "optimization: set `self.automatic_optimization = False` in __init__ and, in training_step, "
+            "`opt_a, opt_b = self.optimizers()` then `self.manual_backward(loss)` and `opt_a.step()`. Or combine "
+            "them into one optimizer with several parameter groups.")
 
 
 def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int,

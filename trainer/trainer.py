@@ -24,7 +24,8 @@ from trainer.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
-from trainer.optim import parse_optimizers
+from trainer.manual import ModuleOptimizer, check_manual_settings
+from trainer.optim import check_optimizer_count, parse_optimizers
 from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
 from trainer.results import Results
 from trainer.seed import install_worker_seeding, set_deterministic
@@ -78,8 +79,11 @@ class Trainer(CheckpointingMixin):
         self._metrics = MetricsPublisher(self)
         self._results = {stage: Results(stage) for stage in ("train", "validate", "test")}
         self.module: TrainModule | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._step_schedulers: list = []
+        self.optimizer: torch.optim.Optimizer | None = None  # the one automatic optimization steps
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._module_optimizers: list[ModuleOptimizer] = []  # what module.optimizers() hands out
+        self._scheduler_configs: list = []
+        self._step_schedulers: list = []    # the loop steps these (automatic optimization only)
         self._epoch_schedulers: list = []
         self._fit_start_time: float | None = None
         self._resume_rng: dict | None = None     # RNG states to put back when resuming
@@ -89,6 +93,7 @@ class Trainer(CheckpointingMixin):
         self._stop_agreement = StopAgreement(1)
         self._background_writes = BackgroundWriter()  # ModelCheckpoint(async_save=True)
         self.val_dataloaders: list[Any] = []
+        self.is_last_batch = False  # the loop sets it for each training batch
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
 
@@ -107,8 +112,8 @@ class Trainer(CheckpointingMixin):
     logged_metrics = property(lambda self: self._metrics.logged_metrics)
     progress_bar_metrics = property(lambda self: self._metrics.progress_bar_metrics)
     logger = property(lambda self: self.loggers[0] if self.loggers else None)
-    optimizers = property(lambda self: [self.optimizer] if self.optimizer is not None else [])
-    lr_scheduler_configs = property(lambda self: self._step_schedulers + self._epoch_schedulers)
+    optimizers = property(lambda self: list(self._optimizers))
+    lr_scheduler_configs = property(lambda self: list(self._scheduler_configs))
     max_epochs = property(lambda self: self.config.max_epochs)
     max_steps = property(lambda self: self.config.max_steps)
     log_every_n_steps = property(lambda self: self.config.log_every_n_steps)
@@ -139,6 +144,7 @@ class Trainer(CheckpointingMixin):
         """
         if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
             raise TypeError(f"fit(ckpt_path={ckpt_path!r}): expected a path or 'last'.")
+        check_manual_settings(model, self.config)
         train_loader = _check_loaders(train_dataloaders, "fit", "train_dataloaders", single=True)[0]
         val_loaders = _check_loaders(val_dataloaders, "fit", "val_dataloaders") if val_dataloaders is not None else []
         if val_loaders and self.config.limit_val_batches == 0:
@@ -194,7 +200,8 @@ class Trainer(CheckpointingMixin):
             connect = getattr(self.accelerator.strategy, "connect", None)
             if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
                 connect(self.config)
-            self._model, self._training_step = self.accelerator.prepare_trainer_module(module)
+            manual = not getattr(module, "automatic_optimization", True)
+            self._model, self._training_step = self.accelerator.prepare_trainer_module(module, manual=manual)
             if stage == "fit":
                 self._setup_optimizers(module)
             with torch.autograd.set_detect_anomaly(True) if self.config.detect_anomaly else contextlib.nullcontext():
@@ -249,10 +256,17 @@ class Trainer(CheckpointingMixin):
             raise ValueError(f"{type(module).__name__} has no trainable parameters (none with requires_grad=True), "
                              "so fit has nothing to optimize. Unfreeze some parameters, or use "
                              "trainer.validate/test/predict to only evaluate.")
-        optimizer, schedulers = parse_optimizers(module.configure_optimizers())
-        self.optimizer = self.accelerator.strategy.setup_optimizer(optimizer)
-        self._step_schedulers = [s for s in schedulers if s.interval == "step"]
-        self._epoch_schedulers = [s for s in schedulers if s.interval == "epoch"]
+        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+        automatic = getattr(module, "automatic_optimization", True)
+        if automatic:
+            check_optimizer_count(optimizers, module)
+        self._optimizers = [self.accelerator.strategy.setup_optimizer(opt) for opt in optimizers]
+        self.optimizer = self._optimizers[0]
+        self._module_optimizers = [ModuleOptimizer(opt, self) for opt in self._optimizers]
+        self._scheduler_configs = schedulers
+        # in manual optimization the module steps its schedulers itself (as in Lightning)
+        self._step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
+        self._epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
 
     def _num_batches(self, loader: Any, limit: int | float | None, what: str) -> int | None:
         """Batches per epoch after ``limit_*``; None when the loader has no length."""
