@@ -39,6 +39,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/realistic.py --results benchmarks/results
 	$(PY) benchmarks/overhead.py --results benchmarks/results
 	$(PY) benchmarks/ddp.py --results benchmarks/results
+	$(PY) benchmarks/startup.py --results benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

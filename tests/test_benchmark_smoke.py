@@ -162,3 +162,15 @@ def test_overhead_benchmark_writes_a_table_and_a_chart(tmp_path):
     table = (tmp_path / "overhead.md").read_text()
     assert "| Trainer, barebones |" in table and "![" in table and "load average" in table
     assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(300)
+def test_startup_benchmark_times_imports_and_every_launcher(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--import-runs", "1",
+                           "--launch-rounds", "1", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("`import trainer` after `import torch` | +", "raw script, torchrun: to first step",
+                "raw script, trainer launch: to first step", "Trainer script, trainer launch: to first step"):
+        assert row in proc.stdout, proc.stdout
+    assert (tmp_path / "startup.png").exists() and (tmp_path / "startup.md").exists()
