@@ -291,7 +291,7 @@ def test_a_module_that_is_not_a_train_module_is_refused():
 
 
 @pytest.mark.parametrize("loader, error, pattern", [
-    (None, TypeError, r"trainer\.fit\(train_dataloaders=None\): expected a torch DataLoader"),
+    (None, TypeError, r"trainer\.fit\(BoringModel\(\.\.\.\)\): no training data\. Pass train_dataloaders=\.\.\., or datamodule"),
     (torch.zeros(3), TypeError, r"trainer\.fit\(train_dataloaders=tensor\(\[0\., 0\., 0\.\]\)\): expected a torch "),
     ([regression_loader(16, 8), regression_loader(16, 8)], TypeError,
      r"trainer\.fit\(train_dataloaders=\[2 dataloaders\]\): training takes one dataloader\. Combine the datasets"),

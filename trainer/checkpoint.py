@@ -10,6 +10,7 @@ A checkpoint is one file (``torch.save`` of plain containers and tensors, loaded
                               decide the epoch's data order, metric accumulators, callback_metrics
     rng                       python, numpy, torch and CUDA generators, per rank
     callbacks                 {state_key: state_dict()} of every callback
+    datamodule                the DataModule's state_dict() (and datamodule_hparams), when fit got one
     ... and whatever the module's / callbacks' on_save_checkpoint add.
 """
 
@@ -69,6 +70,9 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
             "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
         })
+        if trainer.datamodule is not None:
+            ckpt["datamodule"] = trainer.datamodule.state_dict()
+            ckpt["datamodule_hparams"] = _plain(dict(trainer.datamodule.hparams))
         trainer._hooks("on_save_checkpoint", ckpt)
     return ckpt
 
@@ -183,6 +187,8 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     trainer._epoch_start_rng = loops.get("epoch_start_rng")
     trainer._results["train"].load_state_dict(loops.get("results", {}))
     trainer._metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+    if trainer.datamodule is not None and "datamodule" in ckpt:
+        trainer.datamodule.load_state_dict(ckpt["datamodule"])
     by_key = {cb.state_key: cb for cb in trainer.callbacks}
     for key, state in ckpt.get("callbacks", {}).items():
         if key in by_key:
@@ -192,6 +198,17 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     if trainer._resume_rng is None and rng:
         warnings.warn(f"{path!r} has no RNG state for rank {strategy.global_rank}; random streams restart.",
                       stacklevel=3)
+
+
+def newest_checkpoint(dirpath: str) -> str | None:
+    """last.ckpt in ``dirpath``, else its newest whole ``.ckpt``; None when there is none."""
+    from trainer.strategies.checkpoint_io import is_temporary
+
+    if not os.path.isdir(dirpath):
+        return None
+    paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
+    last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
+    return (last or sorted(paths, key=os.path.getmtime, reverse=True) or [None])[0]
 
 
 def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] | None:

@@ -54,6 +54,53 @@ class CheckpointingMixin:
             return cb.dirpath
         return os.path.abspath(os.path.join(self.config.default_root_dir, "checkpoints"))
 
+    def _eval_checkpoint(self, stage: str, ckpt_path: Any) -> str | None:
+        """The file ``validate/test/predict(ckpt_path=...)`` loads weights from: "best" (the checkpoint
+        callback's best model), "last" (its last.ckpt, else the newest checkpoint), or a path."""
+        if ckpt_path is None:
+            return None
+        if not isinstance(ckpt_path, (str, os.PathLike)):
+            raise TypeError(f"trainer.{stage}(ckpt_path={ckpt_path!r}): expected 'best', 'last' or a path.")
+        cb = self.checkpoint_callback
+        if ckpt_path == "best":
+            best = getattr(cb, "best_model_path", "") if cb is not None else ""
+            if not best:
+                why = ("there is no ModelCheckpoint callback" if cb is None else
+                       "the ModelCheckpoint has no best checkpoint yet (fit has not saved one, or it has no monitor "
+                       "and saved none)")
+                raise ValueError(f"trainer.{stage}(ckpt_path='best'): {why}. Run fit with a ModelCheckpoint first, "
+                                 "or pass a path.")
+            return best
+        if ckpt_path == "last":
+            last = getattr(cb, "last_model_path", "") if cb is not None else ""
+            if not last:
+                found = checkpoint.newest_checkpoint(self._checkpoint_dir())
+                if found is None:
+                    raise ValueError(f"trainer.{stage}(ckpt_path='last'): no checkpoint in "
+                                     f"{self._checkpoint_dir()!r}. Run fit first, or pass a path.")
+                last = found
+            return last
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"trainer.{stage}(ckpt_path={str(ckpt_path)!r}): no such file. Expected 'best', "
+                                    "'last' or the path of a checkpoint.")
+        return str(ckpt_path)
+
+    def _load_weights_for_eval(self, path: str) -> None:
+        """Put the weights of checkpoint ``path`` into the module (for validate/test/predict)."""
+        from trainer.strategies.checkpoint_io import safe_load
+
+        strategy = self.accelerator.strategy
+        if getattr(strategy, "sharded_format", None):
+            raise ValueError(f"ckpt_path={path!r} with {type(strategy).__name__}: loading a sharded checkpoint for "
+                             "evaluation is not supported. Merge it into plain weights (`trainer merge-weights`) and "
+                             "load them with model.load_state_dict before calling.")
+        ckpt = safe_load(path)
+        checkpoint.check_compatible(ckpt, path, strategy.world_size)
+        checkpoint.load_weights_into(self.accelerator.unwrap_model(self.module), ckpt["state_dict"], path,
+                                     strict=getattr(self.module, "strict_loading", True))
+        self._hooks.module("on_load_checkpoint", ckpt)
+        self.ckpt_path = path
+
     def _settle_background_writes(self, err: BaseException) -> None:
         """A stage is failing: let a checkpoint being written in the background become whole first,
         and carry its own failure, if any, as a note on ``err``."""

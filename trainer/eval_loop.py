@@ -75,8 +75,9 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
     return metrics
 
 
-def run_predict(trainer: Any, loaders: list[Any]) -> list[Any]:
-    """``predict_step`` over every batch; returns its outputs (a list per loader if several)."""
+def run_predict(trainer: Any, loaders: list[Any], keep: bool = True) -> list[Any] | None:
+    """``predict_step`` over every batch; returns its outputs (a list per loader if several), or None
+    when ``keep`` is False (``return_predictions=False``: nothing is held in memory)."""
     module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
     check_step_signature(module, "predict", len(loaders), "trainer.predict")
     module.eval()
@@ -93,8 +94,12 @@ def run_predict(trainer: Any, loaders: list[Any]) -> list[Any]:
                 with accel.autocast():
                     output = module.predict_step(batch, batch_idx, *extra)
                 hooks("on_predict_batch_end", output, batch, batch_idx, dataloader_idx)
-                outputs.append(output)
+                if keep:
+                    outputs.append(output)
             per_loader.append(outputs)
+    trainer.predictions = per_loader if keep else None  # what a BasePredictionWriter writes at epoch end
     hooks("on_predict_epoch_end")
     hooks("on_predict_end")
+    if not keep:
+        return None
     return per_loader[0] if len(per_loader) == 1 else per_loader

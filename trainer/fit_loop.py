@@ -51,6 +51,10 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
             eval_loop.run_validation(trainer, val_loaders)  # it was due right after the checkpoint was taken
     while not trainer._should_stop_now():
         start = state.batch_idx  # > 0 only when resuming inside an epoch
+        if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
+            train_loader = trainer._reload_dataloaders(train_loader, val_loaders)
+            num_batches = trainer.num_training_batches
+            val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         _set_sampler_epoch(train_loader, state.current_epoch)
         trainer.module.train()
         if start == 0:

@@ -81,6 +81,22 @@ class TrainModule(torch.nn.Module):
         The Trainer calls it at the start of every fit/validate/test/predict: make it idempotent
         (e.g. ``if self.blocks is not None: return``)."""
 
+    # -- data from the module itself (used when fit/validate/test/predict get no loaders) -------
+    def prepare_data(self) -> None:
+        """Download or write data to disk: once per machine, on local rank zero, before ``setup``."""
+
+    def train_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.train_dataloader() is not implemented.")
+
+    def val_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.val_dataloader() is not implemented.")
+
+    def test_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.test_dataloader() is not implemented.")
+
+    def predict_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.predict_dataloader() is not implemented.")
+
     # -- hooks (same names as Callback's, without the trainer/module arguments) -----------
     def setup(self, stage: str) -> None: ...
     def teardown(self, stage: str) -> None: ...

@@ -19,6 +19,7 @@ from trainer import checkpoint, eval_loop, fit_loop
 from trainer.accelerator import Accelerator
 from trainer.checkpointing import CheckpointingMixin
 from trainer.config import TrainerConfig
+from trainer.datamodule import DataModule, check_sources, has_loader, loaders_from, run_prepare_data
 from trainer.distributed_data import distribute_loader, in_order
 from trainer.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
@@ -94,6 +95,11 @@ class Trainer(CheckpointingMixin):
         self._background_writes = BackgroundWriter()  # ModelCheckpoint(async_save=True)
         self.val_dataloaders: list[Any] = []
         self.is_last_batch = False  # the loop sets it for each training batch
+        self.train_dataloader: Any = None
+        self.datamodule: DataModule | None = None
+        self.ckpt_path: str | None = None  # the checkpoint validate/test/predict loaded last
+        self.predictions: list | None = None
+        self._given_loaders: dict[str, Any] = {"train": None, "validate": None}
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
 
@@ -134,64 +140,96 @@ class Trainer(CheckpointingMixin):
         return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
 
     # -- entry points ------------------------------------------------------------------------
-    def fit(self, model: TrainModule, train_dataloaders: Any, val_dataloaders: Any = None,
-            ckpt_path: str | None = None) -> None:
+    def fit(self, model: TrainModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: DataModule | None = None, ckpt_path: str | None = None) -> None:
         """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders`` when given.
 
+        The data may instead come from ``datamodule`` (a ``DataModule``; ``fit(model, dm)`` works too)
+        or from the module's own ``train_dataloader()``/``val_dataloader()``.
         ``ckpt_path``: resume from this checkpoint, or ``"last"``: the newest whole checkpoint in
         the checkpoint directory if there is one (else start fresh) -- the same command for the
         first run and every restart.
         """
         if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
             raise TypeError(f"fit(ckpt_path={ckpt_path!r}): expected a path or 'last'.")
+        if isinstance(train_dataloaders, DataModule) and datamodule is None:  # fit(model, dm), as Lightning allows
+            train_dataloaders, datamodule = None, train_dataloaders
+        check_sources("fit", {"train_dataloaders": train_dataloaders, "val_dataloaders": val_dataloaders}, datamodule)
+        _check_module(model, "fit")
+        if train_dataloaders is None and not has_loader(datamodule or model, "train"):
+            raise TypeError(f"trainer.fit({type(model).__name__}(...)): no training data. Pass train_dataloaders=..., "
+                            f"or datamodule=... with a train_dataloader() method, or define train_dataloader() in "
+                            f"{type(model).__name__}.")
         check_manual_settings(model, self.config)
-        train_loader = _check_loaders(train_dataloaders, "fit", "train_dataloaders", single=True)[0]
-        val_loaders = _check_loaders(val_dataloaders, "fit", "val_dataloaders") if val_dataloaders is not None else []
-        if val_loaders and self.config.limit_val_batches == 0:
-            val_loaders = []
         self._launch_if_needed()
-        train_loader = self._distribute([train_loader], train=True)[0]
-        val_loaders = self._distribute(val_loaders, train=False)
-        self.val_dataloaders = val_loaders
-        self._run("fit", model, lambda: self._fit(train_loader, val_loaders, ckpt_path),
-                  loaders=[train_loader, *val_loaders])
+        given = {"train": train_dataloaders, "validate": val_dataloaders}
+        self._run("fit", model, lambda: self._fit(given, ckpt_path), datamodule)
 
-    def validate(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
-        """Run ``validation_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
-        loaders = _check_loaders(dataloaders, "validate", "dataloaders")
-        self._launch_if_needed()
-        loaders = self._distribute(loaders, train=False)
-        return self._run("validate", model, lambda: eval_loop.run_validation(self, loaders, "validate"), loaders)
+    def validate(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+                 verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """Run ``validation_step`` over ``dataloaders`` (or the datamodule's / module's
+        ``val_dataloader()``); returns one dict of metrics per dataloader. ``ckpt_path``: first load
+        the weights of "best" or "last" (the checkpoint callback's) or of a path."""
+        return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule,
+                              lambda loaders: eval_loop.run_validation(self, loaders, "validate"))
 
-    def test(self, model: TrainModule, dataloaders: Any) -> list[dict[str, float]]:
-        """Run ``test_step`` over ``dataloaders``; returns one dict of metrics per dataloader."""
-        loaders = _check_loaders(dataloaders, "test", "dataloaders")
-        self._launch_if_needed()
-        loaders = self._distribute(loaders, train=False)
-        return self._run("test", model, lambda: eval_loop.run_validation(self, loaders, "test"), loaders)
+    def test(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+             verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """Run ``test_step`` over ``dataloaders`` (or ``test_dataloader()``); returns one dict of metrics
+        per dataloader. ``ckpt_path`` as for ``validate``."""
+        return self._evaluate("test", model, dataloaders, ckpt_path, datamodule,
+                              lambda loaders: eval_loop.run_validation(self, loaders, "test"))
 
-    def predict(self, model: TrainModule, dataloaders: Any) -> list[Any]:
-        """Run ``predict_step`` over ``dataloaders``; returns its outputs in order."""
-        loaders = _check_loaders(dataloaders, "predict", "dataloaders")
+    def predict(self, model: TrainModule | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
+                return_predictions: bool | None = None, ckpt_path: str | None = None) -> list[Any] | None:
+        """Run ``predict_step`` over ``dataloaders`` (or ``predict_dataloader()``); returns its outputs in
+        order, or None with ``return_predictions=False`` (write them with a ``BasePredictionWriter``)."""
+        keep = True if return_predictions is None else bool(return_predictions)
+        return self._evaluate("predict", model, dataloaders, ckpt_path, datamodule,
+                              lambda loaders: eval_loop.run_predict(self, loaders, keep))
+
+    def _evaluate(self, stage: str, model: TrainModule | None, dataloaders: Any, ckpt_path: Any,
+                  datamodule: Any, run: Callable[[list[Any]], Any]) -> Any:
+        if model is None:  # Lightning's trainer.test(ckpt_path="best") after fit: the fitted module
+            if self.module is None:
+                raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
+            model = self.module
+        if isinstance(dataloaders, DataModule) and datamodule is None:
+            dataloaders, datamodule = None, dataloaders
+        check_sources(stage, {"dataloaders": dataloaders}, datamodule)
+        _check_module(model, stage)
+        if dataloaders is None and not has_loader(datamodule or model, stage):
+            method = {"validate": "val", "test": "test", "predict": "predict"}[stage] + "_dataloader()"
+            raise TypeError(f"trainer.{stage}({type(model).__name__}(...)): no data. Pass dataloaders=..., or "
+                            f"datamodule=... with a {method} method, or define {method} in {type(model).__name__}.")
+        path = self._eval_checkpoint(stage, ckpt_path)
         self._launch_if_needed()
-        loaders = self._distribute(loaders, train=False)
-        return self._run("predict", model, lambda: eval_loop.run_predict(self, loaders), loaders)
+
+        def body() -> Any:
+            if path is not None:
+                self._load_weights_for_eval(path)
+            return run(self._stage_loaders(stage, dataloaders))
+        return self._run(stage, model, body, datamodule)
 
     # -- wiring ------------------------------------------------------------------------------
-    def _run(self, stage: str, module: TrainModule, body: Callable[[], Any], loaders: list[Any]) -> Any:
+    def _run(self, stage: str, module: TrainModule, body: Callable[[], Any], datamodule: Any = None) -> Any:
         _check_module(module, stage)
         set_deterministic(self.config.deterministic)
         if self.config.benchmark is not None:  # cuDNN picks its fastest kernels (non-deterministic); None: leave it
             torch.backends.cudnn.benchmark = self.config.benchmark
         elif self.config.deterministic is True:
             torch.backends.cudnn.benchmark = False
-        for loader in loaders:
-            install_worker_seeding(loader)
         self.module, self.state.stage = module, stage
         module._trainer = self
+        self.datamodule = datamodule
+        if datamodule is not None:
+            datamodule.trainer = self
         self._metrics.reset()
         self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
         try:
+            run_prepare_data(self, datamodule, module)
+            if datamodule is not None:
+                datamodule.setup(stage)
             self._hooks("setup", stage)
             with self.accelerator.strategy.module_init_context():
                 module.configure_model()
@@ -217,11 +255,13 @@ class Trainer(CheckpointingMixin):
             self._hooks("on_exception", err)
             raise
         finally:
+            if datamodule is not None:
+                datamodule.teardown(stage)
             self._hooks("teardown", stage)
             module._results = None
             self.state.stage = "idle"
 
-    def _fit(self, train_loader: Any, val_loaders: list[Any], ckpt_path: str | None) -> None:
+    def _fit(self, given: dict[str, Any], ckpt_path: str | None) -> None:
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
@@ -229,6 +269,9 @@ class Trainer(CheckpointingMixin):
                 if self.is_global_zero:
                     print(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
                           f"batch_idx {self.state.batch_idx}).")
+        self._given_loaders = given  # asked for after the checkpoint's datamodule state is back, as in Lightning
+        train_loader = self.train_dataloader = self._stage_loaders("train", given["train"])[0]
+        val_loaders = self.val_dataloaders = self._stage_loaders("validate", given["validate"])
         self._stop_agreement = StopAgreement(self.strategy.world_size)
         with sigterm_sets_flag(self):
             self._fit_loops(train_loader, val_loaders)
@@ -250,6 +293,35 @@ class Trainer(CheckpointingMixin):
             self.state.stage = "fit"
         fit_loop.run_fit(self, train_loader, val_loaders, self._num_train_batches, val_every)
         self._hooks("on_fit_end")
+
+    def _stage_loaders(self, kind: str, given: Any) -> list[Any]:
+        """The loaders of ``kind`` ("train", "validate", "test", "predict"): those passed to the call,
+        else the datamodule's, else the module's; checked, split between processes, seeded."""
+        value = given if given is not None else loaders_from(self.datamodule or self.module, kind)
+        if value is None:
+            return []
+        stage = "fit" if kind in ("train", "validate") and self.state.stage in ("fit", "sanity_check") else kind
+        name = {"train": "train_dataloaders", "validate": "val_dataloaders"}.get(kind, "dataloaders") \
+            if stage == "fit" else "dataloaders"
+        loaders = _check_loaders(value, stage, name, single=kind == "train")
+        if kind == "validate" and self.config.limit_val_batches == 0:
+            return []
+        loaders = self._distribute(loaders, train=kind == "train")
+        for loader in loaders:
+            install_worker_seeding(loader)
+        return loaders
+
+    def _reload_dataloaders(self, train_loader: Any, val_loaders: list[Any]) -> Any:
+        """``reload_dataloaders_every_n_epochs``: at the start of every n-th epoch ask the datamodule
+        (or module) for its loaders again; returns the train loader (val_loaders replaced in place)."""
+        n, epoch = self.config.reload_dataloaders_every_n_epochs, self.state.current_epoch
+        if not n or epoch == 0 or epoch % n:
+            return train_loader
+        given = self._given_loaders
+        train_loader = self.train_dataloader = self._stage_loaders("train", given["train"])[0]
+        val_loaders[:] = self._stage_loaders("validate", given["validate"])
+        self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
+        return train_loader
 
     def _setup_optimizers(self, module: TrainModule) -> None:
         if not any(p.requires_grad for p in module.parameters()):

@@ -1,0 +1,123 @@
+"""``DataModule`` (Lightning's ``LightningDataModule``) and where each stage's dataloaders come from.
+
+A stage's dataloaders come from exactly one place, in this order: the loaders passed to the call,
+the ``datamodule=`` passed to it, or the module's own ``*_dataloader()`` methods. They are asked
+for after ``prepare_data`` and ``setup(stage)`` ran (and, when resuming, after the checkpoint's
+datamodule state was loaded), as in Lightning.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from trainer.module import AttributeDict, save_hyperparameters
+
+_LOADER_METHOD = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
+                  "predict": "predict_dataloader"}
+
+
+class DataModule:
+    """Everything about the data in one object: download once, split, and build the dataloaders.
+
+    Override what you need: ``prepare_data()`` (runs once per machine, on local rank zero, while the
+    other processes wait; do not set state here, it does not run on every process), ``setup(stage)``
+    (runs on every process; ``stage`` is "fit", "validate", "test" or "predict"), the four
+    ``*_dataloader()`` methods, ``teardown(stage)``, and ``state_dict()``/``load_state_dict()`` (saved
+    in the checkpoint and put back on resume).
+
+    Example:
+        >>> class Numbers(DataModule):
+        ...     def __init__(self, batch_size=8):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...     def setup(self, stage):
+        ...         self.data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+        ...     def train_dataloader(self):
+        ...         return torch.utils.data.DataLoader(self.data, batch_size=self.hparams.batch_size)
+    """
+
+    prepare_data_per_node: bool = True  # False: prepare_data runs once in the whole job (global rank zero)
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.hparams = AttributeDict()
+
+    def prepare_data(self) -> None:
+        """Download or write data to disk. Called once per machine before ``setup``."""
+
+    def setup(self, stage: str) -> None:
+        """Load and split the data on every process."""
+
+    def teardown(self, stage: str) -> None:
+        """Clean up after ``stage``."""
+
+    def train_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.train_dataloader() is not implemented; fit needs it.")
+
+    def val_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.val_dataloader() is not implemented.")
+
+    def test_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.test_dataloader() is not implemented; test needs it.")
+
+    def predict_dataloader(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.predict_dataloader() is not implemented; predict needs it.")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What to save in the checkpoint (plain containers, numbers, strings, tensors)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Put back what ``state_dict`` returned."""
+
+    def save_hyperparameters(self, *args: Any, ignore: str | tuple[str, ...] | list[str] = ()) -> None:
+        """Store the calling ``__init__``'s arguments in ``self.hparams`` (as ``TrainModule``'s)."""
+        self.hparams = save_hyperparameters(self.hparams, args, ignore, inspect.currentframe())
+
+
+def _overrides(obj: Any, name: str) -> bool:
+    """``obj`` defines ``name`` itself (not TrainModule's/DataModule's default)."""
+    from trainer.module import TrainModule
+
+    impl = getattr(type(obj), name, None)
+    base = DataModule if isinstance(obj, DataModule) else TrainModule
+    return impl is not None and impl is not getattr(base, name, None)
+
+
+def has_loader(owner: Any, kind: str) -> bool:
+    """``owner`` (a DataModule or a TrainModule) defines the ``kind`` dataloader method."""
+    return owner is not None and _overrides(owner, _LOADER_METHOD[kind])
+
+
+def loaders_from(owner: Any, kind: str) -> Any:
+    """The dataloader(s) ``owner.<kind>_dataloader()`` returns (None when it does not define it)."""
+    if not has_loader(owner, kind):
+        return None
+    return getattr(owner, _LOADER_METHOD[kind])()
+
+
+def check_sources(stage: str, loaders: dict[str, Any], datamodule: Any) -> None:
+    """Refuse ambiguous or wrong inputs before anything runs."""
+    if datamodule is not None and not isinstance(datamodule, DataModule):
+        raise TypeError(f"trainer.{stage}(datamodule={type(datamodule).__name__}(...)): expected a trainer.DataModule. "
+                        "Subclass trainer.DataModule (Lightning's LightningDataModule) or pass dataloaders instead.")
+    given = [name for name, value in loaders.items() if value is not None]
+    if datamodule is not None and given:
+        raise ValueError(f"trainer.{stage}({given[0]}=..., datamodule=...): pass either dataloaders or a datamodule, "
+                         "not both. Drop one of them (the datamodule's *_dataloader() methods give its loaders).")
+
+
+def run_prepare_data(trainer: Any, datamodule: Any, module: Any) -> None:
+    """``prepare_data`` of the datamodule and the module: once per machine on local rank zero (or once
+    per job on global rank zero with ``prepare_data_per_node = False``) while the others wait."""
+    owners = [o for o in (datamodule, module) if o is not None and _overrides(o, "prepare_data")]
+    if not owners:
+        return
+    strategy = trainer.accelerator.strategy
+    for owner in owners:
+        per_node = getattr(owner, "prepare_data_per_node", True)
+        if (strategy.local_rank if per_node else strategy.global_rank) == 0:
+            owner.prepare_data()
+    if strategy.world_size > 1:
+        strategy.barrier("prepare_data")
