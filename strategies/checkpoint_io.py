@@ -117,8 +117,11 @@ def atomic_save(obj: Any, path: str) -> None:
     atomic_write(path, fill)
 
 
-def safe_load(path: str, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint with ``torch.load(weights_only=True)``, explaining every refusal."""
+def safe_load(path: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """Load a checkpoint with ``torch.load(weights_only=True)``, explaining every refusal.
+
+    ``mmap=True``: map the file instead of reading it (see mapped.py); a dict comes back as a
+    ``MappedCheckpoint`` whose pages can be dropped once its tensors are copied into the live state."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist. Check the path, or pass ckpt_path='last' to "
                                 "resume from the newest checkpoint (or start fresh when there is none).")
@@ -130,6 +133,10 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
                 "(its writing was cut short, or it is another kind of directory). Use an earlier checkpoint.")
         path = meta
     try:
+        if mmap and os.path.isfile(path):
+            from .mapped import load_mapped
+
+            return load_mapped(path, map_location)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err)

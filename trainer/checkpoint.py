@@ -111,8 +111,10 @@ def check_compatible(ckpt: Any, path: str, world_size: int) -> None:
             f"among {world_size}. Resume with {saved_world} process(es), or from a checkpoint taken at an epoch end.")
 
 
-def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool) -> None:
-    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error."""
+def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool,
+                      pages: Any = None) -> None:
+    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error. With
+    ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -129,7 +131,13 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
                                             "`model.strict_loading = False` before fit.")
         warnings.warn(message + " Loading the matching keys only (strict_loading=False).", stacklevel=3)
         state_dict = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
-    module.load_state_dict(state_dict, strict=False)
+    del own
+    if pages is not None:
+        from trainer.strategies.mapped import load_module_in_place
+
+        load_module_in_place(module, state_dict, pages)
+    else:
+        module.load_state_dict(state_dict, strict=False)
 
 
 def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
@@ -152,8 +160,9 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
         trainer._hooks("on_load_checkpoint", ckpt)
         _restore_rest(trainer, ckpt, path)
         return
+    pages = getattr(ckpt, "pages", None)  # a memory-mapped file: copy into the live state piece by piece
     load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
-                      strict=getattr(module, "strict_loading", True))
+                      strict=getattr(module, "strict_loading", True), pages=pages)
     trainer._hooks("on_load_checkpoint", ckpt)
     if "optimizer_states" not in ckpt:
         raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
@@ -169,6 +178,10 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
             warnings.warn(f"{path!r}: optimizer state skipped, it does not fit ({err}); strict_loading=False.",
                           stacklevel=3)
             continue
+        if pages is not None:
+            from trainer.strategies.mapped import own_optimizer_state
+
+            own_optimizer_state(opt, pages)
         strategy.setup_optimizer(opt)
     _restore_rest(trainer, ckpt, path)
 
@@ -218,7 +231,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     from trainer.strategies.checkpoint_io import CorruptCheckpointError, is_temporary, remove_path, safe_load
 
     if ckpt_path != "last":
-        return ckpt_path, safe_load(ckpt_path)
+        return ckpt_path, safe_load(ckpt_path, mmap=True)
     dirpath = trainer._checkpoint_dir()
     candidates: list[str] = []
     if os.path.isdir(dirpath):
@@ -231,7 +244,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
-            return path, safe_load(path)
+            return path, safe_load(path, mmap=True)
         except CorruptCheckpointError as err:
             warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
     if trainer.is_global_zero:
