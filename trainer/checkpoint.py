@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from trainer.strategies.checkpoint_io import CheckpointError
+from trainer.compiled import strip_compile_prefix
 from trainer.data_position import rng_states, set_rng_states
 
 FORMAT_VERSION = 1
@@ -116,6 +117,7 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
     """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error. With
     ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped."""
     own = module.state_dict()
+    state_dict = strip_compile_prefix(state_dict, own)  # saved from a torch.compile wrapper
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"

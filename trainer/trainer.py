@@ -25,6 +25,7 @@ from trainer.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
+from trainer.compiled import from_compiled
 from trainer.manual import ModuleOptimizer, check_manual_settings
 from trainer.optim import check_optimizer_count, parse_optimizers
 from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
@@ -152,6 +153,7 @@ class Trainer(CheckpointingMixin):
         """
         if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
             raise TypeError(f"fit(ckpt_path={ckpt_path!r}): expected a path or 'last'.")
+        model = from_compiled(model)  # torch.compile(model): the original module, compiled forward (compiled.py)
         if isinstance(train_dataloaders, DataModule) and datamodule is None:  # fit(model, dm), as Lightning allows
             train_dataloaders, datamodule = None, train_dataloaders
         check_sources("fit", {"train_dataloaders": train_dataloaders, "val_dataloaders": val_dataloaders}, datamodule)
@@ -190,6 +192,7 @@ class Trainer(CheckpointingMixin):
 
     def _evaluate(self, stage: str, model: TrainModule | None, dataloaders: Any, ckpt_path: Any,
                   datamodule: Any, run: Callable[[list[Any]], Any]) -> Any:
+        model = from_compiled(model)
         if model is None:  # Lightning's trainer.test(ckpt_path="best") after fit: the fitted module
             if self.module is None:
                 raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
