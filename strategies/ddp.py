@@ -171,6 +171,28 @@ class DDPStrategy(Strategy):
             return module.no_sync()
         return super().no_backward_sync(module)
 
+    def local_training_step(self, module: torch.nn.Module) -> Callable:
+        return module.training_step  # around DDP's wrapper: no reducer, no buffer broadcast
+
+    def all_reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """One all-reduce of every gradient, flattened (a parameter without one counts as zeros), then
+        rank zero's buffers to every rank: what DDP's backward and forward would have done."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if not params or self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for p, synced in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
+            if p.grad is None:
+                p.grad = synced
+            else:
+                p.grad.copy_(synced)
+        for module in self._wrapped.values():
+            for buffer in module[0].buffers():
+                dist.broadcast(buffer, src=0)
+
     # -- collectives -------------------------------------------------------------------------------
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
         if op not in _OPS:

@@ -223,6 +223,9 @@ class DeepSpeedStrategy(DDPStrategy):
         return None
 
     supports_gradient_correction = False  # gradients live in the engine's partitions
+    oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
+                         "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
+                         "free of collectives.")
 
     # -- state --------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -178,6 +178,9 @@ class FSDPStrategy(DDPStrategy):
             return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts; no autocast on top
         return super().forward_context()
 
+    oom_split_refusal = ("FSDP gathers parameters in every forward and backward (collectives), so a rank that "
+                         "retries a micro-batch in pieces would leave the others waiting in a different collective.")
+
     @contextlib.contextmanager
     def no_backward_sync(self, module: torch.nn.Module) -> Any:
         """Accumulate unsharded gradients locally; reduce-scatter only on the window's last backward."""

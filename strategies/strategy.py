@@ -109,6 +109,17 @@ class Strategy(ABC):
         all-reduced there. Nothing to skip on one device."""
         return contextlib.nullcontext()
 
+    # Trainer(oom_split=True): micro-batches run without any collective, gradients sync once per window
+    oom_split_refusal: str | None = None  # why this strategy cannot split a micro-batch (None: it can)
+
+    def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
+        """``training_step`` with no communication in its forward or backward."""
+        return module.training_step
+
+    def all_reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the locally accumulated gradients over processes (nothing to do on one)."""
+        return None
+
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         self.precision.unscale_gradients(optimizer)
 

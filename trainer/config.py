@@ -98,6 +98,7 @@ class TrainerConfig:
     inference_mode: bool = True
     sync_batchnorm: bool = False
     barebones: bool = False
+    oom_split: bool = False
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and (not _is_int(self.max_epochs) or self.max_epochs < -1 or self.max_epochs == 0):
@@ -131,6 +132,8 @@ class TrainerConfig:
         if self.deterministic not in (True, False, "warn"):
             raise ValueError(f"Trainer(deterministic={self.deterministic!r}): expected True, False or 'warn'.")
         self._check_lightning_switches()
+        if not isinstance(self.oom_split, bool):
+            raise TypeError(f"Trainer(oom_split={self.oom_split!r}): expected True or False.")
         self._apply_fast_dev_run()
         self._apply_overfit_batches()
 

@@ -42,6 +42,7 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
     state = trainer.state
     trainer._fit_start_time = time.monotonic()
     hooks = trainer._hooks
+    trainer._oom_splitter = _make_splitter(trainer)
     hooks("on_train_start")
     if trainer._resume_rng is not None:
         set_rng_states(trainer._resume_rng)  # every random stream continues from the checkpoint
@@ -75,6 +76,21 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
             break
         _end_train_epoch(trainer)
     hooks("on_train_end")
+
+
+def _make_splitter(trainer: Any) -> Any:
+    """``Trainer(oom_split=True)``: the splitter, and the strategy's ``training_step`` without sync."""
+    if not trainer.config.oom_split:
+        return None
+    from trainer.oom import BatchSplitter
+
+    if getattr(trainer.module, "automatic_optimization", True) is False:
+        raise ValueError("Trainer(oom_split=True) splits micro-batches of the loop's own optimization, but "
+                         f"{type(trainer.module).__name__} sets automatic_optimization = False. Split the batch in "
+                         "your training_step instead, or remove oom_split=True.")
+    strategy = trainer.accelerator.strategy
+    trainer._local_training_step = strategy.local_training_step(trainer.module)
+    return BatchSplitter(trainer.module, strategy.root_device)
 
 
 def _epoch_batches(trainer: Any, loader: Any, num_batches: int | None, start: int) -> Any:
@@ -129,6 +145,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
     log_every = cfg.log_every_n_steps
     module._results = results
+    splitter = trainer._oom_splitter  # Trainer(oom_split=True): see _train_split
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
         batch = accel.batch_to_device(batch)
@@ -145,6 +162,8 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         if manual:  # training_step runs its own backward and steps; k is 1
             with accel.autocast():
                 output = training_step(batch, batch_idx)
+        elif splitter is not None:
+            output = _train_split(trainer, splitter, batch, batch_idx, size, window, k)
         elif plain_forward:
             output = training_step(batch, batch_idx)
             _micro_step(trainer, output, batch_idx, size, window, k)
@@ -158,6 +177,8 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         state.samples_seen += size
         stepped = state.global_step != steps_before if manual else closes_window and window.has_loss
         if stepped and not manual:
+            if splitter is not None:
+                accel.strategy.all_reduce_gradients(optimizer)  # the split micro-batches ran without sync
             _optimizer_step(trainer, optimizer, window, k)
         if closes_window:
             window = trainer._window = _Window()
@@ -193,6 +214,7 @@ def _micro_step(trainer: Any, output: Any, batch_idx: int, size: int, window: "_
         window.items = window.items + num_items
         loss = loss * (1.0 / (k * window.ref))
     window.has_loss = True
+    window.in_backward = True
     before, after = trainer._backward_hooks
     if before:
         trainer._hooks("on_before_backward", loss)
@@ -205,7 +227,7 @@ class _Window:
     """One accumulation window: micro-batches seen, the first one's size, items counted (an int, or a
     tensor once a step returned ``num_items`` as one), whether any produced a loss."""
 
-    __slots__ = ("micro", "ref", "items", "counted", "has_loss")
+    __slots__ = ("micro", "ref", "items", "counted", "has_loss", "in_backward")
 
     def __init__(self) -> None:
         self.micro = 0
@@ -213,6 +235,30 @@ class _Window:
         self.items: Any = 0
         self.counted = False  # some step returned num_items
         self.has_loss = False
+        self.in_backward = False  # oom_split: did the failing micro-batch reach its backward?
+
+
+def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: int, window: _Window,
+                 k: int) -> Any:
+    """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/oom.py). Every
+    piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
+    accel, results, step = trainer.accelerator, trainer._results["train"], trainer._local_training_step
+
+    def train_piece(piece: Any, n: int) -> Any:
+        saved = (window.items, window.counted, window.has_loss)
+        window.in_backward = False
+        results.batch_size = n
+        try:
+            with accel.autocast():
+                output = step(piece, batch_idx)
+            _micro_step(trainer, output, batch_idx, n, window, k)
+        except Exception:
+            window.items, window.counted, window.has_loss = saved  # the piece did not count
+            splitter.backward_started = window.in_backward
+            raise
+        return output
+
+    return splitter.run(batch, size, train_piece, window.has_loss)
 
 
 def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:

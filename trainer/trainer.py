@@ -73,6 +73,10 @@ class Trainer(CheckpointingMixin):
         _check_num_nodes(num_nodes)
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
         self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options))
+        refusal = self.accelerator.strategy.oom_split_refusal
+        if self.config.oom_split and refusal:
+            raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "
+                             "Remove oom_split=True, or use strategy='ddp' or a single device.")
         self.callbacks: list[Callback] = _callback_list(callbacks)
         if self.config.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.append(ProgressBar())

@@ -1,6 +1,16 @@
-"""Helpers under their Accelerate names, for hand-written loops."""
+"""Helpers under their Accelerate and Lightning names, for hand-written loops."""
 
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from trainer._logging import process_rank
+from trainer.oom import free_memory, is_oom_error
 from trainer.seed import seed_everything
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def set_seed(seed: int, deterministic: bool = False) -> int:
@@ -12,4 +22,71 @@ def set_seed(seed: int, deterministic: bool = False) -> int:
     return used
 
 
-__all__ = ["seed_everything", "set_seed"]
+def rank_zero_only(fn: F) -> F:
+    """Run ``fn`` only on global rank zero (the rank comes from the launcher's environment);
+    other ranks get ``None``. Lightning's decorator by name.
+
+    Example:
+        >>> @rank_zero_only
+        ... def report(text): print(text)
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if process_rank() == 0:
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapped  # type: ignore[return-value]
+
+
+def find_executable_batch_size(function: Callable | None = None, starting_batch_size: int = 128,
+                               reduce_batch_size_fn: Callable[[int], int] | None = None) -> Callable:
+    """Accelerate's decorator: call ``function(batch_size, *args, **kwargs)`` with
+    ``starting_batch_size``; after an out-of-memory error, free memory and retry with the batch
+    size halved (or ``reduce_batch_size_fn(batch_size)``), until it runs or the size reaches 0.
+
+    The wrapped function takes the batch size as its first argument; callers leave it out.
+
+    Example:
+        >>> @find_executable_batch_size(starting_batch_size=128)
+        ... def train(batch_size, model):
+        ...     ...                                      # build the dataloader with batch_size
+        >>> train(model)  # doctest: +SKIP
+    """
+    if function is None:
+        return functools.partial(find_executable_batch_size, starting_batch_size=starting_batch_size,
+                                 reduce_batch_size_fn=reduce_batch_size_fn)
+    if not isinstance(starting_batch_size, int) or isinstance(starting_batch_size, bool) or starting_batch_size < 1:
+        raise ValueError(f"find_executable_batch_size(starting_batch_size={starting_batch_size!r}): expected a "
+                         "positive int.")
+    reduce = reduce_batch_size_fn or (lambda size: size // 2)
+
+    @functools.wraps(function)
+    def decorator(*args: Any, **kwargs: Any) -> Any:
+        batch_size = starting_batch_size
+        params = list(inspect.signature(function).parameters)
+        if len(params) < len(args) + 1:
+            shown = ", ".join(f"{name}={value!r}" for name, value in zip(params[1:], args))
+            raise TypeError(f"find_executable_batch_size passes the batch size as {function.__name__}'s first "
+                            f"argument; call {function.__name__}({shown}) without it, got {len(args)} positional "
+                            f"argument(s) for {len(params)} parameter(s) {params}.")
+        free_memory()
+        while True:
+            if batch_size <= 0:
+                raise RuntimeError(f"find_executable_batch_size: {function.__name__} ran out of memory down to a "
+                                   f"batch size of 1 (started at {starting_batch_size}). Reduce the model's "
+                                   "memory (precision='bf16-mixed', activation checkpointing, a sharded strategy) "
+                                   "or free memory held outside the function.")
+            try:
+                return function(batch_size, *args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_oom_error(err):
+                    raise
+            free_memory()  # outside the except block: the traceback no longer holds the failed step's tensors
+            batch_size = reduce(batch_size)
+
+    return decorator
+
+
+__all__ = ["find_executable_batch_size", "rank_zero_only", "seed_everything", "set_seed"]
