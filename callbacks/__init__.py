@@ -5,9 +5,10 @@ from .early_stopping import EarlyStopping
 from .logger import CSVLogger, Logger
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
+from .prediction_writer import BasePredictionWriter
 from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer"]

@@ -77,29 +77,62 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
 
 def run_predict(trainer: Any, loaders: list[Any], keep: bool = True) -> list[Any] | None:
     """``predict_step`` over every batch; returns its outputs (a list per loader if several), or None
-    when ``keep`` is False (``return_predictions=False``: nothing is held in memory)."""
+    when ``keep`` is False (``return_predictions=False``: outputs are dropped after the batch hooks,
+    unless a prediction writer writes them at epoch end)."""
     module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
     check_step_signature(module, "predict", len(loaders), "trainer.predict")
+    store = keep or any(getattr(cb, "writes_on_epoch", False) for cb in trainer.callbacks)
+    loaders = [_recording_indices(loader) for loader in loaders]
+    trainer.predict_batch_indices = [getattr(loader, "batch_indices", None) for loader in loaders]
+    trainer.predictions = per_loader = []
     module.eval()
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")
-    per_loader = []
     with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
-            outputs = []
+            outputs: list[Any] = []
+            per_loader.append(outputs)
             for batch_idx, batch in enumerate(itertools.islice(loader, trainer._eval_limit("predict", loader))):
                 batch = accel.batch_to_device(batch)
                 hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
                 with accel.autocast():
                     output = module.predict_step(batch, batch_idx, *extra)
                 hooks("on_predict_batch_end", output, batch, batch_idx, dataloader_idx)
-                if keep:
+                if store:
                     outputs.append(output)
-            per_loader.append(outputs)
-    trainer.predictions = per_loader if keep else None  # what a BasePredictionWriter writes at epoch end
     hooks("on_predict_epoch_end")
     hooks("on_predict_end")
     if not keep:
+        trainer.predictions = None
         return None
     return per_loader[0] if len(per_loader) == 1 else per_loader
+
+
+class _RecordingBatchSampler:
+    """A batch sampler that remembers the dataset indices of every batch it gave, in order (the
+    ``batch_indices`` a prediction writer receives; with workers the order is the same)."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.batch_indices: list[list[int]] = []
+
+    def __iter__(self) -> Any:
+        for indices in self.batch_sampler:
+            self.batch_indices.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def _recording_indices(loader: Any) -> Any:
+    if not isinstance(loader, torch.utils.data.DataLoader) or loader.batch_sampler is None \
+            or isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return loader
+    from trainer.data_position import loader_kwargs
+
+    recorder = _RecordingBatchSampler(loader.batch_sampler)
+    rebuilt = torch.utils.data.DataLoader(loader.dataset, batch_sampler=recorder, **loader_kwargs(loader))
+    rebuilt.batch_indices = recorder.batch_indices  # type: ignore[attr-defined]
+    return rebuilt

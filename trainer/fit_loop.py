@@ -184,7 +184,8 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             window = trainer._window = _Window()
         state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
         if has_batch_end:
-            hooks("on_train_batch_end", output, batch, batch_idx)  # a checkpoint taken here resumes after it
+            outputs = output if manual else _batch_end_outputs(output)
+            hooks("on_train_batch_end", outputs, batch, batch_idx)  # a checkpoint taken here resumes after it
         if stepped and state.global_step // log_every != steps_before // log_every:  # crossed a multiple
             trainer._publish_train_metrics()
         if state.val_pending:
@@ -221,6 +222,17 @@ def _micro_step(trainer: Any, output: Any, batch_idx: int, size: int, window: "_
     trainer.accelerator.backward(loss)
     if after:
         trainer._hooks("on_after_backward")
+
+
+def _batch_end_outputs(output: Any) -> Any:
+    """What ``on_train_batch_end`` receives, as in Lightning: ``{"loss": loss, **other keys}`` with the
+    loss detached -- but the loss as training_step returned it, not divided by the accumulation (in
+    Lightning it is; its issue #18464)."""
+    if isinstance(output, torch.Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
+        return {**output, "loss": output["loss"].detach()}
+    return output
 
 
 class _Window:

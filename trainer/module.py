@@ -201,6 +201,23 @@ class TrainModule(torch.nn.Module):
         return torch.device("cpu")
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's floating-point parameters (float32 if it has none)."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
+    def logger(self) -> Any:
+        """The Trainer's first logger (None when not attached or logging is off)."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        return list(self._trainer.loggers) if self._trainer is not None else []
+
+    @property
     def global_step(self) -> int:
         return self._trainer.global_step if self._trainer is not None else 0
 
@@ -239,6 +256,62 @@ class TrainModule(torch.nn.Module):
         """
         self.hparams = save_hyperparameters(self.hparams, args, ignore, inspect.currentframe())
 
+    def configure_callbacks(self) -> Any:
+        """Callbacks this model needs wherever it is trained. They join the Trainer's; one of the same
+        type as a Trainer callback replaces it (as in Lightning); ModelCheckpoint callbacks run last."""
+        return []
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """``data`` (a tensor, a number, or a dict/list/tuple of them) from every process, stacked on a
+        new first dimension of size world_size. On one process it is returned as it is (as
+        Lightning's). ``sync_grads=True``: gradients flow back through the gather."""
+        world_size = self._trainer.world_size if self._trainer is not None else 1
+        if world_size == 1:
+            return data
+        strategy = self._trainer.strategy
+
+        def gather(value: Any) -> Any:
+            if isinstance(value, dict):
+                return type(value)({k: gather(v) for k, v in value.items()})
+            if isinstance(value, (list, tuple)):
+                return type(value)(gather(v) for v in value)
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, device=self.device)
+            if sync_grads:
+                from torch.distributed.nn.functional import all_gather
+
+                return torch.stack(all_gather(tensor, group=group) if group is not None else all_gather(tensor))
+            if group is not None:
+                parts = [torch.empty_like(tensor) for _ in range(world_size)]
+                torch.distributed.all_gather(parts, tensor.contiguous(), group=group)
+                return torch.stack(parts)
+            return strategy.all_gather(tensor)
+        return gather(data)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = None, strict: bool | None = None,
+                             **overrides: Any) -> "TrainModule":
+        """Rebuild the module from a checkpoint: ``cls(**saved hparams, **overrides)``, then its weights.
+
+        The hyperparameters are those ``save_hyperparameters()`` stored; a value that was not a plain
+        number, string, list or dict was saved as its ``repr`` -- pass it again as an override.
+        """
+        from trainer.checkpoint import check_compatible, load_weights_into
+        from trainer.strategies.checkpoint_io import safe_load
+
+        ckpt = safe_load(str(checkpoint_path))
+        check_compatible(ckpt, str(checkpoint_path), world_size=1)
+        if not ckpt.get("state_dict"):
+            raise ValueError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): the checkpoint holds no "
+                             "weights (a sharded checkpoint keeps them in its shards). Merge it first with "
+                             "`trainer merge-weights`.")
+        model = _construct(cls, {**ckpt.get("hparams", {}), **overrides}, str(checkpoint_path))
+        load_weights_into(model, ckpt["state_dict"], str(checkpoint_path),
+                          strict=getattr(model, "strict_loading", True) if strict is None else strict)
+        model.on_load_checkpoint(ckpt)
+        if map_location is not None:
+            model.to(map_location if not callable(map_location) else "cpu")
+        return model
+
     def print(self, *args: Any, **kwargs: Any) -> None:
         """Print once per job (on rank zero)."""
         if self._trainer is None or self._trainer.is_global_zero:
@@ -271,3 +344,23 @@ def save_hyperparameters(hparams: AttributeDict, args: tuple, ignore: Any, frame
                          f"the calling __init__, whose arguments are {sorted(values)}.")
     chosen = args or tuple(values)
     return AttributeDict({**hparams, **{k: values[k] for k in chosen if k not in ignore}})
+
+
+def _construct(cls: type, hparams: dict[str, Any], path: str) -> Any:
+    """``cls(**hparams)``; an ``__init__`` that took one dict/Namespace (``save_hyperparameters(hp)``)
+    gets them as one AttributeDict."""
+    params = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]]
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if takes_kwargs or set(hparams) <= names:
+        try:
+            return cls(**hparams)
+        except TypeError as err:
+            raise TypeError(f"{cls.__name__}.load_from_checkpoint({path!r}): {cls.__name__}(**hparams) failed ({err}). "
+                            f"The checkpoint's hparams are {sorted(hparams)}; pass missing arguments as "
+                            "keyword overrides.") from None
+    if len(names) == 1:
+        return cls(AttributeDict(hparams))
+    unknown = sorted(set(hparams) - names)
+    raise TypeError(f"{cls.__name__}.load_from_checkpoint({path!r}): the checkpoint's hparams {unknown} are not "
+                    f"arguments of {cls.__name__}.__init__ ({sorted(names)}). Is it a checkpoint of another class?")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -103,6 +104,8 @@ class Trainer(CheckpointingMixin):
         self.train_dataloader: Any = None
         self.datamodule: DataModule | None = None
         self.ckpt_path: str | None = None  # the checkpoint validate/test/predict loaded last
+        self.interrupted = False  # a KeyboardInterrupt or SIGTERM ended the last stage
+        self.predict_batch_indices: list | None = None
         self.predictions: list | None = None
         self._given_loaders: dict[str, Any] = {"train": None, "validate": None}
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
@@ -168,8 +171,9 @@ class Trainer(CheckpointingMixin):
                             f"{type(model).__name__}.")
         check_manual_settings(model, self.config)
         self._launch_if_needed()
-        given = {"train": train_dataloaders, "validate": val_dataloaders}
-        self._run("fit", model, lambda: self._fit(given, ckpt_path), datamodule)
+        self._given_loaders = {"train": train_dataloaders, "validate": val_dataloaders}
+        self.train_dataloader = None  # asked for in _fit (or earlier by estimated_stepping_batches)
+        self._run("fit", model, lambda: self._fit(ckpt_path), datamodule)
 
     def validate(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
                  verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
@@ -232,6 +236,8 @@ class Trainer(CheckpointingMixin):
         if datamodule is not None:
             datamodule.trainer = self
         self._metrics.reset()
+        self.interrupted = False
+        self.callbacks = _with_module_callbacks(self.callbacks, module)
         self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
         try:
             run_prepare_data(self, datamodule, module)
@@ -255,9 +261,11 @@ class Trainer(CheckpointingMixin):
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             return result
         except Preempted:
+            self.interrupted = True
             self._metrics.finalize("preempted")
             raise SystemExit(0) from None
         except BaseException as err:
+            self.interrupted = isinstance(err, KeyboardInterrupt)
             self._settle_background_writes(err)
             self._hooks("on_exception", err)
             raise
@@ -268,7 +276,7 @@ class Trainer(CheckpointingMixin):
             module._results = None
             self.state.stage = "idle"
 
-    def _fit(self, given: dict[str, Any], ckpt_path: str | None) -> None:
+    def _fit(self, ckpt_path: str | None) -> None:
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
@@ -276,9 +284,9 @@ class Trainer(CheckpointingMixin):
                 if self.is_global_zero:
                     print(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
                           f"batch_idx {self.state.batch_idx}).")
-        self._given_loaders = given  # asked for after the checkpoint's datamodule state is back, as in Lightning
-        train_loader = self.train_dataloader = self._stage_loaders("train", given["train"])[0]
-        val_loaders = self.val_dataloaders = self._stage_loaders("validate", given["validate"])
+        # asked for after the checkpoint's datamodule state is back, as in Lightning
+        train_loader = self._fit_train_loader()
+        val_loaders = self.val_dataloaders = self._stage_loaders("validate", self._given_loaders["validate"])
         self._stop_agreement = StopAgreement(self.strategy.world_size)
         with sigterm_sets_flag(self):
             self._fit_loops(train_loader, val_loaders)
@@ -318,6 +326,33 @@ class Trainer(CheckpointingMixin):
             install_worker_seeding(loader)
         return loaders
 
+    def _fit_train_loader(self) -> Any:
+        if self.train_dataloader is None:
+            self.train_dataloader = self._stage_loaders("train", self._given_loaders["train"])[0]
+        return self.train_dataloader
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """How many optimizer steps fit will take (for a schedule's total, e.g. OneCycleLR's
+        ``total_steps``): batches per epoch (this process's, after limits) / accumulation, rounded
+        up, times max_epochs, capped by max_steps; inf when nothing bounds it. Usable in
+        ``configure_optimizers`` (the training dataloader is asked for then, as in Lightning)."""
+        cfg = self.config
+        if self.state.stage != "fit":
+            raise RuntimeError("trainer.estimated_stepping_batches is known during fit only (from "
+                               "configure_optimizers on).")
+        num_batches = self._num_batches(self._fit_train_loader(), cfg.limit_train_batches, "train")
+        epochs = cfg.epochs_limit
+        if num_batches is None or epochs == float("inf"):
+            return cfg.max_steps if cfg.max_steps != -1 else float("inf")
+        steps = math.ceil(num_batches / cfg.accumulate_grad_batches) * epochs
+        return min(steps, cfg.max_steps) if cfg.max_steps != -1 else steps
+
+    @property
+    def num_val_batches(self) -> list[int | None]:
+        """Batches per validation dataloader (after ``limit_val_batches``; None without a length)."""
+        return [self._eval_limit("validate", loader) for loader in self.val_dataloaders]
+
     def _reload_dataloaders(self, train_loader: Any, val_loaders: list[Any]) -> Any:
         """``reload_dataloaders_every_n_epochs``: at the start of every n-th epoch ask the datamodule
         (or module) for its loaders again; returns the train loader (val_loaders replaced in place)."""
@@ -325,7 +360,8 @@ class Trainer(CheckpointingMixin):
         if not n or epoch == 0 or epoch % n:
             return train_loader
         given = self._given_loaders
-        train_loader = self.train_dataloader = self._stage_loaders("train", given["train"])[0]
+        self.train_dataloader = None
+        train_loader = self._fit_train_loader()
         val_loaders[:] = self._stage_loaders("validate", given["validate"])
         self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
         return train_loader
@@ -472,6 +508,20 @@ def _callback_list(callbacks: Any) -> list[Callback]:
             raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
                             f"got {type(cb).__name__}.")
     return items
+
+
+def _with_module_callbacks(callbacks: list[Callback], module: TrainModule) -> list[Callback]:
+    """The Trainer's callbacks with the module's ``configure_callbacks()``: a module callback replaces the
+    Trainer's of the same type; ModelCheckpoint callbacks go last (they see every other's state)."""
+    extra = module.configure_callbacks()
+    extra = [extra] if isinstance(extra, Callback) else list(extra or [])
+    if not extra:
+        return callbacks
+    _callback_list(extra)  # the same checks as Trainer(callbacks=...)
+    types = {type(cb) for cb in extra}
+    merged = [cb for cb in callbacks if type(cb) not in types] + [cb for cb in extra if cb not in callbacks]
+    return [cb for cb in merged if not isinstance(cb, ModelCheckpoint)] + \
+        [cb for cb in merged if isinstance(cb, ModelCheckpoint)]
 
 
 def _convert_sync_batchnorm(module: TrainModule, strategy: Any) -> None:
