@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -170,6 +171,10 @@ class _SigtermOnRank1(Callback):
 
 
 def _preempt_worker(tmp, at_step):
+    from trainer.preemption import StopAgreement
+
+    StopAgreement.every_s = 0.0  # agree at every step: the stop comes exactly one step after the signal
+
     def fit(ckpt_dir, callbacks=(), ckpt_path=None):
         x, y, mask = _data(n=40)
         model = Model()
@@ -199,3 +204,32 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exa
         assert rank["resumed"]["step"] == rank["straight"]["step"] == 21
         assert rank["resumed"]["weights"] == rank["straight"]["weights"]  # bit-exact
     assert ranks[0]["resumed"]["weights"] == ranks[1]["resumed"]["weights"]
+
+
+class _SlowSteps(Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        time.sleep(0.005)
+
+
+def _interval_worker(at_step):
+    from trainer.preemption import StopAgreement
+
+    StopAgreement.every_s = 0.05  # about every 10 steps of 5 ms
+    x, y, mask = _data(n=400)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, callbacks=[_SlowSteps(), _SigtermOnRank1(at_step)])
+    try:
+        trainer.fit(Model(), DataLoader(TensorDataset(x, y, mask), batch_size=3))
+    except SystemExit as stop:
+        return {"exit": stop.code, "step": trainer.global_step, "reductions": trainer._stop_agreement.reductions}
+    return {"exit": None, "step": trainer.global_step}
+
+
+def test_the_stop_agreement_is_not_a_collective_per_step_and_still_stops_every_rank_together():
+    at_step = 12
+    ranks = run_distributed(_interval_worker, at_step=at_step)
+    assert ranks[0]["exit"] == ranks[1]["exit"] == 0
+    assert ranks[0]["step"] == ranks[1]["step"]  # the same step on every rank
+    stop = ranks[0]["step"]
+    assert at_step < stop < 67  # acted on before the epoch's 67 steps were over
+    assert ranks[0]["reductions"] == ranks[1]["reductions"] <= stop // 3  # not one reduction per step
