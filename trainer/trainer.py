@@ -102,14 +102,15 @@ class Trainer(CheckpointingMixin):
         self.val_dataloaders: list[Any] = []
         self.is_last_batch = False  # the loop sets it for each training batch
         self.train_dataloader: Any = None
-        self.datamodule: DataModule | None = None
-        self.ckpt_path: str | None = None  # the checkpoint validate/test/predict loaded last
-        self.interrupted = False  # a KeyboardInterrupt or SIGTERM ended the last stage
         self.predict_batch_indices: list | None = None
         self.predictions: list | None = None
         self._given_loaders: dict[str, Any] = {"train": None, "validate": None}
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
+
+    datamodule: DataModule | None = None  # the DataModule of the running (or last) stage
+    interrupted: bool = False  # a KeyboardInterrupt or SIGTERM ended the last stage
+    ckpt_path: str | None = None  # the checkpoint validate/test/predict loaded weights from last
 
     # -- read-only state ---------------------------------------------------------------------
     global_step = property(lambda self: self.state.global_step)
@@ -425,10 +426,12 @@ class Trainer(CheckpointingMixin):
         if (cfg.min_epochs or 0) <= state.current_epoch and (cfg.min_steps or 0) <= state.global_step:
             return True
         state.should_stop = False
-        if self.is_global_zero and not getattr(self, "_told_min", False):
+        if not getattr(self, "_told_min", False):
+            from trainer._logging import rank_zero_info
+
             self._told_min = True
-            print(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); it "
-                  f"continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")
+            rank_zero_info(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); it "
+                           f"continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")
         return False
 
     def _should_stop_now(self) -> bool:
