@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
@@ -75,3 +77,41 @@ def batch_size_of(batch: Any) -> int | None:
     if t is None or t.dim() == 0:
         return None
     return int(t.shape[0])
+
+
+# Status lines: the ``trainer`` logger on rank zero. It gets a stream handler at INFO the first time it
+# is used, unless the application configured it (or the root logger), as Lightning does for its logger.
+log = logging.getLogger("trainer")
+
+
+def process_rank() -> int:
+    """This process's global rank, from the launcher's environment (0 when not launched)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def ensure_handler() -> None:
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def rank_zero_info(message: str) -> None:
+    """Log ``message`` at INFO on rank zero."""
+    if process_rank() == 0:
+        ensure_handler()
+        log.info(message)
+
+
+def rank_zero_warn(message: str) -> None:
+    """Log ``message`` at WARNING on rank zero."""
+    if process_rank() == 0:
+        ensure_handler()
+        log.warning(message)

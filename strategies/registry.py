@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._util import did_you_mean, quoted
+from ._util import did_you_mean, quoted, rank_zero_info
 from .precision import Precision
 from .strategy import SingleDeviceStrategy, Strategy
 
@@ -147,15 +147,32 @@ def _device_indices(devices: Any, kind: str) -> list[int]:
     return indices
 
 
+def default_precision(device_kind: str, bf16_supported: bool = False) -> tuple[str, str]:
+    """The precision for ``Trainer(precision=None)`` on this kind of device, and why: mixed
+    precision whenever a GPU is there (bf16 where it is supported, else fp16 with a loss scaler),
+    full fp32 on CPU and MPS (where autocast is slower than fp32 for most models)."""
+    if device_kind == "cuda":
+        if bf16_supported:
+            return "bf16-mixed", "a CUDA device that supports bf16"
+        return "16-mixed", "a CUDA device without bf16 support"
+    return "32-true", f"{device_kind.upper()}, no GPU"
+
+
 def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices: Any = "auto",
-                     precision: Any = None, options: dict | None = None) -> Strategy:
+                     precision: Any = None, options: dict | None = None, auto_precision: bool = False) -> Strategy:
     """Build the ``Strategy`` for these settings, validating each before anything runs.
 
     ``options``: the config file's section for the strategy (e.g. its ``fsdp`` settings).
 
     ``precision=None`` means "not given": a Strategy object keeps its own precision, a
-    strategy string gets "32-true".
+    strategy string gets "32-true", or with ``auto_precision`` (the Trainer) the device's
+    ``default_precision``, said in one rank-zero line.
     """
+    if precision is None and auto_precision and not isinstance(strategy, Strategy):
+        kind = _device_kind(accelerator)
+        bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+        precision, why = default_precision(kind, bf16)
+        rank_zero_info(f"Using precision={precision!r} ({why}; pass Trainer(precision=...) to choose).")
     prec = Precision.from_string("32-true" if precision is None else precision)
     if isinstance(strategy, Strategy):
         if precision is not None:
@@ -171,3 +188,4 @@ def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices:
     if options and strategy.lower() in ("fsdp", "deepspeed"):  # the config file's section for this strategy
         return factory(kind, _device_indices(devices, kind), prec, options)  # type: ignore[call-arg]
     return factory(kind, _device_indices(devices, kind), prec)
+

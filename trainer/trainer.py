@@ -73,7 +73,8 @@ class Trainer(CheckpointingMixin):
         self.config = TrainerConfig(**loop_settings)
         _check_num_nodes(num_nodes)
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
-        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options))
+        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options,
+                                                                        auto_precision=True))
         refusal = self.accelerator.strategy.oom_split_refusal
         if self.config.oom_split and refusal:
             raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "
