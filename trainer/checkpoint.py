@@ -69,7 +69,7 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             "precision": strategy.precision.state_dict(),
             "loops": _loop_state(trainer),
             "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
-            "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+            "callbacks": _callback_states(trainer.callbacks),
         })
         if trainer.datamodule is not None:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
@@ -252,3 +252,17 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     if trainer.is_global_zero:
         print(f"ckpt_path='last': no checkpoint found in {dirpath!r}; starting from scratch.")
     return None
+
+
+def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
+    """Every callback's ``state_dict()``; an error names the callback that raised it (not the one saving)."""
+    states = {}
+    for cb in callbacks:
+        try:
+            states[cb.state_key] = cb.state_dict()
+        except Exception as err:
+            if hasattr(err, "add_note"):
+                err.add_note(f"raised in {type(cb).__name__}.state_dict, called to collect the callbacks' states "
+                             "for a checkpoint")
+            raise
+    return states

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from trainer.strategies._util import batch_size_of
+from trainer.step_errors import add_step_note
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
 _STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test": "test_step",
@@ -59,8 +60,12 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
                 batch = accel.batch_to_device(batch)
                 results.batch_size = batch_size_of(batch) or 1
                 hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
-                with accel.autocast():
-                    output = step_fn(batch, batch_idx, *extra)
+                try:
+                    with accel.autocast():
+                        output = step_fn(batch, batch_idx, *extra)
+                except Exception as err:
+                    add_step_note(err, module, batch, _STEP[stage], batch_idx)
+                    raise
                 hooks(f"on_{prefix}_batch_end", output, batch, batch_idx, dataloader_idx)
     results.suffix = ""
     results.in_step = False

@@ -35,6 +35,7 @@ from trainer._wrappers import with_is_last
 from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                    skip_batches)
 from trainer.optim import step_schedulers
+from trainer.step_errors import add_step_note, describe_batch
 
 
 def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches: int | None,
@@ -149,7 +150,12 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
         batch = accel.batch_to_device(batch)
-        size = batch_size_of(batch) or 1
+        size = batch_size_of(batch)
+        if size == 0:
+            raise ValueError(f"The training dataloader yielded an empty batch at batch_idx {batch_idx} (epoch "
+                             f"{state.current_epoch}): {describe_batch(batch)}. A mean over no samples is NaN. Drop "
+                             "empty batches in the dataset or collate_fn (or use drop_last=True).")
+        size = size or 1
         results.batch_size = size
         if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
             break  # the module asked to end the epoch here
@@ -159,19 +165,23 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         closes_window = window.micro == k or is_last
         trainer.is_last_batch = is_last
         steps_before = state.global_step
-        if manual:  # training_step runs its own backward and steps; k is 1
-            with accel.autocast():
-                output = training_step(batch, batch_idx)
-        elif splitter is not None:
-            output = _train_split(trainer, splitter, batch, batch_idx, size, window, k)
-        elif plain_forward:
-            output = training_step(batch, batch_idx)
-            _micro_step(trainer, output, batch_idx, size, window, k)
-        else:
-            with contextlib.nullcontext() if closes_window else accel.no_sync(model):
+        try:
+            if manual:  # training_step runs its own backward and steps; k is 1
                 with accel.autocast():
                     output = training_step(batch, batch_idx)
+            elif splitter is not None:
+                output = _train_split(trainer, splitter, batch, batch_idx, size, window, k)
+            elif plain_forward:
+                output = training_step(batch, batch_idx)
                 _micro_step(trainer, output, batch_idx, size, window, k)
+            else:
+                with contextlib.nullcontext() if closes_window else accel.no_sync(model):
+                    with accel.autocast():
+                        output = training_step(batch, batch_idx)
+                    _micro_step(trainer, output, batch_idx, size, window, k)
+        except Exception as err:  # what the batch was / where its tensors live (step_errors.py)
+            add_step_note(err, module, batch, "training_step", batch_idx)
+            raise
         state.batch_idx = batch_idx + 1
         state.batches_seen += 1
         state.samples_seen += size
