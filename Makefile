@@ -40,6 +40,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py --results benchmarks/results
 	$(PY) benchmarks/ddp.py --results benchmarks/results
 	$(PY) benchmarks/startup.py --results benchmarks/results
+	$(PY) benchmarks/resume_memory.py --results benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
