@@ -6,9 +6,10 @@ from .logger import CSVLogger, Logger
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
 from .prediction_writer import BasePredictionWriter
+from .model_summary import ModelSummary
 from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer"]

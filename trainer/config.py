@@ -99,6 +99,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     barebones: bool = False
     oom_split: bool = False
+    enable_model_summary: bool = True
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and (not _is_int(self.max_epochs) or self.max_epochs < -1 or self.max_epochs == 0):
@@ -175,7 +176,8 @@ class TrainerConfig:
             raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={self.reload_dataloaders_every_n_epochs!r}): "
                              "expected an int >= 0 (0: never reload).")
         _check_limit("overfit_batches", self.overfit_batches)
-        for name in ("use_distributed_sampler", "detect_anomaly", "inference_mode", "sync_batchnorm", "barebones"):
+        for name in ("use_distributed_sampler", "detect_anomaly", "inference_mode", "sync_batchnorm", "barebones",
+                     "enable_model_summary"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Trainer({name}={getattr(self, name)!r}): expected True or False.")
         if self.benchmark not in (None, True, False):
@@ -187,7 +189,7 @@ class TrainerConfig:
         """Lightning's ``barebones=True``: nothing runs beside the loop (no checkpointing, progress
         bar, sanity check; the Trainer also drops loggers). The Trainer refuses an explicit request
         for one of them (see trainer._check_barebones)."""
-        self.enable_checkpointing = self.enable_progress_bar = False
+        self.enable_checkpointing = self.enable_progress_bar = self.enable_model_summary = False
         self.num_sanity_val_steps = 0
 
     def _apply_overfit_batches(self) -> None:

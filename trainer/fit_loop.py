@@ -65,6 +65,8 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
         seen, completed = state.batches_seen, True
         if num_batches is None or start < num_batches:
             batches = _epoch_batches(trainer, train_loader, num_batches, start)
+            if trainer.profiler is not None:
+                batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
             completed = _train_epoch(trainer, batches, start, val_loaders, val_every)
         if state.batches_seen == seen and start == 0:
             raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "

@@ -13,6 +13,7 @@ import torch
 from trainer.callbacks.base import Callback
 from trainer.callbacks.logger import Logger, default_loggers
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
@@ -27,6 +28,7 @@ from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.compiled import from_compiled
+from trainer.profiler import Profiler, ProfiledHooks, resolve_profiler, start_profiling
 from trainer.manual import ModuleOptimizer, check_manual_settings
 from trainer.optim import check_optimizer_count, parse_optimizers
 from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
@@ -35,7 +37,7 @@ from trainer.seed import install_worker_seeding, set_deterministic
 from trainer.state import TrainerState
 
 
-_WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger")
+_WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger", "profiler")
 
 
 class Trainer(CheckpointingMixin):
@@ -51,7 +53,7 @@ class Trainer(CheckpointingMixin):
 
     def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = None, callbacks: Iterable[Callback] | Callback | None = None,
-                 logger: Any = None, **loop_settings: Any) -> None:
+                 logger: Any = None, profiler: Any = None, **loop_settings: Any) -> None:
         _check_plugins(loop_settings.pop("plugins", None))
         unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
         if unknown:
@@ -68,7 +70,7 @@ class Trainer(CheckpointingMixin):
         if launched["accumulate_grad_batches"] is not None:
             loop_settings["accumulate_grad_batches"] = launched["accumulate_grad_batches"]
         if loop_settings.get("barebones"):
-            _check_barebones(loop_settings, logger, callbacks)
+            _check_barebones(loop_settings, logger, callbacks, profiler)
             logger = False
         self.config = TrainerConfig(**loop_settings)
         _check_num_nodes(num_nodes)
@@ -80,6 +82,9 @@ class Trainer(CheckpointingMixin):
             raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "
                              "Remove oom_split=True, or use strategy='ddp' or a single device.")
         self.callbacks: list[Callback] = _callback_list(callbacks)
+        self.profiler: Profiler | None = resolve_profiler(profiler)  # None: nothing is timed (profiler.py)
+        if self.config.enable_model_summary and not any(isinstance(c, ModelSummary) for c in self.callbacks):
+            self.callbacks.append(ModelSummary())
         if self.config.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.append(ProgressBar())
         self.loggers: list[Logger] = default_loggers(logger, self.config)
@@ -240,7 +245,10 @@ class Trainer(CheckpointingMixin):
         self._metrics.reset()
         self.interrupted = False
         self.callbacks = _with_module_callbacks(self.callbacks, module)
-        self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers])
+        profiler = self.profiler
+        self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers]) if profiler is None \
+            else ProfiledHooks(self, module, [*self.callbacks, *self.loggers], profiler)
+        stop_profiling = start_profiling(self, profiler, stage) if profiler is not None else None
         try:
             run_prepare_data(self, datamodule, module)
             if datamodule is not None:
@@ -255,8 +263,12 @@ class Trainer(CheckpointingMixin):
                 connect(self.config)
             manual = not getattr(module, "automatic_optimization", True)
             self._model, self._training_step = self.accelerator.prepare_trainer_module(module, manual=manual)
+            if profiler is not None:
+                self._training_step = profiler.wrap(self._training_step, "training_step")
             if stage == "fit":
                 self._setup_optimizers(module)
+            if profiler is not None:
+                profiler.stop("setup")
             with torch.autograd.set_detect_anomaly(True) if self.config.detect_anomaly else contextlib.nullcontext():
                 result = body()
             self._finish_background_writes()
@@ -275,6 +287,8 @@ class Trainer(CheckpointingMixin):
             if datamodule is not None:
                 datamodule.teardown(stage)
             self._hooks("teardown", stage)
+            if stop_profiling is not None:
+                stop_profiling()  # prints the report on rank zero
             module._results = None
             self.state.stage = "idle"
 
@@ -561,11 +575,14 @@ def _check_plugins(plugins: Any) -> None:
     raise ValueError(f"Trainer(plugins={plugins!r:.80}): plugins are not supported: {where}.")
 
 
-def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any) -> None:
+def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any, profiler: Any = None) -> None:
     """``barebones=True`` with something it turns off is a contradiction (Lightning refuses it too)."""
-    asked = [f"{name}=True" for name in ("enable_checkpointing", "enable_progress_bar") if settings.get(name) is True]
+    asked = [f"{name}=True" for name in ("enable_checkpointing", "enable_progress_bar", "enable_model_summary")
+             if settings.get(name) is True]
     if logger not in (None, False):
         asked.append("logger=...")
+    if profiler not in (None, False):
+        asked.append(f"profiler={profiler!r}")
     if asked:
         raise ValueError(f"Trainer(barebones=True, {asked[0]}): barebones turns off logging, checkpointing and the "
                          f"progress bar. Drop {asked[0]}, or barebones.")
