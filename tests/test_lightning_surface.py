@@ -59,7 +59,7 @@ def test_configure_callbacks_replace_trainer_callbacks_of_the_same_type_and_chec
 
     trainers_stop = EarlyStopping(monitor="val/loss", patience=1)
     bar = ProgressBar()
-    trainer = _trainer(max_epochs=1, callbacks=[trainers_stop, bar], enable_checkpointing=True)
+    trainer = _trainer(max_epochs=1, callbacks=[trainers_stop, bar], enable_checkpointing=True, enable_model_summary=False)
     trainer.fit(WithCallbacks(), regression_loader(16, 8), regression_loader(16, 8))
     kinds = [type(cb).__name__ for cb in trainer.callbacks]
     assert kinds == ["ProgressBar", "EarlyStopping", "ModelCheckpoint"]
