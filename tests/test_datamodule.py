@@ -248,3 +248,15 @@ def test_two_processes_prepare_once_and_equal_one_process_with_the_whole_batch(t
         assert val_acc == pytest.approx(acc, abs=1e-6)
         for name, value in weights.items():
             torch.testing.assert_close(torch.tensor(value), expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_datamodules_hparams_reach_the_loggers(tmp_path):
+    import yaml
+
+    from trainer.callbacks import CSVLogger
+
+    logger = CSVLogger(str(tmp_path / "logs"))
+    _trainer(max_epochs=1, logger=logger).fit(Classifier(lr=0.1), datamodule=Blobs(str(tmp_path), batch_size=16))
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
+        logged = yaml.safe_load(f)
+    assert (logged["batch_size"], logged["n"], logged["lr"]) == (16, 48, 0.1)

@@ -273,3 +273,72 @@ def test_all_gather_use_distributed_sampler_and_sync_batchnorm_on_two_processes(
         assert seen == ([[0.0], [1.0]], [10, 11]) and shape == (2,)
         assert num_batches == 4  # use_distributed_sampler=False: each process reads the whole loader
         assert "sync_batchnorm=True) with 2 CPU processes: torch's SyncBatchNorm only runs on GPU" in error
+
+
+class DictBatches(torch.utils.data.Dataset):
+    def __init__(self, n=16):
+        self.data = RandomRegression(n)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return {"x": x, "y": y}
+
+
+class TransferHooks(BoringModel):
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return batch["x"], batch["y"]  # a dict from the loader becomes the (x, y) the steps expect
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return 2 * x, y
+
+
+def test_batch_transfer_hooks_run_in_order_for_every_stage_and_the_datamodules_come_first():
+    from trainer import DataModule
+
+    model = TransferHooks()
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(model, DataLoader(DictBatches(), batch_size=8))
+    data = RandomRegression(16)
+    reference = BoringModel()
+    _trainer(max_epochs=2).fit(reference, DataLoader(list(zip(2 * data.x, data.y)), batch_size=8))
+    assert torch.equal(model.layer.weight, reference.layer.weight)
+    (prediction,) = trainer.predict(model, DataLoader(DictBatches(8), batch_size=8))
+    torch.testing.assert_close(prediction, model(2 * data.x[:8]), rtol=0, atol=0)
+
+    class Triples(DataModule):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            x, y = batch
+            return 3 * x, y
+
+        def val_dataloader(self):
+            return DataLoader(DictBatches(8), batch_size=8)
+
+    (result,) = trainer.validate(model, datamodule=Triples())  # the module's before, the datamodule's after
+    small = RandomRegression(8)
+    expected = torch.nn.functional.mse_loss(model(3 * small.x), small.y).item()
+    assert result["val/loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_table(caplog):
+    import logging
+
+    checkpoint = ModelCheckpoint(dirpath="ckpts", monitor="val/loss")
+    model = BoringModel(lr=0.05)
+    trainer = _trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer.fit(model, regression_loader(32, 8), regression_loader(32, 8))
+    with torch.no_grad():
+        model.layer.weight.fill_(5.0)
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        (result,) = trainer.validate(dataloaders=regression_loader(32, 8))
+    assert trainer.ckpt_path == checkpoint.best_model_path
+    assert result["val/loss"] == pytest.approx(checkpoint.best_model_score, rel=1e-6)
+    table = caplog.text
+    assert "dataloader 0" in table and "val/loss" in table and f"{result['val/loss']:.6g}" in table
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        trainer.validate(model, regression_loader(32, 8), verbose=False)
+    assert "dataloader 0" not in caplog.text

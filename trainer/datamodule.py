@@ -64,6 +64,17 @@ class DataModule:
     def predict_dataloader(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.predict_dataloader() is not implemented; predict needs it.")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        from trainer.module import move_to_device
+
+        return move_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """What to save in the checkpoint (plain containers, numbers, strings, tensors)."""
         return {}
@@ -121,3 +132,26 @@ def run_prepare_data(trainer: Any, datamodule: Any, module: Any) -> None:
             owner.prepare_data()
     if strategy.world_size > 1:
         strategy.barrier("prepare_data")
+
+
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def batch_mover(trainer: Any) -> Any:
+    """``move(batch, dataloader_idx)``: the strategy's device transfer, or -- when the datamodule or
+    the module overrides one of Lightning's batch-transfer hooks -- those hooks in order (the
+    datamodule's take precedence over the module's)."""
+    accel = trainer.accelerator
+    owners = [o for o in (trainer.datamodule, trainer.module) if o is not None]
+    chosen = {h: next((getattr(o, h) for o in owners if _overrides(o, h)), None) for h in _TRANSFER_HOOKS}
+    if not any(chosen.values()):
+        return lambda batch, dataloader_idx=0: accel.batch_to_device(batch)
+    before, transfer, after = chosen.values()
+    device = accel.strategy.root_device
+
+    def move(batch: Any, dataloader_idx: int = 0) -> Any:
+        if before is not None:
+            batch = before(batch, dataloader_idx)
+        batch = transfer(batch, device, dataloader_idx) if transfer is not None else accel.batch_to_device(batch)
+        return after(batch, dataloader_idx) if after is not None else batch
+    return move

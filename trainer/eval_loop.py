@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from trainer.strategies._util import batch_size_of
+from trainer.datamodule import batch_mover
 from trainer.step_errors import add_step_note
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
@@ -51,13 +52,14 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
     module.eval()
     hooks(f"on_{prefix}_start")
     hooks(f"on_{prefix}_epoch_start")
+    move_batch = batch_mover(trainer)
     with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             results.suffix = f"/dataloader_idx_{dataloader_idx}" if len(loaders) > 1 else ""
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
             limit = trainer._eval_limit(stage, loader)
             for batch_idx, batch in enumerate(itertools.islice(loader, limit)):
-                batch = accel.batch_to_device(batch)
+                batch = move_batch(batch, dataloader_idx)
                 results.batch_size = batch_size_of(batch) or 1
                 hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
                 try:
@@ -93,13 +95,14 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool = True) -> list[Any
     module.eval()
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")
+    move_batch = batch_mover(trainer)
     with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
             outputs: list[Any] = []
             per_loader.append(outputs)
             for batch_idx, batch in enumerate(itertools.islice(loader, trainer._eval_limit("predict", loader))):
-                batch = accel.batch_to_device(batch)
+                batch = move_batch(batch, dataloader_idx)
                 hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
                 with accel.autocast():
                     output = module.predict_step(batch, batch_idx, *extra)

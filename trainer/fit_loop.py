@@ -34,6 +34,7 @@ from trainer import eval_loop
 from trainer._wrappers import with_is_last
 from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                    skip_batches)
+from trainer.datamodule import batch_mover
 from trainer.optim import step_schedulers
 from trainer.step_errors import add_step_note, describe_batch
 
@@ -149,9 +150,10 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     log_every = cfg.log_every_n_steps
     module._results = results
     splitter = trainer._oom_splitter  # Trainer(oom_split=True): see _train_split
+    move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
     window = trainer._window = _Window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
-        batch = accel.batch_to_device(batch)
+        batch = move_batch(batch, 0)
         size = batch_size_of(batch)
         if size == 0:
             raise ValueError(f"The training dataloader yielded an empty batch at batch_idx {batch_idx} (epoch "

@@ -104,7 +104,8 @@ class MetricsPublisher:
                 self._announced = True
                 where = ", ".join(f"{type(lg).__name__} in {lg.log_dir}" for lg in trainer.loggers)
                 print(f"Logging to {where}", flush=True)
-            params = {**getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
+            datamodule = dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {}
+            params = {**datamodule, **getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
             for logger in trainer.loggers:
                 logger.log_hyperparams(params)
 

@@ -97,6 +97,18 @@ class TrainModule(torch.nn.Module):
     def predict_dataloader(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.predict_dataloader() is not implemented.")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch before it moves to the device (runs in the main process)."""
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the batch to ``device``; override for batches of custom types."""
+        return move_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch once it is on the device (e.g. GPU augmentations)."""
+        return batch
+
     # -- hooks (same names as Callback's, without the trainer/module arguments) -----------
     def setup(self, stage: str) -> None: ...
     def teardown(self, stage: str) -> None: ...
@@ -364,3 +376,10 @@ def _construct(cls: type, hparams: dict[str, Any], path: str) -> Any:
     unknown = sorted(set(hparams) - names)
     raise TypeError(f"{cls.__name__}.load_from_checkpoint({path!r}): the checkpoint's hparams {unknown} are not "
                     f"arguments of {cls.__name__}.__init__ ({sorted(names)}). Is it a checkpoint of another class?")
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Every tensor in ``batch`` (nested lists, tuples, dicts) on ``device``."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t, batch)

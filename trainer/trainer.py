@@ -188,14 +188,14 @@ class Trainer(CheckpointingMixin):
         ``val_dataloader()``); returns one dict of metrics per dataloader. ``ckpt_path``: first load
         the weights of "best" or "last" (the checkpoint callback's) or of a path."""
         return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule,
-                              lambda loaders: eval_loop.run_validation(self, loaders, "validate"))
+                              lambda loaders: _shown(eval_loop.run_validation(self, loaders, "validate"), verbose))
 
     def test(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
              verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
         """Run ``test_step`` over ``dataloaders`` (or ``test_dataloader()``); returns one dict of metrics
         per dataloader. ``ckpt_path`` as for ``validate``."""
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule,
-                              lambda loaders: eval_loop.run_validation(self, loaders, "test"))
+                              lambda loaders: _shown(eval_loop.run_validation(self, loaders, "test"), verbose))
 
     def predict(self, model: TrainModule | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
                 return_predictions: bool | None = None, ckpt_path: str | None = None) -> list[Any] | None:
@@ -212,6 +212,8 @@ class Trainer(CheckpointingMixin):
             if self.module is None:
                 raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
             model = self.module
+            if ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", ""):
+                ckpt_path = "best"  # as Lightning: without a model, the best checkpoint of the last fit
         if isinstance(dataloaders, DataModule) and datamodule is None:
             dataloaders, datamodule = None, dataloaders
         check_sources(stage, {"dataloaders": dataloaders}, datamodule)
@@ -526,6 +528,20 @@ def _callback_list(callbacks: Any) -> list[Callback]:
             raise TypeError(f"Trainer(callbacks=[..., {cb!r}]): every callback must subclass callbacks.Callback; "
                             f"got {type(cb).__name__}.")
     return items
+
+
+def _shown(results: list[dict[str, float]], verbose: bool) -> list[dict[str, float]]:
+    """validate/test(verbose=True): the results as a table on rank zero (Lightning prints one too)."""
+    if verbose and any(results):
+        from trainer._logging import rank_zero_info
+
+        names = sorted({name for result in results for name in result})
+        width = max(len(n) for n in names)
+        lines = [f"{'metric':<{width}}  " + "  ".join(f"{f'dataloader {i}':>14}" for i in range(len(results)))]
+        lines += [f"{name:<{width}}  " + "  ".join(f"{result[name]:>14.6g}" if name in result else f"{'':>14}"
+                                                  for result in results) for name in names]
+        rank_zero_info("\n".join(lines))
+    return results
 
 
 def _with_module_callbacks(callbacks: list[Callback], module: TrainModule) -> list[Callback]:
