@@ -43,6 +43,26 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+DEFAULT_TIMEOUT_SECONDS = 600
+
+
+def _resolve_timeout(timeout: Any) -> datetime.timedelta:
+    if timeout is None:  # trainer launch passes the config file's collective_timeout to its workers
+        import json
+
+        settings = json.loads(os.environ.get("TRAINER_LAUNCH_SETTINGS") or "{}")
+        timeout = settings.get("collective_timeout") or DEFAULT_TIMEOUT_SECONDS
+    if isinstance(timeout, datetime.timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(f"DDPStrategy(timeout={timeout!r}): expected seconds (a number) or a datetime.timedelta.")
+    if seconds <= 0:
+        raise ValueError(f"DDPStrategy(timeout={timeout!r}): the timeout must be positive, e.g. timeout=60 (seconds).")
+    return datetime.timedelta(seconds=seconds)
+
+
 class _StepForward(torch.nn.Module):
     """Routes ``training_step`` through DDP's ``forward``, which is what arms the gradient
     all-reduce for the backward that follows."""
@@ -65,21 +85,23 @@ class DDPStrategy(Strategy):
         device_kind: "cpu" (gloo) or "cuda" (nccl: one GPU per process, picked by local rank).
         precision: see ``Precision``.
         timeout: how long a collective may wait before failing (a hang becomes an error).
-            Default 10 minutes.
+            Seconds or a timedelta; default: ``collective_timeout`` from ``trainer launch`` (its
+            flag or the config file), else 600 s (10 minutes). A dead or hung rank then ends
+            the job with an error naming it (see failures.py).
         find_unused_parameters: set when some parameters get no gradient in a step.
         static_graph: the set of used parameters never changes (lets DDP optimise).
         process_group_backend: override "nccl"/"gloo".
     """
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
-                 timeout: datetime.timedelta | float = datetime.timedelta(minutes=10),
+                 timeout: datetime.timedelta | float | None = None,
                  find_unused_parameters: bool = False, static_graph: bool = False,
                  process_group_backend: str | None = None, environment: ClusterEnvironment | None = None) -> None:
         super().__init__(precision)
         if device_kind not in ("cpu", "cuda"):
             raise ValueError(f"DDPStrategy(device_kind={device_kind!r}): expected 'cpu' or 'cuda'.")
         self.device_kind = device_kind
-        self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
+        self.timeout = _resolve_timeout(timeout)
         self.find_unused_parameters, self.static_graph = find_unused_parameters, static_graph
         self.backend = process_group_backend or ("nccl" if device_kind == "cuda" else "gloo")
         self.environment = environment or detect_environment()
@@ -219,6 +241,13 @@ class DDPStrategy(Strategy):
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
+
+    def explain_failure(self, err: BaseException) -> BaseException | None:
+        from .failures import explain_collective_failure, is_collective_failure
+
+        if self.world_size < 2 or not dist.is_initialized() or not is_collective_failure(err):
+            return None
+        return explain_collective_failure(err, self.global_rank, self.world_size, self.timeout)
 
     def teardown(self) -> None:
         self._wrapped.clear()

@@ -55,7 +55,7 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
                  config: dict[str, Any] | str | None = None, precision: Precision | str | None = None,
-                 device_kind: str = "cpu", timeout: datetime.timedelta | float = datetime.timedelta(minutes=10),
+                 device_kind: str = "cpu", timeout: datetime.timedelta | float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
         if zero_stage not in (0, 1, 2, 3):

@@ -50,7 +50,7 @@ class FSDPStrategy(DDPStrategy):
                  auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
                  cpu_offload: bool = False, activation_checkpointing: Any = None,
                  reshard_after_forward: bool = True, sharding: str = "full",
-                 timeout: datetime.timedelta | float = datetime.timedelta(minutes=10), **kwargs: Any) -> None:
+                 timeout: datetime.timedelta | float | None = None, **kwargs: Any) -> None:
         super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
         if sharding not in ("full", "hybrid"):
             raise ValueError(f"FSDPStrategy(sharding={sharding!r}): expected 'full' or 'hybrid' (shard within a "

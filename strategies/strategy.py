@@ -156,6 +156,10 @@ class Strategy(ABC):
     def teardown(self) -> None:
         return None
 
+    def explain_failure(self, err: BaseException) -> BaseException | None:
+        """A clearer error for ``err`` when it is a failed collective (another rank died or hung), else None."""
+        return None
+
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str) -> None:
         """Write a full checkpoint atomically (rank zero writes; others wait)."""

@@ -17,7 +17,7 @@ from trainer.cli.config_file import LaunchConfig, config_path, load_config, save
 
 FIELD_ORDER = ["num_machines", "machine_rank", "main_process_ip", "main_process_port", "num_processes", "device",
                "gpu_ids", "mixed_precision", "strategy", "deepspeed", "fsdp", "gradient_accumulation_steps",
-               "max_restarts", "rdzv_backend", "rdzv_timeout"]
+               "max_restarts", "rdzv_backend", "rdzv_timeout", "collective_timeout"]
 
 
 @pytest.fixture
@@ -147,7 +147,8 @@ def test_all_flags_ask_nothing(tmp_path, monkeypatch, capsys):
         "deepspeed": None, "fsdp": {"sharding_strategy": "HYBRID_SHARD", "cpu_offload": True,
                                     "auto_wrap_policy": "size", "transformer_layer_cls": None,
                                     "min_num_params": 1000, "activation_checkpointing": False},
-        "gradient_accumulation_steps": 3, "max_restarts": 2, "rdzv_backend": "c10d", "rdzv_timeout": 60}
+        "gradient_accumulation_steps": 3, "max_restarts": 2, "rdzv_backend": "c10d", "rdzv_timeout": 60,
+        "collective_timeout": 600}
 
 
 def test_accelerate_underscore_spellings_are_aliases(home, monkeypatch, capsys):

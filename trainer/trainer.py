@@ -284,6 +284,9 @@ class Trainer(CheckpointingMixin):
             self.interrupted = isinstance(err, KeyboardInterrupt)
             self._settle_background_writes(err)
             self._hooks("on_exception", err)
+            clearer = self.accelerator.strategy.explain_failure(err)  # a dead or hung rank, named
+            if clearer is not None:
+                raise clearer from None
             raise
         finally:
             if datamodule is not None:

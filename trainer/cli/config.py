@@ -129,6 +129,8 @@ QUESTIONS: tuple[Question, ...] = (
              choices=config_file.RDZV_BACKENDS, is_asked=False),
     Question("rdzv_timeout", "Seconds to wait for every machine to join", ("--rdzv-timeout", "--rdzv_timeout"),
              _parse_int, is_asked=False),
+    Question("collective_timeout", "Seconds a collective waits for the other processes before failing",
+             ("--collective-timeout", "--collective_timeout"), _parse_int, is_asked=False),
 )
 
 

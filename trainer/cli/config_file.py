@@ -216,6 +216,8 @@ class LaunchConfig:
         max_restarts: how often torchrun restarts the workers after a failure.
         rdzv_backend: ``"static"`` (fixed ranks) or ``"c10d"`` (elastic rendezvous).
         rdzv_timeout: seconds to wait for every machine to join.
+        collective_timeout: seconds a collective (all-reduce, barrier, ...) waits for the other ranks
+            before the job ends with an error naming the missing rank(s): ``DDPStrategy(timeout=...)``.
     """
 
     num_machines: int = 1
@@ -233,6 +235,7 @@ class LaunchConfig:
     max_restarts: int = 0
     rdzv_backend: str = "static"
     rdzv_timeout: int = 900
+    collective_timeout: int = 600
 
     def __post_init__(self) -> None:
         for name, check in _FIELD_CHECKS.items():
@@ -275,6 +278,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "max_restarts": partial(_int_at_least, 0),
     "rdzv_backend": partial(_choice, RDZV_BACKENDS),
     "rdzv_timeout": partial(_int_at_least, 1),
+    "collective_timeout": partial(_int_at_least, 1),
 }
 
 
@@ -322,7 +326,8 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Processes and devices on each machine", ("num_processes", "device", "gpu_ids")),
     ("Numerics and distribution", ("mixed_precision", "strategy", "deepspeed", "fsdp")),
     ("Training loop", ("gradient_accumulation_steps",)),
-    ("Launcher (torchrun): restarts and rendezvous", ("max_restarts", "rdzv_backend", "rdzv_timeout")),
+    ("Launcher (torchrun): restarts and rendezvous", ("max_restarts", "rdzv_backend", "rdzv_timeout",
+                                                      "collective_timeout")),
 )
 
 

@@ -27,7 +27,8 @@ _FLAGS = {"num-processes": ("num_processes", int), "num-machines": ("num_machine
           "machine-rank": ("machine_rank", int), "main-process-ip": ("main_process_ip", str),
           "main-process-port": ("main_process_port", int), "mixed-precision": ("mixed_precision", str),
           "strategy": ("strategy", str), "gradient-accumulation-steps": ("gradient_accumulation_steps", int),
-          "max-restarts": ("max_restarts", int), "gpu-ids": ("gpu_ids", str), "rdzv-backend": ("rdzv_backend", str)}
+          "max-restarts": ("max_restarts", int), "gpu-ids": ("gpu_ids", str), "rdzv-backend": ("rdzv_backend", str),
+          "collective-timeout": ("collective_timeout", int)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def worker_settings(cfg: LaunchConfig, explicit: set[str] | None = None) -> dict
     (flags, when there is no config file); the others are left unset so the code's own defaults apply."""
     settings = {"mixed_precision": cfg.mixed_precision, "strategy": cfg.strategy, "device": cfg.device,
                 "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "num_processes": cfg.num_processes,
-                "deepspeed": cfg.deepspeed, "fsdp": cfg.fsdp}
+                "deepspeed": cfg.deepspeed, "fsdp": cfg.fsdp, "collective_timeout": cfg.collective_timeout}
     if explicit is not None:
         settings = {k: (v if k in explicit or k == "num_processes" else None) for k, v in settings.items()}
     return settings
