@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import functools
 import os
 import weakref
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,8 @@ class DDPStrategy(Strategy):
         static_graph: the set of used parameters never changes (lets DDP optimise).
         process_group_backend: override "nccl"/"gloo".
     """
+
+    distributed_kind = "MULTI"
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
                  timeout: datetime.timedelta | float | None = None,
@@ -214,6 +217,21 @@ class DDPStrategy(Strategy):
         for module in self._wrapped.values():
             for buffer in module[0].buffers():
                 dist.broadcast(buffer, src=0)
+
+    @contextlib.contextmanager
+    def force_backward_sync(self, module: torch.nn.Module) -> Iterator[None]:
+        if not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            yield
+            return
+        # the forward under no_sync() left the reducer unarmed: arm it for this backward
+        before = module.require_backward_grad_sync
+        module.require_backward_grad_sync = True
+        module.require_forward_param_sync = True
+        module.reducer.prepare_for_backward([])
+        try:
+            yield
+        finally:
+            module.require_backward_grad_sync = before
 
     # -- collectives -------------------------------------------------------------------------------
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:

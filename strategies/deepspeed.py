@@ -53,6 +53,8 @@ class DeepSpeedStrategy(DDPStrategy):
 
     sharded_format = "deepspeed"
 
+    distributed_kind = "DEEPSPEED"
+
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
                  config: dict[str, Any] | str | None = None, precision: Precision | str | None = None,
                  device_kind: str = "cpu", timeout: datetime.timedelta | float | None = None,

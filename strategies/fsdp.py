@@ -46,6 +46,8 @@ class FSDPStrategy(DDPStrategy):
         >>> FSDPStrategy(auto_wrap_policy={torch.nn.TransformerEncoderLayer})  # doctest: +SKIP
     """
 
+    distributed_kind = "FSDP"
+
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
                  auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
                  cpu_offload: bool = False, activation_checkpointing: Any = None,

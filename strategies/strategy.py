@@ -27,6 +27,10 @@ class Strategy(ABC):
         precision: a ``Precision`` or a precision string (see ``Precision.from_string``).
     """
 
+    #: how processes share the work, for ``Accelerator.distributed_type``: "NO" (one process),
+    #: "MULTI" (replicas), "FSDP" or "DEEPSPEED"
+    distributed_kind = "NO"
+
     def __init__(self, precision: Precision | str | None = None) -> None:
         self.precision = Precision.from_string(precision or "32-true", owner="Strategy(precision=...)")
 
@@ -119,6 +123,11 @@ class Strategy(ABC):
     def all_reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Average the locally accumulated gradients over processes (nothing to do on one)."""
         return None
+
+    def force_backward_sync(self, module: torch.nn.Module) -> ContextManager:
+        """Context in which backward all-reduces gradients even if the forward ran under
+        ``no_backward_sync`` (Accelerate's ``trigger_sync_in_backward``). Nothing to do on one device."""
+        return contextlib.nullcontext()
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         self.precision.unscale_gradients(optimizer)

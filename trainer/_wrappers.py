@@ -19,6 +19,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         # Deliberately no super().__init__: this object delegates its state to `optimizer`.
         self.optimizer = optimizer
         self._accelerator = accelerator
+        self.step_was_skipped = False  # the last step found inf/nan gradients (16-mixed) and did nothing
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -37,12 +38,16 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         return self.optimizer.defaults
 
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        if self._accelerator.sync_gradients:
-            self._accelerator.strategy.optimizer_step(self.optimizer)
+        if not self._accelerator.sync_gradients:
+            return
+        scaler = self._accelerator.strategy.precision.scaler
+        scale = scaler.get_scale() if scaler is not None else None  # a host sync, under 16-mixed only
+        self._accelerator.engine.step(self.optimizer)
+        self.step_was_skipped = scale is not None and scaler.get_scale() < scale
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._accelerator.sync_gradients:
-            self._accelerator.strategy.zero_grad(self.optimizer, set_to_none=set_to_none)
+            self._accelerator.engine.zero_grad(self.optimizer, set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -58,15 +63,37 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
 
 
 class AcceleratedScheduler:
-    """A scheduler that steps once per optimizer step (not per micro-batch)."""
+    """A scheduler that follows the optimizer, as under Accelerate (``step_scheduler_with_optimizer``).
+
+    It steps only when the optimizer stepped (not on the non-final micro-steps of a window, nor
+    after a step the 16-mixed scaler skipped), and then once per process -- or once when
+    ``split_batches=True`` -- so a schedule sized in batches of one process (e.g. ``len(loader)
+    * epochs`` before ``prepare``) ends on time under N processes, each of which sees 1/N of the
+    batches. With ``step_scheduler_with_optimizer=False`` every call steps.
+    """
 
     def __init__(self, scheduler: Any, accelerator: Any) -> None:
         self.scheduler = scheduler
         self._accelerator = accelerator
 
     def step(self, *args: Any, **kwargs: Any) -> None:
-        if not self._accelerator.step_scheduler_with_optimizer or self._accelerator.sync_gradients:
+        accelerator = self._accelerator
+        if not accelerator.step_scheduler_with_optimizer:
             self.scheduler.step(*args, **kwargs)
+            return
+        if not accelerator.sync_gradients or accelerator.optimizer_step_was_skipped:
+            return
+        total = getattr(self.scheduler, "total_steps", None)  # OneCycleLR refuses to step past its end
+        for _ in range(1 if accelerator.split_batches else accelerator.num_processes):
+            if total is not None and self.scheduler.last_epoch >= total:
+                break
+            self.scheduler.step(*args, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state_dict)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scheduler, name)
@@ -74,7 +101,11 @@ class AcceleratedScheduler:
 
 class PreparedDataLoader:
     """Yields batches already on the accelerator's device, and tells it which batch is last
-    (one batch of look-ahead), so ``accumulate()`` can close the final, short window.
+    (one batch of look-ahead, ``end_of_dataloader``), so ``accumulate()`` can close the final,
+    short window, and how many samples the current batch holds, so the window weights it.
+
+    While it is iterated it is the accelerator's ``gradient_state.active_dataloader``; a loader
+    iterated inside another (evaluation inside training) is pushed on top and popped at its end.
 
     With several processes the loader carries a ``DistributedSampler`` (see
     ``Accelerator.prepare_data_loader``); the sampler's epoch advances on every pass unless the
@@ -85,8 +116,8 @@ class PreparedDataLoader:
     def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True) -> None:
         self.loader = loader
         self._accelerator = accelerator
-        self.is_last = False
-        self.remaining: int | None = None  # batches left after the current one, when known
+        self.end_of_dataloader = False
+        self.remainder = -1  # real samples in the last global batch, when the lengths are known
         self.samples_before = 0  # this rank's samples yielded before the current batch, this pass
         self.batch_len = 0  # samples in the current batch
         self._skipped_samples = skipped_samples
@@ -113,30 +144,34 @@ class PreparedDataLoader:
 
     def __iter__(self) -> Iterator[Any]:
         accelerator = self._accelerator
-        accelerator._active_loader = self
-        accelerator._micro = 0
         if self._auto_epoch:
             self._set_sampler_epoch(self._epoch)
             self._epoch += 1
-        try:
-            total: int | None = len(self.loader)
-        except TypeError:
-            total = None
+        self.remainder = self._remainder()
         self.samples_before = self._skipped_samples
+        self.end_of_dataloader = False
+        accelerator.gradient_state._add_dataloader(self)
         try:
-            for index, (batch, is_last) in enumerate(with_is_last(self.loader)):
-                self.is_last = is_last
-                self.remaining = 0 if is_last else (max(total - index - 1, 1) if total is not None else None)
+            for batch, is_last in with_is_last(self.loader):
+                self.end_of_dataloader = is_last
                 self.batch_len = _batch_len(batch)
                 yield accelerator.batch_to_device(batch)
                 self.samples_before += self.batch_len
         finally:
-            accelerator._active_loader = None
+            accelerator.gradient_state._remove_dataloader(self)
+
+    def _remainder(self) -> int:
+        try:
+            total = self._accelerator.num_processes * self.loader.batch_size
+            return len(self.loader.dataset) % total
+        except (TypeError, AttributeError):
+            return -1
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the shuffling epoch yourself (the wrapper then stops advancing it on each pass)."""
-        self._auto_epoch = False
-        self._set_sampler_epoch(epoch)
+        """Shuffle the next pass as epoch ``epoch``; later passes count on from it (as Accelerate's
+        seedable sampler does)."""
+        self._auto_epoch = True
+        self._epoch = epoch
 
     def _set_sampler_epoch(self, epoch: int) -> None:
         for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):

@@ -7,14 +7,23 @@ the ``Trainer``'s loop is written on the same object (``trainer.accelerator``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
+from trainer import operations
 from trainer.strategies import Strategy, resolve_strategy
 from trainer.strategies._util import apply_to_tensors
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
+from trainer.accelerator_args import read_accelerate_args
+from trainer.gradient_state import GradientState
+from trainer.operations import DistributedType
+from trainer.plugins import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
+from trainer.processes import ProcessState, distributed_type, split_between_processes
+from trainer.step_engine import StepEngine
 from trainer.tracking import TrackingMixin, _tracker_specs
 
 
@@ -38,30 +47,69 @@ class Accelerator(TrackingMixin):
         ...         optimizer.step(); optimizer.zero_grad()
     """
 
-    def __init__(self, device_placement: bool = True, mixed_precision: str | None = None,
-                 gradient_accumulation_steps: int | None = None, cpu: bool = False,
-                 strategy: Strategy | str = "auto",
-                 devices: Any = "auto", deepspeed_plugin: Any = None, fsdp_plugin: Any = None,
-                 log_with: Any = None, project_dir: str | None = None,
-                 step_scheduler_with_optimizer: bool = True) -> None:
-        given = {"mixed_precision": mixed_precision, "gradient_accumulation_steps": gradient_accumulation_steps,
+    def __init__(self, device_placement: bool = True, split_batches: Any = None,
+                 mixed_precision: str | None = None, gradient_accumulation_steps: int | None = None,
+                 cpu: bool = False, dataloader_config: DataLoaderConfiguration | None = None,
+                 deepspeed_plugin: Any = None, fsdp_plugin: Any = None, torch_tp_plugin: Any = None,
+                 megatron_lm_plugin: Any = None, rng_types: Any = None, log_with: Any = None,
+                 project_dir: str | None = None, project_config: ProjectConfiguration | None = None,
+                 gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
+                 step_scheduler_with_optimizer: bool = True, kwargs_handlers: Any = None,
+                 dynamo_backend: Any = None, dynamo_plugin: Any = None, deepspeed_plugins: Any = None,
+                 parallelism_config: Any = None, *, strategy: Strategy | str = "auto", devices: Any = "auto") -> None:
+        args = read_accelerate_args(gradient_accumulation_steps, gradient_accumulation_plugin, dataloader_config,
+                                    project_dir, project_config, {
+                                        "split_batches": split_batches, "torch_tp_plugin": torch_tp_plugin,
+                                        "megatron_lm_plugin": megatron_lm_plugin, "rng_types": rng_types,
+                                        "kwargs_handlers": kwargs_handlers, "dynamo_backend": dynamo_backend,
+                                        "dynamo_plugin": dynamo_plugin, "deepspeed_plugins": deepspeed_plugins,
+                                        "parallelism_config": parallelism_config})
+        if args.gradient_accumulation is not None:
+            gradient_accumulation_steps = args.gradient_accumulation.num_steps
+        self.strategy, gradient_accumulation_steps = self._build_strategy(
+            strategy, devices, mixed_precision, gradient_accumulation_steps, cpu, deepspeed_plugin, fsdp_plugin)
+        self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
+        self.strategy.setup()
+        self.device_placement = device_placement
+        self.deepspeed_plugin, self.fsdp_plugin = deepspeed_plugin, fsdp_plugin
+        self.dataloader_config = args.dataloader
+        self.project_configuration = args.project
+        self.project_dir = args.project.project_dir
+        self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
+        plugin = args.gradient_accumulation or GradientAccumulationPlugin(num_steps=gradient_accumulation_steps)
+        self.gradient_state = GradientState(gradient_accumulation_steps, plugin.sync_with_dataloader,
+                                            plugin.adjust_scheduler, plugin.sync_each_batch)
+        self.engine = StepEngine(self.strategy, gradient_accumulation_steps)
+        self.state = ProcessState(self)
+        self.step = 0  # micro-steps seen by accumulate()
+        self._models: list[torch.nn.Module] = []
+        self._optimizers: list[AcceleratedOptimizer] = []
+        self._schedulers: list[AcceleratedScheduler] = []
+        self._dataloaders: list[PreparedDataLoader] = []
+        self._custom_objects: list[Any] = []
+        self._trigger = False
+        self.trackers: list[Any] = []
+        self._log_step = 0
+
+    def _build_strategy(self, strategy: Any, devices: Any, mixed_precision: Any, accumulation: Any, cpu: bool,
+                        deepspeed_plugin: Any, fsdp_plugin: Any) -> tuple[Strategy, int]:
+        """The strategy from the arguments, the launcher's settings and the config file."""
+        given = {"mixed_precision": mixed_precision, "gradient_accumulation_steps": accumulation,
                  "strategy": None if strategy == "auto" else strategy, "accelerator": "cpu" if cpu else None}
         # a Strategy object is already resolved (e.g. by the Trainer, which applied the launch settings)
         launched = given if isinstance(strategy, Strategy) else apply_launch_settings("Accelerator", given)
         mixed_precision, strategy = launched["mixed_precision"], launched["strategy"] or "auto"
-        gradient_accumulation_steps = launched["gradient_accumulation_steps"]
-        gradient_accumulation_steps = 1 if gradient_accumulation_steps is None else gradient_accumulation_steps
+        accumulation = launched["gradient_accumulation_steps"]
+        accumulation = 1 if accumulation is None else accumulation
         cpu = launched["accelerator"] == "cpu"
-        if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
-                or gradient_accumulation_steps < 1:
-            raise ValueError(f"Accelerator(gradient_accumulation_steps={gradient_accumulation_steps!r}): "
+        if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+            raise ValueError(f"Accelerator(gradient_accumulation_steps={accumulation!r}): "
                              "expected a positive int (1 means no accumulation).")
-        self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
         options = None
         if deepspeed_plugin is not None and fsdp_plugin is not None:
             raise ValueError("Accelerator(deepspeed_plugin=..., fsdp_plugin=...): pick one sharded strategy.")
         if deepspeed_plugin is not None:
-            strategy = deepspeed_plugin.strategy(mixed_precision, gradient_accumulation_steps)
+            strategy = deepspeed_plugin.strategy(mixed_precision, accumulation)
         elif fsdp_plugin is not None:
             if strategy not in ("auto", "fsdp"):
                 raise ValueError(f"Accelerator(strategy={strategy!r}, fsdp_plugin=...): the plugin configures FSDP; "
@@ -69,24 +117,9 @@ class Accelerator(TrackingMixin):
             strategy, options = "fsdp", fsdp_plugin.options()
         elif isinstance(strategy, str):
             options = launch_settings().get(strategy)  # the config file's section (e.g. fsdp options)
-        self.strategy = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
-                                         devices=devices, precision=mixed_precision, options=options)
-        self.strategy.setup()
-        self.device_placement = device_placement
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
-        self.project_dir = project_dir
-        self.sync_gradients = True
-        self.step = 0  # micro-steps seen by accumulate()
-        self._micro = 0  # position inside the current accumulation window
-        self._window_len = gradient_accumulation_steps
-        self._active_loader: PreparedDataLoader | None = None
-        self._models: list[torch.nn.Module] = []
-        self._optimizers: list[AcceleratedOptimizer] = []
-        self._schedulers: list[AcceleratedScheduler] = []
-        self._custom_objects: list[Any] = []
-        self.trackers: list[Any] = []
-        self._log_step = 0
+        resolved = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
+                                    devices=devices, precision=mixed_precision, options=options)
+        return resolved, accumulation
 
     # -- who and where ----------------------------------------------------------------------
     @property
@@ -120,6 +153,53 @@ class Accelerator(TrackingMixin):
     @property
     def is_local_main_process(self) -> bool:
         return self.strategy.local_rank == 0
+
+    @property
+    def is_last_process(self) -> bool:
+        return self.process_index == self.num_processes - 1
+
+    @property
+    def distributed_type(self) -> DistributedType:
+        """How the processes share the work: NO, MULTI_CPU, MULTI_GPU, FSDP or DEEPSPEED."""
+        return distributed_type(self.strategy)
+
+    @property
+    def use_distributed(self) -> bool:
+        return self.num_processes > 1
+
+    @property
+    def split_batches(self) -> bool:
+        return self.dataloader_config.split_batches
+
+    @property
+    def even_batches(self) -> bool:
+        return self.dataloader_config.even_batches
+
+    @property
+    def logging_dir(self) -> str | None:
+        return self.project_configuration.logging_dir
+
+    @property
+    def sync_gradients(self) -> bool:
+        """True on the micro-step that closes an accumulation window (gradients synced, optimizers step)."""
+        return self.gradient_state.sync_gradients
+
+    @sync_gradients.setter
+    def sync_gradients(self, value: bool) -> None:
+        self.gradient_state._set_sync_gradients(value)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.gradient_state.num_steps
+
+    @gradient_accumulation_steps.setter
+    def gradient_accumulation_steps(self, value: int) -> None:
+        self.gradient_state.num_steps = self.engine.accumulation_steps = value
+
+    @property
+    def optimizer_step_was_skipped(self) -> bool:
+        """Whether the last optimizer step was skipped (16-mixed found inf/nan gradients)."""
+        return any(opt.step_was_skipped for opt in self._optimizers)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` once per job (on the main process)."""
@@ -198,6 +278,7 @@ class Accelerator(TrackingMixin):
         engine_owned = hasattr(self.strategy, "setup_engine")  # DeepSpeed built its engine with it already
         wrapped = AcceleratedOptimizer(optimizer if engine_owned else self.strategy.setup_optimizer(optimizer), self)
         self._optimizers.append(wrapped)
+        self.engine.optimizers.append(wrapped.optimizer)
         return wrapped
 
     def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
@@ -216,65 +297,83 @@ class Accelerator(TrackingMixin):
             return loader
         from trainer.distributed_data import distribute_loader
 
-        loader = distribute_loader(loader, self.num_processes, self.process_index, train=True)
-        return PreparedDataLoader(loader, self)
+        config = self.dataloader_config
+        loader = distribute_loader(loader, self.num_processes, self.process_index, train=True,
+                                   split_batches=config.split_batches, seedable=config.use_seedable_sampler,
+                                   data_seed=config.data_seed)
+        prepared = PreparedDataLoader(loader, self)
+        self._dataloaders.append(prepared)
+        return prepared
 
     def batch_to_device(self, batch: Any) -> Any:
         return self.strategy.batch_to_device(batch) if self.device_placement else batch
 
-    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The user's original module, without strategy wrappers (DDP, compile)."""
+    def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True,
+                     keep_torch_compile: bool = False) -> torch.nn.Module:
+        """The user's original module, without strategy wrappers (DDP, compile).
+
+        Args:
+            keep_fp32_wrapper: accepted for Accelerate's signature; mixed precision here never wraps
+                the model's ``forward`` (autocast is entered by ``accelerator.autocast()``), so there is
+                no wrapper to keep or remove.
+            keep_torch_compile: return the ``torch.compile`` wrapper instead of the module inside.
+        """
         model = self.strategy.unwrap_module(model)
-        return getattr(model, "_orig_mod", model)
+        return model if keep_torch_compile else getattr(model, "_orig_mod", model)
 
     # -- the step -----------------------------------------------------------------------------
     def autocast(self) -> ContextManager:
         """The forward context of this precision (``torch.autocast`` for mixed precision)."""
         return self.strategy.forward_context()
 
-    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """``loss.backward()`` with loss scaling, divided by the accumulation window's length.
+    def backward(self, loss: torch.Tensor, num_items: Any = None, **kwargs: Any) -> None:
+        """``loss.backward()`` with loss scaling, weighted for the accumulation window.
 
-        The window is ``gradient_accumulation_steps`` micro-batches, or fewer for the last
-        window of a prepared dataloader whose length is known, so every window averages
-        over exactly its own micro-batches.
+        Inside ``accumulate()`` each micro-batch from a prepared dataloader counts with its number
+        of samples, so a window -- a short last one or uneven batches included -- gives the
+        gradient of one big batch of its samples (``num_items``: ``loss`` is a sum over that many
+        items, e.g. tokens; the step is then the mean over every item of the window on every
+        process). Outside ``accumulate()`` the loss is divided by ``gradient_accumulation_steps``.
         """
-        if self._window_len > 1:
-            loss = loss / self._window_len
-        self.strategy.backward(loss)
+        if kwargs:
+            raise TypeError(f"accelerator.backward(loss, {', '.join(f'{k}=...' for k in kwargs)}): extra arguments to "
+                            "loss.backward() are not supported (the strategy runs backward). Drop them.")
+        self.engine.backward(self.engine.scale_loss(loss, num_items))
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
-        """Run one micro-step: gradients sync, and prepared optimizers and schedulers step,
-        only on the window's last micro-step (or on the last batch of a prepared loader)."""
-        loader = self._active_loader
-        if self._micro == 0:
-            left = loader.remaining + 1 if loader is not None and loader.remaining is not None else None
-            k = self.gradient_accumulation_steps
-            self._window_len = k if left is None else min(k, left)
-        self._micro += 1
+        """Run one micro-step: gradients sync, and prepared optimizers and schedulers step, only on
+        the window's last micro-step (the ``gradient_accumulation_steps``-th, or the last batch of
+        the active prepared dataloader)."""
+        state = self.gradient_state
+        loader = state.active_dataloader
+        size = (loader.batch_len or 1) if loader is not None else 1
+        closes = self.engine.begin_micro(size, state.sync_with_dataloader and state.end_of_dataloader)
         self.step += 1
-        self.sync_gradients = self._micro >= self._window_len or (loader is not None and loader.is_last)
-        if self.sync_gradients:
-            self._micro = 0
-            yield
-            return
-        with self.no_sync(*models):
+        state._set_sync_gradients(closes)
+        with self.engine.sync_context(models, closes or state.sync_each_batch):
             yield
 
     @contextlib.contextmanager
     def no_sync(self, *models: torch.nn.Module) -> Iterator[None]:
         """Skip the gradient all-reduce for these models (a no-op on one device)."""
+        with self.engine.sync_context(models, sync=False):
+            yield
+
+    @contextlib.contextmanager
+    def trigger_sync_in_backward(self, *models: torch.nn.Module) -> Iterator[None]:
+        """Make the next backward all-reduce gradients although the forward ran under ``no_sync``
+        (several forwards first, then several backwards)."""
         with contextlib.ExitStack() as stack:
             for model in models:
-                stack.enter_context(self.strategy.no_backward_sync(model))
+                stack.enter_context(self.strategy.force_backward_sync(model))
             yield
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Undo loss scaling on the gradients (16-mixed) so they can be inspected or clipped."""
         targets = [optimizer] if optimizer is not None else self._optimizers
         for opt in targets:
-            self.strategy.unscale_gradients(getattr(opt, "optimizer", opt))
+            self.engine.unscale(getattr(opt, "optimizer", opt))
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip the gradient norm after unscaling; returns the total norm before clipping."""
@@ -298,7 +397,7 @@ class Accelerator(TrackingMixin):
 
         Works on tensors (and nests of them) whose first dimension is the batch dimension.
         """
-        loader = self._active_loader
+        loader = self.gradient_state.active_dataloader
         sampler = loader.padded_sampler if loader is not None and self.num_processes > 1 else None
         if sampler is None:
             return self.gather(tensor)
@@ -321,8 +420,57 @@ class Accelerator(TrackingMixin):
 
         return apply_to_tensors(tensor, gather_in_order)
 
-    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
-        return apply_to_tensors(tensor, lambda t: self.strategy.reduce(t, reduction))
+    def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
+        """Reduce tensors (nests too) over the processes: "sum", "mean", "max" or "min", times ``scale``."""
+        return operations.reduce(tensor, reduction, scale)
+
+    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+        """Pad tensors along ``dim`` to the longest any process has, so they can be gathered."""
+        return operations.pad_across_processes(tensor, dim, pad_index, pad_first)
+
+    def gather_object(self, obj: Any) -> Any:
+        """Every process's picklable ``obj`` (lists are concatenated in rank order)."""
+        return operations.gather_object(obj)
+
+    def broadcast(self, tensor: Any, from_process: int = 0) -> Any:
+        """``from_process``'s tensors (nests too) on every process."""
+        return operations.broadcast(tensor, from_process)
+
+    @contextlib.contextmanager
+    def split_between_processes(self, inputs: Any, apply_padding: bool = False) -> Iterator[Any]:
+        """This process's contiguous share of a list, tuple, tensor or dict of them (e.g. prompts to
+        generate from); ``apply_padding`` repeats the last item so the shares can be gathered."""
+        with split_between_processes(inputs, self.num_processes, self.process_index, apply_padding) as share:
+            yield share
+
+    @contextlib.contextmanager
+    def join_uneven_inputs(self, joinables: list[Any], even_batches: bool | None = None) -> Iterator[None]:
+        """Let DDP processes run different numbers of batches (for a loop you shard yourself):
+        ``torch.distributed.algorithms.Join`` over the prepared DDP models; a no-op on one process."""
+        if even_batches is False:
+            raise ValueError("join_uneven_inputs(..., even_batches=False): prepared dataloaders always give every "
+                             "process the same number of batches here. Drop even_batches.")
+        ddp = [j for j in joinables if isinstance(j, torch.nn.parallel.DistributedDataParallel)]
+        if self.num_processes == 1 or not ddp:
+            yield
+            return
+        from torch.distributed.algorithms.join import Join
+
+        with Join(ddp):
+            yield
+
+    def set_trigger(self) -> None:
+        """Raise a flag on this process; ``check_trigger()`` then returns True on every process."""
+        self._trigger = True
+
+    def check_trigger(self) -> bool:
+        """True on every process if any process called ``set_trigger()`` since the last check (a
+        collective: call it on every process); the flag is lowered again."""
+        flag = torch.tensor(1.0 if self._trigger else 0.0, device=self.device)
+        if self.reduce(flag, "sum").item() > 0:
+            self._trigger = False
+            return True
+        return False
 
     def wait_for_everyone(self) -> None:
         self.strategy.barrier()
@@ -336,10 +484,71 @@ class Accelerator(TrackingMixin):
         if self.is_main_process:
             self.wait_for_everyone()
 
-    def on_main_process(self, fn: Callable) -> Callable:
+    @contextlib.contextmanager
+    def local_main_process_first(self) -> Iterator[None]:
+        """Let each machine's first process run the block first, then the others."""
+        if not self.is_local_main_process:
+            self.wait_for_everyone()
+        yield
+        if self.is_local_main_process:
+            self.wait_for_everyone()
+
+    def on_main_process(self, function: Callable) -> Callable:
+        """Decorator: run ``function`` only on the main process (None elsewhere)."""
+        return self._only_if(function, lambda: self.is_main_process)
+
+    def on_local_main_process(self, function: Callable) -> Callable:
+        """Decorator: run ``function`` only on each machine's first process."""
+        return self._only_if(function, lambda: self.is_local_main_process)
+
+    def on_last_process(self, function: Callable) -> Callable:
+        """Decorator: run ``function`` only on the last process."""
+        return self._only_if(function, lambda: self.is_last_process)
+
+    def on_process(self, function: Callable | None = None, process_index: int | None = None) -> Callable:
+        """Decorator: run ``function`` only on process ``process_index``
+        (``@accelerator.on_process(process_index=1)``)."""
+        if function is None:
+            return functools.partial(self.on_process, process_index=process_index)
+        if process_index is None:
+            raise TypeError("on_process(...): name the process, e.g. @accelerator.on_process(process_index=0).")
+        return self._only_if(function, lambda: self.process_index == process_index)
+
+    def on_local_process(self, function: Callable | None = None, local_process_index: int | None = None) -> Callable:
+        """Decorator: run ``function`` only on local process ``local_process_index`` of each machine."""
+        if function is None:
+            return functools.partial(self.on_local_process, local_process_index=local_process_index)
+        if local_process_index is None:
+            raise TypeError("on_local_process(...): name the process, e.g. "
+                            "@accelerator.on_local_process(local_process_index=0).")
+        return self._only_if(function, lambda: self.local_process_index == local_process_index)
+
+    @staticmethod
+    def _only_if(function: Callable, condition: Callable[[], bool]) -> Callable:
+        @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return fn(*args, **kwargs) if self.is_main_process else None
+            return function(*args, **kwargs) if condition() else None
         return wrapper
+
+    def free_memory(self, *objects: Any) -> list[None]:
+        """Forget every prepared object (models, optimizers, schedulers, dataloaders), collect
+        garbage and empty the CUDA cache; returns one None per object passed, to rebind them:
+        ``model, optimizer = accelerator.free_memory(model, optimizer)``."""
+        import gc
+
+        self._models.clear()
+        self._optimizers.clear()
+        self._schedulers.clear()
+        self._dataloaders.clear()
+        self.engine.optimizers.clear()
+        self.engine.reset_window()
+        self.step = 0
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return [None for _ in objects]
+
+    clear = free_memory
 
     def end_training(self) -> None:
         """Close every tracker (files flushed, runs finished), then release the process group."""
@@ -360,18 +569,33 @@ class Accelerator(TrackingMixin):
                                 "load_state_dict() methods.")
             self._custom_objects.append(obj)
 
-    def save_state(self, output_dir: str) -> str:
+    def save_state(self, output_dir: str | None = None) -> str:
         """Save every prepared model, optimizer, scheduler, the gradient scaler, RNG states and
-        registered objects into ``output_dir`` (written whole, or not at all). Returns the path."""
+        registered objects into ``output_dir`` (written whole, or not at all). Returns the path.
+
+        Without ``output_dir`` (``ProjectConfiguration(automatic_checkpoint_naming=True)``): into
+        ``project_dir/checkpoints/checkpoint_<iteration>``, keeping at most ``total_limit``.
+        """
+        from trainer.accelerator_args import next_checkpoint_dir
         from trainer.accelerator_state import save_state
 
-        return save_state(self, output_dir)
+        automatic = output_dir is None
+        if automatic:
+            output_dir = next_checkpoint_dir(self.project_configuration) if self.is_main_process else ""
+            output_dir = self.strategy.broadcast(output_dir)
+        path = save_state(self, output_dir)
+        if automatic:
+            self.project_configuration.iteration += 1
+        return path
 
-    def load_state(self, input_dir: str, strict: bool = True) -> None:
-        """Restore what ``save_state`` wrote, into the objects prepared in the same order."""
+    def load_state(self, input_dir: str | None = None, strict: bool = True) -> None:
+        """Restore what ``save_state`` wrote, into the objects prepared in the same order; without
+        ``input_dir``, the newest automatic checkpoint (and the next automatic save follows it)."""
+        from trainer.accelerator_args import newest_checkpoint_dir
         from trainer.accelerator_state import load_state
 
-        load_state(self, input_dir, strict=strict)
+        load_state(self, newest_checkpoint_dir(self.project_configuration) if input_dir is None else input_dir,
+                   strict=strict)
 
     def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The full (unsharded) state dict of ``model`` (gathered on rank zero under FSDP)."""
@@ -383,7 +607,11 @@ class Accelerator(TrackingMixin):
     def save_model(self, model: torch.nn.Module, save_directory: str, max_shard_size: int | str = "10GB",
                    safe_serialization: bool = True) -> list[str]:
         """Write plain weights as safetensors, split into shards under ``max_shard_size`` with a
-        ``model.safetensors.index.json``; load them with ``safetensors`` alone. Returns file names."""
+        ``model.safetensors.index.json``; load them with ``safetensors`` alone. Returns file names.
+
+        A model with ``save_pretrained`` (a Hugging Face ``PreTrainedModel``) is saved through it, with
+        the full state dict, so ``from_pretrained(save_directory)`` loads the result.
+        """
         from trainer.strategies.checkpoint_io import save_weights
 
         if not safe_serialization:
@@ -391,7 +619,13 @@ class Accelerator(TrackingMixin):
                              "carry code). Drop the argument.")
         state = self.get_state_dict(model)
         names: list[str] = []
-        if self.is_main_process:
+        unwrapped = self.unwrap_model(model)
+        if self.is_main_process and callable(getattr(unwrapped, "save_pretrained", None)):
+            # a Hugging Face model: its own format (config.json next to the weights), loadable with from_pretrained
+            unwrapped.save_pretrained(save_directory, state_dict=state, safe_serialization=True,
+                                      max_shard_size=max_shard_size)
+            names = sorted(os.listdir(save_directory))
+        elif self.is_main_process:
             names = save_weights(state, save_directory, max_shard_size)
         self.wait_for_everyone()
         return names

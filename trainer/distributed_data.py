@@ -39,9 +39,19 @@ def _seed() -> int:
     return int(os.environ.get("TRAINER_GLOBAL_SEED", "0"))
 
 
-def distribute_loader(loader: Any, world_size: int, rank: int, train: bool) -> Any:
-    """``loader`` with a sampler that gives this process its share; other iterables unchanged."""
-    if world_size == 1 or not isinstance(loader, DataLoader):
+def distribute_loader(loader: Any, world_size: int, rank: int, train: bool, split_batches: bool = False,
+                      seedable: bool = False, data_seed: int | None = None) -> Any:
+    """``loader`` with a sampler that gives this process its share; other iterables unchanged.
+
+    ``split_batches``: the loader's batch size is the global batch, divided between the processes.
+    ``seedable``: shuffle with a sampler seeded by ``data_seed`` (else the global seed) and the
+    epoch, one process included, so the order depends only on the seed and the epoch.
+    """
+    if not isinstance(loader, DataLoader):
+        return loader
+    if split_batches and world_size > 1:
+        loader = _split_batch_size(loader, world_size)
+    if world_size == 1 and not (seedable and isinstance(loader.sampler, RandomSampler)):
         return loader
     if isinstance(loader.dataset, IterableDataset):
         warnings.warn("An IterableDataset is not split between processes automatically: make its __iter__ yield "
@@ -60,7 +70,8 @@ def distribute_loader(loader: Any, world_size: int, rank: int, train: bool) -> A
                          "shuffle=True/False.")
     if train:
         sampler: Sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
-                                              shuffle=isinstance(loader.sampler, RandomSampler), seed=_seed(),
+                                              shuffle=isinstance(loader.sampler, RandomSampler),
+                                              seed=_seed() if data_seed is None else data_seed,
                                               drop_last=loader.drop_last)
     else:
         sampler = UnpaddedShard(len(loader.dataset), rank, world_size)
@@ -77,3 +88,14 @@ def in_order(loader: Any, reason: str) -> Any:
                   "every epoch sees the same batches.", stacklevel=3)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, drop_last=loader.drop_last,
                       **loader_kwargs(loader))
+
+def _split_batch_size(loader: DataLoader, world_size: int) -> DataLoader:
+    """The same loader with ``batch_size / world_size`` samples per process and step. Each step's
+    processes together see the same samples as one process with the whole batch (the distributed
+    sampler deals consecutive samples to consecutive ranks)."""
+    if loader.batch_size is None or loader.batch_size % world_size:
+        raise ValueError(f"DataLoaderConfiguration(split_batches=True) with DataLoader(batch_size="
+                         f"{loader.batch_size}) on {world_size} processes: the batch size must divide by the number "
+                         f"of processes. Use a batch size that is a multiple of {world_size}, or split_batches=False.")
+    return DataLoader(loader.dataset, batch_size=loader.batch_size // world_size, sampler=loader.sampler,
+                      drop_last=loader.drop_last, **loader_kwargs(loader))

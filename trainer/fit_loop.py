@@ -10,18 +10,14 @@
             validate when it is time
         epoch-end logging, hooks, epoch schedulers
 
-Accumulation: a window is `accumulate_grad_batches` (k) micro-batches, or what is left of the
-epoch. Each micro-batch's loss counts with its number of items (its batch size, or the
-``num_items`` the step returned, the loss then being a sum), so the step equals one big batch
-of the window. The loss of a micro-batch of size b is scaled by b / (k * b0) before backward (b0:
-the window's first micro-batch size) -- for a full window of equal batches that is the plain 1/k --
-and at the window's end the gradients are corrected only if the window was not k * b0 items
-(a short last window, uneven batches, or ``num_items``), by k * b0 / (its item count).
+Accumulation: a window is `accumulate_grad_batches` micro-batches, or what is left of the
+epoch, each weighted by its number of items, so a step equals one big batch of the window. The
+mechanics (window, sync skipping, backward, exact normalisation, clip, step, zero, step count) are
+the ``StepEngine``'s (step_engine.py), the same object the Accelerator door drives.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from typing import Any
@@ -151,7 +147,9 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     module._results = results
     splitter = trainer._oom_splitter  # Trainer(oom_split=True): see _train_split
     move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
-    window = trainer._window = _Window()
+    engine = accel.engine
+    engine.accumulation_steps, engine.progress, engine.optimizers = k, state, [optimizer]
+    engine.reset_window()
     for batch_idx, (batch, is_last) in enumerate(batches, start):
         batch = move_batch(batch, 0)
         size = batch_size_of(batch)
@@ -163,10 +161,7 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
         results.batch_size = size
         if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
             break  # the module asked to end the epoch here
-        window.micro += 1
-        if window.micro == 1:
-            window.ref = size
-        closes_window = window.micro == k or is_last
+        closes_window = engine.begin_micro(size, is_last)
         trainer.is_last_batch = is_last
         steps_before = state.global_step
         try:
@@ -174,28 +169,26 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
                 with accel.autocast():
                     output = training_step(batch, batch_idx)
             elif splitter is not None:
-                output = _train_split(trainer, splitter, batch, batch_idx, size, window, k)
+                output = _train_split(trainer, splitter, batch, batch_idx, size)
             elif plain_forward:
                 output = training_step(batch, batch_idx)
-                _micro_step(trainer, output, batch_idx, size, window, k)
+                _micro_step(trainer, output, batch_idx)
             else:
-                with contextlib.nullcontext() if closes_window else accel.no_sync(model):
+                with engine.sync_context((model,), closes_window):  # all-reduce only at the window's end
                     with accel.autocast():
                         output = training_step(batch, batch_idx)
-                    _micro_step(trainer, output, batch_idx, size, window, k)
+                    _micro_step(trainer, output, batch_idx)
         except Exception as err:  # what the batch was / where its tensors live (step_errors.py)
             add_step_note(err, module, batch, "training_step", batch_idx)
             raise
         state.batch_idx = batch_idx + 1
         state.batches_seen += 1
         state.samples_seen += size
-        stepped = state.global_step != steps_before if manual else closes_window and window.has_loss
+        stepped = state.global_step != steps_before if manual else closes_window and engine.window.has_loss
         if stepped and not manual:
             if splitter is not None:
                 accel.strategy.all_reduce_gradients(optimizer)  # the split micro-batches ran without sync
-            _optimizer_step(trainer, optimizer, window, k)
-        if closes_window:
-            window = trainer._window = _Window()
+            _optimizer_step(trainer, optimizer)
         state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
         if has_batch_end:
             outputs = output if manual else _batch_end_outputs(output)
@@ -214,26 +207,20 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
     return True
 
 
-def _micro_step(trainer: Any, output: Any, batch_idx: int, size: int, window: "_Window", k: int) -> None:
-    """Check the step's output, scale its loss for the window (see the module docstring), backward."""
+def _micro_step(trainer: Any, output: Any, batch_idx: int, piece_size: int | None = None) -> None:
+    """Check the step's output, weight its loss for the window, backward (with the hooks around it).
+    ``piece_size``: the items of one piece of an ``oom_split`` micro-batch."""
     loss, num_items = _unpack_step_output(output, trainer.state, batch_idx)
     if loss is None:
         return
     trainer._results["train"].record_loss(loss, trainer.state.global_step, batch_idx)
-    if num_items is None:
-        window.items += size
-        if k != 1 or size != window.ref:
-            loss = loss * (size / (k * window.ref))
-    else:  # the loss is a sum over num_items items
-        window.counted = True
-        window.items = window.items + num_items
-        loss = loss * (1.0 / (k * window.ref))
-    window.has_loss = True
-    window.in_backward = True
+    engine = trainer.accelerator.engine
+    loss = engine.scale_loss(loss, num_items, piece_size)
+    engine.window.in_backward = True
     before, after = trainer._backward_hooks
     if before:
         trainer._hooks("on_before_backward", loss)
-    trainer.accelerator.backward(loss)
+    engine.backward(loss)
     if after:
         trainer._hooks("on_after_backward")
 
@@ -249,26 +236,12 @@ def _batch_end_outputs(output: Any) -> Any:
     return output
 
 
-class _Window:
-    """One accumulation window: micro-batches seen, the first one's size, items counted (an int, or a
-    tensor once a step returned ``num_items`` as one), whether any produced a loss."""
-
-    __slots__ = ("micro", "ref", "items", "counted", "has_loss", "in_backward")
-
-    def __init__(self) -> None:
-        self.micro = 0
-        self.ref = 1
-        self.items: Any = 0
-        self.counted = False  # some step returned num_items
-        self.has_loss = False
-        self.in_backward = False  # oom_split: did the failing micro-batch reach its backward?
-
-
-def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: int, window: _Window,
-                 k: int) -> Any:
+def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: int) -> Any:
     """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/oom.py). Every
     piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
     accel, results, step = trainer.accelerator, trainer._results["train"], trainer._local_training_step
+
+    window = accel.engine.window
 
     def train_piece(piece: Any, n: int) -> Any:
         saved = (window.items, window.counted, window.has_loss)
@@ -277,7 +250,7 @@ def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: 
         try:
             with accel.autocast():
                 output = step(piece, batch_idx)
-            _micro_step(trainer, output, batch_idx, n, window, k)
+            _micro_step(trainer, output, batch_idx, piece_size=n)
         except Exception:
             window.items, window.counted, window.has_loss = saved  # the piece did not count
             splitter.backward_started = window.in_backward
@@ -287,73 +260,24 @@ def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: 
     return splitter.run(batch, size, train_piece, window.has_loss)
 
 
-def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:
-    """Correct the window's normalisation if needed, clip, step the optimizer and the step-schedulers, zero."""
-    cfg, accel, hooks, state = trainer.config, trainer.accelerator, trainer._hooks, trainer.state
+def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""
+    cfg, hooks, state, engine = trainer.config, trainer._hooks, trainer.state, trainer.accelerator.engine
     clip = cfg.gradient_clip_val
-    if window.counted or window.items != k * window.ref:
-        if getattr(accel.strategy, "supports_gradient_correction", True):
-            _correct_gradients(trainer, optimizer, window, k)
-        else:
-            _cannot_correct(trainer, window, k)
+    engine.finish_window(optimizer)
     before_step, before_zero = trainer._step_hooks
     if clip:
-        accel.unscale_gradients(optimizer)  # the hook and the clipping see true gradients
+        engine.unscale(optimizer)  # the hook and the clipping see true gradients
     if before_step:
         hooks("on_before_optimizer_step", optimizer)
     if clip:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if cfg.gradient_clip_algorithm == "norm":
-            accel.strategy.clip_grad_norm_(params, clip)
-        else:
-            accel.strategy.clip_grad_value_(params, clip)
-    accel.strategy.optimizer_step(optimizer)
+        engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
+    engine.step(optimizer)  # counts state.global_step
     if before_zero:
         hooks("on_before_zero_grad", optimizer)
-    accel.strategy.zero_grad(optimizer)
-    state.global_step += 1
+    engine.zero_grad(optimizer)
     if trainer._step_schedulers:
         step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
-
-
-def _cannot_correct(trainer: Any, window: _Window, k: int) -> None:
-    """The strategy keeps gradients where the loop cannot rescale them (DeepSpeed's partitions)."""
-    name = type(trainer.accelerator.strategy).__name__
-    if window.counted:
-        raise ValueError(f"training_step returned num_items, but {name} keeps the gradients in its own partitions, "
-                         "where they cannot be renormalised by the item count. Return a mean loss instead, or use "
-                         "strategy='ddp' or 'fsdp' for item-count normalisation.")
-    if not getattr(trainer, "_warned_window", False):
-        trainer._warned_window = True
-        import warnings
-
-        warnings.warn(f"{name}: an accumulation window of {window.items} samples instead of {k * window.ref} (a short "
-                      "last window or uneven batches) is averaged as if it were full. Use drop_last=True and a "
-                      "number of batches divisible by accumulate_grad_batches for exact averaging.", stacklevel=2)
-
-
-def _correct_gradients(trainer: Any, optimizer: torch.optim.Optimizer, window: _Window, k: int) -> None:
-    """The losses were scaled by 1 / (k * ref) per item; make the gradient the mean over the window's
-    items. With ``num_items`` that is the mean over every item of the window on every process:
-    DDP averages over processes, so the factor is world size over the global item count (kept a
-    tensor when the step returned one: no host sync). Without it every process has the same
-    number of samples (the distributed sampler pads), and the local count is the global one.
-    """
-    strategy = trainer.accelerator.strategy
-    world_size = strategy.world_size
-    items = window.items
-    if window.counted:
-        if world_size > 1:
-            items = strategy.reduce(torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device), "sum")
-        if isinstance(items, torch.Tensor):  # a window of zero items leaves its (zero) gradients as they are
-            scale: Any = (k * window.ref * world_size / items.clamp_min(1)).to(torch.float32)
-        else:
-            scale = k * window.ref * world_size / max(items, 1)
-    else:
-        scale = k * window.ref / max(items, 1)
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if grads:
-        torch._foreach_mul_(grads, scale)
 
 
 def _unpack_step_output(output: Any, state: Any, batch_idx: int) -> tuple[torch.Tensor | None, Any]:

@@ -111,3 +111,109 @@ class DeepSpeedPlugin:
         strategy.gradient_clip_val = self.gradient_clipping
         strategy.accumulate_grad_batches = accumulation or self.gradient_accumulation_steps
         return strategy
+
+
+@dataclass
+class DataLoaderConfiguration:
+    """How ``Accelerator.prepare`` shares dataloaders between processes (Accelerate's names).
+
+    Args:
+        split_batches: the loader's ``batch_size`` is the global batch, split between the
+            processes (it must divide by their number); by default each process draws
+            ``batch_size`` samples.
+        even_batches: every process gets the same number of batches (the last samples are
+            repeated to fill them; ``gather_for_metrics`` drops the repeats). Only ``True``: each
+            training step is a collective, so uneven ranks would hang.
+        use_seedable_sampler: shuffle with a sampler seeded by ``data_seed`` (or the seed given to
+            ``set_seed``) and the epoch, so the order is the same on every process and every run,
+            one process included.
+        data_seed: the seed of the seedable sampler.
+        non_blocking: copy batches to the GPU asynchronously (always done for CUDA here).
+        dispatch_batches: refused when True (each process loads its own share; batches are not
+            sent from the main process).
+    """
+
+    split_batches: bool = False
+    dispatch_batches: bool | None = None
+    even_batches: bool = True
+    use_seedable_sampler: bool = False
+    data_seed: int | None = None
+    non_blocking: bool = False
+    use_stateful_dataloader: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dispatch_batches:
+            raise ValueError("DataLoaderConfiguration(dispatch_batches=True): not supported. Every process loads its "
+                             "own share of the data (through a distributed sampler), so no batch is sent from the "
+                             "main process. Drop dispatch_batches, or make the dataset readable on every process.")
+        if not self.even_batches:
+            raise ValueError("DataLoaderConfiguration(even_batches=False): not supported. Every training step is a "
+                             "collective, so every process runs the same number of batches (the last samples are "
+                             "repeated; gather_for_metrics drops the repeats). Drop even_batches, or use "
+                             "Accelerator.join_uneven_inputs for a loop you shard yourself.")
+        if self.use_stateful_dataloader:
+            raise ValueError("DataLoaderConfiguration(use_stateful_dataloader=True): not supported. Resume inside an "
+                             "epoch with accelerator.skip_first_batches(loader, n) after load_state (which restores "
+                             "the RNG states that decide the order).")
+
+
+@dataclass
+class GradientAccumulationPlugin:
+    """Gradient accumulation settings (Accelerate's names) for ``Accelerator(gradient_accumulation_plugin=...)``.
+
+    Args:
+        num_steps: micro-batches per optimizer step.
+        adjust_scheduler: prepared schedulers count optimizer steps, not micro-batches.
+        sync_with_dataloader: the last batch of a prepared dataloader closes the window.
+        sync_each_batch: all-reduce gradients on every micro-batch (less memory under FSDP,
+            more communication); the optimizer still steps once per window.
+    """
+
+    num_steps: int | None = None
+    adjust_scheduler: bool = True
+    sync_with_dataloader: bool = True
+    sync_each_batch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_steps is None or isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) \
+                or self.num_steps < 1:
+            raise ValueError(f"GradientAccumulationPlugin(num_steps={self.num_steps!r}): expected a positive int "
+                             "(micro-batches per optimizer step).")
+
+
+@dataclass
+class ProjectConfiguration:
+    """Where an Accelerator writes (Accelerate's names), for ``Accelerator(project_config=...)``.
+
+    Args:
+        project_dir: the root for checkpoints and logs.
+        logging_dir: where trackers write (defaults to ``project_dir``).
+        automatic_checkpoint_naming: ``save_state()`` without a directory writes
+            ``project_dir/checkpoints/checkpoint_<iteration>``, and ``load_state()`` without one
+            reads the newest.
+        total_limit: keep at most this many automatic checkpoints (the oldest are deleted).
+        iteration: the number of the next automatic checkpoint.
+        save_on_each_node: refused when True (checkpoints are written once, by the main process).
+    """
+
+    project_dir: str | None = None
+    logging_dir: str | None = None
+    automatic_checkpoint_naming: bool = False
+    total_limit: int | None = None
+    iteration: int = 0
+    save_on_each_node: bool = False
+
+    def __post_init__(self) -> None:
+        if self.logging_dir is None:
+            self.logging_dir = self.project_dir
+        if self.total_limit is not None and (not isinstance(self.total_limit, int) or self.total_limit < 1):
+            raise ValueError(f"ProjectConfiguration(total_limit={self.total_limit!r}): expected a positive int or "
+                             "None (keep every checkpoint).")
+        if self.save_on_each_node:
+            raise ValueError("ProjectConfiguration(save_on_each_node=True): not supported. Checkpoints are written "
+                             "once, by the main process, to a filesystem every node reads. Drop the argument.")
+
+    def set_directories(self, project_dir: str | None = None) -> None:
+        self.project_dir = project_dir
+        if self.logging_dir is None:
+            self.logging_dir = project_dir

@@ -101,7 +101,6 @@ class Trainer(CheckpointingMixin):
         self._fit_start_time: float | None = None
         self._resume_rng: dict | None = None     # RNG states to put back when resuming
         self._epoch_start_rng: dict | None = None  # what decided the current epoch's data order
-        self._window: Any = None                 # the open accumulation window (fit_loop._Window)
         self._preempted = False
         self._stop_agreement = StopAgreement(1)
         self._background_writes = BackgroundWriter()  # ModelCheckpoint(async_save=True)
@@ -507,7 +506,7 @@ class Trainer(CheckpointingMixin):
 
     def _window_open(self) -> bool:
         """True between micro-batches of an accumulation window (gradients not yet applied)."""
-        return self._window is not None and self._window.micro > 0
+        return self.accelerator.engine.in_window
 
     @property
     def log_dir(self) -> str:

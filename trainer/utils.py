@@ -8,6 +8,8 @@ from typing import Any, Callable, TypeVar
 
 from trainer._logging import process_rank
 from trainer.oom import free_memory, is_oom_error
+from trainer.operations import (DistributedType, broadcast, broadcast_object_list, gather, gather_object,
+                                pad_across_processes, reduce)
 from trainer.seed import seed_everything
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,4 +91,5 @@ def find_executable_batch_size(function: Callable | None = None, starting_batch_
     return decorator
 
 
-__all__ = ["find_executable_batch_size", "rank_zero_only", "seed_everything", "set_seed"]
+__all__ = ["DistributedType", "broadcast", "broadcast_object_list", "find_executable_batch_size", "gather",
+           "gather_object", "pad_across_processes", "rank_zero_only", "reduce", "seed_everything", "set_seed"]

@@ -1,0 +1,219 @@
+"""One training step's mechanics, for both doors: the Trainer's loop and the Accelerator's
+``accumulate()`` / ``backward()`` / prepared optimizer drive the same ``StepEngine``.
+
+    begin_micro(size, data_ends)       a micro-batch of ``size`` items opens (or continues) a window;
+                                       True when it closes it (k-th micro-batch, or the data ends)
+    scale_loss(loss, num_items)        weight it by its items (below)
+    backward(loss)                     precision scaling, gradient sync skipped off the window's end
+    step(optimizer)                    at the window's end: exact normalisation, unscale, clip, step
+    zero_grad(optimizer)
+
+Accumulation is exact and item-weighted. A window is ``accumulation_steps`` (k) micro-batches,
+or fewer when the data ends first. Each micro-batch's loss counts with its number of items (its
+batch size, or ``num_items`` when the loss is a sum over that many items), so a step equals one
+big batch of the window's items, whatever the batch sizes. The loss of a micro-batch of size b is
+scaled by b / (k * b0) before backward (b0: the window's first micro-batch size) -- for a full
+window of equal batches that is the plain 1/k, with no extra work -- and at the window's end the
+gradients are corrected only if the window did not hold k * b0 items (a short last window,
+uneven batches, ``num_items``), by k * b0 / (its item count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterable, Iterator
+
+import torch
+
+
+class Window:
+    """One accumulation window: micro-batches seen, the first one's size, items counted (an int, or a
+    tensor once a step returned ``num_items`` as one), and how far it got."""
+
+    __slots__ = ("micro", "ref", "size", "items", "counted", "has_loss", "closes", "item_counted",
+                 "corrected", "stepped", "in_backward")
+
+    def __init__(self) -> None:
+        self.micro = 0
+        self.ref = 1
+        self.size = 1  # items in the current micro-batch
+        self.items: Any = 0
+        self.counted = False  # some micro-batch gave num_items
+        self.has_loss = False
+        self.closes = False  # the current micro-batch is the window's last
+        self.item_counted = False  # the current micro-batch's items are in `items`
+        self.corrected = False
+        self.stepped = False
+        self.in_backward = False  # the Trainer's oom_split: did the failing piece reach its backward?
+
+
+class _Progress:
+    __slots__ = ("global_step",)
+
+    def __init__(self) -> None:
+        self.global_step = 0
+
+
+class StepEngine:
+    """Owns the accumulation window, gradient-sync skipping, backward, the exact normalisation,
+    unscale, clip, optimizer step, zero_grad and the optimizer-step count.
+
+    Args:
+        strategy: where tensors live and how gradients move.
+        accumulation_steps: micro-batches per optimizer step.
+        progress: the object whose ``global_step`` counts optimizer steps (the Trainer's state);
+            by default the engine's own.
+    """
+
+    def __init__(self, strategy: Any, accumulation_steps: int = 1, progress: Any = None) -> None:
+        self.strategy = strategy
+        self.accumulation_steps = accumulation_steps
+        self.progress = progress if progress is not None else _Progress()
+        self.window = Window()
+        self.optimizers: list[torch.optim.Optimizer] = []  # whose gradients a window's normalisation fixes
+        self._warned_window = False
+
+    # -- the window -----------------------------------------------------------------------------
+    @property
+    def in_window(self) -> bool:
+        """A window is open: some of its micro-batches ran, its last has not."""
+        return self.window.micro > 0 and not self.window.closes
+
+    def reset_window(self) -> None:
+        """Start the next micro-batch in a fresh window (a new epoch)."""
+        self.window = Window()
+
+    def begin_micro(self, size: int, data_ends: bool) -> bool:
+        """A micro-batch of ``size`` items starts (``data_ends``: no batch follows it). Returns
+        whether it closes the window: gradients sync and the optimizer steps after it."""
+        window = self.window
+        if window.closes or window.micro == 0:
+            window = self.window = Window()
+            window.ref = size
+        window.micro += 1
+        window.size = size
+        window.closes = window.micro >= self.accumulation_steps or data_ends
+        window.item_counted = False
+        return window.closes
+
+    @contextlib.contextmanager
+    def sync_context(self, models: Iterable[torch.nn.Module], sync: bool) -> Iterator[None]:
+        """Gradient all-reduce only when ``sync`` (the window's last micro-batch)."""
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for model in models:
+                    stack.enter_context(self.strategy.no_backward_sync(model))
+            yield
+
+    def scale_loss(self, loss: torch.Tensor, num_items: Any = None, piece_size: int | None = None) -> torch.Tensor:
+        """The loss weighted for its window (see the module docstring). ``piece_size``: the loss is
+        over one piece of the micro-batch of that many items (each piece counts). Outside a window
+        (no ``begin_micro``): divided by ``accumulation_steps``, as Accelerate's backward does."""
+        window, k = self.window, self.accumulation_steps
+        if window.micro == 0 or (window.closes and window.stepped):
+            return loss / k if k > 1 else loss
+        size = window.size if piece_size is None else piece_size
+        if not window.item_counted or piece_size is not None:  # a second backward in one micro-step counts once
+            window.item_counted = True
+            if num_items is None:
+                window.items += size
+            else:
+                window.counted = True
+                window.items = window.items + num_items
+        window.has_loss = True
+        if num_items is not None:  # the loss is a sum over num_items items
+            return loss * (1.0 / (k * window.ref))
+        if k != 1 or size != window.ref:
+            return loss * (size / (k * window.ref))
+        return loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward with the precision's loss scaling (``loss`` already weighted)."""
+        self.strategy.backward(loss)
+
+    # -- the step -------------------------------------------------------------------------------
+    def finish_window(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per closed window, before anyone reads the gradients (clip, step): make them the
+        mean over the window's items, for every registered optimizer's parameters."""
+        window, k = self.window, self.accumulation_steps
+        if not window.closes or window.corrected or not window.has_loss:
+            return
+        window.corrected = True
+        if not window.counted and window.items == k * window.ref:
+            return
+        if getattr(self.strategy, "supports_gradient_correction", True):
+            seen: set[int] = set()
+            params = [p for opt in (self.optimizers or [optimizer]) for p in _params(opt)
+                      if id(p) not in seen and not seen.add(id(p))]
+            self._correct(params)
+        else:
+            self._cannot_correct()
+
+    def _correct(self, params: list[torch.nn.Parameter]) -> None:
+        """The losses were scaled by 1 / (k * ref) per item. With ``num_items`` the mean is over every
+        item of the window on every process: DDP averages over processes, so the factor is world size
+        over the global item count (kept a tensor when the step returned one: no host sync). Without
+        it every process has the same number of samples (the distributed sampler pads), and the local
+        count is the global one."""
+        strategy, window, k = self.strategy, self.window, self.accumulation_steps
+        world_size = strategy.world_size
+        items = window.items
+        if window.counted:
+            if world_size > 1:
+                items = strategy.reduce(torch.as_tensor(items, dtype=torch.float64, device=strategy.root_device), "sum")
+            if isinstance(items, torch.Tensor):  # a window of zero items leaves its (zero) gradients as they are
+                scale: Any = (k * window.ref * world_size / items.clamp_min(1)).to(torch.float32)
+            else:
+                scale = k * window.ref * world_size / max(items, 1)
+        else:
+            scale = k * window.ref / max(items, 1)
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale)
+
+    def _cannot_correct(self) -> None:
+        """The strategy keeps gradients where they cannot be rescaled (DeepSpeed's partitions)."""
+        name, window = type(self.strategy).__name__, self.window
+        if window.counted:
+            raise ValueError(f"A step gave num_items, but {name} keeps the gradients in its own partitions, where "
+                             "they cannot be renormalised by the item count. Return a mean loss instead, or use "
+                             "strategy='ddp' or 'fsdp' for item-count normalisation.")
+        if not self._warned_window:
+            self._warned_window = True
+            warnings.warn(f"{name}: an accumulation window of {window.items} samples instead of "
+                          f"{self.accumulation_steps * window.ref} (a short last window or uneven batches) is "
+                          "averaged as if it were full. Use drop_last=True and a number of batches divisible by "
+                          "the accumulation steps for exact averaging.", stacklevel=3)
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo loss scaling (16-mixed) so the gradients can be read or clipped; once per step."""
+        self.finish_window(optimizer)
+        self.strategy.unscale_gradients(optimizer)
+
+    def clip(self, optimizer: torch.optim.Optimizer, value: float, algorithm: str = "norm") -> Any:
+        """Unscale, then clip ``optimizer``'s gradients by norm (returns the norm before) or by value."""
+        self.unscale(optimizer)
+        params = _params(optimizer)
+        if algorithm == "norm":
+            return self.strategy.clip_grad_norm_(params, value)
+        self.strategy.clip_grad_value_(params, value)
+        return None
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer step (skipped by the scaler on inf/nan), counted once per window."""
+        self.finish_window(optimizer)
+        self.strategy.optimizer_step(optimizer)
+        window = self.window
+        if window.micro == 0:
+            self.progress.global_step += 1
+        elif not window.stepped:
+            window.stepped = True
+            self.progress.global_step += 1
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        self.strategy.zero_grad(optimizer, set_to_none=set_to_none)
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
