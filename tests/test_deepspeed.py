@@ -246,7 +246,8 @@ def test_accelerator_with_the_deepspeed_plugin_matches_one_process(stage):
     for start in range(0, 32, 8):  # 2 ranks x 2 micro-batches x 2 samples per optimizer step
         torch.nn.functional.mse_loss(model(x[start:start + 8]), y[start:start + 8]).backward()
         optimizer.step()
-        scheduler.step()
+        for _ in range(2):  # a prepared scheduler steps once per process, as under Accelerate
+            scheduler.step()
         optimizer.zero_grad()
     for name, value in model.state_dict().items():
         assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=1e-5), name

@@ -163,7 +163,8 @@ class GradientAccumulationPlugin:
 
     Args:
         num_steps: micro-batches per optimizer step.
-        adjust_scheduler: prepared schedulers count optimizer steps, not micro-batches.
+        adjust_scheduler: prepared schedulers count optimizer steps, not micro-batches (always so
+            here; ``False`` warns that it has no effect).
         sync_with_dataloader: the last batch of a prepared dataloader closes the window.
         sync_each_batch: all-reduce gradients on every micro-batch (less memory under FSDP,
             more communication); the optimizer still steps once per window.
@@ -179,6 +180,12 @@ class GradientAccumulationPlugin:
                 or self.num_steps < 1:
             raise ValueError(f"GradientAccumulationPlugin(num_steps={self.num_steps!r}): expected a positive int "
                              "(micro-batches per optimizer step).")
+        if not self.adjust_scheduler:
+            import warnings
+
+            warnings.warn("GradientAccumulationPlugin(adjust_scheduler=False) has no effect: a prepared scheduler "
+                          "steps only when the optimizer steps (use Accelerator(step_scheduler_with_optimizer=False) "
+                          "to step it on every call).", stacklevel=2)
 
 
 @dataclass
