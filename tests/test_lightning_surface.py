@@ -342,3 +342,33 @@ def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_ta
     with caplog.at_level(logging.INFO, logger="trainer"):
         trainer.validate(model, regression_loader(32, 8), verbose=False)
     assert "dataloader 0" not in caplog.text
+
+
+def test_stage_flags_and_lightning_names_on_the_trainer():
+    seen = []
+
+    class Flags(BoringModel):
+        def _flags(self):
+            t = self.trainer
+            seen.append((t.training, t.validating, t.testing, t.predicting, t.lightning_module is self,
+                         t.num_devices, t.num_nodes))
+
+        def on_train_epoch_start(self):
+            self._flags()
+
+        def on_validation_start(self):
+            self._flags()
+
+        def on_test_start(self):
+            self._flags()
+
+        def on_predict_start(self):
+            self._flags()
+
+    model, trainer = Flags(), _trainer(max_epochs=1)
+    trainer.fit(model, regression_loader(8, 8))
+    trainer.validate(model, regression_loader(8, 8))
+    trainer.test(model, regression_loader(8, 8))
+    trainer.predict(model, regression_loader(8, 8))
+    assert seen == [(True, False, False, False, True, 1, 1), (False, True, False, False, True, 1, 1),
+                    (False, False, True, False, True, 1, 1), (False, False, False, True, True, 1, 1)]

@@ -74,6 +74,7 @@ class Trainer(CheckpointingMixin):
             logger = False
         self.config = TrainerConfig(**loop_settings)
         _check_num_nodes(num_nodes)
+        self.num_nodes = num_nodes
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
         self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options,
                                                                         auto_precision=True))
@@ -128,6 +129,11 @@ class Trainer(CheckpointingMixin):
     is_global_zero = property(lambda self: self.accelerator.strategy.is_global_zero)
     sanity_checking = property(lambda self: self.state.stage == "sanity_check")
     training = property(lambda self: self.state.stage == "fit")
+    validating = property(lambda self: self.state.stage == "validate")
+    testing = property(lambda self: self.state.stage == "test")
+    predicting = property(lambda self: self.state.stage == "predict")
+    num_devices = property(lambda self: max(self.world_size // self.num_nodes, 1))  # processes per machine
+    lightning_module = property(lambda self: self.module)  # Lightning's name for the running module
     callback_metrics = property(lambda self: self._metrics.callback_metrics)
     logged_metrics = property(lambda self: self._metrics.logged_metrics)
     progress_bar_metrics = property(lambda self: self._metrics.progress_bar_metrics)
