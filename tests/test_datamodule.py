@@ -260,3 +260,26 @@ def test_the_datamodules_hparams_reach_the_loggers(tmp_path):
     with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
         logged = yaml.safe_load(f)
     assert (logged["batch_size"], logged["n"], logged["lr"]) == (16, 48, 0.1)
+
+
+def test_from_datasets_serves_the_datasets_it_was_given():
+    train, val = RandomRegressionPair()
+    dm = DataModule.from_datasets(train_dataset=train, val_dataset=[val, val], batch_size=4)
+    model = BoringModel()
+
+    class TwoVal(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().validation_step(batch, batch_idx)
+
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(TwoVal(), datamodule=dm)
+    assert trainer.num_training_batches == 4 and trainer.num_val_batches == [2, 2]
+    assert isinstance(trainer.train_dataloader.sampler, torch.utils.data.RandomSampler)
+    with pytest.raises(TypeError, match=r"no data\. .*test_dataloader\(\)"):
+        trainer.test(model, datamodule=dm)
+
+
+def RandomRegressionPair():
+    from tests.helpers import RandomRegression
+
+    return RandomRegression(16), RandomRegression(8, seed=1)

@@ -82,6 +82,27 @@ class DataModule:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Put back what ``state_dict`` returned."""
 
+    @classmethod
+    def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,
+                      predict_dataset: Any = None, batch_size: int = 1, num_workers: int = 0,
+                      **loader_kwargs: Any) -> "DataModule":
+        """A DataModule serving these datasets (each may be a list of datasets: one loader each);
+        the training loader shuffles, the others do not (as Lightning's)."""
+        from torch.utils.data import DataLoader, IterableDataset
+
+        def loaders(datasets: Any, shuffle: bool) -> Any:
+            def one(ds: Any) -> Any:
+                return DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+                                  shuffle=shuffle and not isinstance(ds, IterableDataset), **loader_kwargs)
+            return [one(ds) for ds in datasets] if isinstance(datasets, (list, tuple)) else one(datasets)
+
+        module = cls()
+        for kind, datasets in (("train", train_dataset), ("val", val_dataset), ("test", test_dataset),
+                               ("predict", predict_dataset)):
+            if datasets is not None:
+                setattr(module, f"{kind}_dataloader", lambda d=datasets, k=kind: loaders(d, k == "train"))
+        return module
+
     def save_hyperparameters(self, *args: Any, ignore: str | tuple[str, ...] | list[str] = ()) -> None:
         """Store the calling ``__init__``'s arguments in ``self.hparams`` (as ``TrainModule``'s)."""
         self.hparams = save_hyperparameters(self.hparams, args, ignore, inspect.currentframe())
@@ -97,8 +118,10 @@ def _overrides(obj: Any, name: str) -> bool:
 
 
 def has_loader(owner: Any, kind: str) -> bool:
-    """``owner`` (a DataModule or a TrainModule) defines the ``kind`` dataloader method."""
-    return owner is not None and _overrides(owner, _LOADER_METHOD[kind])
+    """``owner`` (a DataModule or a TrainModule) defines the ``kind`` dataloader method (on its
+    class, or on the instance as ``from_datasets`` does)."""
+    name = _LOADER_METHOD[kind]
+    return owner is not None and (_overrides(owner, name) or name in vars(owner))
 
 
 def loaders_from(owner: Any, kind: str) -> Any:
