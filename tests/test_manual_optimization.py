@@ -288,11 +288,15 @@ def test_gan_resume_is_exact(tmp_path):
 # -- several processes ----------------------------------------------------------------------------
 
 def _ddp_gan_worker():
+    import io
+
     model = GAN()
-    trainer = _trainer()
-    trainer.fit(model, DataLoader(_data(), batch_size=2))
+    trainer = _trainer(enable_model_summary=True)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        trainer.fit(model, DataLoader(_data(), batch_size=2))
     assert trainer.world_size == 2
-    return {"weights": _weights(model), "steps": trainer.global_step}
+    return {"weights": _weights(model), "steps": trainer.global_step, "summary": "Total params" in out.getvalue()}
 
 
 @pytest.mark.slow
@@ -305,6 +309,7 @@ def test_gan_in_two_ddp_processes_equals_one_process_with_the_whole_batch():
     for rank in ranks:
         assert rank["steps"] == 2 * 2 * 6
         _assert_equal(rank["weights"], want)
+    assert [rank["summary"] for rank in ranks] == [True, False]  # the model summary prints on rank zero only
 
 
 # -- refusals -------------------------------------------------------------------------------------
@@ -374,3 +379,21 @@ def test_clip_gradients_refuses_an_unknown_algorithm():
 def test_optimizers_outside_a_trainer_is_refused():
     with pytest.raises(RuntimeError, match=r"GAN\.optimizers\(\): this module is not attached to a Trainer"):
         GAN().optimizers()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch):
+    from tests.helpers.distributed import free_port
+    from trainer.strategies import DeepSpeedStrategy
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    trainer = _trainer(strategy=DeepSpeedStrategy(zero_stage=2, timeout=60))
+    with pytest.raises(ValueError, match=r"DeepSpeedStrategy with manual optimization \(GAN\.automatic_optimization = "
+                                         r"False\): not supported\. DeepSpeed's engine is built around one optimizer"):
+        trainer.fit(GAN(), DataLoader(_data(), batch_size=4))
