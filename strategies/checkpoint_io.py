@@ -60,7 +60,7 @@ def atomic_write(path: str, fill: Callable[[str], None]) -> None:
     into place, then fsync the directory so the rename itself survives a power loss."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.part.{os.getpid()}.", dir=directory)
     os.close(fd)
     try:
         fill(tmp)
@@ -231,6 +231,22 @@ def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
 
 
+def clean_temporaries(directory: str, only: str | None = None) -> None:
+    """Delete the temporary files and directories a killed writer left in ``directory`` (after
+    ``recover_swaps``), or only those of the name ``only``; those whose owner (the pid in their
+    name) is still running are kept."""
+    for name in os.listdir(directory):
+        mine = only is None or name.startswith(f"{TEMP_PREFIX}{only}.")
+        if mine and is_temporary(name) and not pid_alive(_owner(name)):
+            remove_path(os.path.join(directory, name))
+
+
+def _owner(name: str) -> int:
+    """The pid in a temporary name (``.tmp-<name>.<kind>.<pid>.<random>``), or 0 if it has none."""
+    match = re.search(r"\.(?:new|old|part)\.(\d+)(?:\.[^.]*)?$", name)
+    return int(match.group(1)) if match else 0
+
+
 def remove_path(path: str) -> None:
     """Delete a checkpoint file, or a sharded checkpoint directory."""
     if os.path.isdir(path) and not os.path.islink(path):
@@ -248,42 +264,105 @@ def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None
     """Write a sharded checkpoint directory with the crash safety of ``atomic_write``.
 
     Every process writes its shards into one temporary directory (``fill(tmp)``); once all have
-    finished, the main process writes ``meta`` (the loop state) as ``meta.ckpt`` -- last, fsynced --
-    and renames the directory into place; an older checkpoint of the same name is moved aside first
-    and deleted only after the new one is in place. A reader never takes a partial directory for a
-    whole one: a temporary name is skipped, and a directory without ``meta.ckpt`` is refused.
+    finished, the main process records every file's size and CRC-32 in ``meta`` and writes it as
+    ``meta.ckpt`` -- last, atomically -- and swaps the directory into place (``swap_directory``).
+    A reader never takes a partial directory for a whole one: a temporary name is skipped, and a
+    directory without ``meta.ckpt`` is refused; a kill during the swap is undone by
+    ``recover_swaps`` before the next resume.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    if is_main:
-        os.makedirs(directory, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    from .checkpoint_verify import file_manifest
+
+    tmp = new_directory(path) if is_main else None
     tmp = broadcast(tmp)
     try:
         fill(tmp)
         barrier()
         if is_main:
-            meta_path = os.path.join(tmp, SHARDED_META)
-            torch.save(meta, meta_path)
-            with open(meta_path, "rb+") as f:
-                os.fsync(f.fileno())
+            meta = {**meta, "files": file_manifest(tmp)}  # sizes and CRC-32s, checked before a load
+            atomic_save(meta, os.path.join(tmp, SHARDED_META))
             _fsync_dir(tmp)
             delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
             if delay:
                 time.sleep(delay)
-            old = None
-            if os.path.lexists(path):
-                old = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}.old.{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _fsync_dir(directory)
-            if old is not None:
-                remove_path(old)
+            swap_directory(tmp, path)
     except BaseException:
         if is_main and tmp is not None and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     barrier()
+
+
+# A directory checkpoint is swapped in with two renames (no portable atomic exchange): the old one
+# aside to ``.tmp-<name>.old.<pid>``, then the whole new one from ``.tmp-<name>.new.<pid>.<random>``
+# to ``<name>``. ``recover_swaps`` finishes (or undoes) a swap a kill cut between the two.
+_SWAP = re.compile(r"^\.tmp-(?P<name>.+)\.(?P<kind>new|old)\.(?P<pid>\d+)(?:\.[^.]+)?$")
+WHOLE_MARKERS = (SHARDED_META, "state.ckpt")  # written last: a directory with one is whole
+
+
+def new_directory(path: str) -> str:
+    """A fresh temporary directory beside ``path`` to fill and then ``swap_directory`` into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.new.{os.getpid()}.", dir=directory)
+
+
+def swap_directory(tmp: str, path: str) -> None:
+    """Put the whole directory ``tmp`` at ``path``; an older ``path`` is deleted once the new one is in."""
+    directory = os.path.dirname(os.path.abspath(path))
+    old = None
+    if os.path.lexists(path):
+        old = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}.old.{os.getpid()}")
+        os.replace(path, old)
+        if os.environ.get("TRAINER_TEST_KILL_IN_SWAP"):  # test hook: a kill between the two renames
+            os.kill(os.getpid(), 9)
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    if old is not None:
+        remove_path(old)
+
+
+def _is_whole(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in WHOLE_MARKERS)
+
+
+def recover_swaps(directory: str, only: str | None = None) -> list[str]:
+    """Finish the directory swaps a kill interrupted in ``directory`` (or only for the name ``only``):
+    where ``<name>`` is missing, a whole new directory is moved in, else the old one is put back.
+    Returns the names recovered. Swaps of processes still running are left alone."""
+    if not os.path.isdir(directory):
+        return []
+    found: dict[str, dict[str, list[str]]] = {}
+    for entry in os.listdir(directory):
+        match = _SWAP.match(entry)
+        if match and (only is None or match["name"] == only) and not pid_alive(int(match["pid"])):
+            found.setdefault(match["name"], {}).setdefault(match["kind"], []).append(entry)
+    recovered = []
+    for name, kinds in found.items():
+        target = os.path.join(directory, name)
+        if os.path.lexists(target):
+            continue
+        whole = [os.path.join(directory, e) for k in ("new", "old") for e in kinds.get(k, [])]
+        whole = [p for p in whole if _is_whole(p)]
+        if whole:  # the newest whole one: a new directory, else the old one
+            os.replace(whole[0], target)
+            _fsync_dir(directory)
+            recovered.append(name)
+    return recovered
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a temporary file's owner may still be writing)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 # -- plain weights (safetensors) -------------------------------------------------------------

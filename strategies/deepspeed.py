@@ -268,6 +268,9 @@ class DeepSpeedStrategy(DDPStrategy):
                          self.is_global_zero, self.broadcast, self.barrier)
 
     def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        from .checkpoint_verify import verify_deepspeed
+
+        verify_deepspeed(path)  # the engine loads its files with weights_only=False: no global but DeepSpeed's own
         loaded, _ = self.engine.load_checkpoint(path, tag="engine", load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
@@ -288,6 +291,10 @@ def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a DeepSpeed checkpoint directory, rebuilt in one process."""
     _require_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from .checkpoint_verify import verify_deepspeed
+
+    verify_deepspeed(path)  # zero_to_fp32 loads with weights_only=False
 
     state = get_fp32_state_dict_from_zero_checkpoint(path, tag="engine")
     prefix = "module."  # the engine wraps the module in _StepForward

@@ -231,12 +231,13 @@ class FSDPStrategy(DDPStrategy):
     def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
         """Read the shards this rank needs (any number of ranks may have written them) into the module
         and optimizers."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from .checkpoint_verify import safe_dcp_load
 
         model_sd, optim_sd = get_state_dict(module, list(optimizers))
         tensors = {"model": model_sd, "optim": optim_sd}
-        dcp.load(tensors, checkpoint_id=path)
+        safe_dcp_load(tensors, path)
         set_state_dict(module, list(optimizers), model_state_dict=tensors["model"],
                        optim_state_dict=tensors["optim"])
 

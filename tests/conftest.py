@@ -30,7 +30,8 @@ def _isolate(tmp_path, monkeypatch):
 # launcher, pip). `make test-fast` (-m "not slow") leaves them out; `make test` runs everything.
 # A test elsewhere that does the same carries @pytest.mark.slow itself.
 SLOW_FILES = {
-    "test_accelerator_ddp.py", "test_benchmark_smoke.py", "test_cli_selftest.py", "test_crash_safety.py",
+    "test_accelerator_ddp.py", "test_benchmark_smoke.py", "test_checkpoint_safety.py", "test_cli_selftest.py",
+    "test_crash_safety.py",
     "test_ddp.py", "test_deepspeed.py", "test_demo.py", "test_fsdp.py", "test_launch.py",
     "test_packaging.py", "test_seed_pattern.py",
 }

@@ -164,3 +164,40 @@ def test_atomic_save_without_posix_fadvise_writes_through_torch_to_the_path(tmp_
     monkeypatch.setattr(checkpoint_io._WritebackFile, "write", lambda self, data: pytest.fail("not used here"))
     atomic_save({"a": torch.arange(5)}, str(tmp_path / "x.ckpt"))
     assert torch.equal(safe_load(str(tmp_path / "x.ckpt"))["a"], torch.arange(5))
+
+
+SWAP_SCRIPT = str(Path(__file__).with_name("swap_kill_script.py"))
+
+
+def _swap_run(*args: str, kill: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRAINER_TEST_KILL_IN_SWAP": "1"} if kill else dict(os.environ)
+    env.pop("TRAINER_TEST_KILL_IN_SWAP", None) if not kill else None
+    return subprocess.run([sys.executable, SWAP_SCRIPT, *args], capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.mark.timeout(500)
+def test_a_kill_between_the_two_renames_of_a_sharded_save_loses_nothing(tmp_path):
+    # FSDP writes last.ckpt (a directory) after epoch 0; after epoch 1 the process is SIGKILLed with
+    # the old last.ckpt moved aside and the new one not yet renamed in: no checkpoint has its real name
+    killed = _swap_run("trainer", str(tmp_path), "2", kill=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert "last.ckpt" not in names and any(".new." in n for n in names) and any(".old." in n for n in names)
+    resumed = _swap_run("trainer", str(tmp_path), "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Recovered" in resumed.stdout and "Resuming from" in resumed.stdout
+    assert "at global_step 16 " in resumed.stdout  # the newer checkpoint (epoch 1's), not epoch 0's, not scratch
+    assert "finished at global_step 24" in resumed.stdout
+    assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"]  # the leftovers are cleaned
+
+
+@pytest.mark.timeout(300)
+def test_a_kill_between_the_two_renames_of_save_state_loses_nothing(tmp_path):
+    state_dir = str(tmp_path / "state")
+    killed = _swap_run("accelerator", state_dir, "2", kill=True)  # the second save_state is killed in its swap
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not os.path.exists(state_dir)
+    loaded = _swap_run("accelerator", state_dir, "0")  # only load_state
+    assert loaded.returncode == 0, loaded.stderr
+    assert "loaded save 2" in loaded.stdout
+    assert os.listdir(tmp_path) == ["state"]

@@ -5,6 +5,7 @@ meta.ckpt is never read as a checkpoint."""
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ def test_a_new_checkpoint_replaces_the_old_one_whole(tmp_path):
     path = tmp_path / "last.ckpt"
     _write(path, {"global_step": 1}, "one")
     _write(path, {"global_step": 2}, "two")
-    assert safe_load(str(path)) == {"global_step": 2}
+    meta = safe_load(str(path))
+    assert meta["global_step"] == 2 and meta["files"] == {"__0_0.distcp": [3, zlib.crc32(b"two")]}
     assert (path / "__0_0.distcp").read_text() == "two"
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]  # no temporary or old directory left
 
@@ -36,7 +38,7 @@ def test_a_failure_while_writing_keeps_the_old_checkpoint(tmp_path):
     _write(path, {"global_step": 1}, "one")
     with pytest.raises(RuntimeError, match="killed while writing"):
         _write(path, {"global_step": 2}, "two", fail=True)
-    assert safe_load(str(path)) == {"global_step": 1} and (path / "__0_0.distcp").read_text() == "one"
+    assert safe_load(str(path))["global_step"] == 1 and (path / "__0_0.distcp").read_text() == "one"
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
 
 

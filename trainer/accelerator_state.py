@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import torch
 
-from trainer.strategies.checkpoint_io import CheckpointError, _fsync_dir, atomic_save, safe_load
-from trainer.checkpoint import FORMAT_VERSION, load_weights_into
+from trainer.strategies.checkpoint_io import (CheckpointError, _fsync_dir, atomic_save, clean_temporaries, new_directory,
+                                              recover_swaps, safe_load, swap_directory)
+from trainer.checkpoint import FORMAT_VERSION, load_weights_into, read_verified
 from trainer.data_position import rng_states, set_rng_states
 
 STATE_FILE = "state.ckpt"
@@ -85,8 +85,9 @@ def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> N
 
 
 def _load_sharded(accelerator: Any, input_dir: str, meta: dict[str, Any]) -> None:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    from trainer.strategies.checkpoint_verify import safe_dcp_load
 
     strategy = accelerator.strategy
     if meta.get("sharded") != getattr(strategy, "sharded_format", None):
@@ -97,41 +98,47 @@ def _load_sharded(accelerator: Any, input_dir: str, meta: dict[str, Any]) -> Non
         strategy.load_sharded(input_dir, None, [])
         return
     model, tensors = _sharded_state(accelerator)
-    dcp.load(tensors, checkpoint_id=input_dir)
+    safe_dcp_load(tensors, input_dir)
     set_state_dict(model, [o.optimizer for o in accelerator._optimizers], model_state_dict=tensors["model"],
                    optim_state_dict=tensors["optim"])
 
 
 def _write_dir_atomically(output_dir: str, fill: Any) -> None:
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(output_dir)}.", dir=parent)
+    """``fill(tmp)`` a new directory and swap it in (see ``swap_directory``): ``output_dir`` is the
+    old state or the new one, whole, even after a kill; ``_recover`` finishes an interrupted swap."""
+    _recover(output_dir)
+    tmp = new_directory(output_dir)
     try:
         fill(tmp)
-        old = None
-        if os.path.exists(output_dir):  # keep the previous state whole until the new one is in place
-            old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(output_dir)}.", dir=parent)
-            os.rmdir(old)
-            os.replace(output_dir, old)
-        os.replace(tmp, output_dir)
-        _fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(tmp)
+        swap_directory(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _recover(output_dir: str) -> None:
+    """A swap of ``output_dir`` cut short by a kill is finished; dead writers' temporaries removed."""
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    if os.path.isdir(parent):
+        recover_swaps(parent, only=name)
+        clean_temporaries(parent, only=name)
 
 
 def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     from trainer.strategies.checkpoint_io import SHARDED_META
 
     path = os.path.join(input_dir, STATE_FILE)
+    if accelerator.strategy.is_global_zero:
+        _recover(input_dir)
+    accelerator.strategy.barrier("load_state")
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): no such directory. Pass the directory "
                                 "given to save_state.")
     sharded = os.path.isfile(os.path.join(input_dir, SHARDED_META))
     if sharded or getattr(accelerator.strategy, "sharded_format", None):
-        meta = safe_load(input_dir)  # the directory's meta.ckpt (refused if the directory is partial)
+        # the directory's meta.ckpt (refused if the directory is partial), every file checked
+        meta = read_verified(accelerator.strategy, input_dir)
         _load_sharded(accelerator, input_dir, meta)
         _load_rest(accelerator, meta, input_dir)
         return

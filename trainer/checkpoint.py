@@ -229,24 +229,29 @@ def newest_checkpoint(dirpath: str) -> str | None:
 def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] | None:
     """Read the checkpoint to resume from. ``"last"``: the checkpoint directory's last.ckpt, else
     its newest whole checkpoint (damaged ones are reported and skipped); None when there is
-    none, and training starts fresh. Any other value is a path that must load."""
-    from trainer.strategies.checkpoint_io import CorruptCheckpointError, is_temporary, remove_path, safe_load
+    none, and training starts fresh. Any other value is a path that must load. A checkpoint that
+    would unpickle code is refused, never skipped."""
+    from trainer.strategies.checkpoint_io import CorruptCheckpointError, clean_temporaries, is_temporary
 
+    strategy = trainer.accelerator.strategy
     if ckpt_path != "last":
-        return ckpt_path, safe_load(ckpt_path, mmap=True)
+        if strategy.is_global_zero:
+            _recover(os.path.dirname(os.path.abspath(ckpt_path)), only=os.path.basename(ckpt_path))
+        strategy.barrier("recover checkpoint")
+        return ckpt_path, read_verified(strategy, ckpt_path)
     dirpath = trainer._checkpoint_dir()
     candidates: list[str] = []
+    if strategy.is_global_zero and os.path.isdir(dirpath):
+        _recover(dirpath)
+        clean_temporaries(dirpath)  # those left by a run killed while saving (not a live writer's)
+    strategy.barrier("recover checkpoints")
     if os.path.isdir(dirpath):
-        if trainer.is_global_zero:  # temporary files left by a run killed while saving
-            for name in os.listdir(dirpath):
-                if is_temporary(name):
-                    remove_path(os.path.join(dirpath, name))
         paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
         last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
-            return path, safe_load(path, mmap=True)
+            return path, read_verified(trainer.accelerator.strategy, path)
         except CorruptCheckpointError as err:
             warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
     if trainer.is_global_zero:
@@ -266,3 +271,34 @@ def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
                              "for a checkpoint")
             raise
     return states
+
+
+def _recover(directory: str, only: str | None = None) -> None:
+    from trainer.strategies.checkpoint_io import recover_swaps
+
+    for name in recover_swaps(directory, only):
+        print(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")
+
+
+def read_verified(strategy: Any, path: str) -> dict[str, Any]:
+    """``safe_load(path)``; for a sharded checkpoint directory also ``verify_sharded`` (no file would
+    unpickle code; sizes and CRC-32s as written, the CRC work split among the ranks). Every rank
+    gets the same verdict: if any rank finds a fault, all raise it."""
+    from trainer.strategies.checkpoint_io import CheckpointError, safe_load
+    from trainer.strategies.checkpoint_verify import verify_sharded
+
+    ckpt, failure = None, None
+    try:
+        ckpt = safe_load(path)
+        if os.path.isdir(path) and isinstance(ckpt, dict):
+            verify_sharded(path, ckpt, strategy.global_rank, strategy.world_size)
+    except (CheckpointError, FileNotFoundError) as err:
+        failure = err
+    if strategy.world_size > 1:
+        verdicts = strategy.all_gather_object(None if failure is None else (type(failure), str(failure)))
+        found = next((v for v in verdicts if v is not None), None)
+        if found is not None and failure is None:
+            failure = found[0](found[1])
+    if failure is not None:
+        raise failure
+    return ckpt

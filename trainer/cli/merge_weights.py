@@ -4,9 +4,7 @@ safetensors weights, offline, in one process, without a GPU and without a proces
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from typing import Any
 
 HELP = "turn any checkpoint (sharded or not) into plain safetensors weights"
@@ -21,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def full_weights(path: str) -> dict[str, Any]:
     """The unsharded weights of the checkpoint at ``path``."""
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
+    from trainer.strategies.checkpoint_verify import safe_dcp_load, verify_sharded
 
     meta = safe_load(path)
     if not isinstance(meta, dict) or "format_version" not in meta:
@@ -28,13 +27,13 @@ def full_weights(path: str) -> dict[str, Any]:
     sharded = meta.get("sharded")
     if sharded is None:
         return meta["state_dict"]
+    verify_sharded(path, meta)  # no file may unpickle code; sizes and checksums as written
     if sharded == "fsdp-dcp":
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+        from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 
-        with tempfile.TemporaryDirectory() as tmp:
-            merged = os.path.join(tmp, "merged.pt")
-            dcp_to_torch_save(path, merged)  # reads every rank's shards in this one process
-            return safe_load(merged)["model"]
+        merged: dict[str, Any] = {}
+        safe_dcp_load(merged, path, planner=_EmptyStateDictLoadPlanner())  # every rank's shards, in this process
+        return merged["model"]
     if sharded == "deepspeed":
         from trainer.strategies.deepspeed import deepspeed_merged_weights
 
