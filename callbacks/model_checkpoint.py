@@ -7,9 +7,10 @@ import math
 import os
 import re
 import time
+import warnings
 from typing import Any
 
-from trainer.strategies.checkpoint_io import atomic_link, atomic_save, remove_path, snapshot
+from trainer.strategies.checkpoint_io import atomic_link, atomic_save, non_finite_parameters, remove_path, snapshot
 from .base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
@@ -107,6 +108,10 @@ class ModelCheckpoint(Callback):
         due_steps = self.every_n_train_steps and step % self.every_n_train_steps == 0
         due_time = self.train_time_interval and time.monotonic() - self._last_time_saved >= self.train_time_interval
         if due_steps or due_time:
+            if self.monitor is not None:
+                # the step's logged values are read back only at log intervals (no host sync per step);
+                # this save ranks by one of them, so read them now (without a row for the loggers)
+                trainer._publish_train_metrics(log=False)
             self._save(trainer)
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
@@ -152,6 +157,8 @@ class ModelCheckpoint(Callback):
         return _FIELD.sub(field, template).replace("/", "_") + ".ckpt"
 
     def _save(self, trainer: Any) -> None:
+        if not self._parameters_finite(trainer):
+            return
         metrics = dict(trainer.callback_metrics)
         self._last_global_step_saved = trainer.global_step
         self._last_time_saved = time.monotonic()
@@ -180,6 +187,26 @@ class ModelCheckpoint(Callback):
         if trainer.is_global_zero:
             ckpt = snapshot(ckpt)  # training may change the state from here on
             writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)
+
+    def _parameters_finite(self, trainer: Any) -> bool:
+        """NaN or inf weights (e.g. from a NaN gradient with a finite loss) never replace a checkpoint:
+        fit stops naming the step, or with ``stop_on_nonfinite_loss=False`` this save is skipped."""
+        strategy = trainer.accelerator.strategy
+        bad = non_finite_parameters(trainer.module, strategy.all_gather_object)
+        if not bad:
+            return True
+        kept = self.last_model_path or self.best_model_path
+        kept = f"the last one, {kept}, is from global_step {self._last_global_step_saved}" if kept else "none yet"
+        message = (f"ModelCheckpoint: the parameters are not finite at global_step {trainer.global_step} (epoch "
+                   f"{trainer.current_epoch}; NaN/inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so "
+                   f"no checkpoint is written and none is replaced ({kept}).")
+        if trainer.config.stop_on_nonfinite_loss:
+            raise FloatingPointError(message + " A gradient was NaN or infinite though the loss was finite. Lower "
+                                     "the learning rate or clip gradients (gradient_clip_val=1.0), then resume with "
+                                     "fit(ckpt_path='last').")
+        if trainer.is_global_zero:
+            warnings.warn(message + " Training goes on (stop_on_nonfinite_loss=False).", stacklevel=2)
+        return False
 
     def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: dict[str, Any] | None) -> None:
         """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is a snapshot to

@@ -227,6 +227,20 @@ class BackgroundWriter:
                                ) from err
 
 
+def non_finite_parameters(module: torch.nn.Module, all_gather: Callable[[Any], list[Any]]) -> list[str]:
+    """Names of ``module``'s parameters holding a NaN or an infinity on any process (each checks its
+    own shards; one host sync). Checked before a checkpoint is written: one never replaces another
+    with weights that cannot train."""
+    named = []
+    for name, p in module.named_parameters():
+        local = p.to_local() if hasattr(p, "to_local") else getattr(p, "ds_tensor", p)  # the shard held here
+        if local.numel():
+            named.append((name, local.detach()))
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+    bad = [name for (name, _), ok in zip(named, flags) if not ok]
+    return sorted({n for rank_bad in all_gather(bad) for n in rank_bad})
+
+
 def is_temporary(name: str) -> bool:
     return os.path.basename(name).startswith(TEMP_PREFIX)
 

@@ -307,15 +307,24 @@ def safe_dcp_reader(path: str) -> Any:
     return _reader_class()(path)
 
 
-def safe_dcp_load(state_dict: dict[str, Any], path: str, planner: Any = None) -> None:
+def safe_dcp_load(state_dict: dict[str, Any], path: str, whole: bool = False) -> None:
     """``dcp.load`` of ``path`` into ``state_dict`` after ``verify_dcp``, through ``SafeFileSystemReader``.
-    A failure of ours inside DCP's ``CheckpointException`` is raised as itself."""
+    ``whole``: every tensor of the checkpoint, unsharded, in this one process (``state_dict`` empty,
+    as DCP's ``dcp_to_torch_save`` reads it). A failure of ours inside DCP's ``CheckpointException``
+    is raised as itself."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
     verify_dcp(path)
     try:
-        dcp.load(state_dict, storage_reader=safe_dcp_reader(path), planner=planner)
+        if whole:
+            from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+            from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+            _load_state_dict(state_dict, storage_reader=safe_dcp_reader(path), planner=_EmptyStateDictLoadPlanner(),
+                             no_dist=True)
+        else:
+            dcp.load(state_dict, storage_reader=safe_dcp_reader(path))
     except CheckpointException as err:
         for failure in err.failures.values():
             inner = failure[0] if isinstance(failure, tuple) else failure

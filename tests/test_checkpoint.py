@@ -510,3 +510,64 @@ def test_accelerator_load_state_with_other_objects_says_what_differs(tmp_path):
         accelerator.load_state(str(tmp_path / "state"))
     with pytest.raises(FileNotFoundError, match=r"no such directory"):
         accelerator.load_state(str(tmp_path / "missing"))
+
+
+class NanGradientAt(BoringModel):
+    """A finite loss whose gradient is NaN at one batch (the unselected branch of a where)."""
+
+    def __init__(self, bad_batch):
+        super().__init__()
+        self.bad_batch = bad_batch
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if batch_idx == self.bad_batch:
+            loss = torch.where(torch.tensor(True), loss, (self.layer.weight.sum() * 0 - 1).sqrt())
+        return loss
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_non_finite_parameters_never_replace_a_checkpoint(tmp_path, async_save):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1, save_top_k=1, save_last=True,
+                           async_save=async_save)
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[ckpt])
+    with pytest.raises(FloatingPointError, match=r"parameters are not finite at global_step 5 \(epoch 0; NaN/inf in "
+                                                 r"layer.weight\).*the last one, .*last.ckpt, is from "
+                                                 r"global_step 4\).*gradient_clip_val"):
+        trainer.fit(NanGradientAt(bad_batch=4), regression_loader(n=64, batch_size=4))
+    assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=4.ckpt", "last.ckpt"]  # the step-4 file was not evicted
+    for name in os.listdir(tmp_path):
+        content = safe_load(str(tmp_path / name))
+        assert content["global_step"] == 4 and all(torch.isfinite(v).all() for v in content["state_dict"].values())
+
+
+def test_non_finite_parameters_skip_the_save_when_training_is_told_to_go_on(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1, save_last=True)
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[ckpt],
+                      stop_on_nonfinite_loss=False)
+    with pytest.warns(UserWarning, match=r"not finite at global_step 5 .*Training goes on"):
+        trainer.fit(NanGradientAt(bad_batch=4), regression_loader(n=64, batch_size=4))
+    assert trainer.global_step == 16 and safe_load(str(tmp_path / "last.ckpt"))["global_step"] == 4
+
+
+def test_a_training_metric_ranks_step_checkpoints_read_back_only_on_saving_steps(tmp_path, monkeypatch):
+    losses = {}
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses[trainer.global_step] = float((outputs["loss"] if isinstance(outputs, dict) else outputs).detach())
+
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), monitor="train/loss", every_n_train_steps=3, save_top_k=2,
+                           filename="{step}")
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, log_every_n_steps=50,
+                      callbacks=[Record(), ckpt])
+    flushes = []
+    real_flush = trainer._metrics.flush_train
+    monkeypatch.setattr(trainer._metrics, "flush_train", lambda: (flushes.append(trainer.global_step), real_flush()))
+    trainer.fit(BoringModel(), regression_loader(n=64, batch_size=4))
+    saved_steps = [3, 6, 9, 12, 15]
+    best = sorted(saved_steps, key=lambda s: losses[s])[:2]
+    assert sorted(ckpt.best_k_models.values()) == pytest.approx(sorted(losses[s] for s in best))
+    assert sorted(os.listdir(tmp_path)) == sorted(f"step={s}.ckpt" for s in best)
+    # read back on the saving steps (and at the epoch's end), not on the 11 others
+    assert [s for s in flushes if s not in saved_steps] == [16] * flushes.count(16)

@@ -169,3 +169,74 @@ def test_a_payload_in_any_file_of_a_sharded_checkpoint_is_refused_and_never_runs
                             capture_output=True, text=True, timeout=200)
     assert result.returncode == 2 and "Refusing to load" in result.stderr
     assert not [n for n in os.listdir(tmp_path) if n.startswith("pwned")]  # no payload ever ran
+
+
+def _fallback_worker(dirpaths):
+    import warnings
+
+    from trainer.callbacks import Callback
+
+    outcome = {}
+    for dirpath in dirpaths:
+        model, (x, y) = _module("fsdp")
+        trainer = _trainer("fsdp", dirpath, 3)
+        started = []
+
+        class Start(Callback):
+            def on_train_start(self, trainer, module):
+                started.append(trainer.global_step)
+
+        trainer.callbacks.append(Start())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=2), ckpt_path="last")
+        outcome[dirpath] = (started[0], [str(w.message) for w in caught if "skipping a damaged" in str(w.message)])
+    return outcome
+
+
+def _flip_a_data_byte(path):
+    """Change one byte of a tensor's data in a .distcp file: the file keeps its size and every
+    pickle in it still reads, only its CRC-32 tells."""
+    import zipfile
+
+    data = bytearray(open(path, "rb").read())
+    archive = zipfile.ZipFile(io.BytesIO(bytes(data)))  # the last item; its data/0 holds tensor bytes
+    info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    header = info.header_offset  # zipfile counts it from the start of the file (items before it included)
+    name_len = int.from_bytes(data[header + 26: header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28: header + 30], "little")
+    at = header + 30 + name_len + extra_len  # the first byte of the tensor's data
+    data[at] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_damaged_shard_is_passed_over_for_the_newest_whole_checkpoint_on_every_rank(tmp_path):
+    run = tmp_path / "run"
+    run_distributed(_save_epochs_worker, timeout=300, dirpath=str(run))
+    names = sorted(os.listdir(run))
+    assert names == ["epoch=0-step=8.ckpt", "epoch=1-step=16.ckpt", "last.ckpt"]
+    truncated, flipped = tmp_path / "truncated", tmp_path / "flipped"
+    shutil.copytree(run, truncated)
+    shutil.copytree(run, flipped)
+    shard = truncated / "last.ckpt" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    meta = torch.load(run / "last.ckpt" / "meta.ckpt", weights_only=True)
+    checked_by_rank_1 = sorted(meta["files"])[1::2]
+    assert checked_by_rank_1 == ["__0_0.distcp"]  # rank 0 never reads this file's CRC: rank 1 must tell it
+    _flip_a_data_byte(flipped / "last.ckpt" / "__0_0.distcp")
+    outcome = run_distributed(_fallback_worker, timeout=300, dirpaths=[str(truncated), str(flipped)])
+    for rank in (0, 1):
+        started, skipped = outcome[rank][str(truncated)]
+        assert started == 16 and len(skipped) == 1 and "__1_0.distcp" in skipped[0] and "bytes" in skipped[0]
+        started, skipped = outcome[rank][str(flipped)]
+        assert started == 16 and len(skipped) == 1 and "CRC-32" in skipped[0]
+
+
+def _save_epochs_worker(dirpath):
+    from trainer import Trainer
+    from trainer.callbacks import ModelCheckpoint
+
+    model, (x, y) = _module("fsdp")
+    Trainer(max_epochs=2, strategy=_fsdp(), logger=False, enable_progress_bar=False, accelerator="cpu",
+            callbacks=[ModelCheckpoint(dirpath=dirpath, save_top_k=-1, save_last=True)]
+            ).fit(model, DataLoader(TensorDataset(x, y), batch_size=2))

@@ -233,3 +233,25 @@ def test_the_stop_agreement_is_not_a_collective_per_step_and_still_stops_every_r
     stop = ranks[0]["step"]
     assert at_step < stop < 67  # acted on before the epoch's 67 steps were over
     assert ranks[0]["reductions"] == ranks[1]["reductions"] <= stop // 3  # not one reduction per step
+
+
+def _epoch_end_worker(tmp):
+    x, y, mask = _data()
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      num_sanity_val_steps=0, callbacks=[ModelCheckpoint(dirpath=tmp, save_last=True)])
+    loader = DataLoader(TensorDataset(x, y, mask), batch_size=4)
+    trainer.fit(Model(), loader, DataLoader(TensorDataset(x, y, mask), batch_size=4))
+    return trainer.global_step
+
+
+def test_an_epoch_end_checkpoint_of_two_ranks_resumes_on_one(tmp_path):
+    # ModelCheckpoint's own epoch-end save (after validation) records batch_idx = that epoch's length
+    # on 2 ranks (3 batches); on 1 rank the epoch is 6 batches long, yet nothing of it is left to train
+    saved_steps = run_distributed(_epoch_end_worker, tmp=str(tmp_path))[0]
+    last = safe_load(str(tmp_path / "last.ckpt"))
+    assert saved_steps == 3 and last["loops"]["batch_idx"] == 3 and last["metadata"]["world_size"] == 2
+    x, y, mask = _data()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False)
+    trainer.fit(Model(), DataLoader(TensorDataset(x, y, mask), batch_size=4), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.current_epoch == 2 and trainer.global_step == 3 + 6  # epoch 1 whole, epoch 0 not repeated

@@ -87,14 +87,18 @@ def _loop_state(trainer: Any) -> dict[str, Any]:
         "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
         "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
         "val_pending": state.val_pending,
+        # an epoch-end checkpoint: batch_idx is that epoch's length on this world size, not a position
+        "epoch_trained": bool(state.batch_idx) and state.batch_idx >= (getattr(trainer, "_num_train_batches", None)
+                                                                       or float("inf")),
         "epoch_start_rng": trainer._epoch_start_rng,
         "results": trainer._results["train"].state_dict(),
         "callback_metrics": dict(trainer.callback_metrics),
     }
 
 
-def check_compatible(ckpt: Any, path: str, world_size: int) -> None:
-    """Refuse checkpoints this version cannot use, saying why and what to do."""
+def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
+    """Refuse checkpoints this version cannot use, saying why and what to do (``world_size`` None:
+    everything but the world size)."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or not ("state_dict" in ckpt or "sharded" in ckpt):
         raise CheckpointError(f"{path!r} is not a checkpoint written by this library (no format_version/state_dict). "
                               "For plain weights use TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
@@ -103,9 +107,11 @@ def check_compatible(ckpt: Any, path: str, world_size: int) -> None:
         raise CheckpointError(f"{path!r} has checkpoint format {version}, newer than the {FORMAT_VERSION} this "
                               f"version reads (it was written by trainer {ckpt['metadata'].get('trainer_version')}). "
                               "Upgrade the trainer package to resume from it.")
+    if world_size is None:
+        return
     saved_world = ckpt["metadata"].get("world_size", 1)
     loops = ckpt.get("loops") or {}
-    if saved_world != world_size and loops.get("batch_idx", 0):
+    if saved_world != world_size and loops.get("batch_idx", 0) and not loops.get("epoch_trained"):
         raise CheckpointError(
             f"{path!r} was saved in the middle of an epoch (batch_idx {loops['batch_idx']}) by {saved_world} "
             f"process(es); this run has {world_size}. The rest of that epoch's samples cannot be split the same way "
@@ -145,7 +151,7 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
 def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
     module, strategy = trainer.module, trainer.accelerator.strategy
-    check_compatible(ckpt, path, strategy.world_size)
+    check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
     sharded = ckpt.get("sharded")
     if sharded != getattr(strategy, "sharded_format", None):
         saved = ckpt["metadata"].get("strategy")
@@ -155,6 +161,7 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
             f"{'sharded ' + strategy.sharded_format if getattr(strategy, 'sharded_format', None) else 'one-file'} "
             f"checkpoints. Resume with the strategy that saved it, or turn it into plain weights with "
             f"`trainer merge-weights {path} OUT` and load those into the model before a new fit.")
+    check_compatible(ckpt, path, strategy.world_size)
     if sharded:
         if "optimizer_states" not in ckpt:
             raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training.")
@@ -198,7 +205,7 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     s = trainer.state
     s.global_step, s.current_epoch, s.batch_idx = loops["global_step"], loops["current_epoch"], loops["batch_idx"]
     s.batches_seen, s.samples_seen, s.should_stop = loops["batches_seen"], loops["samples_seen"], loops["should_stop"]
-    s.val_pending = loops["val_pending"]
+    s.val_pending, s.epoch_trained = loops["val_pending"], bool(loops.get("epoch_trained", False))
     trainer._epoch_start_rng = loops.get("epoch_start_rng")
     trainer._results["train"].load_state_dict(loops.get("results", {}))
     trainer._metrics.callback_metrics.update(loops.get("callback_metrics", {}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trainer.strategies.checkpoint_io import BackgroundWriter
+from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
 from trainer import checkpoint
 from trainer.hooks import _add_note
 from trainer.preemption import Preempted
@@ -113,6 +113,12 @@ class CheckpointingMixin:
     def _preempt(self) -> None:
         """SIGTERM arrived: the optimizer step is done; save last.ckpt and leave fit."""
         path = os.path.join(self._checkpoint_dir(), "last.ckpt")
+        bad = non_finite_parameters(self.module, self.accelerator.strategy.all_gather_object)
+        if bad:  # never replace last.ckpt with weights that cannot train
+            if self.is_global_zero:
+                print(f"Received SIGTERM: not saving at global_step {self.global_step}, the parameters are not finite "
+                      f"(NaN/inf in {', '.join(bad[:5])}); {path} is left as it was.", flush=True)
+            raise Preempted()
         self.save_checkpoint(path)
         if self.checkpoint_callback is not None:
             self.checkpoint_callback.last_model_path = path

@@ -60,7 +60,7 @@ def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches
             trainer._results["train"].reset()
         hooks("on_train_epoch_start")
         seen, completed = state.batches_seen, True
-        if num_batches is None or start < num_batches:
+        if not state.epoch_trained and (num_batches is None or start < num_batches):
             batches = _epoch_batches(trainer, train_loader, num_batches, start)
             if trainer.profiler is not None:
                 batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
@@ -338,7 +338,7 @@ def _end_train_epoch(trainer: Any) -> None:
     results.in_step = True
     trainer._sync_should_stop()
     state.current_epoch += 1
-    state.batch_idx = 0
+    state.batch_idx, state.epoch_trained = 0, False
     if trainer._epoch_schedulers:
         step_schedulers(trainer._epoch_schedulers, "epoch", state.current_epoch, trainer.callback_metrics)
 

@@ -35,7 +35,9 @@ class MetricsPublisher:
                 "step). Lower the learning rate, clip gradients (gradient_clip_val=1.0) or use bf16-mixed "
                 "instead of 16-mixed; pass Trainer(stop_on_nonfinite_loss=False) to keep training anyway.")
 
-    def publish_train(self, epoch_end: bool) -> None:
+    def publish_train(self, epoch_end: bool, log: bool = True) -> None:
+        """The training values logged so far become ``callback_metrics`` (and, with ``log``, a row
+        for the loggers; ``log=False`` when a callback needs them between log intervals)."""
         trainer = self._trainer
         results = trainer._results["train"]
         self.flush_train()
@@ -45,7 +47,7 @@ class MetricsPublisher:
             values = results.epoch_metrics(trainer.accelerator.strategy)
             self._publish(values, results, also_plain=True, extra={"epoch": trainer.current_epoch})
         else:
-            self._publish(results.step_metrics(), results, also_plain=True)
+            self._publish(results.step_metrics(), results, also_plain=True, log=log)
 
     def publish_eval(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
         trainer = self._trainer

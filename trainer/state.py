@@ -21,3 +21,4 @@ class TrainerState:
     samples_seen: int = 0
     should_stop: bool = False
     val_pending: bool = False    # validation is due after the current batch (kept for resume)
+    epoch_trained: bool = False  # every batch of the current epoch is done, only its end remains (resume)

@@ -470,8 +470,8 @@ class Trainer(CheckpointingMixin):
     def _time_is_up(self) -> bool:
         return time.monotonic() - self._fit_start_time >= self.config.max_time
 
-    def _publish_train_metrics(self, epoch_end: bool = False) -> None:
-        self._metrics.publish_train(epoch_end)
+    def _publish_train_metrics(self, epoch_end: bool = False, log: bool = True) -> None:
+        self._metrics.publish_train(epoch_end, log)
 
     def _publish_eval_metrics(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
         return self._metrics.publish_eval(stage, num_loaders)

@@ -29,10 +29,8 @@ def full_weights(path: str) -> dict[str, Any]:
         return meta["state_dict"]
     verify_sharded(path, meta)  # no file may unpickle code; sizes and checksums as written
     if sharded == "fsdp-dcp":
-        from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
-
         merged: dict[str, Any] = {}
-        safe_dcp_load(merged, path, planner=_EmptyStateDictLoadPlanner())  # every rank's shards, in this process
+        safe_dcp_load(merged, path, whole=True)  # every rank's shards, in this one process
         return merged["model"]
     if sharded == "deepspeed":
         from trainer.strategies.deepspeed import deepspeed_merged_weights
