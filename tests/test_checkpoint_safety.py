@@ -145,7 +145,7 @@ def _planted_copies(tmp_path, last):
 
 @pytest.mark.parametrize("kind", ["fsdp", "deepspeed"])
 def test_a_payload_in_any_file_of_a_sharded_checkpoint_is_refused_and_never_runs(tmp_path, kind):
-    from trainer.commands.merge_weights import full_weights
+    from trainer.cli.merge_weights import full_weights
     from trainer.strategies.checkpoint_io import UnsafeCheckpointError
 
     if kind == "deepspeed":

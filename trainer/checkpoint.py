@@ -245,7 +245,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         if strategy.is_global_zero:
             _recover(os.path.dirname(os.path.abspath(ckpt_path)), only=os.path.basename(ckpt_path))
         strategy.barrier("recover checkpoint")
-        return ckpt_path, read_verified(strategy, ckpt_path)
+        return ckpt_path, read_verified(strategy, ckpt_path, mmap=True)
     dirpath = trainer._checkpoint_dir()
     candidates: list[str] = []
     if strategy.is_global_zero and os.path.isdir(dirpath):
@@ -258,7 +258,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
-            return path, read_verified(trainer.accelerator.strategy, path)
+            return path, read_verified(strategy, path, mmap=True)
         except CorruptCheckpointError as err:
             warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
     if trainer.is_global_zero:
@@ -287,8 +287,8 @@ def _recover(directory: str, only: str | None = None) -> None:
         print(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")
 
 
-def read_verified(strategy: Any, path: str) -> dict[str, Any]:
-    """``safe_load(path)``; for a sharded checkpoint directory also ``verify_sharded`` (no file would
+def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any]:
+    """``safe_load(path, mmap=mmap)``; for a sharded checkpoint directory also ``verify_sharded`` (no file would
     unpickle code; sizes and CRC-32s as written, the CRC work split among the ranks). Every rank
     gets the same verdict: if any rank finds a fault, all raise it."""
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
@@ -296,7 +296,7 @@ def read_verified(strategy: Any, path: str) -> dict[str, Any]:
 
     ckpt, failure = None, None
     try:
-        ckpt = safe_load(path)
+        ckpt = safe_load(path, mmap=mmap)
         if os.path.isdir(path) and isinstance(ckpt, dict):
             verify_sharded(path, ckpt, strategy.global_rank, strategy.world_size)
     except (CheckpointError, FileNotFoundError) as err:
