@@ -140,19 +140,40 @@ def safe_load(path: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err)
-        if "Weights only load failed" in detail or "weights_only" in detail:
-            named = re.search(r"GLOBAL ([\w.]+)", detail)
-            found = f"the global {named.group(1)}" if named else "a non-data pickle instruction"
+        named = re.search(r"GLOBAL ([\w.]+)", detail)
+        # no global named (an opcode torch refuses): random bytes fail that way too, so ask ours
+        name = named.group(1) if named else _named_global(path)
+        if name is not None:
             raise UnsafeCheckpointError(
-                f"Refusing to load {path!r}: it contains a pickled Python object ({found}). Loading it would run "
-                "code from the file, so only tensors, containers and plain values are accepted. If you trust the "
-                "file, load it yourself with torch.load(path, weights_only=False) and save its state dicts again."
-            ) from None
-        raise CorruptCheckpointError(f"Checkpoint {path!r} is damaged and cannot be read ({detail}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+                f"Refusing to load {path!r}: it contains a pickled Python object (the global {name}). "
+                "Loading it would run code from the file, so only tensors, containers and plain values are accepted. "
+                "If you trust the file, load it yourself with torch.load(path, weights_only=False) and save its state "
+                "dicts again.") from None
+        reason = "its pickle data is not valid" if "Weights only load failed" in detail else detail[:200]
+        raise CorruptCheckpointError(f"Checkpoint {path!r} is damaged and cannot be read ({reason}). Use an earlier "
+                                     "checkpoint.") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- whatever a truncated or damaged file makes torch raise
         raise CorruptCheckpointError(
             f"Checkpoint {path!r} is truncated or damaged ({type(err).__name__}: {str(err)[:200]}). It was probably "
             "cut short by a crash or an interrupted copy; use an earlier checkpoint.") from None
+
+
+def _named_global(path: str) -> str | None:
+    """The global a file's pickle names that torch's data-only loader refused, if any (else None:
+    the file is damaged rather than unsafe)."""
+    from .checkpoint_verify import scan_torch_file, torch_data_globals
+
+    try:
+        with open(path, "rb") as f:
+            scan_torch_file(f, torch_data_globals(), path)
+    except UnsafeCheckpointError as err:
+        found = re.search(r"the global ([^)]+)\)", str(err))
+        return found.group(1) if found else "?"
+    except (CorruptCheckpointError, OSError):
+        return None
+    return None
 
 
 def atomic_link(src: str, dst: str) -> bool:

@@ -34,36 +34,51 @@ def _reference(tmp_path: Path) -> dict:
     return torch.load(out, weights_only=True)
 
 
-@pytest.mark.timeout(300)
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path):
+def _kill_when_saving(proc: subprocess.Popen, ckpt_dir: Path) -> bool:
+    """SIGKILL ``proc`` while a checkpoint write is in flight (its temporary file exists). False if
+    the run ended first."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt_dir.exists() and any(n.startswith(".tmp-") for n in os.listdir(ckpt_dir)):
+            proc.send_signal(signal.SIGKILL)
+            return True
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_random_moments_and_mid_save_then_resume_gives_the_uninterrupted_weights(tmp_path):
     expected = _reference(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "final.pt"
+    ckpt_dir = run_dir / "checkpoints"
     rng = random.Random(0)
-    leftovers_seen = kills = 0
-    for _ in range(5):
-        # every save sleeps 30 ms between writing the temp file and renaming it: most kills land mid-save
+    mid_save_kills = kills = 0
+    for attempt in range(5):
+        # every save sleeps 30 ms between writing the temporary file and renaming it into place
         proc = _start(run_dir, out, TRAINER_TEST_SAVE_DELAY="0.03")
         while proc.stdout.readline().strip() not in ("training", ""):  # "" if it finished first
             pass
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
+        if attempt % 2:  # a random moment
+            time.sleep(rng.uniform(0.0, 0.3))
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGKILL)
+        elif not _kill_when_saving(proc, ckpt_dir):  # in the middle of a write
             break
-        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         kills += 1
-        ckpt_dir = run_dir / "checkpoints"
-        if ckpt_dir.exists():
-            names = os.listdir(ckpt_dir)
-            leftovers_seen += any(n.startswith(".tmp-") for n in names)
-            if "last.ckpt" in names:
-                safe_load(str(ckpt_dir / "last.ckpt"))  # whatever moment the kill hit, last.ckpt is whole
+        names = os.listdir(ckpt_dir)
+        mid_save_kills += attempt % 2 == 0 and any(n.startswith(".tmp-") for n in names)
+        if "last.ckpt" in names:
+            safe_load(str(ckpt_dir / "last.ckpt"))  # whatever moment the kill hit, last.ckpt is whole
     proc = _start(run_dir, out)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
-    assert kills >= 2  # the kills did land (how many mid-save depends on timing: leftovers_seen)
+    assert kills == 5 and mid_save_kills == 3  # every kill landed; three of them with a write in flight
     got = torch.load(out, weights_only=True)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]  # the killed writers' leftovers are gone
 
 
 @pytest.mark.timeout(300)
@@ -103,25 +118,33 @@ def test_a_checkpoint_carrying_a_pickled_callable_is_refused(tmp_path):
     assert not (tmp_path / "pwned.txt").exists()
 
 
-def test_truncated_checkpoint_is_reported_and_last_falls_back(tmp_path):
-    def trainer():
-        return Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
-
-    from trainer.callbacks import ModelCheckpoint
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_a_damaged_last_is_reported_and_resume_falls_back_to_the_newest_whole_checkpoint(tmp_path, damage):
+    from trainer.callbacks import Callback, ModelCheckpoint
 
     first = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
                     callbacks=[ModelCheckpoint(save_top_k=-1, save_last=True)])
     first.fit(BoringModel(), regression_loader())
     ckpt_dir = tmp_path / "checkpoints"
+    assert sorted(os.listdir(ckpt_dir)) == ["epoch=0-step=8.ckpt", "epoch=1-step=16.ckpt", "last.ckpt"]
     last = ckpt_dir / "last.ckpt"
     data = last.read_bytes()
-    last.write_bytes(data[: len(data) // 2])  # e.g. a copy cut short
-    with pytest.raises(CorruptCheckpointError, match=r"truncated or damaged.*use an earlier checkpoint"):
+    last.unlink()  # last.ckpt is a hard link to epoch 1's file: damage this name only
+    last.write_bytes(data[: len(data) // 2] if damage == "truncated" else random.Random(0).randbytes(len(data)))
+    with pytest.raises(CorruptCheckpointError, match=r"(truncated or|is) damaged.*[Uu]se an earlier checkpoint"):
         safe_load(str(last))
-    again = trainer()
-    with pytest.warns(UserWarning, match=r"skipping a damaged checkpoint"):
+    started = []
+
+    class Start(Callback):
+        def on_train_start(self, trainer, module):
+            started.append(trainer.global_step)
+
+    again = Trainer(max_epochs=3, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                    enable_checkpointing=False, callbacks=[Start()])
+    with pytest.warns(UserWarning, match=r"skipping a damaged checkpoint.*last\.ckpt"):
         again.fit(BoringModel(), regression_loader(), ckpt_path="last")
-    assert again.global_step == first.global_step  # resumed from the newest whole one (epoch 1's end)
+    assert started == [16]  # epoch 1's end (not epoch 0's, not a fresh start)
+    assert again.global_step == 24
 
 
 def test_atomic_save_never_leaves_a_partial_file_under_the_real_name(tmp_path):
