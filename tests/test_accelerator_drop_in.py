@@ -231,6 +231,9 @@ class _TinyPretrained(torch.nn.Module):
         self.config = {"hidden": hidden}
         self.proj = torch.nn.Linear(hidden, hidden)
 
+    def forward(self, x):
+        return self.proj(x)
+
     def save_pretrained(self, save_directory, state_dict=None, safe_serialization=True, max_shard_size="5GB"):
         from safetensors.torch import save_file
 

@@ -41,12 +41,19 @@ class CheckpointingMixin:
         if self.world_size > 1 and any(getattr(cb, "async_save", False) for cb in self.callbacks):
             self.accelerator.strategy.barrier("background checkpoint writes")  # only rank zero wrote
 
-    def save_model(self, directory: str, max_shard_size: int | str = "10GB") -> list[str]:
+    def save_model(self, directory: str, max_shard_size: int | str = "10GB", module: Any = None) -> list[str]:
         """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),
-        loadable into a plain ``nn.Module`` without this library."""
+        loadable into a plain ``nn.Module`` without this library.
+
+        Args:
+            module: export only this submodule, by attribute path (``"model"``, ``"backbone.encoder"``)
+                or as the object; its keys then carry no prefix of the TrainModule's. A Hugging Face
+                model (one with ``save_pretrained``) is written in its own format, ``config.json``
+                included, so ``from_pretrained(directory)`` loads it.
+        """
         if self.module is None:
             raise RuntimeError("trainer.save_model(...): no module yet; call it after fit.")
-        return self.accelerator.save_model(self.module, directory, max_shard_size)
+        return self.accelerator.save_model(_submodule(self.module, module), directory, max_shard_size)
 
     def _checkpoint_dir(self) -> str:
         cb = self.checkpoint_callback
@@ -126,3 +133,20 @@ class CheckpointingMixin:
             print(f"Received SIGTERM: saved {path} at global_step {self.global_step}. Run the same command with "
                   "trainer.fit(..., ckpt_path='last') to continue where it stopped.", flush=True)
         raise Preempted()
+
+
+def _submodule(root: Any, which: Any) -> Any:
+    """``root``, or its submodule named by attribute path or given as the object."""
+    if which is None:
+        return root
+    if isinstance(which, str):
+        try:
+            return root.get_submodule(which)
+        except AttributeError:
+            names = [name for name, _ in root.named_children()]
+            raise ValueError(f"trainer.save_model(module={which!r}): {type(root).__name__} has no submodule of that "
+                             f"name. Its children are {names}; name one (a dotted path reaches deeper).") from None
+    if any(which is m for m in root.modules()):
+        return which
+    raise ValueError(f"trainer.save_model(module={type(which).__name__}(...)): that module is not part of the trained "
+                     f"{type(root).__name__}. Pass one of its submodules, or its attribute name.")
