@@ -77,10 +77,10 @@ class Accelerator(TrackingMixin):
         self.project_dir = args.project.project_dir
         self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
         plugin = args.gradient_accumulation or GradientAccumulationPlugin(num_steps=gradient_accumulation_steps)
-        self.gradient_state = GradientState(gradient_accumulation_steps, plugin.sync_with_dataloader,
+        self._gradient_state = GradientState(gradient_accumulation_steps, plugin.sync_with_dataloader,
                                             plugin.adjust_scheduler, plugin.sync_each_batch)
         self.engine = StepEngine(self.strategy, gradient_accumulation_steps)
-        self.state = ProcessState(self)
+        self._state = ProcessState(self)
         self.step = 0  # micro-steps seen by accumulate()
         self._models: list[torch.nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
@@ -153,6 +153,16 @@ class Accelerator(TrackingMixin):
     @property
     def is_local_main_process(self) -> bool:
         return self.strategy.local_rank == 0
+
+    @property
+    def state(self) -> ProcessState:
+        """Accelerate's ``AcceleratorState`` names (distributed_type, num_processes, device, ...)."""
+        return self._state
+
+    @property
+    def gradient_state(self) -> GradientState:
+        """The active dataloaders (a stack) and whether this micro-step syncs gradients."""
+        return self._gradient_state
 
     @property
     def is_last_process(self) -> bool:
