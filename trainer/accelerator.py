@@ -81,7 +81,7 @@ class Accelerator(TrackingMixin):
                                             plugin.adjust_scheduler, plugin.sync_each_batch)
         self.engine = StepEngine(self.strategy, gradient_accumulation_steps)
         self._state = ProcessState(self)
-        self.step = 0  # micro-steps seen by accumulate()
+        self._step = 0  # micro-steps seen by accumulate()
         self._models: list[torch.nn.Module] = []
         self._optimizers: list[AcceleratedOptimizer] = []
         self._schedulers: list[AcceleratedScheduler] = []
@@ -153,6 +153,15 @@ class Accelerator(TrackingMixin):
     @property
     def is_local_main_process(self) -> bool:
         return self.strategy.local_rank == 0
+
+    @property
+    def step(self) -> int:
+        """Micro-steps run inside ``accumulate()`` (saved by ``save_state``)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
 
     @property
     def state(self) -> ProcessState:
