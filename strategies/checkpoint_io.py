@@ -106,7 +106,7 @@ class _WritebackFile:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temp file, fsync, rename), with the disk writing
-    while it is serialised (see ``_WritebackFile``)."""
+    while it is serialised (see ``_WritebackFile``). A full disk is reported as such."""
     def fill(tmp: str) -> None:
         if not hasattr(os, "posix_fadvise"):  # Windows, macOS: torch's own writer, to the path
             torch.save(obj, tmp)
@@ -114,7 +114,40 @@ def atomic_save(obj: Any, path: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, _WritebackFile(f))
 
-    atomic_write(path, fill)
+    try:
+        atomic_write(path, fill)
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        directory = os.path.dirname(os.path.abspath(path))
+        raise DiskFullError(f"No space left on {directory!r} while writing {os.path.basename(path)!r} (about "
+                            f"{_nbytes(obj) / 1e6:.1f} MB needed, {shutil.disk_usage(directory).free / 1e6:.1f} MB "
+                            "free). Nothing was replaced: the previous checkpoint is whole. Free some space, or save "
+                            "to a larger disk (ModelCheckpoint(dirpath=...)).") from err
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written: its disk is full (the previous one is untouched)."""
+
+
+def _disk_full(err: BaseException) -> bool:
+    """torch's zip writer reports a full disk as ``unexpected pos`` / ``basic_ios::clear``."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return any(s in text for s in ("unexpected pos", "basic_ios::clear", "No space left", "file write failed"))
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def safe_load(path: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -463,6 +496,12 @@ def load_weights(directory: str) -> dict[str, torch.Tensor]:
     if os.path.exists(index_path):
         with open(index_path) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
+        outside = [n for n in files if not isinstance(n, str) or os.path.isabs(n) or os.path.dirname(n)
+                   or n in (".", "..")]
+        if outside:
+            raise CheckpointError(f"{index_path!r} names weight files outside its directory ({outside[:3]}); "
+                                  "an index written by save_weights names only files beside it. Refusing to read "
+                                  "them: check where this index came from.")
     elif os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
         files = [WEIGHTS_NAME]
     else:

@@ -571,3 +571,36 @@ def test_a_training_metric_ranks_step_checkpoints_read_back_only_on_saving_steps
     assert sorted(os.listdir(tmp_path)) == sorted(f"step={s}.ckpt" for s in best)
     # read back on the saving steps (and at the epoch's end), not on the 11 others
     assert [s for s in flushes if s not in saved_steps] == [16] * flushes.count(16)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KB tmpfs (needs the right to mount; skipped elsewhere)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(small_disk):
+    from trainer.strategies.checkpoint_io import DiskFullError
+
+    path = str(small_disk / "last.ckpt")
+    atomic_save({"w": torch.ones(10)}, path)
+    with pytest.raises(DiskFullError, match=r"No space left on .*small' while writing 'last.ckpt' \(about 4\.0 MB "
+                                            r"needed, .* MB free\)\. Nothing was replaced") as caught:
+        atomic_save({"w": torch.zeros(1000, 1000)}, path)
+    assert "unexpected pos" in str(caught.value.__cause__)  # torch's own error kept as the cause
+    assert os.listdir(small_disk) == ["last.ckpt"] and torch.equal(safe_load(path)["w"], torch.ones(10))
+
+
+@pytest.mark.parametrize("entry", ["../outside/model.safetensors", "/etc/passwd", "sub/model.safetensors"])
+def test_load_weights_refuses_index_entries_outside_its_directory(tmp_path, entry):
+    from trainer.strategies.checkpoint_io import load_weights
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": entry}}))
+    with pytest.raises(CheckpointError, match=r"names weight files outside its directory"):
+        load_weights(str(tmp_path / "w"))
