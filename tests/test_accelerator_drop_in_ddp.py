@@ -1,6 +1,6 @@
 """Accelerate's surface on 2 real gloo processes: the operations in ``trainer.utils``, triggers,
 ``split_between_processes``, decorators, ``distributed_type``, a prepared scheduler stepped once per
-process, the seedable sampler's ``set_epoch``, ``split_batches`` and evaluation inside training
+process, the seedable sampler's ``set_epoch``, ``split_batches``, ``join_uneven_inputs`` and evaluation inside training
 with ``gather_for_metrics``. One spawn runs every check (each spawn costs seconds)."""
 
 from __future__ import annotations
@@ -119,6 +119,22 @@ def _eval_inside_training(accelerator_cls) -> tuple[list[int], list[float], list
     return pattern, seen, accelerator.unwrap_model(model).weight.flatten().tolist()
 
 
+def _join(accelerator_cls) -> int:
+    """Rank 1 runs one more step than rank 0: without Join its all-reduce would wait forever."""
+    accelerator = accelerator_cls(cpu=True)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = accelerator.prepare(model, opt)
+    steps = 0
+    with accelerator.join_uneven_inputs([model]):
+        for _ in range(2 + accelerator.process_index):
+            accelerator.backward(model(torch.ones(1, 2)).sum())
+            opt.step()
+            opt.zero_grad()
+            steps += 1
+    return steps
+
+
 def _worker() -> dict:
     from trainer import Accelerator, DataLoaderConfiguration
 
@@ -127,7 +143,7 @@ def _worker() -> dict:
     _processes(accelerator)
     _seedable(Accelerator, DataLoaderConfiguration)
     return {"lrs": _scheduler(Accelerator), "split": _split_batches(Accelerator, DataLoaderConfiguration),
-            "eval": _eval_inside_training(Accelerator)}
+            "eval": _eval_inside_training(Accelerator), "join": _join(Accelerator)}
 
 
 def test_accelerates_surface_on_two_processes():
@@ -148,3 +164,4 @@ def test_accelerates_surface_on_two_processes():
     assert pattern == [0, 1] * 4  # the evaluation loop did not reset the window
     assert sorted(seen) == [0.0, 1.0, 2.0, 3.0, 4.0]  # every evaluation sample once, padding dropped
     assert results[1]["eval"][2] == weight
+    assert [r["join"] for r in results] == [2, 3]  # uneven step counts under join_uneven_inputs, no hang
