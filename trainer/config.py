@@ -188,7 +188,7 @@ class TrainerConfig:
     def _apply_barebones(self) -> None:
         """Lightning's ``barebones=True``: nothing runs beside the loop (no checkpointing, progress
         bar, sanity check; the Trainer also drops loggers). The Trainer refuses an explicit request
-        for one of them (see trainer._check_barebones)."""
+        for one of them (see wiring._check_barebones)."""
         self.enable_checkpointing = self.enable_progress_bar = self.enable_model_summary = False
         self.num_sanity_val_steps = 0
 
