@@ -10,7 +10,8 @@ import time
 import warnings
 from typing import Any
 
-from trainer.strategies.checkpoint_io import atomic_link, atomic_save, non_finite_parameters, remove_path, snapshot
+from trainer.strategies.checkpoint_io import (atomic_link, atomic_save, lock_directory, non_finite_parameters, remove_path,
+                                              snapshot, unlock_directory)
 from .base import Callback, MissingMetricError
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
@@ -79,6 +80,7 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = -1
         self._last_time_saved = time.monotonic()
         self._saw_validation = False
+        self._locked = False
 
     @property
     def state_key(self) -> str:
@@ -96,6 +98,14 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         self.dirpath = os.path.abspath(self.dirpath)
+        if stage == "fit" and trainer.is_global_zero and not self._locked:
+            lock_directory(self.dirpath)  # one writing run per directory (it cleans temporaries on resume)
+            self._locked = True
+
+    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+        if self._locked:
+            unlock_directory(self.dirpath)
+            self._locked = False
 
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         self._last_time_saved = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import platform
 import shutil
 import pickle
 import re
@@ -293,6 +294,62 @@ def non_finite_parameters(module: torch.nn.Module, all_gather: Callable[[Any], l
     flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
     bad = [name for (name, _), ok in zip(named, flags) if not ok]
     return sorted({n for rank_bad in all_gather(bad) for n in rank_bad})
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another live process holds the checkpoint directory's lock."""
+
+
+LOCK_NAME = ".lock"
+_held_locks: dict[str, list[Any]] = {}  # realpath -> [open lock file, holders in this process]
+
+
+def lock_directory(directory: str) -> None:
+    """Take the advisory lock (``flock``) of a checkpoint directory for this process, or raise
+    ``DirectoryInUseError`` naming the process that holds it. The kernel drops the lock when its
+    holder exits, however it ends, so a lock file left by a dead run is not held. Several holders
+    in one process (two ModelCheckpoints, one directory) share it; ``unlock_directory`` per holder."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return
+    key = os.path.realpath(directory)
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        return
+    os.makedirs(key, exist_ok=True)
+    f = open(os.path.join(key, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        raise DirectoryInUseError(
+            f"Checkpoint directory {directory!r} is in use by another run ({owner}), which is still alive and writing "
+            "checkpoints there. Two runs in one directory would delete each other's files. Stop that run first (its "
+            "workers may outlive a killed launcher: look for that pid), or give this run its own "
+            "ModelCheckpoint(dirpath=...) / default_root_dir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {platform.node()}")
+    f.flush()
+    _held_locks[key] = [f, 1]
+
+
+def unlock_directory(directory: str) -> None:
+    key = os.path.realpath(directory)
+    held = _held_locks.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _held_locks[key]
+        try:  # the directory is left as it was; a run starting this very moment may still take the old file
+            os.remove(os.path.join(key, LOCK_NAME))
+        except OSError:
+            pass
+        held[0].close()  # closing the file releases the flock
 
 
 def is_temporary(name: str) -> bool:

@@ -604,3 +604,26 @@ def test_load_weights_refuses_index_entries_outside_its_directory(tmp_path, entr
     (tmp_path / "w" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": entry}}))
     with pytest.raises(CheckpointError, match=r"names weight files outside its directory"):
         load_weights(str(tmp_path / "w"))
+
+
+def test_a_second_live_run_in_the_same_checkpoint_directory_is_refused_and_a_dead_ones_lock_is_not_held(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from trainer.strategies.checkpoint_io import lock_directory; "
+        f"lock_directory({str(tmp_path / 'ckpts')!r}); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
+                          callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "ckpts"))])
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid} on .*\), which is still "
+                                               r"alive.*ModelCheckpoint\(dirpath=\.\.\.\)"):
+            trainer.fit(BoringModel(), regression_loader())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "ckpts" / ".lock").exists()  # the killed holder's file is still there, its lock is not
+    two = [ModelCheckpoint(dirpath=str(tmp_path / "ckpts")), ModelCheckpoint(dirpath=str(tmp_path / "ckpts"),
+                                                                             filename="{step}")]
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=two)  # one run, two callbacks
+    trainer.fit(BoringModel(), regression_loader())
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["epoch=0-step=8.ckpt", "step=8.ckpt"]  # lock released
