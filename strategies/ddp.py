@@ -64,6 +64,27 @@ def _resolve_timeout(timeout: Any) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def _attempt_store(env: ClusterEnvironment, timeout: datetime.timedelta) -> Any:
+    """Under torchrun, the process group's store with a prefix of its own per restart attempt.
+
+    torchrun's agent keeps one TCPStore for the whole job and its workers connect to it as they are
+    (``TORCHELASTIC_USE_AGENT_STORE``); the keys a process group writes there -- among them every
+    rank's gloo address -- outlive a failed attempt. After a restart a rank could read its peer's
+    address from the dead attempt and fail with "Gloo connectFullMesh failed ... Connection refused"
+    (or wait on a half-formed mesh). A prefix per attempt (TORCHELASTIC_RESTART_COUNT) makes every
+    attempt start from empty keys. None outside torchrun: init_process_group's env:// is fine there.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(env.main_address, env.main_port, env.world_size,
+                          is_master=not uses_agent_store and env.global_rank == 0, timeout=timeout,
+                          **({} if uses_agent_store else {"multi_tenant": True}))
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt}", store)
+
+
 class _StepForward(torch.nn.Module):
     """Routes ``training_step`` through DDP's ``forward``, which is what arms the gradient
     all-reduce for the backward that follows."""
@@ -139,7 +160,7 @@ class DDPStrategy(Strategy):
             os.environ.setdefault("MASTER_ADDR", env.main_address)
             os.environ.setdefault("MASTER_PORT", str(env.main_port))
             dist.init_process_group(self.backend, rank=env.global_rank, world_size=env.world_size,
-                                    timeout=self.timeout)
+                                    timeout=self.timeout, store=_attempt_store(env, self.timeout))
             self._created_group = True
             # destroy the group before interpreter shutdown: gloo's threads abort the process otherwise
             atexit.register(_destroy_process_group)
