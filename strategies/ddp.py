@@ -64,6 +64,26 @@ def _resolve_timeout(timeout: Any) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def _die_with_launcher() -> None:
+    """Linux: SIGKILL this worker when its launcher (torchrun's agent) dies. torchrun starts workers
+    in a session of their own, so a SIGKILLed launcher would leave them training -- racing a
+    restarted run over the same checkpoint directory."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _attempt_store(env: ClusterEnvironment, timeout: datetime.timedelta) -> Any:
     """Under torchrun, the process group's store with a prefix of its own per restart attempt.
 
@@ -77,6 +97,7 @@ def _attempt_store(env: ClusterEnvironment, timeout: datetime.timedelta) -> Any:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None:
         return None
+    _die_with_launcher()
     uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(env.main_address, env.main_port, env.world_size,
                           is_master=not uses_agent_store and env.global_rank == 0, timeout=timeout,

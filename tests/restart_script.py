@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,6 +37,20 @@ class Net(TrainModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
+class Announce(Callback):
+    """Prints this worker's pid once it has trained a batch (the tests wait for it); with
+    RESTART_SCRIPT_STEP_SLEEP, each batch takes that long (time for a signal to land)."""
+
+    def __init__(self) -> None:
+        self.announced = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if not self.announced:
+            self.announced = True
+            print(f"training pid {os.getpid()}", flush=True)
+        time.sleep(float(os.environ.get("RESTART_SCRIPT_STEP_SLEEP", "0")))
+
+
 class KillOnce(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -51,7 +66,7 @@ def main(run_dir: str, out_file: str, kill_at: int | None) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 8, generator=g)
     loader = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, shuffle=True)
-    callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=0, save_last=True)]
+    callbacks = [ModelCheckpoint(every_n_train_steps=1, save_top_k=0, save_last=True), Announce()]
     if kill_at is not None:
         callbacks.append(KillOnce(kill_at))
     trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, default_root_dir=run_dir,

@@ -127,6 +127,9 @@ class CheckpointingMixin:
                       f"(NaN/inf in {', '.join(bad[:5])}); {path} is left as it was.", flush=True)
             raise Preempted()
         self.save_checkpoint(path)
+        from trainer.launch import mark_saved
+
+        mark_saved(self.global_rank)
         if self.checkpoint_callback is not None:
             self.checkpoint_callback.last_model_path = path
         if self.is_global_zero:

@@ -65,3 +65,15 @@ def apply_launch_settings(owner: str, given: dict) -> dict:
             print(f"{owner}({name}={value!r}) in the code overrides {setting}: {settings[setting]!r} from "
                   "`trainer launch` (its flags and config file).", flush=True)
     return resolved
+
+
+# -- SIGTERM of `trainer launch`: did every worker save? -------------------------------------------
+SAVED_MARKERS_ENV = "TRAINER_SAVED_MARKERS"  # a directory `trainer launch` made for this run
+
+
+def mark_saved(global_rank: int) -> None:
+    """A worker saved its preemption checkpoint: tell `trainer launch` (which then exits 0)."""
+    directory = os.environ.get(SAVED_MARKERS_ENV)
+    if directory and os.path.isdir(directory):
+        with open(os.path.join(directory, f"rank{global_rank}"), "w"):
+            pass

@@ -21,6 +21,7 @@ from trainer.cli.config_file import LaunchConfig
 HELP = "start a script on as many processes as the config says (through torchrun)"
 
 SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
+SAVED_MARKERS_ENV = "TRAINER_SAVED_MARKERS"
 
 # flag -> LaunchConfig field; Accelerate's underscore spellings are accepted too.
 _FLAGS = {"num-processes": ("num_processes", int), "num-machines": ("num_machines", int),
@@ -126,16 +127,26 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     if debug:
         os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    import tempfile
 
+    markers = tempfile.TemporaryDirectory(prefix="trainer-launch-")
+    os.environ[SAVED_MARKERS_ENV] = markers.name  # workers that saved on SIGTERM leave a file here
     try:
         torchrun.main(torchrun_args(cfg, script, script_args, module=module))
     except SignalException as err:  # Ctrl-C or a scheduler's signal: torchrun has stopped every worker
         import signal
 
+        saved = len(os.listdir(markers.name))
+        if err.sigval == signal.SIGTERM and saved >= cfg.num_processes:
+            print(f"{command}: stopped by SIGTERM; all {saved} workers saved a checkpoint. Run the same "
+                  "command (with fit(ckpt_path='last')) to continue.", file=sys.stderr)
+            return 0
         print(f"{command}: stopped by {signal.Signals(err.sigval).name}; every worker process was stopped.",
               file=sys.stderr)
         return 128 + int(err.sigval)
     except Exception as err:  # torchrun's ChildFailedError names the failed rank and its traceback
         print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    finally:
+        markers.cleanup()
     return 0
