@@ -90,3 +90,23 @@ def test_passes_with_deepspeed_zero_3_from_the_config_file(tmp_path):
     result = _trainer_test(tmp_path, config=config)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED (all 8 checks; 2 process(es), cpu, bf16-mixed, DeepSpeedStrategy)" in result.stdout
+
+
+def test_a_wrong_result_fails_under_python_O(tmp_path):
+    """The checks do not rely on ``assert``: with optimisations on (``python -O``, which strips
+    asserts), a result outside the tolerance is still a FAIL and the verdict still fails."""
+    script = ("import sys\n"
+              "from trainer.cli import selftest\n"
+              "assert False, 'python -O strips this'\n"
+              "init = selftest.SelfTest.__init__\n"
+              "def strict(self, accelerator):\n"
+              "    init(self, accelerator)\n"
+              "    self.tolerance = -1.0  # no difference can pass\n"
+              "selftest.SelfTest.__init__ = strict\n"
+              "sys.exit(selftest.main())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TRAINER_LAUNCH_SETTINGS")}
+    result = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=200, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  gradient averaging" in result.stdout and "CheckFailed: weights differ" in result.stdout
+    assert "trainer test: FAILED (2 of 8 checks failed" in result.stdout

@@ -23,6 +23,15 @@ from trainer.launch import launch_settings
 _LOW_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "bf16-true": torch.bfloat16}
 
 
+class CheckFailed(Exception):
+    """A check found a wrong result (raised by ``_require``; plain ``assert`` would vanish under ``python -O``)."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
 def _model() -> torch.nn.Module:
     torch.manual_seed(1234)
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -56,27 +65,27 @@ class SelfTest:
     # -- the checks ---------------------------------------------------------------------------------
     def process_group(self) -> str:
         expected = int(os.environ.get("WORLD_SIZE", "1"))
-        assert self.world == expected, f"the engine sees {self.world} processes, WORLD_SIZE says {expected}"
+        _require(self.world == expected, f"the engine sees {self.world} processes, WORLD_SIZE says {expected}")
         ranks = self.acc.strategy.all_gather_object(self.rank)
-        assert ranks == list(range(self.world)), f"ranks {ranks}, expected 0..{self.world - 1} once each"
+        _require(ranks == list(range(self.world)), f"ranks {ranks}, expected 0..{self.world - 1} once each")
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none (one process)"
         return f"{self.world} process(es), backend {backend}, {type(self.acc.strategy).__name__}"
 
     def all_reduce(self) -> str:
         got = self.acc.reduce(torch.tensor([float(self.rank + 1)], device=self.acc.device), "sum").item()
         want = self.world * (self.world + 1) / 2
-        assert got == want, f"sum of rank+1 over ranks: got {got}, expected {want}"
+        _require(got == want, f"sum of rank+1 over ranks: got {got}, expected {want}")
         return f"sum over ranks = {got:g}"
 
     def all_gather(self) -> str:
         got = self.acc.gather(torch.tensor([self.rank, 10 * self.rank], device=self.acc.device)).tolist()
         want = [v for r in range(self.world) for v in (r, 10 * r)]
-        assert got == want, f"gathered {got}, expected {want}"
+        _require(got == want, f"gathered {got}, expected {want}")
         return f"{len(got)} values in rank order"
 
     def broadcast(self) -> str:
         got = self.acc.strategy.broadcast({"from": self.rank, "token": 1234 + self.rank}, src=0)
-        assert got == {"from": 0, "token": 1234}, f"received {got}, expected rank 0's object"
+        _require(got == {"from": 0, "token": 1234}, f"received {got}, expected rank 0's object")
         return "rank 0's object reached every rank"
 
     def _one_update(self, accelerator: Any, micro: int, per_rank: int) -> tuple[dict, dict]:
@@ -123,10 +132,10 @@ class SelfTest:
     def _compare(self, got: dict, want: dict) -> float:
         if not got and self.rank != 0:
             return 0.0  # a sharded strategy gathers the full weights on rank zero only; it compares them
-        assert set(got) == set(want), f"the engine's weights have keys {sorted(got)}, expected {sorted(want)}"
+        _require(set(got) == set(want), f"the engine's weights have keys {sorted(got)}, expected {sorted(want)}")
         worst = max((got[k] - want[k]).abs().max().item() for k in want)
-        assert worst <= self.tolerance, (f"weights differ from the single-process reference by {worst:.3g} "
-                                         f"(tolerance {self.tolerance:g} for {self.precision})")
+        _require(worst <= self.tolerance, f"weights differ from the single-process reference by {worst:.3g} "
+                                          f"(tolerance {self.tolerance:g} for {self.precision})")
         return worst
 
     def gradient_averaging(self) -> str:
@@ -136,8 +145,8 @@ class SelfTest:
 
     def precision_check(self) -> str:
         expected = _expected_precision()
-        assert expected is None or self.precision == expected, \
-            f"the engine uses {self.precision}, the config asks for {expected}"
+        _require(expected is None or self.precision == expected,
+                 f"the engine uses {self.precision}, the config asks for {expected}")
         # through the strategy's own wrapping (autocast, or FSDP's mixed precision policy)
         accelerator = self.acc_for(1)
         model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
@@ -148,7 +157,7 @@ class SelfTest:
             model(accelerator.batch_to_device(torch.randn(2, 4)))
         out = torch.empty(0, dtype=seen[0])
         want = _LOW_PRECISION.get(self.precision, torch.float32) if self.precision != "bf16-true" else torch.bfloat16
-        assert out.dtype == want, f"a Linear inside the prepared model computes in {out.dtype}, expected {want}"
+        _require(out.dtype == want, f"a Linear inside the prepared model computes in {out.dtype}, expected {want}")
         return f"{self.precision}: matmuls in {str(out.dtype).replace('torch.', '')}"
 
     def accumulation(self) -> str:
@@ -181,12 +190,12 @@ class SelfTest:
             saved = _weights(accelerator, model)
             step()
             moved = _weights(accelerator, model)
-            assert any(not torch.equal(saved[k], moved[k]) for k in saved) or not saved, \
-                "a training step did not change the weights"
+            _require(any(not torch.equal(saved[k], moved[k]) for k in saved) or not saved,
+                     "a training step did not change the weights")
             accelerator.load_state(os.path.join(directory, "state"))
             restored = _weights(accelerator, model)
             bad = [k for k in saved if not torch.equal(saved[k], restored[k])]
-            assert not bad, f"after load_state these weights differ from what was saved: {bad}"
+            _require(not bad, f"after load_state these weights differ from what was saved: {bad}")
         finally:
             accelerator.wait_for_everyone()
             if self.rank == 0:
