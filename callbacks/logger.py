@@ -114,23 +114,3 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
-
-
-def default_loggers(logger: Any, config: Any) -> list[Logger]:
-    """``logger=None``: TensorBoard if installed, else CSV, under ``default_root_dir/logs/version_N``;
-    ``False``: none; else the given ones."""
-    if logger is False:
-        return []
-    if logger is None or logger is True:
-        if config.fast_dev_run:
-            return []
-        from .trackers import TensorBoardLogger, installed
-
-        kind = TensorBoardLogger if installed("tensorboard") else CSVLogger
-        return [kind(save_dir=config.default_root_dir, name="logs")]
-    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-    for item in loggers:
-        if not isinstance(item, Logger):
-            raise TypeError(f"Trainer(logger={item!r}): expected a Logger (e.g. CSVLogger('runs')), a list of them, "
-                            "None for the default, or False for none.")
-    return loggers

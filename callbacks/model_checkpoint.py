@@ -189,11 +189,9 @@ class ModelCheckpoint(Callback):
         if not self.async_save:
             self._write(trainer, written, evicted, None)
             return
-        from trainer.checkpoint import dump  # (trainer imports this module)
-
         writer = trainer._background_writes
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
-        ckpt = dump(trainer, self.save_weights_only)  # every rank: it gathers the ranks' RNG states
+        ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
         if trainer.is_global_zero:
             ckpt = snapshot(ckpt)  # training may change the state from here on
             writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)

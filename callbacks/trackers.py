@@ -3,7 +3,7 @@
 Each imports its package only when it first writes (a missing one names the extra to install),
 writes on rank zero only (the Trainer and the Accelerator call loggers there), logs scalars at
 the step they belong to, logs hyperparameters once, and closes on success, on an exception and on
-Ctrl-C (``finalize(status)``).
+Ctrl-C (``finalize(status)``). ``default_loggers`` turns the Trainer's ``logger=`` into loggers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from .logger import Logger, _plain
+from .logger import CSVLogger, Logger, _plain
 
 
 def _require(module: str, extra: str, owner: str) -> Any:
@@ -296,3 +296,20 @@ def installed(name: str) -> bool:
     package = TRACKER_PACKAGES[name]
     return package is None or importlib.util.find_spec(package) is not None
 
+
+def default_loggers(logger: Any, config: Any) -> list[Logger]:
+    """``logger=None``: TensorBoard if installed, else CSV, under ``default_root_dir/logs/version_N``;
+    ``False``: none; else the given ones."""
+    if logger is False:
+        return []
+    if logger is None or logger is True:
+        if config.fast_dev_run:
+            return []
+        kind = TensorBoardLogger if installed("tensorboard") else CSVLogger
+        return [kind(save_dir=config.default_root_dir, name="logs")]
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    for item in loggers:
+        if not isinstance(item, Logger):
+            raise TypeError(f"Trainer(logger={item!r}): expected a Logger (e.g. CSVLogger('runs')), a list of them, "
+                            "None for the default, or False for none.")
+    return loggers

@@ -29,11 +29,16 @@ class CheckpointingMixin:
             raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
         self._background_writes.wait()  # in order: a write still running in the background lands first
         strategy = self.accelerator.strategy
-        ckpt = checkpoint.dump(self, weights_only)
+        ckpt = self.dump_checkpoint(weights_only)
         if getattr(strategy, "sharded_format", None):  # each process writes its own shards
             strategy.save_sharded(ckpt, str(filepath), self.module, self.optimizers)
         else:
             strategy.save_checkpoint(ckpt, str(filepath))
+
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        """The whole training state as a checkpoint dict (call it on every rank: it gathers the
+        ranks' RNG states). ``weights_only``: the module's weights and the counters."""
+        return checkpoint.dump(self, weights_only)
 
     def _finish_background_writes(self) -> None:
         """Wait for a checkpoint written in the background (rank zero) before the stage ends."""

@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from trainer.callbacks.base import Callback
-from trainer.callbacks.logger import Logger, default_loggers
+from trainer.callbacks.logger import Logger
+from trainer.callbacks.trackers import default_loggers
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
