@@ -11,6 +11,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(scope="session")  # a stateless factory: usable in hypothesis tests too
+def make_trainer():
+    """Build a quiet Trainer: ``make_trainer(max_epochs=1, ...)`` is ``Trainer(logger=False,
+    enable_progress_bar=False, accelerator="cpu", max_epochs=1, ...)``; any argument overrides."""
+    from tests.helpers.trainers import quiet_trainer
+
+    return quiet_trainer
+
+
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path, monkeypatch):
     """Restore the environment, seeds and torch's global switches; run in a temp directory."""

@@ -32,13 +32,6 @@ EVERY_HOOK = {
 }
 
 
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_progress_bar", False)
-    kw.setdefault("accelerator", "cpu")
-    return Trainer(**kw)
-
-
 # -- the base class and dispatch ----------------------------------------------------------------------
 
 def test_callback_base_has_every_hook_and_the_module_has_the_same_names():
@@ -62,7 +55,7 @@ def test_callback_base_hooks_do_nothing_and_state_is_empty():
     assert Mine().state_key == "test_callback_base_hooks_do_nothing_and_state_is_empty.<locals>.Mine"
 
 
-def test_dispatch_skips_hooks_a_callback_did_not_override(monkeypatch):
+def test_dispatch_skips_hooks_a_callback_did_not_override(monkeypatch, make_trainer):
     """The base's no-op is replaced by one that raises: a dispatcher that called every hook of
     every callback would hit it; hooks that are not overridden must never be called."""
 
@@ -80,14 +73,14 @@ def test_dispatch_skips_hooks_a_callback_did_not_override(monkeypatch):
             self.epochs.append(trainer.current_epoch)
 
     cb = OnlyEpochEnd()
-    trainer = _trainer(max_epochs=2, callbacks=[cb])
+    trainer = make_trainer(max_epochs=2, callbacks=[cb])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(16, 8))
     trainer.validate(BoringModel(), regression_loader(16, 8))
     trainer.predict(BoringModel(), regression_loader(16, 8))
     assert cb.epochs == [0, 1]
 
 
-def test_callbacks_receive_the_trainer_and_the_module():
+def test_callbacks_receive_the_trainer_and_the_module(make_trainer):
     seen = []
 
     class Look(Callback):
@@ -95,18 +88,18 @@ def test_callbacks_receive_the_trainer_and_the_module():
             seen.append((trainer, module))
 
     model = BoringModel()
-    trainer = _trainer(max_epochs=1, callbacks=Look())  # a single callback is accepted too
+    trainer = make_trainer(max_epochs=1, callbacks=Look())  # a single callback is accepted too
     trainer.fit(model, regression_loader(16, 8))
     assert seen == [(trainer, model)]
 
 
-def test_setting_should_stop_in_a_callback_stops_after_that_step():
+def test_setting_should_stop_in_a_callback_stops_after_that_step(make_trainer):
     class StopAt(Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step == 3:
                 trainer.should_stop = True
 
-    trainer = _trainer(max_epochs=5, callbacks=[StopAt()])
+    trainer = make_trainer(max_epochs=5, callbacks=[StopAt()])
     trainer.fit(BoringModel(), regression_loader(16, 8))
     # stopped after the first batch of epoch 1: that epoch is not completed
     assert (trainer.global_step, trainer.current_epoch, trainer.should_stop) == (3, 1, True)
@@ -143,28 +136,28 @@ class Boom(Callback):
     ("on_validation_batch_start", 1, KeyError,
      "raised in callback Boom.on_validation_batch_start at global_step 4 (epoch 0, batch_idx 1, stage 'fit')"),
 ])
-def test_error_in_a_callback_hook_is_reraised_with_a_note(hook, when, error, note):
+def test_error_in_a_callback_hook_is_reraised_with_a_note(hook, when, error, note, make_trainer):
     boom = Boom(hook, when)
-    trainer = _trainer(max_epochs=2, callbacks=[boom])
+    trainer = make_trainer(max_epochs=2, callbacks=[boom])
     with pytest.raises(error, match="boom") as info:
         trainer.fit(BoringModel(), regression_loader(32, 8), regression_loader(32, 8))
     assert info.value.__notes__ == [note]
     assert boom.exceptions == [info.value]  # on_exception saw the same exception object
 
 
-def test_error_in_a_module_hook_names_the_module():
+def test_error_in_a_module_hook_names_the_module(make_trainer):
     class Bad(BoringModel):
         def on_train_batch_start(self, batch, batch_idx):
             if batch_idx == 1:
                 raise ZeroDivisionError("module hook")
 
     with pytest.raises(ZeroDivisionError, match="module hook") as info:
-        _trainer(max_epochs=1).fit(Bad(), regression_loader(32, 8))
+        make_trainer(max_epochs=1).fit(Bad(), regression_loader(32, 8))
     assert info.value.__notes__ == [
         "raised in Bad (the TrainModule).on_train_batch_start at global_step 1 (epoch 0, batch_idx 1, stage 'fit')"]
 
 
-def test_error_in_a_later_callback_stops_the_ones_after_it():
+def test_error_in_a_later_callback_stops_the_ones_after_it(make_trainer):
     calls = []
 
     class First(Callback):
@@ -180,7 +173,7 @@ def test_error_in_a_later_callback_stops_the_ones_after_it():
             calls.append("third")
 
     with pytest.raises(RuntimeError, match="second") as info:
-        _trainer(max_epochs=1, callbacks=[First(), Raises(), Third()]).fit(BoringModel(), regression_loader(16, 8))
+        make_trainer(max_epochs=1, callbacks=[First(), Raises(), Third()]).fit(BoringModel(), regression_loader(16, 8))
     assert calls == ["first"]
     assert info.value.__notes__ == [
         "raised in callback Raises.on_train_start at global_step 0 (epoch 0, batch_idx 0, stage 'fit')"]
@@ -228,9 +221,9 @@ def _expected_stop(scores, mode, patience, min_delta):
 @settings(max_examples=25, deadline=None)
 @given(scores=st.lists(st.integers(0, 6), min_size=1, max_size=7), mode=st.sampled_from(["min", "max"]),
        patience=st.integers(0, 3), min_delta=st.sampled_from([0.0, 0.5, 1.5]))
-def test_early_stopping_patience_and_min_delta(scores, mode, patience, min_delta):
+def test_early_stopping_patience_and_min_delta(scores, mode, patience, min_delta, make_trainer):
     es = EarlyStopping("score", mode=mode, patience=patience, min_delta=min_delta)
-    trainer = _trainer(max_epochs=len(scores), callbacks=[es], num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs=len(scores), callbacks=[es], num_sanity_val_steps=0)
     trainer.fit(Scripted([float(s) for s in scores]), regression_loader(8, 8), regression_loader(8, 8))
     stop = _expected_stop(scores, mode, patience, min_delta)
     if stop is None:
@@ -253,23 +246,23 @@ def test_early_stopping_patience_and_min_delta(scores, mode, patience, min_delta
     ({}, [5.0, math.nan, 1.0], 1, "score = nan is not finite."),
     ({}, [5.0, math.inf, 1.0], 1, "score = inf is not finite."),
 ])
-def test_early_stopping_thresholds_and_non_finite_values(kwargs, scores, stop, reason):
+def test_early_stopping_thresholds_and_non_finite_values(kwargs, scores, stop, reason, make_trainer):
     es = EarlyStopping("score", patience=10, **kwargs)
-    trainer = _trainer(max_epochs=len(scores), callbacks=[es], num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs=len(scores), callbacks=[es], num_sanity_val_steps=0)
     trainer.fit(Scripted(scores), regression_loader(8, 8), regression_loader(8, 8))
     assert (trainer.current_epoch, es.stopped_epoch, es.stopping_reason) == (stop + 1, stop, reason)
 
 
-def test_early_stopping_with_check_finite_off_counts_nan_as_no_improvement():
+def test_early_stopping_with_check_finite_off_counts_nan_as_no_improvement(make_trainer):
     es = EarlyStopping("score", patience=2, check_finite=False)
-    trainer = _trainer(max_epochs=4, callbacks=[es], num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs=4, callbacks=[es], num_sanity_val_steps=0)
     trainer.fit(Scripted([5.0, math.nan, math.nan, 1.0]), regression_loader(8, 8), regression_loader(8, 8))
     assert (trainer.current_epoch, es.stopped_epoch, es.best_score) == (3, 2, 5.0)
 
 
-def test_early_stopping_with_a_missing_monitor_lists_the_logged_keys():
+def test_early_stopping_with_a_missing_monitor_lists_the_logged_keys(make_trainer):
     es = EarlyStopping("val/acc")
-    trainer = _trainer(max_epochs=3, callbacks=[es], log_every_n_steps=1)
+    trainer = make_trainer(max_epochs=3, callbacks=[es], log_every_n_steps=1)
     with pytest.raises(MissingMetricError, match=re.escape(
             "EarlyStopping(monitor='val/acc'): this metric was never logged. Logged metrics: "
             "['train/loss', 'val/loss']. Log it with self.log('val/acc', value) or pass strict=False")) as info:
@@ -280,21 +273,21 @@ def test_early_stopping_with_a_missing_monitor_lists_the_logged_keys():
     assert trainer.global_step == 2  # the sanity check did not trigger it; the first real validation did
 
 
-def test_early_stopping_not_strict_skips_a_missing_monitor():
+def test_early_stopping_not_strict_skips_a_missing_monitor(make_trainer):
     es = EarlyStopping("val/acc", strict=False, patience=0)
-    trainer = _trainer(max_epochs=3, callbacks=[es])
+    trainer = make_trainer(max_epochs=3, callbacks=[es])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(16, 8))
     assert (trainer.current_epoch, es.wait_count, es.stopping_reason) == (3, 0, None)
 
 
-def test_early_stopping_without_validation_checks_at_train_epoch_end():
+def test_early_stopping_without_validation_checks_at_train_epoch_end(make_trainer):
     es = EarlyStopping("score", patience=1)
-    trainer = _trainer(max_epochs=5, callbacks=[es])
+    trainer = make_trainer(max_epochs=5, callbacks=[es])
     trainer.fit(Scripted([3.0, 2.0, 2.5, 1.0, 0.0], in_training=True), regression_loader(16, 8))
     assert (trainer.current_epoch, es.stopped_epoch, es.best_score) == (3, 2, 2.0)
 
 
-def test_early_stopping_after_a_mid_epoch_validation_stops_right_there():
+def test_early_stopping_after_a_mid_epoch_validation_stops_right_there(make_trainer):
     es = EarlyStopping("score", patience=2)
     counter = []
 
@@ -302,24 +295,24 @@ def test_early_stopping_after_a_mid_epoch_validation_stops_right_there():
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             counter.append((trainer.current_epoch, batch_idx))
 
-    trainer = _trainer(max_epochs=5, val_check_interval=2, num_sanity_val_steps=0, callbacks=[es, Count()])
+    trainer = make_trainer(max_epochs=5, val_check_interval=2, num_sanity_val_steps=0, callbacks=[es, Count()])
     trainer.fit(Scripted([1.0, 2.0, 3.0, 0.0, 0.0]), regression_loader(32, 8), regression_loader(8, 8))
     # validations after batches 2, 4 (epoch 0) and 6 (epoch 1, batch_idx 1): the third is the 2nd without improvement
     assert counter == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
     assert (trainer.global_step, es.stopped_epoch, es.wait_count) == (6, 1, 2)
 
 
-def test_early_stopping_check_on_train_epoch_end_ignores_mid_epoch_validations():
+def test_early_stopping_check_on_train_epoch_end_ignores_mid_epoch_validations(make_trainer):
     es = EarlyStopping("score", patience=1, check_on_train_epoch_end=True)
-    trainer = _trainer(max_epochs=3, val_check_interval=2, num_sanity_val_steps=0, callbacks=[es])
+    trainer = make_trainer(max_epochs=3, val_check_interval=2, num_sanity_val_steps=0, callbacks=[es])
     # six validations (two per epoch); the check reads the latest value at each epoch's end: 2.0, 4.0 -> stop
     trainer.fit(Scripted([9.0, 2.0, 9.0, 4.0, 0.0, 0.0]), regression_loader(32, 8), regression_loader(8, 8))
     assert (trainer.current_epoch, es.stopped_epoch, es.best_score) == (2, 1, 2.0)
 
 
-def test_early_stopping_state_round_trips():
+def test_early_stopping_state_round_trips(make_trainer):
     es = EarlyStopping("score", patience=3)
-    _trainer(max_epochs=3, callbacks=[es], num_sanity_val_steps=0).fit(
+    make_trainer(max_epochs=3, callbacks=[es], num_sanity_val_steps=0).fit(
         Scripted([2.0, 3.0, 4.0]), regression_loader(8, 8), regression_loader(8, 8))
     state = es.state_dict()
     assert state == {"wait_count": 2, "stopped_epoch": 0, "best_score": 2.0, "patience": 3}
@@ -382,8 +375,8 @@ def test_progress_bar_is_silent_off_rank_zero(capsys, force):
     assert capsys.readouterr() == ("", "")
 
 
-def test_no_progress_bar_when_disabled(capsys):
-    trainer = _trainer(max_epochs=1, enable_model_summary=False)
+def test_no_progress_bar_when_disabled(capsys, make_trainer):
+    trainer = make_trainer(max_epochs=1, enable_model_summary=False)
     assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
     trainer.fit(Constant(), regression_loader(16, 8))
     assert capsys.readouterr() == ("", "")
@@ -418,10 +411,10 @@ def _lr_rows(rows: list[dict[str, str]], *columns: str) -> list[tuple]:
     return [(int(r["step"]), *(float(r[c]) for c in columns)) for r in rows if r.get(columns[0])]
 
 
-def test_lr_monitor_logs_each_param_group_per_step():
+def test_lr_monitor_logs_each_param_group_per_step(make_trainer):
     logger = CSVLogger("logs", name="lr", version=0)
     monitor = LearningRateMonitor(logging_interval="step")
-    trainer = _trainer(max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[monitor])
+    trainer = make_trainer(max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[monitor])
     trainer.fit(TwoGroups("step"), regression_loader(24, 8))
     columns, rows = _read_rows(logger)
     assert {"step", "lr-SGD/pg1", "lr-SGD/pg2"} <= set(columns)
@@ -430,32 +423,32 @@ def test_lr_monitor_logs_each_param_group_per_step():
     assert monitor.lrs == {"lr-SGD/pg1": [0.1, 0.05, 0.025], "lr-SGD/pg2": [0.01, 0.005, 0.0025]}
 
 
-def test_lr_monitor_per_epoch_with_momentum():
+def test_lr_monitor_per_epoch_with_momentum(make_trainer):
     logger = CSVLogger("logs", name="lr", version=0)
     monitor = LearningRateMonitor(logging_interval="epoch", log_momentum=True)
-    trainer = _trainer(max_epochs=3, logger=logger, callbacks=[monitor])
+    trainer = make_trainer(max_epochs=3, logger=logger, callbacks=[monitor])
     trainer.fit(TwoGroups("epoch"), regression_loader(16, 8))
     _, rows = _read_rows(logger)
     assert _lr_rows(rows, "lr-SGD/pg1", "lr-SGD/pg2", "momentum-SGD/pg1") == [
         (0, 0.1, 0.01, 0.9), (2, 0.05, 0.005, 0.9), (4, 0.025, 0.0025, 0.9)]
 
 
-def test_lr_monitor_single_group_and_adam_betas():
+def test_lr_monitor_single_group_and_adam_betas(make_trainer):
     class OneGroup(BoringModel):
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=0.02, betas=(0.7, 0.9))
 
     logger = CSVLogger("logs", name="lr", version=0)
-    trainer = _trainer(max_epochs=2, logger=logger, log_every_n_steps=2,
+    trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=2,
                        callbacks=[LearningRateMonitor(logging_interval="step", log_momentum=True)])
     trainer.fit(OneGroup(), regression_loader(16, 8))
     _, rows = _read_rows(logger)
     assert _lr_rows(rows, "lr-Adam", "momentum-Adam") == [(0, 0.02, 0.7), (2, 0.02, 0.7)]
 
 
-def test_lr_monitor_default_interval_logs_once_per_step_even_at_epoch_start():
+def test_lr_monitor_default_interval_logs_once_per_step_even_at_epoch_start(make_trainer):
     logger = CSVLogger("logs", name="lr", version=0)
-    trainer = _trainer(max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[LearningRateMonitor()])
+    trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[LearningRateMonitor()])
     trainer.fit(TwoGroups("epoch"), regression_loader(16, 8))
     _, rows = _read_rows(logger)
     assert _lr_rows(rows, "lr-SGD/pg1") == [(0, 0.1), (1, 0.1), (2, 0.05), (3, 0.05)]

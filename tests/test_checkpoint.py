@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.callbacks import Callback, ModelCheckpoint, MissingMetricError
 from trainer.strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
-from trainer import Accelerator, Trainer, TrainModule, seed_everything
+from trainer import Accelerator, TrainModule, seed_everything
 from tests.helpers import BoringModel, regression_loader
+from tests.helpers.trainers import quiet_trainer
 
 
 def _trainer(tmp_path, **kw):
     kw.setdefault("max_epochs", 1)
-    return Trainer(logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=str(tmp_path), **kw)
+    return quiet_trainer(default_root_dir=str(tmp_path), **kw)
 
 
 def test_checkpoint_holds_the_whole_training_state(tmp_path):

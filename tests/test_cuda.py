@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer import Trainer, TrainModule
 from trainer.callbacks import Callback, DeviceStatsMonitor
 from tests.helpers.distributed import run_distributed
+from tests.helpers.trainers import quiet_trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.timeout(300)]
 
@@ -60,7 +61,7 @@ def _data(n: int = 64, width: int = 16) -> TensorDataset:
 def _trainer(**kw) -> Trainer:
     kw.setdefault("max_epochs", 2)
     kw.setdefault("accelerator", "cuda")
-    return Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0, **kw)
+    return quiet_trainer(enable_checkpointing=False, num_sanity_val_steps=0, **kw)
 
 
 def _fit(batch: int = 8, **kw) -> tuple[Net, Trainer]:

@@ -17,13 +17,6 @@ from tests.helpers import BoringModel, regression_loader
 PRECISION_CHOICES = "Expected one of '32-true', 'bf16-mixed', '16-mixed', 'bf16-true'."
 
 
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_progress_bar", False)
-    kw.setdefault("accelerator", "cpu")
-    return Trainer(**kw)
-
-
 class Recorder(Callback):
     """Which stages of a run were reached."""
 
@@ -45,40 +38,40 @@ class Recorder(Callback):
 @pytest.mark.parametrize("value, suggestion", [
     ("fp61", "fp16"), ("bf16-mix", "bf16-mixed"), ("32-tru", "32-true"), ("bf16_true", "bf16-true"),
 ])
-def test_unknown_precision_lists_choices_and_suggests_closest(value, suggestion):
+def test_unknown_precision_lists_choices_and_suggests_closest(value, suggestion, make_trainer):
     with pytest.raises(ValueError, match=re.escape(f"Trainer(precision={value!r}): unknown precision.")) as info:
-        _trainer(precision=value)
+        make_trainer(precision=value)
     message = str(info.value)
     assert PRECISION_CHOICES in message
     assert message.endswith(f"Did you mean {suggestion!r}?")
 
 
-def test_unknown_precision_without_a_close_match_makes_no_suggestion():
+def test_unknown_precision_without_a_close_match_makes_no_suggestion(make_trainer):
     with pytest.raises(ValueError, match=re.escape("Trainer(precision='xyz'): unknown precision.")) as info:
-        _trainer(precision="xyz")
+        make_trainer(precision="xyz")
     assert str(info.value).endswith(PRECISION_CHOICES)
 
 
 @pytest.mark.parametrize("value, suggestion", [("single-device", "single_device"), ("autoo", "auto")])
-def test_unknown_strategy_lists_registry_and_suggests(value, suggestion):
+def test_unknown_strategy_lists_registry_and_suggests(value, suggestion, make_trainer):
     choices = ", ".join(repr(name) for name in STRATEGIES)
     with pytest.raises(ValueError, match=re.escape(f"Trainer(strategy={value!r}): unknown strategy. "
                                                    f"Expected a Strategy object or one of {choices}.")) as info:
-        _trainer(strategy=value)
+        make_trainer(strategy=value)
     assert str(info.value).endswith(f"Did you mean {suggestion!r}?")
 
 
-def test_strategy_of_wrong_type_is_refused():
+def test_strategy_of_wrong_type_is_refused(make_trainer):
     with pytest.raises(ValueError, match=r"Trainer\(strategy=3\): unknown strategy"):
-        _trainer(strategy=3)
+        make_trainer(strategy=3)
 
 
 @pytest.mark.parametrize("value, suggestion", [("cpuu", "cpu"), ("cdua", "cuda"), ("gpx", "gpu")])
-def test_unknown_accelerator_lists_choices_and_suggests(value, suggestion):
+def test_unknown_accelerator_lists_choices_and_suggests(value, suggestion, make_trainer):
     expected = (f"Trainer(accelerator={value!r}): unknown accelerator. Expected one of "
                 f"'auto', 'cpu', 'cuda', 'gpu', 'mps'. Did you mean {suggestion!r}?")
     with pytest.raises(ValueError, match=re.escape(expected)):
-        _trainer(accelerator=value)
+        make_trainer(accelerator=value)
 
 
 # -- loop settings ---------------------------------------------------------------------------------
@@ -121,37 +114,37 @@ def test_unknown_accelerator_lists_choices_and_suggests(value, suggestion):
     ({"fast_dev_run": -1}, ValueError, r"Trainer\(fast_dev_run=-1\): expected True/False or a number of batches"),
     ({"deterministic": "yes"}, ValueError, r"Trainer\(deterministic='yes'\): expected True, False or 'warn'"),
 ])
-def test_bad_loop_setting_is_refused_at_construction(kwargs, error, pattern):
+def test_bad_loop_setting_is_refused_at_construction(kwargs, error, pattern, make_trainer):
     with pytest.raises(error, match=pattern):
-        _trainer(**kwargs)
+        make_trainer(**kwargs)
 
 
 @pytest.mark.parametrize("value", ["abc", "1:2", "00:01:xx:00", [1], {"hourz": 1}, True])
-def test_unreadable_max_time_is_refused(value):
+def test_unreadable_max_time_is_refused(value, make_trainer):
     with pytest.raises(ValueError, match=re.escape(f"Trainer(max_time={value!r}): cannot read this as a duration. "
                                                    "Pass seconds (e.g. 3600), a datetime.timedelta")):
-        _trainer(max_time=value)
+        make_trainer(max_time=value)
 
 
 @pytest.mark.parametrize("value", [0, -5, "00:00:00:00", {"seconds": -1}])
-def test_non_positive_max_time_is_refused(value):
+def test_non_positive_max_time_is_refused(value, make_trainer):
     with pytest.raises(ValueError, match=re.escape(f"Trainer(max_time={value!r}): the duration must be positive.")):
-        _trainer(max_time=value)
+        make_trainer(max_time=value)
 
 
 @pytest.mark.parametrize("name, suggestion", [
     ("max_epoch", "max_epochs"), ("val_check_intervall", "val_check_interval"),
     ("preciison", "precision"), ("callback", "callbacks"), ("devics", "devices"),
 ])
-def test_unknown_trainer_argument_suggests_closest(name, suggestion):
+def test_unknown_trainer_argument_suggests_closest(name, suggestion, make_trainer):
     with pytest.raises(TypeError, match=re.escape(f"Trainer({name}=...): unknown argument. "
                                                   f"Did you mean {suggestion!r}?")):
-        _trainer(**{name: 1})
+        make_trainer(**{name: 1})
 
 
-def test_val_check_interval_longer_than_the_epoch_fails_before_training():
+def test_val_check_interval_longer_than_the_epoch_fails_before_training(make_trainer):
     rec = Recorder()
-    trainer = _trainer(max_epochs=1, val_check_interval=5, callbacks=[rec], num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs=1, val_check_interval=5, callbacks=[rec], num_sanity_val_steps=0)
     with pytest.raises(ValueError, match=r"Trainer\(val_check_interval=5\) is more than the 4 training batches of "
                                          r"an epoch, so validation would never run"):
         trainer.fit(BoringModel(), regression_loader(32, 8), regression_loader(16, 8))
@@ -159,7 +152,7 @@ def test_val_check_interval_longer_than_the_epoch_fails_before_training():
     assert trainer.global_step == 0
 
 
-def test_val_check_interval_longer_than_the_epoch_fails_before_the_sanity_check():
+def test_val_check_interval_longer_than_the_epoch_fails_before_the_sanity_check(make_trainer):
     events = []
 
     class Sanity(Callback):
@@ -167,15 +160,15 @@ def test_val_check_interval_longer_than_the_epoch_fails_before_the_sanity_check(
             events.append("sanity")
 
     with pytest.raises(ValueError, match=r"Trainer\(val_check_interval=5\) is more than the 4 training batches"):
-        _trainer(max_epochs=1, val_check_interval=5, callbacks=[Sanity()]).fit(
+        make_trainer(max_epochs=1, val_check_interval=5, callbacks=[Sanity()]).fit(
             BoringModel(), regression_loader(32, 8), regression_loader(16, 8))
     assert events == []
 
 
 @pytest.mark.parametrize("limit, what", [("limit_train_batches", "train"), ("limit_val_batches", "val")])
-def test_fraction_that_rounds_to_no_batch_fails_before_training(limit, what):
+def test_fraction_that_rounds_to_no_batch_fails_before_training(limit, what, make_trainer):
     rec = Recorder()
-    trainer = _trainer(max_epochs=3, callbacks=[rec], **{limit: 0.1})
+    trainer = make_trainer(max_epochs=3, callbacks=[rec], **{limit: 0.1})
     with pytest.raises(ValueError, match=re.escape(f"Trainer({limit}=0.1): 0.1 of the 4 batches of the {what} "
                                                    "dataloader is less than one batch")):
         trainer.fit(BoringModel(), regression_loader(32, 8), regression_loader(32, 8))
@@ -184,16 +177,16 @@ def test_fraction_that_rounds_to_no_batch_fails_before_training(limit, what):
 
 # -- devices and nodes -------------------------------------------------------------------------------
 
-def test_two_devices_with_the_single_device_strategy_is_refused():
+def test_two_devices_with_the_single_device_strategy_is_refused(make_trainer):
     with pytest.raises(ValueError, match=r"single_device' trains on one device, but 2 devices were asked for\. "
                                          r"Pass devices=1, or strategy='ddp'"):
-        _trainer(devices=2, strategy="single_device")
+        make_trainer(devices=2, strategy="single_device")
 
 
-def test_two_devices_picks_ddp_which_launches_at_fit():
+def test_two_devices_picks_ddp_which_launches_at_fit(make_trainer):
     from trainer.strategies import DDPStrategy
 
-    strategy = _trainer(devices=2).strategy
+    strategy = make_trainer(devices=2).strategy
     assert isinstance(strategy, DDPStrategy) and strategy.needs_launch and strategy.requested_processes == 2
 
 
@@ -202,60 +195,60 @@ def test_two_devices_picks_ddp_which_launches_at_fit():
     ("two", r"Trainer\(devices='two'\): expected 'auto', a positive int"),
     ([], r"Trainer\(devices=\[\]\): the list of device indices is empty"),
 ])
-def test_bad_devices_value_is_refused(devices, pattern):
+def test_bad_devices_value_is_refused(devices, pattern, make_trainer):
     with pytest.raises(ValueError, match=pattern):
-        _trainer(devices=devices)
+        make_trainer(devices=devices)
 
 
-def test_several_nodes_without_a_launcher_say_how_to_launch(monkeypatch):
+def test_several_nodes_without_a_launcher_say_how_to_launch(monkeypatch, make_trainer):
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ValueError, match=r"Trainer\(num_nodes=2\): this process was not started by a launcher.*"
                                          r"trainer launch --num-machines 2"):
-        _trainer(num_nodes=2)
+        make_trainer(num_nodes=2)
     with pytest.raises(ValueError, match=r"num_nodes=0.*positive int"):
-        _trainer(num_nodes=0)
+        make_trainer(num_nodes=0)
 
 
-def test_num_nodes_must_agree_with_the_launcher(monkeypatch):
+def test_num_nodes_must_agree_with_the_launcher(monkeypatch, make_trainer):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"num_nodes=3.*4 processes, 2 per machine, i.e. 2 machine"):
-        _trainer(num_nodes=3)
+        make_trainer(num_nodes=3)
 
 
 # -- callbacks and loggers ---------------------------------------------------------------------------
 
-def test_callback_that_is_not_a_callback_is_refused():
+def test_callback_that_is_not_a_callback_is_refused(make_trainer):
     with pytest.raises(TypeError, match=r"Trainer\(callbacks=\[\.\.\., 'early'\]\): every callback must subclass "
                                         r"callbacks\.Callback; got str\."):
-        _trainer(callbacks=[EarlyStopping("val/loss"), "early"])
+        make_trainer(callbacks=[EarlyStopping("val/loss"), "early"])
 
 
-def test_callback_class_instead_of_instance_is_refused_with_a_fix():
+def test_callback_class_instead_of_instance_is_refused_with_a_fix(make_trainer):
     with pytest.raises(TypeError, match=r"got the class EarlyStopping itself; pass an instance, "
                                         r"e\.g\. EarlyStopping\(\.\.\.\)"):
-        _trainer(callbacks=[EarlyStopping])
+        make_trainer(callbacks=[EarlyStopping])
 
 
-def test_callbacks_value_that_is_not_a_list_is_refused():
+def test_callbacks_value_that_is_not_a_list_is_refused(make_trainer):
     with pytest.raises(TypeError, match=r"Trainer\(callbacks=3\): expected a Callback or a list of them"):
-        _trainer(callbacks=3)
+        make_trainer(callbacks=3)
 
 
 @pytest.mark.parametrize("logger", ["csv", ["csv"], [CSVLogger("runs"), 1]])
-def test_logger_of_wrong_type_is_refused(logger):
+def test_logger_of_wrong_type_is_refused(logger, make_trainer):
     bad = logger if isinstance(logger, str) else logger[-1]
     with pytest.raises(TypeError, match=re.escape(f"Trainer(logger={bad!r}): expected a Logger (e.g. "
                                                   "CSVLogger('runs')), a list of them, None for the default, "
                                                   "or False for none.")):
-        _trainer(logger=logger)
+        make_trainer(logger=logger)
 
 
-def test_lr_monitor_without_logger_fails_before_training():
+def test_lr_monitor_without_logger_fails_before_training(make_trainer):
     rec = Recorder()
-    trainer = _trainer(max_epochs=1, callbacks=[LearningRateMonitor(), rec])
+    trainer = make_trainer(max_epochs=1, callbacks=[LearningRateMonitor(), rec])
     with pytest.raises(ValueError, match=r"LearningRateMonitor needs a logger to write to, but the Trainer has "
                                          r"logger=False"):
         trainer.fit(BoringModel(), regression_loader(16, 8))
@@ -282,12 +275,12 @@ def test_bad_lr_monitor_settings(kwargs, pattern):
 
 # -- what fit is given -------------------------------------------------------------------------------
 
-def test_a_module_that_is_not_a_train_module_is_refused():
+def test_a_module_that_is_not_a_train_module_is_refused(make_trainer):
     with pytest.raises(TypeError, match=r"trainer\.fit\(model=\.\.\.\): expected a TrainModule, got Linear\. "
                                         r"Subclass trainer\.TrainModule"):
-        _trainer(max_epochs=1).fit(torch.nn.Linear(4, 1), regression_loader(16, 8))
+        make_trainer(max_epochs=1).fit(torch.nn.Linear(4, 1), regression_loader(16, 8))
     with pytest.raises(TypeError, match=r"trainer\.validate\(model=\.\.\.\): expected a TrainModule, got str"):
-        _trainer().validate("model", regression_loader(16, 8))
+        make_trainer().validate("model", regression_loader(16, 8))
 
 
 @pytest.mark.parametrize("loader, error, pattern", [
@@ -296,14 +289,14 @@ def test_a_module_that_is_not_a_train_module_is_refused():
     ([regression_loader(16, 8), regression_loader(16, 8)], TypeError,
      r"trainer\.fit\(train_dataloaders=\[2 dataloaders\]\): training takes one dataloader\. Combine the datasets"),
 ])
-def test_train_dataloaders_of_wrong_kind_are_refused(loader, error, pattern):
+def test_train_dataloaders_of_wrong_kind_are_refused(loader, error, pattern, make_trainer):
     with pytest.raises(error, match=pattern):
-        _trainer(max_epochs=1).fit(BoringModel(), loader)
+        make_trainer(max_epochs=1).fit(BoringModel(), loader)
 
 
-def test_empty_eval_dataloader_list_is_refused():
+def test_empty_eval_dataloader_list_is_refused(make_trainer):
     with pytest.raises(ValueError, match=r"trainer\.validate\(dataloaders=\[\]\): the list of dataloaders is empty"):
-        _trainer().validate(BoringModel(), [])
+        make_trainer().validate(BoringModel(), [])
 
 
 class Frozen(BoringModel):
@@ -312,16 +305,16 @@ class Frozen(BoringModel):
         self.requires_grad_(False)
 
 
-def test_module_without_trainable_parameters_fails_before_training():
+def test_module_without_trainable_parameters_fails_before_training(make_trainer):
     rec = Recorder()
     with pytest.raises(ValueError, match=r"Frozen has no trainable parameters \(none with requires_grad=True\), "
                                          r"so fit has nothing to optimize"):
-        _trainer(max_epochs=1, callbacks=[rec]).fit(Frozen(), regression_loader(16, 8))
+        make_trainer(max_epochs=1, callbacks=[rec]).fit(Frozen(), regression_loader(16, 8))
     assert rec.events == []
 
 
-def test_frozen_module_can_still_be_evaluated():
-    result = _trainer().validate(Frozen(), regression_loader(16, 8))
+def test_frozen_module_can_still_be_evaluated(make_trainer):
+    result = make_trainer().validate(Frozen(), regression_loader(16, 8))
     assert list(result[0]) == ["val/loss"]
 
 
@@ -329,32 +322,32 @@ def _empty_loader(**kw) -> DataLoader:
     return DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)), batch_size=4, **kw)
 
 
-def test_empty_train_dataloader_fails_before_training():
+def test_empty_train_dataloader_fails_before_training(make_trainer):
     rec = Recorder()
     with pytest.raises(ValueError, match=r"The train dataloader is empty \(len 0\)\. Check that its dataset is not "
                                          r"empty and that batch_size is not larger than the dataset with "
                                          r"drop_last=True"):
-        _trainer(max_epochs=1, callbacks=[rec]).fit(BoringModel(), _empty_loader())
+        make_trainer(max_epochs=1, callbacks=[rec]).fit(BoringModel(), _empty_loader())
     assert rec.events == []
 
 
-def test_batch_size_larger_than_dataset_with_drop_last_counts_as_empty():
+def test_batch_size_larger_than_dataset_with_drop_last_counts_as_empty(make_trainer):
     loader = DataLoader(TensorDataset(torch.zeros(3, 4), torch.zeros(3, 1)), batch_size=4, drop_last=True)
     with pytest.raises(ValueError, match=r"The train dataloader is empty \(len 0\)"):
-        _trainer(max_epochs=1).fit(BoringModel(), loader)
+        make_trainer(max_epochs=1).fit(BoringModel(), loader)
 
 
-def test_empty_val_dataloader_fails_before_training():
+def test_empty_val_dataloader_fails_before_training(make_trainer):
     rec = Recorder()
     with pytest.raises(ValueError, match=r"The val dataloader is empty \(len 0\)"):
-        _trainer(max_epochs=1, callbacks=[rec]).fit(BoringModel(), regression_loader(16, 8), _empty_loader())
+        make_trainer(max_epochs=1, callbacks=[rec]).fit(BoringModel(), regression_loader(16, 8), _empty_loader())
     assert "train_batch" not in rec.events
 
 
 @pytest.mark.parametrize("stage", ["test", "predict"])
-def test_empty_eval_dataloader_is_refused(stage):
+def test_empty_eval_dataloader_is_refused(stage, make_trainer):
     with pytest.raises(ValueError, match=rf"The {stage} dataloader is empty \(len 0\)"):
-        getattr(_trainer(), stage)(BoringModel(), _empty_loader())
+        getattr(make_trainer(), stage)(BoringModel(), _empty_loader())
 
 
 class _NothingIterable(IterableDataset):
@@ -364,11 +357,11 @@ class _NothingIterable(IterableDataset):
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("limits", [{"max_steps": 5}, {"max_epochs": 3}])
-def test_iterable_train_dataloader_that_yields_nothing_fails_instead_of_spinning(limits):
+def test_iterable_train_dataloader_that_yields_nothing_fails_instead_of_spinning(limits, make_trainer):
     """No length to check up front; an epoch without a batch must end fit (it used to loop forever
     with max_steps and no max_epochs)."""
     rec = Recorder()
-    trainer = _trainer(callbacks=[rec], **limits)
+    trainer = make_trainer(callbacks=[rec], **limits)
     with pytest.raises(ValueError, match=r"fit\(train_dataloaders=\.\.\.\): epoch 0 yielded no batch"):
         trainer.fit(BoringModel(), DataLoader(_NothingIterable(), batch_size=2))
     assert trainer.current_epoch == 0  # raised as soon as the first epoch came back empty
@@ -432,10 +425,10 @@ def _with_scheduler_dict(**entry):
         "optimizer-as-scheduler", "dict-without-optimizer", "dict-with-string-optimizer", "plateau-dict-no-monitor",
         "plateau-tuple-no-monitor", "bad-interval", "bad-frequency", "scheduler-dict-without-scheduler",
         "string-scheduler"])
-def test_unusable_configure_optimizers_fails_before_training(make, pattern):
+def test_unusable_configure_optimizers_fails_before_training(make, pattern, make_trainer):
     rec = Recorder()
     with pytest.raises(TypeError, match=r"^configure_optimizers\(\) returned ") as info:
-        _trainer(max_epochs=1, callbacks=[rec]).fit(Configured(make), regression_loader(16, 8))
+        make_trainer(max_epochs=1, callbacks=[rec]).fit(Configured(make), regression_loader(16, 8))
     message = str(info.value)
     assert re.search(pattern, message), message
     assert re.search(SHAPES, message), message
@@ -449,8 +442,8 @@ def test_unusable_configure_optimizers_fails_before_training(make, pattern):
     lambda m: (lambda o: ([o], [torch.optim.lr_scheduler.StepLR(o, 1)]))(_sgd(m)),
     lambda m: (lambda o: {"optimizer": o, "lr_scheduler": torch.optim.lr_scheduler.StepLR(o, 1)})(_sgd(m)),
 ])
-def test_accepted_configure_optimizers_shapes_train(make):
-    trainer = _trainer(max_epochs=2)
+def test_accepted_configure_optimizers_shapes_train(make, make_trainer):
+    trainer = make_trainer(max_epochs=2)
     trainer.fit(Configured(make), regression_loader(16, 8))
     assert trainer.global_step == 4
     assert len(trainer.optimizers) == 1 and isinstance(trainer.optimizers[0], torch.optim.SGD)
@@ -483,8 +476,8 @@ class Returns(BoringModel):
     (lambda loss: loss.detach(), 0, RuntimeError, r"training_step's loss at batch_idx 0 does not require grad: it is "
                                                   r"not connected to any trainable parameter"),
 ])
-def test_unusable_training_step_output_names_the_batch(bad, at, error, pattern):
-    trainer = _trainer(max_epochs=1)
+def test_unusable_training_step_output_names_the_batch(bad, at, error, pattern, make_trainer):
+    trainer = make_trainer(max_epochs=1)
     with pytest.raises(error, match=pattern):
         trainer.fit(Returns(bad, at), regression_loader(32, 8))
     assert trainer.global_step == at
@@ -526,10 +519,10 @@ def _manual_sgd(model: BoringModel, batches: list[list[int]], lr: float) -> torc
     return layer
 
 
-def test_training_step_returning_none_skips_the_batch():
+def test_training_step_returning_none_skips_the_batch(make_trainer):
     model = SkipSome({1, 2})
     start = BoringModel()  # same seed, same initial weights
-    trainer = _trainer(max_epochs=1)
+    trainer = make_trainer(max_epochs=1)
     trainer.fit(model, regression_loader(32, 8))
     assert trainer.global_step == 2
     assert model.stepped_after == [0, 3]
@@ -538,10 +531,10 @@ def test_training_step_returning_none_skips_the_batch():
     torch.testing.assert_close(model.layer.bias, expected.bias, rtol=0, atol=1e-6)
 
 
-def test_accumulation_window_where_every_batch_returned_none_does_not_step():
+def test_accumulation_window_where_every_batch_returned_none_does_not_step(make_trainer):
     model = SkipSome({0, 1})
     start = BoringModel()
-    trainer = _trainer(max_epochs=1, accumulate_grad_batches=2)
+    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2)
     trainer.fit(model, regression_loader(32, 8))
     assert trainer.global_step == 1          # windows [0, 1] (all skipped) and [2, 3]
     assert model.stepped_after == [3]
@@ -549,10 +542,10 @@ def test_accumulation_window_where_every_batch_returned_none_does_not_step():
     torch.testing.assert_close(model.layer.weight, expected.weight, rtol=0, atol=1e-6)
 
 
-def test_window_with_one_skipped_batch_averages_over_the_others():
+def test_window_with_one_skipped_batch_averages_over_the_others(make_trainer):
     model = SkipSome({2})
     start = BoringModel()
-    trainer = _trainer(max_epochs=1, accumulate_grad_batches=2)
+    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2)
     trainer.fit(model, regression_loader(32, 8))
     assert trainer.global_step == 2
     expected = _manual_sgd(start, [[0, 1], [3]], lr=0.1)
@@ -561,9 +554,9 @@ def test_window_with_one_skipped_batch_averages_over_the_others():
 
 # -- evaluation with several dataloaders ----------------------------------------------------------
 
-def test_several_val_dataloaders_need_a_dataloader_idx_argument():
+def test_several_val_dataloaders_need_a_dataloader_idx_argument(make_trainer):
     loaders = [regression_loader(16, 8), regression_loader(16, 8, seed=1)]
     with pytest.raises(TypeError, match=r"trainer\.validate got 2 dataloaders, so BoringModel\.validation_step is "
                                         r"called as validation_step\(batch, batch_idx, dataloader_idx\); add a "
                                         r"dataloader_idx argument"):
-        _trainer().validate(BoringModel(), loaders)
+        make_trainer().validate(BoringModel(), loaders)

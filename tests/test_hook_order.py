@@ -12,6 +12,7 @@ from trainer.callbacks import Callback
 from trainer.callbacks.base import HOOK_NAMES
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
+from tests.helpers.trainers import quiet_trainer
 
 _BATCH_IDX_POS = {"_batch_start": 1, "_batch_end": 2}  # where batch_idx sits in a batch hook's arguments
 
@@ -87,8 +88,7 @@ def _both(*hooks: str) -> list[str]:
 
 
 def _trainer(calls: list[str], **kw) -> Trainer:
-    return Trainer(logger=False, enable_progress_bar=False, accelerator="cpu",
-                   callbacks=[RecordingCallback(calls)], **kw)
+    return quiet_trainer(callbacks=[RecordingCallback(calls)], **kw)
 
 
 # A validation run over two batches (as inside fit, and in trainer.validate).

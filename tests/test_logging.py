@@ -18,13 +18,6 @@ from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
 
 
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_progress_bar", False)
-    kw.setdefault("accelerator", "cpu")
-    return Trainer(**kw)
-
-
 class Logs(BoringModel):
     """Logs ``value(batch_idx)`` as ``name`` with ``log_kwargs`` in training and/or validation."""
 
@@ -64,14 +57,14 @@ def _uneven() -> DataLoader:
     (torch.sum, 6.0),
     (lambda values: values.median(), 2.0),
 ])
-def test_validation_epoch_value_of_each_reduce_fx(reduce_fx, expected):
-    result = _trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
+def test_validation_epoch_value_of_each_reduce_fx(reduce_fx, expected, make_trainer):
+    result = make_trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
     assert result == [{"v": pytest.approx(expected, rel=1e-12)}]
 
 
 @pytest.mark.parametrize("reduce_fx, expected", [("mean", 1.8), ("sum", 6.0), ("max", 3.0), ("min", 1.0)])
-def test_training_epoch_value_of_each_reduce_fx(reduce_fx, expected):
-    trainer = _trainer(max_epochs=1)
+def test_training_epoch_value_of_each_reduce_fx(reduce_fx, expected, make_trainer):
+    trainer = make_trainer(max_epochs=1)
     trainer.fit(Logs(reduce_fx=reduce_fx, on_step=False, on_epoch=True, where=("train",)), _uneven())
     assert trainer.callback_metrics["v"] == pytest.approx(expected, rel=1e-12)
     assert trainer.logged_metrics["v"] == pytest.approx(expected, rel=1e-12)
@@ -80,7 +73,7 @@ def test_training_epoch_value_of_each_reduce_fx(reduce_fx, expected):
 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 23), batch_size=st.integers(1, 7), log_every=st.integers(1, 3))
-def test_epoch_mean_is_weighted_by_batch_size(n, batch_size, log_every):
+def test_epoch_mean_is_weighted_by_batch_size(n, batch_size, log_every, make_trainer):
     """Whatever the split into batches (and when values are read back), the epoch mean of a
     per-batch mean equals the mean over every sample."""
     values = torch.arange(n, dtype=torch.float64) * 0.37 + 1.0
@@ -94,31 +87,31 @@ def test_epoch_mean_is_weighted_by_batch_size(n, batch_size, log_every):
         def validation_step(self, batch, batch_idx):
             self.log("m", batch[0].mean())
 
-    trainer = _trainer(max_epochs=1, log_every_n_steps=log_every)
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=log_every)
     trainer.fit(MeanOfBatch(), loader)
     assert trainer.callback_metrics["m"] == pytest.approx(values.mean().item(), rel=1e-12)
     assert trainer.validate(MeanOfBatch(), loader) == [{"m": pytest.approx(values.mean().item(), rel=1e-12)}]
 
 
-def test_batch_size_argument_overrides_the_inferred_size():
-    result = _trainer().validate(Logs(batch_size=1, where=("val",)), _uneven())
+def test_batch_size_argument_overrides_the_inferred_size(make_trainer):
+    result = make_trainer().validate(Logs(batch_size=1, where=("val",)), _uneven())
     assert result == [{"v": pytest.approx(2.0, rel=1e-12)}]
 
 
-def test_sync_dist_on_one_process_keeps_the_value():
-    result = _trainer().validate(Logs(sync_dist=True, where=("val",)), _uneven())
+def test_sync_dist_on_one_process_keeps_the_value(make_trainer):
+    result = make_trainer().validate(Logs(sync_dist=True, where=("val",)), _uneven())
     assert result == [{"v": pytest.approx(1.8, rel=1e-12)}]
 
 
-def test_python_numbers_can_be_logged():
-    result = _trainer().validate(Logs(where=("val",), value=lambda i: i + 1), _uneven())  # ints, no tensors
+def test_python_numbers_can_be_logged(make_trainer):
+    result = make_trainer().validate(Logs(where=("val",), value=lambda i: i + 1), _uneven())  # ints, no tensors
     assert result == [{"v": pytest.approx(1.8, rel=1e-12)}]
 
 
 # -- step and epoch naming ---------------------------------------------------------------------------------
 
-def test_on_step_and_on_epoch_give_x_step_and_x_epoch():
-    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+def test_on_step_and_on_epoch_give_x_step_and_x_epoch(make_trainer):
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1)
     trainer.fit(Logs(on_step=True, on_epoch=True, where=("train",)), _uneven())
     metrics = trainer.callback_metrics
     assert metrics["v_step"] == 3.0                        # the last step's value
@@ -127,7 +120,7 @@ def test_on_step_and_on_epoch_give_x_step_and_x_epoch():
     assert set(trainer.logged_metrics) == {"v_step", "v_epoch", "train/loss", "epoch"}
 
 
-def test_defaults_are_per_step_in_training_and_per_epoch_in_validation_and_epoch_hooks():
+def test_defaults_are_per_step_in_training_and_per_epoch_in_validation_and_epoch_hooks(make_trainer):
     class Defaults(BoringModel):
         def training_step(self, batch, batch_idx):
             self.log("t", float(batch_idx + 1))
@@ -139,7 +132,7 @@ def test_defaults_are_per_step_in_training_and_per_epoch_in_validation_and_epoch
         def on_train_epoch_end(self):
             self.log("e", 5.0)
 
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(Defaults(), _uneven(), _uneven())
     metrics = trainer.callback_metrics
     assert metrics["t"] == 3.0                              # on_step only: the last value
@@ -148,9 +141,9 @@ def test_defaults_are_per_step_in_training_and_per_epoch_in_validation_and_epoch
     assert not any(k.endswith(("_step", "_epoch")) for k in metrics)
 
 
-def test_step_values_reach_callback_metrics_by_the_end_of_a_short_epoch():
+def test_step_values_reach_callback_metrics_by_the_end_of_a_short_epoch(make_trainer):
     """log_every_n_steps larger than the epoch still leaves the latest step value visible."""
-    trainer = _trainer(max_epochs=1, log_every_n_steps=50)
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=50)
     model = Logs(where=("train",))
     trainer.fit(model, _uneven())
     assert trainer.callback_metrics["train/loss"] == pytest.approx(model.step_losses[-1], rel=1e-7)
@@ -158,15 +151,15 @@ def test_step_values_reach_callback_metrics_by_the_end_of_a_short_epoch():
     assert "train/loss" not in trainer.logged_metrics   # the logger still only gets rows every 50 steps
 
 
-def test_callback_metrics_hold_floats():
-    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+def test_callback_metrics_hold_floats(make_trainer):
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1)
     trainer.fit(Logs(on_step=True, on_epoch=True), _uneven(), _uneven())
     assert trainer.callback_metrics
     assert all(type(v) is float for v in trainer.callback_metrics.values())
     assert {k for k, v in trainer.logged_metrics.items() if type(v) is not float} == {"epoch"}
 
 
-def test_prog_bar_and_logger_flags_choose_where_values_go():
+def test_prog_bar_and_logger_flags_choose_where_values_go(make_trainer):
     class Flags(BoringModel):
         def training_step(self, batch, batch_idx):
             self.log("bar", 1.0, prog_bar=True)
@@ -174,7 +167,7 @@ def test_prog_bar_and_logger_flags_choose_where_values_go():
             self.log("both", 3.0, prog_bar=True, on_epoch=True)
             return super().training_step(batch, batch_idx)
 
-    trainer = _trainer(max_epochs=1, log_every_n_steps=1)
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1)
     trainer.fit(Flags(), _uneven())
     assert trainer.progress_bar_metrics == {"bar": 1.0, "both_step": 3.0, "both_epoch": 3.0}  # as Lightning shows them
     assert "quiet" not in trainer.logged_metrics and trainer.callback_metrics["quiet"] == 2.0
@@ -202,24 +195,24 @@ def test_logging_outside_a_run_warns_once_and_is_ignored():
     ([1.0], TypeError, r"got list\."),
     (1j, TypeError, r"got complex\."),
 ])
-def test_non_scalar_value_errors_with_key_and_shape(value, error, pattern):
+def test_non_scalar_value_errors_with_key_and_shape(value, error, pattern, make_trainer):
     class Bad(BoringModel):
         def training_step(self, batch, batch_idx):
             self.log("bad", value)
             return super().training_step(batch, batch_idx)
 
     with pytest.raises(error, match=pattern):
-        _trainer(max_epochs=1).fit(Bad(), _uneven())
+        make_trainer(max_epochs=1).fit(Bad(), _uneven())
 
 
-def test_non_scalar_value_in_validation_names_the_suffixed_key():
+def test_non_scalar_value_in_validation_names_the_suffixed_key(make_trainer):
     class Bad(BoringModel):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             self.log("bad", torch.ones(2) if dataloader_idx == 1 else torch.ones(()))
 
     with pytest.raises(ValueError, match=r"self\.log\('bad/dataloader_idx_1', value\): expected a scalar .* shape "
                                          r"\(2,\)"):
-        _trainer().validate(Bad(), [_uneven(), _uneven()])
+        make_trainer().validate(Bad(), [_uneven(), _uneven()])
 
 
 @pytest.mark.parametrize("reduce_fx, error, pattern", [
@@ -227,9 +220,9 @@ def test_non_scalar_value_in_validation_names_the_suffixed_key():
                            r"a callable"),
     (3, TypeError, r"self\.log\('v', reduce_fx=3\): expected one of 'mean', 'sum', 'max', 'min' or a callable"),
 ])
-def test_unknown_reduce_fx_is_refused(reduce_fx, error, pattern):
+def test_unknown_reduce_fx_is_refused(reduce_fx, error, pattern, make_trainer):
     with pytest.raises(error, match=pattern):
-        _trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
+        make_trainer().validate(Logs(reduce_fx=reduce_fx, where=("val",)), _uneven())
 
 
 # -- the CSV logger's file --------------------------------------------------------------------------------
@@ -249,9 +242,9 @@ class Hyper(Logs):
         return BoringModel.validation_step(self, batch, batch_idx)  # logs val/loss
 
 
-def test_csv_logger_columns_and_rows():
+def test_csv_logger_columns_and_rows(make_trainer):
     logger = CSVLogger("logs", name="exp", version=0)
-    trainer = _trainer(max_epochs=2, logger=logger, log_every_n_steps=2)
+    trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=2)
     model = Hyper(width=5)
     trainer.fit(model, regression_loader(12, 4), regression_loader(8, 4))   # 3 steps per epoch
     assert logger.metrics_file == os.path.join("logs", "exp", "version_0", "metrics.csv")
@@ -278,9 +271,9 @@ def test_csv_logger_columns_and_rows():
     assert hparams["trainer"]["max_epochs"] == 2 and hparams["trainer"]["log_every_n_steps"] == 2
 
 
-def test_csv_logger_step_and_epoch_columns():
+def test_csv_logger_step_and_epoch_columns(make_trainer):
     logger = CSVLogger("logs", name="exp", version="run")
-    trainer = _trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
+    trainer = make_trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
     trainer.fit(Logs(on_step=True, on_epoch=True, where=("train",)), _uneven())
     columns, rows = _read(os.path.join("logs", "exp", "run", "metrics.csv"))
     assert columns == ["step", "train/loss", "v_step", "v_epoch", "epoch"]
@@ -288,11 +281,11 @@ def test_csv_logger_step_and_epoch_columns():
         ("1", "1.0", "", ""), ("2", "2.0", "", ""), ("3", "3.0", "", ""), ("3", "", "1.8", "0")]
 
 
-def test_csv_logger_versions_count_up_and_test_metrics_are_written():
+def test_csv_logger_versions_count_up_and_test_metrics_are_written(make_trainer):
     first, second = CSVLogger("logs"), CSVLogger("logs")
-    _trainer(max_epochs=1, logger=first).fit(BoringModel(), regression_loader(8, 8))
+    make_trainer(max_epochs=1, logger=first).fit(BoringModel(), regression_loader(8, 8))
     assert first.log_dir == os.path.join("logs", "default", "version_0")
-    result = _trainer(logger=second).test(BoringModel(), regression_loader(16, 8))
+    result = make_trainer(logger=second).test(BoringModel(), regression_loader(16, 8))
     assert second.log_dir == os.path.join("logs", "default", "version_1")
     columns, rows = _read(second.metrics_file)
     assert columns == ["step", "test/loss"]
@@ -311,7 +304,7 @@ def test_default_logger_is_csv_under_default_root_dir_without_tensorboard(monkey
     assert columns == ["step", "train/loss"] and [r["step"] for r in rows] == ["1", "2"]
 
 
-def test_logger_false_writes_nothing(tmp_path):
-    _trainer(max_epochs=1, logger=False, enable_checkpointing=False).fit(BoringModel(), regression_loader(16, 8))
+def test_logger_false_writes_nothing(tmp_path, make_trainer):
+    make_trainer(max_epochs=1, logger=False, enable_checkpointing=False).fit(BoringModel(), regression_loader(16, 8))
     assert os.listdir(tmp_path) == []
-    assert _trainer(logger=False).log_dir == "runs"
+    assert make_trainer(logger=False).log_dir == "runs"

@@ -21,13 +21,6 @@ from tests.helpers import BoringModel, RandomRegression, regression_loader
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_progress_bar", False)
-    kw.setdefault("accelerator", "cpu")
-    return Trainer(**kw)
-
-
 class Counter(Callback):
     """Records which training batches ran, and when validation ran and on what."""
 
@@ -80,7 +73,7 @@ def _windows(n: int, k: int) -> list[int]:
 @SETTINGS
 @given(n=st.integers(1, 5), k=st.integers(1, 3), max_steps=st.integers(1, 8),
        max_epochs=st.sampled_from([None, 1, 2, 3]))
-def test_fit_stops_at_max_steps_or_max_epochs_whichever_comes_first(n, k, max_steps, max_epochs):
+def test_fit_stops_at_max_steps_or_max_epochs_whichever_comes_first(n, k, max_steps, max_epochs, make_trainer):
     steps = batches = epochs = started = 0
     while epochs < (max_epochs or math.inf) and steps < max_steps:
         started += 1
@@ -92,7 +85,7 @@ def test_fit_stops_at_max_steps_or_max_epochs_whichever_comes_first(n, k, max_st
         if i == len(windows) - 1:  # an epoch cut short by max_steps is not counted as completed
             epochs += 1
     counter = Counter()
-    trainer = _trainer(max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=k, callbacks=[counter])
+    trainer = make_trainer(max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=k, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(n * 2, 2))
     assert trainer.global_step == steps
     assert len(counter.train_batches) == batches
@@ -100,18 +93,18 @@ def test_fit_stops_at_max_steps_or_max_epochs_whichever_comes_first(n, k, max_st
     assert counter.epochs_started == started
 
 
-def test_max_epochs_runs_every_batch_of_every_epoch():
+def test_max_epochs_runs_every_batch_of_every_epoch(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=3, callbacks=[counter])
+    trainer = make_trainer(max_epochs=3, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(24, 8))
     assert counter.train_batches == [(e, b) for e in range(3) for b in range(3)]
     # reaching a limit ends fit without touching should_stop (only callbacks and users set it)
     assert (trainer.global_step, trainer.current_epoch, trainer.should_stop) == (9, 3, False)
 
 
-def test_max_epochs_none_and_no_other_limit_means_1000_epochs():
-    assert _trainer().config.epochs_limit == 1000
-    assert _trainer(max_steps=5).config.epochs_limit == math.inf
+def test_max_epochs_none_and_no_other_limit_means_1000_epochs(make_trainer):
+    assert make_trainer().config.epochs_limit == 1000
+    assert make_trainer(max_steps=5).config.epochs_limit == math.inf
 
 
 class Clocked(BoringModel):
@@ -127,11 +120,11 @@ class Clocked(BoringModel):
 
 
 @pytest.mark.parametrize("max_time", [35, 35.0, datetime.timedelta(seconds=35), {"seconds": 35}, "00:00:00:35"])
-def test_max_time_stops_after_the_step_that_crosses_it(monkeypatch, max_time):
+def test_max_time_stops_after_the_step_that_crosses_it(monkeypatch, max_time, make_trainer):
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     counter = Counter()
-    trainer = _trainer(max_time=max_time, callbacks=[counter])
+    trainer = make_trainer(max_time=max_time, callbacks=[counter])
     assert trainer.config.max_time == 35.0
     trainer.fit(Clocked(clock), regression_loader(24, 8))
     # steps end at 10, 20, 30 s (epoch 0), 40 s (epoch 1, first batch) >= 35 s: stop.
@@ -141,16 +134,16 @@ def test_max_time_stops_after_the_step_that_crosses_it(monkeypatch, max_time):
     assert trainer.state.batch_idx == 1  # a checkpoint taken now resumes at its second batch
 
 
-def test_max_time_in_days_hours_minutes_seconds():
-    trainer = _trainer(max_time="01:02:03:04")
+def test_max_time_in_days_hours_minutes_seconds(make_trainer):
+    trainer = make_trainer(max_time="01:02:03:04")
     assert trainer.config.max_time == ((1 * 24 + 2) * 60 + 3) * 60 + 4
-    assert _trainer(max_time={"minutes": 2, "seconds": 1}).config.max_time == 121.0
+    assert make_trainer(max_time={"minutes": 2, "seconds": 1}).config.max_time == 121.0
 
 
-def test_max_steps_beats_max_time_and_max_epochs(monkeypatch):
+def test_max_steps_beats_max_time_and_max_epochs(monkeypatch, make_trainer):
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    trainer = _trainer(max_time=1000, max_epochs=5, max_steps=2)
+    trainer = make_trainer(max_time=1000, max_epochs=5, max_steps=2)
     trainer.fit(Clocked(clock), regression_loader(24, 8))
     assert (trainer.global_step, trainer.current_epoch) == (2, 0)  # stopped inside epoch 0
 
@@ -158,35 +151,35 @@ def test_max_steps_beats_max_time_and_max_epochs(monkeypatch):
 # -- limits ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("limit, expected", [(None, 5), (2, 2), (10, 5), (0.5, 2), (0.4, 2), (0.6, 3), (1.0, 5)])
-def test_limit_train_batches(limit, expected):
+def test_limit_train_batches(limit, expected, make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=2, limit_train_batches=limit, callbacks=[counter])
+    trainer = make_trainer(max_epochs=2, limit_train_batches=limit, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(40, 8))
     assert counter.train_batches == [(e, b) for e in range(2) for b in range(expected)]
     assert trainer.num_training_batches == expected
 
 
 @pytest.mark.parametrize("limit, expected", [(None, 5), (2, 2), (10, 5), (0.5, 2), (0.6, 3), (1.0, 5)])
-def test_limit_val_batches_in_fit_and_validate(limit, expected):
+def test_limit_val_batches_in_fit_and_validate(limit, expected, make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, limit_val_batches=limit, num_sanity_val_steps=0, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, limit_val_batches=limit, num_sanity_val_steps=0, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(40, 8))
     assert counter.val_batches == [[(0, b) for b in range(expected)]]
     trainer.validate(BoringModel(), regression_loader(40, 8))
     assert counter.val_batches[-1] == [(0, b) for b in range(expected)]
 
 
-def test_limit_val_batches_zero_turns_validation_off():
+def test_limit_val_batches_zero_turns_validation_off(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=2, limit_val_batches=0, callbacks=[counter])
+    trainer = make_trainer(max_epochs=2, limit_val_batches=0, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(16, 8))
     assert (counter.val_runs, counter.sanity_batches) == ([], [])
     assert "val/loss" not in trainer.callback_metrics
 
 
 @pytest.mark.parametrize("stage, setting", [("test", "limit_test_batches"), ("predict", "limit_predict_batches")])
-def test_limit_test_and_predict_batches(stage, setting):
-    trainer = _trainer(**{setting: 2})
+def test_limit_test_and_predict_batches(stage, setting, make_trainer):
+    trainer = make_trainer(**{setting: 2})
     out = getattr(trainer, stage)(BoringModel(), regression_loader(40, 8))
     if stage == "predict":
         assert [tuple(o.shape) for o in out] == [(8, 1), (8, 1)]
@@ -207,23 +200,23 @@ class Stream(IterableDataset):
         return (self.data[i] for i in range(len(self.data)))
 
 
-def test_int_limit_on_an_iterable_dataloader():
+def test_int_limit_on_an_iterable_dataloader(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=2, limit_train_batches=3, callbacks=[counter])
+    trainer = make_trainer(max_epochs=2, limit_train_batches=3, callbacks=[counter])
     trainer.fit(BoringModel(), DataLoader(Stream(20), batch_size=2))
     assert counter.train_batches == [(e, b) for e in range(2) for b in range(3)]
 
 
-def test_fraction_limit_on_an_iterable_dataloader_is_refused():
+def test_fraction_limit_on_an_iterable_dataloader_is_refused(make_trainer):
     with pytest.raises(ValueError, match=r"Trainer\(limit_train_batches=0\.5\): a fraction needs a dataloader with "
                                          r"a length; this one has none \(an IterableDataset\?\)\. Pass an int\."):
-        _trainer(max_epochs=1, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Stream(20), batch_size=2))
+        make_trainer(max_epochs=1, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Stream(20), batch_size=2))
 
 
-def test_fractional_val_check_interval_on_an_iterable_dataloader_is_refused():
+def test_fractional_val_check_interval_on_an_iterable_dataloader_is_refused(make_trainer):
     with pytest.raises(ValueError, match=r"Trainer\(val_check_interval=0\.5\) is a fraction of an epoch, but the "
                                          r"training dataloader has no length\. Pass an int"):
-        _trainer(max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0).fit(
+        make_trainer(max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0).fit(
             BoringModel(), DataLoader(Stream(20), batch_size=2), regression_loader(16, 8))
 
 
@@ -243,7 +236,7 @@ def _expected_val_runs(n: int, epochs: int, interval, every_n: int | None) -> li
 
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
-def test_validation_runs_where_val_check_interval_and_check_val_every_n_epoch_say(data):
+def test_validation_runs_where_val_check_interval_and_check_val_every_n_epoch_say(data, make_trainer):
     n_data = data.draw(st.integers(1, 6), label="batches in the loader")
     limit = data.draw(st.one_of(st.none(), st.integers(1, 7), st.sampled_from([0.5, 0.75, 1.0])), label="limit")
     n = n_data if limit is None else (min(n_data, limit) if isinstance(limit, int) else int(n_data * limit))
@@ -256,7 +249,7 @@ def test_validation_runs_where_val_check_interval_and_check_val_every_n_epoch_sa
         interval = data.draw(st.one_of(st.integers(1, n), st.sampled_from([0.25, 0.34, 0.5, 1.0])),
                              label="val_check_interval")
     counter = Counter()
-    trainer = _trainer(max_epochs=epochs, limit_train_batches=limit, val_check_interval=interval,
+    trainer = make_trainer(max_epochs=epochs, limit_train_batches=limit, val_check_interval=interval,
                        check_val_every_n_epoch=every_n, num_sanity_val_steps=0, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(n_data * 2, 2), regression_loader(4, 2))
     assert counter.val_runs == _expected_val_runs(n, epochs, interval, every_n)
@@ -264,7 +257,7 @@ def test_validation_runs_where_val_check_interval_and_check_val_every_n_epoch_sa
     assert len(counter.train_batches) == n * epochs
 
 
-def test_validation_mid_epoch_sees_the_weights_of_that_moment():
+def test_validation_mid_epoch_sees_the_weights_of_that_moment(make_trainer):
     """val/loss of a mid-epoch validation is computed with the weights after the batches so far."""
 
     class Watch(Callback):
@@ -275,7 +268,7 @@ def test_validation_mid_epoch_sees_the_weights_of_that_moment():
             self.steps_at_val.append((trainer.global_step, trainer.callback_metrics["val/loss"]))
 
     watch = Watch()
-    trainer = _trainer(max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0, callbacks=[watch])
+    trainer = make_trainer(max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0, callbacks=[watch])
     model = BoringModel()
     trainer.fit(model, regression_loader(32, 8), regression_loader(16, 8))
     assert [step for step, _ in watch.steps_at_val] == [2, 4]
@@ -289,42 +282,42 @@ def test_validation_mid_epoch_sees_the_weights_of_that_moment():
 # -- sanity check --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("steps, expected", [(2, 2), (0, 0), (-1, 5), (1, 1), (9, 5)])
-def test_num_sanity_val_steps(steps, expected):
+def test_num_sanity_val_steps(steps, expected, make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=steps, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=steps, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(40, 8))
     assert counter.sanity_batches == [(0, b) for b in range(expected)]
     assert len(counter.val_runs) == 1
 
 
 @pytest.mark.parametrize("steps, limit, expected", [(2, None, 2), (2, 1, 1), (-1, None, 10), (-1, 3, 3)])
-def test_sanity_check_on_an_iterable_val_dataloader(steps, limit, expected):
+def test_sanity_check_on_an_iterable_val_dataloader(steps, limit, expected, make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=steps, limit_val_batches=limit, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=steps, limit_val_batches=limit, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), DataLoader(Stream(20), batch_size=2))
     assert counter.sanity_batches == [(0, b) for b in range(expected)]
     assert counter.val_batches == [[(0, b) for b in range(expected if limit else 10)]]
 
 
-def test_sanity_check_runs_on_every_val_dataloader():
+def test_sanity_check_runs_on_every_val_dataloader(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=2, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=2, callbacks=[counter])
     trainer.fit(MultiVal(), regression_loader(16, 8), [regression_loader(40, 8), regression_loader(8, 8)])
     assert counter.sanity_batches == [(0, 0), (0, 1), (1, 0)]
 
 
-def test_sanity_check_respects_limit_val_batches():
+def test_sanity_check_respects_limit_val_batches(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=3, limit_val_batches=1, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=3, limit_val_batches=1, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(40, 8))
     assert counter.sanity_batches == [(0, 0)]
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=-1, limit_val_batches=0.5, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=-1, limit_val_batches=0.5, callbacks=[counter])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(40, 8))
     assert counter.sanity_batches == [(0, 0), (0, 1)]
 
 
-def test_sanity_check_metrics_are_not_published():
+def test_sanity_check_metrics_are_not_published(make_trainer):
     seen = []
 
     class AfterSanity(Callback):
@@ -337,7 +330,7 @@ def test_sanity_check_metrics_are_not_published():
             self.log("val/loss", 1.0, prog_bar=True)
 
     logger = CSVLogger("logs", version=0)
-    trainer = _trainer(max_epochs=1, callbacks=[AfterSanity()], logger=logger, log_every_n_steps=100)
+    trainer = make_trainer(max_epochs=1, callbacks=[AfterSanity()], logger=logger, log_every_n_steps=100)
     trainer.fit(BarVal(), regression_loader(16, 8), regression_loader(16, 8))
     assert seen == [({}, {}, {})]
     assert trainer.callback_metrics["val/loss"] == 1.0  # from the real validation at the epoch's end
@@ -345,9 +338,9 @@ def test_sanity_check_metrics_are_not_published():
         assert f.read().splitlines() == ["step,val/loss", "2,1.0"]
 
 
-def test_no_sanity_check_without_val_dataloaders():
+def test_no_sanity_check_without_val_dataloaders(make_trainer):
     counter = Counter()
-    _trainer(max_epochs=1, callbacks=[counter]).fit(BoringModel(), regression_loader(16, 8))
+    make_trainer(max_epochs=1, callbacks=[counter]).fit(BoringModel(), regression_loader(16, 8))
     assert (counter.sanity_batches, counter.val_runs) == ([], [])
 
 
@@ -367,9 +360,9 @@ def test_fast_dev_run_runs_n_batches_of_everything_without_a_logger(tmp_path, va
     assert trainer.config.log_every_n_steps == 1
 
 
-def test_fast_dev_run_false_or_zero_changes_nothing():
+def test_fast_dev_run_false_or_zero_changes_nothing(make_trainer):
     for value in (False, 0):
-        trainer = _trainer(fast_dev_run=value, max_epochs=4, num_sanity_val_steps=5)
+        trainer = make_trainer(fast_dev_run=value, max_epochs=4, num_sanity_val_steps=5)
         assert (trainer.config.max_epochs, trainer.config.num_sanity_val_steps) == (4, 5)
 
 
@@ -380,10 +373,10 @@ def _mse(model: torch.nn.Module, data: RandomRegression) -> float:
         return torch.nn.functional.mse_loss(model(data.x).double(), data.y.double()).item()
 
 
-def test_validate_and_test_return_the_batch_size_weighted_epoch_mean():
+def test_validate_and_test_return_the_batch_size_weighted_epoch_mean(make_trainer):
     model = BoringModel()
     loader = regression_loader(10, 4)  # batches of 4, 4, 2
-    trainer = _trainer()
+    trainer = make_trainer()
     expected = _mse(model, loader.dataset)
     val = trainer.validate(model, loader)
     test = trainer.test(model, loader)
@@ -393,46 +386,46 @@ def test_validate_and_test_return_the_batch_size_weighted_epoch_mean():
     assert trainer.callback_metrics == test[0]  # each entry point starts with no metrics (as Lightning)
 
 
-def test_validate_does_not_change_the_weights_nor_the_mode():
+def test_validate_does_not_change_the_weights_nor_the_mode(make_trainer):
     model = BoringModel()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    _trainer().validate(model, regression_loader(16, 8))
+    make_trainer().validate(model, regression_loader(16, 8))
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_predict_returns_the_outputs_in_order():
+def test_predict_returns_the_outputs_in_order(make_trainer):
     model = BoringModel()
     loader = regression_loader(10, 4)
-    out = _trainer().predict(model, loader)
+    out = make_trainer().predict(model, loader)
     assert [tuple(o.shape) for o in out] == [(4, 1), (4, 1), (2, 1)]
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(out), model(loader.dataset.x), rtol=0, atol=0)
 
 
-def test_predict_with_several_dataloaders_returns_a_list_per_dataloader():
+def test_predict_with_several_dataloaders_returns_a_list_per_dataloader(make_trainer):
     model = MultiVal()
-    out = _trainer().predict(model, [regression_loader(8, 4), regression_loader(4, 4, seed=1)])
+    out = make_trainer().predict(model, [regression_loader(8, 4), regression_loader(4, 4, seed=1)])
     assert [[tuple(o.shape) for o in per] for per in out] == [[(4, 1), (4, 1)], [(4, 1)]]
     with torch.no_grad():
         torch.testing.assert_close(out[1][0], model(RandomRegression(4, seed=1).x) + 1)
 
 
-def test_several_val_dataloaders_name_their_metrics_with_the_dataloader_idx():
+def test_several_val_dataloaders_name_their_metrics_with_the_dataloader_idx(make_trainer):
     model = MultiVal()
     loaders = [regression_loader(10, 4), regression_loader(6, 4, seed=1)]
     expected = [_mse(model, RandomRegression(10)), _mse(model, RandomRegression(6, seed=1))]
-    result = _trainer().validate(model, loaders)
+    result = make_trainer().validate(model, loaders)
     assert result == [
         {"val/loss/dataloader_idx_0": pytest.approx(expected[0], rel=1e-6), "val/extra": 7.0},
         {"val/loss/dataloader_idx_1": pytest.approx(expected[1], rel=1e-6), "val/extra": 7.0},
     ]
 
 
-def test_several_val_dataloaders_during_fit():
+def test_several_val_dataloaders_during_fit(make_trainer):
     counter = Counter()
-    trainer = _trainer(max_epochs=1, num_sanity_val_steps=0, callbacks=[counter])
+    trainer = make_trainer(max_epochs=1, num_sanity_val_steps=0, callbacks=[counter])
     model = MultiVal()
     trainer.fit(model, regression_loader(16, 8), [regression_loader(10, 4), regression_loader(6, 4, seed=1)])
     assert counter.val_batches == [[(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]]

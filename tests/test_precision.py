@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -15,11 +16,10 @@ from trainer.callbacks import Callback
 from trainer.strategies import Precision, SingleDeviceStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers import BoringModel, regression_loader
+from tests.helpers.trainers import quiet_trainer
 
 
-def _trainer(**kw):
-    kw.setdefault("max_epochs", 1)
-    return Trainer(logger=False, enable_progress_bar=False, accelerator="cpu", num_sanity_val_steps=0, **kw)
+_trainer = functools.partial(quiet_trainer, max_epochs=1, num_sanity_val_steps=0)
 
 
 class DtypeProbe(BoringModel):

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from trainer import Trainer, TrainModule, seed_everything
+from tests.helpers.trainers import quiet_trainer
 
 
 class Noisy(TrainModule):
@@ -67,9 +68,8 @@ class CrashAfterStep(Callback):
 
 
 def _trainer(epochs: int, k: int, extra=(), **kw) -> Trainer:
-    return Trainer(max_epochs=epochs, accumulate_grad_batches=k, accelerator="cpu", logger=False,
-                   enable_progress_bar=False, enable_checkpointing=False, val_check_interval=0.5,
-                   callbacks=[EarlyStopping("val/loss", patience=100), *extra], **kw)
+    return quiet_trainer(max_epochs=epochs, accumulate_grad_batches=k, enable_checkpointing=False,
+                         val_check_interval=0.5, callbacks=[EarlyStopping("val/loss", patience=100), *extra], **kw)
 
 
 def _weights(model) -> list[torch.Tensor]:

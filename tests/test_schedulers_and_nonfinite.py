@@ -4,18 +4,18 @@ a non-finite loss stops training with the step and batch named."""
 from __future__ import annotations
 
 import math
+import functools
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from trainer.callbacks import MissingMetricError
-from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
+from tests.helpers.trainers import quiet_trainer
 
 
-def _trainer(**kw):
-    return Trainer(logger=False, enable_progress_bar=False, accelerator="cpu", num_sanity_val_steps=0, **kw)
+_trainer = functools.partial(quiet_trainer, num_sanity_val_steps=0)
 
 
 class Scheduled(BoringModel):

@@ -11,16 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 
-from trainer import Trainer, TrainModule, seed_everything
+from trainer import TrainModule, seed_everything
 from trainer.seed import seed_worker
 from trainer.utils import set_seed
+from tests.helpers.trainers import quiet_trainer as _trainer
 
-
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_progress_bar", False)
-    kw.setdefault("accelerator", "cpu")
-    return Trainer(**kw)
 
 
 # -- seed_everything itself ------------------------------------------------------------------------------
