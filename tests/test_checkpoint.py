@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.callbacks import Callback, ModelCheckpoint, MissingMetricError
 from trainer.strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
-from trainer import Accelerator, TrainModule, seed_everything
+from trainer import Accelerator, Trainer, TrainModule, seed_everything
 from tests.helpers import BoringModel, regression_loader
 from tests.helpers.trainers import quiet_trainer
 
