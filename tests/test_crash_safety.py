@@ -86,8 +86,10 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
     expected = _reference(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "final.pt"
     proc = _start(run_dir, out, TRAINER_TEST_SAVE_DELAY="0.02")
-    assert "no checkpoint found" in proc.stdout.readline()
-    assert proc.stdout.readline().strip() == "training"
+    seen = []  # status lines (the precision chosen, the model summary) come first; then training starts
+    while len(seen) < 40 and (not seen or seen[-1].strip() != "training"):
+        seen.append(proc.stdout.readline())
+    assert seen[-1].strip() == "training" and any("no checkpoint found" in line for line in seen), seen
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output

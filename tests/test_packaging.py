@@ -125,8 +125,9 @@ def test_editable_install_maps_the_folders_into_the_trainer_namespace(tmp_path):
     python = str(venv / "bin" / "python")
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path,
                 _clean_env()).stdout.strip()
-    ours = sysconfig.get_path("purelib")
-    Path(site, "_outer_site.pth").write_text(ours + "\n")
+    # every site directory this interpreter sees (a venv's own, and any it reaches through .pth lines)
+    ours = [p for p in sys.path if p.endswith("site-packages")] or [sysconfig.get_path("purelib")]
+    Path(site, "_outer_site.pth").write_text("\n".join(ours) + "\n")
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-build-isolation", "-q",
           "-e", str(ROOT)], tmp_path, _clean_env(PYTHONWARNINGS="ignore::UserWarning"))
     project = _user_project(tmp_path)
