@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from .base import Callback, MissingMetricError
+from trainer.strategies._util import rank_zero_info
 
 
 class EarlyStopping(Callback):
@@ -82,7 +83,7 @@ class EarlyStopping(Callback):
             self.stopping_reason = reason
             trainer.should_stop = True
             if self.verbose and trainer.is_global_zero:
-                print(f"EarlyStopping: {reason}")
+                rank_zero_info(f"EarlyStopping: {reason}")
 
     def _evaluate(self, value: float) -> tuple[bool, str | None]:
         name = self.monitor

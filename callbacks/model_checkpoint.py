@@ -13,6 +13,7 @@ from typing import Any
 from trainer.strategies.checkpoint_io import (atomic_link, atomic_save, lock_directory, non_finite_parameters, remove_path,
                                               snapshot, unlock_directory)
 from .base import Callback, MissingMetricError
+from trainer.strategies._util import rank_zero_info
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 
@@ -268,7 +269,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = min(self.best_k_models, key=self._sort_key)
         self.best_model_score = self.best_k_models[self.best_model_path]
         if self.verbose and trainer.is_global_zero:
-            print(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
+            rank_zero_info(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
         return path, [p for p in evicted if p != path]
 
     def _sort_key(self, path: str) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .base import Callback
+from trainer.strategies._util import rank_zero_info
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -44,7 +45,7 @@ class ModelSummary(Callback):
 
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         if trainer.is_global_zero:
-            print(self.summarize(module), flush=True)
+            rank_zero_info(self.summarize(module))
 
     def rows(self, module: torch.nn.Module) -> list[tuple[str, str, int, str]]:
         """(name, type, parameters, mode) of each submodule down to ``max_depth``."""

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .base import Callback
+from trainer.strategies._util import rank_zero_info
 
 # Dense peak FLOP/s per device (vendor datasheets), by the precision the matmuls run in.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -252,7 +253,7 @@ class Timer(Callback):
         if up and not trainer.should_stop:
             trainer.should_stop = True
             if trainer.is_global_zero:
-                print(f"Timer: {self.duration} of training reached; stopping.", flush=True)
+                rank_zero_info(f"Timer: {self.duration} of training reached; stopping.")
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step

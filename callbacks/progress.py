@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from .base import Callback
+from trainer.strategies._util import rank_zero_info
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -93,8 +94,8 @@ class ProgressBar(Callback):
             self._bar.close()
             self._bar = None
         elif trainer.is_global_zero:
-            print(f"epoch {trainer.current_epoch}: global_step {trainer.global_step}"
-                  + (f", {_fmt(trainer.progress_bar_metrics)}" if trainer.progress_bar_metrics else ""), flush=True)
+            rank_zero_info(f"epoch {trainer.current_epoch}: global_step {trainer.global_step}"
+                           + (f", {_fmt(trainer.progress_bar_metrics)}" if trainer.progress_bar_metrics else ""))
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         # fit may stop inside an epoch (max_steps, max_time): no on_train_epoch_end then
@@ -110,7 +111,7 @@ class ProgressBar(Callback):
 
     def on_fit_end(self, trainer: Any, module: Any) -> None:
         if trainer.is_global_zero:
-            print(self.summary(trainer), flush=True)
+            rank_zero_info(self.summary(trainer))
 
     def summary(self, trainer: Any) -> str:
         """The end-of-fit table: each stage's batches, time and throughput, the best checkpoint and

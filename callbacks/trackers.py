@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .logger import CSVLogger, Logger, _plain
+from trainer.strategies._util import rank_zero_info
 
 
 def _require(module: str, extra: str, owner: str) -> Any:
@@ -142,8 +143,8 @@ class WandbLogger(Logger):
                                    config=self._pending_config or None, **self._init_kwargs)
             if mode == "offline":
                 run_dir = os.path.dirname(self._run.dir)  # .../wandb/offline-run-<time>-<id>
-                print(f"W&B: no API key configured, so this run is logged offline to {run_dir}. Upload it later "
-                      f"with `wandb sync {run_dir}` (after `wandb login`).", flush=True)
+                rank_zero_info(f"W&B: no API key configured, so this run is logged offline to {run_dir}. Upload it later "
+                               f"with `wandb sync {run_dir}` (after `wandb login`).")
         return self._run
 
     run = experiment

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
@@ -79,13 +80,23 @@ def batch_size_of(batch: Any) -> int | None:
     return int(t.shape[0])
 
 
-# Status lines: the ``trainer`` logger on rank zero. It gets a stream handler at INFO the first time it
-# is used, unless the application configured it (or the root logger), as Lightning does for its logger.
+# Status lines ("Resuming from ...", "Logging to ...", the model summary) go through the ``trainer``
+# logger, never a bare print, so an application can silence or redirect them:
+#     logging.getLogger("trainer").setLevel(logging.WARNING)
+# The logger only passes records of global rank zero (a ``RankZeroFilter``; a record logged with
+# ``extra={"all_ranks": True}`` passes on every rank). Unless the application configured logging
+# itself (a handler on the ``trainer`` or the root logger), the first status line installs a
+# ``ConsoleHandler``: INFO lines go to stdout -- where these lines were printed before they went
+# through logging -- and warnings to stderr, both as the bare message.
 log = logging.getLogger("trainer")
 
 
 def process_rank() -> int:
-    """This process's global rank, from the launcher's environment (0 when not launched)."""
+    """This process's global rank: the process group's if one is running, else the launcher's
+    environment (0 when not launched)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK"):
         value = os.environ.get(key)
         if value is not None and value.strip().isdigit():
@@ -93,25 +104,57 @@ def process_rank() -> int:
     return 0
 
 
+class RankZeroFilter(logging.Filter):
+    """Passes the records of global rank zero, and those logged with ``extra={"all_ranks": True}``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "all_ranks", False) or process_rank() == 0
+
+
+def _configured_by_application(logger: logging.Logger) -> bool:
+    """The application (not pytest's capture) put a handler on ``logger``."""
+    return any(not type(h).__module__.startswith("_pytest") for h in logger.handlers)
+
+
+class ConsoleHandler(logging.Handler):
+    """INFO and below to ``sys.stdout``, WARNING and above to ``sys.stderr``, looked up at each line
+    (so a redirected or captured stream receives it). Says nothing once the application configured
+    the root logger: its handlers then show the lines, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _configured_by_application(logging.getLogger()):
+            return
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+log.addFilter(RankZeroFilter())
+
+
 def ensure_handler() -> None:
-    if log.handlers or logging.getLogger().handlers:
+    """Install the ``ConsoleHandler`` (at INFO) unless the application configured logging."""
+    if log.handlers or _configured_by_application(logging.getLogger()):
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    log.addHandler(ConsoleHandler())
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
 
 
 def rank_zero_info(message: str) -> None:
-    """Log ``message`` at INFO on rank zero."""
-    if process_rank() == 0:
-        ensure_handler()
-        log.info(message)
+    """A status line: ``message`` at INFO through the ``trainer`` logger, on global rank zero."""
+    ensure_handler()
+    log.info(message)
 
 
 def rank_zero_warn(message: str) -> None:
-    """Log ``message`` at WARNING on rank zero."""
-    if process_rank() == 0:
-        ensure_handler()
-        log.warning(message)
+    """``message`` at WARNING through the ``trainer`` logger, on global rank zero."""
+    ensure_handler()
+    log.warning(message)

@@ -334,7 +334,8 @@ class Constant(BoringModel):
 
 
 def test_progress_bar_prints_one_line_per_epoch_when_not_a_terminal(capsys):
-    trainer = Trainer(max_epochs=2, logger=False, accelerator="cpu", enable_model_summary=False)
+    # an explicit precision: the chosen one would be the first status line on stdout
+    trainer = Trainer(max_epochs=2, logger=False, accelerator="cpu", enable_model_summary=False, precision="32-true")
     assert sum(isinstance(c, ProgressBar) for c in trainer.callbacks) == 1
     trainer.fit(Constant(), regression_loader(16, 8))
     out, err = capsys.readouterr()
@@ -376,7 +377,7 @@ def test_progress_bar_is_silent_off_rank_zero(capsys, force):
 
 
 def test_no_progress_bar_when_disabled(capsys, make_trainer):
-    trainer = make_trainer(max_epochs=1, enable_model_summary=False)
+    trainer = make_trainer(max_epochs=1, enable_model_summary=False, precision="32-true")
     assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
     trainer.fit(Constant(), regression_loader(16, 8))
     assert capsys.readouterr() == ("", "")

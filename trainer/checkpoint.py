@@ -27,6 +27,7 @@ import torch
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
 from trainer.data_position import rng_states, set_rng_states
+from trainer._logging import rank_zero_info
 
 FORMAT_VERSION = 1
 
@@ -262,7 +263,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         except CorruptCheckpointError as err:
             warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
     if trainer.is_global_zero:
-        print(f"ckpt_path='last': no checkpoint found in {dirpath!r}; starting from scratch.")
+        rank_zero_info(f"ckpt_path='last': no checkpoint found in {dirpath!r}; starting from scratch.")
     return None
 
 
@@ -284,7 +285,7 @@ def _recover(directory: str, only: str | None = None) -> None:
     from trainer.strategies.checkpoint_io import recover_swaps
 
     for name in recover_swaps(directory, only):
-        print(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")
+        rank_zero_info(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")
 
 
 def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any]:

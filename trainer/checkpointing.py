@@ -10,6 +10,7 @@ from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parame
 from trainer import checkpoint
 from trainer.hooks import _add_note
 from trainer.preemption import Preempted
+from trainer._logging import rank_zero_info, rank_zero_warn
 
 
 class CheckpointingMixin:
@@ -128,8 +129,8 @@ class CheckpointingMixin:
         bad = non_finite_parameters(self.module, self.accelerator.strategy.all_gather_object)
         if bad:  # never replace last.ckpt with weights that cannot train
             if self.is_global_zero:
-                print(f"Received SIGTERM: not saving at global_step {self.global_step}, the parameters are not finite "
-                      f"(NaN/inf in {', '.join(bad[:5])}); {path} is left as it was.", flush=True)
+                rank_zero_warn(f"Received SIGTERM: not saving at global_step {self.global_step}, the parameters are not finite "
+                               f"(NaN/inf in {', '.join(bad[:5])}); {path} is left as it was.")
             raise Preempted()
         self.save_checkpoint(path)
         from trainer.launch import mark_saved
@@ -138,8 +139,8 @@ class CheckpointingMixin:
         if self.checkpoint_callback is not None:
             self.checkpoint_callback.last_model_path = path
         if self.is_global_zero:
-            print(f"Received SIGTERM: saved {path} at global_step {self.global_step}. Run the same command with "
-                  "trainer.fit(..., ckpt_path='last') to continue where it stopped.", flush=True)
+            rank_zero_info(f"Received SIGTERM: saved {path} at global_step {self.global_step}. Run the same command with "
+                           "trainer.fit(..., ckpt_path='last') to continue where it stopped.")
         raise Preempted()
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 import uuid
 from typing import NoReturn
+from trainer._logging import rank_zero_info
 
 
 def launch_this_script(num_processes: int) -> NoReturn:
@@ -21,7 +22,7 @@ def launch_this_script(num_processes: int) -> NoReturn:
             f"to a file and run it, or use `trainer launch --num-processes {num_processes} train.py`.")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=num_processes, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    print(f"Starting {num_processes} processes through torch.distributed's elastic launcher.", flush=True)
+    rank_zero_info(f"Starting {num_processes} processes through torch.distributed's elastic launcher.")
     elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
     raise SystemExit(0)
 
@@ -62,8 +63,8 @@ def apply_launch_settings(owner: str, given: dict) -> dict:
             resolved[name] = launched
         elif value != launched and (owner, name) not in _reported and os.environ.get("RANK", "0") == "0":
             _reported.add((owner, name))
-            print(f"{owner}({name}={value!r}) in the code overrides {setting}: {settings[setting]!r} from "
-                  "`trainer launch` (its flags and config file).", flush=True)
+            rank_zero_info(f"{owner}({name}={value!r}) in the code overrides {setting}: {settings[setting]!r} from "
+                           "`trainer launch` (its flags and config file).")
     return resolved
 
 

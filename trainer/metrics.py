@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from trainer._logging import rank_zero_info
 
 
 class MetricsPublisher:
@@ -105,7 +106,7 @@ class MetricsPublisher:
             if not self._announced:
                 self._announced = True
                 where = ", ".join(f"{type(lg).__name__} in {lg.log_dir}" for lg in trainer.loggers)
-                print(f"Logging to {where}", flush=True)
+                rank_zero_info(f"Logging to {where}")
             datamodule = dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {}
             params = {**datamodule, **getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
             for logger in trainer.loggers:
@@ -121,4 +122,4 @@ class MetricsPublisher:
 
                 path = write_loss_png(self.history, trainer.log_dir)
                 if path is not None:
-                    print(f"Loss curves: {path}", flush=True)
+                    rank_zero_info(f"Loss curves: {path}")

@@ -182,4 +182,5 @@ class BatchSplitter:
         num, last = -(-size // self.piece), size % self.piece
         ensure_handler()
         log.warning(f"oom_split{rank_note}: micro-batch {size} did not fit; training on {num} x {self.piece}"
-                    f"{f' (the last {last})' if last else ''}, same update. Later batches are split up front.")
+                    f"{f' (the last {last})' if last else ''}, same update. Later batches are split up front.",
+                    extra={"all_ranks": True})  # each rank runs out of memory on its own

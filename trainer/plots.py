@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from trainer._logging import rank_zero_info
 
 
 def write_loss_png(history: list[tuple[int, dict[str, float]]], directory: str) -> str | None:
@@ -26,7 +27,7 @@ def write_loss_png(history: list[tuple[int, dict[str, float]]], directory: str) 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        print("No loss plot: matplotlib is not installed (pip install matplotlib).", flush=True)
+        rank_zero_info("No loss plot: matplotlib is not installed (pip install matplotlib).")
         return None
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     for key, (steps, values) in sorted(series.items()):

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from trainer.hooks import Hooks
+from trainer._logging import rank_zero_info
 
 # hook names that open and close a phase of the loop (the phase's own time is what its hooks and
 # steps leave over: e.g. validation's data loading and validation_step)
@@ -278,6 +279,6 @@ def start_profiling(trainer: Any, profiler: Profiler, stage: str) -> Callable[[]
             delattr(strategy, method)
         report = profiler.teardown(trainer, stage)
         if report and trainer.is_global_zero:
-            print(report, flush=True)
+            rank_zero_info(report)
 
     return stop

@@ -37,6 +37,7 @@ from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
 from trainer.results import Results
 from trainer.seed import set_deterministic
 from trainer.state import TrainerState
+from trainer._logging import rank_zero_info
 
 
 _WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger", "profiler")
@@ -310,8 +311,8 @@ class Trainer(CheckpointingMixin, DataMixin):
             if found is not None:
                 checkpoint.restore(self, found[1], found[0])
                 if self.is_global_zero:
-                    print(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
-                          f"batch_idx {self.state.batch_idx}).")
+                    rank_zero_info(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
+                                   f"batch_idx {self.state.batch_idx}).")
         # asked for after the checkpoint's datamodule state is back, as in Lightning
         train_loader = self._fit_train_loader()
         val_loaders = self.val_dataloaders = self._stage_loaders("validate", self._given_loaders["validate"])
@@ -397,8 +398,6 @@ class Trainer(CheckpointingMixin, DataMixin):
             return True
         state.should_stop = False
         if not getattr(self, "_told_min", False):
-            from trainer._logging import rank_zero_info
-
             self._told_min = True
             rank_zero_info(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); it "
                            f"continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")

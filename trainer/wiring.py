@@ -14,6 +14,7 @@ from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.datamodule import loaders_from
 from trainer.module import TrainModule
 from trainer.seed import install_worker_seeding
+from trainer._logging import rank_zero_info
 
 
 class DataMixin:
@@ -124,8 +125,6 @@ def _callback_list(callbacks: Any) -> list[Callback]:
 def _shown(results: list[dict[str, float]], verbose: bool) -> list[dict[str, float]]:
     """validate/test(verbose=True): the results as a table on rank zero (Lightning prints one too)."""
     if verbose and any(results):
-        from trainer._logging import rank_zero_info
-
         names = sorted({name for result in results for name in result})
         width = max(len(n) for n in names)
         lines = [f"{'metric':<{width}}  " + "  ".join(f"{f'dataloader {i}':>14}" for i in range(len(results)))]
