@@ -26,6 +26,7 @@ import torch
 
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
+from trainer.checkpoint_layout import check_layout
 from trainer.data_position import rng_states, set_rng_states
 from trainer._logging import rank_zero_info
 
@@ -103,6 +104,7 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or not ("state_dict" in ckpt or "sharded" in ckpt):
         raise CheckpointError(f"{path!r} is not a checkpoint written by this library (no format_version/state_dict). "
                               "For plain weights use TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
+    check_layout(ckpt, path)  # every field this library reads, named when wrong
     version = ckpt["format_version"]
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path!r} has checkpoint format {version}, newer than the {FORMAT_VERSION} this "
@@ -259,7 +261,9 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
-            return path, read_verified(strategy, path, mmap=True)
+            ckpt = read_verified(strategy, path, mmap=True)
+            check_layout(ckpt, path)  # a malformed file is passed over like a damaged one
+            return path, ckpt
         except CorruptCheckpointError as err:
             warnings.warn(f"ckpt_path='last': skipping a damaged checkpoint. {err}", stacklevel=3)
     if trainer.is_global_zero:

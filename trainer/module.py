@@ -311,7 +311,7 @@ class TrainModule(torch.nn.Module):
         from trainer.strategies.checkpoint_io import safe_load
 
         ckpt = safe_load(str(checkpoint_path))
-        check_compatible(ckpt, str(checkpoint_path), world_size=1)
+        check_compatible(ckpt, str(checkpoint_path), world_size=None)  # weights only: any world size
         if not ckpt.get("state_dict"):
             raise ValueError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): the checkpoint holds no "
                              "weights (a sharded checkpoint keeps them in its shards). Merge it first with "
