@@ -132,3 +132,13 @@ def test_last_passes_over_a_malformed_last_ckpt_to_the_newest_whole_checkpoint(t
     assert resumed.global_step == 16  # resumed from the end of epoch 1: nothing left to train
     kept = safe_load(str(ckpts / "epoch=1-step=16.ckpt"))["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_load_from_checkpoint_takes_weights_from_a_mid_epoch_checkpoint_of_any_world_size(tmp_path, good):
+    content = copy.deepcopy(good)
+    assert content["loops"]["batch_idx"] == 3  # saved inside epoch 0
+    content["metadata"]["world_size"] = 2
+    path = str(tmp_path / "two.ckpt")
+    atomic_save(content, path)
+    model = BoringModel.load_from_checkpoint(path)  # only weights: the world size that saved them is irrelevant
+    assert torch.equal(model.layer.weight, good["state_dict"]["layer.weight"])
