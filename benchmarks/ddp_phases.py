@@ -113,8 +113,10 @@ WORKER = textwrap.dedent("""
                           enable_checkpointing=False, accelerator="cpu", callbacks=[Clock()])
         trainer.fit(Net(), DataLoader(data, batch_size=64))
         rank = trainer.global_rank
+        agreements = trainer._stop_agreement.reductions
     if rank == 0:
         json.dump({"step_ms": (marks.t1 - marks.t0) * 1e3 / steps,
+                   "agreements": agreements if mode != "raw" else 0, "steps": warmup + steps + 1,
                    "phases_ms": {k: v * 1e3 / steps for k, v in spent.items()}}, open(out, "w"))
 """)
 
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     for ph in (*PHASES, "loop's own work", "step"):
         a, b = rows["raw"][ph], rows["trainer"][ph]
         print(f"| {ph} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+    counts = [(r["agreements"], r["steps"]) for r in runs["trainer"]]
+    print(f"\nPreemption agreements (gloo all-reduces) per Trainer run: {counts[0][0]} in {counts[0][1]} steps "
+          f"(every round: {sorted({c for c, _ in counts})})")
     ratios = [r["step_ms"] / t["step_ms"] for r, t in zip(runs["raw"], runs["trainer"])]
     print(f"\nSpeed of this Trainer relative to raw DDP (raw step time / Trainer step time): median "
           f"{med(ratios):.3f}x, range {min(ratios):.3f}-{max(ratios):.3f}x")

@@ -199,12 +199,18 @@ def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any],
             state.val_pending = False  # a checkpoint written during validation must not repeat it
             eval_loop.run_validation(trainer, val_loaders)
             trainer._sync_should_stop()
-        if closes_window and trainer._stop_agreement.poll(trainer._preempted):
+        if closes_window and _stop_agreed(trainer._stop_agreement, trainer._preempted, is_last):
             trainer._preempt()
         if stepped and not is_last and (trainer._stop_requested() or 0 <= max_steps <= state.global_step
                                         or (max_time is not None and trainer._time_is_up())):
             return False
     return True
+
+
+def _stop_agreed(agreement: Any, preempted: bool, is_last: bool) -> bool:
+    """Whether a SIGTERM on any rank stops every rank at this step: polled every few steps, and
+    settled (blocking) at the epoch's last step, so a pending stop is never lost at the epoch's end."""
+    return agreement.settle(preempted) if is_last else agreement.poll(preempted)
 
 
 def _micro_step(trainer: Any, output: Any, batch_idx: int, piece_size: int | None = None) -> None:

@@ -37,20 +37,29 @@ class StopAgreement:
 
     SLURM and Kubernetes signal processes at slightly different moments (or only some of them); a
     rank that stopped alone would leave the others waiting in a collective. So every rank starts an
-    asynchronous MAX all-reduce of its flag on a CPU (gloo) group at agreed steps, and reads its
-    result at the next agreed step: all ranks see the same answer at the same step, and the step
-    never waits on it (the reduction of a few bytes ran while the steps computed).
+    asynchronous MAX all-reduce of its flag on a CPU (gloo) group at agreed optimizer steps, and
+    reads its result at the next agreed step: all ranks see the same answer at the same step, and
+    the step never waits on it (the reduction of a few bytes ran while the steps computed).
 
     The agreement is not made at every step: on gloo it queues behind DDP's gradient all-reduce
-    and cost ~0.8 ms of a ~9 ms step (benchmarks/ddp_phases.py). Each reduction also carries every
-    rank's proposal for the next interval -- as many steps as take ``every_s`` seconds at its
-    pace -- and the smallest wins, so every rank knows the same next step. A signal is acted on
-    within about two intervals (~1 s with the default 0.5 s), at least one step after it arrived,
-    well inside the 30-120 s that schedulers give between SIGTERM and SIGKILL. One process: the
-    flag is read directly, at every step.
+    and cost ~0.8 ms of a ~9 ms step (benchmarks/ddp_phases.py). Its interval is a number of
+    optimizer steps, fixed for the fit and the same on every rank: ``every_n_steps`` if set, else
+    as many steps as take ``every_s`` seconds at the slowest rank's pace. The first three steps
+    agree at every step; the second one's reduction carries every rank's proposal (from the time
+    its first step took) and the smallest wins. Reductions then start at steps 3, 3 + n, 3 + 2n,
+    ..., each read when the next starts: which step the stop lands on depends only on the step
+    the signal reached a rank at, never on timing. A signal is acted on within two intervals
+    (~1 s with the default 0.5 s), well inside the 30-120 s that schedulers give between SIGTERM
+    and SIGKILL.
+
+    ``settle`` is a blocking agreement for the one point where a pending stop would otherwise be
+    lost: the last step of an epoch (before the epoch-end hooks and checkpoints, and before fit can
+    end; ``_sync_should_stop`` makes a collective there anyway). One process: the flag is read
+    directly, at every step.
     """
 
-    every_s = 0.5  # seconds of training between two agreements (0: at every optimizer step)
+    every_s = 0.5  # seconds of training between two agreements, when every_n_steps is None
+    every_n_steps: int | None = None  # a fixed interval in optimizer steps (1: at every step)
     max_interval = 10_000
 
     def __init__(self, world_size: int) -> None:
@@ -61,44 +70,75 @@ class StopAgreement:
         if self._dist is not None and self._dist.get_backend() != "gloo":
             self._group = self._dist.new_group(backend="gloo")  # nccl cannot reduce a CPU tensor
         self._pending: Any = None
-        self._countdown = 1  # polls until the next agreement
-        self._interval = 1   # the agreed number of polls between two agreements
-        self._since: float | None = None
+        self._polls = 0
+        self._interval = 0  # agreed steps between two agreements; 0 until the proposals are read
+        self._countdown = 0
+        self._first_poll_at = 0.0
         self.reductions = 0
 
     def poll(self, local: bool) -> bool:
         """True on every rank at the same step once any rank has ``local`` set."""
         if self._dist is None:
             return local
+        if self._polls < 3:  # the first polls: time a step, agree on the interval
+            return self._agree_interval(local)
         self._countdown -= 1
         if self._countdown > 0:
             return False
-        import time
-
-        import torch
-
-        now = time.monotonic()
-        if self._pending is not None:
-            work, buf = self._pending
-            work.wait()
-            self._pending = None
-            if buf[0].item():
-                return True  # nothing more in flight: the stop happens now, on every rank
-            self._interval = int(-buf[1].item())  # the smallest proposal: the same on every rank
-        proposal = 1
-        if self._since is not None and self.every_s > 0:
-            per_poll = (now - self._since) / self._interval
-            proposal = int(min(self.max_interval, max(1.0, self.every_s / max(per_poll, 1e-9))))
-        self._since = now
-        buf = torch.tensor([1 if local else 0, -proposal], dtype=torch.int64)  # MAX of -x is -(MIN of x)
-        self._pending = (self._dist.all_reduce(buf, op=self._dist.ReduceOp.MAX, group=self._group,
-                                               async_op=True), buf)
-        self.reductions += 1
         self._countdown = self._interval
-        return False
+        return self._read_pending() or self._start(local, 0)
+
+    def settle(self, local: bool) -> bool:
+        """A blocking agreement (every rank's flag, now): True on every rank if any has ``local``."""
+        if self._dist is None:
+            return local
+        if self._read_pending():
+            return True
+        self._start(local, 0)
+        return self._read_pending()
 
     def drain(self) -> None:
         """Finish the reduction still in flight (every rank started the same number)."""
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+
+    def _agree_interval(self, local: bool) -> bool:
+        """The first polls agree at every step: the second one sends each rank's proposal for the
+        interval (from the time its first step took), and reading that reduction fixes the interval."""
+        import time
+
+        self._polls += 1
+        if self._read_pending():
+            return True
+        if self._polls == 1:
+            self._first_poll_at = time.monotonic()
+            return self._start(local, 0)
+        if self._interval:  # the proposals were read (by this poll, or a settle before it)
+            return self._start(local, 0)
+        proposal = self.every_n_steps
+        if proposal is None:
+            step_s = max(time.monotonic() - self._first_poll_at, 1e-9) / (self._polls - 1)
+            proposal = int(min(self.max_interval, max(1.0, self.every_s / step_s)))
+        return self._start(local, max(1, int(proposal)))
+
+    def _start(self, local: bool, proposal: int) -> bool:
+        import torch
+
+        buf = torch.tensor([1 if local else 0, -proposal], dtype=torch.int64)  # MAX of -x is -(MIN of x)
+        self._pending = (self._dist.all_reduce(buf, op=self._dist.ReduceOp.MAX, group=self._group,
+                                               async_op=True), buf)
+        self.reductions += 1
+        return False
+
+    def _read_pending(self) -> bool:
+        """Wait for the reduction in flight; True if a rank had its flag set. A reduction that carried
+        interval proposals fixes the interval (the smallest proposal: the same on every rank)."""
+        if self._pending is None:
+            return False
+        work, buf = self._pending
+        work.wait()
+        self._pending = None
+        if buf[1].item() < 0:
+            self._interval = self._countdown = int(-buf[1].item())
+        return bool(buf[0].item())
