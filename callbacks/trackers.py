@@ -186,7 +186,8 @@ class WandbLogger(Logger):
         self._run = None
 
     def close(self) -> None:
-        """Finish the run (uploads or, offline, seals the local files)."""
+        """Finish the run. wandb's own service process then writes the last records (offline: the
+        ``run-<id>.wandb`` file) in the background; they are complete at the latest when this process exits."""
         if self._run is not None:
             self._run.finish(exit_code=0)
             self._run = None

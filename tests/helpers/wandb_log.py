@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from typing import Any, Iterator
 
@@ -45,17 +46,33 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             pending = b""
 
 
-def read_run(path: str) -> dict[str, Any]:
-    """{"history": [{key: value, "_step": n}], "config": {key: value}} of one offline run file."""
+def _records(path: str) -> list[Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    history: list[dict[str, Any]] = []
-    config: dict[str, Any] = {}
     with open(path, "rb") as f:
         data = f.read()
+    records = []
     for payload in _payloads(data):
         record = pb.Record()
         record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def read_run(path: str, timeout: float = 60.0) -> dict[str, Any]:
+    """{"history": [{key: value, "_step": n}], "config": {key: value}} of one offline run file.
+
+    wandb's service (wandb-core, its own process) writes the transaction log after ``run.finish()``
+    has returned -- on a loaded machine the file can still hold only its 7-byte header then. So this
+    waits (up to ``timeout`` seconds) for the run's ``exit`` record, written last."""
+    deadline = time.monotonic() + timeout
+    records = _records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = _records(path)
+    history: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
