@@ -37,8 +37,9 @@ class ModelCheckpoint(Callback):
         async_save: write on a background thread: training stops only while the state is copied
             to CPU memory (the copy needs as much memory as the checkpoint), then goes on while the
             file is written, fsynced and renamed into place. Saves stay in order, ``last.ckpt``
-            and evictions follow each write, and fit ends only once the last write is whole. For
-            single-file checkpoints (not FSDP or DeepSpeed, whose ranks each write their own shards).
+            and evictions follow each write, and fit ends only once the last write is whole. With
+            FSDP every rank copies its own shards and writes them behind (the same atomic directory,
+            over a process group of their own); not with DeepSpeed, whose engine writes its shards.
 
     Its bookkeeping (the best k paths and scores) is checkpointed too, so after a resume it
     neither rescans the directory nor deletes files it did not write.
@@ -91,11 +92,12 @@ class ModelCheckpoint(Callback):
 
     # -- when ---------------------------------------------------------------------------------
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
-        sharded = getattr(trainer.accelerator.strategy, "sharded_format", None)
-        if self.async_save and sharded:
-            raise ValueError(f"ModelCheckpoint(async_save=True) with {type(trainer.accelerator.strategy).__name__}: its "
-                             "checkpoints are sharded, each rank writing its own part, and background writes are for "
-                             "single-file checkpoints. Use ModelCheckpoint(async_save=False) with this strategy.")
+        strategy = trainer.accelerator.strategy
+        if self.async_save and getattr(strategy, "sharded_format", None) and not hasattr(strategy, "stage_sharded"):
+            raise ValueError(f"ModelCheckpoint(async_save=True) with {type(strategy).__name__}: its checkpoints are "
+                             "sharded, each rank writing its own part through its engine, which cannot be copied aside "
+                             "for a background write (FSDP's can). Use ModelCheckpoint(async_save=False) with this "
+                             "strategy.")
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         self.dirpath = os.path.abspath(self.dirpath)
@@ -193,7 +195,11 @@ class ModelCheckpoint(Callback):
         writer = trainer._background_writes
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
         ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
-        if trainer.is_global_zero:
+        strategy = trainer.accelerator.strategy
+        if getattr(strategy, "sharded_format", None):  # every rank copies its shards now and writes them behind
+            staged = strategy.stage_sharded(ckpt, trainer.module, trainer.optimizers)
+            writer.submit(lambda: self._write(trainer, written, evicted, staged), written or self.last_model_path)
+        elif trainer.is_global_zero:
             ckpt = snapshot(ckpt)  # training may change the state from here on
             writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)
 
@@ -217,12 +223,15 @@ class ModelCheckpoint(Callback):
             warnings.warn(message + " Training goes on (stop_on_nonfinite_loss=False).", stacklevel=2)
         return False
 
-    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: dict[str, Any] | None) -> None:
+    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: Any) -> None:
         """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is a snapshot to
-        write from the background thread on rank zero only (no collectives there); None: save now."""
+        write from the background thread on rank zero only (no collectives there), or a sharded
+        strategy's staged write (every rank, over its own group); None: save now."""
         def save(path: str) -> None:
             if ckpt is None:
                 trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            elif callable(ckpt):
+                ckpt(path)
             else:
                 atomic_save(ckpt, path)
 

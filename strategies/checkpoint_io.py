@@ -231,8 +231,15 @@ def atomic_link(src: str, dst: str) -> bool:
 
 def snapshot(obj: Any) -> Any:
     """A copy of a checkpoint's content that training can no longer change: every tensor copied
-    to the CPU, every container rebuilt (plain values are immutable and shared)."""
+    to the CPU (a DTensor's local shard, keeping its mesh and placements), every container rebuilt
+    (plain values are immutable and shared)."""
     if isinstance(obj, torch.Tensor):
+        if hasattr(obj, "to_local") and hasattr(obj, "placements"):  # a DTensor: copy the local shard, keep its layout
+            from torch.distributed.tensor import DTensor
+
+            local = obj.to_local().detach().to("cpu", copy=True)
+            return DTensor.from_local(local, obj.device_mesh, obj.placements, run_check=False, shape=obj.shape,
+                                      stride=obj.stride())
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         items = [(k, snapshot(v)) for k, v in obj.items()]

@@ -64,6 +64,7 @@ class FSDPStrategy(DDPStrategy):
         self.auto_wrap_policy, self.cpu_offload = auto_wrap_policy, cpu_offload
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward, self.sharding = reshard_after_forward, sharding
+        self._writer_group: Any = None  # the gloo group of background checkpoint writes (stage_sharded)
         self._check_precision()
 
     @classmethod
@@ -214,9 +215,45 @@ class FSDPStrategy(DDPStrategy):
         """``path`` becomes a directory: DCP shards of the model and optimizer state (no gather on rank
         zero) and ``meta.ckpt`` with the rest of ``checkpoint`` (loop state, RNG, callbacks, ...)."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
         from .checkpoint_io import atomic_directory
+
+        tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
+        atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), self.is_global_zero,
+                         self.broadcast, self.barrier)
+
+    def stage_sharded(self, checkpoint: dict[str, Any], module: torch.nn.Module,
+                      optimizers: list[torch.optim.Optimizer]) -> Callable[[str], None]:
+        """Copy this rank's shards to CPU memory now (training may change them from here on) and return
+        the write, ``write(path)``, for a background thread of every rank (``ModelCheckpoint(async_save=
+        True)``). It writes what ``save_sharded`` writes, with the same atomic directory, over a gloo
+        group of its own: its collectives never interleave with the training thread's."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        from .checkpoint_io import atomic_directory, snapshot
+
+        tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
+        tensors = snapshot(tensors)
+        if self._writer_group is None:  # every rank is here (a save is collective): create it once
+            self._writer_group = dist.new_group(backend="gloo", timeout=self.timeout)
+        group, is_main = self._writer_group, self.is_global_zero
+
+        def broadcast(obj: Any) -> Any:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0, group=group)
+            return box[0]
+
+        def write(path: str) -> None:
+            atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp, process_group=group),
+                             is_main, broadcast, lambda: dist.barrier(group=group))
+
+        return write
+
+    def _sharded_parts(self, checkpoint: dict[str, Any], module: torch.nn.Module,
+                       optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The sharded state dicts for DCP, and the rest of ``checkpoint`` for ``meta.ckpt``."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
         weights_only = "optimizer_states" not in checkpoint
         model_sd, optim_sd = get_state_dict(module, [] if weights_only else list(optimizers))
@@ -225,8 +262,7 @@ class FSDPStrategy(DDPStrategy):
         meta["sharded"] = self.sharded_format
         if not weights_only:
             meta["optimizer_states"] = "sharded"
-        atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), self.is_global_zero,
-                         self.broadcast, self.barrier)
+        return tensors, meta
 
     def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
         """Read the shards this rank needs (any number of ranks may have written them) into the module

@@ -3,6 +3,7 @@ test_crash_safety: with TRAINER_TEST_KILL_IN_SWAP set, the process SIGKILLs itse
 renames of a directory swap (the old checkpoint moved aside, the new one not yet in place).
 
     python swap_kill_script.py trainer RUN_DIR EPOCHS     # fit(ckpt_path="last"), prints the steps
+    python swap_kill_script.py trainer-async RUN_DIR EPOCHS   # the same, ModelCheckpoint(async_save=True)
     python swap_kill_script.py accelerator STATE_DIR N    # save_state N times, then load_state
 """
 
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def trainer_run(run_dir: str, epochs: int) -> None:
+def trainer_run(run_dir: str, epochs: int, async_save: bool = False) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -28,7 +29,7 @@ def trainer_run(run_dir: str, epochs: int) -> None:
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     trainer = Trainer(max_epochs=epochs, strategy=FSDPStrategy(), accelerator="cpu", logger=False,
                       enable_progress_bar=False, default_root_dir=run_dir,
-                      callbacks=[ModelCheckpoint(save_top_k=0, save_last=True)])
+                      callbacks=[ModelCheckpoint(save_top_k=0, save_last=True, async_save=async_save)])
     trainer.fit(BoringModel(), DataLoader(TensorDataset(x, y), batch_size=4), ckpt_path="last")
     print(f"finished at global_step {trainer.global_step}", flush=True)
 
@@ -66,4 +67,7 @@ def accelerator_run(state_dir: str, saves: int) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     kind, where, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    (trainer_run if kind == "trainer" else accelerator_run)(where, count)
+    if kind.startswith("trainer"):
+        trainer_run(where, count, async_save=kind == "trainer-async")
+    else:
+        accelerator_run(where, count)

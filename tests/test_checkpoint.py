@@ -266,13 +266,13 @@ def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tm
     assert "step=2.ckpt in the background failed: OSError" in notes
 
 
-def test_async_save_is_refused_for_sharded_checkpoints():
-    from trainer.strategies import FSDPStrategy
+def test_async_save_is_refused_for_deepspeed_checkpoints():
+    from trainer.strategies import DeepSpeedStrategy
 
     ckpt = ModelCheckpoint(async_save=True)
-    trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(strategy=FSDPStrategy()))
-    with pytest.raises(ValueError, match=r"async_save=True\) with FSDPStrategy: its checkpoints are sharded.*"
-                                         r"async_save=False"):
+    trainer = types.SimpleNamespace(accelerator=types.SimpleNamespace(strategy=DeepSpeedStrategy()))
+    with pytest.raises(ValueError, match=r"async_save=True\) with DeepSpeedStrategy: its checkpoints are sharded.*"
+                                         r"FSDP's can.*async_save=False"):
         ckpt.setup(trainer, None, "fit")
 
 

@@ -201,10 +201,12 @@ def _swap_run(*args: str, kill: bool = False) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(500)
-def test_a_kill_between_the_two_renames_of_a_sharded_save_loses_nothing(tmp_path):
+@pytest.mark.parametrize("kind", ["trainer", "trainer-async"])
+def test_a_kill_between_the_two_renames_of_a_sharded_save_loses_nothing(tmp_path, kind):
     # FSDP writes last.ckpt (a directory) after epoch 0; after epoch 1 the process is SIGKILLed with
-    # the old last.ckpt moved aside and the new one not yet renamed in: no checkpoint has its real name
-    killed = _swap_run("trainer", str(tmp_path), "2", kill=True)
+    # the old last.ckpt moved aside and the new one not yet renamed in: no checkpoint has its real name.
+    # "trainer-async": ModelCheckpoint(async_save=True), the kill lands in its background writer
+    killed = _swap_run(kind, str(tmp_path), "2", kill=True)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     names = sorted(os.listdir(tmp_path / "checkpoints"))
     assert "last.ckpt" not in names and any(".new." in n for n in names) and any(".old." in n for n in names)

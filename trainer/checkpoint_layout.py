@@ -125,7 +125,9 @@ def check_layout(ckpt: Any, path: str) -> None:
     sharded = ckpt.get("sharded")
     if sharded is not None and not isinstance(sharded, str):
         c.fail("sharded", sharded, "the name of a sharded format (a string)")
-    weights = c.mapping(c.get(ckpt, "state_dict", "state_dict"), "state_dict")
+    # a sharded checkpoint's meta.ckpt has no state_dict: its weights lie in the shards beside it
+    weights = c.mapping(ckpt["state_dict"] if sharded and "state_dict" in ckpt else {} if sharded
+                        else c.get(ckpt, "state_dict", "state_dict"), "state_dict")
     for name, value in weights.items():
         if not isinstance(value, torch.Tensor):
             c.fail(f"state_dict[{name!r}]", value, "a tensor")
