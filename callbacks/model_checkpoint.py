@@ -116,7 +116,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._last_global_step_saved or trainer._window_open():
+        if step == self._last_global_step_saved or trainer.is_accumulating:
             return
         due_steps = self.every_n_train_steps and step % self.every_n_train_steps == 0
         due_time = self.train_time_interval and time.monotonic() - self._last_time_saved >= self.train_time_interval
@@ -124,7 +124,7 @@ class ModelCheckpoint(Callback):
             if self.monitor is not None:
                 # the step's logged values are read back only at log intervals (no host sync per step);
                 # this save ranks by one of them, so read them now (without a row for the loggers)
-                trainer._publish_train_metrics(log=False)
+                trainer.refresh_callback_metrics()
             self._save(trainer)
 
     def on_validation_end(self, trainer: Any, module: Any) -> None:
@@ -140,7 +140,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         # fit stopped inside an epoch (max_steps, max_time): keep that point too, to resume from it
-        stopped_inside = trainer.state.batch_idx > 0 and not trainer._window_open()
+        stopped_inside = trainer.state.batch_idx > 0 and not trainer.is_accumulating
         if stopped_inside and trainer.global_step != self._last_global_step_saved:
             self._save(trainer)
 
@@ -192,7 +192,7 @@ class ModelCheckpoint(Callback):
         if not self.async_save:
             self._write(trainer, written, evicted, None)
             return
-        writer = trainer._background_writes
+        writer = trainer.background_writer
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
         ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
         strategy = trainer.accelerator.strategy

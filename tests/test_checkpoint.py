@@ -171,7 +171,7 @@ def test_async_save_writes_the_same_checkpoints_as_a_synchronous_save(tmp_path, 
     sync, _ = run("sync", False)
     monkeypatch.setenv("TRAINER_TEST_SAVE_DELAY", "0.05")  # every background write lags behind training
     asyn, trainer = run("async", True)
-    assert not trainer._background_writes.pending  # fit returned only after the last write was whole
+    assert not trainer.background_writer.pending  # fit returned only after the last write was whole
     files = _checkpoint_files(tmp_path / "sync")
     assert sorted(files) == sorted(os.listdir(tmp_path / "async")) == ["epoch=3.ckpt", "epoch=4.ckpt", "last.ckpt"]
     for name, content in files.items():
@@ -261,7 +261,7 @@ def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tm
     trainer = _trainer(tmp_path, max_steps=6, callbacks=[ckpt])
     with pytest.raises(ValueError, match="boom at step 3") as caught:
         trainer.fit(Boom(), regression_loader())
-    assert not trainer._background_writes.pending
+    assert not trainer.background_writer.pending
     notes = "\n".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
     assert "step=2.ckpt in the background failed: OSError" in notes
 
@@ -563,8 +563,8 @@ def test_a_training_metric_ranks_step_checkpoints_read_back_only_on_saving_steps
     trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, log_every_n_steps=50,
                       callbacks=[Record(), ckpt])
     flushes = []
-    real_flush = trainer._metrics.flush_train
-    monkeypatch.setattr(trainer._metrics, "flush_train", lambda: (flushes.append(trainer.global_step), real_flush()))
+    real_flush = trainer.fit_loop.metrics.flush_train
+    monkeypatch.setattr(trainer.fit_loop.metrics, "flush_train", lambda: (flushes.append(trainer.global_step), real_flush()))
     trainer.fit(BoringModel(), regression_loader(n=64, batch_size=4))
     saved_steps = [3, 6, 9, 12, 15]
     best = sorted(saved_steps, key=lambda s: losses[s])[:2]

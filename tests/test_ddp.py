@@ -165,7 +165,7 @@ class _SigtermOnRank1(Callback):
         self.at_step = at_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.global_rank == 1 and trainer.global_step == self.at_step and not trainer._preempted:
+        if trainer.global_rank == 1 and trainer.global_step == self.at_step and not trainer.fit_loop.preempted:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -218,7 +218,7 @@ def _interval_worker(cases):
             trainer.fit(Model(), DataLoader(TensorDataset(x, y, mask), batch_size=3))
         except SystemExit as stop:
             out.append({"exit": stop.code, "step": trainer.global_step,
-                        "reductions": trainer._stop_agreement.reductions})
+                        "reductions": trainer.fit_loop.stop_agreement.reductions})
         else:
             out.append({"exit": None, "step": trainer.global_step})
     return out

@@ -89,7 +89,7 @@ def test_split_update_equals_the_unsplit_update(batch, k, n, limit, where, use_n
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert max(model.sizes) <= max(batch, limit) and trainer.global_step > 0
     if min(batch, n) > limit:  # the size that worked is remembered: after the first batch, nothing fails again
-        assert trainer._oom_splitter.piece <= limit
+        assert trainer.fit_loop.oom_splitter.piece <= limit
 
 
 def test_uneven_halves_and_one_notice(caplog):

@@ -108,7 +108,7 @@ def _table(out: str) -> tuple[dict[str, tuple[int, float]], float]:
 
 class Watch(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.hooks_type = type(trainer._hooks)
+        self.hooks_type = type(trainer.fit_loop.hooks)
         self.shadowed = sorted(vars(trainer.strategy).keys() & {"backward", "optimizer_step", "zero_grad"})
 
 

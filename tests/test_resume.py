@@ -62,7 +62,7 @@ class CrashAfterStep(Callback):
         self.step, self.path = step, path
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and not trainer._window_open():
+        if trainer.global_step == self.step and not trainer.is_accumulating:
             trainer.save_checkpoint(self.path)
             raise Crash()
 

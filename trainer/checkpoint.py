@@ -44,13 +44,14 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
-    """The whole training state of ``trainer`` as a checkpoint dict."""
+def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
+    """The whole training state of ``trainer`` as a checkpoint dict (``hooks``: the running stage's
+    dispatch, for ``on_save_checkpoint``)."""
     from trainer import __version__
 
     module = trainer.module
     if trainer.state.stage in ("fit", "sanity_check"):
-        trainer._metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
+        trainer.fit_loop.metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
     strategy = trainer.accelerator.strategy
     sharded = getattr(strategy, "sharded_format", None)  # its weights and optimizer state go in shards
     ckpt: dict[str, Any] = {
@@ -69,33 +70,15 @@ def dump(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             "optimizer_states": "sharded" if sharded else [opt.state_dict() for opt in trainer.optimizers],
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             "precision": strategy.precision.state_dict(),
-            "loops": _loop_state(trainer),
+            "loops": trainer.fit_loop.state_dict(),
             "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
             "callbacks": _callback_states(trainer.callbacks),
         })
         if trainer.datamodule is not None:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
             ckpt["datamodule_hparams"] = _plain(dict(trainer.datamodule.hparams))
-        trainer._hooks("on_save_checkpoint", ckpt)
+        hooks("on_save_checkpoint", ckpt)
     return ckpt
-
-
-def _loop_state(trainer: Any) -> dict[str, Any]:
-    state = trainer.state
-    if state.batch_idx and trainer._window_open():
-        warnings.warn(f"Saving a checkpoint in the middle of an accumulation window (batch_idx {state.batch_idx}): "
-                      "the gradients accumulated since the last optimizer step are not saved.", stacklevel=3)
-    return {
-        "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
-        "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
-        "val_pending": state.val_pending,
-        # an epoch-end checkpoint: batch_idx is that epoch's length on this world size, not a position
-        "epoch_trained": bool(state.batch_idx) and state.batch_idx >= (getattr(trainer, "_num_train_batches", None)
-                                                                       or float("inf")),
-        "epoch_start_rng": trainer._epoch_start_rng,
-        "results": trainer._results["train"].state_dict(),
-        "callback_metrics": dict(trainer.callback_metrics),
-    }
 
 
 def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
@@ -151,7 +134,7 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
         module.load_state_dict(state_dict, strict=False)
 
 
-def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
+def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
     """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
     module, strategy = trainer.module, trainer.accelerator.strategy
     check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
@@ -169,13 +152,13 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
         if "optimizer_states" not in ckpt:
             raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training.")
         strategy.load_sharded(path, module, trainer.optimizers)
-        trainer._hooks("on_load_checkpoint", ckpt)
+        hooks("on_load_checkpoint", ckpt)
         _restore_rest(trainer, ckpt, path)
         return
     pages = getattr(ckpt, "pages", None)  # a memory-mapped file: copy into the live state piece by piece
     load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
                       strict=getattr(module, "strict_loading", True), pages=pages)
-    trainer._hooks("on_load_checkpoint", ckpt)
+    hooks("on_load_checkpoint", ckpt)
     if "optimizer_states" not in ckpt:
         raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
                               "Load it with model.load_state_dict(...) and start a new fit instead.")
@@ -204,14 +187,8 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     for cfg, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         cfg.scheduler.load_state_dict(state)
     strategy.precision.load_state_dict(ckpt.get("precision", {}))
-    loops = ckpt["loops"]
-    s = trainer.state
-    s.global_step, s.current_epoch, s.batch_idx = loops["global_step"], loops["current_epoch"], loops["batch_idx"]
-    s.batches_seen, s.samples_seen, s.should_stop = loops["batches_seen"], loops["samples_seen"], loops["should_stop"]
-    s.val_pending, s.epoch_trained = loops["val_pending"], bool(loops.get("epoch_trained", False))
-    trainer._epoch_start_rng = loops.get("epoch_start_rng")
-    trainer._results["train"].load_state_dict(loops.get("results", {}))
-    trainer._metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+    loop = trainer.fit_loop
+    loop.load_state_dict(ckpt["loops"])
     if trainer.datamodule is not None and "datamodule" in ckpt:
         trainer.datamodule.load_state_dict(ckpt["datamodule"])
     by_key = {cb.state_key: cb for cb in trainer.callbacks}
@@ -219,8 +196,8 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
         if key in by_key:
             by_key[key].load_state_dict(state)
     rng = ckpt.get("rng", {})
-    trainer._resume_rng = rng.get(strategy.global_rank) if rng else None
-    if trainer._resume_rng is None and rng:
+    loop.resume_rng = rng.get(strategy.global_rank) if rng else None
+    if loop.resume_rng is None and rng:
         warnings.warn(f"{path!r} has no RNG state for rank {strategy.global_rank}; random streams restart.",
                       stacklevel=3)
 
@@ -249,7 +226,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
             _recover(os.path.dirname(os.path.abspath(ckpt_path)), only=os.path.basename(ckpt_path))
         strategy.barrier("recover checkpoint")
         return ckpt_path, read_verified(strategy, ckpt_path, mmap=True)
-    dirpath = trainer._checkpoint_dir()
+    dirpath = trainer.checkpoint_dir
     candidates: list[str] = []
     if strategy.is_global_zero and os.path.isdir(dirpath):
         _recover(dirpath)

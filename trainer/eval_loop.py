@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -40,11 +40,15 @@ def _no_grad(trainer: Any) -> Any:
     return torch.inference_mode() if trainer.config.inference_mode else torch.no_grad()
 
 
-def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") -> list[dict[str, float]]:
-    """Run ``validation_step`` (or ``test_step``) over ``loaders`` and publish epoch metrics."""
-    module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, metrics: Any,
+                   limit: Callable[[str, Any], int | None]) -> list[dict[str, float]]:
+    """Run ``validation_step`` (or ``test_step``) over ``loaders`` and publish epoch metrics.
+
+    The Trainer hands over its collaborators: ``hooks`` (the stage's dispatch), ``metrics`` (the
+    ``MetricsPublisher``) and ``limit(stage, loader)`` (batches to take from a loader)."""
+    module, accel = trainer.module, trainer.accelerator
     check_step_signature(module, stage, len(loaders), f"trainer.{trainer.state.stage}")
-    prefix, results = _HOOK_PREFIX[stage], trainer._results["test" if stage == "test" else "validate"]
+    prefix, results = _HOOK_PREFIX[stage], metrics.stage_results(stage)
     results.reset()
     step_fn = getattr(module, _STEP[stage])
     was_training, previous_results = module.training, module._results
@@ -57,8 +61,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
         for dataloader_idx, loader in enumerate(loaders):
             results.suffix = f"/dataloader_idx_{dataloader_idx}" if len(loaders) > 1 else ""
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
-            limit = trainer._eval_limit(stage, loader)
-            for batch_idx, batch in enumerate(itertools.islice(loader, limit)):
+            for batch_idx, batch in enumerate(itertools.islice(loader, limit(stage, loader))):
                 batch = move_batch(batch, dataloader_idx)
                 results.batch_size = batch_size_of(batch) or 1
                 hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
@@ -72,21 +75,22 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str = "validate") ->
     results.suffix = ""
     results.in_step = False
     hooks.module(f"on_{prefix}_epoch_end")
-    metrics = trainer._publish_eval_metrics(stage, len(loaders))
+    values = metrics.publish_eval(stage, len(loaders))
     hooks.callbacks(f"on_{prefix}_epoch_end")
     results.in_step = True
     hooks(f"on_{prefix}_end")
     if was_training:
         module.train()
     module._results = previous_results
-    return metrics
+    return values
 
 
-def run_predict(trainer: Any, loaders: list[Any], keep: bool = True) -> list[Any] | None:
+def run_predict(trainer: Any, loaders: list[Any], keep: bool, hooks: Any,
+                limit: Callable[[str, Any], int | None]) -> list[Any] | None:
     """``predict_step`` over every batch; returns its outputs (a list per loader if several), or None
     when ``keep`` is False (``return_predictions=False``: outputs are dropped after the batch hooks,
     unless a prediction writer writes them at epoch end)."""
-    module, hooks, accel = trainer.module, trainer._hooks, trainer.accelerator
+    module, accel = trainer.module, trainer.accelerator
     check_step_signature(module, "predict", len(loaders), "trainer.predict")
     store = keep or any(getattr(cb, "writes_on_epoch", False) for cb in trainer.callbacks)
     loaders = [_recording_indices(loader) for loader in loaders]
@@ -101,7 +105,7 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool = True) -> list[Any
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
             outputs: list[Any] = []
             per_loader.append(outputs)
-            for batch_idx, batch in enumerate(itertools.islice(loader, trainer._eval_limit("predict", loader))):
+            for batch_idx, batch in enumerate(itertools.islice(loader, limit("predict", loader))):
                 batch = move_batch(batch, dataloader_idx)
                 hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
                 with accel.autocast():

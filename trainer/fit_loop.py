@@ -1,5 +1,6 @@
-"""The training loop. It reads top to bottom:
+"""The training loop, and the state it owns. It reads top to bottom:
 
+    on_fit_start; sanity validation
     for each epoch:
         for each batch (one batch of look-ahead tells which is last):
             move it to the device
@@ -9,17 +10,25 @@
             read the logged values back every `log_every_n_steps` steps
             validate when it is time
         epoch-end logging, hooks, epoch schedulers
+    on_fit_end
 
 Accumulation: a window is `accumulate_grad_batches` micro-batches, or what is left of the
 epoch, each weighted by its number of items, so a step equals one big batch of the window. The
 mechanics (window, sync skipping, backward, exact normalisation, clip, step, zero, step count) are
 the ``StepEngine``'s (step_engine.py), the same object the Accelerator door drives.
+
+State: the ``FitLoop`` owns it -- the counters (``TrainerState``: global step, epoch, position in
+the epoch, pending validation, should_stop), the RNG states that decided the epoch's data order and
+those to put back on resume, the optimizers and schedulers fit set up -- and ``state_dict()`` /
+``load_state_dict()`` are what a checkpoint's ``"loops"`` entry holds. The Trainer hands the loop
+its collaborators (hooks, metrics, data sources); the loop reads the Trainer's public surface only.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -27,90 +36,394 @@ import torch
 from trainer.strategies import Strategy
 from trainer.strategies._util import batch_size_of
 from trainer import eval_loop
+from trainer._logging import rank_zero_info
 from trainer._wrappers import with_is_last
 from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                    skip_batches)
 from trainer.datamodule import batch_mover
-from trainer.optim import step_schedulers
+from trainer.manual import ModuleOptimizer
+from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
+from trainer.preemption import StopAgreement
+from trainer.state import TrainerState
 from trainer.step_errors import add_step_note, describe_batch
 
 
-def run_fit(trainer: Any, train_loader: Any, val_loaders: list[Any], num_batches: int | None,
-            val_every: int | None) -> None:
-    state = trainer.state
-    trainer._fit_start_time = time.monotonic()
-    hooks = trainer._hooks
-    trainer._oom_splitter = _make_splitter(trainer)
-    hooks("on_train_start")
-    if trainer._resume_rng is not None:
-        set_rng_states(trainer._resume_rng)  # every random stream continues from the checkpoint
-        trainer._resume_rng = None
-        if state.val_pending:
-            state.val_pending = False
-            eval_loop.run_validation(trainer, val_loaders)  # it was due right after the checkpoint was taken
-    while not trainer._should_stop_now():
-        start = state.batch_idx  # > 0 only when resuming inside an epoch
-        if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
-            train_loader = trainer._reload_dataloaders(train_loader, val_loaders)
-            num_batches = trainer.num_training_batches
-            val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
-        _set_sampler_epoch(train_loader, state.current_epoch)
-        trainer.module.train()
-        if start == 0:
-            trainer._results["train"].reset()
-        hooks("on_train_epoch_start")
-        seen, completed = state.batches_seen, True
-        if not state.epoch_trained and (num_batches is None or start < num_batches):
-            batches = _epoch_batches(trainer, train_loader, num_batches, start)
-            if trainer.profiler is not None:
-                batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
-            completed = _train_epoch(trainer, batches, start, val_loaders, val_every)
-        if state.batches_seen == seen and start == 0:
-            raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
-                             "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
-                             "and that an iterable dataset can be iterated more than once.")
-        if not completed:
-            # A limit (max_steps, max_time, should_stop) ended fit inside the epoch: the epoch is not
-            # over, so no epoch-end hooks and no epoch count; a checkpoint taken now resumes right here.
-            trainer._publish_train_metrics(epoch_end=True)
-            break
-        _end_train_epoch(trainer)
-    hooks("on_train_end")
+class FitLoop:
+    """``trainer.fit``'s loop and its state. One per Trainer (``trainer.fit_loop``), kept between
+    calls: ``save_checkpoint`` after fit saves where it ended.
 
-
-def _make_splitter(trainer: Any) -> Any:
-    """``Trainer(oom_split=True)``: the splitter, and the strategy's ``training_step`` without sync."""
-    if not trainer.config.oom_split:
-        return None
-    from trainer.oom import BatchSplitter
-
-    if getattr(trainer.module, "automatic_optimization", True) is False:
-        raise ValueError("Trainer(oom_split=True) splits micro-batches of the loop's own optimization, but "
-                         f"{type(trainer.module).__name__} sets automatic_optimization = False. Split the batch in "
-                         "your training_step instead, or remove oom_split=True.")
-    strategy = trainer.accelerator.strategy
-    trainer._local_training_step = strategy.local_training_step(trainer.module)
-    return BatchSplitter(trainer.module, strategy.root_device)
-
-
-def _epoch_batches(trainer: Any, loader: Any, num_batches: int | None, start: int) -> Any:
-    """This epoch's batches from position ``start``, as ``(batch, is_last)``.
-
-    A fresh epoch records the RNG states that decide its order; a resumed one replays them,
-    skips ``start`` batches, and puts the current RNG states back once the loader has drawn
-    its order (see data_position.py).
+    Args:
+        trainer: the Trainer (its public surface: config, state, module, model, accelerator, ...).
+        metrics: the ``MetricsPublisher`` (what ``self.log`` collected, published to callbacks/loggers).
+        data: the ``DataSources`` (the loaders and their batch counts).
     """
-    if start == 0:
-        trainer._epoch_start_rng = capture_epoch_start(loader)
-        batches = loader
-    else:
-        now = rng_states()
-        restore_epoch_start(loader, trainer._epoch_start_rng)
-        batches = skip_batches(loader, start)
-    if num_batches is not None:
-        batches = itertools.islice(batches, num_batches - start)
-    items = with_is_last(batches)
-    return items if start == 0 else _then_set_rng(items, now)
+
+    def __init__(self, trainer: Any, metrics: Any, data: Any) -> None:
+        self.trainer, self.metrics, self.data = trainer, metrics, data
+        self.state: TrainerState = trainer.state  # the counters (the Trainer shows them read-only)
+        self.hooks: Any = None              # the running stage's hook dispatch, given by the Trainer
+        self.training_step: Any = None      # the module's, through the strategy's wrapper (DDP arms sync there)
+        self.epoch_start_rng: dict | None = None  # what decided the current epoch's data order
+        self.resume_rng: dict | None = None  # RNG states to put back when a resumed loop starts
+        self.preempted = False               # SIGTERM arrived (preemption.py sets it)
+        self.stop_agreement = StopAgreement(1)
+        self.is_last_batch = False           # the current training batch is the epoch's last
+        self.start_time: float | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.module_optimizers: list[ModuleOptimizer] = []  # what module.optimizers() hands out
+        self.scheduler_configs: list = []
+        self.step_schedulers: list = []      # the loop steps these (automatic optimization only)
+        self.epoch_schedulers: list = []
+        self.oom_splitter: Any = None           # Trainer(oom_split=True): see _train_split
+        self._local_training_step: Any = None
+        self._told_min = False
+        self._backward_hooks = self._step_hooks = (False, False)
+
+    # -- what a checkpoint holds -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's state: a checkpoint's ``"loops"`` entry."""
+        state = self.state
+        if state.batch_idx and self.is_accumulating:
+            warnings.warn(f"Saving a checkpoint in the middle of an accumulation window (batch_idx {state.batch_idx}): "
+                          "the gradients accumulated since the last optimizer step are not saved.", stacklevel=4)
+        return {
+            "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
+            "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
+            "val_pending": state.val_pending,
+            # an epoch-end checkpoint: batch_idx is that epoch's length on this world size, not a position
+            "epoch_trained": bool(state.batch_idx) and state.batch_idx >= (self.data.num_train_batches or float("inf")),
+            "epoch_start_rng": self.epoch_start_rng,
+            "results": self.metrics.results["train"].state_dict(),
+            "callback_metrics": dict(self.metrics.callback_metrics),
+        }
+
+    def load_state_dict(self, loops: dict[str, Any]) -> None:
+        """Put a checkpoint's ``"loops"`` entry back."""
+        s = self.state
+        s.global_step, s.current_epoch, s.batch_idx = loops["global_step"], loops["current_epoch"], loops["batch_idx"]
+        s.batches_seen, s.samples_seen, s.should_stop = loops["batches_seen"], loops["samples_seen"], loops["should_stop"]
+        s.val_pending, s.epoch_trained = loops["val_pending"], bool(loops.get("epoch_trained", False))
+        self.epoch_start_rng = loops.get("epoch_start_rng")
+        self.metrics.results["train"].load_state_dict(loops.get("results", {}))
+        self.metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+
+    @property
+    def is_accumulating(self) -> bool:
+        """True between micro-batches of an accumulation window (gradients not yet applied)."""
+        return self.trainer.accelerator.engine.in_window
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def setup_optimizers(self, module: Any) -> None:
+        """``configure_optimizers``: the optimizers (through the strategy) and the schedulers."""
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(f"{type(module).__name__} has no trainable parameters (none with requires_grad=True), "
+                             "so fit has nothing to optimize. Unfreeze some parameters, or use "
+                             "trainer.validate/test/predict to only evaluate.")
+        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+        automatic = getattr(module, "automatic_optimization", True)
+        if automatic:
+            check_optimizer_count(optimizers, module)
+        strategy = self.trainer.accelerator.strategy
+        self.optimizers = [strategy.setup_optimizer(opt) for opt in optimizers]
+        self.module_optimizers = [ModuleOptimizer(opt, self.trainer) for opt in self.optimizers]
+        self.scheduler_configs = schedulers
+        # in manual optimization the module steps its schedulers itself (as in Lightning)
+        self.step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
+        self.epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, train_loader: Any, val_loaders: list[Any]) -> None:
+        trainer, state, hooks, data = self.trainer, self.state, self.hooks, self.data
+        num_batches = data.count_train_batches(train_loader)
+        for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
+            data.eval_limit("validate", loader)
+        eval_loop.check_step_signature(trainer.module, "validate", len(val_loaders), "trainer.fit")
+        val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
+        self.metrics.log_hyperparams()
+        hooks("on_fit_start")
+        if val_loaders and trainer.config.num_sanity_val_steps != 0:
+            state.stage = "sanity_check"
+            hooks("on_sanity_check_start")
+            self._validate(val_loaders, "sanity_check")
+            hooks("on_sanity_check_end")
+            state.stage = "fit"
+        self._run_epochs(train_loader, val_loaders, num_batches, val_every)
+        hooks("on_fit_end")
+
+    def _run_epochs(self, train_loader: Any, val_loaders: list[Any], num_batches: int | None,
+                    val_every: int | None) -> None:
+        trainer, state, hooks = self.trainer, self.state, self.hooks
+        self.start_time = time.monotonic()
+        self.oom_splitter = self._make_splitter()
+        hooks("on_train_start")
+        if self.resume_rng is not None:
+            set_rng_states(self.resume_rng)  # every random stream continues from the checkpoint
+            self.resume_rng = None
+            if state.val_pending:
+                state.val_pending = False
+                self._validate(val_loaders)  # it was due right after the checkpoint was taken
+        while not self._should_stop_now():
+            start = state.batch_idx  # > 0 only when resuming inside an epoch
+            if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
+                train_loader = self.data.reload(train_loader, val_loaders)
+                num_batches = self.data.num_train_batches
+                val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
+            _set_sampler_epoch(train_loader, state.current_epoch)
+            trainer.module.train()
+            if start == 0:
+                self.metrics.results["train"].reset()
+            hooks("on_train_epoch_start")
+            seen, completed = state.batches_seen, True
+            if not state.epoch_trained and (num_batches is None or start < num_batches):
+                batches = self._epoch_batches(train_loader, num_batches, start)
+                if trainer.profiler is not None:
+                    batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
+                completed = self._train_epoch(batches, start, val_loaders, val_every)
+            if state.batches_seen == seen and start == 0:
+                raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
+                                 "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
+                                 "and that an iterable dataset can be iterated more than once.")
+            if not completed:
+                # A limit (max_steps, max_time, should_stop) ended fit inside the epoch: the epoch is not
+                # over, so no epoch-end hooks and no epoch count; a checkpoint taken now resumes right here.
+                self.metrics.publish_train(epoch_end=True)
+                break
+            self._end_train_epoch()
+        hooks("on_train_end")
+
+    def _make_splitter(self) -> Any:
+        """``Trainer(oom_split=True)``: the splitter, and the strategy's ``training_step`` without sync."""
+        trainer = self.trainer
+        if not trainer.config.oom_split:
+            return None
+        from trainer.oom import BatchSplitter
+
+        if getattr(trainer.module, "automatic_optimization", True) is False:
+            raise ValueError("Trainer(oom_split=True) splits micro-batches of the loop's own optimization, but "
+                             f"{type(trainer.module).__name__} sets automatic_optimization = False. Split the batch in "
+                             "your training_step instead, or remove oom_split=True.")
+        strategy = trainer.accelerator.strategy
+        self._local_training_step = strategy.local_training_step(trainer.module)
+        return BatchSplitter(trainer.module, strategy.root_device)
+
+    def _epoch_batches(self, loader: Any, num_batches: int | None, start: int) -> Any:
+        """This epoch's batches from position ``start``, as ``(batch, is_last)``.
+
+        A fresh epoch records the RNG states that decide its order; a resumed one replays them,
+        skips ``start`` batches, and puts the current RNG states back once the loader has drawn
+        its order (see data_position.py).
+        """
+        if start == 0:
+            self.epoch_start_rng = capture_epoch_start(loader)
+            batches = loader
+        else:
+            now = rng_states()
+            restore_epoch_start(loader, self.epoch_start_rng)
+            batches = skip_batches(loader, start)
+        if num_batches is not None:
+            batches = itertools.islice(batches, num_batches - start)
+        items = with_is_last(batches)
+        return items if start == 0 else _then_set_rng(items, now)
+
+    def _train_epoch(self, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> bool:
+        """Train on ``batches``; returns False when a limit stopped it before the epoch's end."""
+        trainer, state, hooks = self.trainer, self.state, self.hooks
+        cfg, accel = trainer.config, trainer.accelerator
+        module, model = trainer.module, trainer.model
+        training_step = self.training_step  # through the strategy's wrapper (DDP arms gradient sync there)
+        results = self.metrics.results["train"]
+        optimizer = self.optimizers[0]
+        k = cfg.accumulate_grad_batches
+        has_batch_start, has_batch_end = hooks.has("on_train_batch_start"), hooks.has("on_train_batch_end")
+        self._backward_hooks = (hooks.has("on_before_backward"), hooks.has("on_after_backward"))
+        validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
+                                               or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
+        self._step_hooks = (hooks.has("on_before_optimizer_step"), hooks.has("on_before_zero_grad"))
+        # no autocast and no DDP: call training_step without entering (null) contexts on every micro-batch
+        strategy_type = type(accel.strategy)
+        plain_forward = accel.strategy.precision.autocast_dtype is None \
+            and strategy_type.forward_context is Strategy.forward_context \
+            and strategy_type.no_backward_sync is Strategy.no_backward_sync
+        max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
+        manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
+        log_every = cfg.log_every_n_steps
+        module._results = results
+        splitter = self.oom_splitter  # Trainer(oom_split=True): see _train_split
+        move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
+        engine = accel.engine
+        engine.accumulation_steps, engine.progress, engine.optimizers = k, state, [optimizer]
+        engine.reset_window()
+        for batch_idx, (batch, is_last) in enumerate(batches, start):
+            batch = move_batch(batch, 0)
+            size = batch_size_of(batch)
+            if size == 0:
+                raise ValueError(f"The training dataloader yielded an empty batch at batch_idx {batch_idx} (epoch "
+                                 f"{state.current_epoch}): {describe_batch(batch)}. A mean over no samples is NaN. "
+                                 "Drop empty batches in the dataset or collate_fn (or use drop_last=True).")
+            size = size or 1
+            results.batch_size = size
+            if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
+                break  # the module asked to end the epoch here
+            closes_window = engine.begin_micro(size, is_last)
+            self.is_last_batch = is_last
+            steps_before = state.global_step
+            try:
+                if manual:  # training_step runs its own backward and steps; k is 1
+                    with accel.autocast():
+                        output = training_step(batch, batch_idx)
+                elif splitter is not None:
+                    output = self._train_split(splitter, batch, batch_idx, size)
+                elif plain_forward:
+                    output = training_step(batch, batch_idx)
+                    self._micro_step(output, batch_idx)
+                else:
+                    with engine.sync_context((model,), closes_window):  # all-reduce only at the window's end
+                        with accel.autocast():
+                            output = training_step(batch, batch_idx)
+                        self._micro_step(output, batch_idx)
+            except Exception as err:  # what the batch was / where its tensors live (step_errors.py)
+                add_step_note(err, module, batch, "training_step", batch_idx)
+                raise
+            state.batch_idx = batch_idx + 1
+            state.batches_seen += 1
+            state.samples_seen += size
+            stepped = state.global_step != steps_before if manual else closes_window and engine.window.has_loss
+            if stepped and not manual:
+                if splitter is not None:
+                    accel.strategy.all_reduce_gradients(optimizer)  # the split micro-batches ran without sync
+                self._optimizer_step(optimizer)
+            state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
+            if has_batch_end:
+                outputs = output if manual else _batch_end_outputs(output)
+                hooks("on_train_batch_end", outputs, batch, batch_idx)  # a checkpoint taken here resumes after it
+            if stepped and state.global_step // log_every != steps_before // log_every:  # crossed a multiple
+                self.metrics.publish_train(epoch_end=False)
+            if state.val_pending:
+                state.val_pending = False  # a checkpoint written during validation must not repeat it
+                self._validate(val_loaders)
+                self._sync_should_stop()
+            if closes_window and _stop_agreed(self.stop_agreement, self.preempted, is_last):
+                self._preempt()
+            if stepped and not is_last and (self.stop_requested() or 0 <= max_steps <= state.global_step
+                                            or (max_time is not None and self._time_is_up())):
+                return False
+        return True
+
+    def _micro_step(self, output: Any, batch_idx: int, piece_size: int | None = None) -> None:
+        """Check the step's output, weight its loss for the window, backward (with the hooks around it).
+        ``piece_size``: the items of one piece of an ``oom_split`` micro-batch."""
+        loss, num_items = _unpack_step_output(output, self.state, batch_idx)
+        if loss is None:
+            return
+        self.metrics.results["train"].record_loss(loss, self.state.global_step, batch_idx)
+        engine = self.trainer.accelerator.engine
+        loss = engine.scale_loss(loss, num_items, piece_size)
+        engine.window.in_backward = True
+        before, after = self._backward_hooks
+        if before:
+            self.hooks("on_before_backward", loss)
+        engine.backward(loss)
+        if after:
+            self.hooks("on_after_backward")
+
+    def _train_split(self, splitter: Any, batch: Any, batch_idx: int, size: int) -> Any:
+        """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/oom.py). Every
+        piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
+        accel, results, step = self.trainer.accelerator, self.metrics.results["train"], self._local_training_step
+        window = accel.engine.window
+
+        def train_piece(piece: Any, n: int) -> Any:
+            saved = (window.items, window.counted, window.has_loss)
+            window.in_backward = False
+            results.batch_size = n
+            try:
+                with accel.autocast():
+                    output = step(piece, batch_idx)
+                self._micro_step(output, batch_idx, piece_size=n)
+            except Exception:
+                window.items, window.counted, window.has_loss = saved  # the piece did not count
+                splitter.backward_started = window.in_backward
+                raise
+            return output
+
+        return splitter.run(batch, size, train_piece, window.has_loss)
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""
+        cfg, hooks, state, engine = self.trainer.config, self.hooks, self.state, self.trainer.accelerator.engine
+        clip = cfg.gradient_clip_val
+        engine.finish_window(optimizer)
+        before_step, before_zero = self._step_hooks
+        if clip:
+            engine.unscale(optimizer)  # the hook and the clipping see true gradients
+        if before_step:
+            hooks("on_before_optimizer_step", optimizer)
+        if clip:
+            engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
+        engine.step(optimizer)  # counts state.global_step
+        if before_zero:
+            hooks("on_before_zero_grad", optimizer)
+        engine.zero_grad(optimizer)
+        if self.step_schedulers:
+            step_schedulers(self.step_schedulers, "step", state.global_step, self.metrics.callback_metrics)
+
+    def _end_train_epoch(self) -> None:
+        """Epoch-end order: the module's hook (it may log epoch values), then the epoch metrics are
+        published, then the callbacks' hook (so they see everything), then epoch schedulers."""
+        state, results = self.state, self.metrics.results["train"]
+        results.in_step = False
+        self.hooks.module("on_train_epoch_end")
+        self.metrics.publish_train(epoch_end=True)
+        self.hooks.callbacks("on_train_epoch_end")
+        results.in_step = True
+        self._sync_should_stop()
+        state.current_epoch += 1
+        state.batch_idx, state.epoch_trained = 0, False
+        if self.epoch_schedulers:
+            step_schedulers(self.epoch_schedulers, "epoch", state.current_epoch, self.metrics.callback_metrics)
+
+    def _validate(self, val_loaders: list[Any], stage: str = "validate") -> None:
+        eval_loop.run_validation(self.trainer, val_loaders, stage, self.hooks, self.metrics, self.data.eval_limit)
+
+    # -- when to stop --------------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """``should_stop`` (set by a callback or the module), honoured once ``min_epochs`` and ``min_steps``
+        are reached; before that it is cleared, as in Lightning, so that it can be asked again."""
+        state, cfg = self.state, self.trainer.config
+        if not state.should_stop:
+            return False
+        if (cfg.min_epochs or 0) <= state.current_epoch and (cfg.min_steps or 0) <= state.global_step:
+            return True
+        state.should_stop = False
+        if not self._told_min:
+            self._told_min = True
+            rank_zero_info(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); "
+                           f"it continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")
+        return False
+
+    def _should_stop_now(self) -> bool:
+        cfg, state = self.trainer.config, self.state
+        if self.stop_requested() or (cfg.max_steps != -1 and state.global_step >= cfg.max_steps):
+            return True
+        if state.current_epoch >= cfg.epochs_limit:
+            return True
+        return cfg.max_time is not None and self._time_is_up()
+
+    def _time_is_up(self) -> bool:
+        return time.monotonic() - self.start_time >= self.trainer.config.max_time
+
+    def _sync_should_stop(self) -> None:
+        """Every process stops if any one decided to (a lone stop would leave the others waiting)."""
+        strategy = self.trainer.accelerator.strategy
+        if strategy.world_size > 1:
+            flag = torch.tensor(float(self.state.should_stop), device=strategy.root_device)
+            self.state.should_stop = bool(strategy.reduce(flag, "max").item())
+
+    def _preempt(self) -> None:
+        """SIGTERM arrived (on any rank) and the optimizer step is done: save last.ckpt and leave fit."""
+        from trainer.checkpointing import save_on_preemption
+
+        save_on_preemption(self.trainer)
 
 
 def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
@@ -123,112 +436,10 @@ def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
     yield from iterator
 
 
-def _train_epoch(trainer: Any, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> bool:
-    """Train on ``batches``; returns False when a limit stopped it before the epoch's end."""
-    state, cfg, accel = trainer.state, trainer.config, trainer.accelerator
-    module, model, hooks = trainer.module, trainer.model, trainer._hooks
-    training_step = trainer._training_step  # through the strategy's wrapper (DDP arms gradient sync there)
-    results = trainer._results["train"]
-    optimizer = trainer.optimizer
-    k = cfg.accumulate_grad_batches
-    has_batch_start, has_batch_end = hooks.has("on_train_batch_start"), hooks.has("on_train_batch_end")
-    trainer._backward_hooks = (hooks.has("on_before_backward"), hooks.has("on_after_backward"))
-    validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
-                                           or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
-    trainer._step_hooks = (hooks.has("on_before_optimizer_step"), hooks.has("on_before_zero_grad"))
-    # no autocast and no DDP: call training_step without entering (null) contexts on every micro-batch
-    strategy_type = type(accel.strategy)
-    plain_forward = accel.strategy.precision.autocast_dtype is None \
-        and strategy_type.forward_context is Strategy.forward_context \
-        and strategy_type.no_backward_sync is Strategy.no_backward_sync
-    max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
-    manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
-    log_every = cfg.log_every_n_steps
-    module._results = results
-    splitter = trainer._oom_splitter  # Trainer(oom_split=True): see _train_split
-    move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
-    engine = accel.engine
-    engine.accumulation_steps, engine.progress, engine.optimizers = k, state, [optimizer]
-    engine.reset_window()
-    for batch_idx, (batch, is_last) in enumerate(batches, start):
-        batch = move_batch(batch, 0)
-        size = batch_size_of(batch)
-        if size == 0:
-            raise ValueError(f"The training dataloader yielded an empty batch at batch_idx {batch_idx} (epoch "
-                             f"{state.current_epoch}): {describe_batch(batch)}. A mean over no samples is NaN. Drop "
-                             "empty batches in the dataset or collate_fn (or use drop_last=True).")
-        size = size or 1
-        results.batch_size = size
-        if has_batch_start and hooks("on_train_batch_start", batch, batch_idx) == -1:
-            break  # the module asked to end the epoch here
-        closes_window = engine.begin_micro(size, is_last)
-        trainer.is_last_batch = is_last
-        steps_before = state.global_step
-        try:
-            if manual:  # training_step runs its own backward and steps; k is 1
-                with accel.autocast():
-                    output = training_step(batch, batch_idx)
-            elif splitter is not None:
-                output = _train_split(trainer, splitter, batch, batch_idx, size)
-            elif plain_forward:
-                output = training_step(batch, batch_idx)
-                _micro_step(trainer, output, batch_idx)
-            else:
-                with engine.sync_context((model,), closes_window):  # all-reduce only at the window's end
-                    with accel.autocast():
-                        output = training_step(batch, batch_idx)
-                    _micro_step(trainer, output, batch_idx)
-        except Exception as err:  # what the batch was / where its tensors live (step_errors.py)
-            add_step_note(err, module, batch, "training_step", batch_idx)
-            raise
-        state.batch_idx = batch_idx + 1
-        state.batches_seen += 1
-        state.samples_seen += size
-        stepped = state.global_step != steps_before if manual else closes_window and engine.window.has_loss
-        if stepped and not manual:
-            if splitter is not None:
-                accel.strategy.all_reduce_gradients(optimizer)  # the split micro-batches ran without sync
-            _optimizer_step(trainer, optimizer)
-        state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
-        if has_batch_end:
-            outputs = output if manual else _batch_end_outputs(output)
-            hooks("on_train_batch_end", outputs, batch, batch_idx)  # a checkpoint taken here resumes after it
-        if stepped and state.global_step // log_every != steps_before // log_every:  # crossed a multiple
-            trainer._publish_train_metrics()
-        if state.val_pending:
-            state.val_pending = False  # a checkpoint written during validation must not repeat it
-            eval_loop.run_validation(trainer, val_loaders)
-            trainer._sync_should_stop()
-        if closes_window and _stop_agreed(trainer._stop_agreement, trainer._preempted, is_last):
-            trainer._preempt()
-        if stepped and not is_last and (trainer._stop_requested() or 0 <= max_steps <= state.global_step
-                                        or (max_time is not None and trainer._time_is_up())):
-            return False
-    return True
-
-
 def _stop_agreed(agreement: Any, preempted: bool, is_last: bool) -> bool:
     """Whether a SIGTERM on any rank stops every rank at this step: polled every few steps, and
     settled (blocking) at the epoch's last step, so a pending stop is never lost at the epoch's end."""
     return agreement.settle(preempted) if is_last else agreement.poll(preempted)
-
-
-def _micro_step(trainer: Any, output: Any, batch_idx: int, piece_size: int | None = None) -> None:
-    """Check the step's output, weight its loss for the window, backward (with the hooks around it).
-    ``piece_size``: the items of one piece of an ``oom_split`` micro-batch."""
-    loss, num_items = _unpack_step_output(output, trainer.state, batch_idx)
-    if loss is None:
-        return
-    trainer._results["train"].record_loss(loss, trainer.state.global_step, batch_idx)
-    engine = trainer.accelerator.engine
-    loss = engine.scale_loss(loss, num_items, piece_size)
-    engine.window.in_backward = True
-    before, after = trainer._backward_hooks
-    if before:
-        trainer._hooks("on_before_backward", loss)
-    engine.backward(loss)
-    if after:
-        trainer._hooks("on_after_backward")
 
 
 def _batch_end_outputs(output: Any) -> Any:
@@ -240,50 +451,6 @@ def _batch_end_outputs(output: Any) -> Any:
     if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
         return {**output, "loss": output["loss"].detach()}
     return output
-
-
-def _train_split(trainer: Any, splitter: Any, batch: Any, batch_idx: int, size: int) -> Any:
-    """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/oom.py). Every
-    piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
-    accel, results, step = trainer.accelerator, trainer._results["train"], trainer._local_training_step
-
-    window = accel.engine.window
-
-    def train_piece(piece: Any, n: int) -> Any:
-        saved = (window.items, window.counted, window.has_loss)
-        window.in_backward = False
-        results.batch_size = n
-        try:
-            with accel.autocast():
-                output = step(piece, batch_idx)
-            _micro_step(trainer, output, batch_idx, piece_size=n)
-        except Exception:
-            window.items, window.counted, window.has_loss = saved  # the piece did not count
-            splitter.backward_started = window.in_backward
-            raise
-        return output
-
-    return splitter.run(batch, size, train_piece, window.has_loss)
-
-
-def _optimizer_step(trainer: Any, optimizer: torch.optim.Optimizer) -> None:
-    """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""
-    cfg, hooks, state, engine = trainer.config, trainer._hooks, trainer.state, trainer.accelerator.engine
-    clip = cfg.gradient_clip_val
-    engine.finish_window(optimizer)
-    before_step, before_zero = trainer._step_hooks
-    if clip:
-        engine.unscale(optimizer)  # the hook and the clipping see true gradients
-    if before_step:
-        hooks("on_before_optimizer_step", optimizer)
-    if clip:
-        engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
-    engine.step(optimizer)  # counts state.global_step
-    if before_zero:
-        hooks("on_before_zero_grad", optimizer)
-    engine.zero_grad(optimizer)
-    if trainer._step_schedulers:
-        step_schedulers(trainer._step_schedulers, "step", state.global_step, trainer.callback_metrics)
 
 
 def _unpack_step_output(output: Any, state: Any, batch_idx: int) -> tuple[torch.Tensor | None, Any]:
@@ -331,22 +498,6 @@ def _is_val_time(cfg: Any, state: Any, batch_idx: int, is_last: bool, every: int
         return is_last
     count = state.batches_seen if cfg.check_val_every_n_epoch is None else batch_idx + 1
     return count % every == 0
-
-
-def _end_train_epoch(trainer: Any) -> None:
-    """Epoch-end order: the module's hook (it may log epoch values), then the epoch metrics are
-    published, then the callbacks' hook (so they see everything), then epoch schedulers."""
-    state, results = trainer.state, trainer._results["train"]
-    results.in_step = False
-    trainer._hooks.module("on_train_epoch_end")
-    trainer._publish_train_metrics(epoch_end=True)
-    trainer._hooks.callbacks("on_train_epoch_end")
-    results.in_step = True
-    trainer._sync_should_stop()
-    state.current_epoch += 1
-    state.batch_idx, state.epoch_trained = 0, False
-    if trainer._epoch_schedulers:
-        step_schedulers(trainer._epoch_schedulers, "epoch", state.current_epoch, trainer.callback_metrics)
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:

@@ -45,10 +45,16 @@ class Hooks:
             try:
                 out = fn(*args)
             except Exception as err:
-                _add_note(err, f"raised in {owner}.{name} at {self._trainer._where(_batch_idx_arg(name, args))}")
+                _add_note(err, f"raised in {owner}.{name} at {where(self._trainer.state, _batch_idx_arg(name, args))}")
                 raise
             result = out if out is not None else result
         return result
+
+
+def where(state: Any, batch_idx: int | None = None) -> str:
+    """Where the run is, for error notes: step, epoch, batch and stage (``state`` is ``trainer.state``)."""
+    batch_idx = state.batch_idx if batch_idx is None else batch_idx
+    return f"global_step {state.global_step} (epoch {state.current_epoch}, batch_idx {batch_idx}, stage {state.stage!r})"
 
 
 def _batch_idx_arg(name: str, args: tuple) -> int | None:

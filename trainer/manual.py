@@ -51,7 +51,7 @@ class ModuleOptimizer:
         """Step the optimizer (with ``closure`` if given: it runs the forward and ``manual_backward``;
         LBFGS calls it several times). ``on_before_optimizer_step`` runs after the closure."""
         trainer = self._trainer
-        hooks = trainer._hooks
+        hooks = trainer.fit_loop.hooks
         has_hook = hooks.has("on_before_optimizer_step")
 
         def wrapped() -> Any:
@@ -128,7 +128,7 @@ def check_manual_settings(module: Any, config: Any) -> None:
 
 def module_optimizers(module: Any, use_pl_optimizer: bool) -> Any:
     trainer = _attached(module, "optimizers()")
-    wrapped = trainer._module_optimizers if use_pl_optimizer else trainer.optimizers
+    wrapped = trainer.fit_loop.module_optimizers if use_pl_optimizer else trainer.optimizers
     if not wrapped:
         raise RuntimeError(f"{type(module).__name__}.optimizers(): no optimizers yet; they are set up by "
                            "trainer.fit before training starts (call it from training_step or a fit hook).")
@@ -149,7 +149,7 @@ def manual_backward(module: Any, loss: torch.Tensor, *args: Any, **kwargs: Any) 
                            "uses automatic optimization, where the Trainer runs the backward of the loss that "
                            "training_step returns. Return the loss instead, or set `self.automatic_optimization = "
                            "False` in __init__ to step the optimizers yourself.")
-    hooks = trainer._hooks
+    hooks = trainer.fit_loop.hooks
     if hooks.has("on_before_backward"):
         hooks("on_before_backward", loss)
     strategy = trainer.strategy

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from typing import Any
+
+from trainer.results import Results
 from trainer._logging import rank_zero_info
 
 
 class MetricsPublisher:
-    """Turns ``Results`` into the Trainer's metric dicts and the loggers' rows (rank zero only)."""
+    """Owns what ``self.log`` collects (one ``Results`` per stage kind, in ``results``) and turns it
+    into the Trainer's metric dicts and the loggers' rows (rank zero only). It reads the Trainer's
+    public surface only."""
 
     def __init__(self, trainer: Any) -> None:
         self._trainer = trainer
+        self.results = {stage: Results(stage) for stage in ("train", "validate", "test")}
         self.callback_metrics: dict[str, float] = {}
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
@@ -26,7 +31,7 @@ class MetricsPublisher:
     def flush_train(self) -> None:
         """Read the training values back; raise on a non-finite loss (unless allowed)."""
         trainer = self._trainer
-        bad = trainer._results["train"].flush()
+        bad = self.results["train"].flush()
         if bad is not None and trainer.config.stop_on_nonfinite_loss:
             step, batch_idx = bad
             raise FloatingPointError(
@@ -40,7 +45,7 @@ class MetricsPublisher:
         """The training values logged so far become ``callback_metrics`` (and, with ``log``, a row
         for the loggers; ``log=False`` when a callback needs them between log intervals)."""
         trainer = self._trainer
-        results = trainer._results["train"]
+        results = self.results["train"]
         self.flush_train()
         if epoch_end:
             # the latest step values become visible to callbacks; loggers keep their interval
@@ -50,9 +55,13 @@ class MetricsPublisher:
         else:
             self._publish(results.step_metrics(), results, also_plain=True, log=log)
 
+    def stage_results(self, stage: str) -> Results:
+        """The ``Results`` that ``stage`` ("validate", "sanity_check", "test", "train") logs into."""
+        return self.results["test" if stage == "test" else "train" if stage == "train" else "validate"]
+
     def publish_eval(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
         trainer = self._trainer
-        results = trainer._results["test" if stage == "test" else "validate"]
+        results = self.stage_results(stage)
         results.flush()
         # as in Lightning: the loggers get the last x_step too, but callbacks and the returned dicts see
         # only epoch values (x_epoch, and plain x for it) -- a single evaluation batch is no thing to monitor

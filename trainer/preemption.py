@@ -17,13 +17,14 @@ class Preempted(Exception):
 
 
 @contextlib.contextmanager
-def sigterm_sets_flag(trainer: Any) -> Iterator[None]:
+def sigterm_sets_flag(loop: Any) -> Iterator[None]:
+    """While fit runs, SIGTERM sets ``loop.preempted`` (the ``FitLoop``'s flag)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
 
     def handler(signum: int, frame: Any) -> None:
-        trainer._preempted = True
+        loop.preempted = True
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

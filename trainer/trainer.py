@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -17,24 +16,21 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer import checkpoint, eval_loop, fit_loop
+from trainer import checkpoint, checkpointing, eval_loop
 from trainer.accelerator import Accelerator
-from trainer.checkpointing import CheckpointingMixin
-from trainer.wiring import (DataMixin, _callback_list, _check_barebones, _check_plugins, _convert_sync_batchnorm,
+from trainer.fit_loop import FitLoop
+from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_plugins, _convert_sync_batchnorm,
                             _shown, _with_module_callbacks)
 from trainer.config import TrainerConfig
 from trainer.datamodule import DataModule, check_sources, has_loader, run_prepare_data
-from trainer.distributed_data import distribute_loader, in_order
 from trainer.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.compiled import from_compiled
 from trainer.profiler import Profiler, ProfiledHooks, resolve_profiler, start_profiling
-from trainer.manual import ModuleOptimizer, check_manual_settings
-from trainer.optim import check_optimizer_count, parse_optimizers
+from trainer.manual import check_manual_settings
 from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
-from trainer.results import Results
 from trainer.seed import set_deterministic
 from trainer.state import TrainerState
 from trainer._logging import rank_zero_info
@@ -43,7 +39,7 @@ from trainer._logging import rank_zero_info
 _WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger", "profiler")
 
 
-class Trainer(CheckpointingMixin, DataMixin):
+class Trainer:
     """Runs a ``TrainModule``: fit, validate, test and predict, on any strategy.
 
     Example:
@@ -93,27 +89,15 @@ class Trainer(CheckpointingMixin, DataMixin):
             self.callbacks.append(ProgressBar())
         self.loggers: list[Logger] = default_loggers(logger, self.config)
         self.state = TrainerState()
-        self._metrics = MetricsPublisher(self)
-        self._results = {stage: Results(stage) for stage in ("train", "validate", "test")}
         self.module: TrainModule | None = None
-        self.optimizer: torch.optim.Optimizer | None = None  # the one automatic optimization steps
-        self._optimizers: list[torch.optim.Optimizer] = []
-        self._module_optimizers: list[ModuleOptimizer] = []  # what module.optimizers() hands out
-        self._scheduler_configs: list = []
-        self._step_schedulers: list = []    # the loop steps these (automatic optimization only)
-        self._epoch_schedulers: list = []
-        self._fit_start_time: float | None = None
-        self._resume_rng: dict | None = None     # RNG states to put back when resuming
-        self._epoch_start_rng: dict | None = None  # what decided the current epoch's data order
-        self._preempted = False
-        self._stop_agreement = StopAgreement(1)
+        self._model: Any = None  # the module as the strategy wrapped it (DDP, FSDP, an engine)
+        self._metrics = MetricsPublisher(self)
+        self._data = DataSources(self)
+        self._hooks: Hooks | None = None  # each stage builds its own (see _run)
+        self.fit_loop = FitLoop(self, self._metrics, self._data)  # owns fit's state (what a checkpoint saves)
         self._background_writes = BackgroundWriter()  # ModelCheckpoint(async_save=True)
-        self.val_dataloaders: list[Any] = []
-        self.is_last_batch = False  # the loop sets it for each training batch
-        self.train_dataloader: Any = None
         self.predict_batch_indices: list | None = None
         self.predictions: list | None = None
-        self._given_loaders: dict[str, Any] = {"train": None, "validate": None}
         if self.config.enable_checkpointing and self.checkpoint_callback is None and not self.config.fast_dev_run:
             self.callbacks.append(ModelCheckpoint())
 
@@ -141,14 +125,38 @@ class Trainer(CheckpointingMixin, DataMixin):
     logged_metrics = property(lambda self: self._metrics.logged_metrics)
     progress_bar_metrics = property(lambda self: self._metrics.progress_bar_metrics)
     logger = property(lambda self: self.loggers[0] if self.loggers else None)
-    optimizers = property(lambda self: list(self._optimizers))
-    lr_scheduler_configs = property(lambda self: list(self._scheduler_configs))
+    optimizers = property(lambda self: list(self.fit_loop.optimizers))
+    lr_scheduler_configs = property(lambda self: list(self.fit_loop.scheduler_configs))
     max_epochs = property(lambda self: self.config.max_epochs)
     max_steps = property(lambda self: self.config.max_steps)
     log_every_n_steps = property(lambda self: self.config.log_every_n_steps)
     default_root_dir = property(lambda self: self.config.default_root_dir)
-    num_training_batches = property(lambda self: self._num_train_batches)
+    num_training_batches = property(lambda self: self._data.num_train_batches)
     model = property(lambda self: self._model)
+    train_dataloader = property(lambda self: self._data.train_loader)  # fit's, once asked for
+    val_dataloaders = property(lambda self: self._data.val_loaders)  # fit's
+    is_last_batch = property(lambda self: self.fit_loop.is_last_batch)  # the current training batch is the epoch's last
+    is_accumulating = property(lambda self: self.fit_loop.is_accumulating)  # inside an accumulation window
+    background_writer = property(lambda self: self._background_writes)  # ModelCheckpoint(async_save=True)'s
+    checkpoint_dir = property(checkpointing.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer automatic optimization steps (the first of ``optimizers``); None before fit."""
+        return self.fit_loop.optimizers[0] if self.fit_loop.optimizers else None
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """How many optimizer steps fit will take (for a schedule's total, e.g. OneCycleLR's
+        ``total_steps``): batches per epoch (this process's, after limits) / accumulation, rounded
+        up, times max_epochs, capped by max_steps; inf when nothing bounds it. Usable in
+        ``configure_optimizers`` (the training dataloader is asked for then, as in Lightning)."""
+        return self._data.estimated_stepping_batches()
+
+    @property
+    def num_val_batches(self) -> list[int | None]:
+        """Batches per validation dataloader (after ``limit_val_batches``; None without a length)."""
+        return [self._data.eval_limit("validate", loader) for loader in self._data.val_loaders]
 
     @property
     def should_stop(self) -> bool:
@@ -186,8 +194,7 @@ class Trainer(CheckpointingMixin, DataMixin):
                             f"{type(model).__name__}.")
         check_manual_settings(model, self.config)
         self._launch_if_needed()
-        self._given_loaders = {"train": train_dataloaders, "validate": val_dataloaders}
-        self.train_dataloader = None  # asked for in _fit (or earlier by estimated_stepping_batches)
+        self._data.start_fit(train_dataloaders, val_dataloaders)
         self._run("fit", model, lambda: self._fit(ckpt_path), datamodule)
 
     def validate(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
@@ -196,14 +203,14 @@ class Trainer(CheckpointingMixin, DataMixin):
         ``val_dataloader()``); returns one dict of metrics per dataloader. ``ckpt_path``: first load
         the weights of "best" or "last" (the checkpoint callback's) or of a path."""
         return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule,
-                              lambda loaders: _shown(eval_loop.run_validation(self, loaders, "validate"), verbose))
+                              lambda loaders: _shown(self._run_evaluation(loaders, "validate"), verbose))
 
     def test(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
              verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
         """Run ``test_step`` over ``dataloaders`` (or ``test_dataloader()``); returns one dict of metrics
         per dataloader. ``ckpt_path`` as for ``validate``."""
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule,
-                              lambda loaders: _shown(eval_loop.run_validation(self, loaders, "test"), verbose))
+                              lambda loaders: _shown(self._run_evaluation(loaders, "test"), verbose))
 
     def predict(self, model: TrainModule | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
                 return_predictions: bool | None = None, ckpt_path: str | None = None) -> list[Any] | None:
@@ -211,7 +218,8 @@ class Trainer(CheckpointingMixin, DataMixin):
         order, or None with ``return_predictions=False`` (write them with a ``BasePredictionWriter``)."""
         keep = True if return_predictions is None else bool(return_predictions)
         return self._evaluate("predict", model, dataloaders, ckpt_path, datamodule,
-                              lambda loaders: eval_loop.run_predict(self, loaders, keep))
+                              lambda loaders: eval_loop.run_predict(self, loaders, keep, self._hooks,
+                                                                    self._data.eval_limit))
 
     def _evaluate(self, stage: str, model: TrainModule | None, dataloaders: Any, ckpt_path: Any,
                   datamodule: Any, run: Callable[[list[Any]], Any]) -> Any:
@@ -230,13 +238,14 @@ class Trainer(CheckpointingMixin, DataMixin):
             method = {"validate": "val", "test": "test", "predict": "predict"}[stage] + "_dataloader()"
             raise TypeError(f"trainer.{stage}({type(model).__name__}(...)): no data. Pass dataloaders=..., or "
                             f"datamodule=... with a {method} method, or define {method} in {type(model).__name__}.")
-        path = self._eval_checkpoint(stage, ckpt_path)
+        path = checkpointing.eval_checkpoint(self, stage, ckpt_path)
         self._launch_if_needed()
 
         def body() -> Any:
             if path is not None:
-                self._load_weights_for_eval(path)
-            return run(self._stage_loaders(stage, dataloaders))
+                checkpointing.load_weights_for_eval(self, path, self._hooks)
+                self.ckpt_path = path
+            return run(self._data.stage_loaders(stage, dataloaders))
         return self._run(stage, model, body, datamodule)
 
     # -- wiring ------------------------------------------------------------------------------
@@ -258,6 +267,7 @@ class Trainer(CheckpointingMixin, DataMixin):
         profiler = self.profiler
         self._hooks = Hooks(self, module, [*self.callbacks, *self.loggers]) if profiler is None \
             else ProfiledHooks(self, module, [*self.callbacks, *self.loggers], profiler)
+        self.fit_loop.hooks = self._hooks
         stop_profiling = start_profiling(self, profiler, stage) if profiler is not None else None
         try:
             run_prepare_data(self, datamodule, module)
@@ -272,16 +282,17 @@ class Trainer(CheckpointingMixin, DataMixin):
             if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
                 connect(self.config)
             manual = not getattr(module, "automatic_optimization", True)
-            self._model, self._training_step = self.accelerator.prepare_trainer_module(module, manual=manual)
+            self._model, training_step = self.accelerator.prepare_trainer_module(module, manual=manual)
             if profiler is not None:
-                self._training_step = profiler.wrap(self._training_step, "training_step")
+                training_step = profiler.wrap(training_step, "training_step")
             if stage == "fit":
-                self._setup_optimizers(module)
+                self.fit_loop.training_step = training_step
+                self.fit_loop.setup_optimizers(module)
             if profiler is not None:
                 profiler.stop("setup")
             with torch.autograd.set_detect_anomaly(True) if self.config.detect_anomaly else contextlib.nullcontext():
                 result = body()
-            self._finish_background_writes()
+            checkpointing.finish_background_writes(self)
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             return result
         except Preempted:
@@ -290,7 +301,7 @@ class Trainer(CheckpointingMixin, DataMixin):
             raise SystemExit(0) from None
         except BaseException as err:
             self.interrupted = isinstance(err, KeyboardInterrupt)
-            self._settle_background_writes(err)
+            checkpointing.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
             clearer = self.accelerator.strategy.explain_failure(err)  # a dead or hung rank, named
             if clearer is not None:
@@ -306,124 +317,59 @@ class Trainer(CheckpointingMixin, DataMixin):
             self.state.stage = "idle"
 
     def _fit(self, ckpt_path: str | None) -> None:
+        loop = self.fit_loop
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
-                checkpoint.restore(self, found[1], found[0])
+                checkpoint.restore(self, found[1], found[0], self._hooks)
                 if self.is_global_zero:
-                    rank_zero_info(f"Resuming from {found[0]} at global_step {self.global_step} (epoch {self.current_epoch}, "
-                                   f"batch_idx {self.state.batch_idx}).")
+                    rank_zero_info(f"Resuming from {found[0]} at global_step {self.global_step} (epoch "
+                                   f"{self.current_epoch}, batch_idx {self.state.batch_idx}).")
         # asked for after the checkpoint's datamodule state is back, as in Lightning
-        train_loader = self._fit_train_loader()
-        val_loaders = self.val_dataloaders = self._stage_loaders("validate", self._given_loaders["validate"])
-        self._stop_agreement = StopAgreement(self.strategy.world_size)
-        with sigterm_sets_flag(self):
-            self._fit_loops(train_loader, val_loaders)
-        self._stop_agreement.drain()
+        train_loader = self._data.fit_train_loader()
+        val_loaders = self._data.fit_val_loaders()
+        loop.stop_agreement = StopAgreement(self.strategy.world_size)
+        with sigterm_sets_flag(loop):
+            loop.run(train_loader, val_loaders)
+        loop.stop_agreement.drain()
 
-    def _fit_loops(self, train_loader: Any, val_loaders: list[Any]) -> None:
-        self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
-        for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
-            self._eval_limit("validate", loader)
-        eval_loop.check_step_signature(self.module, "validate", len(val_loaders), "trainer.fit")
-        val_every = fit_loop.val_check_batches(self.config, self._num_train_batches) if val_loaders else None
-        self._metrics.log_hyperparams()
-        self._hooks("on_fit_start")
-        if val_loaders and self.config.num_sanity_val_steps != 0:
-            self.state.stage = "sanity_check"
-            self._hooks("on_sanity_check_start")
-            eval_loop.run_validation(self, val_loaders, "sanity_check")
-            self._hooks("on_sanity_check_end")
-            self.state.stage = "fit"
-        fit_loop.run_fit(self, train_loader, val_loaders, self._num_train_batches, val_every)
-        self._hooks("on_fit_end")
+    def _run_evaluation(self, loaders: list[Any], stage: str) -> list[dict[str, float]]:
+        return eval_loop.run_validation(self, loaders, stage, self._hooks, self._metrics, self._data.eval_limit)
 
-    def _setup_optimizers(self, module: TrainModule) -> None:
-        if not any(p.requires_grad for p in module.parameters()):
-            raise ValueError(f"{type(module).__name__} has no trainable parameters (none with requires_grad=True), "
-                             "so fit has nothing to optimize. Unfreeze some parameters, or use "
-                             "trainer.validate/test/predict to only evaluate.")
-        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
-        automatic = getattr(module, "automatic_optimization", True)
-        if automatic:
-            check_optimizer_count(optimizers, module)
-        self._optimizers = [self.accelerator.strategy.setup_optimizer(opt) for opt in optimizers]
-        self.optimizer = self._optimizers[0]
-        self._module_optimizers = [ModuleOptimizer(opt, self) for opt in self._optimizers]
-        self._scheduler_configs = schedulers
-        # in manual optimization the module steps its schedulers itself (as in Lightning)
-        self._step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
-        self._epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
+        """Write the whole training state to ``filepath`` (atomically: a crash never leaves a
+        half-written file under that name). ``weights_only``: just the module's weights."""
+        if self.module is None:
+            raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
+        self._background_writes.wait()  # in order: a write still running in the background lands first
+        checkpointing.save_checkpoint(self, filepath, self.dump_checkpoint(weights_only))
 
-    def _num_batches(self, loader: Any, limit: int | float | None, what: str) -> int | None:
-        """Batches per epoch after ``limit_*``; None when the loader has no length."""
-        try:
-            total = len(loader)
-        except TypeError:
-            if isinstance(limit, float) and limit < 1.0:
-                raise ValueError(f"Trainer(limit_{what}_batches={limit}): a fraction needs a dataloader with a "
-                                 "length; this one has none (an IterableDataset?). Pass an int.") from None
-            return limit if isinstance(limit, int) else None
-        if total == 0:
-            raise ValueError(f"The {what} dataloader is empty (len 0). Check that its dataset is not empty and that "
-                             "batch_size is not larger than the dataset with drop_last=True.")
-        if limit is None:
-            return total
-        if isinstance(limit, int):
-            return min(total, limit)
-        if 0 < limit and int(total * limit) == 0:
-            raise ValueError(f"Trainer(limit_{what}_batches={limit}): {limit} of the {total} batches of the {what} "
-                             f"dataloader is less than one batch. Pass at least {1 / total:.3g}, or an int "
-                             "number of batches.")
-        return int(total * limit)
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        """The whole training state as a checkpoint dict (call it on every rank: it gathers the
+        ranks' RNG states). ``weights_only``: the module's weights and the counters."""
+        return checkpoint.dump(self, weights_only, self._hooks)
 
-    def _eval_limit(self, stage: str, loader: Any) -> int | None:
-        cfg = self.config
-        if stage == "sanity_check":
-            n, limit = cfg.num_sanity_val_steps, self._eval_limit("validate", loader)
-            if n == -1 or limit is None:
-                return limit if n == -1 else n
-            return min(n, limit)
-        limit = {"validate": cfg.limit_val_batches, "test": cfg.limit_test_batches,
-                 "predict": cfg.limit_predict_batches}[stage]
-        return self._num_batches(loader, limit, {"validate": "val"}.get(stage, stage))
+    def save_model(self, directory: str, max_shard_size: int | str = "10GB", module: Any = None) -> list[str]:
+        """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),
+        loadable into a plain ``nn.Module`` without this library.
 
-    def _stop_requested(self) -> bool:
-        """``should_stop`` (set by a callback or the module), honoured once ``min_epochs`` and ``min_steps``
-        are reached; before that it is cleared, as in Lightning, so that it can be asked again."""
-        state, cfg = self.state, self.config
-        if not state.should_stop:
-            return False
-        if (cfg.min_epochs or 0) <= state.current_epoch and (cfg.min_steps or 0) <= state.global_step:
-            return True
-        state.should_stop = False
-        if not getattr(self, "_told_min", False):
-            self._told_min = True
-            rank_zero_info(f"Trainer was asked to stop at global_step {state.global_step} (epoch {state.current_epoch}); it "
-                           f"continues until min_epochs={cfg.min_epochs} and min_steps={cfg.min_steps} are reached.")
-        return False
+        Args:
+            module: export only this submodule, by attribute path (``"model"``, ``"backbone.encoder"``)
+                or as the object; its keys then carry no prefix of the TrainModule's. A Hugging Face
+                model (one with ``save_pretrained``) is written in its own format, ``config.json``
+                included, so ``from_pretrained(directory)`` loads it.
+        """
+        if self.module is None:
+            raise RuntimeError("trainer.save_model(...): no module yet; call it after fit.")
+        return self.accelerator.save_model(checkpointing.submodule_of(self.module, module), directory, max_shard_size)
 
-    def _should_stop_now(self) -> bool:
-        cfg, state = self.config, self.state
-        if self._stop_requested() or (cfg.max_steps != -1 and state.global_step >= cfg.max_steps):
-            return True
-        if state.current_epoch >= cfg.epochs_limit:
-            return True
-        return cfg.max_time is not None and self._time_is_up()
-
-    def _time_is_up(self) -> bool:
-        return time.monotonic() - self._fit_start_time >= self.config.max_time
-
-    def _publish_train_metrics(self, epoch_end: bool = False, log: bool = True) -> None:
-        self._metrics.publish_train(epoch_end, log)
-
-    def _publish_eval_metrics(self, stage: str, num_loaders: int) -> list[dict[str, float]]:
-        return self._metrics.publish_eval(stage, num_loaders)
-
-    def _where(self, batch_idx: int | None = None) -> str:
-        s = self.state
-        batch_idx = s.batch_idx if batch_idx is None else batch_idx
-        return f"global_step {s.global_step} (epoch {s.current_epoch}, batch_idx {batch_idx}, stage {s.stage!r})"
+    def refresh_callback_metrics(self) -> None:
+        """Read the training values logged since the last ``log_every_n_steps`` interval back into
+        ``callback_metrics`` now (one host sync), without a row for the loggers. For a callback that
+        decides on a logged value between intervals (``ModelCheckpoint(monitor=...,
+        every_n_train_steps=...)`` does)."""
+        self._metrics.publish_train(epoch_end=False, log=False)
 
     # -- processes -------------------------------------------------------------------------------
     def _launch_if_needed(self) -> None:
@@ -434,29 +380,10 @@ class Trainer(CheckpointingMixin, DataMixin):
 
             launch_this_script(self.strategy.requested_processes)
 
-    def _distribute(self, loaders: list[Any], train: bool) -> list[Any]:
-        strategy = self.strategy
-        if train and self.config.overfit_batches:
-            loaders = [in_order(loader, "overfit_batches") for loader in loaders]
-        if not self.config.use_distributed_sampler:  # the user's loaders already give each rank its share
-            return loaders
-        return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train) for loader in loaders]
-
-    def _sync_should_stop(self) -> None:
-        """Every process stops if any one decided to (a lone stop would leave the others waiting)."""
-        strategy = self.strategy
-        if strategy.world_size > 1:
-            flag = torch.tensor(float(self.state.should_stop), device=strategy.root_device)
-            self.state.should_stop = bool(strategy.reduce(flag, "max").item())
-
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` once per job (on global rank zero)."""
         if self.is_global_zero:
             print(*args, **kwargs)
-
-    def _window_open(self) -> bool:
-        """True between micro-batches of an accumulation window (gradients not yet applied)."""
-        return self.accelerator.engine.in_window
 
     @property
     def log_dir(self) -> str:

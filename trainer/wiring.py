@@ -1,4 +1,4 @@
-"""Part of the Trainer: where a stage's dataloaders come from (DataMixin), and the checks and helpers
+"""The Trainer's wiring: where a stage's dataloaders come from (DataSources), and the checks and helpers
 behind Lightning's Trainer arguments and callbacks (module callbacks, plugins, barebones,
 sync_batchnorm, the validate/test results table)."""
 
@@ -12,79 +12,127 @@ import torch
 from trainer.callbacks.base import Callback
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.datamodule import loaders_from
+from trainer.distributed_data import distribute_loader, in_order
 from trainer.module import TrainModule
 from trainer.seed import install_worker_seeding
 from trainer._logging import rank_zero_info
 
 
-class DataMixin:
-    """Part of ``Trainer`` (which owns every attribute used here)."""
+class DataSources:
+    """Where a stage's dataloaders come from: those passed to the call, else the datamodule's, else
+    the module's; checked, split between processes and seeded. Also how many batches each gives
+    after the ``limit_*`` settings. Owned by the Trainer (``Trainer.train_dataloader``,
+    ``val_dataloaders``, ``num_training_batches`` read it); it reads the Trainer's public surface."""
 
-    config: Any
-    state: Any
-    module: Any
-    datamodule: Any
-    train_dataloader: Any
-    val_dataloaders: list[Any]
-    _given_loaders: dict[str, Any]
-    _num_train_batches: Any
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.given: dict[str, Any] = {"train": None, "validate": None}  # what fit was called with
+        self.train_loader: Any = None      # fit's training loader, once asked for
+        self.val_loaders: list[Any] = []   # fit's validation loaders
+        self.num_train_batches: int | None = None  # per epoch, after limit_train_batches (None: no length)
 
-    def _stage_loaders(self, kind: str, given: Any) -> list[Any]:
+    def start_fit(self, train: Any, validate: Any) -> None:
+        self.given = {"train": train, "validate": validate}
+        self.train_loader = None  # asked for in fit (or earlier by estimated_stepping_batches)
+
+    def stage_loaders(self, kind: str, given: Any) -> list[Any]:
         """The loaders of ``kind`` ("train", "validate", "test", "predict"): those passed to the call,
         else the datamodule's, else the module's; checked, split between processes, seeded."""
-        value = given if given is not None else loaders_from(self.datamodule or self.module, kind)
+        trainer = self.trainer
+        value = given if given is not None else loaders_from(trainer.datamodule or trainer.module, kind)
         if value is None:
             return []
-        stage = "fit" if kind in ("train", "validate") and self.state.stage in ("fit", "sanity_check") else kind
+        stage = "fit" if kind in ("train", "validate") and trainer.state.stage in ("fit", "sanity_check") else kind
         name = {"train": "train_dataloaders", "validate": "val_dataloaders"}.get(kind, "dataloaders") \
             if stage == "fit" else "dataloaders"
         loaders = _check_loaders(value, stage, name, single=kind == "train")
-        if kind == "validate" and self.config.limit_val_batches == 0:
+        if kind == "validate" and trainer.config.limit_val_batches == 0:
             return []
         loaders = self._distribute(loaders, train=kind == "train")
         for loader in loaders:
             install_worker_seeding(loader)
         return loaders
 
-    def _fit_train_loader(self) -> Any:
-        if self.train_dataloader is None:
-            self.train_dataloader = self._stage_loaders("train", self._given_loaders["train"])[0]
-        return self.train_dataloader
+    def fit_train_loader(self) -> Any:
+        if self.train_loader is None:
+            self.train_loader = self.stage_loaders("train", self.given["train"])[0]
+        return self.train_loader
 
-    @property
+    def fit_val_loaders(self) -> list[Any]:
+        self.val_loaders = self.stage_loaders("validate", self.given["validate"])
+        return self.val_loaders
+
     def estimated_stepping_batches(self) -> int | float:
-        """How many optimizer steps fit will take (for a schedule's total, e.g. OneCycleLR's
-        ``total_steps``): batches per epoch (this process's, after limits) / accumulation, rounded
-        up, times max_epochs, capped by max_steps; inf when nothing bounds it. Usable in
-        ``configure_optimizers`` (the training dataloader is asked for then, as in Lightning)."""
-        cfg = self.config
-        if self.state.stage != "fit":
+        cfg = self.trainer.config
+        if self.trainer.state.stage != "fit":
             raise RuntimeError("trainer.estimated_stepping_batches is known during fit only (from "
                                "configure_optimizers on).")
-        num_batches = self._num_batches(self._fit_train_loader(), cfg.limit_train_batches, "train")
+        num_batches = self.num_batches(self.fit_train_loader(), cfg.limit_train_batches, "train")
         epochs = cfg.epochs_limit
         if num_batches is None or epochs == float("inf"):
             return cfg.max_steps if cfg.max_steps != -1 else float("inf")
         steps = math.ceil(num_batches / cfg.accumulate_grad_batches) * epochs
         return min(steps, cfg.max_steps) if cfg.max_steps != -1 else steps
 
-    @property
-    def num_val_batches(self) -> list[int | None]:
-        """Batches per validation dataloader (after ``limit_val_batches``; None without a length)."""
-        return [self._eval_limit("validate", loader) for loader in self.val_dataloaders]
+    def count_train_batches(self, train_loader: Any) -> int | None:
+        self.num_train_batches = self.num_batches(train_loader, self.trainer.config.limit_train_batches, "train")
+        return self.num_train_batches
 
-    def _reload_dataloaders(self, train_loader: Any, val_loaders: list[Any]) -> Any:
+    def reload(self, train_loader: Any, val_loaders: list[Any]) -> Any:
         """``reload_dataloaders_every_n_epochs``: at the start of every n-th epoch ask the datamodule
         (or module) for its loaders again; returns the train loader (val_loaders replaced in place)."""
-        n, epoch = self.config.reload_dataloaders_every_n_epochs, self.state.current_epoch
+        trainer = self.trainer
+        n, epoch = trainer.config.reload_dataloaders_every_n_epochs, trainer.state.current_epoch
         if not n or epoch == 0 or epoch % n:
             return train_loader
-        given = self._given_loaders
-        self.train_dataloader = None
-        train_loader = self._fit_train_loader()
-        val_loaders[:] = self._stage_loaders("validate", given["validate"])
-        self._num_train_batches = self._num_batches(train_loader, self.config.limit_train_batches, "train")
+        self.train_loader = None
+        train_loader = self.fit_train_loader()
+        val_loaders[:] = self.stage_loaders("validate", self.given["validate"])
+        self.count_train_batches(train_loader)
         return train_loader
+
+    def num_batches(self, loader: Any, limit: int | float | None, what: str) -> int | None:
+        """Batches per epoch after ``limit``; None when the loader has no length."""
+        try:
+            total = len(loader)
+        except TypeError:
+            if isinstance(limit, float) and limit < 1.0:
+                raise ValueError(f"Trainer(limit_{what}_batches={limit}): a fraction needs a dataloader with a "
+                                 "length; this one has none (an IterableDataset?). Pass an int.") from None
+            return limit if isinstance(limit, int) else None
+        if total == 0:
+            raise ValueError(f"The {what} dataloader is empty (len 0). Check that its dataset is not empty and that "
+                             "batch_size is not larger than the dataset with drop_last=True.")
+        if limit is None:
+            return total
+        if isinstance(limit, int):
+            return min(total, limit)
+        if 0 < limit and int(total * limit) == 0:
+            raise ValueError(f"Trainer(limit_{what}_batches={limit}): {limit} of the {total} batches of the {what} "
+                             f"dataloader is less than one batch. Pass at least {1 / total:.3g}, or an int "
+                             "number of batches.")
+        return int(total * limit)
+
+    def eval_limit(self, stage: str, loader: Any) -> int | None:
+        """Batches ``stage`` ("validate", "sanity_check", "test", "predict") takes from ``loader``."""
+        cfg = self.trainer.config
+        if stage == "sanity_check":
+            n, limit = cfg.num_sanity_val_steps, self.eval_limit("validate", loader)
+            if n == -1 or limit is None:
+                return limit if n == -1 else n
+            return min(n, limit)
+        limit = {"validate": cfg.limit_val_batches, "test": cfg.limit_test_batches,
+                 "predict": cfg.limit_predict_batches}[stage]
+        return self.num_batches(loader, limit, {"validate": "val"}.get(stage, stage))
+
+    def _distribute(self, loaders: list[Any], train: bool) -> list[Any]:
+        trainer = self.trainer
+        strategy = trainer.strategy
+        if train and trainer.config.overfit_batches:
+            loaders = [in_order(loader, "overfit_batches") for loader in loaders]
+        if not trainer.config.use_distributed_sampler:  # the user's loaders already give each rank its share
+            return loaders
+        return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train) for loader in loaders]
 
 
 def _check_loaders(value: Any, stage: str, name: str, single: bool = False) -> list[Any]:
