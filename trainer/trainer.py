@@ -131,7 +131,7 @@ class Trainer:
     max_steps = property(lambda self: self.config.max_steps)
     log_every_n_steps = property(lambda self: self.config.log_every_n_steps)
     default_root_dir = property(lambda self: self.config.default_root_dir)
-    num_training_batches = property(lambda self: self._data.num_train_batches)
+    num_training_batches = property(lambda self: self._data.num_train_batches)  # per epoch, after limits (None: no len)
     model = property(lambda self: self._model)
     train_dataloader = property(lambda self: self._data.train_loader)  # fit's, once asked for
     val_dataloaders = property(lambda self: self._data.val_loaders)  # fit's
