@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/ddp.py --results benchmarks/results
 	$(PY) benchmarks/startup.py --results benchmarks/results
 	$(PY) benchmarks/resume_memory.py --results benchmarks/results
+	$(PY) benchmarks/sharded.py --save-stall --results benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

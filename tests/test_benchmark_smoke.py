@@ -111,6 +111,17 @@ def test_sharded_benchmark_reports_every_strategy():
 
 
 @pytest.mark.timeout(300)
+def test_sharded_save_stall_benchmark_times_both_saves_and_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--save-stall", "--rounds", "1",
+                           "--events", "1", "--gap", "1", "--layers", "1", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| synchronous", "| async_save"))]
+    assert len(rows) == 2 and "1.00x" in rows[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded_save.md", "sharded_save.png"]
+
+
+@pytest.mark.timeout(300)
 def test_realistic_benchmark_trains_every_loop_to_the_same_weights_and_writes_results(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "realistic.py"), "--rounds", "1", "--steps", "2",
                            "--warmup", "1", "--workloads", "mlp", "--json", str(tmp_path / "raw.json"),
