@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         times["bare_save"].append(_timed(lambda: torch.save(content, out / "bare.ckpt")))
         times["bare_save_fsync"].append(_timed(lambda: _bare_save_fsync(content, str(out / "bare_fsync.ckpt"))))
         times["periodic"].append(_timed(_periodic_save))
-        trainer._background_writes.wait()
+        trainer.background_writer.wait()
         times["background"].append(_timed(_background_save))
-        trainer._background_writes.wait()
+        trainer.background_writer.wait()
         # both readers read the same file, warm in the page cache, in alternating order
         _warm(str(out / "ours.ckpt"))
         loads = [("ours_load", lambda: safe_load(str(out / "ours.ckpt"))),

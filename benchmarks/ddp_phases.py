@@ -113,7 +113,7 @@ WORKER = textwrap.dedent("""
                           enable_checkpointing=False, accelerator="cpu", callbacks=[Clock()])
         trainer.fit(Net(), DataLoader(data, batch_size=64))
         rank = trainer.global_rank
-        agreements = trainer._stop_agreement.reductions
+        agreements = trainer.fit_loop.stop_agreement.reductions
     if rank == 0:
         json.dump({"step_ms": (marks.t1 - marks.t0) * 1e3 / steps,
                    "agreements": agreements if mode != "raw" else 0, "steps": warmup + steps + 1,

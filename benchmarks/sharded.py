@@ -163,7 +163,7 @@ STALL_WORKER = textwrap.dedent("""
             if self.kind is not None:  # close the previous event: its gap of steps is over
                 after = time.perf_counter() - self.mark
                 t = time.perf_counter()
-                trainer._background_writes.wait()
+                trainer.background_writer.wait()
                 waited = time.perf_counter() - t
                 self.rows[-1].update(after=after, waited=waited)
             n = (step - self.warm) // (gap + 1)
