@@ -71,7 +71,8 @@ def test_the_trainer_has_no_mixins():
 
 
 LOOPS_LAYOUT = {"global_step", "current_epoch", "batch_idx", "batches_seen", "samples_seen", "should_stop",
-                "val_pending", "epoch_trained", "epoch_start_rng", "results", "callback_metrics"}
+                "val_pending", "epoch_trained", "epoch_start_rng", "results", "callback_metrics",
+                "train_batch_size", "data_seed"}  # (+ "epoch_order" inside an epoch re-dealt: reshard.py)
 
 
 def test_the_fit_loop_state_is_the_checkpoints_loops_entry(make_trainer, tmp_path):
@@ -86,7 +87,8 @@ def test_the_fit_loop_state_is_the_checkpoints_loops_entry(make_trainer, tmp_pat
     other = make_trainer(max_steps=3)
     other.fit_loop.load_state_dict(loops)
     assert other.global_step == 3 and other.state.batch_idx == 3 and other.fit_loop.epoch_start_rng is not None
-    assert other.fit_loop.state_dict() == {**loops, "epoch_trained": False}  # no loaders counted yet
+    # no loaders counted yet, none asked for
+    assert other.fit_loop.state_dict() == {**loops, "epoch_trained": False, "train_batch_size": None}
 
 
 @pytest.mark.parametrize("name", ["is_accumulating", "refresh_callback_metrics", "background_writer",

@@ -389,17 +389,6 @@ def test_checkpoint_from_a_newer_format_version(tmp_path):
         _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=path)
 
 
-def test_mid_epoch_checkpoint_from_another_world_size(tmp_path):
-    path = _saved(tmp_path, max_steps=3)
-    content = safe_load(path)
-    assert content["loops"]["batch_idx"] == 3
-    content["metadata"]["world_size"] = 2
-    atomic_save(content, path)
-    with pytest.raises(CheckpointError, match=r"middle of an epoch \(batch_idx 3\) by 2 process\(es\); this run has 1"
-                                              r".*Resume with 2 process\(es\)"):
-        _trainer(tmp_path, max_steps=5).fit(BoringModel(), regression_loader(), ckpt_path=path)
-
-
 def test_not_a_checkpoint_of_this_library(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(BoringModel().state_dict(), path)

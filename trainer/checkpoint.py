@@ -28,6 +28,7 @@ from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
 from trainer.checkpoint_layout import check_layout
 from trainer.data_position import rng_states, set_rng_states
+from trainer.distributed_data import default_data_seed
 from trainer._logging import rank_zero_info
 
 FORMAT_VERSION = 1
@@ -97,11 +98,13 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
         return
     saved_world = ckpt["metadata"].get("world_size", 1)
     loops = ckpt.get("loops") or {}
-    if saved_world != world_size and loops.get("batch_idx", 0) and not loops.get("epoch_trained"):
+    # a one-file checkpoint re-deals the rest of its epoch over the new processes (reshard.py)
+    if saved_world != world_size and loops.get("batch_idx", 0) and not loops.get("epoch_trained") \
+            and ckpt.get("sharded"):
         raise CheckpointError(
             f"{path!r} was saved in the middle of an epoch (batch_idx {loops['batch_idx']}) by {saved_world} "
-            f"process(es); this run has {world_size}. The rest of that epoch's samples cannot be split the same way "
-            f"among {world_size}. Resume with {saved_world} process(es), or from a checkpoint taken at an epoch end.")
+            f"process(es) as a sharded checkpoint; this run has {world_size}. Resume with {saved_world} process(es), "
+            "or from a checkpoint taken at an epoch end.")
 
 
 def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool,
@@ -189,6 +192,7 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     strategy.precision.load_state_dict(ckpt.get("precision", {}))
     loop = trainer.fit_loop
     loop.load_state_dict(ckpt["loops"])
+    loop.resume_order = _epoch_order(ckpt, path, strategy.world_size)
     if trainer.datamodule is not None and "datamodule" in ckpt:
         trainer.datamodule.load_state_dict(ckpt["datamodule"])
     by_key = {cb.state_key: cb for cb in trainer.callbacks}
@@ -200,6 +204,19 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     if loop.resume_rng is None and rng:
         warnings.warn(f"{path!r} has no RNG state for rank {strategy.global_rank}; random streams restart.",
                       stacklevel=3)
+
+
+def _epoch_order(ckpt: dict[str, Any], path: str, world_size: int) -> dict[str, Any] | None:
+    """Where the checkpoint stands in an epoch whose rest must be re-dealt (it was saved inside the
+    epoch by another number of processes, or inside an epoch already re-dealt); else None."""
+    loops, saved_world = ckpt["loops"], ckpt["metadata"].get("world_size", 1)
+    origin = loops.get("epoch_order")
+    if not loops["batch_idx"] or loops.get("epoch_trained") or (origin is None and saved_world == world_size):
+        return None
+    if origin is None:  # the epoch was dealt by the processes that saved it
+        origin = {"world_size": saved_world, "batch_size": loops.get("train_batch_size"),
+                  "seed": loops.get("data_seed", default_data_seed()), "consumed": None}
+    return {**origin, "path": path, "saved_world": saved_world, "batch_idx": loops["batch_idx"]}
 
 
 def newest_checkpoint(dirpath: str) -> str | None:

@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 
-def _generators(loader: Any) -> list[torch.Generator]:
+def order_generators(loader: Any) -> list[torch.Generator]:
+    """The generators a loader draws its order from (its own, its sampler's), each once."""
     found: list[torch.Generator] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         gen = getattr(owner, "generator", None)
@@ -33,12 +34,12 @@ def _generators(loader: Any) -> list[torch.Generator]:
 
 def capture_epoch_start(loader: Any) -> dict[str, Any]:
     """The generator states that decide this epoch's order (torch's default and the loader's own)."""
-    return {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in _generators(loader)]}
+    return {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in order_generators(loader)]}
 
 
 def restore_epoch_start(loader: Any, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    for gen, saved in zip(_generators(loader), state["generators"]):
+    for gen, saved in zip(order_generators(loader), state["generators"]):
         gen.set_state(saved)
 
 

@@ -35,7 +35,8 @@ class UnpaddedShard(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def _seed() -> int:
+def default_data_seed() -> int:
+    """The seed of the distributed sampler's shuffle: ``seed_everything``'s (0 without one)."""
     return int(os.environ.get("TRAINER_GLOBAL_SEED", "0"))
 
 
@@ -71,7 +72,7 @@ def distribute_loader(loader: Any, world_size: int, rank: int, train: bool, spli
     if train:
         sampler: Sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
                                               shuffle=isinstance(loader.sampler, RandomSampler),
-                                              seed=_seed() if data_seed is None else data_seed,
+                                              seed=default_data_seed() if data_seed is None else data_seed,
                                               drop_last=loader.drop_last)
     else:
         sampler = UnpaddedShard(len(loader.dataset), rank, world_size)

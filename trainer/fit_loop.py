@@ -41,6 +41,7 @@ from trainer._wrappers import with_is_last
 from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                    skip_batches)
 from trainer.datamodule import batch_mover
+from trainer.distributed_data import default_data_seed
 from trainer.manual import ModuleOptimizer
 from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.preemption import StopAgreement
@@ -65,6 +66,8 @@ class FitLoop:
         self.training_step: Any = None      # the module's, through the strategy's wrapper (DDP arms sync there)
         self.epoch_start_rng: dict | None = None  # what decided the current epoch's data order
         self.resume_rng: dict | None = None  # RNG states to put back when a resumed loop starts
+        self.resume_order: dict | None = None  # a checkpoint's epoch to re-deal over this run's processes
+        self.reshard: Any = None             # ... and its re-dealt rest (reshard.py)
         self.preempted = False               # SIGTERM arrived (preemption.py sets it)
         self.stop_agreement = StopAgreement(1)
         self.is_last_batch = False           # the current training batch is the epoch's last
@@ -86,16 +89,24 @@ class FitLoop:
         if state.batch_idx and self.is_accumulating:
             warnings.warn(f"Saving a checkpoint in the middle of an accumulation window (batch_idx {state.batch_idx}): "
                           "the gradients accumulated since the last optimizer step are not saved.", stacklevel=4)
-        return {
+        reshard = self.reshard if self.reshard is not None and self.reshard.epoch == state.current_epoch else None
+        epoch_end = reshard.end if reshard is not None else (self.data.num_train_batches or float("inf"))
+        loops = {
             "global_step": state.global_step, "current_epoch": state.current_epoch, "batch_idx": state.batch_idx,
             "batches_seen": state.batches_seen, "samples_seen": state.samples_seen, "should_stop": state.should_stop,
             "val_pending": state.val_pending,
             # an epoch-end checkpoint: batch_idx is that epoch's length on this world size, not a position
-            "epoch_trained": bool(state.batch_idx) and state.batch_idx >= (self.data.num_train_batches or float("inf")),
+            "epoch_trained": bool(state.batch_idx) and state.batch_idx >= epoch_end,
             "epoch_start_rng": self.epoch_start_rng,
             "results": self.metrics.results["train"].state_dict(),
             "callback_metrics": dict(self.metrics.callback_metrics),
+            # what a resume on another number of processes needs to rebuild the epoch's order (reshard.py)
+            "train_batch_size": getattr(self.trainer.train_dataloader, "batch_size", None),
+            "data_seed": default_data_seed(),
         }
+        if reshard is not None:  # this epoch's rest was re-dealt: its order is the one that started it
+            loops["epoch_order"] = reshard.state(state.batch_idx)
+        return loops
 
     def load_state_dict(self, loops: dict[str, Any]) -> None:
         """Put a checkpoint's ``"loops"`` entry back."""
@@ -134,6 +145,8 @@ class FitLoop:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, train_loader: Any, val_loaders: list[Any]) -> None:
         trainer, state, hooks, data = self.trainer, self.state, self.hooks, self.data
+        if self.resume_order is not None:  # before anything runs: a rest that cannot be re-dealt is refused
+            self._reshard_epoch(train_loader)
         num_batches = data.count_train_batches(train_loader)
         for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
             data.eval_limit("validate", loader)
@@ -174,7 +187,7 @@ class FitLoop:
                 self.metrics.results["train"].reset()
             hooks("on_train_epoch_start")
             seen, completed = state.batches_seen, True
-            if not state.epoch_trained and (num_batches is None or start < num_batches):
+            if not state.epoch_trained and (num_batches is None or start < num_batches or self.reshard is not None):
                 batches = self._epoch_batches(train_loader, num_batches, start)
                 if trainer.profiler is not None:
                     batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
@@ -190,6 +203,22 @@ class FitLoop:
                 break
             self._end_train_epoch()
         hooks("on_train_end")
+
+    def _reshard_epoch(self, train_loader: Any) -> None:
+        """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
+        from trainer.reshard import plan_for_resume
+
+        pending, self.resume_order = self.resume_order, None
+        self.reshard = plan_for_resume(self, train_loader, pending)
+        if self.reshard is None:
+            self.state.epoch_trained = True  # nothing of it remains
+            return
+        self.state.batch_idx = self.reshard.start
+        world = self.trainer.world_size
+        rank_zero_info(f"The checkpoint was saved by {pending['saved_world']} process(es) inside epoch "
+                       f"{self.state.current_epoch}: its remaining {len(self.reshard.order) - self.reshard.origin['consumed']}"
+                       f" sample(s) are dealt over {world} in {len(self.reshard.steps)} step(s) of up to "
+                       f"{world} x {train_loader.batch_size}.")
 
     def _make_splitter(self) -> Any:
         """``Trainer(oom_split=True)``: the splitter, and the strategy's ``training_step`` without sync."""
@@ -215,7 +244,12 @@ class FitLoop:
         """
         if start == 0:
             self.epoch_start_rng = capture_epoch_start(loader)
+            self.reshard = None  # a re-dealt epoch (reshard.py) is over
             batches = loader
+        elif self.reshard is not None:  # the rest of an epoch begun on another number of processes
+            now, plan = rng_states(), self.reshard
+            items = plan.weighted(with_is_last(plan.loader(loader, start)), self.trainer.accelerator.engine, start)
+            return _then_set_rng(items, now)
         else:
             now = rng_states()
             restore_epoch_start(loader, self.epoch_start_rng)

@@ -72,6 +72,8 @@ class StepEngine:
         self.progress = progress if progress is not None else _Progress()
         self.window = Window()
         self.optimizers: list[torch.optim.Optimizer] = []  # whose gradients a window's normalisation fixes
+        # this rank's weight in the global mean when ranks hold uneven items (a re-dealt epoch: reshard.py)
+        self.rank_share = 1.0
         self._warned_window = False
 
     # -- the window -----------------------------------------------------------------------------
@@ -122,8 +124,10 @@ class StepEngine:
                 window.counted = True
                 window.items = window.items + num_items
         window.has_loss = True
-        if num_items is not None:  # the loss is a sum over num_items items
+        if num_items is not None:  # the loss is a sum over num_items items (counted over every rank)
             return loss * (1.0 / (k * window.ref))
+        if self.rank_share != 1.0:
+            return loss * (self.rank_share * size / (k * window.ref))
         if k != 1 or size != window.ref:
             return loss * (size / (k * window.ref))
         return loss
