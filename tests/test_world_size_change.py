@@ -169,6 +169,26 @@ def test_relabelled_two_process_checkpoint_resumes_with_the_rest_of_the_two_proc
     assert trainer.global_step == 2 + -(-(N_SAMPLES - 12) // BATCH)
 
 
+
+def test_a_checkpoint_inside_a_redealt_epoch_resumes_it_exactly(tmp_path):
+    """Saved again inside the re-dealt rest, resumed: the same samples and weights as without that stop."""
+    path = _saved_by_two(tmp_path)
+    loader = lambda: DataLoader(_data(), batch_size=BATCH, shuffle=True)  # noqa: E731
+    straight = Indexed()
+    quiet_trainer(max_epochs=1, enable_checkpointing=False).fit(straight, loader(), ckpt_path=path)
+    first = Indexed()
+    trainer = quiet_trainer(max_epochs=1, max_steps=4, enable_checkpointing=False)
+    trainer.fit(first, loader(), ckpt_path=path)
+    again = str(tmp_path / "again.ckpt")
+    trainer.save_checkpoint(again)
+    assert safe_load(again)["loops"]["epoch_order"] == {"world_size": 2, "batch_size": BATCH, "seed": SEED,
+                                                       "consumed": 12 + 2 * BATCH}
+    second = Indexed()
+    quiet_trainer(max_epochs=1, enable_checkpointing=False).fit(second, loader(), ckpt_path=again)
+    assert first.seen + second.seen == straight.seen
+    for a, b in zip(second.parameters(), straight.parameters()):
+        assert torch.equal(a, b)
+
 def _sampler_order(world):
     """The epoch-0 order of DistributedSampler over ``world`` processes with SEED, step by step
     (torch's documented algorithm: randperm seeded by seed + epoch, padded, sample i to rank i % world)."""
