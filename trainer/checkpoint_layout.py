@@ -160,6 +160,12 @@ def check_layout(ckpt: Any, path: str) -> None:
         c.tensor(c.get(start, "torch", "loops.epoch_start_rng.torch"), "loops.epoch_start_rng.torch", torch.uint8)
         c.sequence(c.get(start, "generators", "loops.epoch_start_rng.generators"), "loops.epoch_start_rng.generators",
                    lambda t, f: c.tensor(t, f, torch.uint8))
+    if loops.get("train_batch_size") is not None:
+        c.count(loops["train_batch_size"], "loops.train_batch_size")
+    if "epoch_order" in loops:  # a re-dealt epoch's origin (reshard.py)
+        origin = c.mapping(loops["epoch_order"], "loops.epoch_order")
+        for key in ("world_size", "batch_size", "seed", "consumed"):
+            c.count(c.get(origin, key, f"loops.epoch_order.{key}"), f"loops.epoch_order.{key}")
     for key in ("results", "callback_metrics"):
         if key in loops:
             c.mapping(loops[key], f"loops.{key}")
