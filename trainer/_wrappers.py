@@ -169,9 +169,11 @@ class PreparedDataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle the next pass as epoch ``epoch``; later passes count on from it (as Accelerate's
-        seedable sampler does)."""
+        seedable sampler does). The sampler takes the epoch now, as in Accelerate, so a loader made
+        from this one (``skip_first_batches``) reads that epoch's order too."""
         self._auto_epoch = True
         self._epoch = epoch
+        self._set_sampler_epoch(epoch)
 
     def _set_sampler_epoch(self, epoch: int) -> None:
         for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):

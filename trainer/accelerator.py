@@ -651,12 +651,15 @@ class Accelerator(TrackingMixin):
 
     def skip_first_batches(self, dataloader: Any, num_batches: int) -> Any:
         """A prepared dataloader that starts at batch ``num_batches`` of the same order (to resume
-        inside an epoch; restore the RNG state first so the order is the same)."""
-        from trainer.data_position import skip_batches
+        inside an epoch: ``load_state``, then ``dataloader.set_epoch(epoch)`` with a seedable sampler,
+        then this). Reading it leaves the random streams ``load_state`` put back untouched, so a
+        resumed run draws what the uninterrupted one drew (README: the restart pattern)."""
+        from trainer.data_position import SameRandomStreams, skip_batches
 
         loader = getattr(dataloader, "loader", dataloader)
         skipped = num_batches * (getattr(loader, "batch_size", None) or 0)
-        return PreparedDataLoader(skip_batches(loader, num_batches), self, skipped_samples=skipped, auto_epoch=False)
+        return PreparedDataLoader(SameRandomStreams(skip_batches(loader, num_batches)), self, skipped_samples=skipped,
+                                  auto_epoch=False)
 
 
 def _is_scheduler(obj: Any) -> bool:

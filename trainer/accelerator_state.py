@@ -38,7 +38,7 @@ def save_state(accelerator: Any, output_dir: str) -> str:
         "precision": strategy.precision.state_dict(),
         "custom": [obj.state_dict() for obj in accelerator._custom_objects],
         "step": accelerator.step,
-        "rng": {strategy.global_rank: rng_states()},
+        "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's (rank zero writes)
     }
     output_dir = os.path.abspath(output_dir)
     if getattr(strategy, "sharded_format", None):
@@ -72,14 +72,12 @@ def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> N
     strategy = accelerator.strategy
     if strategy.sharded_format == "deepspeed":  # the engine's own files, and the rest as meta.ckpt
         meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
-        meta.update({"models": 1, "optimizers": 1, "optimizer_states": "sharded",
-                     "rng": dict(enumerate(strategy.all_gather_object(rng_states())))})
+        meta.update({"models": 1, "optimizers": 1, "optimizer_states": "sharded"})
         strategy.save_sharded(meta, output_dir, None, [])
         return
     _, tensors = _sharded_state(accelerator)
     meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
     meta.update({"sharded": strategy.sharded_format, "models": 1, "optimizers": len(accelerator._optimizers)})
-    meta["rng"] = dict(enumerate(strategy.all_gather_object(rng_states())))
     atomic_directory(output_dir, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), strategy.is_global_zero,
                      strategy.broadcast, strategy.barrier)
 

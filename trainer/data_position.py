@@ -65,6 +65,34 @@ def skip_batches(loader: Any, skip: int) -> Any:
     return itertools.islice(loader, skip, None)
 
 
+class SameRandomStreams:
+    """``loader`` iterated without moving the process's random streams: a DataLoader's iterator draws
+    its base seed from torch's generator when it starts, a draw the uninterrupted run made at the
+    epoch's start, before the checkpoint. The states are put back once the first batch is read."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        states = rng_states()
+        iterator = iter(self.loader)
+        first = next(iterator, _END)
+        set_rng_states(states)
+        if first is _END:
+            return
+        yield first
+        yield from iterator
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+_END = object()
+
+
 def loader_kwargs(loader: DataLoader) -> dict[str, Any]:
     """The settings of ``loader`` other than its dataset and sampling, to build a sibling."""
     kwargs: dict[str, Any] = dict(
