@@ -392,7 +392,7 @@ def test_checkpoint_from_a_newer_format_version(tmp_path):
 def test_not_a_checkpoint_of_this_library(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(BoringModel().state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"not a checkpoint written by this library"):
+    with pytest.raises(CheckpointError, match=r"is not a Trainer checkpoint: it holds plain weights"):
         _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=str(path))
 
 

@@ -130,6 +130,10 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     if accelerator.strategy.is_global_zero:
         _recover(input_dir)
     accelerator.strategy.barrier("load_state")
+    if os.path.isfile(input_dir):
+        raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): that is a file; expected the directory "
+                                "save_state wrote (it holds state.ckpt). A Trainer checkpoint file resumes with "
+                                "trainer.fit(..., ckpt_path=path).")
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): no such directory. Pass the directory "
                                 "given to save_state.")
@@ -140,7 +144,14 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         _load_sharded(accelerator, input_dir, meta)
         _load_rest(accelerator, meta, input_dir)
         return
+    if not os.path.isfile(path):
+        from trainer.checkpoint_kinds import describe_directory
+
+        found, fix = describe_directory(input_dir) or ("nothing", "")
+        raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): it holds no {STATE_FILE}: found {found}; "
+                                f"expected the directory Accelerator.save_state wrote. {fix}")
     state = safe_load(path)
+    _check_state(state, path)
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path!r} has format {state['format_version']}, newer than {FORMAT_VERSION}; "
                               "upgrade the trainer package to load it.")
@@ -158,6 +169,23 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         opt.load_state_dict(sd)
         accelerator.strategy.setup_optimizer(opt.optimizer)
     _load_rest(accelerator, state, path)
+
+
+_STATE_KEYS = ("models", "optimizers", "schedulers", "precision", "custom", "step", "rng")
+
+
+def _check_state(state: Any, path: str) -> None:
+    """Refuse a ``state.ckpt`` that is not what save_state writes, naming what it is instead."""
+    from trainer.checkpoint_kinds import describe
+
+    if isinstance(state, dict) and "format_version" in state and all(k in state for k in _STATE_KEYS):
+        return
+    if isinstance(state, dict) and "format_version" in state and "models" in state:
+        missing = [k for k in _STATE_KEYS if k not in state]
+        raise CheckpointError(f"{path!r} is an Accelerator state without {', '.join(missing)}; expected every field "
+                              "save_state writes. It was edited or cut short: save the state again.")
+    found, fix = describe(state, path)
+    raise CheckpointError(f"{path!r} holds {found}; expected the state.ckpt that Accelerator.save_state writes. {fix}")
 
 
 def _load_rest(accelerator: Any, state: dict[str, Any], path: str) -> None:

@@ -86,8 +86,11 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
     """Refuse checkpoints this version cannot use, saying why and what to do (``world_size`` None:
     everything but the world size)."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or not ("state_dict" in ckpt or "sharded" in ckpt):
-        raise CheckpointError(f"{path!r} is not a checkpoint written by this library (no format_version/state_dict). "
-                              "For plain weights use TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
+        from trainer.checkpoint_kinds import describe
+
+        found, fix = describe(ckpt, path)
+        raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}; expected a checkpoint written "
+                              f"by Trainer.save_checkpoint or ModelCheckpoint (format_version, state_dict, ...). {fix}")
     check_layout(ckpt, path)  # every field this library reads, named when wrong
     version = ckpt["format_version"]
     if version > FORMAT_VERSION:
@@ -286,6 +289,19 @@ def _recover(directory: str, only: str | None = None) -> None:
         rank_zero_info(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")
 
 
+def _refuse_foreign_directory(path: str) -> None:
+    """A directory without meta.ckpt, named with what it holds instead (an Accelerator state, an
+    Accelerate folder, plain weights) and how to load that."""
+    from trainer.strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError
+    from trainer.checkpoint_kinds import describe_directory
+
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, SHARDED_META)):
+        return
+    found, fix = describe_directory(path) or ("nothing readable", "")
+    raise CorruptCheckpointError(f"Checkpoint {path!r} is a directory without {SHARDED_META}, so not a whole sharded "
+                                 f"checkpoint of this library: it holds {found}. {fix}")
+
+
 def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any]:
     """``safe_load(path, mmap=mmap)``; for a sharded checkpoint directory also ``verify_sharded`` (no file would
     unpickle code; sizes and CRC-32s as written, the CRC work split among the ranks). Every rank
@@ -295,6 +311,7 @@ def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any
 
     ckpt, failure = None, None
     try:
+        _refuse_foreign_directory(path)
         ckpt = safe_load(path, mmap=mmap)
         if os.path.isdir(path) and isinstance(ckpt, dict):
             verify_sharded(path, ckpt, strategy.global_rank, strategy.world_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import inspect
 import warnings
 from typing import Any, Iterator, Mapping
@@ -310,6 +311,10 @@ class TrainModule(torch.nn.Module):
         from trainer.checkpoint import check_compatible, load_weights_into
         from trainer.strategies.checkpoint_io import safe_load
 
+        if not os.path.exists(str(checkpoint_path)):
+            raise FileNotFoundError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): no such file. Pass "
+                                    "the path of a checkpoint written by Trainer.save_checkpoint or ModelCheckpoint "
+                                    "(e.g. trainer.checkpoint_callback.best_model_path).")
         ckpt = safe_load(str(checkpoint_path))
         check_compatible(ckpt, str(checkpoint_path), world_size=None)  # weights only: any world size
         if not ckpt.get("state_dict"):

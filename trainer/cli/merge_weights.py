@@ -21,9 +21,18 @@ def full_weights(path: str) -> dict[str, Any]:
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
     from trainer.strategies.checkpoint_verify import safe_dcp_load, verify_sharded
 
+    import os
+
+    from trainer.checkpoint_kinds import describe
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r}: no such file or directory. Pass a .ckpt file or a sharded checkpoint "
+                                "directory.")
     meta = safe_load(path)
-    if not isinstance(meta, dict) or "format_version" not in meta:
-        raise CheckpointError(f"{path!r} is not a checkpoint written by this library.")
+    if not isinstance(meta, dict) or "format_version" not in meta or not ("state_dict" in meta or "sharded" in meta):
+        found, fix = describe(meta, path)
+        raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}; expected a checkpoint written "
+                              f"by Trainer.save_checkpoint or ModelCheckpoint. {fix}")
     sharded = meta.get("sharded")
     if sharded is None:
         return meta["state_dict"]
