@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from trainer import TrainModule, seed_everything
 from trainer.data_position import capture_epoch_start
-from trainer.reshard import deal, distributed_order, loss_shares, replayed_order
+from trainer.reshard import check_weighting, deal, distributed_order, loss_shares, replayed_order
 from trainer.strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
 from tests.helpers.distributed import run_distributed
 from tests.helpers.trainers import quiet_trainer
@@ -56,7 +56,7 @@ def test_every_remaining_sample_is_trained_exactly_once(n, saved_world, world, b
     assert [i for step in steps for batch_ in step for i in batch_] == remaining
     if world == saved_world and new_batch == batch:  # the same processes: the original batches
         original = [order[j:j + batch] for j in range(consumed, len(order), batch)]
-        assert [b for step in steps for b in step][:-world] == original[:len(original) - world]
+        assert [b for step in steps[:-1] for b in step] == original[:world * (len(steps) - 1)]
     # weighting: the average over ranks of share x local mean is the mean over the window's items
     values = {i: float(data.draw(st.integers(-9, 9))) for i in remaining}
     shares = [loss_shares(steps, r, k) for r in range(world)]
@@ -67,6 +67,22 @@ def test_every_remaining_sample_is_trained_exactly_once(n, saved_world, world, b
         everything = [v for vs in local for v in vs]
         assert averaged == pytest.approx(sum(everything) / len(everything), abs=1e-9)
         assert all(shares[r][start] == 1.0 for r in range(world)) or len({len(v) for v in local}) > 1
+
+
+def test_manual_optimization_with_an_uneven_last_batch_is_refused():
+    class Manual(Indexed):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    steps = deal(list(range(7)), world_size=2, batch_size=2)  # 4 + 3: the last step is 2 + 1
+    shares = loss_shares(steps, rank=0, accumulation=1)
+    assert shares == [1.0, 2 * 2 / 3]
+    check_weighting(Indexed(), shares)  # the loop weights automatic optimization's loss
+    with pytest.raises(CheckpointError, match=r"split unevenly between the processes and Manual uses manual "
+                                              r"optimization, whose backward the loop cannot weight"):
+        check_weighting(Manual(), shares)
+    check_weighting(Manual(), loss_shares(deal(list(range(8)), 2, 2), 0, 1))  # even: nothing to weight
 
 
 def test_one_process_order_is_replayed_from_the_epoch_start_states():

@@ -92,6 +92,13 @@ def loss_shares(steps: list[list[list[int]]], rank: int, accumulation: int) -> l
     return shares
 
 
+def check_weighting(module: Any, shares: list[float]) -> None:
+    """Uneven ranks need the loop's loss weighting, which manual optimization does not go through."""
+    if not getattr(module, "automatic_optimization", True) and any(s != 1.0 for s in shares):
+        raise _cannot(f"the last global batch is split unevenly between the processes and "
+                      f"{type(module).__name__} uses manual optimization, whose backward the loop cannot weight")
+
+
 class _Batches(Sampler[list[int]]):
     def __init__(self, batches: list[list[int]]) -> None:
         self.batches = batches
@@ -196,10 +203,7 @@ def plan_for_resume(loop: Any, loader: Any, pending: dict[str, Any]) -> Reshard 
         if not remaining:
             return None
         steps = deal(remaining, strategy.world_size, loader.batch_size)
-        shares = loss_shares(steps, strategy.global_rank, cfg.accumulate_grad_batches)
-        if not getattr(trainer.module, "automatic_optimization", True) and any(s != 1.0 for s in shares):
-            raise _cannot("the last global batch is split unevenly and manual optimization leaves the loss "
-                          "weighting to you")
+        check_weighting(trainer.module, loss_shares(steps, strategy.global_rank, cfg.accumulate_grad_batches))
     except CheckpointError as err:
         raise CheckpointError(
             f"{path!r} was saved in the middle of epoch {epoch} by {saved_world} process(es); this run "
