@@ -83,6 +83,10 @@ def _load_from_checkpoint(path):
     BoringModel.load_from_checkpoint(str(path))
 
 
+def _validate(path):
+    quiet_trainer().validate(BoringModel(), regression_loader(16, 4), ckpt_path=str(path))
+
+
 def _merge(path, out):
     return merge_weights.run(argparse.Namespace(checkpoint=str(path), output=str(out), max_shard_size="10GB"))
 
@@ -111,7 +115,7 @@ EXPECTED = r"expected a checkpoint written by Trainer.save_checkpoint or ModelCh
 
 
 @pytest.mark.parametrize("name, found", CORRUPT + FOREIGN)
-@pytest.mark.parametrize("door", [_fit, _load_from_checkpoint])
+@pytest.mark.parametrize("door", [_fit, _load_from_checkpoint, _validate])
 def test_trainer_doors_name_the_file_what_was_found_and_the_fix(files, door, name, found):
     path = files / name
     before = _snapshot(path)
@@ -203,3 +207,18 @@ def test_load_from_checkpoint_and_merge_weights_of_a_missing_path(tmp_path, caps
         _load_from_checkpoint(missing)
     assert _merge(missing, tmp_path / "out") == 2
     assert re.search(r"trainer merge-weights: '[^']*nope.ckpt': no such file or directory", capsys.readouterr().err)
+
+
+def test_an_accelerator_state_missing_fields_names_them(files, tmp_path):
+    from trainer.strategies.checkpoint_io import atomic_save, safe_load
+
+    directory = tmp_path / "state"
+    shutil.copytree(files / "acc_state", directory)
+    state = safe_load(str(directory / "state.ckpt"))
+    del state["rng"], state["step"]
+    atomic_save(state, str(directory / "state.ckpt"))
+    before = _snapshot(directory)
+    with pytest.raises(CheckpointError, match=r"state.ckpt' is an Accelerator state without step, rng; expected every "
+                                              r"field save_state writes"):
+        _load_state(directory)
+    assert _snapshot(directory) == before
