@@ -88,3 +88,31 @@ def test_a_script_sees_them_on_stdout_until_it_configures_logging(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "first status line\n"
     assert proc.stderr.splitlines() == ["APP second status line"]
+
+
+def _two_process_worker(root):
+    """One rank of a real 2-process gloo run; returns what it wrote to stdout and stderr."""
+    import contextlib
+    import io
+
+    from tests.helpers.trainers import quiet_trainer
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        trainer = quiet_trainer(max_epochs=1, default_root_dir=root, enable_model_summary=True,
+                                enable_progress_bar=True)  # not a terminal: one line per epoch, then a summary
+        trainer.fit(BoringModel(), regression_loader(32, 4), ckpt_path="last")
+    return {"rank": trainer.global_rank, "world_size": trainer.world_size, "out": out.getvalue(),
+            "err": err.getvalue()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_with_two_processes_only_rank_zero_shows_status_lines(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    zero, one = run_distributed(_two_process_worker, root=str(tmp_path))
+    assert (zero["rank"], one["rank"], one["world_size"]) == (0, 1, 2)
+    for line in ("Using precision", "no checkpoint found", "Total params", "epoch 0: global_step", "Fit finished"):
+        assert line in zero["out"], zero["out"]
+    assert one["out"] == "" and one["err"] == ""
