@@ -136,7 +136,7 @@ class Trainer:
     train_dataloader = property(lambda self: self._data.train_loader)  # fit's, once asked for
     val_dataloaders = property(lambda self: self._data.val_loaders)  # fit's
     is_last_batch = property(lambda self: self.fit_loop.is_last_batch)  # the current training batch is the epoch's last
-    is_accumulating = property(lambda self: self.fit_loop.is_accumulating)  # inside an accumulation window
+    is_accumulating = property(lambda self: self.accelerator.engine.in_window)  # inside an accumulation window
     background_writer = property(lambda self: self._background_writes)  # ModelCheckpoint(async_save=True)'s
     checkpoint_dir = property(checkpointing.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
 
