@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = [ROOT / "trainer", ROOT / "callbacks", ROOT / "strategies"]
+LIBRARY = [ROOT / "trainer", ROOT / "callbacks", ROOT / "strategies", ROOT / "benchmarks", ROOT / "examples"]
 TRAINER_FILE = ROOT / "trainer" / "trainer.py"
 # names under which library code holds a Trainer
 TRAINER_NAMES = {"trainer", "_trainer"}
