@@ -93,7 +93,7 @@ class ModelCheckpoint(Callback):
     # -- when ---------------------------------------------------------------------------------
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         strategy = trainer.accelerator.strategy
-        if self.async_save and getattr(strategy, "sharded_format", None) and not hasattr(strategy, "stage_sharded"):
+        if self.async_save and strategy.sharded_format and not strategy.can_stage_sharded:
             raise ValueError(f"ModelCheckpoint(async_save=True) with {type(strategy).__name__}: its checkpoints are "
                              "sharded, each rank writing its own part through its engine, which cannot be copied aside "
                              "for a background write (FSDP's can). Use ModelCheckpoint(async_save=False) with this "
@@ -196,7 +196,7 @@ class ModelCheckpoint(Callback):
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
         ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
         strategy = trainer.accelerator.strategy
-        if getattr(strategy, "sharded_format", None):  # every rank copies its shards now and writes them behind
+        if strategy.sharded_format:  # every rank copies its shards now and writes them behind
             staged = strategy.stage_sharded(ckpt, trainer.module, trainer.optimizers)
             writer.submit(lambda: self._write(trainer, written, evicted, staged), written or self.last_model_path)
         elif trainer.is_global_zero:
@@ -246,7 +246,7 @@ class ModelCheckpoint(Callback):
         one write per save instead of two. False where links cannot be made (sharded directories,
         some filesystems): then last.ckpt is written in full."""
         strategy = trainer.accelerator.strategy
-        if getattr(strategy, "sharded_format", None):
+        if strategy.sharded_format:
             return False
         linked = atomic_link(written, self.last_model_path) if trainer.is_global_zero else False
         return bool(strategy.broadcast(linked)) if collective and strategy.world_size > 1 else linked

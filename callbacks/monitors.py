@@ -25,12 +25,16 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "V100": {"fp16": 125e12, "fp32": 15.7e12},
     "T4": {"fp16": 65e12, "fp32": 8.1e12},
 }
-_PRECISION_KIND = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "fp16", "32-true": "fp32"}
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
     """The table's peak for a device name such as "NVIDIA A100-SXM4-80GB", or None if unknown."""
-    kind = _PRECISION_KIND.get(precision, "fp32")
+    import torch
+
+    from trainer.strategies.precision import PRECISION_TABLE
+
+    _, autocast_dtype, param_dtype = PRECISION_TABLE.get(precision, (None, None, None))
+    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype or param_dtype, "fp32")
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "L40S" before "L4"
         if key in device_name:
             return PEAK_FLOPS[key].get(kind)

@@ -17,8 +17,11 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
-from .ddp import DDPStrategy, _StepForward
+from .ddp import _StepForward
+from .environment import ClusterEnvironment
 from .precision import Precision
+from .process_group import ProcessGroup
+from .strategy import Strategy
 
 _DS_PRECISION = {"bf16-mixed": "bf16", "16-mixed": "fp16", "32-true": None}
 
@@ -32,7 +35,7 @@ def _require_deepspeed() -> Any:
     return deepspeed
 
 
-class DeepSpeedStrategy(DDPStrategy):
+class DeepSpeedStrategy(Strategy):
     """ZeRO data parallelism: optimizer state (stage 1), gradients (2) and parameters (3) sharded.
 
     Args:
@@ -45,6 +48,7 @@ class DeepSpeedStrategy(DDPStrategy):
             value wins.
         precision: "32-true", "bf16-mixed" or "16-mixed" (DeepSpeed's bf16 / fp16 with loss scaling).
         timeout: collectives' timeout.
+        process_group_backend, environment, requested_processes: as for DDPStrategy.
 
     Example:
         >>> Trainer(strategy=DeepSpeedStrategy(zero_stage=3))            # doctest: +SKIP
@@ -52,14 +56,19 @@ class DeepSpeedStrategy(DDPStrategy):
     """
 
     sharded_format = "deepspeed"
+    has_engine = True
+    supports_gradient_correction = False  # gradients live in the engine's partitions
 
     distributed_kind = "DEEPSPEED"
 
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
                  config: dict[str, Any] | str | None = None, precision: Precision | str | None = None,
                  device_kind: str = "cpu", timeout: datetime.timedelta | float | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
+                 process_group_backend: str | None = None, environment: ClusterEnvironment | None = None,
+                 requested_processes: int = 1) -> None:
+        super().__init__(precision, ProcessGroup(device_kind, timeout, process_group_backend, environment,
+                                                 requested_processes, owner="DeepSpeedStrategy"))
+        self.device_kind = device_kind
         if zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"DeepSpeedStrategy(zero_stage={zero_stage!r}): expected 0, 1, 2 or 3.")
         if offload_parameters and zero_stage != 3:
@@ -82,18 +91,22 @@ class DeepSpeedStrategy(DDPStrategy):
         self.accumulate_grad_batches = 1
         self.engine: Any = None
         self._module: torch.nn.Module | None = None
-        self._check_precision()
 
-    def _check_precision(self) -> None:
-        if self.precision.name not in _DS_PRECISION:
-            raise ValueError(f"DeepSpeedStrategy(precision={self.precision.name!r}): expected '32-true', 'bf16-mixed' "
+    @property
+    def root_device(self) -> torch.device:
+        return self.processes.root_device
+
+    def check_precision(self, precision: Precision) -> None:
+        if precision.name not in _DS_PRECISION:
+            raise ValueError(f"DeepSpeedStrategy(precision={precision.name!r}): expected '32-true', 'bf16-mixed' "
                              "or '16-mixed' (DeepSpeed keeps fp32 master weights itself).")
 
-    def connect(self, trainer_config: Any) -> None:
-        """Take the Trainer's settings that DeepSpeed's config must carry."""
-        self.gradient_clip_val = trainer_config.gradient_clip_val
-        self.accumulate_grad_batches = trainer_config.accumulate_grad_batches
-        if trainer_config.gradient_clip_algorithm != "norm" and trainer_config.gradient_clip_val:
+    def connect(self, *, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm",
+                accumulate_grad_batches: int = 1) -> None:
+        """Take the loop's settings that DeepSpeed's config must carry."""
+        self.gradient_clip_val = gradient_clip_val
+        self.accumulate_grad_batches = accumulate_grad_batches
+        if gradient_clip_algorithm != "norm" and gradient_clip_val:
             raise ValueError("Trainer(gradient_clip_algorithm='value') with DeepSpeed: DeepSpeed clips by norm only. "
                              "Use gradient_clip_algorithm='norm'.")
 
@@ -197,6 +210,10 @@ class DeepSpeedStrategy(DDPStrategy):
             batch = apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)
         return batch
 
+    @property
+    def has_step_contexts(self) -> bool:
+        return False  # the engine casts and reduces: both contexts are empty
+
     def forward_context(self) -> ContextManager:
         return contextlib.nullcontext()  # DeepSpeed casts the weights; no autocast on top
 
@@ -224,7 +241,6 @@ class DeepSpeedStrategy(DDPStrategy):
         # buffers ZeRO-Offload keeps on the CPU partitions between steps
         return None
 
-    supports_gradient_correction = False  # gradients live in the engine's partitions
     oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
                          "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
                          "free of collectives.")
@@ -283,7 +299,7 @@ class DeepSpeedStrategy(DDPStrategy):
         super().teardown()
 
     def __repr__(self) -> str:
-        return (f"DeepSpeedStrategy(ZeRO-{self.zero_stage}, {self.backend}, rank {self.global_rank}/{self.world_size}, "
+        return (f"DeepSpeedStrategy(ZeRO-{self.zero_stage}, {self.processes.backend}, rank {self.global_rank}/{self.world_size}, "
                 f"precision={self.precision.name!r})")
 
 

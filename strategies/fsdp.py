@@ -2,7 +2,7 @@
 
 Each process holds 1/n of every parameter, gradient and optimizer state; parameters are
 all-gathered per wrapped block for its forward and backward and freed after, gradients are
-reduce-scattered. Process groups, ranks and collectives come from ``DDPStrategy``.
+reduce-scattered. Process group, ranks and collectives: a ``ProcessGroup`` (as DDP's).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 
-from .ddp import DDPStrategy
+from .environment import ClusterEnvironment
 from .precision import Precision
+from .process_group import ProcessGroup
+from .strategy import Strategy
 
 # Which precisions FSDP's own MixedPrecisionPolicy serves (params cast for compute, reduced in fp32).
 _MP_DTYPES = {"bf16-mixed": torch.bfloat16}
@@ -24,7 +26,7 @@ SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"
 AUTO_WRAP_POLICIES = ("transformer", "size", "none")
 
 
-class FSDPStrategy(DDPStrategy):
+class FSDPStrategy(Strategy):
     """Shard parameters, gradients and optimizer state across processes (FSDP2).
 
     Args:
@@ -41,6 +43,7 @@ class FSDPStrategy(DDPStrategy):
         sharding: "full" (shard over all processes) or "hybrid" (HSDP: shard within a machine,
             replicate across machines; a 2-D mesh of num_machines x processes per machine).
         timeout: collectives' timeout (as for DDPStrategy).
+        process_group_backend, environment, requested_processes: as for DDPStrategy.
 
     Example:
         >>> FSDPStrategy(auto_wrap_policy={torch.nn.TransformerEncoderLayer})  # doctest: +SKIP
@@ -52,8 +55,12 @@ class FSDPStrategy(DDPStrategy):
                  auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
                  cpu_offload: bool = False, activation_checkpointing: Any = None,
                  reshard_after_forward: bool = True, sharding: str = "full",
-                 timeout: datetime.timedelta | float | None = None, **kwargs: Any) -> None:
-        super().__init__(device_kind=device_kind, precision=precision, timeout=timeout, **kwargs)
+                 timeout: datetime.timedelta | float | None = None,
+                 process_group_backend: str | None = None, environment: ClusterEnvironment | None = None,
+                 requested_processes: int = 1) -> None:
+        super().__init__(precision, ProcessGroup(device_kind, timeout, process_group_backend, environment,
+                                                 requested_processes, owner="FSDPStrategy"))
+        self.device_kind = device_kind
         if sharding not in ("full", "hybrid"):
             raise ValueError(f"FSDPStrategy(sharding={sharding!r}): expected 'full' or 'hybrid' (shard within a "
                              "machine, replicate across machines).")
@@ -65,7 +72,7 @@ class FSDPStrategy(DDPStrategy):
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward, self.sharding = reshard_after_forward, sharding
         self._writer_group: Any = None  # the gloo group of background checkpoint writes (stage_sharded)
-        self._check_precision()
+        self._wrapped: dict[int, tuple[torch.nn.Module, Callable]] = {}
 
     @classmethod
     def from_options(cls, options: dict[str, Any], **kwargs: Any) -> "FSDPStrategy":
@@ -90,9 +97,12 @@ class FSDPStrategy(DDPStrategy):
                    activation_checkpointing=checkpointing, reshard_after_forward=sharding != "SHARD_GRAD_OP",
                    sharding="hybrid" if sharding == "HYBRID_SHARD" else "full", **kwargs)
 
-    def _check_precision(self) -> None:
-        name = self.precision.name
-        if name == "16-mixed":
+    @property
+    def root_device(self) -> torch.device:
+        return self.processes.root_device
+
+    def check_precision(self, precision: Precision) -> None:
+        if precision.name == "16-mixed":
             raise ValueError("FSDPStrategy(precision='16-mixed'): fp16 with a loss scaler is not supported with "
                              "sharded gradients here. Use precision='bf16-mixed' (FSDP's mixed precision policy, no "
                              "scaler needed) or '32-true'.")
@@ -103,7 +113,7 @@ class FSDPStrategy(DDPStrategy):
 
         world = self.world_size
         if self.sharding == "hybrid":
-            per_machine = self.environment.local_world_size
+            per_machine = self.processes.environment.local_world_size
             if world % per_machine:
                 raise ValueError(f"FSDPStrategy(sharding='hybrid'): {world} processes do not split into machines of "
                                  f"{per_machine} (LOCAL_WORLD_SIZE).")
@@ -176,6 +186,10 @@ class FSDPStrategy(DDPStrategy):
         return None  # FSDP's own backward hooks reduce-scatter every backward, manual or not
 
     # -- the step -----------------------------------------------------------------------------------
+    @property
+    def has_step_contexts(self) -> bool:
+        return True  # no_backward_sync holds the reduce-scatter back
+
     def forward_context(self) -> ContextManager:
         if self.precision.name in _MP_DTYPES:
             return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts; no autocast on top
@@ -209,6 +223,7 @@ class FSDPStrategy(DDPStrategy):
 
     # -- checkpoints: torch.distributed.checkpoint, each rank writes its own shards ---------------------
     sharded_format = "fsdp-dcp"
+    can_stage_sharded = True
 
     def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
                      optimizers: list[torch.optim.Optimizer]) -> None:
@@ -296,8 +311,12 @@ class FSDPStrategy(DDPStrategy):
                              if isinstance(v, torch.Tensor) and k != "step")
         return total
 
+    def teardown(self) -> None:
+        self._wrapped.clear()
+        super().teardown()
+
     def __repr__(self) -> str:
-        return (f"FSDPStrategy({self.backend}, rank {self.global_rank}/{self.world_size}, sharding={self.sharding!r}, "
+        return (f"FSDPStrategy({self.processes.backend}, rank {self.global_rank}/{self.world_size}, sharding={self.sharding!r}, "
                 f"precision={self.precision.name!r})")
 
 

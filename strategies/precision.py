@@ -13,15 +13,34 @@ import torch
 
 from ._util import apply_to_tensors, did_you_mean, quoted
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
-
-# Spellings users bring from Lightning and Accelerate.
-_ALIASES = {
-    "32": "32-true", 32: "32-true", "fp32": "32-true", "no": "32-true", "32-true": "32-true",
-    "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
-    "16": "16-mixed", 16: "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed",
-    "bf16-true": "bf16-true",
+# The one table of precision names: ours -> (Accelerate's ``mixed_precision``, autocast dtype, parameter dtype).
+PRECISION_TABLE: dict[str, tuple[str | None, torch.dtype | None, torch.dtype | None]] = {
+    "32-true": ("no", None, None),
+    "bf16-mixed": ("bf16", torch.bfloat16, None),
+    "16-mixed": ("fp16", torch.float16, None),
+    "bf16-true": (None, None, torch.bfloat16),  # Accelerate has no name for it
 }
+PRECISIONS = tuple(PRECISION_TABLE)
+
+# Every spelling users bring (Lightning's ints and short strings, Accelerate's names) -> ours.
+_ALIASES: dict[Any, str] = {
+    **{name: name for name in PRECISION_TABLE},
+    **{accelerate: name for name, (accelerate, _, _) in PRECISION_TABLE.items() if accelerate},
+    "32": "32-true", 32: "32-true", "fp32": "32-true", "16": "16-mixed", 16: "16-mixed",
+}
+
+
+def precision_name(value: Any, owner: str = "Trainer(precision=...)") -> str:
+    """Our name for a precision spelled any known way (``"fp16"``, ``16``, ``"bf16-mixed"``, ...)."""
+    if isinstance(value, Precision):
+        return value.name
+    key = value.lower() if isinstance(value, str) else value
+    if key not in _ALIASES:
+        raise ValueError(
+            f"{owner.replace('...', repr(value))}: unknown precision. Expected one of "
+            f"{quoted(PRECISIONS)}.{did_you_mean(value, PRECISIONS + ('fp16', 'bf16', 'no'))}"
+        )
+    return _ALIASES[key]
 
 
 class Precision:
@@ -40,8 +59,7 @@ class Precision:
         if name not in PRECISIONS:
             raise ValueError(f"Precision({name!r}): unknown precision. Expected one of {quoted(PRECISIONS)}.")
         self.name = name
-        self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(name)
-        self.param_dtype = torch.bfloat16 if name == "bf16-true" else None
+        self.mixed_precision, self.autocast_dtype, self.param_dtype = PRECISION_TABLE[name]
         self.device_type = "cpu"
         self.scaler: Any = None
         self._unscaled: set[int] = set()  # optimizers unscaled since their last step
@@ -51,13 +69,7 @@ class Precision:
         """Turn a user's precision setting into an object; ``owner`` names the call for errors."""
         if isinstance(value, Precision):
             return value
-        key = value.lower() if isinstance(value, str) else value
-        if key not in _ALIASES:
-            raise ValueError(
-                f"{owner.replace('...', repr(value))}: unknown precision. Expected one of "
-                f"{quoted(PRECISIONS)}.{did_you_mean(value, PRECISIONS + ('fp16', 'bf16', 'no'))}"
-            )
-        return cls(_ALIASES[key])
+        return cls(precision_name(value, owner))
 
     # -- set-up -------------------------------------------------------------------------
     def setup(self, device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """The one place where user settings (strings, ints) become a ``Strategy`` object.
 
-Later strategies register themselves in ``STRATEGIES`` with a factory taking the
-resolved device kind, device list and precision.
+``STRATEGIES`` maps each name to a factory taking the resolved device kind, device list and
+precision; every call builds a new strategy (or raises), none is changed after construction.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
     if kind == "mps":
         raise ValueError("strategy='ddp' does not run on MPS (Apple GPUs have no multi-process backend). "
                          "Use accelerator='cpu' for several processes, or one MPS device.")
-    strategy = DDPStrategy(device_kind=kind, precision=precision)
-    strategy.requested_processes = len(indices)
-    return strategy
+    return DDPStrategy(device_kind=kind, precision=precision, requested_processes=len(indices))
 
 
 def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
@@ -43,10 +41,10 @@ def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | N
 
     if kind == "mps":
         raise ValueError("strategy='fsdp' does not run on MPS. Use accelerator='cpu' or CUDA devices.")
-    strategy = FSDPStrategy.from_options(options, device_kind=kind, precision=precision) if options \
-        else FSDPStrategy(device_kind=kind, precision=precision)
-    strategy.requested_processes = len(indices)
-    return strategy
+    if options:
+        return FSDPStrategy.from_options(options, device_kind=kind, precision=precision,
+                                         requested_processes=len(indices))
+    return FSDPStrategy(device_kind=kind, precision=precision, requested_processes=len(indices))
 
 
 def _deepspeed(stage: int, offload: bool = False) -> Callable[..., Strategy]:
@@ -57,12 +55,10 @@ def _deepspeed(stage: int, offload: bool = False) -> Callable[..., Strategy]:
             raise ValueError("DeepSpeed does not run on MPS. Use accelerator='cpu' or CUDA devices.")
         options = options or {}
         chosen = int(options.get("zero_stage", stage))
-        strategy = DeepSpeedStrategy(
-            zero_stage=chosen, device_kind=kind, precision=precision,
+        return DeepSpeedStrategy(
+            zero_stage=chosen, device_kind=kind, precision=precision, requested_processes=len(indices),
             offload_optimizer=offload or options.get("offload_optimizer_device") == "cpu",
             offload_parameters=(offload and chosen == 3) or options.get("offload_param_device") == "cpu")
-        strategy.requested_processes = len(indices)
-        return strategy
     return build
 
 
@@ -166,18 +162,17 @@ def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices:
 
     ``precision=None`` means "not given": a Strategy object keeps its own precision, a
     strategy string gets "32-true", or with ``auto_precision`` (the Trainer) the device's
-    ``default_precision``, said in one rank-zero line.
+    ``default_precision``, said in one rank-zero line. A Strategy object is never changed: with a
+    different precision a copy is built and checked as its constructor checks (``Strategy.with_precision``).
     """
     if precision is None and auto_precision and not isinstance(strategy, Strategy):
         kind = _device_kind(accelerator)
         bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
         precision, why = default_precision(kind, bf16)
         rank_zero_info(f"Using precision={precision!r} ({why}; pass Trainer(precision=...) to choose).")
-    prec = Precision.from_string("32-true" if precision is None else precision)
     if isinstance(strategy, Strategy):
-        if precision is not None:
-            strategy.precision = prec
-        return strategy
+        return strategy if precision is None else strategy.with_precision(precision)
+    prec = Precision.from_string("32-true" if precision is None else precision)
     if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
         raise ValueError(
             f"Trainer(strategy={strategy!r}): unknown strategy. Expected a Strategy object or one of "

@@ -1,13 +1,17 @@
 """Strategies decide where tensors live and how gradients move.
 
-``Strategy`` is the abstract base the engine talks to; it owns a ``Precision`` by
-composition. ``SingleDeviceStrategy`` trains on one device. Distributed strategies
-override the collective methods (``reduce``, ``barrier``, ...) and ``no_backward_sync``.
+``Strategy`` is the abstract base the engine talks to, and its methods and typed attributes are
+the whole contract: the loop, the Accelerator and the callbacks use nothing else, and every
+ability has a default here (a strategy that cannot do a thing says so from its own method). It
+owns a ``Precision`` (fixed at construction) and its processes (``LocalProcesses`` or a
+``ProcessGroup``) by composition. ``SingleDeviceStrategy`` trains on one device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import datetime
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ContextManager, Iterable
 
@@ -16,23 +20,75 @@ import torch
 from ._util import apply_to_tensors
 from .checkpoint_io import atomic_save, safe_load
 from .precision import Precision
+from .process_group import REDUCE_OPS, LocalProcesses, ProcessGroup
 
-REDUCE_OPS = ("mean", "sum", "max", "min")
+__all__ = ["REDUCE_OPS", "SingleDeviceStrategy", "Strategy"]
 
 
 class Strategy(ABC):
     """Where tensors live and how gradients move; owns the run's ``Precision``.
 
     Args:
-        precision: a ``Precision`` or a precision string (see ``Precision.from_string``).
+        precision: a ``Precision`` or a precision string (see ``Precision.from_string``), checked
+            by ``check_precision`` now; it never changes afterwards (``with_precision`` makes a copy).
+        processes: the job's processes and their collectives (default: this process alone).
     """
 
-    #: how processes share the work, for ``Accelerator.distributed_type``: "NO" (one process),
-    #: "MULTI" (replicas), "FSDP" or "DEEPSPEED"
-    distributed_kind = "NO"
+    #: How processes share the work, for ``Accelerator.distributed_type``: "NO" (one process),
+    #: "MULTI" (replicas), "FSDP" or "DEEPSPEED".
+    distributed_kind: str = "NO"
+    #: The format of this strategy's sharded checkpoints (a directory of per-rank files written by
+    #: ``save_sharded``), or None: one file, written by rank zero (``save_checkpoint``).
+    sharded_format: str | None = None
+    #: The model and its optimizer become one engine (``setup_engine``) that owns backward,
+    #: clipping and the optimizer step (DeepSpeed).
+    has_engine: bool = False
+    #: The loop may rescale the accumulated gradients in place (exact item-weighted windows);
+    #: False when they live where the loop cannot reach them (an engine's partitions).
+    supports_gradient_correction: bool = True
 
-    def __init__(self, precision: Precision | str | None = None) -> None:
-        self.precision = Precision.from_string(precision or "32-true", owner="Strategy(precision=...)")
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a strategy that brings its own step contexts needs them entered, unless it declares otherwise
+        own = cls.__dict__
+        if ("forward_context" in own or "no_backward_sync" in own) and "has_step_contexts" not in own:
+            cls.has_step_contexts = True  # type: ignore[assignment]
+
+    def __init__(self, precision: Precision | str | None = None,
+                 processes: LocalProcesses | ProcessGroup | None = None) -> None:
+        owner = f"{type(self).__name__}(precision=...)"
+        self._precision = Precision.from_string("32-true" if precision is None else precision, owner=owner)
+        self._precision_given = precision is not None
+        self.check_precision(self._precision)
+        self.processes = processes if processes is not None else LocalProcesses()
+
+    @property
+    def precision(self) -> Precision:
+        """The run's numerics, fixed when the strategy was built."""
+        return self._precision
+
+    def check_precision(self, precision: Precision) -> None:
+        """Raise ``ValueError`` if this strategy cannot train in ``precision`` (every one is fine here)."""
+        return None
+
+    def with_precision(self, precision: Any, owner: str = "Trainer") -> "Strategy":
+        """This strategy with ``precision`` (checked as the constructor checks it), as a new object:
+        this one is never changed. Returns ``self`` when the precision is the same.
+
+        Raises ``ValueError`` when the strategy was built with a different precision of its own.
+        """
+        new = Precision.from_string(precision, owner=f"{owner}(precision=...)")
+        if new.name == self._precision.name:
+            return self
+        if self._precision_given:
+            raise ValueError(
+                f"{owner}(strategy={type(self).__name__}(precision={self._precision.name!r}), "
+                f"precision={new.name!r}): two different precisions. Give it in one place: drop {owner}'s "
+                f"precision= or the strategy's.")
+        self.check_precision(new)
+        copied = copy.deepcopy(self)
+        copied._precision, copied._precision_given = new, True
+        return copied
 
     # -- who and where ------------------------------------------------------------------
     @property
@@ -41,24 +97,49 @@ class Strategy(ABC):
 
     @property
     def world_size(self) -> int:
-        return 1
+        return self.processes.world_size
 
     @property
     def global_rank(self) -> int:
-        return 0
+        return self.processes.global_rank
 
     @property
     def local_rank(self) -> int:
-        return 0
+        return self.processes.local_rank
 
     @property
     def is_global_zero(self) -> bool:
         return self.global_rank == 0
 
+    @property
+    def timeout(self) -> datetime.timedelta | None:
+        """How long a collective may wait before failing (None on one process)."""
+        return self.processes.timeout
+
+    @property
+    def needs_launch(self) -> bool:
+        """Several processes were asked for in a process no launcher started: the Trainer must start
+        them (``requested_processes`` of them) before anything else."""
+        return self.processes.needs_launch
+
+    @property
+    def requested_processes(self) -> int:
+        return self.processes.requested_processes
+
     # -- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
-        """Prepare the environment (devices, process groups) before any module is touched."""
+        """Prepare the environment (devices, process groups) before any module is touched; nothing
+        in a process that only launches the workers."""
+        if self.processes.needs_launch:
+            return
+        self.processes.setup()
         self.precision.setup(self.root_device)
+
+    def connect(self, *, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm",
+                accumulate_grad_batches: int = 1) -> None:
+        """Take the loop's settings that the strategy's own engine must carry (DeepSpeed writes them
+        into its config). Nothing to do by default."""
+        return None
 
     def module_init_context(self) -> ContextManager:
         """Where ``TrainModule.configure_model`` creates its layers (FSDP: the meta device)."""
@@ -84,6 +165,11 @@ class Strategy(ABC):
                     state[key] = value.to(device)
         return optimizer
 
+    def setup_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+        """For the Accelerator when ``has_engine``: one engine over ``module`` and ``optimizer``."""
+        raise RuntimeError(f"{type(self).__name__} has no engine (has_engine is False): prepare the model and the "
+                           "optimizer separately (setup_module, setup_optimizer).")
+
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
@@ -96,6 +182,13 @@ class Strategy(ABC):
         return self.precision.convert_input(batch)
 
     # -- the training step --------------------------------------------------------------
+    @property
+    def has_step_contexts(self) -> bool:
+        """Whether ``forward_context`` or ``no_backward_sync`` do anything; when False the loop calls
+        ``training_step`` without entering them. A subclass overriding either is taken to need them
+        (True) unless it declares ``has_step_contexts`` itself."""
+        return self.precision.autocast_dtype is not None
+
     def forward_context(self) -> ContextManager:
         return self.precision.forward_context()
 
@@ -145,29 +238,29 @@ class Strategy(ABC):
     def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
         torch.nn.utils.clip_grad_value_(list(parameters), clip_value)
 
-    # -- collectives (trivial on one process) -------------------------------------------
+    # -- collectives (through the processes; identities on one) ------------------------------
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        return tensor
+        return self.processes.reduce(tensor, op)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.unsqueeze(0)
+        return self.processes.all_gather(tensor)
 
     def barrier(self, name: str | None = None) -> None:
-        return None
+        self.processes.barrier(name)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """``obj`` from every process, in rank order."""
-        return [obj]
+        return self.processes.all_gather_object(obj)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return obj
+        return self.processes.broadcast(obj, src)
 
     def teardown(self) -> None:
-        return None
+        self.processes.teardown()
 
     def explain_failure(self, err: BaseException) -> BaseException | None:
         """A clearer error for ``err`` when it is a failed collective (another rank died or hung), else None."""
-        return None
+        return self.processes.explain_failure(err)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str) -> None:
@@ -178,6 +271,42 @@ class Strategy(ABC):
 
     def load_checkpoint(self, path: str) -> Any:
         return safe_load(path, map_location="cpu")
+
+    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
+                     optimizers: list[torch.optim.Optimizer]) -> None:
+        """When ``sharded_format`` is set: ``path`` becomes a directory of per-rank shards of the module
+        and optimizer state, and ``meta.ckpt`` with the rest of ``checkpoint``."""
+        raise RuntimeError(f"{type(self).__name__} writes one-file checkpoints (sharded_format is None): "
+                           "use save_checkpoint.")
+
+    #: ``stage_sharded`` can copy this rank's shards aside for a background write (FSDP's DCP shards
+    #: can; DeepSpeed's engine writes its own files).
+    can_stage_sharded: bool = False
+
+    def stage_sharded(self, checkpoint: dict[str, Any], module: torch.nn.Module,
+                      optimizers: list[torch.optim.Optimizer]) -> Callable[[str], None]:
+        """Copy this rank's shards to CPU memory now and return ``write(path)``, which writes what
+        ``save_sharded`` writes, for a background thread of every rank (``can_stage_sharded``)."""
+        raise RuntimeError(f"{type(self).__name__} cannot stage its checkpoint for a background write "
+                           "(can_stage_sharded is False): use save_sharded / save_checkpoint.")
+
+    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Read the shards this rank needs from a directory ``save_sharded`` wrote."""
+        raise RuntimeError(f"{type(self).__name__} reads one-file checkpoints (sharded_format is None): "
+                           "use load_checkpoint.")
+
+    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The module's full, unsharded state dict (on rank zero at least)."""
+        return module.state_dict()
+
+    def local_state_bytes(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Bytes of parameters (and optimizer state) this process holds."""
+        total = sum(p.numel() * p.element_size() for p in module.parameters())
+        if optimizer is not None:
+            for state in optimizer.state.values():
+                total += sum(v.numel() * v.element_size() for k, v in state.items()
+                             if isinstance(v, torch.Tensor) and k != "step")
+        return total
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.root_device}, precision={self.precision.name!r})"

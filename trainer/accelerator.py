@@ -132,7 +132,7 @@ class Accelerator(TrackingMixin):
 
     @property
     def mixed_precision(self) -> str:
-        return {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(self.precision, "no")
+        return self.strategy.precision.mixed_precision or "no"  # Accelerate has no name for bf16-true
 
     @property
     def num_processes(self) -> int:
@@ -233,7 +233,7 @@ class Accelerator(TrackingMixin):
         """
         # Models first, so optimizers see parameters already converted for the precision.
         prepared = list(objects)
-        if hasattr(self.strategy, "setup_engine"):  # DeepSpeed: one engine owns the model and its optimizer
+        if self.strategy.has_engine:  # DeepSpeed: one engine owns the model and its optimizer
             return self._prepare_engine(objects)
         before: dict[int, str] = {}  # id of each parameter -> its name, to follow in-place sharding (FSDP2)
         for i, obj in enumerate(objects):
@@ -294,7 +294,7 @@ class Accelerator(TrackingMixin):
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
         if isinstance(optimizer, AcceleratedOptimizer):
             return optimizer
-        engine_owned = hasattr(self.strategy, "setup_engine")  # DeepSpeed built its engine with it already
+        engine_owned = self.strategy.has_engine  # DeepSpeed built its engine with it already
         wrapped = AcceleratedOptimizer(optimizer if engine_owned else self.strategy.setup_optimizer(optimizer), self)
         self._optimizers.append(wrapped)
         self.engine.optimizers.append(wrapped.optimizer)
@@ -618,10 +618,7 @@ class Accelerator(TrackingMixin):
 
     def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The full (unsharded) state dict of ``model`` (gathered on rank zero under FSDP)."""
-        full = getattr(self.strategy, "full_state_dict", None)
-        if full is not None:
-            return full(self.unwrap_model(model))
-        return self.unwrap_model(model).state_dict()
+        return self.strategy.full_state_dict(self.unwrap_model(model))
 
     def save_model(self, model: torch.nn.Module, save_directory: str, max_shard_size: int | str = "10GB",
                    safe_serialization: bool = True) -> list[str]:

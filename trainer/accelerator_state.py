@@ -25,7 +25,7 @@ def save_state(accelerator: Any, output_dir: str) -> str:
     from trainer import __version__
 
     strategy = accelerator.strategy
-    sharded = getattr(strategy, "sharded_format", None)
+    sharded = strategy.sharded_format
     state = {
         "format_version": FORMAT_VERSION,
         "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
@@ -41,7 +41,7 @@ def save_state(accelerator: Any, output_dir: str) -> str:
         "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's (rank zero writes)
     }
     output_dir = os.path.abspath(output_dir)
-    if getattr(strategy, "sharded_format", None):
+    if strategy.sharded_format:
         _save_sharded(accelerator, state, output_dir)
         return output_dir
     if strategy.is_global_zero:
@@ -50,55 +50,32 @@ def save_state(accelerator: Any, output_dir: str) -> str:
     return output_dir
 
 
-def _sharded_state(accelerator: Any) -> tuple[Any, dict[str, Any]]:
-    """The model's and its optimizers' state dicts as DCP wants them (FQN keys, sharded tensors)."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
+def _sharded_objects(accelerator: Any) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+    """The one prepared model and its optimizers, whose state the strategy writes as shards."""
     if len(accelerator._models) != 1:
         raise CheckpointError(f"save_state/load_state with {type(accelerator.strategy).__name__} supports one prepared "
                               f"model (its optimizers are saved with it); this Accelerator has "
                               f"{len(accelerator._models)}. Save each model's get_state_dict() yourself.")
-    model = accelerator.unwrap_model(accelerator._models[0])
-    optimizers = [o.optimizer for o in accelerator._optimizers]
-    model_sd, optim_sd = get_state_dict(model, optimizers)
-    return model, {"model": model_sd, "optim": optim_sd}
+    return accelerator.unwrap_model(accelerator._models[0]), [o.optimizer for o in accelerator._optimizers]
 
 
 def _save_sharded(accelerator: Any, state: dict[str, Any], output_dir: str) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    from trainer.strategies.checkpoint_io import atomic_directory
-
+    """The strategy's own shards of the model and optimizers, and the rest as meta.ckpt."""
     strategy = accelerator.strategy
-    if strategy.sharded_format == "deepspeed":  # the engine's own files, and the rest as meta.ckpt
-        meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
-        meta.update({"models": 1, "optimizers": 1, "optimizer_states": "sharded"})
-        strategy.save_sharded(meta, output_dir, None, [])
-        return
-    _, tensors = _sharded_state(accelerator)
+    model, optimizers = _sharded_objects(accelerator)
     meta = {k: v for k, v in state.items() if k not in ("models", "optimizers")}
-    meta.update({"sharded": strategy.sharded_format, "models": 1, "optimizers": len(accelerator._optimizers)})
-    atomic_directory(output_dir, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), strategy.is_global_zero,
-                     strategy.broadcast, strategy.barrier)
+    meta.update({"models": 1, "optimizers": len(optimizers), "optimizer_states": "sharded"})
+    strategy.save_sharded(meta, output_dir, model, optimizers)
 
 
 def _load_sharded(accelerator: Any, input_dir: str, meta: dict[str, Any]) -> None:
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    from trainer.strategies.checkpoint_verify import safe_dcp_load
-
     strategy = accelerator.strategy
-    if meta.get("sharded") != getattr(strategy, "sharded_format", None):
+    if meta.get("sharded") != strategy.sharded_format:
         raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {meta['metadata'].get('strategy')} "
                               f"as {meta.get('sharded') or 'one file'}; this Accelerator uses "
                               f"{type(strategy).__name__}. Load it with the strategy that saved it.")
-    if strategy.sharded_format == "deepspeed":
-        strategy.load_sharded(input_dir, None, [])
-        return
-    model, tensors = _sharded_state(accelerator)
-    safe_dcp_load(tensors, input_dir)
-    set_state_dict(model, [o.optimizer for o in accelerator._optimizers], model_state_dict=tensors["model"],
-                   optim_state_dict=tensors["optim"])
+    model, optimizers = _sharded_objects(accelerator)
+    strategy.load_sharded(input_dir, model, optimizers)
 
 
 def _write_dir_atomically(output_dir: str, fill: Any) -> None:
@@ -138,7 +115,7 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): no such directory. Pass the directory "
                                 "given to save_state.")
     sharded = os.path.isfile(os.path.join(input_dir, SHARDED_META))
-    if sharded or getattr(accelerator.strategy, "sharded_format", None):
+    if sharded or accelerator.strategy.sharded_format:
         # the directory's meta.ckpt (refused if the directory is partial), every file checked
         meta = read_verified(accelerator.strategy, input_dir)
         _load_sharded(accelerator, input_dir, meta)

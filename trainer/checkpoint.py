@@ -54,7 +54,7 @@ def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
     if trainer.state.stage in ("fit", "sanity_check"):
         trainer.fit_loop.metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
     strategy = trainer.accelerator.strategy
-    sharded = getattr(strategy, "sharded_format", None)  # its weights and optimizer state go in shards
+    sharded = strategy.sharded_format  # its weights and optimizer state go in shards
     ckpt: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
@@ -145,12 +145,12 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
     module, strategy = trainer.module, trainer.accelerator.strategy
     check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
     sharded = ckpt.get("sharded")
-    if sharded != getattr(strategy, "sharded_format", None):
+    if sharded != strategy.sharded_format:
         saved = ckpt["metadata"].get("strategy")
         raise CheckpointError(
             f"{path!r} was written by {saved} ({'sharded: ' + sharded if sharded else 'one file'}), but this run uses "
             f"{type(strategy).__name__}, which reads "
-            f"{'sharded ' + strategy.sharded_format if getattr(strategy, 'sharded_format', None) else 'one-file'} "
+            f"{'sharded ' + strategy.sharded_format if strategy.sharded_format else 'one-file'} "
             f"checkpoints. Resume with the strategy that saved it, or turn it into plain weights with "
             f"`trainer merge-weights {path} OUT` and load those into the model before a new fit.")
     check_compatible(ckpt, path, strategy.world_size)

@@ -18,7 +18,7 @@ def save_checkpoint(trainer: Any, filepath: str, ckpt: dict[str, Any]) -> None:
     """Write ``ckpt`` (``trainer.dump_checkpoint()``) to ``filepath`` through the strategy: atomically,
     one file, or each process its own shards."""
     strategy = trainer.accelerator.strategy
-    if getattr(strategy, "sharded_format", None):  # each process writes its own shards
+    if strategy.sharded_format:  # each process writes its own shards
         strategy.save_sharded(ckpt, str(filepath), trainer.module, trainer.optimizers)
     else:
         strategy.save_checkpoint(ckpt, str(filepath))
@@ -85,7 +85,7 @@ def load_weights_for_eval(trainer: Any, path: str, hooks: Any) -> None:
     from trainer.strategies.checkpoint_io import safe_load
 
     strategy = trainer.accelerator.strategy
-    if getattr(strategy, "sharded_format", None):
+    if strategy.sharded_format:
         raise ValueError(f"ckpt_path={path!r} with {type(strategy).__name__}: loading a sharded checkpoint for "
                          "evaluation is not supported. Merge it into plain weights (`trainer merge-weights`) and "
                          "load them with model.load_state_dict before calling.")

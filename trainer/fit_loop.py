@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 
-from trainer.strategies import Strategy
 from trainer.strategies._util import batch_size_of
 from trainer import eval_loop
 from trainer._logging import rank_zero_info
@@ -274,10 +273,7 @@ class FitLoop:
                                                or (state.current_epoch + 1) % cfg.check_val_every_n_epoch == 0)
         self._step_hooks = (hooks.has("on_before_optimizer_step"), hooks.has("on_before_zero_grad"))
         # no autocast and no DDP: call training_step without entering (null) contexts on every micro-batch
-        strategy_type = type(accel.strategy)
-        plain_forward = accel.strategy.precision.autocast_dtype is None \
-            and strategy_type.forward_context is Strategy.forward_context \
-            and strategy_type.no_backward_sync is Strategy.no_backward_sync
+        plain_forward = not accel.strategy.has_step_contexts
         max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
         manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
         log_every = cfg.log_every_n_steps

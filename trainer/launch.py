@@ -8,6 +8,8 @@ import uuid
 from typing import NoReturn
 from trainer._logging import rank_zero_info
 
+from trainer.strategies.precision import precision_name
+
 
 def launch_this_script(num_processes: int) -> NoReturn:
     """Re-run the current script as ``num_processes`` ranks on this machine, wait for them, and
@@ -29,11 +31,10 @@ def launch_this_script(num_processes: int) -> NoReturn:
 
 # -- in the workers: the settings `trainer launch` sent -------------------------------------------
 SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
-_PRECISION = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
 _DEVICE = {"cpu": "cpu", "gpu": "cuda"}
 # our argument -> (launch setting, how its value becomes ours)
 _MAP = {
-    "precision": ("mixed_precision", _PRECISION.get), "mixed_precision": ("mixed_precision", lambda v: v),
+    "precision": ("mixed_precision", precision_name), "mixed_precision": ("mixed_precision", lambda v: v),
     "strategy": ("strategy", lambda v: v), "accelerator": ("device", _DEVICE.get),
     "accumulate_grad_batches": ("gradient_accumulation_steps", int),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", int),

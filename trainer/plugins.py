@@ -100,16 +100,15 @@ class DeepSpeedPlugin:
             raise ValueError(f"Accelerator(gradient_accumulation_steps={accumulation}) and DeepSpeedPlugin("
                              f"gradient_accumulation_steps={self.gradient_accumulation_steps}) disagree; set the same "
                              "value in both (or only in the Accelerator).")
-        precision = {"bf16": "bf16-mixed", "fp16": "16-mixed", "no": "32-true", None: "32-true"}.get(
-            mixed_precision, mixed_precision)
+        precision = "32-true" if mixed_precision is None else mixed_precision
         import torch
 
         strategy = DeepSpeedStrategy(zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer_device == "cpu",
                                      offload_parameters=self.offload_param_device == "cpu", config=self.hf_ds_config,
                                      precision=precision, device_kind="cuda" if torch.cuda.is_available() else "cpu",
                                      environment=detect_environment())
-        strategy.gradient_clip_val = self.gradient_clipping
-        strategy.accumulate_grad_batches = accumulation or self.gradient_accumulation_steps
+        strategy.connect(gradient_clip_val=self.gradient_clipping,
+                         accumulate_grad_batches=accumulation or self.gradient_accumulation_steps)
         return strategy
 
 

@@ -146,7 +146,7 @@ class StepEngine:
         window.corrected = True
         if not window.counted and window.items == k * window.ref:
             return
-        if getattr(self.strategy, "supports_gradient_correction", True):
+        if self.strategy.supports_gradient_correction:
             seen: set[int] = set()
             params = [p for opt in (self.optimizers or [optimizer]) for p in _params(opt)
                       if id(p) not in seen and not seen.add(id(p))]

@@ -278,9 +278,10 @@ class Trainer:
                 module.configure_model()
             if self.config.sync_batchnorm:
                 _convert_sync_batchnorm(module, self.accelerator.strategy)
-            connect = getattr(self.accelerator.strategy, "connect", None)
-            if connect is not None:  # a strategy whose engine must carry the Trainer's settings (DeepSpeed)
-                connect(self.config)
+            cfg = self.config  # a strategy whose engine must carry the loop's settings takes them (DeepSpeed)
+            self.accelerator.strategy.connect(gradient_clip_val=cfg.gradient_clip_val,
+                                              gradient_clip_algorithm=cfg.gradient_clip_algorithm,
+                                              accumulate_grad_batches=cfg.accumulate_grad_batches)
             manual = not getattr(module, "automatic_optimization", True)
             self._model, training_step = self.accelerator.prepare_trainer_module(module, manual=manual)
             if profiler is not None:
@@ -375,7 +376,7 @@ class Trainer:
     def _launch_if_needed(self) -> None:
         """Several processes asked for in a plain ``python train.py``: start them through torch's
         elastic launcher (each re-runs this script as one rank), wait, and exit with their status."""
-        if getattr(self.strategy, "needs_launch", False):
+        if self.strategy.needs_launch:
             from trainer.launch import launch_this_script
 
             launch_this_script(self.strategy.requested_processes)

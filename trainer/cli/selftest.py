@@ -19,8 +19,11 @@ from typing import Any, Callable
 import torch
 
 from trainer.launch import launch_settings
+from trainer.strategies.precision import PRECISION_TABLE, precision_name
 
-_LOW_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "bf16-true": torch.bfloat16}
+# precision -> the dtype its matmuls run in, where that is not float32
+_LOW_PRECISION = {name: autocast or params for name, (_, autocast, params) in PRECISION_TABLE.items()
+                  if autocast or params}
 
 
 class CheckFailed(Exception):
@@ -214,10 +217,8 @@ class SelfTest:
 
 
 def _expected_precision() -> str | None:
-    from trainer.launch import _PRECISION
-
     value = launch_settings().get("mixed_precision")
-    return None if value is None else _PRECISION.get(value, value)
+    return None if value is None else precision_name(value)
 
 
 def _run(name: str, fn: Callable[[], str]) -> tuple[bool, str]:
