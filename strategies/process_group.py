@@ -143,7 +143,8 @@ class ProcessGroup:
         timeout: how long a collective may wait before failing (a hang becomes an error); None:
             ``collective_timeout`` from ``trainer launch`` (read when first needed), else 600 s.
         backend: override "nccl"/"gloo".
-        environment: where this process sits (default: read from the environment once, now).
+        environment: where this process sits (default: read from the environment variables once,
+            when first needed -- not in the constructor, so a strategy can be built before launching).
         requested_processes: how many processes the user asked for (``devices=``); more than one in a
             process no launcher started means the Trainer must start them (``needs_launch``).
         owner: the strategy's name, for error messages.
@@ -160,7 +161,7 @@ class ProcessGroup:
         self.device_kind = device_kind
         self._timeout = None if timeout is None else check_timeout(timeout, owner)
         self.backend = backend or ("nccl" if device_kind == "cuda" else "gloo")
-        self.environment = environment or detect_environment()
+        self._environment = environment
         self.requested_processes = requested_processes
         self.owner = owner
         self._created_group = False
@@ -171,6 +172,12 @@ class ProcessGroup:
             settings = json.loads(os.environ.get("TRAINER_LAUNCH_SETTINGS") or "{}")
             self._timeout = check_timeout(settings.get("collective_timeout") or DEFAULT_TIMEOUT_SECONDS, self.owner)
         return self._timeout
+
+    @property
+    def environment(self) -> ClusterEnvironment:
+        if self._environment is None:
+            self._environment = detect_environment()
+        return self._environment
 
     world_size = property(lambda self: self.environment.world_size)
     global_rank = property(lambda self: self.environment.global_rank)

@@ -124,3 +124,12 @@ def test_deepspeed_plugin_settings_reach_the_strategy_through_its_declared_metho
     config = strategy.ds_config()
     assert config["gradient_clipping"] == 0.5 and config["fp16"]["enabled"] and not config["bf16"]["enabled"]
     assert strategy.accumulate_grad_batches == 4
+
+
+def test_a_strategy_reads_the_launchers_environment_when_first_needed_not_when_built(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    strategy = DDPStrategy(requested_processes=2)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (strategy.global_rank, strategy.world_size, strategy.needs_launch) == (1, 2, False)

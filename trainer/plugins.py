@@ -93,7 +93,6 @@ class DeepSpeedPlugin:
     def strategy(self, mixed_precision: str | None, accumulation: int | None) -> Any:
         """The ``DeepSpeedStrategy`` for these settings and the Accelerator's own arguments."""
         from trainer.strategies import DeepSpeedStrategy
-        from trainer.strategies.environment import detect_environment
 
         if accumulation is not None and accumulation != self.gradient_accumulation_steps \
                 and self.gradient_accumulation_steps != 1:
@@ -105,8 +104,7 @@ class DeepSpeedPlugin:
 
         strategy = DeepSpeedStrategy(zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer_device == "cpu",
                                      offload_parameters=self.offload_param_device == "cpu", config=self.hf_ds_config,
-                                     precision=precision, device_kind="cuda" if torch.cuda.is_available() else "cpu",
-                                     environment=detect_environment())
+                                     precision=precision, device_kind="cuda" if torch.cuda.is_available() else "cpu")
         strategy.connect(gradient_clip_val=self.gradient_clipping,
                          accumulate_grad_batches=accumulation or self.gradient_accumulation_steps)
         return strategy
