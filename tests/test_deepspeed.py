@@ -49,6 +49,7 @@ def _worker(stage, k, precision):
 
     strategy = DeepSpeedStrategy(zero_stage=stage)
     model, trainer = _fit(strategy, batch=2, k=k, precision=precision, enable_checkpointing=False)
+    strategy = trainer.strategy  # with precision= the Trainer trains on a copy of the object (checked)
     full = strategy.full_state_dict(model)
     total = sum(p.numel() * 4 for p in Net().parameters())
     return {"weights": {n: v.tolist() for n, v in full.items()}, "steps": trainer.global_step,
@@ -90,12 +91,11 @@ def test_bad_settings_are_refused_before_training():
 
 def test_the_trainers_settings_are_written_into_the_config_and_disagreements_reported():
     from trainer.strategies import DeepSpeedStrategy
-    from trainer.config import TrainerConfig
 
     strategy = DeepSpeedStrategy(zero_stage=3, offload_optimizer=True, precision="bf16-mixed",
                                  config={"gradient_clipping": 1.0, "fp16": {"enabled": True},
                                          "zero_optimization": {"stage": 1, "overlap_comm": False}})
-    strategy.connect(TrainerConfig(gradient_clip_val=0.5, accumulate_grad_batches=4))
+    strategy.connect(gradient_clip_val=0.5, accumulate_grad_batches=4)
     with pytest.warns(UserWarning) as caught:
         config = strategy.ds_config()
     messages = " ".join(str(w.message) for w in caught)
@@ -107,7 +107,7 @@ def test_the_trainers_settings_are_written_into_the_config_and_disagreements_rep
                                            "offload_optimizer": {"device": "cpu", "pin_memory": False}}
     assert config["zero_force_ds_cpu_optimizer"] is False  # the user's optimizer is kept under offload
     unclipped = DeepSpeedStrategy()
-    unclipped.connect(TrainerConfig())
+    unclipped.connect()
     assert unclipped.ds_config()["gradient_clipping"] == 0.0  # never DeepSpeed's silent 1.0
 
 
@@ -115,14 +115,13 @@ def test_a_json_config_file_is_read_and_merged(tmp_path):
     import json
 
     from trainer.strategies import DeepSpeedStrategy
-    from trainer.config import TrainerConfig
 
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"},
                                                       "reduce_bucket_size": 12345},
                                 "steps_per_print": 7, "zero_force_ds_cpu_optimizer": True}))
     strategy = DeepSpeedStrategy(zero_stage=2, config=str(path))
-    strategy.connect(TrainerConfig(gradient_clip_val=2.0))
+    strategy.connect(gradient_clip_val=2.0)
     config = strategy.ds_config()
     assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"},
                                            "reduce_bucket_size": 12345}
