@@ -238,17 +238,20 @@ def verify_sharded(path: str, meta: dict[str, Any], rank: int = 0, world_size: i
     code (``UnsafeCheckpointError``), or is missing, truncated or damaged (``CorruptCheckpointError``).
     ``rank``/``world_size``: the CRC-32s are split among the ranks."""
     manifest = meta.get("files") if isinstance(meta, dict) else None
+    verify = _FORMAT_VERIFIERS.get(meta.get("sharded"))  # the pickles of the format's own files
     try:
-        if meta.get("sharded") == "fsdp-dcp":
-            verify_dcp(path)
-        elif meta.get("sharded") == "deepspeed":
-            verify_deepspeed(path)
+        if verify is not None:
+            verify(path)
     except CorruptCheckpointError:
         if isinstance(manifest, dict):
             check_manifest(path, manifest, rank, world_size)  # the more precise reason, when there is one
         raise
     if isinstance(manifest, dict):
         check_manifest(path, manifest, rank, world_size)
+
+
+# each sharded format (a strategy's ``sharded_format``) and the check of its own files
+_FORMAT_VERIFIERS = {"fsdp-dcp": verify_dcp, "deepspeed": verify_deepspeed}
 
 
 def _safe_bytes(value: io.BytesIO, where: str) -> None:

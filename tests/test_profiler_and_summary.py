@@ -110,6 +110,7 @@ class Watch(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.hooks_type = type(trainer.fit_loop.hooks)
         self.shadowed = sorted(vars(trainer.strategy).keys() & {"backward", "optimizer_step", "zero_grad"})
+        self.engine_profiler = trainer.accelerator.engine.profiler
 
 
 def test_simple_profiler_table_names_each_phase_and_adds_up(capsys):
@@ -124,7 +125,9 @@ def test_simple_profiler_table_names_each_phase_and_adds_up(capsys):
     assert rows["fit (loop overhead)"][0] == 1
     # own times: no action counted twice, so the rows add up to the stage's wall time
     assert sum(spent for _, spent in rows.values()) == pytest.approx(total, abs=1e-5 * len(rows))
-    assert watch.hooks_type is not Hooks and watch.shadowed == ["backward", "optimizer_step", "zero_grad"]
+    # the strategy object is never touched: the step engine times its calls
+    assert watch.hooks_type is not Hooks and watch.shadowed == [] and watch.engine_profiler is trainer.profiler
+    assert trainer.accelerator.engine.profiler is None  # released with the stage
     assert isinstance(trainer.profiler, SimpleProfiler)
 
 
@@ -134,6 +137,7 @@ def test_without_a_profiler_nothing_is_wrapped():
     trainer = _trainer(max_epochs=1, callbacks=[watch])
     trainer.fit(BoringModel(), regression_loader(16, 8))
     assert trainer.profiler is None and watch.hooks_type is Hooks and watch.shadowed == []
+    assert watch.engine_profiler is None
 
 
 def test_simple_profiler_writes_its_report_to_a_file(tmp_path):

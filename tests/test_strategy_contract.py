@@ -34,19 +34,45 @@ def test_every_strategy_is_one_level_below_the_base(cls):
     assert cls.__bases__ == (Strategy,), f"{cls.__name__} derives from {cls.__bases__}; compose shared code instead"
 
 
-def test_no_probes_name_branches_or_method_identity_on_strategies():
-    """The engine, loops and callbacks ask the strategy only through its declared contract."""
-    probe = re.compile(r"(getattr|hasattr)\([^,)]*strateg[^,)]*,\s*[\"']|strategy_type\.|== \"deepspeed\"|"
-                       r"is Strategy\.|type\([^)]*strategy\)\.__name__ ==")
+# the names a strategy (or its sharded checkpoint format) goes by: code asks the strategy, never its name
+_NAMES = r"(deepspeed|fsdp|ddp|single_device|fsdp-dcp|DeepSpeedStrategy|FSDPStrategy|DDPStrategy|SingleDeviceStrategy)"
+PROBE = re.compile(
+    r"(getattr|hasattr|setattr|delattr)\([^,)]*strateg[^,)]*,"    # a probe of (or a patch on) a strategy object
+    rf"|[=!]=\s*[\"']{_NAMES}[\"']|[\"']{_NAMES}[\"']\s*[=!]="  # a comparison with a strategy's name
+    r"|isinstance\([^)]*(DeepSpeed|FSDP|DDP|SingleDevice)Strategy"  # a type test for one strategy
+    r"|strategy_type\.|is Strategy\.|type\([^)]*strateg[^)]*\)\.__name__\s*[=!]=")  # method identity, class names
+
+
+# the config file and its questionnaire validate the strategy *names* a user writes (strings in, strings out)
+NAME_READERS = ("trainer/cli/config_file.py", "trainer/cli/config.py")
+
+
+def _offenders() -> list[str]:
     offenders = []
     for folder in ("trainer", "callbacks", "strategies"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if path.parent.name == "cli":  # the command line reads strategy *names* from its config file
+            if str(path.relative_to(ROOT)) in NAME_READERS:
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
-                if probe.search(line):
+                if PROBE.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return offenders
+
+
+def test_no_probes_name_branches_or_method_identity_on_strategies():
+    """The engine, loops, checkpoint code, CLI and callbacks ask the strategy only through its declared
+    contract; sharded formats are dispatched through tables keyed by ``sharded_format``."""
+    offenders = _offenders()
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("line", [
+    'if getattr(strategy, "sharded_format", None):', 'getattr(self.strategy, "supports_gradient_correction", True)',
+    'hasattr(trainer.strategy, "engine")', 'setattr(strategy, method, wrapped)', 'if kind == "deepspeed":',
+    'elif meta.get("sharded") != "fsdp-dcp":', 'isinstance(self.strategy, DeepSpeedStrategy)',
+    'type(self.strategy).__name__ == "DDPStrategy"', 'if type(strategy).optimizer_step is Strategy.optimizer_step:'])
+def test_the_source_scan_catches_each_kind_of_probe(line):
+    assert PROBE.search(line), line
 
 
 def test_a_strategy_defining_only_its_device_trains_through_the_defaults():

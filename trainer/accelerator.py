@@ -325,7 +325,10 @@ class Accelerator(TrackingMixin):
         return prepared
 
     def batch_to_device(self, batch: Any) -> Any:
-        return self.strategy.batch_to_device(batch) if self.device_placement else batch
+        if not self.device_placement:
+            return batch
+        with self.engine.timed("batch_to_device"):
+            return self.strategy.batch_to_device(batch)
 
     def unwrap_model(self, model: torch.nn.Module, keep_fp32_wrapper: bool = True,
                      keep_torch_compile: bool = False) -> torch.nn.Module:

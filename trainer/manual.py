@@ -60,17 +60,19 @@ class ModuleOptimizer:
                 hooks("on_before_optimizer_step", self.optimizer)
             return out
 
-        if closure is None:
-            wrapped()
-            trainer.strategy.optimizer_step(self.optimizer)
-            result = None
-        else:
-            result = trainer.strategy.optimizer_step(self.optimizer, closure=wrapped)
+        with trainer.accelerator.engine.timed("optimizer_step"):
+            if closure is None:
+                wrapped()
+                trainer.strategy.optimizer_step(self.optimizer)
+                result = None
+            else:
+                result = trainer.strategy.optimizer_step(self.optimizer, closure=wrapped)
         trainer.state.global_step += 1  # as in Lightning: every optimizer step counts
         return result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self._trainer.strategy.zero_grad(self.optimizer, set_to_none=set_to_none)
+        with self._trainer.accelerator.engine.timed("zero_grad"):
+            self._trainer.strategy.zero_grad(self.optimizer, set_to_none=set_to_none)
 
     @contextlib.contextmanager
     def toggle_model(self) -> Iterator[None]:
@@ -153,7 +155,8 @@ def manual_backward(module: Any, loss: torch.Tensor, *args: Any, **kwargs: Any) 
     if hooks.has("on_before_backward"):
         hooks("on_before_backward", loss)
     strategy = trainer.strategy
-    strategy.backward(loss, *args, **kwargs)
+    with trainer.accelerator.engine.timed("backward"):
+        strategy.backward(loss, *args, **kwargs)
     strategy.average_gradients([p for p in module.parameters() if p.grad is not None])
     if hooks.has("on_after_backward"):
         hooks("on_after_backward")
@@ -197,10 +200,11 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: float | None,
     strategy = trainer.strategy
     strategy.unscale_gradients(raw)
     params = _params_of(raw)
-    if algorithm == "norm":
-        strategy.clip_grad_norm_(params, float(gradient_clip_val))
-    else:
-        strategy.clip_grad_value_(params, float(gradient_clip_val))
+    with trainer.accelerator.engine.timed("clip_gradients"):
+        if algorithm == "norm":
+            strategy.clip_grad_norm_(params, float(gradient_clip_val))
+        else:
+            strategy.clip_grad_value_(params, float(gradient_clip_val))
 
 
 def _attached(module: Any, what: str) -> Any:

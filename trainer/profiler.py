@@ -31,11 +31,6 @@ _PHASES = {"on_validation_start": ("start", "validation"), "on_validation_end": 
            "on_predict_start": ("start", "predict"), "on_predict_end": ("stop", "predict"),
            "on_sanity_check_start": ("start", "sanity_check"), "on_sanity_check_end": ("stop", "sanity_check")}
 
-# strategy methods timed while a profiler runs (they are what the loop and manual optimization call)
-_STRATEGY_ACTIONS = {"backward": "backward", "optimizer_step": "optimizer_step", "zero_grad": "zero_grad",
-                     "clip_grad_norm_": "clip_gradients", "clip_grad_value_": "clip_gradients",
-                     "batch_to_device": "batch_to_device"}
-
 
 class Profiler:
     """Base: records each action's own time (nested actions subtracted), per action name."""
@@ -260,23 +255,19 @@ class ProfiledHooks(Hooks):
 
 
 def start_profiling(trainer: Any, profiler: Profiler, stage: str) -> Callable[[], None]:
-    """Time the strategy's step methods for the duration of a stage (instance attributes that shadow
-    the class's methods, removed by the returned function), with the stage as the root action. The
-    returned function ends the stage and prints the report on rank zero."""
-    strategy = trainer.accelerator.strategy
-    shadowed = []
-    for method, action in _STRATEGY_ACTIONS.items():
-        if method not in vars(strategy):
-            setattr(strategy, method, profiler.wrap(getattr(strategy, method), action))
-            shadowed.append(method)
+    """Time the stage, with the stage as the root action; the step engine times the strategy's step
+    calls (backward, clip, optimizer step, zero_grad, batch to device) through its declared
+    ``profiler`` slot, so the strategy object is never touched. The returned function ends the stage
+    and prints the report on rank zero."""
+    engine = trainer.accelerator.engine
+    engine.profiler = profiler
     profiler.setup(trainer, stage)
     profiler.start(stage)
     profiler.start("setup")  # configure_model, the strategy's set-up, configure_optimizers (the Trainer stops it)
 
     def stop() -> None:
         profiler.stop(stage)
-        for method in shadowed:
-            delattr(strategy, method)
+        engine.profiler = None
         report = profiler.teardown(trainer, stage)
         if report and trainer.is_global_zero:
             rank_zero_info(report)

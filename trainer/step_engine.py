@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any, ContextManager, Iterable, Iterator
 
 import torch
 
@@ -75,6 +75,7 @@ class StepEngine:
         # this rank's weight in the global mean when ranks hold uneven items (a re-dealt epoch: reshard.py)
         self.rank_share = 1.0
         self._warned_window = False
+        self.profiler: Any = None  # a Profiler while a Trainer stage is profiled (the strategy is never wrapped)
 
     # -- the window -----------------------------------------------------------------------------
     @property
@@ -132,9 +133,14 @@ class StepEngine:
             return loss * (size / (k * window.ref))
         return loss
 
+    def timed(self, action: str) -> ContextManager[Any]:
+        """Times ``action`` under the profiler, if one is set (a shared no-op context otherwise)."""
+        return _UNTIMED if self.profiler is None else self.profiler.profile(action)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Backward with the precision's loss scaling (``loss`` already weighted)."""
-        self.strategy.backward(loss)
+        with self.timed("backward"):
+            self.strategy.backward(loss)
 
     # -- the step -------------------------------------------------------------------------------
     def finish_window(self, optimizer: torch.optim.Optimizer) -> None:
@@ -199,15 +205,17 @@ class StepEngine:
         """Unscale, then clip ``optimizer``'s gradients by norm (returns the norm before) or by value."""
         self.unscale(optimizer)
         params = _params(optimizer)
-        if algorithm == "norm":
-            return self.strategy.clip_grad_norm_(params, value)
-        self.strategy.clip_grad_value_(params, value)
+        with self.timed("clip_gradients"):
+            if algorithm == "norm":
+                return self.strategy.clip_grad_norm_(params, value)
+            self.strategy.clip_grad_value_(params, value)
         return None
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler on inf/nan), counted once per window."""
         self.finish_window(optimizer)
-        self.strategy.optimizer_step(optimizer)
+        with self.timed("optimizer_step"):
+            self.strategy.optimizer_step(optimizer)
         window = self.window
         if window.micro == 0:
             self.progress.global_step += 1
@@ -216,7 +224,11 @@ class StepEngine:
             self.progress.global_step += 1
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        self.strategy.zero_grad(optimizer, set_to_none=set_to_none)
+        with self.timed("zero_grad"):
+            self.strategy.zero_grad(optimizer, set_to_none=set_to_none)
+
+
+_UNTIMED = contextlib.nullcontext()
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def full_weights(path: str) -> dict[str, Any]:
     """The unsharded weights of the checkpoint at ``path``."""
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
-    from trainer.strategies.checkpoint_verify import safe_dcp_load, verify_sharded
+    from trainer.strategies.checkpoint_verify import verify_sharded
 
     import os
 
@@ -37,16 +37,29 @@ def full_weights(path: str) -> dict[str, Any]:
     if sharded is None:
         return meta["state_dict"]
     verify_sharded(path, meta)  # no file may unpickle code; sizes and checksums as written
-    if sharded == "fsdp-dcp":
-        merged: dict[str, Any] = {}
-        safe_dcp_load(merged, path, whole=True)  # every rank's shards, in this one process
-        return merged["model"]
-    if sharded == "deepspeed":
-        from trainer.strategies.deepspeed import deepspeed_merged_weights
-
-        return deepspeed_merged_weights(path)  # the engine's zero_to_fp32, in this one process
+    merge = _MERGERS.get(sharded)
+    if merge is not None:
+        return merge(path)
     raise CheckpointError(f"{path!r} is a sharded checkpoint of an unknown kind ({sharded!r}); this version reads "
                           "'fsdp-dcp' and 'deepspeed'. Upgrade the trainer package.")
+
+
+def _merge_dcp(path: str) -> dict[str, Any]:
+    from trainer.strategies.checkpoint_verify import safe_dcp_load
+
+    merged: dict[str, Any] = {}
+    safe_dcp_load(merged, path, whole=True)  # every rank's shards, in this one process
+    return merged["model"]
+
+
+def _merge_deepspeed(path: str) -> dict[str, Any]:
+    from trainer.strategies.deepspeed import deepspeed_merged_weights
+
+    return deepspeed_merged_weights(path)  # the engine's zero_to_fp32, in this one process
+
+
+# each sharded format (a strategy's ``sharded_format``) and how one process rebuilds its full weights
+_MERGERS = {"fsdp-dcp": _merge_dcp, "deepspeed": _merge_deepspeed}
 
 
 def run(args: argparse.Namespace) -> int:
