@@ -142,3 +142,12 @@ def test_load_from_checkpoint_takes_weights_from_a_mid_epoch_checkpoint_of_any_w
     atomic_save(content, path)
     model = BoringModel.load_from_checkpoint(path)  # only weights: the world size that saved them is irrelevant
     assert torch.equal(model.layer.weight, good["state_dict"]["layer.weight"])
+
+
+def test_a_sharded_checkpoints_meta_needs_no_state_dict():
+    """save_sharded leaves the weights in the shards: meta.ckpt has no state_dict, and is whole."""
+    from trainer.checkpoint_layout import check_layout
+
+    check_layout({"format_version": 1, "metadata": {"world_size": 2}, "sharded": "fsdp-dcp"}, "meta.ckpt")
+    with pytest.raises(MalformedCheckpointError, match="field 'state_dict' is missing"):
+        check_layout({"format_version": 1, "metadata": {"world_size": 2}}, "one-file.ckpt")
