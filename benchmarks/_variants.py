@@ -39,6 +39,7 @@ class MarkedData(Dataset):
         self.x, self.y = x, y
         self.mark_at = mark_at
         self.marks: dict[int, float] = {}
+        self.cpu_marks: dict[int, float] = {}  # process CPU time: steady when other processes share the cores
 
     def __len__(self) -> int:
         return len(self.x)
@@ -46,6 +47,7 @@ class MarkedData(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i in self.mark_at:
             self.marks[i] = time.perf_counter()
+            self.cpu_marks[i] = time.process_time()
         return self.x[i], self.y[i]
 
 
@@ -99,8 +101,10 @@ class Plan:
         span = times[-1] - times[0]
         chunk_us = [(t1 - t0) * 1e6 / (b1 - b0) for t0, t1, b0, b1 in
                     zip(times, times[1:], self.boundaries, self.boundaries[1:])]
+        first, last = (b * self.accum * unit for b in (self.boundaries[0], self.boundaries[-1]))
+        cpu_span = dataset.cpu_marks[last] - dataset.cpu_marks[first]
         return {"us_per_step": span * 1e6 / self.steps, "us_per_micro": span * 1e6 / (self.steps * self.accum),
-                "chunk_us_per_step": chunk_us, "timed_s": span}
+                "cpu_us_per_step": cpu_span * 1e6 / self.steps, "chunk_us_per_step": chunk_us, "timed_s": span}
 
 
 def make_net(seed: int = 0) -> torch.nn.Module:
