@@ -78,22 +78,34 @@ def _env(tmp: str) -> dict[str, str]:
     return env
 
 
-def time_import(with_trainer: bool, env: dict[str, str]) -> tuple[float, float]:
-    code = ("import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
-            + ("import trainer; " if with_trainer else "") + "t2 = time.perf_counter(); print(t1 - t0, t2 - t1)")
+def time_import(with_trainer: bool, env: dict[str, str]) -> tuple[float, float, float, float]:
+    """Wall and CPU seconds of ``import torch``, then of ``import trainer`` after it (0 without)."""
+    code = ("import time; t0, c0 = time.perf_counter(), time.process_time(); import torch; "
+            "t1, c1 = time.perf_counter(), time.process_time(); " + ("import trainer; " if with_trainer else "")
+            + "t2, c2 = time.perf_counter(), time.process_time(); print(t1 - t0, t2 - t1, c1 - c0, c2 - c1)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    torch_s, extra_s = (float(x) for x in out.stdout.split())
-    return torch_s, extra_s
+    torch_s, extra_s, torch_cpu, extra_cpu = (float(x) for x in out.stdout.split())
+    return torch_s, extra_s, torch_cpu, extra_cpu
 
 
-def time_launch(cmd: list[str], stamp: str, env: dict[str, str], cwd: str) -> float:
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_launch(cmd: list[str], stamp: str, env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """Wall seconds from the command's start to rank zero's first step, and the CPU seconds of every
+    process the command started, to its exit (launcher, workers: on a shared machine the steady one)."""
     if os.path.exists(stamp):
         os.remove(stamp)
+    cpu = _children_cpu()
     start = time.time()
     proc = subprocess.run([*cmd, stamp], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     if proc.returncode or not os.path.exists(stamp):
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return float(Path(stamp).read_text()) - start
+    return float(Path(stamp).read_text()) - start, _children_cpu() - cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,11 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="startup-")
     env = _env(tmp)
     time_import(True, env)  # fill the bytecode and file caches once, untimed
-    plain, extra = [], []
+    plain, extra, plain_cpu, extra_cpu = [], [], [], []
     for _ in range(args.import_runs):
-        plain.append(time_import(False, env)[0])
-        torch_s, extra_s = time_import(True, env)
+        torch_s, _, torch_cpu, _ = time_import(False, env)
+        plain.append(torch_s)
+        plain_cpu.append(torch_cpu)
+        _, extra_s, _, extra_c = time_import(True, env)
         extra.append(extra_s)
+        extra_cpu.append(extra_c)
     raw, ours = os.path.join(tmp, "raw.py"), os.path.join(tmp, "trainer_script.py")
     Path(raw).write_text(RAW)
     Path(ours).write_text(TRAINER)
@@ -120,14 +135,17 @@ def main(argv: list[str] | None = None) -> None:
     commands = {"raw script, torchrun": [*torchrun, raw], "raw script, trainer launch": [*launch, raw],
                 "Trainer script, trainer launch": [*launch, ours]}
     launches: dict[str, list[float]] = {name: [] for name in commands}
+    launch_cpu: dict[str, list[float]] = {name: [] for name in commands}
     rng = random.Random(args.seed)
     launch_env = {**env, "OMP_NUM_THREADS": "1"}
     for _ in range(args.launch_rounds):
         order = list(commands)
         rng.shuffle(order)
         for name in order:
-            launches[name].append(time_launch(commands[name], stamp, launch_env, tmp))
-    table, bars = _render(args, plain, extra, launches)
+            wall, cpu = time_launch(commands[name], stamp, launch_env, tmp)
+            launches[name].append(wall)
+            launch_cpu[name].append(cpu)
+    table, bars = _render(args, plain, extra, launches, (plain_cpu, extra_cpu, launch_cpu))
     print(table)
     if args.results:
         sys.path.insert(0, str(HERE))
@@ -138,16 +156,22 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}", file=sys.stderr)
 
 
-def _render(args: argparse.Namespace, plain: list[float], extra: list[float],
-            launches: dict[str, list[float]]) -> tuple[str, list[tuple[str, list[float]]]]:
+def _render(args: argparse.Namespace, plain: list[float], extra: list[float], launches: dict[str, list[float]],
+            cpu: tuple[list[float], list[float], dict[str, list[float]]]) -> tuple[str, list[tuple[str, list[float]]]]:
     med = statistics.median
+    plain_cpu, extra_cpu, launch_cpu = cpu
     lines = [f"Import: {args.import_runs} fresh interpreters each way, alternating; launch: {args.launch_rounds} rounds, "
-             "2 processes over gloo, time from the command's start to rank zero's first optimizer step.", "",
-             "| measurement | median | range | goal |", "|---|---:|---:|---|"]
-    lines.append(f"| `import torch` | {med(plain):.3f} s | {min(plain):.3f}-{max(plain):.3f} s | |")
+             "2 processes over gloo, time from the command's start to rank zero's first optimizer step. CPU: the "
+             "process's CPU seconds for an import; for a launch, those of every process it started, to its exit "
+             "(on a shared machine CPU time stays steady where wall time waits for a core).", "",
+             "| measurement | median | range | goal | CPU s, median (range) |", "|---|---:|---:|---|---:|"]
+    lines.append(f"| `import torch` | {med(plain):.3f} s | {min(plain):.3f}-{max(plain):.3f} s | | "
+                 f"{med(plain_cpu):.3f} ({min(plain_cpu):.3f}-{max(plain_cpu):.3f}) |")
     verdict = "met" if med(extra) <= IMPORT_GOAL_S else "NOT met"
+    cpu_verdict = "met" if med(extra_cpu) <= IMPORT_GOAL_S else "NOT met"
     lines.append(f"| `import trainer` after `import torch` | +{med(extra):.3f} s | {min(extra):.3f}-{max(extra):.3f} s "
-                 f"| <= +{IMPORT_GOAL_S} s ({verdict}) |")
+                 f"| <= +{IMPORT_GOAL_S} s ({verdict}; in CPU time {cpu_verdict}) | +{med(extra_cpu):.3f} "
+                 f"({min(extra_cpu):.3f}-{max(extra_cpu):.3f}) |")
     bars = []
     if launches and all(launches.values()):
         base = launches["raw script, torchrun"]
@@ -157,7 +181,11 @@ def _render(args: argparse.Namespace, plain: list[float], extra: list[float],
             if name != "raw script, torchrun":
                 goal = f"<= +{LAUNCH_GOAL_S} s over torchrun: +{med(over):.2f} s median " \
                        f"({'met' if med(over) <= LAUNCH_GOAL_S else 'NOT met'})"
-            lines.append(f"| {name}: to first step | {med(times):.2f} s | {min(times):.2f}-{max(times):.2f} s | {goal} |")
+            c, c_base = launch_cpu[name], launch_cpu["raw script, torchrun"]
+            over_cpu = "" if name == "raw script, torchrun" else \
+                f", {med(x - b for x, b in zip(c, c_base)):+.2f} over torchrun"
+            lines.append(f"| {name}: to first step | {med(times):.2f} s | {min(times):.2f}-{max(times):.2f} s | {goal} | "
+                         f"{med(c):.2f} ({min(c):.2f}-{max(c):.2f}){over_cpu} |")
             bars.append((name, [t / b for t, b in zip(times, base)]))
     if args.import_runs < 5 or args.launch_rounds < 3:
         lines.append("\nSMOKE RUN (few runs): the numbers are not meaningful.")
