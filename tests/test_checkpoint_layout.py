@@ -12,7 +12,7 @@ import torch
 
 from trainer import Trainer
 from trainer.callbacks import ModelCheckpoint
-from trainer.checkpoint_layout import MalformedCheckpointError
+from trainer.persistence.layout import MalformedCheckpointError
 from trainer.strategies.checkpoint_io import CorruptCheckpointError, atomic_save, safe_load
 from tests.helpers import BoringModel, regression_loader
 
@@ -101,7 +101,7 @@ def test_a_crafted_checkpoint_names_the_wrong_field_at_every_door_and_is_not_mod
 
 
 def test_every_checkpoint_this_library_writes_passes_the_layout_check(tmp_path, good):
-    from trainer.checkpoint_layout import check_layout
+    from trainer.persistence.layout import check_layout
 
     check_layout(good, "good.ckpt")
     weights = tmp_path / "weights"
@@ -146,7 +146,7 @@ def test_load_from_checkpoint_takes_weights_from_a_mid_epoch_checkpoint_of_any_w
 
 def test_a_sharded_checkpoints_meta_needs_no_state_dict():
     """save_sharded leaves the weights in the shards: meta.ckpt has no state_dict, and is whole."""
-    from trainer.checkpoint_layout import check_layout
+    from trainer.persistence.layout import check_layout
 
     check_layout({"format_version": 1, "metadata": {"world_size": 2}, "sharded": "fsdp-dcp"}, "meta.ckpt")
     with pytest.raises(MalformedCheckpointError, match="field 'state_dict' is missing"):

@@ -599,7 +599,7 @@ class Accelerator(TrackingMixin):
         ``project_dir/checkpoints/checkpoint_<iteration>``, keeping at most ``total_limit``.
         """
         from trainer.accelerator_args import next_checkpoint_dir
-        from trainer.accelerator_state import save_state
+        from trainer.persistence.accelerator_state import save_state
 
         automatic = output_dir is None
         if automatic:
@@ -614,7 +614,7 @@ class Accelerator(TrackingMixin):
         """Restore what ``save_state`` wrote, into the objects prepared in the same order; without
         ``input_dir``, the newest automatic checkpoint (and the next automatic save follows it)."""
         from trainer.accelerator_args import newest_checkpoint_dir
-        from trainer.accelerator_state import load_state
+        from trainer.persistence.accelerator_state import load_state
 
         load_state(self, newest_checkpoint_dir(self.project_configuration) if input_dir is None else input_dir,
                    strict=strict)

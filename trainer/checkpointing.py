@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
-from trainer import checkpoint
+from trainer.persistence import trainer_state as checkpoint
 from trainer.hooks import _add_note
 from trainer.preemption import Preempted
 from trainer._logging import rank_zero_info, rank_zero_warn

@@ -308,7 +308,7 @@ class TrainModule(torch.nn.Module):
         The hyperparameters are those ``save_hyperparameters()`` stored; a value that was not a plain
         number, string, list or dict was saved as its ``repr`` -- pass it again as an override.
         """
-        from trainer.checkpoint import check_compatible, load_weights_into
+        from trainer.persistence.trainer_state import check_compatible, load_weights_into
         from trainer.strategies.checkpoint_io import safe_load
 
         if not os.path.exists(str(checkpoint_path)):

@@ -16,9 +16,10 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer import checkpoint, checkpointing, eval_loop
+from trainer import checkpointing, eval_loop
 from trainer.accelerator import Accelerator
 from trainer.fit_loop import FitLoop
+from trainer.persistence import trainer_state as checkpoint
 from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_plugins, _convert_sync_batchnorm,
                             _shown, _with_module_callbacks)
 from trainer.config import TrainerConfig

@@ -107,7 +107,7 @@ def check_layout(ckpt: Any, path: str) -> None:
     Checks what every door reads (format_version, metadata, state_dict, hparams, counters) and,
     in a checkpoint that can resume (it has ``optimizer_states``), everything ``restore`` reads.
     A file of a newer ``format_version`` is left to ``check_compatible``'s upgrade message."""
-    from trainer.checkpoint import FORMAT_VERSION
+    from trainer.persistence.trainer_state import FORMAT_VERSION
 
     c = _Check(path)
     c.mapping(ckpt, "<top level>", keys=None)

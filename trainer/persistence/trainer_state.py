@@ -26,7 +26,7 @@ import torch
 
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
-from trainer.checkpoint_layout import check_layout
+from trainer.persistence.layout import check_layout
 from trainer.data_position import rng_states, set_rng_states
 from trainer.distributed_data import default_data_seed
 from trainer._logging import rank_zero_info

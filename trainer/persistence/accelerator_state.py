@@ -15,7 +15,7 @@ import torch
 
 from trainer.strategies.checkpoint_io import (CheckpointError, _fsync_dir, atomic_save, clean_temporaries, new_directory,
                                               recover_swaps, safe_load, swap_directory)
-from trainer.checkpoint import FORMAT_VERSION, load_weights_into, read_verified
+from trainer.persistence.trainer_state import FORMAT_VERSION, load_weights_into, read_verified
 from trainer.data_position import rng_states, set_rng_states
 
 STATE_FILE = "state.ckpt"
