@@ -391,19 +391,25 @@ def remove_path(path: str) -> None:
 SHARDED_META = "meta.ckpt"  # written last: a directory without it is not a whole checkpoint
 
 
-def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None], is_main: bool,
-                     broadcast: Callable[[Any], Any], barrier: Callable[[], None]) -> None:
-    """Write a sharded checkpoint directory with the crash safety of ``atomic_write``.
+def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None], is_main: bool = True,
+                     broadcast: Callable[[Any], Any] = lambda obj: obj, barrier: Callable[[], None] = lambda: None,
+                     marker: str = SHARDED_META) -> None:
+    """Write a checkpoint directory with the crash safety of ``atomic_write``: the one directory
+    writer, for a strategy's shards and for ``Accelerator.save_state``.
 
-    Every process writes its shards into one temporary directory (``fill(tmp)``); once all have
+    Every process writes its files into one temporary directory (``fill(tmp)``); once all have
     finished, the main process records every file's size and CRC-32 in ``meta`` and writes it as
-    ``meta.ckpt`` -- last, atomically -- and swaps the directory into place (``swap_directory``).
-    A reader never takes a partial directory for a whole one: a temporary name is skipped, and a
-    directory without ``meta.ckpt`` is refused; a kill during the swap is undone by
-    ``recover_swaps`` before the next resume.
+    ``marker`` (``meta.ckpt``; ``state.ckpt`` for a one-file Accelerator state) -- last,
+    atomically -- and swaps the directory into place (``swap_directory``). A reader never takes a
+    partial directory for a whole one: a temporary name is skipped, and a directory without its
+    marker is refused; a kill during the swap is undone by ``recover_swaps`` (at the next write
+    of ``path`` or the next resume). One process by default; several pass the main process's
+    flag and their ``broadcast``/``barrier``.
     """
     from .checkpoint_verify import file_manifest
 
+    if is_main:
+        recover_directory(path)  # an earlier write of ``path`` cut short by a kill: finish it first
     tmp = new_directory(path) if is_main else None
     tmp = broadcast(tmp)
     try:
@@ -411,42 +417,26 @@ def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None
         barrier()
         if is_main:
             meta = {**meta, "files": file_manifest(tmp)}  # sizes and CRC-32s, checked before a load
-            atomic_save(meta, os.path.join(tmp, SHARDED_META))
+            atomic_save(meta, os.path.join(tmp, marker))
             _fsync_dir(tmp)
             delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
             if delay:
                 time.sleep(delay)
             swap_directory(tmp, path)
-    except BaseException as err:
-        written = _tree_bytes(tmp) if tmp is not None and os.path.exists(tmp) else 0
+    except BaseException:
         if is_main and tmp is not None and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, (KeyboardInterrupt, SystemExit, DiskFullError)) and _disk_full(err):  # DCP: BaseException
-            raise _sharded_disk_full(path, written) from err
         raise
     barrier()
 
 
-def _tree_bytes(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names
-               if os.path.exists(os.path.join(root, name)))
-
-
-def _sharded_disk_full(path: str, written: int) -> DiskFullError:
-    """The message for a sharded save that filled its disk. The size needed is that of the newest whole
-    checkpoint directory beside it (same state, same size) when there is one; otherwise at least what
-    was written before the disk filled."""
-    directory = os.path.dirname(os.path.abspath(path))
-    whole = [os.path.join(directory, n) for n in os.listdir(directory) if not is_temporary(n)
-             and os.path.isfile(os.path.join(directory, n, SHARDED_META))]
-    if whole:
-        needed = f"about {_tree_bytes(max(whole, key=os.path.getmtime)) / 1e6:.1f} MB needed"
-    else:
-        needed = f"at least {written / 1e6:.1f} MB needed"
-    return DiskFullError(f"No space left on {directory!r} while writing the shards of {os.path.basename(path)!r} "
-                         f"({needed}, {shutil.disk_usage(directory).free / 1e6:.1f} MB free). Nothing was replaced: "
-                         "the previous checkpoint is whole. Free some space, or save to a larger disk "
-                         "(ModelCheckpoint(dirpath=...)).")
+def recover_directory(path: str) -> None:
+    """Finish (or undo) a swap of the directory ``path`` a kill cut short; remove its dead writers'
+    temporaries. Nothing else beside it is touched."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if os.path.isdir(parent):
+        recover_swaps(parent, only=name)
+        clean_temporaries(parent, only=name)
 
 
 # A directory checkpoint is swapped in with two renames (no portable atomic exchange): the old one

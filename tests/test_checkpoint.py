@@ -40,7 +40,7 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path):
     path = tmp_path / "full.ckpt"
     trainer.save_checkpoint(str(path))
     ckpt = safe_load(str(path))
-    assert ckpt["format_version"] == 1 and ckpt["my_extra"] == {"answer": 42}
+    assert ckpt["format_version"] == 2 and ckpt["my_extra"] == {"answer": 42}
     meta = ckpt["metadata"]
     assert meta["world_size"] == 1 and meta["strategy"] == "SingleDeviceStrategy" and meta["precision"] == "16-mixed"
     assert meta["config"]["max_epochs"] == 2 and meta["torch_version"] == str(torch.__version__)

@@ -34,6 +34,10 @@ def describe(content: Any, path: str) -> tuple[str, str]:
         return ("an Accelerator.save_state file (models, optimizers, ...)",
                 f"Load it with accelerator.load_state({os.path.dirname(path)!r}), or take a model's weights from "
                 f"torch.load({path!r}, weights_only=True)['models'][i].")
+    if "accelerator" in content and "state_dict" in content:  # format 2: the Trainer's names plus its own entry
+        return ("an Accelerator.save_state file (state_dict, optimizer_states, accelerator, ...)",
+                f"Load it with accelerator.load_state({os.path.dirname(path)!r}); its first model's weights load "
+                f"with TrainModule.load_from_checkpoint({path!r}).")
     if "state_dict" in content and "loops" in content:
         return ("a Trainer checkpoint (Trainer.save_checkpoint / ModelCheckpoint)",
                 f"Resume it with trainer.fit(model, ..., ckpt_path={path!r}), or load its weights with "

@@ -31,7 +31,8 @@ from trainer.data_position import rng_states, set_rng_states
 from trainer.distributed_data import default_data_seed
 from trainer._logging import rank_zero_info
 
-FORMAT_VERSION = 1
+# 2: the Accelerator's save_state writes the Trainer's names (format 1 files of both doors still load)
+FORMAT_VERSION = 2
 
 
 def _plain(value: Any) -> Any:
