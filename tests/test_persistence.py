@@ -90,3 +90,24 @@ def test_one_writer_per_kind_no_other_code_renames_or_makes_temporaries():
             offenders += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
                           if pattern.search(line)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_an_accelerator_state_cannot_resume_a_fit_and_says_what_to_do(tmp_path, make_trainer):
+    accelerator, (model,), (opt,) = _prepared()
+    _train(accelerator, [model], [opt])
+    accelerator.save_state(str(tmp_path / "state"))
+    with pytest.raises(ValueError, match=r"written by Accelerator.save_state: it holds no loop state.*load_state"):
+        make_trainer(max_steps=1).fit(BoringModel(), regression_loader(16, 8),
+                                      ckpt_path=str(tmp_path / "state" / "state.ckpt"))
+
+
+def test_a_malformed_accelerator_state_names_its_field(tmp_path):
+    from trainer.strategies.checkpoint_io import atomic_save
+
+    accelerator, (model,), (opt,) = _prepared()
+    accelerator.save_state(str(tmp_path / "state"))
+    state = safe_load(str(tmp_path / "state" / "state.ckpt"))
+    state["accelerator"]["step"] = -1
+    atomic_save(state, str(tmp_path / "state" / "state.ckpt"))
+    with pytest.raises(ValueError, match=r"field 'accelerator.step' holds int -1; expected a whole number >= 0"):
+        accelerator.load_state(str(tmp_path / "state"))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from trainer.data_position import rng_states, set_rng_states
+from trainer.persistence.layout import check_layout
 from trainer.persistence.trainer_state import FORMAT_VERSION, load_weights_into, read_verified
 from trainer.strategies.checkpoint_io import (SHARDED_META, CheckpointError, atomic_directory, recover_directory,
                                               safe_load)
@@ -97,6 +98,7 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     state = read_verified(strategy, input_dir) if path == input_dir else safe_load(path)
     _check_state(state, path)
     state = _upgrade(state, path)
+    check_layout(state, path)  # every field this reads, named when wrong
     _check_counts(accelerator, state, input_dir)
     if path == input_dir:
         if state.get("sharded") != strategy.sharded_format:

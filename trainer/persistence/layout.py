@@ -147,7 +147,21 @@ def check_layout(ckpt: Any, path: str) -> None:
     c.sequence(c.get(ckpt, "lr_schedulers", "lr_schedulers"), "lr_schedulers", lambda s, f: c.mapping(s, f, keys=None))
     if "precision" in ckpt:
         c.mapping(ckpt["precision"], "precision")
-    loops = c.mapping(c.get(ckpt, "loops", "loops"), "loops")
+    if "accelerator" in ckpt:  # Accelerator.save_state: its own entry instead of the loop's
+        _check_accelerator(c, c.mapping(ckpt["accelerator"], "accelerator"))
+    else:
+        _check_loops(c, c.mapping(c.get(ckpt, "loops", "loops"), "loops"))
+    rng = c.mapping(ckpt.get("rng", {}), "rng", keys=int)
+    for rank, states in rng.items():
+        c.rng(states, f"rng[{rank}]")
+    callbacks = c.mapping(ckpt.get("callbacks", {}), "callbacks")
+    for key, state in callbacks.items():
+        c.mapping(state, f"callbacks[{key!r}]", keys=None)
+    if "datamodule" in ckpt:
+        c.mapping(ckpt["datamodule"], "datamodule", keys=None)
+
+
+def _check_loops(c: _Check, loops: dict) -> None:
     for key in _LOOP_COUNTS:
         c.count(c.get(loops, key, f"loops.{key}"), f"loops.{key}")
     for key in _LOOP_FLAGS:
@@ -169,11 +183,12 @@ def check_layout(ckpt: Any, path: str) -> None:
     for key in ("results", "callback_metrics"):
         if key in loops:
             c.mapping(loops[key], f"loops.{key}")
-    rng = c.mapping(ckpt.get("rng", {}), "rng", keys=int)
-    for rank, states in rng.items():
-        c.rng(states, f"rng[{rank}]")
-    callbacks = c.mapping(ckpt.get("callbacks", {}), "callbacks")
-    for key, state in callbacks.items():
-        c.mapping(state, f"callbacks[{key!r}]", keys=None)
-    if "datamodule" in ckpt:
-        c.mapping(ckpt["datamodule"], "datamodule", keys=None)
+
+
+def _check_accelerator(c: _Check, own: dict) -> None:
+    for key in ("num_models", "num_optimizers", "step"):
+        c.count(c.get(own, key, f"accelerator.{key}"), f"accelerator.{key}")
+    c.sequence(c.get(own, "models", "accelerator.models"), "accelerator.models",
+               lambda s, f: c.mapping(s, f))
+    c.sequence(c.get(own, "custom", "accelerator.custom"), "accelerator.custom",
+               lambda s, f: c.mapping(s, f, keys=None))
