@@ -21,6 +21,8 @@ from trainer.strategies.checkpoint_io import CheckpointError
 from tests.helpers.models import BoringModel, regression_loader
 from tests.helpers.trainers import quiet_trainer
 
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoint_v1")
+
 
 class _Code:
     def __reduce__(self):
@@ -54,6 +56,8 @@ def files(tmp_path_factory):
     accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     accelerator.save_state(str(root / "acc_state"))
     shutil.copy(root / "acc_state" / "state.ckpt", root / "accelerator_state.ckpt")
+    # format 1 (before save_state wrote the Trainer's names): models, optimizers, ... and no state_dict
+    shutil.copy(os.path.join(FIXTURES, "accelerator_state", "state.ckpt"), root / "accelerator_state_v1.ckpt")
     folder = root / "accelerate_folder"  # what Hugging Face Accelerate's save_state writes
     folder.mkdir()
     from safetensors.torch import save_file
@@ -109,7 +113,7 @@ FOREIGN = [  # readable, but another kind of file: named, with the call that loa
     ("weights.pt", r"plain weights: a state dict of 2 tensor\(s\) \(layer.weight, layer.bias\).*"
                    r"model.load_state_dict\(torch.load\('[^']*weights.pt', weights_only=True\)\)"),
     ("lightning.ckpt", r"a PyTorch Lightning checkpoint \(Lightning 2.4.0\).*\['state_dict'\]"),
-    ("accelerator_state.ckpt", r"an Accelerator.save_state file.*accelerator.load_state\("),
+    ("accelerator_state_v1.ckpt", r"an Accelerator.save_state file.*accelerator.load_state\("),
 ]
 EXPECTED = r"expected a checkpoint written by Trainer.save_checkpoint or ModelCheckpoint"
 
@@ -213,7 +217,7 @@ def test_an_accelerator_state_missing_fields_names_them(files, tmp_path):
     from trainer.strategies.checkpoint_io import atomic_save, safe_load
 
     directory = tmp_path / "state"
-    shutil.copytree(files / "acc_state", directory)
+    shutil.copytree(os.path.join(FIXTURES, "accelerator_state"), directory)  # format 1
     state = safe_load(str(directory / "state.ckpt"))
     del state["rng"], state["step"]
     atomic_save(state, str(directory / "state.ckpt"))
@@ -222,3 +226,10 @@ def test_an_accelerator_state_missing_fields_names_them(files, tmp_path):
                                               r"field save_state writes"):
         _load_state(directory)
     assert _snapshot(directory) == before
+    shutil.rmtree(directory)
+    shutil.copytree(files / "acc_state", directory)  # format 2: the first missing field is named
+    state = safe_load(str(directory / "state.ckpt"))
+    del state["accelerator"]["step"]
+    atomic_save(state, str(directory / "state.ckpt"))
+    with pytest.raises(CheckpointError, match=r"field 'accelerator.step' is missing"):
+        _load_state(directory)

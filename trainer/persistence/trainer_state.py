@@ -145,10 +145,13 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
     """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
     module, strategy = trainer.module, trainer.accelerator.strategy
     check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
-    if "accelerator" in ckpt:
-        raise CheckpointError(f"{path!r} was written by Accelerator.save_state: it holds no loop state to resume a fit "
-                              "from. Load it with accelerator.load_state(its directory), or take its weights with "
-                              "TrainModule.load_from_checkpoint(path) and start a new fit.")
+    if "accelerator" in ckpt:  # the same format, but no loop state to resume a fit from
+        from trainer.checkpoint_kinds import describe
+
+        found, fix = describe(ckpt, path)
+        raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}, with no loop state to resume "
+                              "a fit from; expected a checkpoint written by Trainer.save_checkpoint or ModelCheckpoint "
+                              f"(format_version, state_dict, loops, ...). {fix}")
     sharded = ckpt.get("sharded")
     if sharded != strategy.sharded_format:
         saved = ckpt["metadata"].get("strategy")
