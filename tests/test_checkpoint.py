@@ -385,7 +385,7 @@ def test_checkpoint_from_a_newer_format_version(tmp_path):
     content = safe_load(path)
     content["format_version"] = 99
     atomic_save(content, path)
-    with pytest.raises(CheckpointError, match=r"format 99, newer than the 1 this version reads.*Upgrade"):
+    with pytest.raises(CheckpointError, match=r"format 99, newer than the 2 this version reads.*Upgrade"):
         _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=path)
 
 

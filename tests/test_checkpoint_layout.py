@@ -50,7 +50,7 @@ def _drop(*keys):
 
 CRAFTED = {  # the examples first, then one per kind of field
     "format_version as a string": (_set("format_version", value="1"), r"'format_version' holds str '1'; expected a "
-                                                                      r"whole number >= 1 \(this version writes 1\)"),
+                                                                      r"whole number >= 1 \(this version writes 2\)"),
     "no loops": (_drop("loops"), r"field 'loops' is missing"),
     "metadata not a dict": (_set("metadata", value="x"), r"'metadata' holds str 'x'; expected a dict"),
     "junk rng": (_set("rng", value={0: {"python": 5, "torch": torch.zeros(3)}}),
