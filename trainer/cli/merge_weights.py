@@ -23,7 +23,7 @@ def full_weights(path: str) -> dict[str, Any]:
 
     import os
 
-    from trainer.checkpoint_kinds import describe
+    from trainer.persistence.kinds import describe
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path!r}: no such file or directory. Pass a .ckpt file or a sharded checkpoint "

@@ -26,7 +26,7 @@ import torch
 
 from trainer.data_position import rng_states, set_rng_states
 from trainer.persistence.layout import check_layout
-from trainer.persistence.trainer_state import FORMAT_VERSION, load_weights_into, read_verified
+from trainer.persistence.trainer_state import FORMAT_VERSION, header, load_weights_into, read_verified
 from trainer.strategies.checkpoint_io import (SHARDED_META, CheckpointError, atomic_directory, recover_directory,
                                               safe_load)
 
@@ -34,16 +34,11 @@ STATE_FILE = "state.ckpt"
 
 
 def save_state(accelerator: Any, output_dir: str) -> str:
-    from trainer import __version__
-
     strategy = accelerator.strategy
     sharded = strategy.sharded_format  # the weights and optimizer states go in the strategy's shards
     models = [accelerator.unwrap_model(m).state_dict() for m in accelerator._models] if not sharded else []
     state = {
-        "format_version": FORMAT_VERSION,
-        "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
-                     "world_size": strategy.world_size, "strategy": type(strategy).__name__,
-                     "precision": strategy.precision.name},
+        **header(strategy),
         "state_dict": models[0] if models else {},
         "optimizer_states": "sharded" if sharded else [o.state_dict() for o in accelerator._optimizers],
         "lr_schedulers": [s.scheduler.state_dict() for s in accelerator._schedulers],
@@ -89,7 +84,7 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     sharded = os.path.isfile(os.path.join(input_dir, SHARDED_META))
     path = input_dir if sharded or strategy.sharded_format else os.path.join(input_dir, STATE_FILE)
     if path != input_dir and not os.path.isfile(path):
-        from trainer.checkpoint_kinds import describe_directory
+        from trainer.persistence.kinds import describe_directory
 
         found, fix = describe_directory(input_dir) or ("nothing", "")
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): it holds no {STATE_FILE}: found {found}; "
@@ -144,7 +139,7 @@ _V1_KEYS = ("models", "optimizers", "schedulers", "precision", "custom", "step",
 
 def _check_state(state: Any, path: str) -> None:
     """Refuse a state that is not what save_state writes (either format), naming what it is instead."""
-    from trainer.checkpoint_kinds import describe
+    from trainer.persistence.kinds import describe
 
     if isinstance(state, dict) and "format_version" in state:
         if "accelerator" in state or all(k in state for k in _V1_KEYS):

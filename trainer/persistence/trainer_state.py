@@ -46,22 +46,27 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+def header(strategy: Any, **metadata: Any) -> dict[str, Any]:
+    """What every checkpoint of both doors starts with: the format version and who wrote it."""
+    from trainer import __version__
+
+    return {"format_version": FORMAT_VERSION,
+            "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
+                         "python_version": platform.python_version(), "world_size": strategy.world_size,
+                         "strategy": type(strategy).__name__, "precision": strategy.precision.name,
+                         "saved_at": time.time(), **metadata}}
+
+
 def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
     """The whole training state of ``trainer`` as a checkpoint dict (``hooks``: the running stage's
     dispatch, for ``on_save_checkpoint``)."""
-    from trainer import __version__
-
     module = trainer.module
     if trainer.state.stage in ("fit", "sanity_check"):
         trainer.fit_loop.metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
     strategy = trainer.accelerator.strategy
     sharded = strategy.sharded_format  # its weights and optimizer state go in shards
     ckpt: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "metadata": {"trainer_version": __version__, "torch_version": str(torch.__version__),
-                     "python_version": platform.python_version(), "world_size": strategy.world_size,
-                     "strategy": type(strategy).__name__, "precision": strategy.precision.name,
-                     "config": trainer.config.to_dict(), "saved_at": time.time()},
+        **header(strategy, config=trainer.config.to_dict()),
         "state_dict": {} if sharded else trainer.accelerator.unwrap_model(module).state_dict(),
         "hparams": _plain(dict(module.hparams)),
         "global_step": trainer.global_step,
@@ -87,7 +92,7 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
     """Refuse checkpoints this version cannot use, saying why and what to do (``world_size`` None:
     everything but the world size)."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or not ("state_dict" in ckpt or "sharded" in ckpt):
-        from trainer.checkpoint_kinds import describe
+        from trainer.persistence.kinds import describe
 
         found, fix = describe(ckpt, path)
         raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}; expected a checkpoint written "
@@ -146,7 +151,7 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
     module, strategy = trainer.module, trainer.accelerator.strategy
     check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
     if "accelerator" in ckpt:  # the same format, but no loop state to resume a fit from
-        from trainer.checkpoint_kinds import describe
+        from trainer.persistence.kinds import describe
 
         found, fix = describe(ckpt, path)
         raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}, with no loop state to resume "
@@ -301,7 +306,7 @@ def _refuse_foreign_directory(path: str) -> None:
     """A directory without meta.ckpt, named with what it holds instead (an Accelerator state, an
     Accelerate folder, plain weights) and how to load that."""
     from trainer.strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError
-    from trainer.checkpoint_kinds import describe_directory
+    from trainer.persistence.kinds import describe_directory
 
     if not os.path.isdir(path) or os.path.isfile(os.path.join(path, SHARDED_META)):
         return
