@@ -3,6 +3,7 @@
     trainer_state.py      the Trainer's checkpoint: what it holds, putting it back, finding one to resume
     accelerator_state.py  Accelerator.save_state / load_state: the same format, for a hand-written loop
     layout.py             the fields of a checkpoint, checked one by one before anything is restored
+    weights.py            the full weights of any checkpoint in one process (``trainer merge-weights``)
     kinds.py              what a file that is not the expected checkpoint holds, and the call that loads it
 
 Files and directories are written by the strategy (``save_checkpoint`` for one file, its declared
