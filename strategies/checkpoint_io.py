@@ -28,21 +28,13 @@ from typing import Any, Callable
 
 import torch
 
+from .checkpoint_errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError  # noqa: F401 (re-export)
+
 TEMP_PREFIX = ".tmp-"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message says why and what to do."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The file is truncated or damaged (e.g. a copy interrupted by a crash)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file would need to unpickle code (a callable or class) to load."""
 
 
 def _fsync_dir(directory: str) -> None:

@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from typing import Any, Iterable
 
-from .checkpoint_io import CorruptCheckpointError, UnsafeCheckpointError
+from .checkpoint_errors import CorruptCheckpointError, UnsafeCheckpointError
 
 _TORCH_DATA = {  # used when torch's own weights_only allow-list cannot be read
     "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",

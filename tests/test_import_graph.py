@@ -50,8 +50,6 @@ def _graph() -> dict[str, set[str]]:
 import pytest
 
 
-@pytest.mark.xfail(strict=True, reason="known circle, not yet broken: strategies/checkpoint_io.py <-> "
-                   "checkpoint_verify.py (landed concurrently); strict, so breaking it makes this fail until removed")
 def test_no_import_circles():
     """Package ``__init__`` files only re-export; every other module's imports form no cycle."""
     graph = _graph()

@@ -18,6 +18,9 @@ import torch
 
 from trainer.strategies.checkpoint_io import CorruptCheckpointError
 
+# 2: the Accelerator's save_state writes the Trainer's names (format 1 files of both doors still load)
+FORMAT_VERSION = 2
+
 _FIX = ("Checkpoints are written by Trainer.save_checkpoint / ModelCheckpoint; this file was edited or made by "
         "other code. Resume from another checkpoint, or load plain weights with "
         "TrainModule.load_state_dict(torch.load(path, weights_only=True)).")
@@ -107,8 +110,6 @@ def check_layout(ckpt: Any, path: str) -> None:
     Checks what every door reads (format_version, metadata, state_dict, hparams, counters) and,
     in a checkpoint that can resume (it has ``optimizer_states``), everything ``restore`` reads.
     A file of a newer ``format_version`` is left to ``check_compatible``'s upgrade message."""
-    from trainer.persistence.trainer_state import FORMAT_VERSION
-
     c = _Check(path)
     c.mapping(ckpt, "<top level>", keys=None)
     version = c.get(ckpt, "format_version", "format_version")

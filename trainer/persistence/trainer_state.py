@@ -26,13 +26,11 @@ import torch
 
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
-from trainer.persistence.layout import check_layout
+from trainer.persistence.layout import FORMAT_VERSION, check_layout
 from trainer.data_position import rng_states, set_rng_states
 from trainer.distributed_data import default_data_seed
 from trainer._logging import rank_zero_info
 
-# 2: the Accelerator's save_state writes the Trainer's names (format 1 files of both doors still load)
-FORMAT_VERSION = 2
 
 
 def _plain(value: Any) -> Any:
