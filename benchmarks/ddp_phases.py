@@ -53,7 +53,7 @@ WORKER = textwrap.dedent("""
     timed(torch.Tensor, "backward", "backward + all-reduce")
     timed(torch.optim.SGD, "step", "optimizer step")
     timed(torch.optim.Optimizer, "zero_grad", "zero_grad")
-    from trainer.preemption import StopAgreement
+    from trainer.loops.preemption import StopAgreement
     timed(StopAgreement, "poll", "preemption poll")
 
     def net():

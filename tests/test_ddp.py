@@ -170,7 +170,7 @@ class _SigtermOnRank1(Callback):
 
 
 def _preempt_worker(tmp, at_step):
-    from trainer.preemption import StopAgreement
+    from trainer.loops.preemption import StopAgreement
 
     StopAgreement.every_s = 0.0  # agree at every step: the stop comes exactly one step after the signal
 
@@ -206,7 +206,7 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exa
 
 
 def _interval_worker(cases):
-    from trainer.preemption import StopAgreement
+    from trainer.loops.preemption import StopAgreement
 
     x, y, mask = _data(n=400)  # 200 samples per rank in batches of 3: 67 steps, one epoch
     out = []

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer, TrainModule
 from trainer.callbacks import Callback
-from trainer.manual import ModuleOptimizer
+from trainer.loops.manual import ModuleOptimizer
 from trainer.strategies.checkpoint_io import safe_load
 from tests.helpers.distributed import run_distributed
 from tests.helpers.models import BoringModel, regression_loader

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer, TrainModule
-from trainer.oom import split_batch
+from trainer.loops.oom import split_batch
 
 SETTINGS = settings(max_examples=10, deadline=None)
 

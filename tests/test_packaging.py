@@ -101,6 +101,10 @@ def test_wheel_holds_only_the_trainer_namespace_and_works_beside_a_user_project(
     assert "trainer/py.typed" in names and "trainer/__main__.py" in names
     assert "trainer/cli/__init__.py" in names and "trainer/cli/launch.py" in names and "trainer/cli/__main__.py" in names
     assert not any(n.startswith(("callbacks/", "strategies/", "tests/")) for n in names)
+    sources = {str(f.relative_to(ROOT)).replace("callbacks/", "trainer/callbacks/", 1)
+               .replace("strategies/", "trainer/strategies/", 1)
+               for folder in ("trainer", "callbacks", "strategies") for f in (ROOT / folder).rglob("*.py")}
+    assert sources - set(names) == set(), "modules of the source tree missing from the wheel (pyproject packages)"
     from trainer import __version__
 
     assert wheel.name.startswith(f"trainer-{__version__}-"), wheel.name  # the version is defined once

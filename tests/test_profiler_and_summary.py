@@ -13,7 +13,7 @@ from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import Callback, CSVLogger, ModelSummary
-from trainer.hooks import Hooks
+from trainer.loops.hooks import Hooks
 from trainer.profiler import PyTorchProfiler, SimpleProfiler
 from tests.helpers.models import BoringModel, regression_loader
 

@@ -1,5 +1,5 @@
 """A checkpoint saved inside an epoch by N processes resumes on M: the rest of the epoch's order is
-re-dealt over the new processes, every remaining sample trained exactly once (trainer/reshard.py).
+re-dealt over the new processes, every remaining sample trained exactly once (trainer/data/reshard.py).
 
 The reference for the weights: one process that trains, optimizer step by optimizer step, the same
 global batches -- each the union of what every rank trained in that step's accumulation window --
@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, TensorDataset
 
 from trainer import TrainModule, seed_everything
-from trainer.data_position import capture_epoch_start
-from trainer.reshard import check_weighting, deal, distributed_order, loss_shares, replayed_order
+from trainer.data.data_position import capture_epoch_start
+from trainer.data.reshard import check_weighting, deal, distributed_order, loss_shares, replayed_order
 from trainer.strategies.checkpoint_io import CheckpointError, atomic_save, safe_load
 from tests.helpers.distributed import run_distributed
 from tests.helpers.trainers import quiet_trainer

@@ -285,7 +285,7 @@ class Accelerator(TrackingMixin):
 
     def prepare_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Any]:
         """For the Trainer: the prepared model and the callable that runs ``training_step``
-        (``manual``: the module runs its own backward and steps, see trainer/manual.py)."""
+        (``manual``: the module runs its own backward and steps, see trainer/loops/manual.py)."""
         model, step = self.strategy.setup_trainer_module(module, manual=manual)
         if all(m is not module for m in self._models):
             self._models.append(module)
@@ -314,7 +314,7 @@ class Accelerator(TrackingMixin):
         """
         if isinstance(loader, PreparedDataLoader):
             return loader
-        from trainer.distributed_data import distribute_loader
+        from trainer.data.distributed_data import distribute_loader
 
         config = self.dataloader_config
         loader = distribute_loader(loader, self.num_processes, self.process_index, train=True,
@@ -654,7 +654,7 @@ class Accelerator(TrackingMixin):
         inside an epoch: ``load_state``, then ``dataloader.set_epoch(epoch)`` with a seedable sampler,
         then this). Reading it leaves the random streams ``load_state`` put back untouched, so a
         resumed run draws what the uninterrupted one drew (README: the restart pattern)."""
-        from trainer.data_position import SameRandomStreams, skip_batches
+        from trainer.data.data_position import SameRandomStreams, skip_batches
 
         loader = getattr(dataloader, "loader", dataloader)
         skipped = num_batches * (getattr(loader, "batch_size", None) or 0)

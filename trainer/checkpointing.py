@@ -9,8 +9,8 @@ from typing import Any
 
 from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
 from trainer.persistence import trainer_state as checkpoint
-from trainer.hooks import _add_note
-from trainer.preemption import Preempted
+from trainer.loops.hooks import _add_note
+from trainer.loops.preemption import Preempted
 from trainer._logging import rank_zero_info, rank_zero_warn
 
 

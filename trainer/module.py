@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from trainer import manual
+from trainer.loops import manual
 
 
 class AttributeDict(dict):
@@ -149,7 +149,7 @@ class TrainModule(torch.nn.Module):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
-    # -- manual optimization (see trainer/manual.py) ----------------------------------------
+    # -- manual optimization (see trainer/loops/manual.py) ----------------------------------------
     automatic_optimization: bool = True  # set False in __init__ to step the optimizers in training_step
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:

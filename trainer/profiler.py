@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from trainer.hooks import Hooks
+from trainer.loops.hooks import Hooks
 from trainer._logging import rank_zero_info
 
 # hook names that open and close a phase of the loop (the phase's own time is what its hooks and

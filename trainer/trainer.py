@@ -1,4 +1,4 @@
-"""The ``Trainer``: configuration and wiring. The loops live in fit_loop.py and eval_loop.py."""
+"""The ``Trainer``: configuration and wiring. The loops live in loops/fit_loop.py and loops/eval_loop.py."""
 
 from __future__ import annotations
 
@@ -16,22 +16,23 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer import checkpointing, eval_loop
+from trainer import checkpointing
+from trainer.loops import eval_loop
 from trainer.accelerator import Accelerator
-from trainer.fit_loop import FitLoop
+from trainer.loops.fit_loop import FitLoop
 from trainer.persistence import trainer_state as checkpoint
 from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_plugins, _convert_sync_batchnorm,
                             _shown, _with_module_callbacks)
 from trainer.config import TrainerConfig
 from trainer.datamodule import DataModule, check_sources, has_loader, run_prepare_data
-from trainer.hooks import Hooks
+from trainer.loops.hooks import Hooks
 from trainer.launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.compiled import from_compiled
 from trainer.profiler import Profiler, ProfiledHooks, resolve_profiler, start_profiling
-from trainer.manual import check_manual_settings
-from trainer.preemption import Preempted, StopAgreement, sigterm_sets_flag
+from trainer.loops.manual import check_manual_settings
+from trainer.loops.preemption import Preempted, StopAgreement, sigterm_sets_flag
 from trainer.seed import set_deterministic
 from trainer.state import TrainerState
 from trainer._logging import rank_zero_info

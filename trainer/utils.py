@@ -7,7 +7,7 @@ import inspect
 from typing import Any, Callable, TypeVar
 
 from trainer._logging import process_rank
-from trainer.oom import free_memory, is_oom_error
+from trainer.loops.oom import free_memory, is_oom_error
 from trainer.operations import (DistributedType, broadcast, broadcast_object_list, gather, gather_object,
                                 pad_across_processes, reduce)
 from trainer.seed import seed_everything

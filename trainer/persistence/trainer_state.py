@@ -27,8 +27,8 @@ import torch
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.compiled import strip_compile_prefix
 from trainer.persistence.layout import FORMAT_VERSION, check_layout
-from trainer.data_position import rng_states, set_rng_states
-from trainer.distributed_data import default_data_seed
+from trainer.data.data_position import rng_states, set_rng_states
+from trainer.data.distributed_data import default_data_seed
 from trainer._logging import rank_zero_info
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
                               SequentialSampler)
 
 from trainer.strategies.checkpoint_io import CheckpointError
-from trainer.data_position import order_generators, loader_kwargs, restore_epoch_start, rng_states, set_rng_states
+from trainer.data.data_position import order_generators, loader_kwargs, restore_epoch_start, rng_states, set_rng_states
 
 
 def distributed_order(n: int, world_size: int, batch_size: int, drop_last: bool, shuffle: bool, seed: int,

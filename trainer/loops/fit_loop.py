@@ -34,18 +34,18 @@ from typing import Any
 import torch
 
 from trainer.strategies._util import batch_size_of
-from trainer import eval_loop
+from trainer.loops import eval_loop
 from trainer._logging import rank_zero_info
 from trainer._wrappers import with_is_last
-from trainer.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
+from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                    skip_batches)
 from trainer.datamodule import batch_mover
-from trainer.distributed_data import default_data_seed
-from trainer.manual import ModuleOptimizer
+from trainer.data.distributed_data import default_data_seed
+from trainer.loops.manual import ModuleOptimizer
 from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
-from trainer.preemption import StopAgreement
+from trainer.loops.preemption import StopAgreement
 from trainer.state import TrainerState
-from trainer.step_errors import add_step_note, describe_batch
+from trainer.loops.step_errors import add_step_note, describe_batch
 
 
 class FitLoop:
@@ -205,7 +205,7 @@ class FitLoop:
 
     def _reshard_epoch(self, train_loader: Any) -> None:
         """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
-        from trainer.reshard import plan_for_resume
+        from trainer.data.reshard import plan_for_resume
 
         pending, self.resume_order = self.resume_order, None
         self.reshard = plan_for_resume(self, train_loader, pending)
@@ -224,7 +224,7 @@ class FitLoop:
         trainer = self.trainer
         if not trainer.config.oom_split:
             return None
-        from trainer.oom import BatchSplitter
+        from trainer.loops.oom import BatchSplitter
 
         if getattr(trainer.module, "automatic_optimization", True) is False:
             raise ValueError("Trainer(oom_split=True) splits micro-batches of the loop's own optimization, but "
@@ -357,7 +357,7 @@ class FitLoop:
             self.hooks("on_after_backward")
 
     def _train_split(self, splitter: Any, batch: Any, batch_idx: int, size: int) -> Any:
-        """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/oom.py). Every
+        """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/loops/oom.py). Every
         piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
         accel, results, step = self.trainer.accelerator, self.metrics.results["train"], self._local_training_step
         window = accel.engine.window

@@ -10,7 +10,7 @@ import torch
 
 from trainer.strategies._util import batch_size_of
 from trainer.datamodule import batch_mover
-from trainer.step_errors import add_step_note
+from trainer.loops.step_errors import add_step_note
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
 _STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test": "test_step",
@@ -142,7 +142,7 @@ def _recording_indices(loader: Any) -> Any:
     if not isinstance(loader, torch.utils.data.DataLoader) or loader.batch_sampler is None \
             or isinstance(loader.dataset, torch.utils.data.IterableDataset):
         return loader
-    from trainer.data_position import loader_kwargs
+    from trainer.data.data_position import loader_kwargs
 
     recorder = _RecordingBatchSampler(loader.batch_sampler)
     rebuilt = torch.utils.data.DataLoader(loader.dataset, batch_sampler=recorder, **loader_kwargs(loader))

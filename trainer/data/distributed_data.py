@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler,
                               SequentialSampler)
 
-from trainer.data_position import loader_kwargs
+from trainer.data.data_position import loader_kwargs
 
 
 class UnpaddedShard(Sampler[int]):
