@@ -96,7 +96,7 @@ WORKER = textwrap.dedent("""
     trainer.strategy.barrier()
     t = time.perf_counter()
     found = checkpoint.load_for_resume(trainer, path)
-    checkpoint.restore(trainer, found[1], found[0])
+    checkpoint.restore(trainer, found[1], found[0], lambda name, ckpt: None)  # no module or callback hooks here
     trainer.strategy.barrier()
     load = time.perf_counter() - t
     if trainer.is_global_zero:

@@ -415,11 +415,36 @@ def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None
             if delay:
                 time.sleep(delay)
             swap_directory(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = _tree_bytes(tmp) if tmp is not None and os.path.exists(tmp) else 0
         if is_main and tmp is not None and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, (KeyboardInterrupt, SystemExit, DiskFullError)) and _disk_full(err):  # DCP: BaseException
+            raise _sharded_disk_full(path, written) from err
         raise
     barrier()
+
+
+def _tree_bytes(directory: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names
+               if os.path.exists(os.path.join(root, name)))
+
+
+def _sharded_disk_full(path: str, written: int) -> DiskFullError:
+    """The message for a sharded save that filled its disk. The size needed is that of the newest whole
+    checkpoint directory beside it (same state, same size) when there is one; otherwise at least what
+    was written before the disk filled."""
+    directory = os.path.dirname(os.path.abspath(path))
+    whole = [os.path.join(directory, n) for n in os.listdir(directory) if not is_temporary(n)
+             and os.path.isfile(os.path.join(directory, n, SHARDED_META))]
+    if whole:
+        needed = f"about {_tree_bytes(max(whole, key=os.path.getmtime)) / 1e6:.1f} MB needed"
+    else:
+        needed = f"at least {written / 1e6:.1f} MB needed"
+    return DiskFullError(f"No space left on {directory!r} while writing the shards of {os.path.basename(path)!r} "
+                         f"({needed}, {shutil.disk_usage(directory).free / 1e6:.1f} MB free). Nothing was replaced: "
+                         "the previous checkpoint is whole. Free some space, or save to a larger disk "
+                         "(ModelCheckpoint(dirpath=...)).")
 
 
 def recover_directory(path: str) -> None:
