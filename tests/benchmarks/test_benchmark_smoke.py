@@ -1,0 +1,187 @@
+"""Smoke test of benchmarks/overhead.py: it runs end to end and reports every variant.
+
+No timing is asserted: the numbers of a --quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "overhead.py"
+
+
+def _expected_labels() -> list[str]:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from _variants import VARIANTS
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    labels = []
+    for k in (1, 4):
+        for v in VARIANTS.values():
+            if not v.optional and (v.requires is None or importlib.util.find_spec(v.requires) is not None):
+                labels.append(v.label + (f", accum {k}" if k > 1 else ""))
+    return labels
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_prints_every_variant_row(tmp_path):
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "12", "--warmup", "2", "--chunks", "3", "--jobs", "2",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0][2:]: line for line in table}
+    for label in _expected_labels():
+        assert label in rows, f"no row for {label!r} in:\n{proc.stdout}"
+        assert re.search(r"\| \d+(\.\d+)?x \|", rows[label]), rows[label]
+    assert rows["plain PyTorch loop"].count("1.00x") >= 1
+    assert "`import torch`" in rows and "`import torch, trainer`" in rows
+
+    raw = json.loads(out_json.read_text())
+    for row in raw["rows"]:
+        # Every loop really ran its optimizer steps and landed on the plain loop's weights.
+        assert row["steps_ok"], row
+        assert row["weights_rel_diff"] < 1e-3, row
+    for entry in raw["runs"]:
+        for result in entry["runs"]:
+            assert result["variant"] == entry["variant"] and result["accum"] == entry["accum"]
+            assert result["optimizer_steps"] == result["expected_steps"] == 2 + 12 + 2
+            assert result["threads"] == 1 and len(result["chunk_us_per_step"]) == 3
+            assert result["us_per_step"] > 0
+            assert abs(result["us_per_micro"] * result["accum"] - result["us_per_step"]) <= 1e-6 * result["us_per_step"]
+
+
+
+@pytest.mark.timeout(180)
+def test_logging_cost_variants_run_when_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "60", "--warmup", "2", "--chunks", "2", "--accum-list", "1",
+         "--import-reps", "0", "--variants", "trainer_self_log,trainer_csv"],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| Trainer, barebones + self.log")]
+    assert len(rows) == 2 and all(re.search(r"\| \d+(\.\d+)?x \|", row) for row in rows), proc.stdout
+    assert "| Trainer, barebones |" not in proc.stdout  # optional variants only add to what was named
+
+
+@pytest.mark.timeout(180)
+def test_logger_calls_benchmark_times_the_flush_and_each_logger(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "logger_calls.py"), "--steps", "300",
+                           "--loggers", "csv,tensorboard"], capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for label in ("read back the logged values (flush)", "CSVLogger.log_metrics", "TensorBoardLogger.log_metrics"):
+        assert re.search(r"\| [678] \| \d+\.\d \| \d+\.\d\d \| \d+\.\d%", rows.get(label, "")), proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_ddp_benchmark_runs_both_rows():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--rounds", "1", "--steps", "12"],
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("1 process", "DDP, 2 processes"))]
+    assert len(rows) == 2 and all(re.search(r"\d+\.\d\dx\s+\d+\.\d\ds$", row) for row in rows), proc.stdout
+
+
+@pytest.mark.timeout(400)
+def test_sharded_benchmark_reports_every_strategy():
+    # The full benchmark also runs ZeRO-2; its per-rank figures are pinned in test_deepspeed.py.
+    # Here one launch per kind of row: DDP (the reference), FSDP2 and ZeRO-3 (both halve both).
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--rounds", "1", "--steps", "6",
+                           "--strategies", "ddp,fsdp,zero3"], capture_output=True, text=True, timeout=390)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
+            if line.startswith(("DDP", "FSDP", "ZERO"))}
+    assert set(rows) == {"DDP", "FSDP", "ZERO3"}
+    for sharded in ("FSDP", "ZERO3"):  # parameters per rank halve
+        assert float(rows[sharded][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)
+    for sharded in ("FSDP", "ZERO3"):  # optimizer state per rank halves
+        assert float(rows[sharded][3]) == pytest.approx(float(rows["DDP"][3]) / 2, rel=0.05)
+
+
+@pytest.mark.timeout(300)
+def test_sharded_save_stall_benchmark_times_both_saves_and_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--save-stall", "--rounds", "1",
+                           "--events", "1", "--gap", "1", "--layers", "1", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| synchronous", "| async_save"))]
+    assert len(rows) == 2 and "1.00x" in rows[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded_save.md", "sharded_save.png"]
+
+
+@pytest.mark.timeout(300)
+def test_realistic_benchmark_trains_every_loop_to_the_same_weights_and_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "realistic.py"), "--rounds", "1", "--steps", "2",
+                           "--warmup", "1", "--workloads", "mlp", "--json", str(tmp_path / "raw.json"),
+                           "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| mlp |")]
+    expected = {"plain PyTorch loop", "this Trainer", "this Accelerator"}
+    expected |= {"Lightning Trainer"} if importlib.util.find_spec("lightning") else set()
+    expected |= {"HF Accelerate"} if importlib.util.find_spec("accelerate") else set()
+    assert {row[1] for row in rows} == expected, proc.stdout
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    plain = raw["mlp/plain"][0]
+    for runs in raw.values():  # every loop ran its steps and landed on the plain loop's weights
+        assert runs[0]["steps"] == runs[0]["expected_steps"] == 1 + 2 + 2
+        assert runs[0]["checksum"] == pytest.approx(plain["checksum"], rel=1e-6)
+        assert runs[0]["peak_rss_mb"] > 50
+    assert (tmp_path / "results" / "realistic.md").read_text().count("| mlp |") == len(expected)
+    assert (tmp_path / "results" / "realistic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_realistic_benchmark_builds_the_demos_transformer():
+    """The benchmark writes the demo's architecture out (so its plain loop does not import this
+    package): same parameter names, shapes and initial values as examples/char_transformer.py."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import char_transformer
+        import realistic
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(str(ROOT / "examples"))
+    import torch
+
+    torch.manual_seed(0)
+    demo = char_transformer.CharTransformer(70).state_dict()
+    torch.manual_seed(0)
+    bench = realistic._char_transformer(70).state_dict()
+    assert list(bench) == list(demo)
+    for name, value in demo.items():
+        assert torch.equal(bench[name], value), name
+
+
+def test_overhead_benchmark_writes_a_table_and_a_chart(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "6", "--warmup", "1", "--chunks", "2", "--accum-list", "1",
+         "--import-reps", "0", "--variants", "trainer_barebones", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "overhead.md").read_text()
+    assert "| Trainer, barebones |" in table and "![" in table and "load average" in table
+    assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(300)
+def test_startup_benchmark_times_imports_and_every_launcher(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--import-runs", "1",
+                           "--launch-rounds", "1", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=290)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("`import trainer` after `import torch` | +", "raw script, torchrun: to first step",
+                "raw script, trainer launch: to first step", "Trainer script, trainer launch: to first step"):
+        assert row in proc.stdout, proc.stdout
+    assert (tmp_path / "startup.png").exists() and (tmp_path / "startup.md").exists()
