@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+# The tree whose `trainer` a worker imports: this one, or another checkout when compare_trees.py
+# measures two commits with the same harness (it sets OVERHEAD_TREE for its workers).
+ROOT = Path(os.environ.get("OVERHEAD_TREE") or HERE.parent).resolve()
 for path in (str(ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -83,9 +85,11 @@ def run_worker(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             model, steps = variant.run(plan, loader, tmp)
             total = time.perf_counter() - start
+        trainer_mod = sys.modules.get("trainer")
         result = {"variant": variant.name, "accum": plan.accum, "steps": plan.steps, "optimizer_steps": int(steps),
                   "expected_steps": plan.total_steps, "total_s": total, "checksum": checksum(model),
-                  "threads": torch.get_num_threads(), **plan.timing(dataset)}
+                  "threads": torch.get_num_threads(), "trainer_file": getattr(trainer_mod, "__file__", None),
+                  **plan.timing(dataset)}
         print(MARKER + json.dumps(result), flush=True)
 
 

@@ -175,7 +175,7 @@ class Strategy(ABC):
 
     def batch_to_device(self, batch: Any) -> Any:
         device = self.root_device
-        if device.type == "cpu" and self.precision.param_dtype is None and _flat_on_cpu(batch):
+        if device.type == "cpu" and self._precision.param_dtype is None and _flat_on_cpu(batch):
             return batch  # nothing to move or convert: skip rebuilding the batch
         non_blocking = device.type == "cuda"
         batch = apply_to_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
@@ -194,7 +194,7 @@ class Strategy(ABC):
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward(*args, **kwargs)`` with the precision's loss scaling."""
-        self.precision.backward(loss, *args, **kwargs)
+        self._precision.backward(loss, *args, **kwargs)
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Manual optimization: make these gradients the mean over processes (the backward did not
@@ -226,7 +226,7 @@ class Strategy(ABC):
         self.precision.unscale_gradients(optimizer)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
-        return self.precision.optimizer_step(optimizer, closure)
+        return self._precision.optimizer_step(optimizer, closure)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
         optimizer.zero_grad(set_to_none=set_to_none)

@@ -19,6 +19,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         # Deliberately no super().__init__: this object delegates its state to `optimizer`.
         self.optimizer = optimizer
         self._accelerator = accelerator
+        self._gradient_state = accelerator.gradient_state  # read on every step: one lookup, not a property chain
         self.step_was_skipped = False  # the last step found inf/nan gradients (16-mixed) and did nothing
 
     @property
@@ -38,15 +39,19 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         return self.optimizer.defaults
 
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        if not self._accelerator.sync_gradients:
+        if not self._gradient_state.sync_gradients:
             return
-        scaler = self._accelerator.strategy.precision.scaler
-        scale = scaler.get_scale() if scaler is not None else None  # a host sync, under 16-mixed only
-        self._accelerator.engine.step(self.optimizer)
-        self.step_was_skipped = scale is not None and scaler.get_scale() < scale
+        engine = self._accelerator.engine
+        scaler = engine.strategy.precision.scaler
+        if scaler is None:
+            engine.step(self.optimizer)
+            return
+        scale = scaler.get_scale()  # a host sync, under 16-mixed only
+        engine.step(self.optimizer)
+        self.step_was_skipped = scaler.get_scale() < scale
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        if self._accelerator.sync_gradients:
+        if self._gradient_state.sync_gradients:
             self._accelerator.engine.zero_grad(self.optimizer, set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:

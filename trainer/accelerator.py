@@ -327,6 +327,8 @@ class Accelerator(TrackingMixin):
     def batch_to_device(self, batch: Any) -> Any:
         if not self.device_placement:
             return batch
+        if self.engine.profiler is None:
+            return self.strategy.batch_to_device(batch)
         with self.engine.timed("batch_to_device"):
             return self.strategy.batch_to_device(batch)
 
@@ -367,13 +369,19 @@ class Accelerator(TrackingMixin):
         """Run one micro-step: gradients sync, and prepared optimizers and schedulers step, only on
         the window's last micro-step (the ``gradient_accumulation_steps``-th, or the last batch of
         the active prepared dataloader)."""
-        state = self.gradient_state
-        loader = state.active_dataloader
-        size = (loader.batch_len or 1) if loader is not None else 1
-        closes = self.engine.begin_micro(size, state.sync_with_dataloader and state.end_of_dataloader)
-        self.step += 1
-        state._set_sync_gradients(closes)
-        with self.engine.sync_context(models, closes or state.sync_each_batch):
+        state = self._gradient_state
+        loader = state.dataloader_references[-1]  # the active one
+        if loader is None:
+            size, ends = 1, False
+        else:
+            size, ends = loader.batch_len or 1, state.sync_with_dataloader and loader.end_of_dataloader
+        closes = self.engine.begin_micro(size, ends)
+        self._step += 1
+        state.sync_gradients = closes
+        if closes or state.sync_each_batch:  # the common case on one process: no context to enter
+            yield
+            return
+        with self.engine.sync_context(models, sync=False):
             yield
 
     @contextlib.contextmanager

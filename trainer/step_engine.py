@@ -100,13 +100,15 @@ class StepEngine:
         window.item_counted = False
         return window.closes
 
-    @contextlib.contextmanager
-    def sync_context(self, models: Iterable[torch.nn.Module], sync: bool) -> Iterator[None]:
+    def sync_context(self, models: Iterable[torch.nn.Module], sync: bool) -> ContextManager[Any]:
         """Gradient all-reduce only when ``sync`` (the window's last micro-batch)."""
+        return _NOTHING if sync else self._no_sync(models)
+
+    @contextlib.contextmanager
+    def _no_sync(self, models: Iterable[torch.nn.Module]) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            if not sync:
-                for model in models:
-                    stack.enter_context(self.strategy.no_backward_sync(model))
+            for model in models:
+                stack.enter_context(self.strategy.no_backward_sync(model))
             yield
 
     def scale_loss(self, loss: torch.Tensor, num_items: Any = None, piece_size: int | None = None) -> torch.Tensor:
@@ -134,12 +136,17 @@ class StepEngine:
         return loss
 
     def timed(self, action: str) -> ContextManager[Any]:
-        """Times ``action`` under the profiler, if one is set (a shared no-op context otherwise)."""
-        return _UNTIMED if self.profiler is None else self.profiler.profile(action)
+        """Times ``action`` under the profiler, if one is set (a shared no-op context otherwise).
+        The per-step calls below skip even the no-op context when nothing is profiled: entering
+        one costs about as much as the rest of the engine's work in a step."""
+        return _NOTHING if self.profiler is None else self.profiler.profile(action)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward with the precision's loss scaling (``loss`` already weighted)."""
-        with self.timed("backward"):
+        if self.profiler is None:
+            self.strategy.backward(loss)
+            return
+        with self.profiler.profile("backward"):
             self.strategy.backward(loss)
 
     # -- the step -------------------------------------------------------------------------------
@@ -214,8 +221,11 @@ class StepEngine:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler on inf/nan), counted once per window."""
         self.finish_window(optimizer)
-        with self.timed("optimizer_step"):
+        if self.profiler is None:
             self.strategy.optimizer_step(optimizer)
+        else:
+            with self.profiler.profile("optimizer_step"):
+                self.strategy.optimizer_step(optimizer)
         window = self.window
         if window.micro == 0:
             self.progress.global_step += 1
@@ -224,11 +234,14 @@ class StepEngine:
             self.progress.global_step += 1
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        with self.timed("zero_grad"):
+        if self.profiler is None:
+            self.strategy.zero_grad(optimizer, set_to_none=set_to_none)
+            return
+        with self.profiler.profile("zero_grad"):
             self.strategy.zero_grad(optimizer, set_to_none=set_to_none)
 
 
-_UNTIMED = contextlib.nullcontext()
+_NOTHING = contextlib.nullcontext()  # shared: a nullcontext holds no state
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

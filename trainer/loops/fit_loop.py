@@ -332,9 +332,13 @@ class FitLoop:
                 state.val_pending = False  # a checkpoint written during validation must not repeat it
                 self._validate(val_loaders)
                 self._sync_should_stop()
-            if closes_window and _stop_agreed(self.stop_agreement, self.preempted, is_last):
+            # a SIGTERM on any rank stops every rank at this step: polled every few steps, settled
+            # (blocking) at the epoch's last step so that a pending stop is never lost (preemption.py)
+            if closes_window and (self.stop_agreement.settle(self.preempted) if is_last
+                                  else self.stop_agreement.poll(self.preempted)):
                 self._preempt()
-            if stepped and not is_last and (self.stop_requested() or 0 <= max_steps <= state.global_step
+            if stepped and not is_last and ((state.should_stop and self.stop_requested())
+                                            or 0 <= max_steps <= state.global_step
                                             or (max_time is not None and self._time_is_up())):
                 return False
         return True
@@ -464,12 +468,6 @@ def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
     set_rng_states(states)
     yield first
     yield from iterator
-
-
-def _stop_agreed(agreement: Any, preempted: bool, is_last: bool) -> bool:
-    """Whether a SIGTERM on any rank stops every rank at this step: polled every few steps, and
-    settled (blocking) at the epoch's last step, so a pending stop is never lost at the epoch's end."""
-    return agreement.settle(preempted) if is_last else agreement.poll(preempted)
 
 
 def _batch_end_outputs(output: Any) -> Any:
