@@ -185,3 +185,35 @@ def test_startup_benchmark_times_imports_and_every_launcher(tmp_path):
                 "raw script, trainer launch: to first step", "Trainer script, trainer launch: to first step"):
         assert row in proc.stdout, proc.stdout
     assert (tmp_path / "startup.png").exists() and (tmp_path / "startup.md").exists()
+
+
+@pytest.mark.timeout(240)
+def test_compare_trees_measures_each_tree_side_by_side(tmp_path):
+    """benchmarks/compare_trees.py: two names for this checkout, every variant's row per tree, and the
+    reference tree's CPU time at 1.00x of itself."""
+    out_json = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_trees.py"), "--tree", f"a={ROOT}", "--tree", f"b={ROOT}",
+         "--reps", "1", "--steps", "5", "--warmup", "1", "--variants", "trainer_barebones,accelerator",
+         "--accum-list", "1,2", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=230, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    assert {(r[0][2:], r[1], r[2]) for r in rows} == {
+        (v, k, t) for v in ("plain", "trainer_barebones", "accelerator") for k in ("1", "2") for t in ("a", "b")}
+    assert all(r[-1].startswith("1.00x") for r in rows if r[2] == "a")
+    raw = json.loads(out_json.read_text())
+    for entry in raw:
+        (result,) = entry["runs"]
+        assert result["optimizer_steps"] == result["expected_steps"] == 1 + 5 + 2
+        if entry["variant"] != "plain":
+            assert result["trainer_file"].startswith(str(ROOT)), result["trainer_file"]
+
+
+def test_compare_trees_refuses_a_tree_that_is_not_a_checkout(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_trees.py"), "--tree", f"old={tmp_path}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "holds no trainer/__init__.py" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_trees.py"), "--tree", str(ROOT)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "expected NAME=PATH" in proc.stderr, proc.stderr
