@@ -53,18 +53,17 @@ def _module(kind):
     return Net(), _data()
 
 
-def _trainer(kind, dirpath, epochs):
-    from trainer import Trainer
+def _sharded_trainer(kind, dirpath, epochs):
     from trainer.callbacks import ModelCheckpoint
+    from tests.helpers.trainers import quiet_trainer
 
-    return Trainer(max_epochs=epochs, strategy=_fsdp() if kind == "fsdp" else _deepspeed(), logger=False,
-                   enable_progress_bar=False, num_sanity_val_steps=0, accelerator="cpu",
-                   callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True)])
+    return quiet_trainer(max_epochs=epochs, strategy=_fsdp() if kind == "fsdp" else _deepspeed(),
+                         num_sanity_val_steps=0, callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True)])
 
 
 def _save_worker(kind, dirpath):
     model, (x, y) = _module(kind)
-    _trainer(kind, dirpath, 1).fit(model, DataLoader(TensorDataset(x, y), batch_size=2))
+    _sharded_trainer(kind, dirpath, 1).fit(model, DataLoader(TensorDataset(x, y), batch_size=2))
 
 
 def _resume_worker(kind, dirpaths):
@@ -73,7 +72,7 @@ def _resume_worker(kind, dirpaths):
     outcome = {}
     for dirpath in dirpaths:
         model, (x, y) = _module(kind)
-        trainer = _trainer(kind, dirpath, 2)
+        trainer = _sharded_trainer(kind, dirpath, 2)
         try:
             trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=2), ckpt_path="last")
             outcome[dirpath] = ("resumed", trainer.global_step)
@@ -179,7 +178,7 @@ def _fallback_worker(dirpaths):
     outcome = {}
     for dirpath in dirpaths:
         model, (x, y) = _module("fsdp")
-        trainer = _trainer("fsdp", dirpath, 3)
+        trainer = _sharded_trainer("fsdp", dirpath, 3)
         started = []
 
         class Start(Callback):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -16,10 +15,6 @@ from trainer.callbacks import Callback
 from trainer.strategies import Precision, SingleDeviceStrategy
 from trainer import Trainer, TrainModule
 from tests.helpers import BoringModel, regression_loader
-from tests.helpers.trainers import quiet_trainer
-
-
-_trainer = functools.partial(quiet_trainer, max_epochs=1, num_sanity_val_steps=0)
 
 
 class DtypeProbe(BoringModel):
@@ -36,17 +31,17 @@ class DtypeProbe(BoringModel):
     ("16-mixed", (torch.float32, torch.float16, torch.float32, True)),
     ("bf16-true", (torch.bfloat16, torch.bfloat16, torch.bfloat16, False)),
 ])
-def test_forward_dtypes_follow_the_precision(precision, expected):
+def test_forward_dtypes_follow_the_precision(precision, expected, make_trainer):
     model = DtypeProbe()
-    _trainer(precision=precision, max_steps=1).fit(model, regression_loader())
+    make_trainer(precision=precision, max_steps=1, max_epochs=1, num_sanity_val_steps=0).fit(model, regression_loader())
     assert model.seen == expected
 
 
 @pytest.mark.parametrize("alias, name", [("bf16", "bf16-mixed"), ("16", "16-mixed"), (16, "16-mixed"),
                                          ("fp16", "16-mixed"), ("32", "32-true"), ("no", "32-true")])
-def test_precision_aliases(alias, name):
+def test_precision_aliases(alias, name, make_trainer):
     assert Precision.from_string(alias).name == name
-    assert _trainer(precision=alias).precision == name
+    assert make_trainer(precision=alias, max_epochs=1, num_sanity_val_steps=0).precision == name
 
 
 class HugeLoss(TrainModule):
@@ -66,10 +61,10 @@ class HugeLoss(TrainModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_16_mixed_skips_a_step_whose_gradients_overflow_and_does_not_stop():
+def test_16_mixed_skips_a_step_whose_gradients_overflow_and_does_not_stop(make_trainer):
     loader = DataLoader(TensorDataset(torch.ones(3, 2)), batch_size=1)
     model = HugeLoss(overflow_at=(1,))
-    trainer = _trainer(precision="16-mixed")
+    trainer = make_trainer(precision="16-mixed", max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(model, loader)
     scaler = trainer.strategy.precision.scaler
     assert isinstance(scaler, torch.amp.GradScaler)
@@ -79,10 +74,10 @@ def test_16_mixed_skips_a_step_whose_gradients_overflow_and_does_not_stop():
     assert trainer.global_step == 3
 
 
-def test_32_true_applies_the_same_huge_step():
+def test_32_true_applies_the_same_huge_step(make_trainer):
     loader = DataLoader(TensorDataset(torch.ones(3, 2)), batch_size=1)
     model = HugeLoss(overflow_at=(1,))
-    _trainer(precision="32-true").fit(model, loader)
+    make_trainer(precision="32-true", max_epochs=1, num_sanity_val_steps=0).fit(model, loader)
     assert model.w.detach().max() < -1e30  # without a scaler nothing is skipped
 
 
@@ -94,11 +89,12 @@ class NormProbe(Callback):
 
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
-def test_clipping_acts_on_true_gradients_after_unscaling(precision):
+def test_clipping_acts_on_true_gradients_after_unscaling(precision, make_trainer):
     probe = NormProbe()
     model = BoringModel(lr=0.1)
     initial = copy.deepcopy(model.layer)
-    _trainer(precision=precision, max_steps=1, gradient_clip_val=0.01, callbacks=[probe]).fit(
+    make_trainer(precision=precision, max_steps=1, gradient_clip_val=0.01, callbacks=[probe], max_epochs=1,
+                 num_sanity_val_steps=0).fit(
         model, regression_loader(batch_size=16))
     assert probe.norm == pytest.approx(0.01, rel=1e-3)
     # the update is lr * clipped gradient: its size is lr * 0.01 whatever the precision
@@ -106,18 +102,19 @@ def test_clipping_acts_on_true_gradients_after_unscaling(precision):
     assert float(delta.detach().norm()) == pytest.approx(0.1 * 0.01, rel=1e-3)
 
 
-def test_clip_by_value():
+def test_clip_by_value(make_trainer):
     probe = NormProbe()
     model = BoringModel()
-    _trainer(max_steps=1, gradient_clip_val=1e-4, gradient_clip_algorithm="value", callbacks=[probe]).fit(
+    make_trainer(max_steps=1, gradient_clip_val=1e-4, gradient_clip_algorithm="value", callbacks=[probe], max_epochs=1,
+                 num_sanity_val_steps=0).fit(
         model, regression_loader(batch_size=16))
     assert probe.max_abs == pytest.approx(1e-4)
 
 
-def test_16_mixed_refuses_float16_parameters():
+def test_16_mixed_refuses_float16_parameters(make_trainer):
     model = BoringModel().half()
     with pytest.raises(ValueError, match=r"16-mixed' needs float32 parameters.*layer.weight.*remove `.half\(\)`"):
-        _trainer(precision="16-mixed").fit(model, regression_loader())
+        make_trainer(precision="16-mixed", max_epochs=1, num_sanity_val_steps=0).fit(model, regression_loader())
 
 
 def test_unknown_precision_lists_choices_and_suggests():
@@ -150,12 +147,12 @@ class NestedProbe(TrainModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_every_nested_tensor_reaches_the_device_and_the_input_dtype():
+def test_every_nested_tensor_reaches_the_device_and_the_input_dtype(make_trainer):
     """bf16-true casts floating inputs wherever they are nested; integer tensors keep their dtype."""
     batch = (Pair(Batch({"a": [torch.ones(2, 2)], "b": torch.zeros(2, 2)}, torch.ones(2)), torch.ones(2, 1)),
              [torch.arange(2)])
     model = NestedProbe()
-    _trainer(precision="bf16-true", max_steps=1).fit(model, [batch])
+    make_trainer(precision="bf16-true", max_steps=1, max_epochs=1, num_sanity_val_steps=0).fit(model, [batch])
     (pair, extra) = model.seen
     assert isinstance(pair, Pair) and isinstance(pair.x, Batch) and pair.x.label == "kept"
     assert pair.x.features["a"][0].dtype == torch.bfloat16 and pair.x.features["b"].dtype == torch.bfloat16

@@ -11,10 +11,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer import Trainer, TrainModule
+from trainer import TrainModule
 from trainer.callbacks import Callback
 from trainer.strategies.checkpoint_io import atomic_save, safe_load
 from tests.helpers.distributed import run_distributed
+from tests.helpers.trainers import LEAN, quiet_trainer
 
 TEXT = "the quick brown fox jumps over the lazy dog; " * 6
 VOCAB = sorted(set(TEXT))
@@ -102,18 +103,12 @@ def _assert_close(got, want, atol=1e-6):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=atol, rtol=0)
 
 
-def _trainer(**kw) -> Trainer:
-    kw = {"max_epochs": 2, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, **kw}
-    return Trainer(**kw)
-
-
-def test_fit_runs_the_compiled_forward_and_equals_a_plain_loop():
+def test_fit_runs_the_compiled_forward_and_equals_a_plain_loop(make_trainer):
     torch._dynamo.reset()
     backend = Counting()
     model = TinyLM()
     compiled = torch.compile(model, backend=backend)
-    trainer = _trainer()
+    trainer = make_trainer(max_epochs=2, **LEAN)
     trainer.fit(compiled, DataLoader(_tokens(), batch_size=4), DataLoader(_tokens(), batch_size=4))
     _assert_close(_weights(model), _reference(batch_size=4, epochs=2))
     assert backend.compiles >= 1
@@ -127,12 +122,12 @@ def test_fit_runs_the_compiled_forward_and_equals_a_plain_loop():
 
 @pytest.mark.slow  # four compiles: ~20 s
 @pytest.mark.timeout(300)
-def test_checkpoints_of_a_compiled_run_have_plain_keys_and_resume_either_way(tmp_path):
+def test_checkpoints_of_a_compiled_run_have_plain_keys_and_resume_either_way(tmp_path, make_trainer):
     """compiled -> uncompiled and uncompiled -> compiled resumes both end with the weights of an
     uninterrupted run."""
     loader = lambda: DataLoader(_tokens(), batch_size=4)
     whole = TinyLM()
-    _trainer(max_epochs=2).fit(whole, loader())
+    make_trainer(max_epochs=2, **LEAN).fit(whole, loader())
 
     class SaveAt(Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -142,21 +137,21 @@ def test_checkpoints_of_a_compiled_run_have_plain_keys_and_resume_either_way(tmp
     for first_compiled in (True, False):
         torch._dynamo.reset()
         first = TinyLM()
-        _trainer(max_epochs=1, callbacks=[SaveAt()]).fit(
+        make_trainer(max_epochs=1, callbacks=[SaveAt()], **LEAN).fit(
             torch.compile(first, backend=Counting()) if first_compiled else first, loader())
         ckpt = safe_load(str(tmp_path / "step3.ckpt"))
         assert not any(k.startswith("_orig_mod.") for k in ckpt["state_dict"])
         TinyLM().load_state_dict(ckpt["state_dict"])  # a plain module takes it as it is
         second = TinyLM()
-        _trainer(max_epochs=2).fit(second if first_compiled else torch.compile(second, backend=Counting()),
+        make_trainer(max_epochs=2, **LEAN).fit(second if first_compiled else torch.compile(second, backend=Counting()),
                                    loader(), ckpt_path=str(tmp_path / "step3.ckpt"))
         _assert_close(_weights(second), _weights(whole))
 
 
-def test_a_state_dict_saved_from_the_compiled_wrapper_loads_too(tmp_path):
+def test_a_state_dict_saved_from_the_compiled_wrapper_loads_too(tmp_path, make_trainer):
     """A checkpoint whose weights came from `compiled.state_dict()` (keys `_orig_mod.*`)."""
     model = TinyLM()
-    trainer = _trainer(max_epochs=1, max_steps=2)
+    trainer = make_trainer(max_epochs=1, max_steps=2, **LEAN)
     trainer.fit(model, DataLoader(_tokens(), batch_size=4))
     trainer.save_checkpoint("plain.ckpt")
     ckpt = safe_load("plain.ckpt")
@@ -164,24 +159,25 @@ def test_a_state_dict_saved_from_the_compiled_wrapper_loads_too(tmp_path):
     assert all(k.startswith("_orig_mod.") for k in ckpt["state_dict"])
     atomic_save(ckpt, "prefixed.ckpt")
     resumed = TinyLM()
-    _trainer(max_epochs=1, max_steps=2).fit(resumed, DataLoader(_tokens(), batch_size=4), ckpt_path="prefixed.ckpt")
+    make_trainer(max_epochs=1, max_steps=2, **LEAN).fit(resumed, DataLoader(_tokens(), batch_size=4),
+                                                        ckpt_path="prefixed.ckpt")
     _assert_close(_weights(resumed), _weights(model))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_default_inductor_compile_equals_a_plain_loop():
+def test_default_inductor_compile_equals_a_plain_loop(make_trainer):
     """torch.compile(model) as users write it (inductor generates C++ on CPU)."""
     torch._dynamo.reset()
     model = TinyLM()
-    _trainer().fit(torch.compile(model), DataLoader(_tokens(), batch_size=4))
+    make_trainer(max_epochs=2, **LEAN).fit(torch.compile(model), DataLoader(_tokens(), batch_size=4))
     _assert_close(_weights(model), _reference(batch_size=4, epochs=2), atol=1e-5)
 
 
 def _ddp_compiled_worker():
     backend = Counting()
     model = TinyLM()
-    trainer = _trainer()
+    trainer = quiet_trainer(max_epochs=2, **LEAN)
     trainer.fit(torch.compile(model, backend=backend), DataLoader(_tokens(), batch_size=2))
     assert trainer.world_size == 2 and trainer.module is model
     return {"weights": _weights(model), "runs": backend.runs}

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer import Trainer, TrainModule
 from trainer.callbacks import Callback, DeviceStatsMonitor
 from tests.helpers.distributed import run_distributed
-from tests.helpers.trainers import quiet_trainer
+from tests.helpers.trainers import LEAN, quiet_trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.timeout(300)]
 
@@ -58,15 +58,9 @@ def _data(n: int = 64, width: int = 16) -> TensorDataset:
     return TensorDataset(torch.randn(n, width, generator=g), torch.randn(n, 1, generator=g))
 
 
-def _trainer(**kw) -> Trainer:
-    kw.setdefault("max_epochs", 2)
-    kw.setdefault("accelerator", "cuda")
-    return quiet_trainer(enable_checkpointing=False, num_sanity_val_steps=0, **kw)
-
-
 def _fit(batch: int = 8, **kw) -> tuple[Net, Trainer]:
     model = Net()
-    trainer = _trainer(**kw)
+    trainer = quiet_trainer(max_epochs=2, accelerator="cuda", **LEAN, **kw)
     trainer.fit(model, DataLoader(_data(), batch_size=batch))
     return model, trainer
 
@@ -105,9 +99,9 @@ class Overflow(TrainModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_16_mixed_on_cuda_skips_the_overflowing_step():
+def test_16_mixed_on_cuda_skips_the_overflowing_step(make_trainer):
     model = Overflow()
-    trainer = _trainer(precision="16-mixed", max_epochs=1)
+    trainer = make_trainer(precision="16-mixed", max_epochs=1, accelerator="cuda", **LEAN)
     trainer.fit(model, DataLoader(TensorDataset(torch.ones(3, 2)), batch_size=1))
     assert model.w.device.type == "cuda"
     torch.testing.assert_close(model.w.detach().cpu(), torch.full((2,), 1 - 2 * 0.01))  # batches 0 and 2 stepped
@@ -136,12 +130,12 @@ class SyncGuard(Callback):
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_a_step_does_not_synchronise_the_host(precision):
+def test_a_step_does_not_synchronise_the_host(precision, make_trainer):
     if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     guard = SyncGuard(first=1, last=6)
-    trainer = _trainer(precision=precision, max_epochs=1, log_every_n_steps=50, gradient_clip_val=1.0,
-                       callbacks=[guard])
+    trainer = make_trainer(precision=precision, max_epochs=1, log_every_n_steps=50, gradient_clip_val=1.0,
+                           callbacks=[guard], accelerator="cuda", **LEAN)
     loader = DataLoader(_data(), batch_size=8, pin_memory=True)
     try:
         trainer.fit(Net(), loader)  # any synchronising call in batches 2..6 raises here
@@ -150,7 +144,7 @@ def test_a_step_does_not_synchronise_the_host(precision):
     assert guard.guarded == 5 and trainer.global_step == 8
 
 
-def test_the_sync_guard_catches_a_host_sync():
+def test_the_sync_guard_catches_a_host_sync(make_trainer):
     """The guard above can fail: a step that reads its loss back is caught."""
 
     class Reads(Net):
@@ -159,7 +153,7 @@ def test_the_sync_guard_catches_a_host_sync():
             loss.item()
             return loss
 
-    trainer = _trainer(max_epochs=1, callbacks=[SyncGuard(first=1, last=6)])
+    trainer = make_trainer(max_epochs=1, callbacks=[SyncGuard(first=1, last=6)], accelerator="cuda", **LEAN)
     try:
         with pytest.raises(RuntimeError, match="synchroniz"):
             trainer.fit(Reads(), DataLoader(_data(), batch_size=8, pin_memory=True))
@@ -182,12 +176,12 @@ class CrashAfterStep(Callback):
             raise Crash()
 
 
-def test_resume_continues_the_cuda_random_stream(tmp_path):
+def test_resume_continues_the_cuda_random_stream(tmp_path, make_trainer):
     from trainer import seed_everything
 
     def run(callbacks=(), ckpt_path=None):
         model = Net(dropout=0.5)  # the dropout masks come from the CUDA generator
-        trainer = _trainer(max_epochs=2, callbacks=list(callbacks))
+        trainer = make_trainer(max_epochs=2, callbacks=list(callbacks), accelerator="cuda", **LEAN)
         trainer.fit(model, DataLoader(_data(), batch_size=8, shuffle=True), ckpt_path=ckpt_path)
         return _weights(model)
 
@@ -213,9 +207,9 @@ class Holds(Net):
         self.register_buffer("ballast", torch.zeros(16 * 1024 * 1024))
 
 
-def test_device_stats_monitor_reports_cuda_memory():
+def test_device_stats_monitor_reports_cuda_memory(make_trainer):
     monitor = DeviceStatsMonitor()
-    trainer = _trainer(max_epochs=1, log_every_n_steps=2, callbacks=[monitor])
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=2, callbacks=[monitor], accelerator="cuda", **LEAN)
     trainer.fit(Holds(), DataLoader(_data(), batch_size=8))
     stats = monitor.last
     assert stats["_step"] == 8
@@ -240,7 +234,7 @@ def _strategy(name: str):
 def _two_gpu_worker(name: str, k: int) -> dict:
     strategy = _strategy(name)
     model = Net()
-    trainer = _trainer(strategy=strategy, accumulate_grad_batches=k)
+    trainer = quiet_trainer(strategy=strategy, accumulate_grad_batches=k, max_epochs=2, accelerator="cuda", **LEAN)
     trainer.fit(model, DataLoader(_data(), batch_size=4))  # 4 per rank: the global batch is 8
     assert model.seen[0] == "cuda" and strategy.root_device.index == trainer.local_rank
     full = model.state_dict() if name == "ddp" else strategy.full_state_dict(model)  # FSDP, ZeRO: {} off rank 0

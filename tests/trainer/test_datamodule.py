@@ -12,18 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer import DataModule, Trainer, TrainModule
+from trainer import DataModule, TrainModule
 from tests.helpers import BoringModel, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.trainers import LEAN, quiet_trainer
 
 torchmetrics = pytest.importorskip("torchmetrics")
 CLASSES, FEATURES, LR = 3, 6, 0.2
-
-
-def _trainer(**kw):
-    kw = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
-          **kw}
-    return Trainer(**kw)
 
 
 class Blobs(DataModule):
@@ -136,9 +131,9 @@ def _assert_weights_equal(model: torch.nn.Module, expected: dict[str, torch.Tens
         torch.testing.assert_close(value, expected[name], rtol=0, atol=atol, msg=name)
 
 
-def test_classifier_with_a_datamodule_equals_a_plain_loop_and_hooks_run_in_lightnings_order(tmp_path):
+def test_classifier_with_a_datamodule_equals_a_plain_loop_and_hooks_run_in_lightnings_order(tmp_path, make_trainer):
     dm, model = Blobs(str(tmp_path)), Classifier()
-    trainer = _trainer(max_epochs=3)
+    trainer = make_trainer(max_epochs=3, **LEAN)
     trainer.fit(model, datamodule=dm)
     assert trainer.datamodule is dm and model.trainer.datamodule is dm and dm.trainer is trainer
     assert dm.calls == ["prepare_data", "setup:fit", "train_dataloader", "val_dataloader", "teardown:fit"]
@@ -154,7 +149,7 @@ def test_classifier_with_a_datamodule_equals_a_plain_loop_and_hooks_run_in_light
     assert predictions.shape == (16,)
 
 
-def test_module_own_dataloaders_are_used_when_fit_gets_none(tmp_path):
+def test_module_own_dataloaders_are_used_when_fit_gets_none(tmp_path, make_trainer):
     class OwnData(Classifier):
         def train_dataloader(self):
             return self.dm.train_dataloader()
@@ -167,19 +162,19 @@ def test_module_own_dataloaders_are_used_when_fit_gets_none(tmp_path):
     dm.setup("fit")
     model = OwnData()
     model.dm = dm
-    _trainer(max_epochs=2).fit(model)
+    make_trainer(max_epochs=2, **LEAN).fit(model)
     expected, acc = _plain_loop(str(tmp_path), epochs=2)
     _assert_weights_equal(model, expected)
     assert model.trainer.callback_metrics["val_acc"] == pytest.approx(acc, abs=1e-6)
 
 
-def test_resume_with_a_datamodule_is_exact_and_restores_its_state(tmp_path):
+def test_resume_with_a_datamodule_is_exact_and_restores_its_state(tmp_path, make_trainer):
     root = str(tmp_path)
     uninterrupted = Classifier()
-    _trainer(max_epochs=3).fit(uninterrupted, datamodule=Blobs(root))
+    make_trainer(max_epochs=3, **LEAN).fit(uninterrupted, datamodule=Blobs(root))
 
     first_dm = Blobs(root)
-    first = _trainer(max_epochs=3, max_steps=5)  # stops inside the second epoch (4 batches per epoch)
+    first = make_trainer(max_epochs=3, max_steps=5, **LEAN)  # stops inside the second epoch (4 batches per epoch)
     first.fit(Classifier(), datamodule=first_dm)
     first.save_checkpoint("mid.ckpt")
     saved = torch.load("mid.ckpt", weights_only=True)
@@ -187,40 +182,40 @@ def test_resume_with_a_datamodule_is_exact_and_restores_its_state(tmp_path):
     assert saved["datamodule_hparams"] == {"root": root, "batch_size": 8, "n": 48}
 
     resumed, resumed_dm = Classifier(), Blobs(root)
-    _trainer(max_epochs=3).fit(resumed, datamodule=resumed_dm, ckpt_path="mid.ckpt")
+    make_trainer(max_epochs=3, **LEAN).fit(resumed, datamodule=resumed_dm, ckpt_path="mid.ckpt")
     assert resumed_dm.served == 2  # loaded (1) before train_dataloader() was asked for again
     for name, value in uninterrupted.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
-def test_reload_dataloaders_every_n_epochs_asks_the_datamodule_again(tmp_path):
+def test_reload_dataloaders_every_n_epochs_asks_the_datamodule_again(tmp_path, make_trainer):
     dm = Blobs(str(tmp_path))
-    _trainer(max_epochs=5, reload_dataloaders_every_n_epochs=2).fit(Classifier(), datamodule=dm)
+    make_trainer(max_epochs=5, reload_dataloaders_every_n_epochs=2, **LEAN).fit(Classifier(), datamodule=dm)
     assert dm.calls.count("train_dataloader") == 3 and dm.calls.count("val_dataloader") == 3  # epochs 0, 2, 4
     dm = Blobs(str(tmp_path))
-    _trainer(max_epochs=5).fit(Classifier(), datamodule=dm)
+    make_trainer(max_epochs=5, **LEAN).fit(Classifier(), datamodule=dm)
     assert dm.calls.count("train_dataloader") == 1
 
 
-def test_loaders_and_a_datamodule_together_or_none_at_all_are_refused(tmp_path):
+def test_loaders_and_a_datamodule_together_or_none_at_all_are_refused(tmp_path, make_trainer):
     dm = Blobs(str(tmp_path))
     with pytest.raises(ValueError, match=r"trainer\.fit\(train_dataloaders=..., datamodule=...\): pass either"):
-        _trainer(max_epochs=1).fit(Classifier(), regression_loader(), datamodule=dm)
+        make_trainer(max_epochs=1, **LEAN).fit(Classifier(), regression_loader(), datamodule=dm)
     with pytest.raises(ValueError, match=r"trainer\.test\(dataloaders=..., datamodule=...\): pass either"):
-        _trainer().test(Classifier(), regression_loader(), datamodule=dm)
+        make_trainer(**LEAN).test(Classifier(), regression_loader(), datamodule=dm)
     with pytest.raises(TypeError, match=r"trainer\.fit\(datamodule=dict\(...\)\): expected a trainer\.DataModule"):
-        _trainer(max_epochs=1).fit(Classifier(), datamodule={})
+        make_trainer(max_epochs=1, **LEAN).fit(Classifier(), datamodule={})
     with pytest.raises(TypeError, match=r"trainer\.test\(BoringModel\(...\)\): no data\. Pass dataloaders=..., or "
                                         r"datamodule=... with a test_dataloader\(\) method"):
-        _trainer().test(BoringModel())
+        make_trainer(**LEAN).test(BoringModel())
 
     class TrainOnly(DataModule):
         def train_dataloader(self):
             return regression_loader(16, 8)
 
     with pytest.raises(TypeError, match=r"no data\. .* predict_dataloader\(\)"):
-        _trainer().predict(BoringModel(), datamodule=TrainOnly())
-    trainer = _trainer(max_epochs=1)
+        make_trainer(**LEAN).predict(BoringModel(), datamodule=TrainOnly())
+    trainer = make_trainer(max_epochs=1, **LEAN)
     trainer.fit(BoringModel(), datamodule=TrainOnly())  # no val_dataloader: no validation
     assert trainer.val_dataloaders == [] and trainer.global_step == 2
     assert dm.calls == []  # nothing ran before the refusal
@@ -228,7 +223,7 @@ def test_loaders_and_a_datamodule_together_or_none_at_all_are_refused(tmp_path):
 
 def _two_process_fit(root: str) -> list:
     dm, model = Blobs(root, batch_size=4), Classifier()
-    trainer = _trainer(max_epochs=3, strategy="ddp", devices=2, accelerator="cpu")
+    trainer = quiet_trainer(max_epochs=3, strategy="ddp", devices=2, **LEAN)
     trainer.fit(model, datamodule=dm)
     return [dm.calls, float(trainer.callback_metrics["val_acc"]),
             {k: v.tolist() for k, v in model.state_dict().items()}]
@@ -250,19 +245,20 @@ def test_two_processes_prepare_once_and_equal_one_process_with_the_whole_batch(t
             torch.testing.assert_close(torch.tensor(value), expected[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_the_datamodules_hparams_reach_the_loggers(tmp_path):
+def test_the_datamodules_hparams_reach_the_loggers(tmp_path, make_trainer):
     import yaml
 
     from trainer.callbacks import CSVLogger
 
     logger = CSVLogger(str(tmp_path / "logs"))
-    _trainer(max_epochs=1, logger=logger).fit(Classifier(lr=0.1), datamodule=Blobs(str(tmp_path), batch_size=16))
+    make_trainer(max_epochs=1, logger=logger, **LEAN).fit(Classifier(lr=0.1),
+                                                         datamodule=Blobs(str(tmp_path), batch_size=16))
     with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
         logged = yaml.safe_load(f)
     assert (logged["batch_size"], logged["n"], logged["lr"]) == (16, 48, 0.1)
 
 
-def test_from_datasets_serves_the_datasets_it_was_given():
+def test_from_datasets_serves_the_datasets_it_was_given(make_trainer):
     train, val = RandomRegressionPair()
     dm = DataModule.from_datasets(train_dataset=train, val_dataset=[val, val], batch_size=4)
     model = BoringModel()
@@ -271,7 +267,7 @@ def test_from_datasets_serves_the_datasets_it_was_given():
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             return super().validation_step(batch, batch_idx)
 
-    trainer = _trainer(max_epochs=1)
+    trainer = make_trainer(max_epochs=1, **LEAN)
     trainer.fit(TwoVal(), datamodule=dm)
     assert trainer.num_training_batches == 4 and trainer.num_val_batches == [2, 2]
     assert isinstance(trainer.train_dataloader.sampler, torch.utils.data.RandomSampler)

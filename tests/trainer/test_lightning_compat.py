@@ -14,12 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer import Trainer, TrainModule
 from trainer.callbacks import ModelCheckpoint
 from tests.helpers import BoringModel, regression_loader
-
-
-def _trainer(**kw):
-    kw = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
-          **kw}
-    return Trainer(**kw)
+from tests.helpers.trainers import LEAN
 
 
 # -- hparams --------------------------------------------------------------------------------------------------
@@ -33,7 +28,7 @@ class WithHparams(BoringModel):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.learning_rate)
 
 
-def test_hparams_have_attribute_access_and_keep_kwargs():
+def test_hparams_have_attribute_access_and_keep_kwargs(make_trainer):
     model = WithHparams(learning_rate=0.5, extra=1)
     assert model.hparams.learning_rate == 0.5 and model.hparams["hidden"] == 3 and model.hparams.extra == 1
     assert "name" not in model.hparams
@@ -41,7 +36,7 @@ def test_hparams_have_attribute_access_and_keep_kwargs():
     assert model.hparams["hidden"] == 7
     with pytest.raises(AttributeError, match="hparams has no 'missing'; it holds"):
         model.hparams.missing
-    _trainer(max_epochs=1).fit(model, regression_loader(16, 8))
+    make_trainer(max_epochs=1, **LEAN).fit(model, regression_loader(16, 8))
 
 
 def test_save_hyperparameters_takes_a_namespace_or_a_dict_and_checks_names():
@@ -80,9 +75,10 @@ class ValOnStep(BoringModel):
         self.log("test_loss", torch.nn.functional.mse_loss(self(x), y), on_step=True, on_epoch=True)
 
 
-def test_val_metric_logged_on_step_is_also_published_under_its_plain_name():
+def test_val_metric_logged_on_step_is_also_published_under_its_plain_name(make_trainer):
     checkpoint = ModelCheckpoint(dirpath="ckpts", monitor="val_loss")
-    trainer = _trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint], log_every_n_steps=1)
+    trainer = make_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint], log_every_n_steps=1,
+                           num_sanity_val_steps=0)
     trainer.fit(ValOnStep(), regression_loader(16, 8), regression_loader(16, 4))
     metrics = trainer.callback_metrics
     assert metrics["val_loss"] == metrics["val_loss_epoch"] and "val_loss_step" not in metrics
@@ -90,8 +86,8 @@ def test_val_metric_logged_on_step_is_also_published_under_its_plain_name():
     assert "val_loss_step" in trainer.logged_metrics  # the loggers still get the step values
 
 
-def test_validate_and_test_return_no_step_keys_and_name_loaders_as_lightning():
-    model, trainer = ValOnStep(), _trainer()
+def test_validate_and_test_return_no_step_keys_and_name_loaders_as_lightning(make_trainer):
+    model, trainer = ValOnStep(), make_trainer(**LEAN)
     (val,) = trainer.validate(model, regression_loader(16, 4))
     assert set(val) == {"val_loss", "val_loss_epoch"} and val["val_loss"] == val["val_loss_epoch"]
     results = trainer.test(model, [regression_loader(16, 4), regression_loader(8, 4, seed=1)])
@@ -100,8 +96,8 @@ def test_validate_and_test_return_no_step_keys_and_name_loaders_as_lightning():
     assert results[0]["test_loss/dataloader_idx_0"] != results[1]["test_loss/dataloader_idx_1"]
 
 
-def test_callback_metrics_hold_only_the_last_entry_points_metrics():
-    model, trainer = BoringModel(), _trainer(max_epochs=1)
+def test_callback_metrics_hold_only_the_last_entry_points_metrics(make_trainer):
+    model, trainer = BoringModel(), make_trainer(max_epochs=1, **LEAN)
     trainer.fit(model, regression_loader(16, 8), regression_loader(16, 8))
     assert "train/loss" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
     (test,) = trainer.test(model, regression_loader(16, 8))
@@ -110,7 +106,7 @@ def test_callback_metrics_hold_only_the_last_entry_points_metrics():
 
 # -- torchmetrics' documented pattern ------------------------------------------------------------------------
 
-def test_torchmetrics_documented_pattern_logs_the_batch_value_and_nothing_else():
+def test_torchmetrics_documented_pattern_logs_the_batch_value_and_nothing_else(make_trainer):
     torchmetrics = pytest.importorskip("torchmetrics")
 
     class Classifier(TrainModule):
@@ -139,7 +135,7 @@ def test_torchmetrics_documented_pattern_logs_the_batch_value_and_nothing_else()
 
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(24, 5, generator=g), torch.randint(0, 3, (24,), generator=g))
-    model, trainer = Classifier(), _trainer(max_epochs=2, log_every_n_steps=1)
+    model, trainer = Classifier(), make_trainer(max_epochs=2, log_every_n_steps=1, **LEAN)
     trainer.fit(model, DataLoader(data, batch_size=8))
     metrics = trainer.callback_metrics
     assert set(metrics) == {"train_acc_step", "train_acc_epoch"}
@@ -150,11 +146,11 @@ def test_torchmetrics_documented_pattern_logs_the_batch_value_and_nothing_else()
 
 # -- Trainer switches ------------------------------------------------------------------------------------------
 
-def test_benchmark_sets_cudnn_benchmark():
+def test_benchmark_sets_cudnn_benchmark(make_trainer):
     saved = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        _trainer(max_epochs=1, benchmark=True).fit(BoringModel(), regression_loader(8, 8))
+        make_trainer(max_epochs=1, benchmark=True, **LEAN).fit(BoringModel(), regression_loader(8, 8))
         assert torch.backends.cudnn.benchmark is True
     finally:
         torch.backends.cudnn.benchmark = saved
@@ -162,14 +158,14 @@ def test_benchmark_sets_cudnn_benchmark():
         Trainer(benchmark="yes")
 
 
-def test_overfit_batches_trains_on_the_same_first_batches_in_order():
+def test_overfit_batches_trains_on_the_same_first_batches_in_order(make_trainer):
     shuffled = regression_loader(64, 8, shuffle=True)
     with pytest.warns(UserWarning, match="overfit_batches=...\\): the training dataloader shuffles"):
         overfit = BoringModel()
-        trainer = _trainer(max_epochs=3, overfit_batches=2)
+        trainer = make_trainer(max_epochs=3, overfit_batches=2, **LEAN)
         trainer.fit(overfit, shuffled, regression_loader(64, 8))
     reference = BoringModel()
-    _trainer(max_epochs=3, limit_train_batches=2).fit(reference, regression_loader(64, 8))
+    make_trainer(max_epochs=3, limit_train_batches=2, **LEAN).fit(reference, regression_loader(64, 8))
     assert torch.equal(overfit.layer.weight, reference.layer.weight)
     assert trainer.num_training_batches == 2 and trainer.global_step == 6
 
@@ -180,8 +176,8 @@ class StopsAtOnce(BoringModel):
 
 
 @pytest.mark.parametrize("setting, steps", [({"min_epochs": 2}, 4), ({"min_steps": 3}, 3), ({}, 1)])
-def test_min_epochs_and_min_steps_hold_off_a_stop(setting, steps):
-    trainer = _trainer(max_epochs=5, **setting)
+def test_min_epochs_and_min_steps_hold_off_a_stop(setting, steps, make_trainer):
+    trainer = make_trainer(max_epochs=5, **setting, **LEAN)
     trainer.fit(StopsAtOnce(), regression_loader(16, 8))
     assert trainer.global_step == steps
 
@@ -193,18 +189,18 @@ def test_min_settings_are_checked():
         Trainer(min_steps=-1)
 
 
-def test_detect_anomaly_names_the_backward_that_made_nan():
+def test_detect_anomaly_names_the_backward_that_made_nan(make_trainer):
     class NanGrad(BoringModel):
         def training_step(self, batch, batch_idx):
             return (self.layer.weight * float("nan")).sum() + super().training_step(batch, batch_idx)
 
     with pytest.raises(RuntimeError, match="returned nan values"):
-        _trainer(max_epochs=1, detect_anomaly=True).fit(NanGrad(), regression_loader(8, 8))
+        make_trainer(max_epochs=1, detect_anomaly=True, **LEAN).fit(NanGrad(), regression_loader(8, 8))
     assert not torch.is_anomaly_enabled()
 
 
 @pytest.mark.parametrize("inference_mode", [True, False])
-def test_inference_mode_decides_how_evaluation_runs_without_grad(inference_mode):
+def test_inference_mode_decides_how_evaluation_runs_without_grad(inference_mode, make_trainer):
     class Records(BoringModel):
         seen = []
 
@@ -213,7 +209,7 @@ def test_inference_mode_decides_how_evaluation_runs_without_grad(inference_mode)
 
         predict_step = lambda self, batch, batch_idx: self.seen.append(torch.is_inference_mode_enabled())
 
-    model, trainer = Records(), _trainer(inference_mode=inference_mode)
+    model, trainer = Records(), make_trainer(inference_mode=inference_mode, **LEAN)
     trainer.validate(model, regression_loader(8, 8))
     trainer.predict(model, regression_loader(8, 8))
     assert model.seen == [(inference_mode, False), inference_mode]

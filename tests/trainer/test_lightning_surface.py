@@ -12,32 +12,26 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from trainer import Trainer, TrainModule
 from trainer.callbacks import BasePredictionWriter, CSVLogger, EarlyStopping, ModelCheckpoint, ProgressBar
 from trainer.utils import rank_zero_only
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.trainers import LEAN, quiet_trainer
 
 
-def _trainer(**kw):
-    kw = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
-          **kw}
-    return Trainer(**kw)
-
-
-def test_log_dict_logs_every_item_with_the_same_options():
+def test_log_dict_logs_every_item_with_the_same_options(make_trainer):
     class LogsDict(BoringModel):
         def validation_step(self, batch, batch_idx):
             x, y = batch
             err = self(x) - y
             self.log_dict({"mae": err.abs().mean(), "mse": (err ** 2).mean()}, prog_bar=True)
 
-    trainer = _trainer()
+    trainer = make_trainer(**LEAN)
     (result,) = trainer.validate(LogsDict(), regression_loader(16, 16))
     assert set(result) == {"mae", "mse"} and set(trainer.progress_bar_metrics) == {"mae", "mse"}
 
 
-def test_module_state_mirrors_the_trainer():
+def test_module_state_mirrors_the_trainer(make_trainer):
     seen = {}
 
     class Looks(BoringModel):
@@ -46,20 +40,21 @@ def test_module_state_mirrors_the_trainer():
 
     model, logger = Looks(), CSVLogger("logs")
     assert (model.global_step, model.current_epoch, model.logger, model.loggers) == (0, 0, None, [])
-    _trainer(max_epochs=2, logger=logger).fit(model, regression_loader(16, 8))
+    make_trainer(max_epochs=2, logger=logger, **LEAN).fit(model, regression_loader(16, 8))
     assert seen == {0: (2, torch.device("cpu"), torch.float32, logger, [logger]),
                     1: (4, torch.device("cpu"), torch.float32, logger, [logger])}
     assert model.to(torch.float64).dtype == torch.float64
 
 
-def test_configure_callbacks_replace_trainer_callbacks_of_the_same_type_and_checkpoints_go_last():
+def test_configure_callbacks_replace_trainer_callbacks_of_the_same_type_and_checkpoints_go_last(make_trainer):
     class WithCallbacks(BoringModel):
         def configure_callbacks(self):
             return [EarlyStopping(monitor="val/loss", patience=7), ModelCheckpoint(dirpath="mine")]
 
     trainers_stop = EarlyStopping(monitor="val/loss", patience=1)
     bar = ProgressBar()
-    trainer = _trainer(max_epochs=1, callbacks=[trainers_stop, bar], enable_checkpointing=True, enable_model_summary=False)
+    trainer = make_trainer(max_epochs=1, callbacks=[trainers_stop, bar], enable_checkpointing=True,
+                           enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(WithCallbacks(), regression_loader(16, 8), regression_loader(16, 8))
     kinds = [type(cb).__name__ for cb in trainer.callbacks]
     assert kinds == ["ProgressBar", "EarlyStopping", "ModelCheckpoint"]
@@ -67,7 +62,7 @@ def test_configure_callbacks_replace_trainer_callbacks_of_the_same_type_and_chec
     assert os.listdir("mine")
 
 
-def test_on_train_batch_end_gets_the_step_output_as_a_detached_dict():
+def test_on_train_batch_end_gets_the_step_output_as_a_detached_dict(make_trainer):
     received = []
 
     class Outputs(BoringModel):
@@ -79,16 +74,16 @@ def test_on_train_batch_end_gets_the_step_output_as_a_detached_dict():
         def on_train_batch_end(self, outputs, batch, batch_idx):
             received.append((outputs, self.returned))
 
-    _trainer(max_epochs=1, accumulate_grad_batches=2).fit(Outputs(), regression_loader(32, 8))
+    make_trainer(max_epochs=1, accumulate_grad_batches=2, **LEAN).fit(Outputs(), regression_loader(32, 8))
     assert [sorted(o) for o, _ in received] == [["loss"], ["extra", "loss"]] * 2
     for outputs, returned in received:  # as returned: not divided by the accumulation, detached
         assert torch.equal(outputs["loss"], returned.detach()) and not outputs["loss"].requires_grad
 
 
-def test_validate_test_predict_load_best_last_or_a_path():
+def test_validate_test_predict_load_best_last_or_a_path(make_trainer):
     checkpoint = ModelCheckpoint(dirpath="ckpts", monitor="val/loss", save_last=True)
     model = BoringModel(lr=0.05)
-    trainer = _trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True, num_sanity_val_steps=0)
     trainer.fit(model, regression_loader(32, 8), regression_loader(32, 8))
     with torch.no_grad():
         model.layer.weight.fill_(5.0)  # ruin the weights: only a loaded checkpoint gives the saved values
@@ -104,8 +99,8 @@ def test_validate_test_predict_load_best_last_or_a_path():
     torch.testing.assert_close(predictions[0], reference(RandomRegression(8).x), rtol=0, atol=0)
 
 
-def test_ckpt_path_errors_say_what_is_missing():
-    trainer = _trainer(max_epochs=1)
+def test_ckpt_path_errors_say_what_is_missing(make_trainer):
+    trainer = make_trainer(max_epochs=1, **LEAN)
     with pytest.raises(ValueError, match=r"trainer\.validate\(ckpt_path='best'\): there is no ModelCheckpoint"):
         trainer.validate(BoringModel(), regression_loader(), ckpt_path="best")
     with pytest.raises(FileNotFoundError, match=r"trainer\.test\(ckpt_path='nope\.ckpt'\): no such file"):
@@ -128,11 +123,11 @@ class Writer(BasePredictionWriter):
         self.epochs.append((predictions, batch_indices))
 
 
-def test_prediction_writer_gets_each_batch_with_its_dataset_indices_and_nothing_is_returned():
+def test_prediction_writer_gets_each_batch_with_its_dataset_indices_and_nothing_is_returned(make_trainer):
     data = RandomRegression(20)
     loader = DataLoader(data, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(1))
     writer = Writer("batch_and_epoch")
-    assert _trainer(callbacks=[writer]).predict(BoringModel(), loader, return_predictions=False) is None
+    assert make_trainer(callbacks=[writer], **LEAN).predict(BoringModel(), loader, return_predictions=False) is None
     assert len(writer.batches) == 4 and sorted(i for b in writer.batches for i in b[0]) == list(range(20))
     for indices, prediction, x in writer.batches:  # the indices are the samples of this very batch
         assert torch.equal(x, data.x[indices]) and prediction.shape == (len(indices), 1)
@@ -140,9 +135,9 @@ def test_prediction_writer_gets_each_batch_with_its_dataset_indices_and_nothing_
     assert [len(p) for p in predictions] == [6, 6, 6, 2] and indices == [b[0] for b in writer.batches]
 
 
-def test_batch_writer_with_return_predictions_false_keeps_nothing():
+def test_batch_writer_with_return_predictions_false_keeps_nothing(make_trainer):
     writer = Writer("batch")
-    trainer = _trainer(callbacks=[writer])
+    trainer = make_trainer(callbacks=[writer], **LEAN)
     assert trainer.predict(BoringModel(), regression_loader(16, 8), return_predictions=False) is None
     assert trainer.predictions is None and len(writer.batches) == 2
     with pytest.raises(ValueError, match=r"BasePredictionWriter\(write_interval='step'\): expected one of"):
@@ -152,7 +147,7 @@ def test_batch_writer_with_return_predictions_false_keeps_nothing():
 @pytest.mark.parametrize("settings, expected", [({"max_epochs": 2, "accumulate_grad_batches": 3}, 8),
                                                 ({"max_epochs": 2, "max_steps": 5, "accumulate_grad_batches": 3}, 5),
                                                 ({"max_epochs": 3, "limit_train_batches": 4}, 12)])
-def test_estimated_stepping_batches_is_the_number_of_optimizer_steps(settings, expected):
+def test_estimated_stepping_batches_is_the_number_of_optimizer_steps(settings, expected, make_trainer):
     class OneCycle(BoringModel):
         def configure_optimizers(self):
             optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
@@ -160,32 +155,32 @@ def test_estimated_stepping_batches_is_the_number_of_optimizer_steps(settings, e
             schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=self.total)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    model, trainer = OneCycle(), _trainer(**settings)
+    model, trainer = OneCycle(), make_trainer(**settings, **LEAN)
     trainer.fit(model, regression_loader(80, 8))  # 10 batches
     assert model.total == expected == trainer.global_step  # OneCycleLR raises if stepped past its total
     with pytest.raises(RuntimeError, match="estimated_stepping_batches is known during fit only"):
         trainer.estimated_stepping_batches
 
 
-def test_num_val_batches_and_log_dir():
+def test_num_val_batches_and_log_dir(make_trainer):
     class TwoLoaders(BoringModel):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             return super().validation_step(batch, batch_idx)
 
-    trainer = _trainer(max_epochs=1, limit_val_batches=3, logger=CSVLogger("logs", name="exp", version=0))
+    trainer = make_trainer(max_epochs=1, limit_val_batches=3, logger=CSVLogger("logs", name="exp", version=0), **LEAN)
     trainer.fit(TwoLoaders(), regression_loader(16, 8), [regression_loader(64, 8), regression_loader(16, 8)])
     assert trainer.num_val_batches == [3, 2]
     assert trainer.log_dir == os.path.join("logs", "exp", "version_0")
 
 
-def test_interrupted_is_set_by_a_keyboard_interrupt():
+def test_interrupted_is_set_by_a_keyboard_interrupt(make_trainer):
     class CtrlC(BoringModel):
         def training_step(self, batch, batch_idx):
             if self.global_step == 1:
                 raise KeyboardInterrupt
             return super().training_step(batch, batch_idx)
 
-    trainer = _trainer(max_epochs=1)
+    trainer = make_trainer(max_epochs=1, **LEAN)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(CtrlC(), regression_loader(32, 8))
     assert trainer.interrupted
@@ -203,9 +198,9 @@ class Saved(BoringModel):
         self.loaded = True
 
 
-def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides():
+def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides(make_trainer):
     model = Saved(width=3, note="b")
-    trainer = _trainer(max_epochs=1)
+    trainer = make_trainer(max_epochs=1, **LEAN)
     trainer.fit(model, DataLoader(RandomRegression(16, in_dim=3), batch_size=8))
     trainer.save_checkpoint("m.ckpt")
     loaded = Saved.load_from_checkpoint("m.ckpt", lr=0.5)
@@ -220,7 +215,7 @@ def test_load_from_checkpoint_rebuilds_from_hparams_with_overrides():
             self.save_hyperparameters(hp)
 
     first = FromNamespace(argparse.Namespace(lr=0.3))
-    _trainer(max_epochs=1).fit(first, regression_loader(8, 8))
+    make_trainer(max_epochs=1, **LEAN).fit(first, regression_loader(8, 8))
     first.trainer.save_checkpoint("n.ckpt")
     assert FromNamespace.load_from_checkpoint("n.ckpt").hparams.lr == 0.3
 
@@ -255,11 +250,11 @@ def _two_process_surface() -> list:
             return self.grad_gather.sum()
 
     model = Gathers()
-    trainer = _trainer(max_epochs=1, strategy="ddp", devices=2, accelerator="cpu", use_distributed_sampler=False)
+    trainer = quiet_trainer(max_epochs=1, strategy="ddp", devices=2, use_distributed_sampler=False, **LEAN)
     trainer.fit(model, regression_loader(32, 8))
     out = [model.seen, trainer.num_training_batches, tuple(model.grad_gather.shape)]
     try:
-        _trainer(max_epochs=1, strategy="ddp", devices=2, accelerator="cpu", sync_batchnorm=True).fit(
+        quiet_trainer(max_epochs=1, strategy="ddp", devices=2, sync_batchnorm=True, **LEAN).fit(
             BoringModel(), regression_loader(16, 8))
     except ValueError as err:
         out.append(str(err))
@@ -296,15 +291,15 @@ class TransferHooks(BoringModel):
         return 2 * x, y
 
 
-def test_batch_transfer_hooks_run_in_order_for_every_stage_and_the_datamodules_come_first():
+def test_batch_transfer_hooks_run_in_order_for_every_stage_and_the_datamodules_come_first(make_trainer):
     from trainer import DataModule
 
     model = TransferHooks()
-    trainer = _trainer(max_epochs=2)
+    trainer = make_trainer(max_epochs=2, **LEAN)
     trainer.fit(model, DataLoader(DictBatches(), batch_size=8))
     data = RandomRegression(16)
     reference = BoringModel()
-    _trainer(max_epochs=2).fit(reference, DataLoader(list(zip(2 * data.x, data.y)), batch_size=8))
+    make_trainer(max_epochs=2, **LEAN).fit(reference, DataLoader(list(zip(2 * data.x, data.y)), batch_size=8))
     assert torch.equal(model.layer.weight, reference.layer.weight)
     (prediction,) = trainer.predict(model, DataLoader(DictBatches(8), batch_size=8))
     torch.testing.assert_close(prediction, model(2 * data.x[:8]), rtol=0, atol=0)
@@ -323,12 +318,12 @@ def test_batch_transfer_hooks_run_in_order_for_every_stage_and_the_datamodules_c
     assert result["val/loss"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_table(caplog):
+def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_table(caplog, make_trainer):
     import logging
 
     checkpoint = ModelCheckpoint(dirpath="ckpts", monitor="val/loss")
     model = BoringModel(lr=0.05)
-    trainer = _trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True, num_sanity_val_steps=0)
     trainer.fit(model, regression_loader(32, 8), regression_loader(32, 8))
     with torch.no_grad():
         model.layer.weight.fill_(5.0)
@@ -344,7 +339,7 @@ def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_ta
     assert "dataloader 0" not in caplog.text
 
 
-def test_stage_flags_and_lightning_names_on_the_trainer():
+def test_stage_flags_and_lightning_names_on_the_trainer(make_trainer):
     seen = []
 
     class Flags(BoringModel):
@@ -365,7 +360,7 @@ def test_stage_flags_and_lightning_names_on_the_trainer():
         def on_predict_start(self):
             self._flags()
 
-    model, trainer = Flags(), _trainer(max_epochs=1)
+    model, trainer = Flags(), make_trainer(max_epochs=1, **LEAN)
     trainer.fit(model, regression_loader(8, 8))
     trainer.validate(model, regression_loader(8, 8))
     trainer.test(model, regression_loader(8, 8))

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import Trainer
 from trainer.callbacks import Callback, CSVLogger, ModelSummary
 from trainer.loops.hooks import Hooks
 from trainer.profiler import PyTorchProfiler, SimpleProfiler
@@ -33,12 +32,6 @@ class Tower(BoringModel):
         return self.layer(self.frozen(self.encoder(x))) * self.scale.mean()
 
 
-def _trainer(**kw) -> Trainer:
-    kw = {"max_epochs": 2, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-          "enable_checkpointing": False, **kw}
-    return Trainer(**kw)
-
-
 def _count(text: str) -> int:
     number, _, unit = text.strip().partition(" ")
     return round(float(number) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[unit])
@@ -57,9 +50,9 @@ def _summary_rows(out: str) -> tuple[dict[str, tuple[str, int, str]], dict[str, 
     return rows, totals
 
 
-def test_model_summary_is_printed_at_fit_start_and_its_numbers_add_up(capsys):
+def test_model_summary_is_printed_at_fit_start_and_its_numbers_add_up(capsys, make_trainer):
     model = Tower()
-    _trainer(max_epochs=1).fit(model, regression_loader(16, 8))
+    make_trainer(max_epochs=1, enable_checkpointing=False).fit(model, regression_loader(16, 8))
     rows, totals = _summary_rows(capsys.readouterr().out)
     assert rows == {"encoder": ("Sequential", 4 * 16 + 16 + 16 * 8 + 8, "train"), "frozen": ("Linear", 72, "train"),
                     "layer": ("Linear", 9, "train")}
@@ -72,12 +65,13 @@ def test_model_summary_is_printed_at_fit_start_and_its_numbers_add_up(capsys):
     assert float(totals["Total estimated model params size (MB)"]) == pytest.approx(total * 4 / 1e6, abs=1e-3)
 
 
-def test_model_summary_max_depth_and_switching_it_off(capsys):
-    _trainer(max_epochs=1, callbacks=[ModelSummary(max_depth=2)]).fit(Tower(), regression_loader(16, 8))
+def test_model_summary_max_depth_and_switching_it_off(capsys, make_trainer):
+    make_trainer(max_epochs=1, callbacks=[ModelSummary(max_depth=2)], enable_checkpointing=False).fit(
+        Tower(), regression_loader(16, 8))
     rows, _ = _summary_rows(capsys.readouterr().out)
     assert list(rows) == ["layer", "encoder", "encoder.0", "encoder.1", "encoder.2", "frozen"]  # registration order
     assert rows["encoder.1"] == ("ReLU", 0, "train")
-    trainer = _trainer(max_epochs=1, enable_model_summary=False)
+    trainer = make_trainer(max_epochs=1, enable_model_summary=False, enable_checkpointing=False)
     assert not any(isinstance(cb, ModelSummary) for cb in trainer.callbacks)
     trainer.fit(Tower(), regression_loader(16, 8))
     assert "Total params" not in capsys.readouterr().out
@@ -113,9 +107,10 @@ class Watch(Callback):
         self.engine_profiler = trainer.accelerator.engine.profiler
 
 
-def test_simple_profiler_table_names_each_phase_and_adds_up(capsys):
+def test_simple_profiler_table_names_each_phase_and_adds_up(capsys, make_trainer):
     watch = Watch()
-    trainer = _trainer(profiler="simple", callbacks=[watch], num_sanity_val_steps=1)
+    trainer = make_trainer(max_epochs=2, profiler="simple", callbacks=[watch], num_sanity_val_steps=1,
+                           enable_checkpointing=False)
     trainer.fit(BoringModel(), regression_loader(32, 8), regression_loader(16, 8))
     rows, total = _table(capsys.readouterr().out)
     assert rows["training_step"][0] == rows["backward"][0] == rows["optimizer_step"][0] == 8
@@ -131,24 +126,25 @@ def test_simple_profiler_table_names_each_phase_and_adds_up(capsys):
     assert isinstance(trainer.profiler, SimpleProfiler)
 
 
-def test_without_a_profiler_nothing_is_wrapped():
+def test_without_a_profiler_nothing_is_wrapped(make_trainer):
     """The default costs nothing: plain hook dispatch, the strategy's own methods, no timers."""
     watch = Watch()
-    trainer = _trainer(max_epochs=1, callbacks=[watch])
+    trainer = make_trainer(max_epochs=1, callbacks=[watch], enable_checkpointing=False)
     trainer.fit(BoringModel(), regression_loader(16, 8))
     assert trainer.profiler is None and watch.hooks_type is Hooks and watch.shadowed == []
     assert watch.engine_profiler is None
 
 
-def test_simple_profiler_writes_its_report_to_a_file(tmp_path):
-    _trainer(max_epochs=1, profiler=SimpleProfiler(dirpath=str(tmp_path), filename="perf")).fit(
+def test_simple_profiler_writes_its_report_to_a_file(tmp_path, make_trainer):
+    make_trainer(max_epochs=1, profiler=SimpleProfiler(dirpath=str(tmp_path), filename="perf"),
+                 enable_checkpointing=False).fit(
         BoringModel(), regression_loader(16, 8))
     rows, total = _table((tmp_path / "fit-perf.txt").read_text())
     assert rows["training_step"][0] == 2 and total > 0
 
 
-def test_pytorch_profiler_writes_a_trace_beside_the_logs(capsys):
-    trainer = _trainer(max_epochs=1, profiler="pytorch", logger=CSVLogger("logs"))
+def test_pytorch_profiler_writes_a_trace_beside_the_logs(capsys, make_trainer):
+    trainer = make_trainer(max_epochs=1, profiler="pytorch", logger=CSVLogger("logs"), enable_checkpointing=False)
     trainer.fit(BoringModel(), regression_loader(64, 8))
     traces = glob.glob(os.path.join(trainer.log_dir, "profiler", "*.pt.trace.json"))
     assert len(traces) == 1 and os.path.basename(traces[0]).startswith("fit-rank0")
@@ -162,13 +158,13 @@ def test_pytorch_profiler_writes_a_trace_beside_the_logs(capsys):
     assert "PyTorch profiler trace in" in capsys.readouterr().out
 
 
-def test_bad_profiler_is_refused_before_training():
+def test_bad_profiler_is_refused_before_training(make_trainer):
     with pytest.raises(ValueError, match=r"Trainer\(profiler='advanced'\): expected None, 'simple', 'pytorch', or a "
                                          r"Profiler object .* 'advanced' \(cProfile\) is not available"):
-        _trainer(profiler="advanced")
+        make_trainer(profiler="advanced", max_epochs=2, enable_checkpointing=False)
     with pytest.raises(ValueError, match=r"PyTorchProfiler\(num_steps=0\): expected a positive int"):
         PyTorchProfiler(num_steps=0)
     with pytest.raises(ValueError, match=r"Trainer\(barebones=True, profiler='simple'\): barebones turns off"):
-        _trainer(barebones=True, profiler="simple")
+        make_trainer(barebones=True, profiler="simple", max_epochs=2, enable_checkpointing=False)
     with pytest.raises(ValueError, match=r"Trainer\(barebones=True, enable_model_summary=True\)"):
-        _trainer(barebones=True, enable_model_summary=True)
+        make_trainer(barebones=True, enable_model_summary=True, max_epochs=2, enable_checkpointing=False)

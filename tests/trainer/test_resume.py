@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from trainer import Trainer, TrainModule, seed_everything
-from tests.helpers.trainers import quiet_trainer
 
 
 class Noisy(TrainModule):
@@ -67,29 +66,28 @@ class CrashAfterStep(Callback):
             raise Crash()
 
 
-def _trainer(epochs: int, k: int, extra=(), **kw) -> Trainer:
-    return quiet_trainer(max_epochs=epochs, accumulate_grad_batches=k, enable_checkpointing=False,
-                         val_check_interval=0.5, callbacks=[EarlyStopping("val/loss", patience=100), *extra], **kw)
-
-
 def _weights(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
 @settings(max_examples=12, deadline=None)
 @given(k=st.integers(1, 3), shuffle=st.booleans(), crash_at=st.integers(1, 14), epochs=st.integers(1, 3))
-def test_resume_anywhere_gives_the_uninterrupted_weights(tmp_path_factory, k, shuffle, crash_at, epochs):
+def test_resume_anywhere_gives_the_uninterrupted_weights(tmp_path_factory, make_trainer, k, shuffle, crash_at, epochs):
+    def trainer_with(*extra: Callback) -> Trainer:  # the same run each time; extra: a callback that crashes it
+        return make_trainer(max_epochs=epochs, accumulate_grad_batches=k, enable_checkpointing=False,
+                            val_check_interval=0.5, callbacks=[EarlyStopping("val/loss", patience=100), *extra])
+
     tmp = tmp_path_factory.mktemp("resume")
     seed_everything(0)
     model = Noisy()
-    reference = _trainer(epochs, k)
+    reference = trainer_with()
     reference.fit(model, *_loaders(shuffle))
     expected = _weights(model)
     total_steps = reference.global_step
 
     seed_everything(0)
     path = str(tmp / "crash.ckpt")
-    first = _trainer(epochs, k, extra=[CrashAfterStep(crash_at, path)])
+    first = trainer_with(CrashAfterStep(crash_at, path))
     crashed = False
     try:
         first.fit(Noisy(), *_loaders(shuffle))
@@ -99,7 +97,7 @@ def test_resume_anywhere_gives_the_uninterrupted_weights(tmp_path_factory, k, sh
 
     seed_everything(12345)  # every RNG must come from the checkpoint, not from here
     resumed_model = Noisy()
-    resumed = _trainer(epochs, k)
+    resumed = trainer_with()
     resumed.fit(resumed_model, *_loaders(shuffle), ckpt_path=path if crashed else None)
     if not crashed:
         return

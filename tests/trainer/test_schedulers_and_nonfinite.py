@@ -4,7 +4,6 @@ a non-finite loss stops training with the step and batch named."""
 from __future__ import annotations
 
 import math
-import functools
 
 import pytest
 import torch
@@ -12,10 +11,6 @@ from hypothesis import given, settings, strategies as st
 
 from trainer.callbacks import MissingMetricError
 from tests.helpers import BoringModel, regression_loader
-from tests.helpers.trainers import quiet_trainer
-
-
-_trainer = functools.partial(quiet_trainer, num_sanity_val_steps=0)
 
 
 class Scheduled(BoringModel):
@@ -33,9 +28,9 @@ class Scheduled(BoringModel):
 @settings(max_examples=15, deadline=None)
 @given(n_batches=st.integers(1, 9), k=st.integers(1, 4), epochs=st.integers(1, 3), frequency=st.integers(1, 3),
        interval=st.sampled_from(["step", "epoch"]))
-def test_scheduler_steps_per_optimizer_step_or_per_epoch(n_batches, k, epochs, frequency, interval):
+def test_scheduler_steps_per_optimizer_step_or_per_epoch(n_batches, k, epochs, frequency, interval, make_trainer):
     model = Scheduled(interval, frequency)
-    trainer = _trainer(max_epochs=epochs, accumulate_grad_batches=k)
+    trainer = make_trainer(max_epochs=epochs, accumulate_grad_batches=k, num_sanity_val_steps=0)
     trainer.fit(model, regression_loader(n=n_batches * 2, batch_size=2))
     assert trainer.global_step == epochs * -(-n_batches // k)
     count = trainer.global_step if interval == "step" else epochs
@@ -58,17 +53,18 @@ class Plateau(BoringModel):
         return super().training_step(batch, batch_idx) * 0.0  # keep weights fixed: a plateau
 
 
-def test_reduce_lr_on_plateau_follows_the_monitored_metric():
+def test_reduce_lr_on_plateau_follows_the_monitored_metric(make_trainer):
     model = Plateau()
-    trainer = _trainer(max_epochs=4)
+    trainer = make_trainer(max_epochs=4, num_sanity_val_steps=0)
     trainer.fit(model, regression_loader(), regression_loader())
     # epoch 1 sets the best value; epochs 2, 3, 4 see no improvement -> three halvings
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 ** 3)
 
 
-def test_reduce_lr_on_plateau_with_an_unlogged_metric_lists_the_logged_ones():
+def test_reduce_lr_on_plateau_with_an_unlogged_metric_lists_the_logged_ones(make_trainer):
     with pytest.raises(MissingMetricError, match=r"monitors 'val/acc', which was not logged.*'train/loss'.*'val/loss'"):
-        _trainer(max_epochs=1).fit(Plateau("val/acc"), regression_loader(), regression_loader())
+        make_trainer(max_epochs=1, num_sanity_val_steps=0).fit(
+            Plateau("val/acc"), regression_loader(), regression_loader())
 
 
 class NanAt(BoringModel):
@@ -82,16 +78,16 @@ class NanAt(BoringModel):
 
 
 @pytest.mark.parametrize("log_every", [1, 50])
-def test_non_finite_loss_names_the_step_and_batch(log_every):
-    trainer = _trainer(max_epochs=1, log_every_n_steps=log_every, accumulate_grad_batches=2)
+def test_non_finite_loss_names_the_step_and_batch(log_every, make_trainer):
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=log_every, accumulate_grad_batches=2, num_sanity_val_steps=0)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at global_step 2, batch_idx 5 \(epoch 0\)"):
         trainer.fit(NanAt(bad_batch=5), regression_loader(n=64, batch_size=4))
     if log_every == 1:  # checked at the next read-back: the step right after
         assert trainer.global_step == 3
 
 
-def test_non_finite_loss_can_be_allowed():
-    trainer = _trainer(max_epochs=1, stop_on_nonfinite_loss=False)
+def test_non_finite_loss_can_be_allowed(make_trainer):
+    trainer = make_trainer(max_epochs=1, stop_on_nonfinite_loss=False, num_sanity_val_steps=0)
     model = NanAt(bad_batch=1)
     trainer.fit(model, regression_loader(n=16, batch_size=4))
     assert trainer.global_step == 4

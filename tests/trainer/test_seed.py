@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 from trainer import TrainModule, seed_everything
 from trainer.seed import seed_worker
 from trainer.utils import set_seed
-from tests.helpers.trainers import quiet_trainer as _trainer
+from tests.helpers.trainers import quiet_trainer
 
 
 
@@ -81,7 +81,7 @@ def _train(seed: int) -> tuple[dict[str, torch.Tensor], list[float]]:
     x, y = torch.randn(40, 4), torch.randn(40, 1)
     model = Noisy()
     loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
-    _trainer(max_epochs=3).fit(model, loader)
+    quiet_trainer(max_epochs=3).fit(model, loader)
     return model.state_dict(), model.losses
 
 
@@ -129,7 +129,7 @@ def _worker_draws(seed: int, workers: bool = True) -> tuple[list, DataLoader]:
     seed_everything(seed, workers=workers)
     loader = DataLoader(RandomPerItem(), batch_size=2, num_workers=2)
     model = Collects()
-    _trainer(max_epochs=2).fit(model, loader)
+    quiet_trainer(max_epochs=2).fit(model, loader)
     return model.rows, loader
 
 
@@ -165,13 +165,13 @@ def test_workers_false_leaves_the_loader_alone():
     assert loader.worker_init_fn is None
 
 
-def test_a_users_worker_init_fn_is_kept():
+def test_a_users_worker_init_fn_is_kept(make_trainer):
     def mine(worker_id: int) -> None:
         pass
 
     seed_everything(3)
     loader = DataLoader(RandomPerItem(), batch_size=2, num_workers=2, worker_init_fn=mine)
-    _trainer(max_epochs=1).fit(Collects(), loader)
+    make_trainer(max_epochs=1).fit(Collects(), loader)
     assert loader.worker_init_fn is mine
 
 
@@ -186,8 +186,8 @@ class SeesDeterminism(Collects):
 
 @pytest.mark.parametrize("deterministic, flags", [(True, (True, False)), ("warn", (True, True)),
                                                   (False, (False, False))])
-def test_deterministic_turns_on_torch_deterministic_algorithms_during_fit(deterministic, flags):
+def test_deterministic_turns_on_torch_deterministic_algorithms_during_fit(deterministic, flags, make_trainer):
     assert not torch.are_deterministic_algorithms_enabled()
     model = SeesDeterminism()
-    _trainer(max_epochs=1, deterministic=deterministic).fit(model, DataLoader(RandomPerItem(), batch_size=4))
+    make_trainer(max_epochs=1, deterministic=deterministic).fit(model, DataLoader(RandomPerItem(), batch_size=4))
     assert model.flags == flags

@@ -12,7 +12,6 @@ from trainer.callbacks import Callback
 from trainer.callbacks.base import HOOK_NAMES
 from trainer import Trainer
 from tests.helpers import BoringModel, regression_loader
-from tests.helpers.trainers import quiet_trainer
 
 _BATCH_IDX_POS = {"_batch_start": 1, "_batch_end": 2}  # where batch_idx sits in a batch hook's arguments
 
@@ -87,10 +86,6 @@ def _both(*hooks: str) -> list[str]:
     return [f"{who}.{hook}" for hook in hooks for who in ("module", "cb")]
 
 
-def _trainer(calls: list[str], **kw) -> Trainer:
-    return quiet_trainer(callbacks=[RecordingCallback(calls)], **kw)
-
-
 # A validation run over two batches (as inside fit, and in trainer.validate).
 VALIDATION = [
     "module.on_validation_start", "cb.on_validation_start",
@@ -106,9 +101,10 @@ VALIDATION = [
 ]
 
 
-def test_golden_hook_order_of_fit_with_validation_and_accumulation():
+def test_golden_hook_order_of_fit_with_validation_and_accumulation(make_trainer):
     calls: list[str] = []
-    trainer = _trainer(calls, max_epochs=1, accumulate_grad_batches=2, num_sanity_val_steps=1)
+    trainer = make_trainer(callbacks=[RecordingCallback(calls)], max_epochs=1, accumulate_grad_batches=2,
+                           num_sanity_val_steps=1)
     # 3 training batches: a window of 2 (steps after batch 1) and a short window of 1 (steps after batch 2)
     trainer.fit(Recorded(calls), regression_loader(24, 8), regression_loader(16, 8))
     assert trainer.global_step == 2
@@ -164,17 +160,17 @@ def test_golden_hook_order_of_fit_with_validation_and_accumulation():
     assert calls == expected
 
 
-def test_golden_hook_order_of_validate():
+def test_golden_hook_order_of_validate(make_trainer):
     calls: list[str] = []
-    _trainer(calls).validate(Recorded(calls), regression_loader(16, 8))
+    make_trainer(callbacks=[RecordingCallback(calls)]).validate(Recorded(calls), regression_loader(16, 8))
     assert calls == ["module.setup(validate)", "cb.setup(validate)", "module.configure_model",
                      *VALIDATION,
                      "module.teardown(validate)", "cb.teardown(validate)"]
 
 
-def test_golden_hook_order_of_test():
+def test_golden_hook_order_of_test(make_trainer):
     calls: list[str] = []
-    _trainer(calls).test(Recorded(calls), regression_loader(8, 8))
+    make_trainer(callbacks=[RecordingCallback(calls)]).test(Recorded(calls), regression_loader(8, 8))
     assert calls == [
         "module.setup(test)", "cb.setup(test)", "module.configure_model",
         *_both("on_test_start", "on_test_epoch_start"),
@@ -186,9 +182,9 @@ def test_golden_hook_order_of_test():
     ]
 
 
-def test_golden_hook_order_of_predict():
+def test_golden_hook_order_of_predict(make_trainer):
     calls: list[str] = []
-    _trainer(calls).predict(Recorded(calls), regression_loader(8, 8))
+    make_trainer(callbacks=[RecordingCallback(calls)]).predict(Recorded(calls), regression_loader(8, 8))
     assert calls == [
         "module.setup(predict)", "cb.setup(predict)", "module.configure_model",
         *_both("on_predict_start", "on_predict_epoch_start"),
@@ -200,13 +196,13 @@ def test_golden_hook_order_of_predict():
     ]
 
 
-def test_hook_order_when_a_step_raises():
+def test_hook_order_when_a_step_raises(make_trainer):
     class Fails(Recorded):
         def training_step(self, batch, batch_idx):
             raise RuntimeError("step failed")
 
     calls: list[str] = []
-    trainer = _trainer(calls, max_epochs=1, num_sanity_val_steps=0)
+    trainer = make_trainer(callbacks=[RecordingCallback(calls)], max_epochs=1, num_sanity_val_steps=0)
     with pytest.raises(RuntimeError, match="step failed"):
         trainer.fit(Fails(calls), regression_loader(8, 8))
     assert calls[-6:] == ["module.on_train_batch_start(0)", "cb.on_train_batch_start(0)",

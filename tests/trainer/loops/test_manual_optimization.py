@@ -14,12 +14,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer import Trainer, TrainModule
+from trainer import TrainModule
 from trainer.callbacks import Callback
 from trainer.loops.manual import ModuleOptimizer
 from trainer.strategies.checkpoint_io import safe_load
 from tests.helpers.distributed import run_distributed
 from tests.helpers.models import BoringModel, regression_loader
+from tests.helpers.trainers import LEAN, quiet_trainer
 
 LATENT, DIM = 4, 3
 
@@ -115,12 +116,6 @@ def _reference(batch_size: int, epochs: int) -> list[list]:
     return [p.detach().tolist() for p in [*g.parameters(), *d.parameters()]]
 
 
-def _trainer(**kw) -> Trainer:
-    kw = {"max_epochs": 2, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, **kw}
-    return Trainer(**kw)
-
-
 def _weights(model: GAN) -> list[list]:
     return [p.detach().tolist() for p in [*model.G.parameters(), *model.D.parameters()]]
 
@@ -131,9 +126,9 @@ def _assert_equal(got: list[list], want: list[list]) -> None:
 
 
 @pytest.mark.parametrize("shape", ["lists", "dicts"])
-def test_gan_in_manual_mode_equals_a_plain_loop(shape):
+def test_gan_in_manual_mode_equals_a_plain_loop(shape, make_trainer):
     model = GAN(shape)
-    trainer = _trainer()
+    trainer = make_trainer(max_epochs=2, **LEAN)
     trainer.fit(model, DataLoader(_data(), batch_size=4))
     _assert_equal(_weights(model), _reference(batch_size=4, epochs=2))
     assert trainer.global_step == 2 * 2 * 6  # two optimizer steps per batch, as in Lightning
@@ -143,7 +138,7 @@ def test_gan_in_manual_mode_equals_a_plain_loop(shape):
     assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [2, 2]
 
 
-def test_without_the_module_stepping_nothing_changes():
+def test_without_the_module_stepping_nothing_changes(make_trainer):
     """In manual mode the Trainer neither backwards nor steps: a step that only computes a loss
     leaves the weights alone (a loop that stepped for the module would move them)."""
 
@@ -157,13 +152,13 @@ def test_without_the_module_stepping_nothing_changes():
 
     model = Idle()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = _trainer(max_epochs=1)
+    trainer = make_trainer(max_epochs=1, **LEAN)
     trainer.fit(model, regression_loader(16, 4))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert trainer.global_step == 0 and all(p.grad is None for p in model.parameters())
 
 
-def test_toggle_optimizer_freezes_the_other_optimizers_parameters_and_restores_them():
+def test_toggle_optimizer_freezes_the_other_optimizers_parameters_and_restores_them(make_trainer):
     seen = {}
 
     class Toggling(GAN):
@@ -176,12 +171,12 @@ def test_toggle_optimizer_freezes_the_other_optimizers_parameters_and_restores_t
             seen["after"] = [p.requires_grad for p in self.G.parameters()]
             self.trainer.should_stop = True
 
-    _trainer().fit(Toggling(), DataLoader(_data(), batch_size=4))
+    make_trainer(max_epochs=2, **LEAN).fit(Toggling(), DataLoader(_data(), batch_size=4))
     assert seen["inside"] == ([False] * 4, [True] * 4)
     assert seen["after"] == [True, False, True, True]
 
 
-def test_step_with_a_closure_and_hooks_in_manual_mode():
+def test_step_with_a_closure_and_hooks_in_manual_mode(make_trainer):
     """`opt.step(closure)` runs the closure (LBFGS calls it several times); the backward and
     optimizer-step hooks fire from manual_backward and step."""
     calls = []
@@ -216,13 +211,13 @@ def test_step_with_a_closure_and_hooks_in_manual_mode():
             return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=3)
 
     model = WithClosure()
-    trainer = _trainer(max_epochs=1, callbacks=[Hooks()])
+    trainer = make_trainer(max_epochs=1, callbacks=[Hooks()], **LEAN)
     trainer.fit(model, regression_loader(8, 8))
     assert trainer.global_step == 1
     assert len(calls) >= 6 and calls[:3] == ["before_backward", "after_backward", "before_optimizer_step"]
 
 
-def test_manual_mode_under_16_mixed_goes_through_the_scaler():
+def test_manual_mode_under_16_mixed_goes_through_the_scaler(make_trainer):
     class Scaled(BoringModel):
         def __init__(self):
             super().__init__()
@@ -238,7 +233,7 @@ def test_manual_mode_under_16_mixed_goes_through_the_scaler():
             opt.step()
 
     model = Scaled()
-    trainer = _trainer(max_epochs=1, precision="16-mixed")
+    trainer = make_trainer(max_epochs=1, precision="16-mixed", **LEAN)
     x, y = (t * 0.01 for t in regression_loader(8, 8).dataset[:])  # small: no overflow at the first scale
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
     scaler = trainer.strategy.precision.scaler
@@ -262,24 +257,24 @@ class StopAfter(Callback):
             raise KeyboardInterrupt  # an interruption, right after the checkpoint
 
 
-def test_gan_resume_is_exact(tmp_path):
+def test_gan_resume_is_exact(tmp_path, make_trainer):
     """Both optimizers' momentum, both schedulers and the position are in the checkpoint."""
     loader = lambda: DataLoader(_data(), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
     torch.manual_seed(5)
     whole = GAN()
-    _trainer(max_epochs=3).fit(whole, loader())
+    make_trainer(max_epochs=3, **LEAN).fit(whole, loader())
 
     torch.manual_seed(5)
     first = GAN()
     with pytest.raises(KeyboardInterrupt):
-        _trainer(max_epochs=3, callbacks=[StopAfter(8)]).fit(first, loader())
+        make_trainer(max_epochs=3, callbacks=[StopAfter(8)], **LEAN).fit(first, loader())
     ckpt = safe_load("mid.ckpt")
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
     assert ckpt["loops"]["global_step"] == 16 and ckpt["loops"]["batch_idx"] == 2
     assert all(s["state"] for s in ckpt["optimizer_states"])  # momentum buffers of both
 
     resumed = GAN()
-    trainer = _trainer(max_epochs=3)
+    trainer = make_trainer(max_epochs=3, **LEAN)
     trainer.fit(resumed, loader(), ckpt_path="mid.ckpt")
     assert trainer.global_step == 2 * 3 * 6
     assert _weights(resumed) == _weights(whole)  # bit-exact
@@ -291,7 +286,7 @@ def _ddp_gan_worker():
     import io
 
     model = GAN()
-    trainer = _trainer(enable_model_summary=True)
+    trainer = quiet_trainer(enable_model_summary=True, max_epochs=2, **LEAN)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         trainer.fit(model, DataLoader(_data(), batch_size=2))
@@ -320,10 +315,10 @@ def test_gan_in_two_ddp_processes_equals_one_process_with_the_whole_batch():
     ({"gradient_clip_val": 0.5}, r"Trainer\(gradient_clip_val=0.5\) with manual optimization .*"
                                  r"self\.clip_gradients\(opt, gradient_clip_val=0.5, gradient_clip_algorithm='norm'\)"),
 ])
-def test_trainer_refuses_accumulation_and_clipping_in_manual_mode(setting, pattern):
+def test_trainer_refuses_accumulation_and_clipping_in_manual_mode(setting, pattern, make_trainer):
     model = GAN()
     with pytest.raises(ValueError, match=pattern):
-        _trainer(**setting).fit(model, DataLoader(_data(), batch_size=4))
+        make_trainer(**setting, max_epochs=2, **LEAN).fit(model, DataLoader(_data(), batch_size=4))
     assert model._trainer is None  # refused before anything was set up
 
 
@@ -333,7 +328,7 @@ def test_trainer_refuses_accumulation_and_clipping_in_manual_mode(setting, patte
     lambda m: ({"optimizer": torch.optim.SGD(m.G.parameters(), 0.1)},
                {"optimizer": torch.optim.SGD(m.D.parameters(), 0.1)}),
 ], ids=["list", "two-lists", "tuple-of-dicts"])
-def test_several_optimizers_in_automatic_mode_are_refused_with_a_pointer_to_manual(returned):
+def test_several_optimizers_in_automatic_mode_are_refused_with_a_pointer_to_manual(returned, make_trainer):
     class Auto(GAN):
         def __init__(self):
             super().__init__()
@@ -348,10 +343,10 @@ def test_several_optimizers_in_automatic_mode_are_refused_with_a_pointer_to_manu
     with pytest.raises(ValueError, match=r"Auto\.configure_optimizers\(\) returned 2 optimizers \(SGD, SGD\), but "
                                          r"automatic optimization steps exactly one\. .*"
                                          r"self\.automatic_optimization = False"):
-        _trainer().fit(Auto(), DataLoader(_data(), batch_size=4))
+        make_trainer(max_epochs=2, **LEAN).fit(Auto(), DataLoader(_data(), batch_size=4))
 
 
-def test_manual_backward_in_automatic_mode_is_refused():
+def test_manual_backward_in_automatic_mode_is_refused(make_trainer):
     class Confused(BoringModel):
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
@@ -360,10 +355,10 @@ def test_manual_backward_in_automatic_mode_is_refused():
 
     with pytest.raises(RuntimeError, match=r"Confused\.manual_backward\(loss\) is for manual optimization.*"
                                            r"self\.automatic_optimization = False"):
-        _trainer(max_epochs=1).fit(Confused(), regression_loader(8, 4))
+        make_trainer(max_epochs=1, **LEAN).fit(Confused(), regression_loader(8, 4))
 
 
-def test_clip_gradients_refuses_an_unknown_algorithm():
+def test_clip_gradients_refuses_an_unknown_algorithm(make_trainer):
     class BadClip(BoringModel):
         def __init__(self):
             super().__init__()
@@ -373,7 +368,7 @@ def test_clip_gradients_refuses_an_unknown_algorithm():
             self.clip_gradients(self.optimizers(), 1.0, "l2")
 
     with pytest.raises(ValueError, match=r"clip_gradients\(gradient_clip_algorithm='l2'\): expected 'norm' or 'value'"):
-        _trainer(max_epochs=1).fit(BadClip(), regression_loader(8, 4))
+        make_trainer(max_epochs=1, **LEAN).fit(BadClip(), regression_loader(8, 4))
 
 
 def test_optimizers_outside_a_trainer_is_refused():
@@ -383,7 +378,7 @@ def test_optimizers_outside_a_trainer_is_refused():
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch):
+def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch, make_trainer):
     from tests.helpers.distributed import free_port
     from trainer.strategies import DeepSpeedStrategy
 
@@ -393,7 +388,7 @@ def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    trainer = _trainer(strategy=DeepSpeedStrategy(zero_stage=2, timeout=60))
+    trainer = make_trainer(strategy=DeepSpeedStrategy(zero_stage=2, timeout=60), max_epochs=2, **LEAN)
     with pytest.raises(ValueError, match=r"DeepSpeedStrategy with manual optimization \(GAN\.automatic_optimization = "
                                          r"False\): not supported\. DeepSpeed's engine is built around one optimizer"):
         trainer.fit(GAN(), DataLoader(_data(), batch_size=4))

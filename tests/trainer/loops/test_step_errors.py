@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer, TrainModule
 from trainer.callbacks import Callback, ModelCheckpoint
+from tests.helpers.trainers import LEAN
 
 
 class Net(TrainModule):
@@ -32,42 +33,37 @@ class Net(TrainModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _trainer(**kw):
-    return Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                   num_sanity_val_steps=0, **kw)
-
-
 def _notes(err):
     return "\n".join(getattr(err, "__notes__", []))
 
 
-def test_a_batch_of_strings_is_named_in_the_users_own_error():
+def test_a_batch_of_strings_is_named_in_the_users_own_error(make_trainer):
     with pytest.raises(ValueError, match="too many values to unpack") as info:
-        _trainer().fit(Net(), [["a", "b", "c"]])
+        make_trainer(max_epochs=1, **LEAN).fit(Net(), [["a", "b", "c"]])
     assert "Net.training_step got batch_idx 0 with batch = a list of 3 (batch[0]: str 'a'" in _notes(info.value)
 
 
-def test_a_device_mismatch_names_the_devices_and_the_fix():
+def test_a_device_mismatch_names_the_devices_and_the_fix(make_trainer):
     loader = DataLoader(TensorDataset(torch.randn(4, 3), torch.randn(4, 1)), batch_size=2)
     with pytest.raises(RuntimeError) as info:
-        _trainer().fit(Net(stray_device="meta"), loader)
+        make_trainer(max_epochs=1, **LEAN).fit(Net(stray_device="meta"), loader)
     note = _notes(info.value)
     assert "A device mismatch in Net.training_step (batch_idx 0): the module's parameters are on cpu" in note
     assert "batch[0] on cpu, batch[1] on cpu" in note and "device=self.device" in note
 
 
-def test_a_device_mismatch_in_validation_step_is_explained_too():
+def test_a_device_mismatch_in_validation_step_is_explained_too(make_trainer):
     loader = DataLoader(TensorDataset(torch.randn(4, 3), torch.randn(4, 1)), batch_size=2)
     with pytest.raises(RuntimeError) as info:
-        _trainer().validate(Net(stray_device="meta"), loader)
+        make_trainer(max_epochs=1, **LEAN).validate(Net(stray_device="meta"), loader)
     assert "A device mismatch in Net.validation_step (batch_idx 0)" in _notes(info.value)
 
 
-def test_an_empty_batch_is_named_before_it_becomes_a_nan():
+def test_an_empty_batch_is_named_before_it_becomes_a_nan(make_trainer):
     empty = [(torch.randn(2, 3), torch.randn(2, 1)), (torch.randn(0, 3), torch.randn(0, 1))]
     with pytest.raises(ValueError, match=r"empty batch at batch_idx 1 \(epoch 0\): a tuple of 2 \(batch\[0\]: "
                                          r"Tensor\(0, 3\) float32 on cpu"):
-        _trainer().fit(Net(), empty)
+        make_trainer(max_epochs=1, **LEAN).fit(Net(), empty)
 
 
 def test_a_callbacks_failing_state_dict_names_that_callback(tmp_path):

@@ -21,12 +21,7 @@ from tests.helpers import BoringModel, regression_loader
 from tests.helpers.trainers import quiet_trainer
 
 
-def _trainer(tmp_path, **kw):
-    kw.setdefault("max_epochs", 1)
-    return quiet_trainer(default_root_dir=str(tmp_path), **kw)
-
-
-def test_checkpoint_holds_the_whole_training_state(tmp_path):
+def test_checkpoint_holds_the_whole_training_state(tmp_path, make_trainer):
     class Extras(BoringModel):
         def __init__(self, width: int = 3):
             super().__init__()
@@ -35,7 +30,8 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path):
         def on_save_checkpoint(self, checkpoint):
             checkpoint["my_extra"] = {"answer": 42}
 
-    trainer = _trainer(tmp_path, max_epochs=2, precision="16-mixed", enable_checkpointing=False)
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=2,
+                           precision="16-mixed", enable_checkpointing=False)
     trainer.fit(Extras(), regression_loader(), regression_loader())
     path = tmp_path / "full.ckpt"
     trainer.save_checkpoint(str(path))
@@ -54,12 +50,14 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path):
     assert "val/loss" in loops["callback_metrics"]
 
 
-def test_gradient_scaler_state_is_restored(tmp_path):
-    trainer = _trainer(tmp_path, precision="16-mixed", enable_checkpointing=False)
+def test_gradient_scaler_state_is_restored(tmp_path, make_trainer):
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=1,
+                           precision="16-mixed", enable_checkpointing=False)
     trainer.fit(BoringModel(), regression_loader())
     trainer.strategy.precision.scaler.update(1234.0)
     trainer.save_checkpoint(str(tmp_path / "s.ckpt"))
-    resumed = _trainer(tmp_path, precision="16-mixed", max_epochs=1, enable_checkpointing=False)
+    resumed = make_trainer(default_root_dir=str(tmp_path), precision="16-mixed", max_epochs=1,
+                           enable_checkpointing=False)
     resumed.fit(BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "s.ckpt"))
     assert resumed.strategy.precision.scaler.get_scale() == 1234.0
 
@@ -77,10 +75,10 @@ class Scored(BoringModel):
 
 @pytest.mark.parametrize("k, mode, kept", [(2, "min", [1.0, 2.0]), (2, "max", [5.0, 4.0]), (1, "min", [1.0]),
                                             (-1, "min", [1.0, 2.0, 3.0, 4.0, 5.0])])
-def test_save_top_k_keeps_the_best_files_and_names_them_from_the_template(tmp_path, k, mode, kept):
+def test_save_top_k_keeps_the_best_files_and_names_them_from_the_template(tmp_path, k, mode, kept, make_trainer):
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), monitor="val/score", mode=mode, save_top_k=k,
                            filename="epoch={epoch}-step={step}-{val/score:.1f}")
-    _trainer(tmp_path, max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0).fit(
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0).fit(
         Scored(), regression_loader(16, 8), regression_loader(8, 8))
     files = sorted(os.listdir(tmp_path / "c"))
     expected = sorted(f"epoch={Scored.SCORES.index(s)}-step={2 * (Scored.SCORES.index(s) + 1)}-val_score={s:.1f}.ckpt"
@@ -91,14 +89,14 @@ def test_save_top_k_keeps_the_best_files_and_names_them_from_the_template(tmp_pa
     assert sorted(ckpt.best_k_models.values()) == sorted(kept)
 
 
-def test_save_top_k_zero_with_save_last_writes_only_last(tmp_path):
+def test_save_top_k_zero_with_save_last_writes_only_last(tmp_path, make_trainer):
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), save_top_k=0, save_last=True)
-    _trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
     assert os.listdir(tmp_path / "c") == ["last.ckpt"]
     assert safe_load(str(tmp_path / "c" / "last.ckpt"))["loops"]["current_epoch"] == 1  # saved in epoch 1's end
 
 
-def test_last_is_a_second_name_of_the_checkpoint_just_written_and_outlives_its_eviction(tmp_path):
+def test_last_is_a_second_name_of_the_checkpoint_just_written_and_outlives_its_eviction(tmp_path, make_trainer):
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), monitor="val/score", save_top_k=1, save_last=True,
                            filename="{epoch}")
     seen = []
@@ -110,7 +108,7 @@ def test_last_is_a_second_name_of_the_checkpoint_just_written_and_outlives_its_e
                         if os.path.exists(os.path.join(ckpt.dirpath, f"epoch={trainer.current_epoch}.ckpt"))
                         else os.stat(last).st_nlink)
 
-    _trainer(tmp_path, max_epochs=3, callbacks=[ckpt, Watch()], num_sanity_val_steps=0).fit(
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=3, callbacks=[ckpt, Watch()], num_sanity_val_steps=0).fit(
         Scored(), regression_loader(16, 8), regression_loader(8, 8))
     # epoch 0 (5.0) is saved and linked; epoch 1 (3.0) replaces it; epoch 2 (4.0) is not among the best 1, so
     # last.ckpt is written in full
@@ -124,13 +122,13 @@ def test_last_is_a_second_name_of_the_checkpoint_just_written_and_outlives_its_e
     assert not os.path.exists(tmp_path / "c" / "epoch=0.ckpt")
 
 
-def test_last_is_written_in_full_where_links_cannot_be_made(tmp_path, monkeypatch):
+def test_last_is_written_in_full_where_links_cannot_be_made(tmp_path, monkeypatch, make_trainer):
     def no_links(src, dst, *args, **kwargs):
         raise OSError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), save_top_k=1, save_last=True, filename="{epoch}")
-    _trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
     assert sorted(os.listdir(tmp_path / "c")) == ["epoch=1.ckpt", "last.ckpt"]
     assert os.stat(tmp_path / "c" / "last.ckpt").st_nlink == 1
     first, second = (safe_load(str(tmp_path / "c" / n)) for n in ("epoch=1.ckpt", "last.ckpt"))
@@ -159,12 +157,12 @@ def _assert_same_content(a, b, where=""):
         assert a == b or (a != a and b != b), where
 
 
-def test_async_save_writes_the_same_checkpoints_as_a_synchronous_save(tmp_path, monkeypatch):
+def test_async_save_writes_the_same_checkpoints_as_a_synchronous_save(tmp_path, monkeypatch, make_trainer):
     def run(name, async_save):
         seed_everything(3)
         ckpt = ModelCheckpoint(dirpath=str(tmp_path / name), monitor="val/score", save_top_k=2, save_last=True,
                                every_n_epochs=1, filename="{epoch}", async_save=async_save)
-        trainer = _trainer(tmp_path, max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0)
+        trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=5, callbacks=[ckpt], num_sanity_val_steps=0)
         trainer.fit(Scored(), regression_loader(16, 8), regression_loader(8, 8))
         return ckpt, trainer
 
@@ -185,7 +183,7 @@ def test_async_save_writes_the_same_checkpoints_as_a_synchronous_save(tmp_path, 
     assert os.path.samefile(tmp_path / "async" / "last.ckpt", tmp_path / "async" / "epoch=4.ckpt")
 
 
-def test_async_save_does_not_wait_for_the_disk_and_keeps_saves_in_order(tmp_path, monkeypatch):
+def test_async_save_does_not_wait_for_the_disk_and_keeps_saves_in_order(tmp_path, monkeypatch, make_trainer):
     monkeypatch.setenv("TRAINER_TEST_SAVE_DELAY", "1.0")  # each write holds its rename back for a second
     landed = []
 
@@ -198,7 +196,8 @@ def test_async_save_does_not_wait_for_the_disk_and_keeps_saves_in_order(tmp_path
 
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=1, save_top_k=-1, save_last=True,
                            filename="{step}", async_save=True)
-    _trainer(tmp_path, max_steps=2, callbacks=[ckpt, Watch()]).fit(BoringModel(), regression_loader())
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=1, max_steps=2, callbacks=[ckpt, Watch()]).fit(
+        BoringModel(), regression_loader())
     assert landed == [False, False]  # training went on while the files were still being written
     assert sorted(os.listdir(tmp_path / "c")) == ["last.ckpt", "step=1.ckpt", "step=2.ckpt"]
     # the synchronous save waited for the background write: its full file replaced the link, not the reverse
@@ -225,7 +224,7 @@ def test_the_snapshot_a_background_write_takes_is_not_changed_by_training():
     assert copy["optimizer"]["groups"][0]["lr"] == 0.1 and copy["loops"]["global_step"] == 4
 
 
-def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, monkeypatch):
+def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, monkeypatch, make_trainer):
     import trainer.callbacks.model_checkpoint as model_checkpoint
 
     def full_disk(obj, path):
@@ -235,10 +234,11 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, mo
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
     with pytest.raises(RuntimeError, match=r"Writing the checkpoint .*step=2.ckpt in the background failed: "
                                            r"OSError: .*No space left on device.*async_save=False"):
-        _trainer(tmp_path, max_steps=6, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1, max_steps=6, callbacks=[ckpt]).fit(
+            BoringModel(), regression_loader())
 
 
-def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tmp_path, monkeypatch):
+def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tmp_path, monkeypatch, make_trainer):
     import threading
 
     import trainer.callbacks.model_checkpoint as model_checkpoint
@@ -258,7 +258,7 @@ def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tm
 
     monkeypatch.setattr(model_checkpoint, "atomic_save", slow_full_disk)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
-    trainer = _trainer(tmp_path, max_steps=6, callbacks=[ckpt])
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=1, max_steps=6, callbacks=[ckpt])
     with pytest.raises(ValueError, match="boom at step 3") as caught:
         trainer.fit(Boom(), regression_loader())
     assert not trainer.background_writer.pending
@@ -276,16 +276,17 @@ def test_async_save_is_refused_for_deepspeed_checkpoints():
         ckpt.setup(trainer, None, "fit")
 
 
-def test_every_n_train_steps_and_every_n_epochs(tmp_path):
+def test_every_n_train_steps_and_every_n_epochs(tmp_path, make_trainer):
     steps = ModelCheckpoint(dirpath=str(tmp_path / "s"), every_n_train_steps=3, save_top_k=-1)
     epochs = ModelCheckpoint(dirpath=str(tmp_path / "e"), every_n_epochs=2, save_top_k=-1)
-    _trainer(tmp_path, max_epochs=4, callbacks=[steps, epochs]).fit(BoringModel(), regression_loader(32, 8))
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=4, callbacks=[steps, epochs]).fit(
+        BoringModel(), regression_loader(32, 8))
     assert sorted(os.listdir(tmp_path / "s")) == sorted(f"epoch={(s - 1) // 4}-step={s}.ckpt"
                                                         for s in (3, 6, 9, 12, 15))
     assert sorted(os.listdir(tmp_path / "e")) == ["epoch=1-step=8.ckpt", "epoch=3-step=16.ckpt"]
 
 
-def test_train_time_interval(tmp_path, monkeypatch):
+def test_train_time_interval(tmp_path, monkeypatch, make_trainer):
     import time as time_module
     clock = [0.0]
     monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
@@ -297,25 +298,27 @@ def test_train_time_interval(tmp_path, monkeypatch):
 
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "t"), train_time_interval=datetime.timedelta(seconds=25),
                            save_top_k=-1)
-    _trainer(tmp_path, max_epochs=1, callbacks=[ckpt]).fit(Tick(), regression_loader(64, 8))
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=[ckpt]).fit(Tick(), regression_loader(64, 8))
     assert sorted(os.listdir(tmp_path / "t")) == ["epoch=0-step=3.ckpt", "epoch=0-step=6.ckpt"]
 
 
-def test_save_weights_only_cannot_resume(tmp_path):
+def test_save_weights_only_cannot_resume(tmp_path, make_trainer):
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "w"), save_weights_only=True, save_last=True)
-    _trainer(tmp_path, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
+    make_trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=[ckpt]).fit(BoringModel(), regression_loader())
     content = safe_load(str(tmp_path / "w" / "last.ckpt"))
     assert "optimizer_states" not in content and set(content["state_dict"]) == {"layer.weight", "layer.bias"}
     with pytest.raises(CheckpointError, match=r"holds weights only \(save_weights_only=True\)"):
-        _trainer(tmp_path, callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "w"))]).fit(
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1,
+                     callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "w"))]).fit(
             BoringModel(), regression_loader(), ckpt_path="last")
 
 
-def test_a_monitor_that_was_never_logged_lists_the_logged_keys(tmp_path):
+def test_a_monitor_that_was_never_logged_lists_the_logged_keys(tmp_path, make_trainer):
     ckpt = ModelCheckpoint(monitor="val/acc")
     with pytest.raises(MissingMetricError, match=r"monitor='val/acc'\): this metric was never logged\. Logged "
                                                  r"metrics: \['val/loss'\]"):
-        _trainer(tmp_path, callbacks=[ckpt]).fit(BoringModel(), regression_loader(), regression_loader())
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=[ckpt]).fit(
+            BoringModel(), regression_loader(), regression_loader())
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -332,16 +335,17 @@ def test_model_checkpoint_bad_arguments(kwargs, match):
 # -- errors on load ------------------------------------------------------------------------------------
 
 def _saved(tmp_path, model=None, **kw) -> str:
-    trainer = _trainer(tmp_path, enable_checkpointing=False, **kw)
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=1, enable_checkpointing=False, **kw)
     trainer.fit(model or BoringModel(), regression_loader())
     path = str(tmp_path / "m.ckpt")
     trainer.save_checkpoint(path)
     return path
 
 
-def test_missing_checkpoint_path(tmp_path):
+def test_missing_checkpoint_path(tmp_path, make_trainer):
     with pytest.raises(FileNotFoundError, match=r"Checkpoint '.*nope\.ckpt' does not exist.*ckpt_path='last'"):
-        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "nope.ckpt"))
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1).fit(
+            BoringModel(), regression_loader(), ckpt_path=str(tmp_path / "nope.ckpt"))
 
 
 class Wider(BoringModel):
@@ -354,15 +358,15 @@ class Wider(BoringModel):
         return self.head(self.layer(x))
 
 
-def test_checkpoint_from_a_different_model_lists_every_difference(tmp_path):
+def test_checkpoint_from_a_different_model_lists_every_difference(tmp_path, make_trainer):
     path = _saved(tmp_path)
     with pytest.raises(CheckpointError, match=r"missing keys \(2\): head\.bias, head\.weight; shape mismatches \(2\): "
                                               r"layer\.bias: checkpoint \(1,\) vs model \(2,\), layer\.weight: "
                                               r"checkpoint \(1, 4\) vs model \(2, 4\).*strict_loading = False"):
-        _trainer(tmp_path, max_epochs=2).fit(Wider(), regression_loader(), ckpt_path=path)
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=2).fit(Wider(), regression_loader(), ckpt_path=path)
 
 
-def test_strict_loading_false_loads_the_matching_keys(tmp_path):
+def test_strict_loading_false_loads_the_matching_keys(tmp_path, make_trainer):
     class Extra(BoringModel):
         def __init__(self):
             super().__init__()
@@ -372,7 +376,7 @@ def test_strict_loading_false_loads_the_matching_keys(tmp_path):
     saved = safe_load(path)["state_dict"]
     model = Extra()
     model.strict_loading = False
-    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=1)
     with pytest.warns(UserWarning, match=r"missing keys \(2\): extra\.bias, extra\.weight.*matching keys only"):
         with pytest.warns(UserWarning, match=r"optimizer state skipped, it does not fit"):
             trainer.fit(model, regression_loader(), ckpt_path=path)
@@ -380,20 +384,22 @@ def test_strict_loading_false_loads_the_matching_keys(tmp_path):
     assert torch.equal(model.layer.weight, saved["layer.weight"])
 
 
-def test_checkpoint_from_a_newer_format_version(tmp_path):
+def test_checkpoint_from_a_newer_format_version(tmp_path, make_trainer):
     path = _saved(tmp_path)
     content = safe_load(path)
     content["format_version"] = 99
     atomic_save(content, path)
     with pytest.raises(CheckpointError, match=r"format 99, newer than the 2 this version reads.*Upgrade"):
-        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=path)
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1).fit(
+            BoringModel(), regression_loader(), ckpt_path=path)
 
 
-def test_not_a_checkpoint_of_this_library(tmp_path):
+def test_not_a_checkpoint_of_this_library(tmp_path, make_trainer):
     path = tmp_path / "weights.pt"
     torch.save(BoringModel().state_dict(), path)
     with pytest.raises(CheckpointError, match=r"is not a Trainer checkpoint: it holds plain weights"):
-        _trainer(tmp_path).fit(BoringModel(), regression_loader(), ckpt_path=str(path))
+        make_trainer(default_root_dir=str(tmp_path), max_epochs=1).fit(
+            BoringModel(), regression_loader(), ckpt_path=str(path))
 
 
 # -- plain weights -----------------------------------------------------------------------------------
@@ -431,8 +437,8 @@ torch.save(m.state_dict(), {str(tmp_path / 'roundtrip.pt')!r})
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
 
 
-def test_trainer_save_model_single_file(tmp_path):
-    trainer = _trainer(tmp_path, enable_checkpointing=False)
+def test_trainer_save_model_single_file(tmp_path, make_trainer):
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=1, enable_checkpointing=False)
     model = BoringModel()
     trainer.fit(model, regression_loader())
     assert trainer.save_model(str(tmp_path / "final")) == ["model.safetensors"]

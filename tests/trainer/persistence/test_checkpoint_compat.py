@@ -14,15 +14,10 @@ from torch.utils.data import DataLoader
 
 from tests import ROOT
 from tests.fixtures.checkpoint_v1.make import data, tiny_module, values
-from trainer import Accelerator, Trainer
+from trainer import Accelerator
 
 FIXTURES = ROOT / "tests" / "fixtures" / "checkpoint_v1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
-
-
-def _trainer(root: Path, max_steps: int) -> Trainer:
-    return Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                   enable_model_summary=False, accelerator="cpu", default_root_dir=str(root))
 
 
 @pytest.fixture
@@ -32,9 +27,11 @@ def copies(tmp_path: Path) -> Path:
     return tmp_path / "v1"
 
 
-def test_a_format_1_trainer_checkpoint_restores_every_value(copies: Path, tmp_path: Path):
+def test_a_format_1_trainer_checkpoint_restores_every_value(copies: Path, tmp_path: Path, make_trainer):
     module = tiny_module()
-    trainer = _trainer(tmp_path, max_steps=3)  # the step it was saved at: nothing left to train
+    # max_steps: the step it was saved at, so nothing is left to train
+    trainer = make_trainer(default_root_dir=str(tmp_path), max_steps=3, enable_checkpointing=False,
+                           enable_model_summary=False)
     trainer.fit(module, DataLoader(data(), batch_size=2), ckpt_path=str(copies / "trainer.ckpt"))
     expected = EXPECTED["trainer"]
     assert trainer.global_step == expected["global_step"] == 3
@@ -42,14 +39,16 @@ def test_a_format_1_trainer_checkpoint_restores_every_value(copies: Path, tmp_pa
                                                                                      "lr")}
 
 
-def test_resuming_a_format_1_checkpoint_equals_the_uninterrupted_run(copies: Path, tmp_path: Path):
+def test_resuming_a_format_1_checkpoint_equals_the_uninterrupted_run(copies: Path, tmp_path: Path, make_trainer):
     whole = tiny_module()
-    _trainer(tmp_path / "whole", max_steps=4).fit(whole, DataLoader(data(), batch_size=2))
+    make_trainer(default_root_dir=str(tmp_path / "whole"), max_steps=4, enable_checkpointing=False,
+                 enable_model_summary=False).fit(whole, DataLoader(data(), batch_size=2))
     resumed = tiny_module()
     with torch.no_grad():  # only the checkpoint's weights can make it equal
         for p in resumed.parameters():
             p.zero_()
-    _trainer(tmp_path / "resumed", max_steps=4).fit(resumed, DataLoader(data(), batch_size=2),
+    make_trainer(default_root_dir=str(tmp_path / "resumed"), max_steps=4, enable_checkpointing=False,
+                 enable_model_summary=False).fit(resumed, DataLoader(data(), batch_size=2),
                                                     ckpt_path=str(copies / "trainer.ckpt"))
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
