@@ -118,6 +118,78 @@ def test_cluster_environment_from_torchrun_slurm_or_nothing():
         detect_environment({"RANK": "x", "WORLD_SIZE": "2"})
 
 
+# -- start-up: torch's rendezvous names its events without inspect.stack() under our launchers --------
+def test_frame_names_are_the_names_torch_gives_its_rendezvous_events():
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import get_method_name
+
+    from trainer.launch import _method_name
+
+    def nested(levels: int, depth: int) -> tuple[str, str]:
+        if levels:
+            return nested(levels - 1, depth)
+        return get_method_name(depth), _method_name(depth)
+
+    for depth in (1, 2, 3, 5):  # 0 is the function itself
+        theirs, ours = nested(4, depth)
+        assert ours == theirs, depth
+    assert _method_name(10_000) == get_method_name(10_000) == "no_method_name"
+
+
+def _rendezvous_once() -> int:
+    """One real single-node c10d rendezvous in this process (a TCPStore on a free port), as torchrun's
+    agent does before it starts the workers; the world size it agreed on."""
+    import uuid
+
+    from torch.distributed.elastic.rendezvous import RendezvousParameters, registry
+
+    handler = registry.get_rendezvous_handler(RendezvousParameters(
+        backend="c10d", endpoint="localhost:0", run_id=str(uuid.uuid4()), min_nodes=1, max_nodes=1))
+    try:
+        return handler.next_rendezvous().world_size
+    finally:
+        handler.shutdown()
+
+
+def test_the_rendezvous_does_not_read_the_stack_within_frame_named_events(monkeypatch):
+    import inspect
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    from trainer.launch import frame_named_rendezvous_events
+
+    def read_stack(*args, **kwargs):
+        raise AssertionError("inspect.stack() called")
+
+    monkeypatch.setattr(inspect, "stack", read_stack)
+    original = dynamic_rendezvous.get_method_name
+    with pytest.raises(AssertionError, match=r"inspect.stack\(\) called"):  # what torch does on its own
+        _rendezvous_once()
+    with frame_named_rendezvous_events():
+        assert _rendezvous_once() == 1
+    assert dynamic_rendezvous.get_method_name is original
+    with pytest.raises(RuntimeError), frame_named_rendezvous_events():
+        raise RuntimeError("a failed launch puts torch's function back too")
+    assert dynamic_rendezvous.get_method_name is original
+
+
+def test_trainer_launch_starts_its_workers_without_reading_the_stack(tmp_path):
+    """The ~0.5 CPU-s torchrun spends on inspect.stack() before its workers start is not spent by
+    `trainer launch` (benchmarks/startup.py measures the effect)."""
+    script = tmp_path / "hello.py"
+    script.write_text("print('worker ran', flush=True)\n")
+    code = ("import inspect, sys\n"
+            "def read_stack(*args, **kwargs):\n"
+            "    raise AssertionError('inspect.stack() called in the launcher')\n"
+            "inspect.stack = read_stack\n"
+            "from trainer.cli import main\n"
+            f"sys.exit(main(['launch', '--cpu', '--num-processes', '1', {str(script)!r}]))\n")
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=200,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "worker ran" in result.stdout
+
+
 EQUIVALENCE = textwrap.dedent(f"""
     import json, sys
     sys.path.insert(0, {str(ROOT)!r})
