@@ -115,6 +115,8 @@ class ModelCheckpoint(Callback):
         self._saw_validation = False
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.every_n_train_steps and not self.train_time_interval:
+            return  # saves at epoch ends and validations only (the default): nothing to ask per batch
         step = trainer.global_step
         if step == self._last_global_step_saved or trainer.is_accumulating:
             return
