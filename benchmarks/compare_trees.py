@@ -10,6 +10,12 @@ a shuffled tree order, so a burst of load from other processes hits the trees al
     git worktree add --detach /tmp/old 5a4f56e   # give it a .venv (see tools/mkwt.sh)
     python benchmarks/compare_trees.py --tree old=/tmp/old --tree main=. --reps 5
 
+``--same-process`` trains every (variant, K) of a round in one process per tree (in the same
+shuffled order for each tree), which saves a fresh interpreter's start-up per measurement on a
+busy machine; every tree is treated alike, but the figures are then not those of overhead.py's
+fresh processes. The table (and ``--json``) is rewritten after every round, so a run cut short
+keeps the rounds it finished.
+
 Reported per variant and tree (medians over rounds): µs per optimizer step (wall), CPU µs per
 step (the process's CPU time in the timed window: steady when other processes share the cores),
 the CPU-time ratio to the same tree's plain loop in the same round, and the CPU time relative
@@ -59,8 +65,10 @@ def commit_of(root: Path) -> str:
     return (proc.stdout.strip() or "?") + ("+changes" if dirty else "")
 
 
-def run_one(args: argparse.Namespace, root: Path, variant: str, k: int) -> dict[str, Any]:
-    cmd = [interpreter(root), str(OVERHEAD), "--worker", f"{variant}@{k}", "--steps", str(args.steps),
+def run_jobs(args: argparse.Namespace, root: Path, jobs: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """One process of ``root``'s interpreter trains ``jobs`` ((variant, K) pairs) one after the other."""
+    spec = ",".join(f"{variant}@{k}" for variant, k in jobs)
+    cmd = [interpreter(root), str(OVERHEAD), "--worker", spec, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--tail", "2", "--chunks", "1", "--seed", str(args.seed)]
     if args.taskset:
         cmd = ["taskset", "-c", args.taskset, *cmd]
@@ -68,13 +76,13 @@ def run_one(args: argparse.Namespace, root: Path, variant: str, k: int) -> dict[
                OVERHEAD_TREE=str(root), PYTHONPATH=str(root))
     with tempfile.TemporaryDirectory(prefix="bench-cwd-") as cwd:  # stderr a pipe: progress bars stay quiet
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=args.timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
-    if proc.returncode != 0 or len(lines) != 1:
-        raise RuntimeError(f"{root}: worker {variant}@{k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[0][len(MARKER):])
-    if variant != "plain" and not str(result.get("trainer_file", "")).startswith(str(root)):
-        raise RuntimeError(f"{root}: the worker imported trainer from {result.get('trainer_file')}, not this tree")
-    return result
+    results = [json.loads(ln[len(MARKER):]) for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
+    if proc.returncode != 0 or len(results) != len(jobs):
+        raise RuntimeError(f"{root}: worker {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    for result in results:
+        if result["variant"] != "plain" and not str(result.get("trainer_file", "")).startswith(str(root)):
+            raise RuntimeError(f"{root}: the worker imported trainer from {result.get('trainer_file')}, not this tree")
+    return results
 
 
 def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
@@ -87,22 +95,39 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], list[dict[st
         started = time.perf_counter()
         order = list(pairs)
         rng.shuffle(order)
-        for v, k in order:
-            trees = list(args.tree)
-            rng.shuffle(trees)
+        trees = list(args.tree)
+        rng.shuffle(trees)
+        if args.same_process:
             for name, root in trees:
-                runs[(name, v, k)].append(run_one(args, root, v, k))
+                for (v, k), result in zip(order, run_jobs(args, root, order)):
+                    runs[(name, v, k)].append(result)
+        else:
+            for v, k in order:
+                rng.shuffle(trees)
+                for name, root in trees:
+                    runs[(name, v, k)].append(run_jobs(args, root, [(v, k)])[0])
         print(f"round {rnd + 1}/{args.reps} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
               flush=True)
+        report(args, runs, rnd + 1)
     return runs
 
 
-def render(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[dict[str, Any]]]) -> str:
+def report(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[dict[str, Any]]], rounds: int) -> None:
+    """Write the table of the rounds so far (``--output``) and the raw measurements (``--json``)."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"tree": t, "variant": v, "accum": k, "runs": rs} for (t, v, k), rs in runs.items()], indent=1))
+    if args.output:
+        Path(args.output).write_text(render(args, runs, rounds) + "\n")
+
+
+def render(args: argparse.Namespace, runs: dict[tuple[str, str, int], list[dict[str, Any]]], rounds: int) -> str:
     names = [name for name, _ in args.tree]
     base = names[0]
     trees = ", ".join(f"{name} = {root} ({commit_of(root)})" for name, root in args.tree)
     lines = [f"Trees: {trees}.", "",
-             f"Tiny MLP, {args.steps} timed optimizer steps, 1 thread, median of {args.reps} interleaved rounds. "
+             f"Tiny MLP, {args.steps} timed optimizer steps, 1 thread, median of {rounds} interleaved rounds"
+             + (" (each tree's measurements of a round in one process)" if args.same_process else "") + ". "
              "CPU ratio: CPU time per step over the same tree's plain loop in the same round (range). "
              f"vs {base}: CPU time per step over {base}'s in the same round.", "",
              "| variant | K | tree | µs/step (wall) | CPU µs/step | CPU ratio to plain (range) | CPU vs " + base + " |",
@@ -136,7 +161,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--taskset", help="pin every worker to these CPUs (taskset -c LIST)")
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--json", help="also write the raw measurements here")
+    p.add_argument("--same-process", action="store_true",
+                   help="one process per tree and round trains every (variant, K) of the round")
+    p.add_argument("--json", help="also write the raw measurements here (after every round)")
+    p.add_argument("--output", help="also write the table here (after every round)")
     args = p.parse_args(argv)
     if len({name for name, _ in args.tree}) != len(args.tree):
         p.error("--tree: give each tree a different NAME")
@@ -148,10 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runs = measure(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{"tree": t, "variant": v, "accum": k, "runs": rs} for (t, v, k), rs in runs.items()], indent=1))
-    print(render(args, runs))
+    print(render(args, runs, args.reps))
 
 
 if __name__ == "__main__":
