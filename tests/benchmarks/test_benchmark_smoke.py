@@ -187,27 +187,38 @@ def test_startup_benchmark_times_imports_and_every_launcher(tmp_path):
     assert (tmp_path / "startup.png").exists() and (tmp_path / "startup.md").exists()
 
 
-@pytest.mark.timeout(240)
-def test_compare_trees_measures_each_tree_side_by_side(tmp_path):
-    """benchmarks/compare_trees.py: two names for this checkout, every variant's row per tree, and the
-    reference tree's CPU time at 1.00x of itself."""
-    out_json = tmp_path / "compare.json"
+def _compare(tmp_path, *extra):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare_trees.py"), "--tree", f"a={ROOT}", "--tree", f"b={ROOT}",
-         "--reps", "1", "--steps", "5", "--warmup", "1", "--variants", "trainer_barebones,accelerator",
-         "--accum-list", "1,2", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=230, cwd=tmp_path)
+         "--reps", "1", "--steps", "5", "--warmup", "1", "--json", str(tmp_path / "compare.json"), *extra],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    return rows, json.loads((tmp_path / "compare.json").read_text())
+
+
+@pytest.mark.timeout(300)
+def test_compare_trees_measures_each_tree_side_by_side(tmp_path):
+    """benchmarks/compare_trees.py: two names for this checkout, every variant's row per tree, and the
+    reference tree's CPU time at 1.00x of itself (one process per tree and round: --same-process)."""
+    rows, raw = _compare(tmp_path, "--same-process", "--variants", "trainer_barebones,accelerator",
+                         "--accum-list", "1,2")
     assert {(r[0][2:], r[1], r[2]) for r in rows} == {
         (v, k, t) for v in ("plain", "trainer_barebones", "accelerator") for k in ("1", "2") for t in ("a", "b")}
     assert all(r[-1].startswith("1.00x") for r in rows if r[2] == "a")
-    raw = json.loads(out_json.read_text())
     for entry in raw:
         (result,) = entry["runs"]
+        assert (result["variant"], result["accum"]) == (entry["variant"], entry["accum"])
         assert result["optimizer_steps"] == result["expected_steps"] == 1 + 5 + 2
         if entry["variant"] != "plain":
             assert result["trainer_file"].startswith(str(ROOT)), result["trainer_file"]
+
+
+@pytest.mark.timeout(300)
+def test_compare_trees_fresh_process_per_measurement(tmp_path):
+    rows, raw = _compare(tmp_path, "--variants", "trainer_barebones", "--accum-list", "1")
+    assert {(r[0][2:], r[2]) for r in rows} == {(v, t) for v in ("plain", "trainer_barebones") for t in ("a", "b")}
+    assert all(len(entry["runs"]) == 1 for entry in raw)
 
 
 def test_compare_trees_refuses_a_tree_that_is_not_a_checkout(tmp_path):
