@@ -35,6 +35,25 @@ def _require_deepspeed() -> Any:
     return deepspeed
 
 
+def _initialize(deepspeed: Any, device: torch.device, **kwargs: Any) -> Any:
+    """``deepspeed.initialize``, without the shared-memory op its comm backend builds on the CPU.
+
+    On the CPU accelerator DeepSpeed's comm backend JIT-compiles ``deepspeed_shm_comm`` when it starts
+    (a C++ build of about one CPU-minute, three at a busy machine, on the first run in each
+    environment) although only ``inference_all_reduce`` (DeepSpeed-Inference) calls it: training
+    reduces through ``torch.distributed``. Marking the op unavailable in DeepSpeed's own table of
+    compatible ops, before the backend starts, skips the build; ``inference_all_reduce`` then falls back to
+    ``torch.distributed.all_reduce``. Once the backend is running (a second engine in the process) the
+    table is no longer read.
+    """
+    if device.type == "cpu" and getattr(deepspeed.comm.comm, "cdb", None) is None:
+        try:
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        except (AttributeError, TypeError):  # a DeepSpeed without the table: it builds as it always did
+            pass
+    return deepspeed.initialize(**kwargs)
+
+
 class DeepSpeedStrategy(Strategy):
     """ZeRO data parallelism: optimizer state (stage 1), gradients (2) and parameters (3) sharded.
 
@@ -178,8 +197,8 @@ class DeepSpeedStrategy(Strategy):
         self._module = module
         config = self.ds_config()
         self._check_offload_optimizer(optimizer, config)
-        self.engine, _, _, _ = deepspeed.initialize(model=module.to(self.root_device), optimizer=optimizer,
-                                                    config=config)
+        self.engine, _, _, _ = _initialize(deepspeed, self.root_device, model=module.to(self.root_device),
+                                           optimizer=optimizer, config=config)
         return self.engine
 
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -192,8 +211,8 @@ class DeepSpeedStrategy(Strategy):
             raise RuntimeError("DeepSpeedStrategy: the module must be set up before its optimizer.")
         config = self.ds_config()
         self._check_offload_optimizer(optimizer, config)
-        self.engine, _, _, _ = deepspeed.initialize(model=_StepForward(self._module), optimizer=optimizer,
-                                                    config=config)
+        self.engine, _, _, _ = _initialize(deepspeed, self.root_device, model=_StepForward(self._module),
+                                           optimizer=optimizer, config=config)
         return optimizer
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:

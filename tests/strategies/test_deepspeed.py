@@ -4,6 +4,8 @@ lands close; each rank holds part of the state; sharded resume is exact; merge-w
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -44,21 +46,28 @@ def _fit(strategy, batch, k, precision="32-true", epochs=2, **kwargs):
     return model, trainer
 
 
-def _worker(stage, k, precision):
+def _worker(stage, k, precision, extensions=None):
     from trainer.strategies import DeepSpeedStrategy
 
+    if extensions:  # an empty JIT build root: what DeepSpeed compiles during the fit lands here
+        os.environ["TORCH_EXTENSIONS_DIR"] = extensions
     strategy = DeepSpeedStrategy(zero_stage=stage)
     model, trainer = _fit(strategy, batch=2, k=k, precision=precision, enable_checkpointing=False)
     strategy = trainer.strategy  # with precision= the Trainer trains on a copy of the object (checked)
     full = strategy.full_state_dict(model)
     total = sum(p.numel() * 4 for p in Net().parameters())
     return {"weights": {n: v.tolist() for n, v in full.items()}, "steps": trainer.global_step,
-            "local": strategy.local_state_bytes(model, trainer.optimizer), "total": total}
+            "local": strategy.local_state_bytes(model, trainer.optimizer), "total": total,
+            "shm_op": deepspeed.comm.comm.cdb.shm_comm_op is not None}
 
 
 @pytest.mark.parametrize("stage,k", [(2, 1), (2, 2), (3, 2)])
-def test_zero_on_two_processes_matches_one_process_on_the_global_batch(stage, k):
-    ranks = run_distributed(_worker, timeout=300, stage=stage, k=k, precision="32-true")
+def test_zero_on_two_processes_matches_one_process_on_the_global_batch(stage, k, tmp_path):
+    extensions = tmp_path / "torch_extensions"
+    ranks = run_distributed(_worker, timeout=300, stage=stage, k=k, precision="32-true", extensions=str(extensions))
+    # Training never builds DeepSpeed's CPU shared-memory op (inference-only, ~1 CPU-minute to compile).
+    assert not any(rank["shm_op"] for rank in ranks)
+    assert not extensions.exists() or not any(extensions.iterdir()), sorted(extensions.iterdir())
     model, trainer = _fit("auto", batch=4, k=k, enable_checkpointing=False)
     assert ranks[0]["steps"] == ranks[1]["steps"] == trainer.global_step
     for name, value in model.state_dict().items():
