@@ -292,7 +292,8 @@ def render(rows: list[dict[str, Any]], imports: list[dict[str, Any]], args: argp
              "machine 'best ratio' is the steadier estimate; the goals are checked against it). CPU-time ratio: "
              "the same over the process's CPU time in the timed window (one thread: time spent waiting for a "
              "core does not count), median over rounds and range; the chart shows it.",
-             "- Trainer, defaults: progress bar and CSV logger on, `self.log` of the loss every step, "
+             "- Trainer, defaults: the default logger (TensorBoard when installed, else CSV), ModelCheckpoint (at the "
+             "epoch end), model summary and progress bar on, `self.log` of the loss every step, "
              "log_every_n_steps=50. The worker's stderr is a pipe, so the default ProgressBar is quiet "
              "(it only draws on a terminal); the `ProgressBar(force=True)` row draws it.",
              "- Trainer, barebones: enable_progress_bar=False, logger=False, enable_checkpointing=False, "
