@@ -182,7 +182,8 @@ def test_startup_benchmark_times_imports_and_every_launcher(tmp_path):
                           capture_output=True, text=True, timeout=290)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("`import trainer` after `import torch` | +", "raw script, torchrun: to first step",
-                "raw script, trainer launch: to first step", "Trainer script, trainer launch: to first step"):
+                "raw script, trainer launch: to first step", "Trainer script, torchrun: to first step",
+                "Trainer script, trainer launch: to first step", "launcher process CPU s at that point"):
         assert row in proc.stdout, proc.stdout
     assert (tmp_path / "startup.png").exists() and (tmp_path / "startup.md").exists()
 
