@@ -46,45 +46,48 @@ def _fit(strategy, batch, k, precision="32-true", epochs=2, **kwargs):
     return model, trainer
 
 
-def _worker(stage, k, precision, extensions=None):
+def _worker(runs, extensions=None):
+    """One process group, one fit per (stage, k, precision) in ``runs``, each with a new engine."""
     from trainer.strategies import DeepSpeedStrategy
 
-    if extensions:  # an empty JIT build root: what DeepSpeed compiles during the fit lands here
+    if extensions:  # an empty JIT build root: what DeepSpeed compiles during the fits lands here
         os.environ["TORCH_EXTENSIONS_DIR"] = extensions
-    strategy = DeepSpeedStrategy(zero_stage=stage)
-    model, trainer = _fit(strategy, batch=2, k=k, precision=precision, enable_checkpointing=False)
-    strategy = trainer.strategy  # with precision= the Trainer trains on a copy of the object (checked)
-    full = strategy.full_state_dict(model)
-    total = sum(p.numel() * 4 for p in Net().parameters())
-    return {"weights": {n: v.tolist() for n, v in full.items()}, "steps": trainer.global_step,
-            "local": strategy.local_state_bytes(model, trainer.optimizer), "total": total,
-            "shm_op": deepspeed.comm.comm.cdb.shm_comm_op is not None}
+    results = []
+    for stage, k, precision in runs:
+        strategy = DeepSpeedStrategy(zero_stage=stage)
+        model, trainer = _fit(strategy, batch=2, k=k, precision=precision, enable_checkpointing=False)
+        strategy = trainer.strategy  # with precision= the Trainer trains on a copy of the object (checked)
+        full = strategy.full_state_dict(model)
+        total = sum(p.numel() * 4 for p in Net().parameters())
+        results.append({"weights": {n: v.tolist() for n, v in full.items()}, "steps": trainer.global_step,
+                        "local": strategy.local_state_bytes(model, trainer.optimizer), "total": total})
+    return {"runs": results, "shm_op": deepspeed.comm.comm.cdb.shm_comm_op is not None}
 
 
-@pytest.mark.parametrize("stage,k", [(2, 1), (2, 2), (3, 2)])
-def test_zero_on_two_processes_matches_one_process_on_the_global_batch(stage, k, tmp_path):
+def test_zero_on_two_processes_matches_one_process_on_the_global_batch_and_bf16_lands_close(tmp_path):
+    # One 2-process run trains the cases in turn (starting a DeepSpeed process group costs more than these fits).
+    runs = [(2, 1, "32-true"), (2, 2, "32-true"), (3, 2, "32-true"), (2, 1, "bf16-mixed")]
     extensions = tmp_path / "torch_extensions"
-    ranks = run_distributed(_worker, timeout=300, stage=stage, k=k, precision="32-true", extensions=str(extensions))
+    ranks = run_distributed(_worker, timeout=300, runs=runs, extensions=str(extensions))
     # Training never builds DeepSpeed's CPU shared-memory op (inference-only, ~1 CPU-minute to compile).
     assert not any(rank["shm_op"] for rank in ranks)
     assert not extensions.exists() or not any(extensions.iterdir()), sorted(extensions.iterdir())
-    model, trainer = _fit("auto", batch=4, k=k, enable_checkpointing=False)
-    assert ranks[0]["steps"] == ranks[1]["steps"] == trainer.global_step
-    for name, value in model.state_dict().items():
-        for rank in ranks:
-            assert torch.tensor(rank["weights"][name]) == pytest.approx(value, abs=1e-5), (stage, k, name)
-    for rank in ranks:  # optimizer state (momentum) is partitioned; under ZeRO-3 the parameters too
-        params = rank["total"]
-        held = rank["local"]
-        expected = params / 2 + params / 2 if stage == 3 else params + params / 2
-        assert held == pytest.approx(expected, rel=0.2), (stage, held, expected)
-
-
-def test_zero_2_bf16_trains_close_to_fp32():
-    ranks = run_distributed(_worker, timeout=300, stage=2, k=1, precision="bf16-mixed")
-    model, _ = _fit("auto", batch=4, k=1, enable_checkpointing=False)
-    for name, value in model.state_dict().items():
-        assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=5e-2), name
+    for i, (stage, k, precision) in enumerate(runs):
+        got = [rank["runs"][i] for rank in ranks]
+        model, trainer = _fit("auto", batch=4, k=k, enable_checkpointing=False)  # fp32, one process
+        if precision == "bf16-mixed":
+            for name, value in model.state_dict().items():
+                assert torch.tensor(got[0]["weights"][name]) == pytest.approx(value, abs=5e-2), (precision, name)
+            continue
+        assert got[0]["steps"] == got[1]["steps"] == trainer.global_step, (stage, k)
+        for name, value in model.state_dict().items():
+            for rank in got:
+                assert torch.tensor(rank["weights"][name]) == pytest.approx(value, abs=1e-5), (stage, k, name)
+        for rank in got:  # optimizer state (momentum) is partitioned; under ZeRO-3 the parameters too
+            params = rank["total"]
+            held = rank["local"]
+            expected = params / 2 + params / 2 if stage == 3 else params + params / 2
+            assert held == pytest.approx(expected, rel=0.2), (stage, held, expected)
 
 
 def test_bad_settings_are_refused_before_training():

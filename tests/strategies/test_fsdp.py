@@ -60,38 +60,42 @@ def _fit(strategy, batch, k, precision="32-true", epochs=2):
     return model, trainer
 
 
-def _fsdp_worker(k, precision):
-    strategy = FSDPStrategy(auto_wrap_policy={Block}, precision=precision)
-    model, trainer = _fit(strategy, batch=2, k=k, precision=precision)
-    full = strategy.full_state_dict(model)
-    per_rank = strategy.local_state_bytes(model, trainer.optimizer)
-    total = sum(p.numel() * 4 for p in Net().parameters()) * 2  # fp32 params + one momentum buffer each
-    return {"weights": {k: v.tolist() for k, v in full.items()}, "local_bytes": per_rank, "full_bytes": total,
-            "steps": trainer.global_step, "val": trainer.callback_metrics["val/loss"]}
+def _fsdp_worker(runs):
+    """One process group, one fit per (k, precision) in ``runs`` (a fresh FSDP strategy each)."""
+    results = []
+    for k, precision in runs:
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, precision=precision)
+        model, trainer = _fit(strategy, batch=2, k=k, precision=precision)
+        full = strategy.full_state_dict(model)
+        per_rank = strategy.local_state_bytes(model, trainer.optimizer)
+        total = sum(p.numel() * 4 for p in Net().parameters()) * 2  # fp32 params + one momentum buffer each
+        results.append({"weights": {k: v.tolist() for k, v in full.items()}, "local_bytes": per_rank,
+                        "full_bytes": total, "steps": trainer.global_step, "val": trainer.callback_metrics["val/loss"]})
+    return results
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_fsdp_on_two_processes_matches_one_process_on_the_global_batch(k):
-    ranks = run_distributed(_fsdp_worker, k=k, precision="32-true")
-    model, trainer = _fit("auto", batch=4, k=k)  # one process, batch 2 x 2 ranks
-    reference = model.state_dict()
-    assert ranks[0]["steps"] == trainer.global_step
-    assert set(ranks[0]["weights"]) == set(reference)
-    for name, value in reference.items():
-        assert torch.tensor(ranks[0]["weights"][name]) == pytest.approx(value, abs=1e-5), name
-    assert ranks[0]["val"] == ranks[1]["val"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-5)
-    # each rank holds half of the parameters and of the optimizer state
-    for rank in ranks:
-        assert rank["local_bytes"] == pytest.approx(rank["full_bytes"] / 2, rel=0.15)
-
-
-def test_fsdp_bf16_mixed_trains_close_to_fp32():
-    ranks = run_distributed(_fsdp_worker, k=1, precision="bf16-mixed")
-    model, _ = _fit("auto", batch=4, k=1)
-    for name, value in model.state_dict().items():
-        got = torch.tensor(ranks[0]["weights"][name])
-        assert got.dtype == torch.float32  # sharded master weights stay fp32
-        assert got == pytest.approx(value, abs=3e-2), name
+def test_fsdp_on_two_processes_matches_one_process_on_the_global_batch_and_bf16_lands_close():
+    # One 2-process run trains the three cases in turn (a process group costs more than these fits).
+    runs = [(1, "32-true"), (2, "32-true"), (1, "bf16-mixed")]
+    ranks = run_distributed(_fsdp_worker, runs=runs)
+    for i, (k, precision) in enumerate(runs):
+        model, trainer = _fit("auto", batch=4, k=k)  # one process, batch 2 x 2 ranks, fp32
+        reference = model.state_dict()
+        got = [rank[i] for rank in ranks]
+        if precision == "bf16-mixed":
+            for name, value in reference.items():
+                weights = torch.tensor(got[0]["weights"][name])
+                assert weights.dtype == torch.float32  # sharded master weights stay fp32
+                assert weights == pytest.approx(value, abs=3e-2), (precision, name)
+            continue
+        assert got[0]["steps"] == trainer.global_step, k
+        assert set(got[0]["weights"]) == set(reference)
+        for name, value in reference.items():
+            assert torch.tensor(got[0]["weights"][name]) == pytest.approx(value, abs=1e-5), (k, name)
+        assert got[0]["val"] == got[1]["val"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-5), k
+        # each rank holds half of the parameters and of the optimizer state
+        for rank in got:
+            assert rank["local_bytes"] == pytest.approx(rank["full_bytes"] / 2, rel=0.15), k
 
 
 def test_fsdp_refuses_settings_that_cannot_work():
@@ -189,7 +193,12 @@ def _load_one_rank(tmp):
     return {"loaded": loaded, "steps": trainer.global_step}
 
 
-def test_an_epoch_end_checkpoint_saved_on_two_ranks_resumes_on_one(tmp_path):
+def test_a_checkpoint_saved_on_two_ranks_resumes_on_one_and_merges_into_plain_weights(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
     saved = run_distributed(_save_two_ranks, tmp=str(tmp_path))[0]
     resumed = run_distributed(_load_one_rank, world_size=1, tmp=str(tmp_path))[0]
     assert resumed["loaded"] == saved
@@ -204,14 +213,7 @@ def test_an_epoch_end_checkpoint_saved_on_two_ranks_resumes_on_one(tmp_path):
         trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=2), ckpt_path=str(tmp_path / "mid.ckpt"))
     assert "process(es)" not in str(caught.value)
 
-
-def test_merge_weights_turns_a_sharded_checkpoint_into_plain_weights(tmp_path):
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-
-    saved = run_distributed(_save_two_ranks, tmp=str(tmp_path))[0]
+    # merge-weights (`trainer merge-weights`) turns the same sharded checkpoint into plain weights
     out = tmp_path / "plain"
     result = subprocess.run([sys.executable, "-m", "trainer.cli", "merge-weights", str(tmp_path / "two.ckpt"),
                              str(out)], capture_output=True, text=True, timeout=120)
@@ -336,17 +338,21 @@ def test_configure_model_without_fsdp_builds_real_layers():
     assert model.meta_at_build is False
 
 
-def _options_worker(kind):
+def _options_worker(kinds):
     options = {"offload": dict(cpu_offload=True), "checkpointing": dict(activation_checkpointing={Block}),
-               "hybrid": dict(sharding="hybrid"), "grad_op": dict(reshard_after_forward=False)}[kind]
-    strategy = FSDPStrategy(auto_wrap_policy={Block}, **options)
-    model, trainer = _fit(strategy, batch=2, k=1)
-    return {k: v.tolist() for k, v in strategy.full_state_dict(model).items()}
+               "hybrid": dict(sharding="hybrid"), "grad_op": dict(reshard_after_forward=False)}
+    results = {}
+    for kind in kinds:  # one process group, one fit per option
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, **options[kind])
+        model, trainer = _fit(strategy, batch=2, k=1)
+        results[kind] = {k: v.tolist() for k, v in strategy.full_state_dict(model).items()}
+    return results
 
 
-@pytest.mark.parametrize("kind", ["offload", "checkpointing", "hybrid", "grad_op"])
-def test_fsdp_options_train_to_the_same_weights(kind):
-    ranks = run_distributed(_options_worker, kind=kind)
+def test_fsdp_options_train_to_the_same_weights():
+    kinds = ["offload", "checkpointing", "hybrid", "grad_op"]
+    ranks = run_distributed(_options_worker, kinds=kinds)
     model, _ = _fit("auto", batch=4, k=1)
-    for name, value in model.state_dict().items():
-        assert torch.tensor(ranks[0][name]) == pytest.approx(value, abs=1e-5), (kind, name)
+    for kind in kinds:
+        for name, value in model.state_dict().items():
+            assert torch.tensor(ranks[0][kind][name]) == pytest.approx(value, abs=1e-5), (kind, name)
