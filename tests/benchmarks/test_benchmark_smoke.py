@@ -25,7 +25,7 @@ def _expected_labels() -> list[str]:
     finally:
         sys.path.remove(str(SCRIPT.parent))
     labels = []
-    for k in (1, 4):
+    for k in (1,):  # accumulation 4 runs the same workers with another argument: the chart test below runs it
         for v in VARIANTS.values():
             if not v.optional and (v.requires is None or importlib.util.find_spec(v.requires) is not None):
                 labels.append(v.label + (f", accum {k}" if k > 1 else ""))
@@ -37,7 +37,7 @@ def test_quick_run_prints_every_variant_row(tmp_path):
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--steps", "12", "--warmup", "2", "--chunks", "3", "--jobs", "2",
-         "--json", str(out_json)],
+         "--accum-list", "1", "--json", str(out_json)],
         capture_output=True, text=True, timeout=170, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
@@ -96,18 +96,16 @@ def test_ddp_benchmark_runs_both_rows():
 
 @pytest.mark.timeout(400)
 def test_sharded_benchmark_reports_every_strategy():
-    # The full benchmark also runs ZeRO-2; its per-rank figures are pinned in test_deepspeed.py.
-    # Here one launch per kind of row: DDP (the reference), FSDP2 and ZeRO-3 (both halve both).
+    # The full benchmark also runs ZeRO-2 and ZeRO-3 (the same launch with another strategy name); their
+    # per-rank bytes are pinned in test_deepspeed.py. Here the reference row (DDP) and one sharded row.
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharded.py"), "--rounds", "1", "--steps", "6",
-                           "--strategies", "ddp,fsdp,zero3"], capture_output=True, text=True, timeout=390)
+                           "--strategies", "ddp,fsdp"], capture_output=True, text=True, timeout=390)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
             if line.startswith(("DDP", "FSDP", "ZERO"))}
-    assert set(rows) == {"DDP", "FSDP", "ZERO3"}
-    for sharded in ("FSDP", "ZERO3"):  # parameters per rank halve
-        assert float(rows[sharded][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)
-    for sharded in ("FSDP", "ZERO3"):  # optimizer state per rank halves
-        assert float(rows[sharded][3]) == pytest.approx(float(rows["DDP"][3]) / 2, rel=0.05)
+    assert set(rows) == {"DDP", "FSDP"}
+    assert float(rows["FSDP"][1]) == pytest.approx(float(rows["DDP"][1]) / 2, rel=0.05)  # parameters per rank halve
+    assert float(rows["FSDP"][3]) == pytest.approx(float(rows["DDP"][3]) / 2, rel=0.05)  # so does optimizer state
 
 
 @pytest.mark.timeout(300)
@@ -166,12 +164,12 @@ def test_realistic_benchmark_builds_the_demos_transformer():
 
 def test_overhead_benchmark_writes_a_table_and_a_chart(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--steps", "6", "--warmup", "1", "--chunks", "2", "--accum-list", "1",
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "6", "--warmup", "1", "--chunks", "2", "--accum-list", "4",
          "--import-reps", "0", "--variants", "trainer_barebones", "--results", str(tmp_path)],
         capture_output=True, text=True, timeout=170, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "overhead.md").read_text()
-    assert "| Trainer, barebones |" in table and "![" in table and "load average" in table
+    assert re.search(r"\| Trainer, barebones, accum 4 \| [\d.]+ \| [\d.]+ \| \d+\.\d\dx", table), table and "![" in table and "load average" in table
     assert (tmp_path / "overhead.png").read_bytes()[:4] == b"\x89PNG"
 
 
