@@ -1,4 +1,13 @@
-"""Run a function in N real processes joined by a gloo process group on 127.0.0.1."""
+"""Run a function in N real processes joined by a gloo process group on 127.0.0.1.
+
+The processes come from a fork server (one per test process, started on first use) that has
+imported torch and this library once; each test's processes are forked from it. Against a fresh
+interpreter per rank (the spawn start method) this saves ~2.5 CPU-seconds of imports per rank and
+call, and the semantics are spawn's: the server never runs test code, the function and its
+arguments are pickled, the working directory and ``sys.path`` are the caller's, and so is the
+environment (it is handed over explicitly: a fork server's children would otherwise inherit the
+environment the server started with).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,11 @@ from typing import Any, Callable
 
 import torch.multiprocessing as mp
 
+# What the fork server imports once. Only modules whose import reads no per-test state: the
+# library reads its environment variables when it is used, not when it is imported.
+PRELOAD = ["torch", "torch.distributed", "trainer", "trainer.callbacks", "trainer.strategies", "tests.helpers",
+           "tests.helpers.distributed"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -16,7 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn: Callable, rank: int, world_size: int, port: int, queue: Any, kwargs: dict) -> None:
+def _worker(fn: Callable, rank: int, world_size: int, port: int, queue: Any, kwargs: dict,
+            environ: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                        "OMP_NUM_THREADS": "1"})
@@ -28,13 +45,22 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, queue: Any, kwa
         queue.put((rank, "error", traceback.format_exc()))
 
 
+def context() -> Any:
+    """The multiprocessing context the distributed tests start their ranks with (see the module's doc)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, i.e. on the first call
+    return ctx
+
+
 def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 120, **kwargs: Any) -> list[Any]:
     """``fn(**kwargs)`` on every rank; returns the results in rank order (lists, numbers, not tensors:
     tensors sent through a queue die with their process)."""
-    ctx = mp.get_context("spawn")
+    ctx = context()
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(fn, rank, world_size, port, queue, kwargs)) for rank in range(world_size)]
+    environ = dict(os.environ)
+    procs = [ctx.Process(target=_worker, args=(fn, rank, world_size, port, queue, kwargs, environ))
+             for rank in range(world_size)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

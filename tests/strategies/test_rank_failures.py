@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer, TrainModule
 from trainer.strategies import DDPStrategy
-from tests.helpers.distributed import _worker, free_port
+from tests.helpers.distributed import _worker, context, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -54,10 +54,10 @@ def _survivor(fault: str, mark: str):
 
 
 def _run(fault: str, tmp_path) -> tuple[dict, float]:
-    ctx = mp.get_context("spawn")
+    ctx = context()
     queue, port, mark = ctx.Queue(), free_port(), str(tmp_path / "fault_time")
-    procs = [ctx.Process(target=_worker, args=(_survivor, rank, 2, port, queue, {"fault": fault, "mark": mark}))
-             for rank in range(2)]
+    procs = [ctx.Process(target=_worker, args=(_survivor, rank, 2, port, queue, {"fault": fault, "mark": mark},
+                                               dict(os.environ))) for rank in range(2)]
     for p in procs:
         p.start()
     try:
