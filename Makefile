@@ -22,10 +22,10 @@ demo: $(VENV)/.installed
 	$(PY) examples/char_transformer.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 tests
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" --durations=10 tests
 
 # The GPU tier: tests marked `cuda` (skipped on a machine without one). Refuses to report an
 # all-skipped run as a pass: it first checks that torch sees a CUDA device.

@@ -81,3 +81,7 @@ def pytest_collection_modifyitems(config, items):
         needed = max((m.kwargs.get("devices", 1) for m in item.iter_markers("cuda")), default=0)
         if needed > gpus:
             item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA device(s), this machine has {gpus}"))
+    # Slow tests first (stable order otherwise): the long multi-process tests then overlap each other on
+    # the two xdist workers and the run ends on short tests, instead of one worker finishing a long test
+    # alone. With `--dist worksteal` (the Makefile) an idle worker takes tests queued for the busy one.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
