@@ -308,3 +308,32 @@ def test_logger_false_writes_nothing(tmp_path, make_trainer):
     make_trainer(max_epochs=1, logger=False, enable_checkpointing=False).fit(BoringModel(), regression_loader(16, 8))
     assert os.listdir(tmp_path) == []
     assert make_trainer(logger=False).log_dir == "runs"
+
+
+def test_the_losses_between_two_flushes_live_in_one_buffer_and_the_first_non_finite_is_found():
+    """record_loss writes each step's loss in place into one preallocated buffer (a list of one new
+    scalar per step fragmented the heap: +12 MB of peak RSS over 50 steps of the demo); the flush still
+    finds the first non-finite loss and its (step, batch), past the buffer's first size and in float64."""
+    import math
+
+    from trainer.results import Results
+
+    results = Results("train")
+    values = [float(i) for i in range(100)]
+    values[70] = math.inf
+    values[90] = math.nan
+    pointers = set()
+    for step, value in enumerate(values):
+        results.record_loss(torch.tensor(value), global_step=step, batch_idx=step + 1000)
+        pointers.add(results._loss_buffer.data_ptr())
+    assert len(pointers) == 2  # 64 places, then one growth to 128 for these 100 steps: no tensor per step
+    assert results.flush() == (70, 1070)
+    assert results.flush() is None  # nothing pending after a flush
+    for step in range(50):  # the next window reuses the buffer
+        results.record_loss(torch.tensor(1.0 + step), global_step=step, batch_idx=step)
+        assert results._loss_buffer.data_ptr() in pointers
+    assert results.flush() is None and results.window_loss == pytest.approx(sum(1.0 + s for s in range(50)) / 50)
+    big = torch.tensor(1e300, dtype=torch.float64)  # finite in float64 (float32 would make it inf)
+    results.record_loss(torch.tensor(2.0), global_step=0, batch_idx=0)
+    results.record_loss(big, global_step=1, batch_idx=1)
+    assert results.flush() is None and results.window_loss == pytest.approx((2.0 + 1e300) / 2)
