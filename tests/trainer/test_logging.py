@@ -312,7 +312,7 @@ def test_logger_false_writes_nothing(tmp_path, make_trainer):
 
 def test_the_losses_between_two_flushes_live_in_one_buffer_and_the_first_non_finite_is_found():
     """record_loss writes each step's loss in place into one preallocated buffer (a list of one new
-    scalar per step fragmented the heap: +12 MB of peak RSS over 50 steps of the demo); the flush still
+    scalar per step left small blocks between each step's large ones); the flush still
     finds the first non-finite loss and its (step, batch), past the buffer's first size and in float64."""
     import math
 
