@@ -8,6 +8,8 @@ import datetime
 import math
 import os
 import time
+import weakref
+from typing import Any
 
 import pytest
 import torch
@@ -433,3 +435,35 @@ def test_several_val_dataloaders_during_fit(make_trainer):
     assert {k for k in metrics if k.startswith("val/")} == {
         "val/loss/dataloader_idx_0", "val/loss/dataloader_idx_1", "val/extra"}
     assert metrics["val/loss/dataloader_idx_1"] == pytest.approx(_mse(model, RandomRegression(6, seed=1)), rel=1e-6)
+
+
+class _LossWatcher(BoringModel):
+    """Notes, at the start of each training_step, whether the previous step's loss is still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: Any = None
+        self.alive: list[bool] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.previous is not None:
+            self.alive.append(self.previous() is not None)
+        loss = super().training_step(batch, batch_idx)
+        self.previous = weakref.ref(loss)
+        return loss
+
+
+@pytest.mark.parametrize("k, with_batch_end_hook", [(1, False), (2, True)])
+def test_the_loop_lets_go_of_a_steps_loss_before_the_next_forward(make_trainer, k, with_batch_end_hook):
+    """As in a plain loop, nothing in the loop keeps a step's loss (and with it its autograd graph)
+    once the step is over: held until the next training_step returned, the graph's nodes outlived
+    the next forward and raised peak RSS on the demo workload (benchmarks/realistic.py)."""
+
+    class BatchEnd(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            assert outputs["loss"].grad_fn is None  # what the hook gets is detached
+
+    model = _LossWatcher()
+    make_trainer(max_epochs=1, accumulate_grad_batches=k, logger=False, enable_checkpointing=False,
+                 callbacks=[BatchEnd()] if with_batch_end_hook else []).fit(model, regression_loader(32, 4))
+    assert model.alive == [False] * 7
