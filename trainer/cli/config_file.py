@@ -20,8 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from trainer.strategies._util import did_you_mean, quoted
 from trainer.strategies.fsdp import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
 
@@ -338,6 +336,8 @@ def config_path() -> Path:
 
 def to_yaml(cfg: LaunchConfig) -> str:
     """The file's text: a header, then the settings in commented groups (empty sections left out)."""
+    import yaml  # only where a file is written or read: `trainer launch` without one never imports it
+
     values = cfg.to_dict()
     blocks = [_HEADER]
     for title, names in _GROUPS:
@@ -359,6 +359,8 @@ def load_config(path: str | os.PathLike | None = None) -> LaunchConfig:
         raise FileNotFoundError(f"No trainer config file at {file}. Create one with `trainer config` (asks a few "
                                 "questions) or `trainer config --default` (writes the defaults), or point "
                                 f"${ENV_VAR} at an existing file.")
+    import yaml
+
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

@@ -15,8 +15,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainer.cli import config_file
 
 HELP = "print versions, devices, the config file and the environment: what a bug report needs"
@@ -70,6 +68,8 @@ def _config_info(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"path": str(path), "exists": path.is_file(), "contents": None, "error": None}
     if not info["exists"]:
         return info
+    import yaml  # only when there is a file to show
+
     try:
         info["contents"] = yaml.safe_load(path.read_text(encoding="utf-8"))
         config_file.load_config(path)
@@ -111,6 +111,8 @@ def _yes(value: bool) -> str:
 def _config_lines(cfg: dict[str, Any]) -> list[str]:
     lines = [_row("Config file", cfg["path"] if cfg["exists"] else f"{cfg['path']} (none)")]
     if cfg["contents"] is not None:
+        import yaml
+
         dumped = yaml.safe_dump(cfg["contents"], sort_keys=False, default_flow_style=False)
         lines += [f"  {line}" for line in dumped.splitlines()]
     if cfg["error"]:

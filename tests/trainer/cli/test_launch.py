@@ -302,3 +302,15 @@ def test_ctrl_c_stops_every_worker(tmp_path):
             continue
         # a zombie awaiting its parent is gone for our purpose; anything else is a live worker
         assert open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"worker {pid} still runs after Ctrl-C"
+
+
+def test_the_cli_imports_yaml_only_for_a_config_file(tmp_path):
+    """`trainer launch` without a config file (flags only) starts without importing yaml: the
+    launcher's own start-up counts against torchrun's (benchmarks/startup.py)."""
+    code = ("import sys; from trainer.cli import launch, env, config_file; "
+            "cfg = config_file.LaunchConfig(); assert 'yaml' not in sys.modules, 'imported at start'; "
+            "path = config_file.save_config(cfg, sys.argv[1]); config_file.load_config(path); "
+            "print('yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]  # and a file is still written and read with it
