@@ -7,14 +7,13 @@
 - ``safe_load``: ``torch.load(weights_only=True)``: tensors, containers and primitives only.
   A pickled callable or class is refused with ``UnsafeCheckpointError``; a truncated or
   corrupt file raises ``CorruptCheckpointError``.
-- ``save_weights`` / ``load_weights``: plain safetensors weights, split into shards under a
-  size limit with a JSON index, loadable with ``safetensors`` alone.
+
+Plain safetensors weights (``save_weights`` / ``load_weights``) are in safetensors_weights.py.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import platform
 import shutil
@@ -31,8 +30,6 @@ import torch
 from .checkpoint_errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError  # noqa: F401 (re-export)
 
 TEMP_PREFIX = ".tmp-"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 
@@ -527,82 +524,3 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True
     return True
-
-
-# -- plain weights (safetensors) -------------------------------------------------------------
-def _parse_size(size: int | str) -> int:
-    if isinstance(size, int):
-        return size
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    text = size.strip().upper()
-    for unit in sorted(units, key=len, reverse=True):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * units[unit])
-    raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or a string such as '5GB' or '500MB'.")
-
-
-def save_weights(state_dict: dict[str, torch.Tensor], directory: str, max_shard_size: int | str = "10GB") -> list[str]:
-    """Write ``state_dict`` as safetensors into ``directory``: one ``model.safetensors``, or shards
-    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` when it is larger
-    than ``max_shard_size``. Tied tensors are stored once per name. Returns the file names."""
-    from safetensors.torch import save_file
-
-    limit = _parse_size(max_shard_size)
-    tensors = {}
-    seen: set[tuple[int, int]] = set()
-    for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        t = t.clone() if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
-        seen.add(key)
-        tensors[name] = t
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
-    os.makedirs(directory, exist_ok=True)
-    names = [WEIGHTS_NAME] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        atomic_write(os.path.join(directory, name), lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        atomic_write(os.path.join(directory, WEIGHTS_INDEX_NAME),
-                     lambda tmp: _write_text(tmp, json.dumps(index, indent=2)))
-        names.append(WEIGHTS_INDEX_NAME)
-    return names
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def load_weights(directory: str) -> dict[str, torch.Tensor]:
-    """Read weights written by ``save_weights`` (single file or sharded with an index)."""
-    from safetensors.torch import load_file
-
-    index_path = os.path.join(directory, WEIGHTS_INDEX_NAME)
-    if os.path.exists(index_path):
-        with open(index_path) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        outside = [n for n in files if not isinstance(n, str) or os.path.isabs(n) or os.path.dirname(n)
-                   or n in (".", "..")]
-        if outside:
-            raise CheckpointError(f"{index_path!r} names weight files outside its directory ({outside[:3]}); "
-                                  "an index written by save_weights names only files beside it. Refusing to read "
-                                  "them: check where this index came from.")
-    elif os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
-        files = [WEIGHTS_NAME]
-    else:
-        raise FileNotFoundError(f"No weights in {directory!r}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}.")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(os.path.join(directory, name)))
-    return state

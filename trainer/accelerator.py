@@ -639,7 +639,7 @@ class Accelerator(TrackingMixin):
         A model with ``save_pretrained`` (a Hugging Face ``PreTrainedModel``) is saved through it, with
         the full state dict, so ``from_pretrained(save_directory)`` loads the result.
         """
-        from trainer.strategies.checkpoint_io import save_weights
+        from trainer.strategies.safetensors_weights import save_weights
 
         if not safe_serialization:
             raise ValueError("save_model(safe_serialization=False): only safetensors is written (pickle files can "

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.strategies.checkpoint_io import CheckpointError, save_weights
+    from trainer.strategies.checkpoint_io import CheckpointError
+    from trainer.strategies.safetensors_weights import save_weights
 
     try:
         weights = full_weights(args.checkpoint)

@@ -594,7 +594,7 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(small_disk):
 
 @pytest.mark.parametrize("entry", ["../outside/model.safetensors", "/etc/passwd", "sub/model.safetensors"])
 def test_load_weights_refuses_index_entries_outside_its_directory(tmp_path, entry):
-    from trainer.strategies.checkpoint_io import load_weights
+    from trainer.strategies.safetensors_weights import load_weights
 
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": entry}}))
