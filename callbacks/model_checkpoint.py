@@ -10,8 +10,8 @@ import time
 import warnings
 from typing import Any
 
-from trainer.strategies.checkpoint_io import (atomic_link, atomic_save, lock_directory, non_finite_parameters, remove_path,
-                                              snapshot, unlock_directory)
+from trainer.strategies.checkpoint_directories import lock_directory, remove_path, unlock_directory
+from trainer.strategies.checkpoint_io import atomic_link, atomic_save, non_finite_parameters, snapshot
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
 

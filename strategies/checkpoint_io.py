@@ -1,40 +1,42 @@
-"""Writing and reading checkpoint files: atomically, and without unpickling arbitrary objects.
+"""Writing and reading one checkpoint file: atomically, and without unpickling arbitrary objects.
 
-- ``atomic_save``: write to a temporary name in the same directory, flush and fsync, rename
-  into place, fsync the directory. A reader sees the old file or the new one, never half.
+- ``atomic_write`` / ``atomic_save``: write to a temporary name in the same directory, flush and
+  fsync, rename into place, fsync the directory. A reader sees the old file or the new one, never
+  half. A full disk raises ``DiskFullError`` with the previous file untouched. ``atomic_link``
+  gives a whole file a second name the same way, without a second copy.
 - ``BackgroundWriter`` / ``snapshot``: the same writes on a background thread, from a copy of
   the state taken when the save was asked for (``ModelCheckpoint(async_save=True)``).
 - ``safe_load``: ``torch.load(weights_only=True)``: tensors, containers and primitives only.
   A pickled callable or class is refused with ``UnsafeCheckpointError``; a truncated or
-  corrupt file raises ``CorruptCheckpointError``.
+  corrupt file raises ``CorruptCheckpointError``. A sharded checkpoint directory is read through
+  its ``SHARDED_META`` file.
 
-Plain safetensors weights (``save_weights`` / ``load_weights``) are in safetensors_weights.py.
+Checkpoint directories (their lock, crash recovery, sharded checkpoints) are in
+checkpoint_directories.py; plain safetensors weights in safetensors_weights.py.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import platform
-import shutil
 import pickle
 import re
+import shutil
 import tempfile
 import threading
 import time
-import zipfile
 from typing import Any, Callable
 
 import torch
 
 from .checkpoint_errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError  # noqa: F401 (re-export)
 
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"  # every temporary a writer makes starts with it (checkpoint_directories.is_temporary)
+SHARDED_META = "meta.ckpt"  # a sharded checkpoint directory's last-written file (checkpoint_directories.py)
 
 
-
-
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """fsync ``directory`` itself, so that a rename or a new file in it survives a power loss."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # e.g. Windows: directories cannot be opened
@@ -64,7 +66,7 @@ def atomic_write(path: str, fill: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 class _WritebackFile:
@@ -107,7 +109,7 @@ def atomic_save(obj: Any, path: str) -> None:
     try:
         atomic_write(path, fill)
     except (OSError, RuntimeError) as err:
-        if not _disk_full(err):
+        if not is_disk_full(err):
             raise
         directory = os.path.dirname(os.path.abspath(path))
         raise DiskFullError(f"No space left on {directory!r} while writing {os.path.basename(path)!r} (about "
@@ -120,7 +122,7 @@ class DiskFullError(OSError):
     """A checkpoint could not be written: its disk is full (the previous one is untouched)."""
 
 
-def _disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
     """torch's zip writer reports a full disk as ``unexpected pos`` / ``basic_ios::clear``."""
     import errno
 
@@ -290,237 +292,3 @@ def non_finite_parameters(module: torch.nn.Module, all_gather: Callable[[Any], l
     flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
     bad = [name for (name, _), ok in zip(named, flags) if not ok]
     return sorted({n for rank_bad in all_gather(bad) for n in rank_bad})
-
-
-class DirectoryInUseError(RuntimeError):
-    """Another live process holds the checkpoint directory's lock."""
-
-
-LOCK_NAME = ".lock"
-_held_locks: dict[str, list[Any]] = {}  # realpath -> [open lock file, holders in this process]
-
-
-def lock_directory(directory: str) -> None:
-    """Take the advisory lock (``flock``) of a checkpoint directory for this process, or raise
-    ``DirectoryInUseError`` naming the process that holds it. The kernel drops the lock when its
-    holder exits, however it ends, so a lock file left by a dead run is not held. Several holders
-    in one process (two ModelCheckpoints, one directory) share it; ``unlock_directory`` per holder."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here
-        return
-    key = os.path.realpath(directory)
-    if key in _held_locks:
-        _held_locks[key][1] += 1
-        return
-    os.makedirs(key, exist_ok=True)
-    f = open(os.path.join(key, LOCK_NAME), "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        owner = f.read().strip() or "unknown"
-        f.close()
-        raise DirectoryInUseError(
-            f"Checkpoint directory {directory!r} is in use by another run ({owner}), which is still alive and writing "
-            "checkpoints there. Two runs in one directory would delete each other's files. Stop that run first (its "
-            "workers may outlive a killed launcher: look for that pid), or give this run its own "
-            "ModelCheckpoint(dirpath=...) / default_root_dir.") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {platform.node()}")
-    f.flush()
-    _held_locks[key] = [f, 1]
-
-
-def unlock_directory(directory: str) -> None:
-    key = os.path.realpath(directory)
-    held = _held_locks.get(key)
-    if held is None:
-        return
-    held[1] -= 1
-    if held[1] == 0:
-        del _held_locks[key]
-        try:  # the directory is left as it was; a run starting this very moment may still take the old file
-            os.remove(os.path.join(key, LOCK_NAME))
-        except OSError:
-            pass
-        held[0].close()  # closing the file releases the flock
-
-
-def is_temporary(name: str) -> bool:
-    return os.path.basename(name).startswith(TEMP_PREFIX)
-
-
-def clean_temporaries(directory: str, only: str | None = None) -> None:
-    """Delete the temporary files and directories a killed writer left in ``directory`` (after
-    ``recover_swaps``), or only those of the name ``only``; those whose owner (the pid in their
-    name) is still running are kept."""
-    for name in os.listdir(directory):
-        mine = only is None or name.startswith(f"{TEMP_PREFIX}{only}.")
-        if mine and is_temporary(name) and not pid_alive(_owner(name)):
-            remove_path(os.path.join(directory, name))
-
-
-def _owner(name: str) -> int:
-    """The pid in a temporary name (``.tmp-<name>.<kind>.<pid>.<random>``), or 0 if it has none."""
-    match = re.search(r"\.(?:new|old|part)\.(\d+)(?:\.[^.]*)?$", name)
-    return int(match.group(1)) if match else 0
-
-
-def remove_path(path: str) -> None:
-    """Delete a checkpoint file, or a sharded checkpoint directory."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-# -- sharded checkpoints (a directory per checkpoint) -------------------------------------------
-SHARDED_META = "meta.ckpt"  # written last: a directory without it is not a whole checkpoint
-
-
-def atomic_directory(path: str, meta: dict[str, Any], fill: Callable[[str], None], is_main: bool = True,
-                     broadcast: Callable[[Any], Any] = lambda obj: obj, barrier: Callable[[], None] = lambda: None,
-                     marker: str = SHARDED_META) -> None:
-    """Write a checkpoint directory with the crash safety of ``atomic_write``: the one directory
-    writer, for a strategy's shards and for ``Accelerator.save_state``.
-
-    Every process writes its files into one temporary directory (``fill(tmp)``); once all have
-    finished, the main process records every file's size and CRC-32 in ``meta`` and writes it as
-    ``marker`` (``meta.ckpt``; ``state.ckpt`` for a one-file Accelerator state) -- last,
-    atomically -- and swaps the directory into place (``swap_directory``). A reader never takes a
-    partial directory for a whole one: a temporary name is skipped, and a directory without its
-    marker is refused; a kill during the swap is undone by ``recover_swaps`` (at the next write
-    of ``path`` or the next resume). One process by default; several pass the main process's
-    flag and their ``broadcast``/``barrier``.
-    """
-    from .checkpoint_verify import file_manifest
-
-    if is_main:
-        recover_directory(path)  # an earlier write of ``path`` cut short by a kill: finish it first
-    tmp = new_directory(path) if is_main else None
-    tmp = broadcast(tmp)
-    try:
-        fill(tmp)
-        barrier()
-        if is_main:
-            meta = {**meta, "files": file_manifest(tmp)}  # sizes and CRC-32s, checked before a load
-            atomic_save(meta, os.path.join(tmp, marker))
-            _fsync_dir(tmp)
-            delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
-            if delay:
-                time.sleep(delay)
-            swap_directory(tmp, path)
-    except BaseException as err:
-        written = _tree_bytes(tmp) if tmp is not None and os.path.exists(tmp) else 0
-        if is_main and tmp is not None and os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, (KeyboardInterrupt, SystemExit, DiskFullError)) and _disk_full(err):  # DCP: BaseException
-            raise _sharded_disk_full(path, written) from err
-        raise
-    barrier()
-
-
-def _tree_bytes(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names
-               if os.path.exists(os.path.join(root, name)))
-
-
-def _sharded_disk_full(path: str, written: int) -> DiskFullError:
-    """The message for a sharded save that filled its disk. The size needed is that of the newest whole
-    checkpoint directory beside it (same state, same size) when there is one; otherwise at least what
-    was written before the disk filled."""
-    directory = os.path.dirname(os.path.abspath(path))
-    whole = [os.path.join(directory, n) for n in os.listdir(directory) if not is_temporary(n)
-             and os.path.isfile(os.path.join(directory, n, SHARDED_META))]
-    if whole:
-        needed = f"about {_tree_bytes(max(whole, key=os.path.getmtime)) / 1e6:.1f} MB needed"
-    else:
-        needed = f"at least {written / 1e6:.1f} MB needed"
-    return DiskFullError(f"No space left on {directory!r} while writing the shards of {os.path.basename(path)!r} "
-                         f"({needed}, {shutil.disk_usage(directory).free / 1e6:.1f} MB free). Nothing was replaced: "
-                         "the previous checkpoint is whole. Free some space, or save to a larger disk "
-                         "(ModelCheckpoint(dirpath=...)).")
-
-
-def recover_directory(path: str) -> None:
-    """Finish (or undo) a swap of the directory ``path`` a kill cut short; remove its dead writers'
-    temporaries. Nothing else beside it is touched."""
-    parent, name = os.path.split(os.path.abspath(path))
-    if os.path.isdir(parent):
-        recover_swaps(parent, only=name)
-        clean_temporaries(parent, only=name)
-
-
-# A directory checkpoint is swapped in with two renames (no portable atomic exchange): the old one
-# aside to ``.tmp-<name>.old.<pid>``, then the whole new one from ``.tmp-<name>.new.<pid>.<random>``
-# to ``<name>``. ``recover_swaps`` finishes (or undoes) a swap a kill cut between the two.
-_SWAP = re.compile(r"^\.tmp-(?P<name>.+)\.(?P<kind>new|old)\.(?P<pid>\d+)(?:\.[^.]+)?$")
-WHOLE_MARKERS = (SHARDED_META, "state.ckpt")  # written last: a directory with one is whole
-
-
-def new_directory(path: str) -> str:
-    """A fresh temporary directory beside ``path`` to fill and then ``swap_directory`` into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.new.{os.getpid()}.", dir=directory)
-
-
-def swap_directory(tmp: str, path: str) -> None:
-    """Put the whole directory ``tmp`` at ``path``; an older ``path`` is deleted once the new one is in."""
-    directory = os.path.dirname(os.path.abspath(path))
-    old = None
-    if os.path.lexists(path):
-        old = os.path.join(directory, f"{TEMP_PREFIX}{os.path.basename(path)}.old.{os.getpid()}")
-        os.replace(path, old)
-        if os.environ.get("TRAINER_TEST_KILL_IN_SWAP"):  # test hook: a kill between the two renames
-            os.kill(os.getpid(), 9)
-    os.replace(tmp, path)
-    _fsync_dir(directory)
-    if old is not None:
-        remove_path(old)
-
-
-def _is_whole(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in WHOLE_MARKERS)
-
-
-def recover_swaps(directory: str, only: str | None = None) -> list[str]:
-    """Finish the directory swaps a kill interrupted in ``directory`` (or only for the name ``only``):
-    where ``<name>`` is missing, a whole new directory is moved in, else the old one is put back.
-    Returns the names recovered. Swaps of processes still running are left alone."""
-    if not os.path.isdir(directory):
-        return []
-    found: dict[str, dict[str, list[str]]] = {}
-    for entry in os.listdir(directory):
-        match = _SWAP.match(entry)
-        if match and (only is None or match["name"] == only) and not pid_alive(int(match["pid"])):
-            found.setdefault(match["name"], {}).setdefault(match["kind"], []).append(entry)
-    recovered = []
-    for name, kinds in found.items():
-        target = os.path.join(directory, name)
-        if os.path.lexists(target):
-            continue
-        whole = [os.path.join(directory, e) for k in ("new", "old") for e in kinds.get(k, [])]
-        whole = [p for p in whole if _is_whole(p)]
-        if whole:  # the newest whole one: a new directory, else the old one
-            os.replace(whole[0], target)
-            _fsync_dir(directory)
-            recovered.append(name)
-    return recovered
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (a temporary file's owner may still be writing)."""
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True

@@ -293,7 +293,7 @@ class DeepSpeedStrategy(Strategy):
     def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
                      optimizers: list[torch.optim.Optimizer]) -> None:
         """``path`` becomes a directory: the engine's own per-rank files, and ``meta.ckpt`` (loop state)."""
-        from .checkpoint_io import atomic_directory
+        from .checkpoint_directories import atomic_directory
 
         meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
         meta["sharded"] = self.sharded_format

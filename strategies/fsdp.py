@@ -231,7 +231,7 @@ class FSDPStrategy(Strategy):
         zero) and ``meta.ckpt`` with the rest of ``checkpoint`` (loop state, RNG, callbacks, ...)."""
         import torch.distributed.checkpoint as dcp
 
-        from .checkpoint_io import atomic_directory
+        from .checkpoint_directories import atomic_directory
 
         tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
         atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), self.is_global_zero,
@@ -246,7 +246,8 @@ class FSDPStrategy(Strategy):
         import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
 
-        from .checkpoint_io import atomic_directory, snapshot
+        from .checkpoint_directories import atomic_directory
+        from .checkpoint_io import snapshot
 
         tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
         tensors = snapshot(tensors)

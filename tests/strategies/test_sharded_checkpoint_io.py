@@ -11,7 +11,8 @@ import zlib
 import pytest
 import torch
 
-from trainer.strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError, atomic_directory, safe_load
+from trainer.strategies.checkpoint_directories import atomic_directory
+from trainer.strategies.checkpoint_io import SHARDED_META, CorruptCheckpointError, safe_load
 
 
 def _write(path, meta, shard_text, fail=False):

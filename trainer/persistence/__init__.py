@@ -8,5 +8,6 @@
 
 Files and directories are written by the strategy (``save_checkpoint`` for one file, its declared
 ``save_sharded`` / ``load_sharded`` for a directory of shards), through the atomic writers and the
-restricted reader of ``trainer.strategies.checkpoint_io`` / ``checkpoint_verify``.
+restricted reader of ``trainer.strategies.checkpoint_io`` / ``checkpoint_directories`` /
+``checkpoint_verify``.
 """

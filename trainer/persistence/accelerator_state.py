@@ -27,8 +27,8 @@ import torch
 from trainer.data.data_position import rng_states, set_rng_states
 from trainer.persistence.layout import check_layout
 from trainer.persistence.trainer_state import FORMAT_VERSION, header, load_weights_into, read_verified
-from trainer.strategies.checkpoint_io import (SHARDED_META, CheckpointError, atomic_directory, recover_directory,
-                                              safe_load)
+from trainer.strategies.checkpoint_directories import atomic_directory, recover_directory
+from trainer.strategies.checkpoint_io import SHARDED_META, CheckpointError, safe_load
 
 STATE_FILE = "state.ckpt"
 

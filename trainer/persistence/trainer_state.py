@@ -235,7 +235,7 @@ def _epoch_order(ckpt: dict[str, Any], path: str, world_size: int) -> dict[str, 
 
 def newest_checkpoint(dirpath: str) -> str | None:
     """last.ckpt in ``dirpath``, else its newest whole ``.ckpt``; None when there is none."""
-    from trainer.strategies.checkpoint_io import is_temporary
+    from trainer.strategies.checkpoint_directories import is_temporary
 
     if not os.path.isdir(dirpath):
         return None
@@ -249,7 +249,8 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     its newest whole checkpoint (damaged ones are reported and skipped); None when there is
     none, and training starts fresh. Any other value is a path that must load. A checkpoint that
     would unpickle code is refused, never skipped."""
-    from trainer.strategies.checkpoint_io import CorruptCheckpointError, clean_temporaries, is_temporary
+    from trainer.strategies.checkpoint_directories import clean_temporaries, is_temporary
+    from trainer.strategies.checkpoint_io import CorruptCheckpointError
 
     strategy = trainer.accelerator.strategy
     if ckpt_path != "last":
@@ -294,7 +295,7 @@ def _callback_states(callbacks: list[Any]) -> dict[str, Any]:
 
 
 def _recover(directory: str, only: str | None = None) -> None:
-    from trainer.strategies.checkpoint_io import recover_swaps
+    from trainer.strategies.checkpoint_directories import recover_swaps
 
     for name in recover_swaps(directory, only):
         rank_zero_info(f"Recovered {os.path.join(directory, name)!r}: a run was killed while putting it in place.")

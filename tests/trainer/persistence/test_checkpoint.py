@@ -604,7 +604,7 @@ def test_load_weights_refuses_index_entries_outside_its_directory(tmp_path, entr
 
 def test_a_second_live_run_in_the_same_checkpoint_directory_is_refused_and_a_dead_ones_lock_is_not_held(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from trainer.strategies.checkpoint_io import lock_directory; "
+        "import sys, time; from trainer.strategies.checkpoint_directories import lock_directory; "
         f"lock_directory({str(tmp_path / 'ckpts')!r}); print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
