@@ -21,8 +21,8 @@ from trainer.loops import eval_loop
 from trainer.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
 from trainer.persistence import trainer_state as checkpoint
-from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_plugins, _convert_sync_batchnorm,
-                            _shown, _with_module_callbacks)
+from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_module, _check_num_nodes,
+                            _check_plugins, _convert_sync_batchnorm, _shown, _with_module_callbacks)
 from trainer.config import TrainerConfig
 from trainer.datamodule import DataModule, check_sources, has_loader, run_prepare_data
 from trainer.loops.hooks import Hooks
@@ -391,29 +391,3 @@ class Trainer:
     @property
     def log_dir(self) -> str:
         return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
-
-
-def _check_num_nodes(num_nodes: Any) -> None:
-    """Machines come from the launcher's environment; ``num_nodes`` states what the code expects."""
-    from trainer.strategies.environment import detect_environment
-
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        raise ValueError(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")
-    if num_nodes == 1:
-        return
-    env = detect_environment()
-    if not env.is_distributed:
-        raise ValueError(f"Trainer(num_nodes={num_nodes}): this process was not started by a launcher, so there is only "
-                         f"one machine. Start the script on each machine with `trainer launch --num-machines "
-                         f"{num_nodes} --machine-rank <i> --main-process-ip <ip> train.py` (or srun under SLURM).")
-    machines = env.world_size // max(env.local_world_size, 1)
-    if machines != num_nodes:
-        raise ValueError(f"Trainer(num_nodes={num_nodes}): the launcher started {env.world_size} processes, "
-                         f"{env.local_world_size} per machine, i.e. {machines} machine(s). Make them agree (or drop "
-                         "num_nodes: the environment decides).")
-
-
-def _check_module(module: Any, stage: str) -> None:
-    if not isinstance(module, TrainModule):
-        raise TypeError(f"trainer.{stage}(model=...): expected a TrainModule, got {type(module).__name__}. "
-                        "Subclass trainer.TrainModule (it is a torch.nn.Module) and implement training_step.")

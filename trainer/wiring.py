@@ -1,6 +1,6 @@
 """The Trainer's wiring: where a stage's dataloaders come from (DataSources), and the checks and helpers
-behind Lightning's Trainer arguments and callbacks (module callbacks, plugins, barebones,
-sync_batchnorm, the validate/test results table)."""
+behind Lightning's Trainer arguments and callbacks (module callbacks, plugins, barebones, num_nodes,
+the module a stage is given, sync_batchnorm, the validate/test results table)."""
 
 from __future__ import annotations
 
@@ -240,3 +240,29 @@ def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any, prof
     if asked:
         raise ValueError(f"Trainer(barebones=True, {asked[0]}): barebones turns off logging, checkpointing and the "
                          f"progress bar. Drop {asked[0]}, or barebones.")
+
+
+def _check_num_nodes(num_nodes: Any) -> None:
+    """Machines come from the launcher's environment; ``num_nodes`` states what the code expects."""
+    from trainer.strategies.environment import detect_environment
+
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")
+    if num_nodes == 1:
+        return
+    env = detect_environment()
+    if not env.is_distributed:
+        raise ValueError(f"Trainer(num_nodes={num_nodes}): this process was not started by a launcher, so there is only "
+                         f"one machine. Start the script on each machine with `trainer launch --num-machines "
+                         f"{num_nodes} --machine-rank <i> --main-process-ip <ip> train.py` (or srun under SLURM).")
+    machines = env.world_size // max(env.local_world_size, 1)
+    if machines != num_nodes:
+        raise ValueError(f"Trainer(num_nodes={num_nodes}): the launcher started {env.world_size} processes, "
+                         f"{env.local_world_size} per machine, i.e. {machines} machine(s). Make them agree (or drop "
+                         "num_nodes: the environment decides).")
+
+
+def _check_module(module: Any, stage: str) -> None:
+    if not isinstance(module, TrainModule):
+        raise TypeError(f"trainer.{stage}(model=...): expected a TrainModule, got {type(module).__name__}. "
+                        "Subclass trainer.TrainModule (it is a torch.nn.Module) and implement training_step.")
