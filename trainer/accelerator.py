@@ -14,11 +14,10 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from trainer import operations
-from trainer.strategies import Strategy, resolve_strategy
+from trainer.strategies import Strategy
 from trainer.strategies._util import apply_to_tensors
-from trainer.launch import apply_launch_settings, launch_settings
 from trainer._wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
-from trainer.accelerator_args import read_accelerate_args
+from trainer.accelerator_args import build_strategy, read_accelerate_args
 from trainer.gradient_state import GradientState
 from trainer.operations import DistributedType
 from trainer.plugins import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
@@ -66,7 +65,7 @@ class Accelerator(TrackingMixin):
                                         "parallelism_config": parallelism_config})
         if args.gradient_accumulation is not None:
             gradient_accumulation_steps = args.gradient_accumulation.num_steps
-        self.strategy, gradient_accumulation_steps = self._build_strategy(
+        self.strategy, gradient_accumulation_steps = build_strategy(
             strategy, devices, mixed_precision, gradient_accumulation_steps, cpu, deepspeed_plugin, fsdp_plugin)
         self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
         self.strategy.setup()
@@ -90,36 +89,6 @@ class Accelerator(TrackingMixin):
         self._trigger = False
         self.trackers: list[Any] = []
         self._log_step = 0
-
-    def _build_strategy(self, strategy: Any, devices: Any, mixed_precision: Any, accumulation: Any, cpu: bool,
-                        deepspeed_plugin: Any, fsdp_plugin: Any) -> tuple[Strategy, int]:
-        """The strategy from the arguments, the launcher's settings and the config file."""
-        given = {"mixed_precision": mixed_precision, "gradient_accumulation_steps": accumulation,
-                 "strategy": None if strategy == "auto" else strategy, "accelerator": "cpu" if cpu else None}
-        # a Strategy object is already resolved (e.g. by the Trainer, which applied the launch settings)
-        launched = given if isinstance(strategy, Strategy) else apply_launch_settings("Accelerator", given)
-        mixed_precision, strategy = launched["mixed_precision"], launched["strategy"] or "auto"
-        accumulation = launched["gradient_accumulation_steps"]
-        accumulation = 1 if accumulation is None else accumulation
-        cpu = launched["accelerator"] == "cpu"
-        if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
-            raise ValueError(f"Accelerator(gradient_accumulation_steps={accumulation!r}): "
-                             "expected a positive int (1 means no accumulation).")
-        options = None
-        if deepspeed_plugin is not None and fsdp_plugin is not None:
-            raise ValueError("Accelerator(deepspeed_plugin=..., fsdp_plugin=...): pick one sharded strategy.")
-        if deepspeed_plugin is not None:
-            strategy = deepspeed_plugin.strategy(mixed_precision, accumulation)
-        elif fsdp_plugin is not None:
-            if strategy not in ("auto", "fsdp"):
-                raise ValueError(f"Accelerator(strategy={strategy!r}, fsdp_plugin=...): the plugin configures FSDP; "
-                                 "drop strategy= or set strategy='fsdp'.")
-            strategy, options = "fsdp", fsdp_plugin.options()
-        elif isinstance(strategy, str):
-            options = launch_settings().get(strategy)  # the config file's section (e.g. fsdp options)
-        resolved = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
-                                    devices=devices, precision=mixed_precision, options=options)
-        return resolved, accumulation
 
     # -- who and where ----------------------------------------------------------------------
     @property

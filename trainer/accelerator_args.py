@@ -1,5 +1,6 @@
 """Accelerate's constructor arguments, read once: what the Accelerator supports becomes plain
-settings, and what it does not is refused by name with the reason (never silently ignored)."""
+settings and its strategy object (``build_strategy``), and what it does not is refused by name with
+the reason (never silently ignored)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.plugins import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
+from trainer.launch import apply_launch_settings, launch_settings
+from trainer.strategies import Strategy, resolve_strategy
 
 # argument -> why it is refused and what to do instead
 _REFUSED = {
@@ -65,6 +68,37 @@ def read_accelerate_args(gradient_accumulation_steps: int | None, gradient_accum
     elif project_dir is not None:
         project_config.set_directories(project_dir)
     return AcceleratorArgs(gradient_accumulation_plugin, dataloader_config, project_config)
+
+
+def build_strategy(strategy: Any, devices: Any, mixed_precision: Any, accumulation: Any, cpu: bool,
+                   deepspeed_plugin: Any, fsdp_plugin: Any) -> tuple[Strategy, int]:
+    """The strategy from the arguments, the launcher's settings and the config file."""
+    given = {"mixed_precision": mixed_precision, "gradient_accumulation_steps": accumulation,
+             "strategy": None if strategy == "auto" else strategy, "accelerator": "cpu" if cpu else None}
+    # a Strategy object is already resolved (e.g. by the Trainer, which applied the launch settings)
+    launched = given if isinstance(strategy, Strategy) else apply_launch_settings("Accelerator", given)
+    mixed_precision, strategy = launched["mixed_precision"], launched["strategy"] or "auto"
+    accumulation = launched["gradient_accumulation_steps"]
+    accumulation = 1 if accumulation is None else accumulation
+    cpu = launched["accelerator"] == "cpu"
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        raise ValueError(f"Accelerator(gradient_accumulation_steps={accumulation!r}): "
+                         "expected a positive int (1 means no accumulation).")
+    options = None
+    if deepspeed_plugin is not None and fsdp_plugin is not None:
+        raise ValueError("Accelerator(deepspeed_plugin=..., fsdp_plugin=...): pick one sharded strategy.")
+    if deepspeed_plugin is not None:
+        strategy = deepspeed_plugin.strategy(mixed_precision, accumulation)
+    elif fsdp_plugin is not None:
+        if strategy not in ("auto", "fsdp"):
+            raise ValueError(f"Accelerator(strategy={strategy!r}, fsdp_plugin=...): the plugin configures FSDP; "
+                             "drop strategy= or set strategy='fsdp'.")
+        strategy, options = "fsdp", fsdp_plugin.options()
+    elif isinstance(strategy, str):
+        options = launch_settings().get(strategy)  # the config file's section (e.g. fsdp options)
+    resolved = resolve_strategy(strategy, accelerator="cpu" if cpu else launched["accelerator"] or "auto",
+                                devices=devices, precision=mixed_precision, options=options)
+    return resolved, accumulation
 
 
 def _numbered_checkpoints(root: str) -> list[tuple[int, str]]:
