@@ -142,3 +142,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
             np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def set_rng_states_after_first(items: Any, states: dict[str, Any]) -> Any:
+    """``items``, with the RNG ``states`` put back once the first item is produced (the loader has then
+    drawn its order from the epoch's restored states)."""
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:
+        return
+    set_rng_states(states)
+    yield first
+    yield from iterator

@@ -38,7 +38,7 @@ from trainer.loops import eval_loop
 from trainer._logging import rank_zero_info
 from trainer._wrappers import with_is_last
 from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
-                                   skip_batches)
+                                        set_rng_states_after_first, skip_batches)
 from trainer.datamodule import batch_mover
 from trainer.data.distributed_data import default_data_seed
 from trainer.loops.manual import ModuleOptimizer
@@ -46,6 +46,7 @@ from trainer.optim import check_optimizer_count, parse_optimizers, step_schedule
 from trainer.loops.preemption import StopAgreement
 from trainer.state import TrainerState
 from trainer.loops.step_errors import add_step_note, describe_batch
+from trainer.loops.step_output import batch_end_outputs, unpack_step_output
 
 
 class FitLoop:
@@ -248,7 +249,7 @@ class FitLoop:
         elif self.reshard is not None:  # the rest of an epoch begun on another number of processes
             now, plan = rng_states(), self.reshard
             items = plan.weighted(with_is_last(plan.loader(loader, start)), self.trainer.accelerator.engine, start)
-            return _then_set_rng(items, now)
+            return set_rng_states_after_first(items, now)
         else:
             now = rng_states()
             restore_epoch_start(loader, self.epoch_start_rng)
@@ -256,7 +257,7 @@ class FitLoop:
         if num_batches is not None:
             batches = itertools.islice(batches, num_batches - start)
         items = with_is_last(batches)
-        return items if start == 0 else _then_set_rng(items, now)
+        return items if start == 0 else set_rng_states_after_first(items, now)
 
     def _train_epoch(self, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> bool:
         """Train on ``batches``; returns False when a limit stopped it before the epoch's end."""
@@ -324,7 +325,7 @@ class FitLoop:
                 self._optimizer_step(optimizer)
             state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
             if has_batch_end:
-                outputs = output if manual else _batch_end_outputs(output)
+                outputs = output if manual else batch_end_outputs(output)
                 hooks("on_train_batch_end", outputs, batch, batch_idx)  # a checkpoint taken here resumes after it
             # drop the step's loss now, as a plain loop does: kept until the next training_step returned, its
             # autograd graph (the nodes; backward freed their tensors) outlived the next forward, and those small
@@ -350,7 +351,7 @@ class FitLoop:
     def _micro_step(self, output: Any, batch_idx: int, piece_size: int | None = None) -> None:
         """Check the step's output, weight its loss for the window, backward (with the hooks around it).
         ``piece_size``: the items of one piece of an ``oom_split`` micro-batch."""
-        loss, num_items = _unpack_step_output(output, self.state, batch_idx)
+        loss, num_items = unpack_step_output(output, self.state, batch_idx)
         if loss is None:
             return
         self.metrics.results["train"].record_loss(loss, self.state.global_step, batch_idx)
@@ -462,50 +463,6 @@ class FitLoop:
         from trainer.checkpointing import save_on_preemption
 
         save_on_preemption(self.trainer)
-
-
-def _then_set_rng(items: Any, states: dict[str, Any]) -> Any:
-    iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        return
-    set_rng_states(states)
-    yield first
-    yield from iterator
-
-
-def _batch_end_outputs(output: Any) -> Any:
-    """What ``on_train_batch_end`` receives, as in Lightning: ``{"loss": loss, **other keys}`` with the
-    loss detached -- but the loss as training_step returned it, not divided by the accumulation (in
-    Lightning it is; its issue #18464)."""
-    if isinstance(output, torch.Tensor):
-        return {"loss": output.detach()}
-    if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
-        return {**output, "loss": output["loss"].detach()}
-    return output
-
-
-def _unpack_step_output(output: Any, state: Any, batch_idx: int) -> tuple[torch.Tensor | None, Any]:
-    """training_step may return a loss tensor, a dict with "loss" (and "num_items"), or None."""
-    if isinstance(output, torch.Tensor):
-        loss, num_items = output, None
-    elif isinstance(output, dict) and "loss" in output:
-        loss, num_items = output["loss"], output.get("num_items")
-    elif output is None:
-        return None, None
-    else:
-        shown = f"a dict with keys {sorted(output)}" if isinstance(output, dict) else f"{type(output).__name__}"
-        raise TypeError(f"training_step returned {shown} at batch_idx {batch_idx} (global_step {state.global_step}). "
-                        "Expected a loss tensor, a dict with a 'loss' key (and optionally 'num_items'), "
-                        "or None to skip the batch.")
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError(f"training_step's loss at batch_idx {batch_idx} must be a one-element tensor, got "
-                        f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
-    if not loss.requires_grad:
-        raise RuntimeError(f"training_step's loss at batch_idx {batch_idx} does not require grad: it is not "
-                           "connected to any trainable parameter (was it computed under torch.no_grad() or "
-                           "from detached tensors?).")
-    return loss, num_items
 
 
 def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
