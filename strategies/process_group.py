@@ -80,26 +80,28 @@ def _die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _attempt_store(env: ClusterEnvironment, timeout: datetime.timedelta) -> Any:
-    """Under torchrun, the process group's store with a prefix of its own per restart attempt.
+def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generation: int) -> Any:
+    """The process group's store, with a prefix of its own per restart attempt and per group.
 
-    torchrun's agent keeps one TCPStore for the whole job and its workers connect to it as they are
-    (``TORCHELASTIC_USE_AGENT_STORE``); the keys a process group writes there -- among them every
-    rank's gloo address -- outlive a failed attempt. After a restart a rank could read its peer's
-    address from the dead attempt and fail with "Gloo connectFullMesh failed ... Connection refused"
-    (or wait on a half-formed mesh). A prefix per attempt (TORCHELASTIC_RESTART_COUNT) makes every
-    attempt start from empty keys. None outside torchrun: init_process_group's env:// is fine there.
+    The keys a process group writes to its store -- among them every rank's gloo address -- outlive
+    the group: torchrun's agent keeps one TCPStore for the whole job (``TORCHELASTIC_USE_AGENT_STORE``),
+    and rank zero's server is shared by every store on its port in the process (``multi_tenant``), so a
+    group made after ``destroy_process_group`` (a second Accelerator or Trainer after ``end_training``
+    in the same job) would find the old group's keys under the same names. A rank could then read its
+    peer's address from the dead group and fail with "Gloo connectFullMesh failed ... Connection
+    refused", or wait forever on a half-formed mesh. A prefix per torchrun attempt
+    (TORCHELASTIC_RESTART_COUNT) and per group this process made (``generation``, counted alike on
+    every rank, which create their groups in the same order) makes every group start from empty keys.
     """
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
-        return None
-    _die_with_launcher()
-    uses_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if attempt is not None:
+        _die_with_launcher()
+    uses_agent_store = attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(env.main_address, env.main_port, env.world_size,
                           is_master=not uses_agent_store and env.global_rank == 0, timeout=timeout,
                           **({} if uses_agent_store else {"multi_tenant": True}))
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
-    return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt}", store)
+    return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt or 0}/group_{generation}", store)
 
 
 class LocalProcesses:
@@ -149,6 +151,9 @@ class ProcessGroup:
             process no launcher started means the Trainer must start them (``needs_launch``).
         owner: the strategy's name, for error messages.
     """
+
+    #: default groups this process has created (the store prefix of the next one; see _group_store)
+    groups_created = 0
 
     def __init__(self, device_kind: str = "cpu", timeout: datetime.timedelta | float | None = None,
                  backend: str | None = None, environment: ClusterEnvironment | None = None,
@@ -205,8 +210,10 @@ class ProcessGroup:
         if not dist.is_initialized():
             os.environ.setdefault("MASTER_ADDR", env.main_address)
             os.environ.setdefault("MASTER_PORT", str(env.main_port))
+            store = _group_store(env, self.timeout, ProcessGroup.groups_created)
             dist.init_process_group(self.backend, rank=env.global_rank, world_size=env.world_size,
-                                    timeout=self.timeout, store=_attempt_store(env, self.timeout))
+                                    timeout=self.timeout, store=store)
+            ProcessGroup.groups_created += 1
             self._created_group = True
             # destroy the group before interpreter shutdown: gloo's threads abort the process otherwise
             atexit.register(destroy_process_group)

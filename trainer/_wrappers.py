@@ -6,6 +6,8 @@ from typing import Any, Iterator
 
 import torch
 
+from trainer.data.data_position import capture_epoch_start, restore_epoch_start
+
 
 class AcceleratedOptimizer(torch.optim.Optimizer):
     """An optimizer whose ``step`` and ``zero_grad`` act only on the last micro-step of an
@@ -116,9 +118,16 @@ class PreparedDataLoader:
     ``Accelerator.prepare_data_loader``); the sampler's epoch advances on every pass unless the
     user calls ``set_epoch`` themselves, and the wrapper counts this rank's samples so
     ``gather_for_metrics`` can put gathered samples back in sampler order and drop the padding.
+
+    Its ``state_dict`` (saved by ``save_state``) is the epoch of the pass in progress (or of the next
+    one) and, inside a pass, the random states its order was drawn from at the pass's start; after
+    ``load_state``, ``skip_first_batches`` draws that same order again and the following passes count
+    on from that epoch -- with or without ``set_epoch`` or a seedable sampler. ``source`` is the
+    loader that ``skip_first_batches`` made this one from: its pass counts as the source's.
     """
 
-    def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True) -> None:
+    def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True,
+                 source: PreparedDataLoader | None = None) -> None:
         self.loader = loader
         self._accelerator = accelerator
         self.end_of_dataloader = False
@@ -127,7 +136,10 @@ class PreparedDataLoader:
         self.batch_len = 0  # samples in the current batch
         self._skipped_samples = skipped_samples
         self._auto_epoch = auto_epoch
-        self._epoch = 0
+        self._epoch = 0  # the epoch of the next pass
+        self._source = source
+        self._pass: dict[str, Any] | None = None  # the pass in progress: its epoch and start states
+        self._resume_start: dict[str, Any] | None = None  # load_state's: the interrupted pass's start states
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -149,9 +161,11 @@ class PreparedDataLoader:
 
     def __iter__(self) -> Iterator[Any]:
         accelerator = self._accelerator
-        if self._auto_epoch:
-            self._set_sampler_epoch(self._epoch)
-            self._epoch += 1
+        owner = self._source or self  # a skip_first_batches loader's pass is its source's pass
+        resumed = owner._begin_pass()
+        if self._source is not None and resumed is not None:
+            # draw the interrupted pass's order (SameRandomStreams then puts the checkpoint's states back)
+            self.loader.before_first_batch = lambda: restore_epoch_start(owner.loader, resumed)
         self.remainder = self._remainder()
         self.samples_before = self._skipped_samples
         self.end_of_dataloader = False
@@ -163,7 +177,31 @@ class PreparedDataLoader:
                 yield accelerator.batch_to_device(batch)
                 self.samples_before += self.batch_len
         finally:
+            owner._pass = None
             accelerator.gradient_state._remove_dataloader(self)
+
+    def _begin_pass(self) -> dict[str, Any] | None:
+        """Set the sampler's epoch and record the pass; returns the start states load_state gave."""
+        epoch = self._epoch
+        if self._auto_epoch:
+            self._set_sampler_epoch(epoch)
+            self._epoch += 1
+        resumed, self._resume_start = self._resume_start, None
+        # resumed: the interrupted pass's start states, so a save inside this pass records them again
+        self._pass = {"epoch": epoch, "epoch_start": resumed or capture_epoch_start(self.loader)}
+        return resumed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the passes are: the epoch of the pass in progress (with the random states its order
+        was drawn from) or, between passes, of the next one."""
+        if self._pass is not None:
+            return {"epoch": self._pass["epoch"], "in_pass": True, "epoch_start": self._pass["epoch_start"]}
+        return {"epoch": self._epoch, "in_pass": False}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch = state["epoch"]
+        self._set_sampler_epoch(self._epoch)
+        self._resume_start = state.get("epoch_start") if state.get("in_pass") else None
 
     def _remainder(self) -> int:
         try:

@@ -628,15 +628,19 @@ class Accelerator(TrackingMixin):
 
     def skip_first_batches(self, dataloader: Any, num_batches: int) -> Any:
         """A prepared dataloader that starts at batch ``num_batches`` of the same order (to resume
-        inside an epoch: ``load_state``, then ``dataloader.set_epoch(epoch)`` with a seedable sampler,
-        then this). Reading it leaves the random streams ``load_state`` put back untouched, so a
-        resumed run draws what the uninterrupted one drew (README: the restart pattern)."""
+        inside an epoch: ``load_state``, then this). After ``load_state`` it draws the order of the
+        pass the state was saved in (its epoch and, for a plain shuffle, its random states), and its
+        pass counts as that epoch's, so later passes of ``dataloader`` go on from the next epoch; no
+        ``set_epoch`` is needed (calling it, as Accelerate's docs suggest, is fine). Reading it leaves
+        the random streams ``load_state`` put back untouched, so a resumed run draws what the
+        uninterrupted one drew (README: the restart pattern)."""
         from trainer.data.data_position import SameRandomStreams, skip_batches
 
         loader = getattr(dataloader, "loader", dataloader)
         skipped = num_batches * (getattr(loader, "batch_size", None) or 0)
+        source = dataloader if isinstance(dataloader, PreparedDataLoader) else None
         return PreparedDataLoader(SameRandomStreams(skip_batches(loader, num_batches)), self, skipped_samples=skipped,
-                                  auto_epoch=False)
+                                  auto_epoch=False, source=source)
 
 
 def _is_scheduler(obj: Any) -> bool:

@@ -68,13 +68,18 @@ def skip_batches(loader: Any, skip: int) -> Any:
 class SameRandomStreams:
     """``loader`` iterated without moving the process's random streams: a DataLoader's iterator draws
     its base seed from torch's generator when it starts, a draw the uninterrupted run made at the
-    epoch's start, before the checkpoint. The states are put back once the first batch is read."""
+    epoch's start, before the checkpoint. The states are put back once the first batch is read.
+    ``before_first_batch`` (if set) runs just before the iterator starts: it may set the states the
+    order is drawn from (those of the interrupted epoch's start)."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
+        self.before_first_batch: Any = None
 
     def __iter__(self) -> Iterator[Any]:
         states = rng_states()
+        if self.before_first_batch is not None:
+            self.before_first_batch()
         iterator = iter(self.loader)
         first = next(iterator, _END)
         set_rng_states(states)

@@ -47,7 +47,10 @@ def save_state(accelerator: Any, output_dir: str) -> str:
         "accelerator": {"num_models": len(accelerator._models), "num_optimizers": len(accelerator._optimizers),
                         "models": models[1:],
                         "custom": [obj.state_dict() for obj in accelerator._custom_objects],
-                        "step": accelerator.step},
+                        "step": accelerator.step,
+                        # every rank's: each prepared loader's epoch and the start states of its pass
+                        "dataloaders": dict(enumerate(strategy.all_gather_object(
+                            [loader.state_dict() for loader in accelerator._dataloaders])))},
     }
     output_dir = os.path.abspath(output_dir)
     if sharded:
@@ -115,9 +118,21 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         obj.load_state_dict(sd)
     strategy.precision.load_state_dict(state["precision"])
     accelerator.step = state["accelerator"]["step"]
+    _load_dataloaders(accelerator, state["accelerator"].get("dataloaders", {}), strategy.global_rank)
     rng = state["rng"].get(strategy.global_rank)
     if rng is not None:
         set_rng_states(rng)
+
+
+def _load_dataloaders(accelerator: Any, saved: dict[int, list[dict[str, Any]]], rank: int) -> None:
+    """Each prepared loader's epoch (and pass start) as saved, matched by the order of ``prepare``.
+    Another world size: rank zero's epochs, without start states (the shards' order is new anyway);
+    a state from before loaders were saved, or a loader prepared beyond the saved ones: unchanged."""
+    own = saved.get(rank)
+    if own is None and 0 in saved:
+        own = [{"epoch": s["epoch"], "in_pass": False} for s in saved[0]]
+    for loader, loader_state in zip(accelerator._dataloaders, own or []):
+        loader.load_state_dict(loader_state)
 
 
 def _check_counts(accelerator: Any, state: dict[str, Any], input_dir: str) -> None:

@@ -193,3 +193,17 @@ def _check_accelerator(c: _Check, own: dict) -> None:
                lambda s, f: c.mapping(s, f))
     c.sequence(c.get(own, "custom", "accelerator.custom"), "accelerator.custom",
                lambda s, f: c.mapping(s, f, keys=None))
+    if "dataloaders" in own:  # absent from states saved before loaders were
+        for rank, loaders in c.mapping(own["dataloaders"], "accelerator.dataloaders", keys=int).items():
+            c.sequence(loaders, f"accelerator.dataloaders.{rank}", lambda s, f: _check_loader(c, s, f))
+
+
+def _check_loader(c: _Check, state: Any, field: str) -> None:
+    state = c.mapping(state, field)
+    c.count(c.get(state, "epoch", f"{field}.epoch"), f"{field}.epoch")
+    c.flag(c.get(state, "in_pass", f"{field}.in_pass"), f"{field}.in_pass")
+    if state["in_pass"]:
+        start = c.mapping(c.get(state, "epoch_start", f"{field}.epoch_start"), f"{field}.epoch_start")
+        c.tensor(c.get(start, "torch", f"{field}.epoch_start.torch"), f"{field}.epoch_start.torch", torch.uint8)
+        c.sequence(c.get(start, "generators", f"{field}.epoch_start.generators"), f"{field}.epoch_start.generators",
+                   lambda t, f: c.tensor(t, f, torch.uint8))

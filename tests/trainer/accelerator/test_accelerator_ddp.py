@@ -123,3 +123,30 @@ def _skip_worker():
 def test_gather_for_metrics_after_skip_first_batches_continues_the_order():
     ranks = run_distributed(_skip_worker)
     assert ranks[0] == ranks[1] == list(range(4, 11))
+
+
+def _one_job_after_another() -> list[float]:
+    """Three Accelerators one after the other in one job, each ended with end_training (which destroys
+    the process group), rank 0 the later one to start each next group."""
+    import time
+
+    weights = []
+    for generation in range(3):
+        accelerator = Accelerator(cpu=True)
+        model = accelerator.prepare(torch.nn.Linear(2, 1, bias=False))
+        with torch.no_grad():
+            accelerator.unwrap_model(model).weight.fill_(float(generation))
+        accelerator.backward(model(torch.ones(1, 2)).sum())  # a collective on the new group
+        weights.append(accelerator.reduce(accelerator.unwrap_model(model).weight.grad.sum(), "sum").item())
+        accelerator.end_training()
+        if accelerator.process_index == 0:
+            time.sleep(0.5)  # rank 1 reaches the next group's rendezvous first
+    return weights
+
+
+@pytest.mark.timeout(120)
+def test_a_new_accelerator_after_end_training_forms_a_fresh_group():
+    """The old group's keys stayed in rank 0's store under the same names: rank 1 read rank 0's dead
+    gloo address and hung (or failed with Connection refused) in the second init_process_group."""
+    ranks = run_distributed(_one_job_after_another, timeout=90)
+    assert ranks[0] == ranks[1] == [4.0, 4.0, 4.0]  # 2 ranks x d(sum(x))/dw summed over the 2 weights
