@@ -228,7 +228,8 @@ class PreparedDataLoader:
 
 
 def _batch_len(batch: Any) -> int:
-    """How many samples a collated batch holds (the first dimension of its first tensor)."""
+    """How many samples a collated batch holds (the first dimension of its first tensor, or the
+    length of its first list of plain items, e.g. the strings of a text batch)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, dict):
@@ -238,6 +239,8 @@ def _batch_len(batch: Any) -> int:
             n = _batch_len(item)
             if n:
                 return n
+        if batch and not any(isinstance(item, (torch.Tensor, list, tuple, dict)) for item in batch):
+            return len(batch)
     return 0
 
 

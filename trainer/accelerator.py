@@ -389,35 +389,44 @@ class Accelerator(TrackingMixin):
         return apply_to_tensors(tensor, lambda t: self.strategy.all_gather(t).flatten(0, 1)
                                 if t.dim() else self.strategy.all_gather(t))
 
-    def gather_for_metrics(self, tensor: Any) -> Any:
+    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
         """``gather``, then, inside a prepared dataloader's loop: the samples in the sampler's order
         (the dataset's order when not shuffled) with the padding repeats of the last batch dropped,
         so a metric over everything gathered counts every sample exactly once.
 
-        Works on tensors (and nests of them) whose first dimension is the batch dimension.
+        Tensors (and nests of them) are gathered along their first (batch) dimension. Anything else
+        -- e.g. a list of decoded strings, one per sample -- or ``use_gather_object=True`` goes
+        through ``gather_object`` (pickled; lists concatenated), as under Accelerate; a list with one
+        item per sample of the batch is put in sampler order without the padding repeats too.
         """
         loader = self.gradient_state.active_dataloader
         sampler = loader.padded_sampler if loader is not None and self.num_processes > 1 else None
+        if use_gather_object or not _only_tensors(input_data):
+            gathered = self.gather_object(input_data)
+            if sampler is None or not isinstance(input_data, (list, tuple)) or len(input_data) != loader.batch_len:
+                return gathered
+            return [gathered[i] for i in self._in_sampler_order(len(input_data), loader, sampler).tolist()]
         if sampler is None:
-            return self.gather(tensor)
-        world = self.num_processes
-        start, total = loader.samples_before, len(sampler.dataset)
+            return self.gather(input_data)
 
         def gather_in_order(t: torch.Tensor) -> torch.Tensor:
             if t.dim() == 0:  # one value per process, not per sample
                 return self.strategy.all_gather(t)
-            local = t.shape[0]
-            if local != loader.batch_len:  # not one row per sample of this batch: nothing to match up
-                return self.strategy.all_gather(t).flatten(0, 1)
             gathered = self.strategy.all_gather(t).flatten(0, 1)
-            # element (rank r, local position start + j) is sample number r + (start + j) * world of the epoch
-            positions = (torch.arange(world).repeat_interleave(local)
-                         + (start + torch.arange(local).repeat(world)) * world)
-            order = torch.argsort(positions)
-            keep = order[positions[order] < total]
-            return gathered[keep.to(gathered.device)]
+            if t.shape[0] != loader.batch_len:  # not one row per sample of this batch: nothing to match up
+                return gathered
+            return gathered[self._in_sampler_order(t.shape[0], loader, sampler).to(gathered.device)]
 
-        return apply_to_tensors(tensor, gather_in_order)
+        return apply_to_tensors(input_data, gather_in_order)
+
+    def _in_sampler_order(self, local: int, loader: PreparedDataLoader, sampler: Any) -> torch.Tensor:
+        """Indices into ``local`` samples gathered from every rank (rank-major) that put them in the
+        sampler's order and leave out the padding repeats."""
+        world, start, total = self.num_processes, loader.samples_before, len(sampler.dataset)
+        # element (rank r, local position start + j) is sample number r + (start + j) * world of the epoch
+        positions = torch.arange(world).repeat_interleave(local) + (start + torch.arange(local).repeat(world)) * world
+        order = torch.argsort(positions)
+        return order[positions[order] < total]
 
     def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
         """Reduce tensors (nests too) over the processes: "sum", "mean", "max" or "min", times ``scale``."""
@@ -641,6 +650,17 @@ class Accelerator(TrackingMixin):
         source = dataloader if isinstance(dataloader, PreparedDataLoader) else None
         return PreparedDataLoader(SameRandomStreams(skip_batches(loader, num_batches)), self, skipped_samples=skipped,
                                   auto_epoch=False, source=source)
+
+
+def _only_tensors(data: Any) -> bool:
+    """Whether every leaf of a nest of lists, tuples and dicts is a tensor (what ``gather`` can take)."""
+    if isinstance(data, torch.Tensor):
+        return True
+    if isinstance(data, dict):
+        return all(_only_tensors(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return all(_only_tensors(v) for v in data)
+    return False
 
 
 def _is_scheduler(obj: Any) -> bool:

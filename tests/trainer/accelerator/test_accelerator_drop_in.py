@@ -280,3 +280,12 @@ def test_operations_on_one_process():
     assert torch.equal(reduce(t), t)
     with pytest.raises(ValueError, match=r"reduce\(reduction='avg'\).*'sum', 'mean', 'max', 'min'"):
         reduce(t, "avg")
+
+
+def test_gather_for_metrics_takes_objects_and_use_gather_object_on_one_process():
+    accelerator = Accelerator(cpu=True)
+    texts = ["a", "b", "c"]
+    assert accelerator.gather_for_metrics(texts) == texts
+    assert accelerator.gather_for_metrics(texts, use_gather_object=True) == texts
+    loader = accelerator.prepare(DataLoader(texts, batch_size=2))
+    assert [accelerator.gather_for_metrics(batch) for batch in loader] == [["a", "b"], ["c"]]

@@ -135,6 +135,19 @@ def _join(accelerator_cls) -> int:
     return steps
 
 
+def _gather_objects(accelerator_cls) -> tuple:
+    """Decoded strings, one per sample (an evaluation of generated text): gathered through
+    gather_object, in order, the padding repeat of the uneven last batch dropped."""
+    accelerator = accelerator_cls(cpu=True)
+    texts = [f"text {i}" for i in range(5)]
+    loader = accelerator.prepare(DataLoader(texts, batch_size=2))
+    seen = []
+    for batch in loader:
+        seen += accelerator.gather_for_metrics(batch)
+    as_objects = accelerator.gather_for_metrics([accelerator.process_index], use_gather_object=True)
+    return seen, as_objects, accelerator.gather_for_metrics({"rank": accelerator.process_index})
+
+
 def _worker() -> dict:
     from trainer import Accelerator, DataLoaderConfiguration
 
@@ -143,7 +156,8 @@ def _worker() -> dict:
     _processes(accelerator)
     _seedable(Accelerator, DataLoaderConfiguration)
     return {"lrs": _scheduler(Accelerator), "split": _split_batches(Accelerator, DataLoaderConfiguration),
-            "eval": _eval_inside_training(Accelerator), "join": _join(Accelerator)}
+            "eval": _eval_inside_training(Accelerator), "join": _join(Accelerator),
+            "objects": _gather_objects(Accelerator)}
 
 
 def test_accelerates_surface_on_two_processes():
@@ -165,3 +179,7 @@ def test_accelerates_surface_on_two_processes():
     assert sorted(seen) == [0.0, 1.0, 2.0, 3.0, 4.0]  # every evaluation sample once, padding dropped
     assert results[1]["eval"][2] == weight
     assert [r["join"] for r in results] == [2, 3]  # uneven step counts under join_uneven_inputs, no hang
+    # strings went through gather_object (they were returned ungathered, the padding repeat kept)
+    for seen, as_objects, dicts in (r["objects"] for r in results):
+        assert seen == [f"text {i}" for i in range(5)]
+        assert as_objects == [0, 1] and dicts == [{"rank": 0}, {"rank": 1}]
