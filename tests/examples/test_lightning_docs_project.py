@@ -114,16 +114,19 @@ class LitClassifier(TrainModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}}
 
 
-def main(root: str, max_epochs: int = 12):
+def main(root: str, max_epochs: int = 12, ckpt_path: str | None = None, evaluate: bool = True):
     seed_everything(7)
     dm = BlobsDataModule(data_dir=os.path.join(root, "data"))
     model = LitClassifier()
     early_stopping = EarlyStopping(monitor="val_loss", mode="min", patience=3, min_delta=0.01)
-    checkpoint = ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=2, filename="{epoch}-{val_loss:.2f}")
+    checkpoint = ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=2, filename="{epoch}-{val_loss:.2f}",
+                                 save_last=True)
     trainer = Trainer(max_epochs=max_epochs, default_root_dir=root, accelerator="cpu", enable_progress_bar=False,
                       logger=CSVLogger(save_dir=root, name="lit"), log_every_n_steps=1,
                       callbacks=[early_stopping, checkpoint, LearningRateMonitor(logging_interval="epoch")])
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    if not evaluate:
+        return trainer, model, early_stopping, checkpoint
     fit_metrics = dict(trainer.callback_metrics), dict(trainer.progress_bar_metrics)
     test_results = trainer.test(datamodule=dm, ckpt_path="best")
     best = LitClassifier.load_from_checkpoint(checkpoint.best_model_path)
@@ -203,7 +206,7 @@ def test_lightning_docs_project_runs_unchanged_and_every_reported_number_checks_
     ranked = sorted(range(epochs), key=lambda e: val_losses[e])[:2]
     names = sorted(os.path.basename(p) for p in checkpoint.best_k_models)
     assert names == sorted(f"epoch={e}-val_loss={val_losses[e]:.2f}.ckpt" for e in ranked)
-    assert sorted(os.listdir(checkpoint.dirpath)) == names
+    assert sorted(os.listdir(checkpoint.dirpath)) == sorted(names + ["last.ckpt"])
     assert float(checkpoint.best_model_score) == pytest.approx(val_losses[ranked[0]], rel=1e-5)
     assert os.path.basename(checkpoint.best_model_path) == f"epoch={ranked[0]}-val_loss={val_losses[ranked[0]]:.2f}.ckpt"
 
@@ -225,3 +228,22 @@ def test_lightning_docs_project_runs_unchanged_and_every_reported_number_checks_
     # predict: one tensor per batch, the best model's probabilities in order
     assert [len(p) for p in predictions] == [16, 16, 8]
     assert torch.allclose(torch.cat(predictions), logits.softmax(-1), atol=1e-6)
+
+
+@pytest.mark.timeout(120)
+def test_lightning_docs_project_stopped_and_resumed_from_last_equals_no_interruption(tmp_path):
+    """fit(ckpt_path="last") after a run cut at epoch 3: the ReduceLROnPlateau, EarlyStopping and
+    ModelCheckpoint states come back, so the resumed run stops at the same epoch, keeps the same two
+    checkpoints and ends on the same weights and learning rate as the uninterrupted run."""
+    trainer, model, early_stopping, checkpoint = main(str(tmp_path / "whole"), evaluate=False)
+    main(str(tmp_path / "cut"), max_epochs=3, evaluate=False)
+    resumed_trainer, resumed, resumed_stopping, resumed_checkpoint = main(str(tmp_path / "cut"), ckpt_path="last",
+                                                                         evaluate=False)
+    assert resumed_trainer.current_epoch == trainer.current_epoch and trainer.current_epoch > 3
+    assert resumed_stopping.stopped_epoch == early_stopping.stopped_epoch
+    assert resumed_stopping.wait_count == early_stopping.wait_count
+    assert (sorted(map(os.path.basename, resumed_checkpoint.best_k_models))
+            == sorted(map(os.path.basename, checkpoint.best_k_models)))
+    assert resumed_trainer.optimizers[0].param_groups[0]["lr"] == trainer.optimizers[0].param_groups[0]["lr"] < 0.5
+    for (name, value), (_, resumed_value) in zip(model.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(value, resumed_value), name
