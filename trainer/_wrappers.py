@@ -139,7 +139,7 @@ class PreparedDataLoader:
         self._epoch = 0  # the epoch of the next pass
         self._source = source
         self._pass: dict[str, Any] | None = None  # the pass in progress: its epoch and start states
-        self._resume_start: dict[str, Any] | None = None  # load_state's: the interrupted pass's start states
+        self._loaded: dict[str, Any] | None = None  # load_state's, until the next pass: in_pass, epoch_start
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -162,10 +162,12 @@ class PreparedDataLoader:
     def __iter__(self) -> Iterator[Any]:
         accelerator = self._accelerator
         owner = self._source or self  # a skip_first_batches loader's pass is its source's pass
-        resumed = owner._begin_pass()
-        if self._source is not None and resumed is not None:
-            # draw the interrupted pass's order (SameRandomStreams then puts the checkpoint's states back)
-            self.loader.before_first_batch = lambda: restore_epoch_start(owner.loader, resumed)
+        loaded = owner._begin_pass(self)
+        if self._source is not None and loaded is not None:
+            if loaded["in_pass"]:  # draw the interrupted pass's order (then the checkpoint's states come back)
+                self.loader.before_first_batch = lambda: restore_epoch_start(owner.loader, loaded["epoch_start"])
+            else:  # saved between passes: this pass draws as the uninterrupted run's next pass did
+                self.loader.put_back_states = False
         self.remainder = self._remainder()
         self.samples_before = self._skipped_samples
         self.end_of_dataloader = False
@@ -180,28 +182,32 @@ class PreparedDataLoader:
             owner._pass = None
             accelerator.gradient_state._remove_dataloader(self)
 
-    def _begin_pass(self) -> dict[str, Any] | None:
-        """Set the sampler's epoch and record the pass; returns the start states load_state gave."""
+    def _begin_pass(self, iterating: PreparedDataLoader) -> dict[str, Any] | None:
+        """Set the sampler's epoch and record the pass (read by ``iterating``: this loader or one
+        skip_first_batches made from it); returns the start states load_state gave."""
         epoch = self._epoch
         if self._auto_epoch:
             self._set_sampler_epoch(epoch)
             self._epoch += 1
-        resumed, self._resume_start = self._resume_start, None
-        # resumed: the interrupted pass's start states, so a save inside this pass records them again
-        self._pass = {"epoch": epoch, "epoch_start": resumed or capture_epoch_start(self.loader)}
-        return resumed
+        loaded, self._loaded = self._loaded, None
+        # resumed inside a pass: its start states, so a save inside this pass records them again
+        start = loaded["epoch_start"] if loaded is not None and loaded["in_pass"] else capture_epoch_start(self.loader)
+        self._pass = {"epoch": epoch, "epoch_start": start, "iterating": iterating}
+        return loaded
 
     def state_dict(self) -> dict[str, Any]:
         """Where the passes are: the epoch of the pass in progress (with the random states its order
-        was drawn from) or, between passes, of the next one."""
-        if self._pass is not None:
+        was drawn from) or, between passes, of the next one. A state saved while the pass's last
+        batch is out (the usual save after a step) counts that pass as done: resumed, the next pass
+        is the next epoch's, as in the uninterrupted run."""
+        if self._pass is not None and not self._pass["iterating"].end_of_dataloader:
             return {"epoch": self._pass["epoch"], "in_pass": True, "epoch_start": self._pass["epoch_start"]}
         return {"epoch": self._epoch, "in_pass": False}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch = state["epoch"]
         self._set_sampler_epoch(self._epoch)
-        self._resume_start = state.get("epoch_start") if state.get("in_pass") else None
+        self._loaded = {"in_pass": bool(state.get("in_pass")), "epoch_start": state.get("epoch_start")}
 
     def _remainder(self) -> int:
         try:

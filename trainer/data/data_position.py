@@ -70,11 +70,14 @@ class SameRandomStreams:
     its base seed from torch's generator when it starts, a draw the uninterrupted run made at the
     epoch's start, before the checkpoint. The states are put back once the first batch is read.
     ``before_first_batch`` (if set) runs just before the iterator starts: it may set the states the
-    order is drawn from (those of the interrupted epoch's start)."""
+    order is drawn from (those of the interrupted epoch's start). ``put_back_states = False``: the
+    draws stand (a pass that starts afresh, as the uninterrupted run's did, e.g. after a state saved
+    between epochs)."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.before_first_batch: Any = None
+        self.put_back_states = True
 
     def __iter__(self) -> Iterator[Any]:
         states = rng_states()
@@ -82,7 +85,8 @@ class SameRandomStreams:
             self.before_first_batch()
         iterator = iter(self.loader)
         first = next(iterator, _END)
-        set_rng_states(states)
+        if self.put_back_states:
+            set_rng_states(states)
         if first is _END:
             return
         yield first

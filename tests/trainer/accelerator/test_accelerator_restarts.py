@@ -50,3 +50,59 @@ def test_a_killed_rank_restarted_by_the_launcher_resumes_with_load_state_bit_exa
     want = torch.load(tmp_path / "reference.pt", weights_only=True)
     got = torch.load(tmp_path / "killed.pt", weights_only=True)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _orders(state_dir: str | None, stop: tuple[int, int] | None = None, resume: bool = False) -> list:
+    """The batches a shuffled prepared loader gives over 3 epochs of 3 batches, with random draws of
+    its own per step; stopped right after save_state at ``stop`` (epoch, batch), or resumed from it
+    Accelerate's way: load_state, the epoch and batch from the step count, skip_first_batches."""
+    from torch.utils.data import DataLoader
+
+    from trainer import Accelerator
+    from trainer.utils import set_seed
+
+    set_seed(3)
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(list(range(6 * accelerator.num_processes)), batch_size=2, shuffle=True))
+    seen, start_epoch, skip = [], 0, 0
+    if resume:
+        accelerator.load_state(state_dir)
+        trained = stop[0] * 3 + stop[1] + 1
+        start_epoch, skip = divmod(trained, 3)
+    for epoch in range(start_epoch, 3):
+        resuming = resume and epoch == start_epoch
+        batches = accelerator.skip_first_batches(loader, skip) if resuming else loader
+        for i, batch in enumerate(batches, start=skip if resuming else 0):
+            seen.append(batch.tolist())
+            torch.rand(1)  # the step's own random draws
+            if not resume and (epoch, i) == stop:
+                accelerator.save_state(state_dir)
+                return seen
+    return seen
+
+
+def _orders_resumed(state_dir: str, stop: tuple[int, int]) -> list:
+    return _orders(state_dir, stop) + _orders(state_dir, stop, resume=True)
+
+
+@pytest.mark.parametrize("stop", [(0, 0), (0, 2), (1, 1), (1, 2)])
+def test_a_shuffled_loader_resumed_anywhere_gives_the_uninterrupted_order(tmp_path, stop):
+    """Mid-epoch and at an epoch's last batch, with neither set_epoch nor a seedable sampler. A state
+    saved at the last batch resumed into the next epoch replayed the finished epoch's order (or, before
+    save_state kept the loaders' state, drew the resumed epoch's order anew)."""
+    assert _orders_resumed(str(tmp_path / "state"), stop) == _orders(None)
+
+
+def _orders_on_two(state_dir: str) -> list:
+    return [_orders_resumed(f"{state_dir}_{epoch}_{batch}", (epoch, batch)) for epoch, batch in ((0, 2), (1, 0))] \
+        + [_orders(None)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_shuffled_loader_resumed_on_two_processes_gives_the_uninterrupted_order(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    for resumed_at_boundary, resumed_inside, uninterrupted in run_distributed(
+            _orders_on_two, world_size=2, timeout=150, state_dir=str(tmp_path / "state")):
+        assert resumed_at_boundary == resumed_inside == uninterrupted
