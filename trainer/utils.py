@@ -91,5 +91,40 @@ def find_executable_batch_size(function: Callable | None = None, starting_batch_
     return decorator
 
 
+def load_checkpoint_in_model(model: Any, checkpoint: str, strict: bool = False, **options: Any) -> None:
+    """Load weights that ``Accelerator.save_model`` wrote into ``model`` (Accelerate's name): a
+    directory (``model.safetensors``, or shards with their index) or one ``.safetensors`` file.
+
+    As in Accelerate, ``strict=False`` loads the matching keys; here the missing, unexpected and
+    mis-shaped ones are named in a warning (``strict=True``: an error). Pickle files are not read.
+
+    Example:
+        >>> accelerator.save_model(accelerator.unwrap_model(model), "final_model")
+        >>> load_checkpoint_in_model(fresh_model, "final_model")
+    """
+    import os
+
+    from trainer.persistence.trainer_state import load_weights_into
+    from trainer.strategies.safetensors_weights import load_weights
+
+    if options:
+        raise TypeError(f"load_checkpoint_in_model(model, {checkpoint!r}, {', '.join(f'{k}=...' for k in options)}): "
+                        "device maps, offloading and dtype casts are not supported; the weights load on the model's "
+                        "own devices and dtypes. Drop those arguments (cast the model with .to() first if needed).")
+    if os.path.isdir(checkpoint):
+        state = load_weights(checkpoint)
+    elif os.path.isfile(checkpoint) and checkpoint.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(checkpoint)
+    else:
+        what = "a file that is not .safetensors" if os.path.isfile(checkpoint) else "nothing there"
+        raise FileNotFoundError(f"load_checkpoint_in_model(model, {checkpoint!r}): found {what}; expected the "
+                                "directory Accelerator.save_model wrote or a .safetensors file (pickled .bin/.pt "
+                                "files are not read: they can carry code).")
+    load_weights_into(model, state, checkpoint, strict=strict, non_strict_fix="pass strict=False")
+
+
 __all__ = ["DistributedType", "broadcast", "broadcast_object_list", "find_executable_batch_size", "gather",
-           "gather_object", "pad_across_processes", "rank_zero_only", "reduce", "seed_everything", "set_seed"]
+           "gather_object", "load_checkpoint_in_model", "pad_across_processes", "rank_zero_only", "reduce",
+           "seed_everything", "set_seed"]

@@ -32,10 +32,10 @@ def _equal(a: dict, b: dict) -> bool:
 
 
 def _final_model(root: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
+    from trainer.utils import load_checkpoint_in_model  # accelerate's name, as its docs load save_model's output
 
     model = build_model()
-    model.load_state_dict(load_file(os.path.join(root, "final_model", "model.safetensors")))
+    load_checkpoint_in_model(model, os.path.join(root, "final_model"))
     return model.eval()
 
 

@@ -115,9 +115,10 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
 
 
 def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool,
-                      pages: Any = None) -> None:
+                      pages: Any = None, non_strict_fix: str = "set `model.strict_loading = False` before fit") -> None:
     """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error. With
-    ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped."""
+    ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped.
+    ``non_strict_fix``: how the caller's user loads only the matching keys (named in the error)."""
     own = module.state_dict()
     state_dict = strip_compile_prefix(state_dict, own)  # saved from a torch.compile wrapper
     missing = sorted(set(own) - set(state_dict))
@@ -131,9 +132,9 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
                                      ("shape mismatches", mismatched)) if keys]
         message = (f"Checkpoint {path!r} does not match {type(module).__name__}: " + "; ".join(parts) + ".")
         if strict:
-            raise CheckpointError(message + " Is it from a different model? To load only the matching keys, set "
-                                            "`model.strict_loading = False` before fit.")
-        warnings.warn(message + " Loading the matching keys only (strict_loading=False).", stacklevel=3)
+            raise CheckpointError(message + f" Is it from a different model? To load only the matching keys, "
+                                            f"{non_strict_fix}.")
+        warnings.warn(message + " Loading the matching keys only.", stacklevel=3)
         state_dict = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     del own
     if pages is not None:

@@ -289,3 +289,29 @@ def test_gather_for_metrics_takes_objects_and_use_gather_object_on_one_process()
     assert accelerator.gather_for_metrics(texts, use_gather_object=True) == texts
     loader = accelerator.prepare(DataLoader(texts, batch_size=2))
     assert [accelerator.gather_for_metrics(batch) for batch in loader] == [["a", "b"], ["c"]]
+
+
+def test_load_checkpoint_in_model_reads_what_save_model_wrote(tmp_path):
+    from trainer.strategies.checkpoint_errors import CheckpointError
+    from trainer.utils import load_checkpoint_in_model
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(1)
+    model = accelerator.prepare(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)))
+    accelerator.save_model(model, str(tmp_path / "sharded"), max_shard_size="200B")  # several files and an index
+    accelerator.save_model(model, str(tmp_path / "whole"))
+    want = accelerator.unwrap_model(model).state_dict()
+    for checkpoint in (tmp_path / "sharded", tmp_path / "whole", tmp_path / "whole" / "model.safetensors"):
+        fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        load_checkpoint_in_model(fresh, str(checkpoint))
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in want.items())
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8))
+    with pytest.warns(UserWarning, match=r"unexpected keys \(2\): 1.bias, 1.weight.*matching keys only"):
+        load_checkpoint_in_model(other, str(tmp_path / "whole"))  # Accelerate's default: strict=False
+    with pytest.raises(CheckpointError, match="unexpected keys.*To load only the matching keys, pass strict=False"):
+        load_checkpoint_in_model(other, str(tmp_path / "whole"), strict=True)
+    with pytest.raises(TypeError, match=r"load_checkpoint_in_model\(model, .*device_map=...\): device maps"):
+        load_checkpoint_in_model(other, str(tmp_path / "whole"), device_map="auto")
+    torch.save({}, tmp_path / "model.bin")
+    with pytest.raises(FileNotFoundError, match="found a file that is not .safetensors; expected the directory"):
+        load_checkpoint_in_model(other, str(tmp_path / "model.bin"))
