@@ -10,12 +10,14 @@ from .base import Callback
 class LearningRateMonitor(Callback):
     """Log the learning rate of every parameter group of every optimizer to the loggers.
 
-    Names are ``lr-<Optimizer>`` (``lr-<Optimizer>/pg<i>`` with several groups).
+    Names are Lightning's: ``lr-<Optimizer>``, or the ``"name"`` of the lr_scheduler config that
+    schedules the optimizer; with several parameter groups ``<name>/pg<i>`` (or ``<name>/<group's
+    "name">``); momentum as ``<name>-momentum``.
 
     Args:
         logging_interval: "step" (every ``log_every_n_steps`` optimizer steps), "epoch"
             (at each epoch start), or None (both).
-        log_momentum: also log momentum (or Adam's beta1) as ``momentum-<Optimizer>``.
+        log_momentum: also log momentum (or Adam's beta1) as ``<name>-momentum``.
     """
 
     def __init__(self, logging_interval: str | None = None, log_momentum: bool = False) -> None:
@@ -33,28 +35,35 @@ class LearningRateMonitor(Callback):
                              "Remove logger=False (or pass e.g. logger=CSVLogger('runs')), or drop the callback.")
 
     def _values(self, trainer: Any) -> dict[str, float]:
+        # an lr_scheduler config's "name" names its optimizer's values, as in Lightning
+        named = {id(config.scheduler.optimizer): config.name for config in trainer.lr_scheduler_configs
+                 if getattr(config, "name", None) and hasattr(config.scheduler, "optimizer")}
         out = {}
         seen: dict[str, int] = {}
         for opt in trainer.optimizers:
-            base = f"lr-{type(opt).__name__}"
-            seen[base] = seen.get(base, -1) + 1
-            if seen[base]:  # several optimizers of one class: lr-Adam, lr-Adam-1, ...
-                base = f"{base}-{seen[base]}"
+            base = named.get(id(opt))
+            if base is None:
+                base = f"lr-{type(opt).__name__}"
+                seen[base] = seen.get(base, -1) + 1
+                if seen[base]:  # several optimizers of one class: lr-Adam, lr-Adam-1, ...
+                    base = f"{base}-{seen[base]}"
             groups = opt.param_groups
             for i, group in enumerate(groups):
-                name = base if len(groups) == 1 else f"{base}/pg{i + 1}"
+                group_name = group.get("name") or (f"pg{i + 1}" if len(groups) > 1 else None)
+                name = f"{base}/{group_name}" if group_name else base
                 out[name] = float(group["lr"])
                 if self.log_momentum:
                     momentum = group.get("momentum", group.get("betas", (None,))[0])
                     if momentum is not None:
-                        out[name.replace("lr-", "momentum-", 1)] = float(momentum)
+                        out[f"{name}-momentum"] = float(momentum)
         return out
 
     def _log(self, trainer: Any) -> None:
         self._last_logged_step = trainer.global_step  # an epoch start and a step at one step give one row
         values = self._values(trainer)
         for name, value in values.items():
-            self.lrs.setdefault(name, []).append(value)
+            if not name.endswith("-momentum"):  # lrs holds learning rates only, as Lightning's
+                self.lrs.setdefault(name, []).append(value)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)

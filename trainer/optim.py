@@ -21,6 +21,7 @@ class SchedulerConfig:
     frequency: int = 1
     monitor: str | None = None
     strict: bool = True
+    name: str | None = None  # LearningRateMonitor's key for this scheduler's optimizer
 
     @property
     def is_plateau(self) -> bool:
@@ -52,7 +53,7 @@ def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
             raise _bad(returned, f"the lr_scheduler dict needs a 'scheduler' key and accepts only "
                                  f"scheduler/interval/frequency/monitor/strict/name (got {sorted(item)})")
         config = SchedulerConfig(item["scheduler"], item.get("interval", "epoch"), item.get("frequency", 1),
-                                 item.get("monitor"), item.get("strict", True))
+                                 item.get("monitor"), item.get("strict", True), item.get("name"))
     else:
         config = SchedulerConfig(item)
     if not hasattr(config.scheduler, "step") or isinstance(config.scheduler, torch.optim.Optimizer):

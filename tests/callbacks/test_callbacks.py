@@ -430,7 +430,7 @@ def test_lr_monitor_per_epoch_with_momentum(make_trainer):
     trainer = make_trainer(max_epochs=3, logger=logger, callbacks=[monitor])
     trainer.fit(TwoGroups("epoch"), regression_loader(16, 8))
     _, rows = _read_rows(logger)
-    assert _lr_rows(rows, "lr-SGD/pg1", "lr-SGD/pg2", "momentum-SGD/pg1") == [
+    assert _lr_rows(rows, "lr-SGD/pg1", "lr-SGD/pg2", "lr-SGD/pg1-momentum") == [
         (0, 0.1, 0.01, 0.9), (2, 0.05, 0.005, 0.9), (4, 0.025, 0.0025, 0.9)]
 
 
@@ -444,7 +444,25 @@ def test_lr_monitor_single_group_and_adam_betas(make_trainer):
                        callbacks=[LearningRateMonitor(logging_interval="step", log_momentum=True)])
     trainer.fit(OneGroup(), regression_loader(16, 8))
     _, rows = _read_rows(logger)
-    assert _lr_rows(rows, "lr-Adam", "momentum-Adam") == [(0, 0.02, 0.7), (2, 0.02, 0.7)]
+    assert _lr_rows(rows, "lr-Adam", "lr-Adam-momentum") == [(0, 0.02, 0.7), (2, 0.02, 0.7)]
+
+
+def test_lr_monitor_uses_the_scheduler_configs_name_and_the_param_groups_names(make_trainer):
+    """Lightning's keys: an lr_scheduler config's "name", a param group's "name"; the dict's "name" was
+    accepted and dropped (the rate went to lr-SGD)."""
+    class Named(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD([{"params": [self.layer.weight], "name": "weight"},
+                                   {"params": [self.layer.bias], "name": "bias"}], lr=0.1, momentum=0.9)
+            return {"optimizer": opt,
+                    "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5), "name": "lr/main"}}
+
+    logger = CSVLogger("logs", name="lr", version=0)
+    monitor = LearningRateMonitor(logging_interval="epoch", log_momentum=True)
+    make_trainer(max_epochs=2, logger=logger, callbacks=[monitor]).fit(Named(), regression_loader(8, 8))
+    assert monitor.lrs == {"lr/main/weight": [0.1, 0.05], "lr/main/bias": [0.1, 0.05]}
+    _, rows = _read_rows(logger)
+    assert _lr_rows(rows, "lr/main/weight", "lr/main/bias-momentum") == [(0, 0.1, 0.9), (1, 0.05, 0.9)]
 
 
 def test_lr_monitor_default_interval_logs_once_per_step_even_at_epoch_start(make_trainer):
