@@ -12,20 +12,23 @@ class LearningRateMonitor(Callback):
 
     Names are Lightning's: ``lr-<Optimizer>``, or the ``"name"`` of the lr_scheduler config that
     schedules the optimizer; with several parameter groups ``<name>/pg<i>`` (or ``<name>/<group's
-    "name">``); momentum as ``<name>-momentum``.
+    "name">``); momentum as ``<name>-momentum``, weight decay as ``<name>-weight_decay``.
 
     Args:
         logging_interval: "step" (every ``log_every_n_steps`` optimizer steps), "epoch"
             (at each epoch start), or None (both).
         log_momentum: also log momentum (or Adam's beta1) as ``<name>-momentum``.
+        log_weight_decay: also log each group's ``weight_decay`` as ``<name>-weight_decay``.
     """
 
-    def __init__(self, logging_interval: str | None = None, log_momentum: bool = False) -> None:
+    def __init__(self, logging_interval: str | None = None, log_momentum: bool = False,
+                 log_weight_decay: bool = False) -> None:
         if logging_interval not in (None, "step", "epoch"):
             raise ValueError(f"LearningRateMonitor(logging_interval={logging_interval!r}): expected 'step', "
                              "'epoch' or None.")
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
+        self.log_weight_decay = log_weight_decay
         self.lrs: dict[str, list[float]] = {}
         self._last_logged_step = -1
 
@@ -56,13 +59,15 @@ class LearningRateMonitor(Callback):
                     momentum = group.get("momentum", group.get("betas", (None,))[0])
                     if momentum is not None:
                         out[f"{name}-momentum"] = float(momentum)
+                if self.log_weight_decay and group.get("weight_decay") is not None:
+                    out[f"{name}-weight_decay"] = float(group["weight_decay"])
         return out
 
     def _log(self, trainer: Any) -> None:
         self._last_logged_step = trainer.global_step  # an epoch start and a step at one step give one row
         values = self._values(trainer)
         for name, value in values.items():
-            if not name.endswith("-momentum"):  # lrs holds learning rates only, as Lightning's
+            if not name.endswith(("-momentum", "-weight_decay")):  # lrs holds learning rates only, as Lightning's
                 self.lrs.setdefault(name, []).append(value)
         if trainer.is_global_zero:
             for logger in trainer.loggers:

@@ -465,6 +465,23 @@ def test_lr_monitor_uses_the_scheduler_configs_name_and_the_param_groups_names(m
     assert _lr_rows(rows, "lr/main/weight", "lr/main/bias-momentum") == [(0, 0.1, 0.9), (1, 0.05, 0.9)]
 
 
+def test_lr_monitor_logs_weight_decay_under_lightnings_key(make_trainer):
+    class Decayed(BoringModel):
+        def configure_optimizers(self):
+            return torch.optim.AdamW([{"params": [self.layer.weight], "weight_decay": 0.05},
+                                      {"params": [self.layer.bias], "weight_decay": 0.0}], lr=0.02)
+
+    logger = CSVLogger("logs", name="lr", version=0)
+    monitor = LearningRateMonitor(logging_interval="epoch", log_weight_decay=True)
+    make_trainer(max_epochs=2, logger=logger, callbacks=[monitor]).fit(Decayed(), regression_loader(8, 8))
+    _, rows = _read_rows(logger)
+    assert _lr_rows(rows, "lr-AdamW/pg1", "lr-AdamW/pg1-weight_decay", "lr-AdamW/pg2-weight_decay") == [
+        (0, 0.02, 0.05, 0.0), (1, 0.02, 0.05, 0.0)]
+    assert monitor.lrs == {"lr-AdamW/pg1": [0.02, 0.02], "lr-AdamW/pg2": [0.02, 0.02]}  # rates only
+    columns, _ = _read_rows(logger)
+    assert not any(c.endswith("-momentum") for c in columns)  # only what was asked for
+
+
 def test_lr_monitor_default_interval_logs_once_per_step_even_at_epoch_start(make_trainer):
     logger = CSVLogger("logs", name="lr", version=0)
     trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[LearningRateMonitor()])
