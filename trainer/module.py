@@ -238,6 +238,16 @@ class TrainModule(torch.nn.Module):
     def current_epoch(self) -> int:
         return self._trainer.current_epoch if self._trainer is not None else 0
 
+    @property
+    def global_rank(self) -> int:
+        """This process's rank among all processes of the job (0 when not attached, as in Lightning)."""
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        """This process's rank on its machine (0 when not attached)."""
+        return self._trainer.local_rank if self._trainer is not None else 0
+
     def log(self, name: str, value: Any, *, prog_bar: bool = False, logger: bool = True,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
             sync_dist: bool = False, batch_size: int | None = None) -> None:

@@ -36,13 +36,15 @@ def test_module_state_mirrors_the_trainer(make_trainer):
 
     class Looks(BoringModel):
         def on_train_epoch_end(self):
-            seen[self.current_epoch] = (self.global_step, self.device, self.dtype, self.logger, self.loggers)
+            seen[self.current_epoch] = (self.global_step, self.device, self.dtype, self.logger, self.loggers,
+                                        self.global_rank, self.local_rank)
 
     model, logger = Looks(), CSVLogger("logs")
     assert (model.global_step, model.current_epoch, model.logger, model.loggers) == (0, 0, None, [])
+    assert (model.global_rank, model.local_rank) == (0, 0)  # not attached: rank zero, as in Lightning
     make_trainer(max_epochs=2, logger=logger, **LEAN).fit(model, regression_loader(16, 8))
-    assert seen == {0: (2, torch.device("cpu"), torch.float32, logger, [logger]),
-                    1: (4, torch.device("cpu"), torch.float32, logger, [logger])}
+    assert seen == {0: (2, torch.device("cpu"), torch.float32, logger, [logger], 0, 0),
+                    1: (4, torch.device("cpu"), torch.float32, logger, [logger], 0, 0)}
     assert model.to(torch.float64).dtype == torch.float64
 
 
@@ -246,13 +248,14 @@ def _two_process_surface() -> list:
             loss = super().training_step(batch, batch_idx)
             gathered = self.all_gather({"rank": torch.tensor([float(rank)]), "n": rank + 10})
             self.seen = (gathered["rank"].tolist(), gathered["n"].tolist())
+            self.ranks = (self.global_rank, self.local_rank)  # as Lightning code asks: `if self.global_rank == 0`
             self.grad_gather = self.all_gather(loss, sync_grads=True)
             return self.grad_gather.sum()
 
     model = Gathers()
     trainer = quiet_trainer(max_epochs=1, strategy="ddp", devices=2, use_distributed_sampler=False, **LEAN)
     trainer.fit(model, regression_loader(32, 8))
-    out = [model.seen, trainer.num_training_batches, tuple(model.grad_gather.shape)]
+    out = [model.seen, trainer.num_training_batches, tuple(model.grad_gather.shape), model.ranks]
     try:
         quiet_trainer(max_epochs=1, strategy="ddp", devices=2, sync_batchnorm=True, **LEAN).fit(
             BoringModel(), regression_loader(16, 8))
@@ -264,8 +267,10 @@ def _two_process_surface() -> list:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_all_gather_use_distributed_sampler_and_sync_batchnorm_on_two_processes():
-    for seen, num_batches, shape, error in run_distributed(_two_process_surface, world_size=2):
+    for rank, (seen, num_batches, shape, ranks, error) in enumerate(run_distributed(_two_process_surface,
+                                                                                  world_size=2)):
         assert seen == ([[0.0], [1.0]], [10, 11]) and shape == (2,)
+        assert ranks == (rank, rank)  # the module's global_rank and local_rank (one machine)
         assert num_batches == 4  # use_distributed_sampler=False: each process reads the whole loader
         assert "sync_batchnorm=True) with 2 CPU processes: torch's SyncBatchNorm only runs on GPU" in error
 
