@@ -189,6 +189,23 @@ class TrainModule(torch.nn.Module):
         """Clip ``optimizer``'s gradients by norm (default) or value, after undoing the loss scale."""
         manual.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    # -- overridable steps of automatic optimization (Lightning's names) ----------------------------
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Called at every optimizer step, after ``on_before_optimizer_step``, with the Trainer's
+        ``gradient_clip_val``/``gradient_clip_algorithm``; the gradients are already unscaled.
+        Override it to clip your own way (e.g. per parameter group) with ``self.clip_gradients``."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step one scheduler when its interval comes (``metric``: the monitored value for
+        ReduceLROnPlateau, else None). Override it for a scheduler with another ``step`` signature
+        (e.g. timm's ``scheduler.step(epoch=self.current_epoch)``)."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
     # -- services -------------------------------------------------------------------------
     @property
     def hparams(self) -> AttributeDict:

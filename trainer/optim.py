@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -137,17 +137,24 @@ def check_optimizer_count(optimizers: list[torch.optim.Optimizer], module: Any) 
 
 
 def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int,
-                    metrics: Mapping[str, float]) -> None:
+                    metrics: Mapping[str, float], step: Callable[[Any, Any], None] | None = None) -> None:
     """Step each scheduler of this ``interval`` whose frequency divides ``count``
-    (optimizer steps for "step", epochs for "epoch")."""
+    (optimizer steps for "step", epochs for "epoch"). ``step(scheduler, metric)``: the module's own
+    ``lr_scheduler_step`` when it overrides it, in place of ``scheduler.step()``."""
     for config in configs:
         if config.interval != interval or count % config.frequency:
             continue
         if not config.is_plateau:
-            config.scheduler.step()
+            if step is None:
+                config.scheduler.step()
+            else:
+                step(config.scheduler, None)
             continue
         if config.monitor in metrics:
-            config.scheduler.step(metrics[config.monitor])
+            if step is None:
+                config.scheduler.step(metrics[config.monitor])
+            else:
+                step(config.scheduler, metrics[config.monitor])
         elif config.strict:
             raise MissingMetricError(f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged. Logged metrics: "
                            f"{sorted(metrics) or 'none'}. Log it with self.log({config.monitor!r}, value), "

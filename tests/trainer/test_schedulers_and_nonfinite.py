@@ -67,6 +67,94 @@ def test_reduce_lr_on_plateau_with_an_unlogged_metric_lists_the_logged_ones(make
             Plateau("val/acc"), regression_loader(), regression_loader())
 
 
+class EpochArgScheduler:
+    """A scheduler outside torch's API (as timm's): ``step`` needs the epoch; lr = 1 / (1 + epoch)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.calls = optimizer, []
+
+    def step(self, epoch, metric=None):
+        self.calls.append((epoch, metric))
+        for group in self.optimizer.param_groups:
+            group["lr"] = 1.0 / (1 + epoch)
+
+    def state_dict(self):  # checkpoints keep scheduler states
+        return {"calls": list(self.calls)}
+
+    def load_state_dict(self, state):
+        self.calls = list(state["calls"])
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_lr_scheduler_step_override_steps_a_scheduler_of_another_api(interval, make_trainer):
+    """Lightning's lr_scheduler_step(scheduler, metric) replaces scheduler.step() when the module
+    overrides it: a scheduler whose step needs the epoch raised a TypeError before."""
+
+    class Custom(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": EpochArgScheduler(opt), "interval": interval}}
+
+        def lr_scheduler_step(self, scheduler, metric):
+            scheduler.step(epoch=self.current_epoch if interval == "epoch" else self.global_step, metric=metric)
+
+    trainer = make_trainer(max_epochs=2, num_sanity_val_steps=0)
+    trainer.fit(Custom(), regression_loader(16, 8))
+    calls = trainer.lr_scheduler_configs[0].scheduler.calls
+    # after each optimizer step (global_step counted) or each epoch (current_epoch counted); no metric
+    assert calls == ([(1, None), (2, None), (3, None), (4, None)] if interval == "step" else [(1, None), (2, None)])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.0 / (1 + calls[-1][0]))
+
+
+def test_lr_scheduler_step_override_gets_the_monitored_metric_for_reduce_lr_on_plateau(make_trainer):
+    seen = []
+
+    class Watched(Plateau):
+        def lr_scheduler_step(self, scheduler, metric):
+            seen.append((float(metric), float(self.trainer.callback_metrics["val/loss"])))
+            super().lr_scheduler_step(scheduler, metric)  # the default: scheduler.step(metric)
+
+    trainer = make_trainer(max_epochs=4, num_sanity_val_steps=0)
+    trainer.fit(Watched(), regression_loader(), regression_loader())
+    assert len(seen) == 4 and all(metric == logged for metric, logged in seen)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 ** 3)  # as without the override
+
+
+def test_configure_gradient_clipping_override_clips_its_own_way(make_trainer):
+    """Lightning's configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm) is
+    called at each optimizer step with the Trainer's settings, and self.clip_gradients inside it clips."""
+    received = []
+
+    class OwnClipping(BoringModel):
+        def __init__(self):
+            super().__init__(lr=1.0)
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) * 1000.0  # large gradients
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            received.append((gradient_clip_val, gradient_clip_algorithm))
+            self.clip_gradients(optimizer, gradient_clip_val=0.001, gradient_clip_algorithm="value")
+
+    model = OwnClipping()
+    before = [p.detach().clone() for p in model.parameters()]
+    make_trainer(max_steps=1, gradient_clip_val=5.0, gradient_clip_algorithm="norm").fit(model, regression_loader(8, 8))
+    assert received == [(5.0, "norm")]
+    for old, new in zip(before, model.parameters()):  # SGD with lr 1: each entry moved by its clipped gradient
+        assert (new.detach() - old).abs().max() <= 0.001 + 1e-7
+
+
+@pytest.mark.parametrize("hook", ["optimizer_step", "optimizer_zero_grad", "backward"])
+def test_an_override_the_loop_would_ignore_is_refused_before_training(hook, make_trainer):
+    Overrides = type("Overrides", (BoringModel,), {hook: lambda self, *args, **kwargs: None})
+    model = Overrides()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=rf"Overrides\.{hook}\(\.\.\.\) is defined, but this Trainer does not call "
+                                         rf"a module's {hook}.*Instead: .*automatic_optimization = False"):
+        make_trainer(max_epochs=1).fit(model, regression_loader(8, 8))
+    assert all(torch.equal(old, new) for old, new in zip(before, model.parameters()))
+
+
 class NanAt(BoringModel):
     def __init__(self, bad_batch):
         super().__init__()

@@ -141,6 +141,11 @@ class FitLoop:
         # in manual optimization the module steps its schedulers itself (as in Lightning)
         self.step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
         self.epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
+        if automatic:
+            _refuse_unsupported_overrides(module)
+        # the module's own scheduler stepping and clipping, when it overrides Lightning's hooks for them
+        self.scheduler_step = _overridden(module, "lr_scheduler_step") if automatic else None
+        self.custom_clip = _overridden(module, "configure_gradient_clipping") if automatic else None
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, train_loader: Any, val_loaders: list[Any]) -> None:
@@ -390,21 +395,25 @@ class FitLoop:
     def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""
         cfg, hooks, state, engine = self.trainer.config, self.hooks, self.state, self.trainer.accelerator.engine
-        clip = cfg.gradient_clip_val
+        clip, custom_clip = cfg.gradient_clip_val, self.custom_clip
         engine.finish_window(optimizer)
         before_step, before_zero = self._step_hooks
-        if clip:
+        if clip or custom_clip is not None:
             engine.unscale(optimizer)  # the hook and the clipping see true gradients
         if before_step:
             hooks("on_before_optimizer_step", optimizer)
-        if clip:
+        if custom_clip is not None:  # the module's configure_gradient_clipping (it may clip with self.clip_gradients)
+            with engine.timed("configure_gradient_clipping"):
+                custom_clip(optimizer, clip, cfg.gradient_clip_algorithm)
+        elif clip:
             engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
         engine.step(optimizer)  # counts state.global_step
         if before_zero:
             hooks("on_before_zero_grad", optimizer)
         engine.zero_grad(optimizer)
         if self.step_schedulers:
-            step_schedulers(self.step_schedulers, "step", state.global_step, self.metrics.callback_metrics)
+            step_schedulers(self.step_schedulers, "step", state.global_step, self.metrics.callback_metrics,
+                            self.scheduler_step)
 
     def _end_train_epoch(self) -> None:
         """Epoch-end order: the module's hook (it may log epoch values), then the epoch metrics are
@@ -419,7 +428,8 @@ class FitLoop:
         state.current_epoch += 1
         state.batch_idx, state.epoch_trained = 0, False
         if self.epoch_schedulers:
-            step_schedulers(self.epoch_schedulers, "epoch", state.current_epoch, self.metrics.callback_metrics)
+            step_schedulers(self.epoch_schedulers, "epoch", state.current_epoch, self.metrics.callback_metrics,
+                            self.scheduler_step)
 
     def _validate(self, val_loaders: list[Any], stage: str = "validate") -> None:
         eval_loop.run_validation(self.trainer, val_loaders, stage, self.hooks, self.metrics, self.data.eval_limit)
@@ -493,3 +503,31 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+
+
+# Lightning hooks of automatic optimization that this loop does its own way: overriding one would be
+# silently ignored, so fit refuses it and says where that code goes instead
+_UNSUPPORTED_OVERRIDES = {
+    "optimizer_step": "put what it does before the step in on_before_optimizer_step(optimizer) (gradients are "
+                      "unscaled there), a learning-rate warm-up in a scheduler (stepped through lr_scheduler_step), "
+                      "or step the optimizer yourself with manual optimization",
+    "optimizer_zero_grad": "gradients are zeroed with set_to_none=True after each step; put other work in "
+                           "on_before_zero_grad(optimizer), or use manual optimization",
+    "backward": "put work around backward in on_before_backward(loss) / on_after_backward(), or call "
+                "self.manual_backward(loss, ...) yourself with manual optimization",
+}
+
+
+def _overridden(module: Any, name: str) -> Any:
+    """The module's bound ``name`` if its class overrides TrainModule's, else None."""
+    from trainer.module import TrainModule
+
+    return getattr(module, name) if getattr(type(module), name) is not getattr(TrainModule, name) else None
+
+
+def _refuse_unsupported_overrides(module: Any) -> None:
+    for name, instead in _UNSUPPORTED_OVERRIDES.items():
+        if callable(getattr(type(module), name, None)):
+            raise ValueError(f"{type(module).__name__}.{name}(...) is defined, but this Trainer does not call a "
+                             f"module's {name} in automatic optimization (it would be silently ignored). Instead: "
+                             f"{instead}. Manual optimization: set `self.automatic_optimization = False` in __init__.")
