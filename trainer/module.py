@@ -189,6 +189,18 @@ class TrainModule(torch.nn.Module):
         """Clip ``optimizer``'s gradients by norm (default) or value, after undoing the loss scale."""
         manual.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def freeze(self) -> None:
+        """No parameter requires grad, and the module is in eval mode (for inference or as a fixed part)."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Every parameter requires grad again, and the module is in train mode."""
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
+
     # -- overridable steps of automatic optimization (Lightning's names) ----------------------------
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

@@ -11,7 +11,9 @@ import torch
 from trainer.callbacks.base import Callback
 from trainer.callbacks.logger import Logger
 from trainer.callbacks.trackers import default_loggers
+from trainer.callbacks.early_stopping import EarlyStopping
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
@@ -141,6 +143,11 @@ class Trainer:
     is_accumulating = property(lambda self: self.accelerator.engine.in_window)  # inside an accumulation window
     background_writer = property(lambda self: self._background_writes)  # ModelCheckpoint(async_save=True)'s
     checkpoint_dir = property(checkpointing.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
+    root_device = property(lambda self: self.accelerator.strategy.root_device)
+    checkpoint_callbacks = property(lambda self: [c for c in self.callbacks if isinstance(c, ModelCheckpoint)])
+    early_stopping_callbacks = property(lambda self: [c for c in self.callbacks if isinstance(c, EarlyStopping)])
+    early_stopping_callback = property(lambda self: next(iter(self.early_stopping_callbacks), None))
+    progress_bar_callback = property(lambda self: next((c for c in self.callbacks if isinstance(c, ProgressBar)), None))
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -391,3 +398,10 @@ class Trainer:
     @property
     def log_dir(self) -> str:
         return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
+
+
+# Lightning's read-only mirrors of the settings (trainer.accumulate_grad_batches, trainer.limit_val_batches, ...)
+for _name in ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
+              "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+              "limit_predict_batches", "num_sanity_val_steps"):
+    setattr(Trainer, _name, property(lambda self, _name=_name: getattr(self.config, _name)))

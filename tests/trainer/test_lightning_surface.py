@@ -344,6 +344,36 @@ def test_test_without_a_model_after_fit_uses_the_best_checkpoint_and_prints_a_ta
     assert "dataloader 0" not in caplog.text
 
 
+def test_lightning_mirrors_of_the_settings_and_callbacks_on_the_trainer(make_trainer):
+    from trainer.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+
+    settings = dict(accumulate_grad_batches=3, gradient_clip_val=0.5, gradient_clip_algorithm="value",
+                    val_check_interval=0.5, check_val_every_n_epoch=2, limit_train_batches=4, limit_val_batches=0.25,
+                    limit_test_batches=3, limit_predict_batches=1, num_sanity_val_steps=0)
+    first, second, stop = ModelCheckpoint(monitor="val/loss"), ModelCheckpoint(save_last=True), EarlyStopping("val/loss")
+    trainer = make_trainer(callbacks=[first, stop, second], **settings)
+    assert {name: getattr(trainer, name) for name in settings} == settings
+    assert trainer.checkpoint_callbacks == [first, second] and trainer.checkpoint_callback is first
+    assert trainer.early_stopping_callbacks == [stop] and trainer.early_stopping_callback is stop
+    assert trainer.root_device == torch.device("cpu")
+    assert trainer.progress_bar_callback is None  # make_trainer turns the bar off
+    bar = ProgressBar()
+    assert make_trainer(callbacks=[bar]).progress_bar_callback is bar
+    bare = make_trainer(enable_checkpointing=False)
+    assert (bare.checkpoint_callbacks, bare.early_stopping_callbacks, bare.early_stopping_callback) == ([], [], None)
+
+
+def test_freeze_and_unfreeze_the_whole_module(make_trainer):
+    model = BoringModel()
+    model.freeze()
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="no trainable parameters"):  # fit refuses a frozen module
+        make_trainer(max_epochs=1).fit(model, regression_loader(8, 8))
+    model.unfreeze()
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    make_trainer(max_epochs=1).fit(model, regression_loader(8, 8))
+
+
 def test_stage_flags_and_lightning_names_on_the_trainer(make_trainer):
     seen = []
 
