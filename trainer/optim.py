@@ -58,6 +58,12 @@ def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
         config = SchedulerConfig(item)
     if not hasattr(config.scheduler, "step") or isinstance(config.scheduler, torch.optim.Optimizer):
         raise _bad(returned, f"{type(config.scheduler).__name__} is not a learning-rate scheduler")
+    if not all(callable(getattr(config.scheduler, m, None)) for m in ("state_dict", "load_state_dict")):
+        # checked now, as Lightning does: the first checkpoint (or a resume) would fail mid-training
+        name = type(config.scheduler).__name__
+        raise TypeError(f"configure_optimizers() returned the scheduler {name}, which has no state_dict() and "
+                        f"load_state_dict(): checkpoints and resuming keep every scheduler's state. Define both on "
+                        f"{name} (torch's and timm's schedulers have them).")
     if config.interval not in ("step", "epoch"):
         raise _bad(returned, f"lr_scheduler interval={config.interval!r} must be 'step' or 'epoch'")
     if not isinstance(config.frequency, int) or config.frequency < 1:

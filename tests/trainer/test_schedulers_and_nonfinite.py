@@ -120,6 +120,27 @@ def test_lr_scheduler_step_override_gets_the_monitored_metric_for_reduce_lr_on_p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 ** 3)  # as without the override
 
 
+def test_a_scheduler_without_state_dict_is_refused_before_training(make_trainer):
+    class Stateless:  # the first checkpoint would have failed after an epoch of training
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def step(self):
+            pass
+
+    class Uses(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": Stateless(opt)}
+
+    model = Uses()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"the scheduler Stateless, which has no state_dict\(\) and load_state_dict\(\)"
+                                        r".*Define both on Stateless"):
+        make_trainer(max_epochs=1).fit(model, regression_loader(8, 8))
+    assert all(torch.equal(old, new) for old, new in zip(before, model.parameters()))
+
+
 def test_configure_gradient_clipping_override_clips_its_own_way(make_trainer):
     """Lightning's configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm) is
     called at each optimizer step with the Trainer's settings, and self.clip_gradients inside it clips."""
