@@ -404,7 +404,7 @@ class FitLoop:
             hooks("on_before_optimizer_step", optimizer)
         if custom_clip is not None:  # the module's configure_gradient_clipping (it may clip with self.clip_gradients)
             with engine.timed("configure_gradient_clipping"):
-                custom_clip(optimizer, clip, cfg.gradient_clip_algorithm)
+                custom_clip(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=cfg.gradient_clip_algorithm)
         elif clip:
             engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
         engine.step(optimizer)  # counts state.global_step
