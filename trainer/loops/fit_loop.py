@@ -41,6 +41,7 @@ from trainer.data.data_position import (capture_epoch_start, restore_epoch_start
                                         set_rng_states_after_first, skip_batches)
 from trainer.datamodule import batch_mover
 from trainer.data.distributed_data import default_data_seed
+from trainer.loops.hooks import module_override, refuse_unsupported_overrides
 from trainer.loops.manual import ModuleOptimizer
 from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.loops.preemption import StopAgreement
@@ -142,10 +143,10 @@ class FitLoop:
         self.step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
         self.epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
         if automatic:
-            _refuse_unsupported_overrides(module)
+            refuse_unsupported_overrides(module)
         # the module's own scheduler stepping and clipping, when it overrides Lightning's hooks for them
-        self.scheduler_step = _overridden(module, "lr_scheduler_step") if automatic else None
-        self.custom_clip = _overridden(module, "configure_gradient_clipping") if automatic else None
+        self.scheduler_step = module_override(module, "lr_scheduler_step") if automatic else None
+        self.custom_clip = module_override(module, "configure_gradient_clipping") if automatic else None
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, train_loader: Any, val_loaders: list[Any]) -> None:
@@ -504,30 +505,3 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 
-
-# Lightning hooks of automatic optimization that this loop does its own way: overriding one would be
-# silently ignored, so fit refuses it and says where that code goes instead
-_UNSUPPORTED_OVERRIDES = {
-    "optimizer_step": "put what it does before the step in on_before_optimizer_step(optimizer) (gradients are "
-                      "unscaled there), a learning-rate warm-up in a scheduler (stepped through lr_scheduler_step), "
-                      "or step the optimizer yourself with manual optimization",
-    "optimizer_zero_grad": "gradients are zeroed with set_to_none=True after each step; put other work in "
-                           "on_before_zero_grad(optimizer), or use manual optimization",
-    "backward": "put work around backward in on_before_backward(loss) / on_after_backward(), or call "
-                "self.manual_backward(loss, ...) yourself with manual optimization",
-}
-
-
-def _overridden(module: Any, name: str) -> Any:
-    """The module's bound ``name`` if its class overrides TrainModule's, else None."""
-    from trainer.module import TrainModule
-
-    return getattr(module, name) if getattr(type(module), name) is not getattr(TrainModule, name) else None
-
-
-def _refuse_unsupported_overrides(module: Any) -> None:
-    for name, instead in _UNSUPPORTED_OVERRIDES.items():
-        if callable(getattr(type(module), name, None)):
-            raise ValueError(f"{type(module).__name__}.{name}(...) is defined, but this Trainer does not call a "
-                             f"module's {name} in automatic optimization (it would be silently ignored). Instead: "
-                             f"{instead}. Manual optimization: set `self.automatic_optimization = False` in __init__.")
