@@ -392,3 +392,33 @@ def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch, make
     with pytest.raises(ValueError, match=r"DeepSpeedStrategy with manual optimization \(GAN\.automatic_optimization = "
                                          r"False\): not supported\. DeepSpeed's engine is built around one optimizer"):
         trainer.fit(GAN(), DataLoader(_data(), batch_size=4))
+
+
+def test_manual_mode_may_define_the_hooks_automatic_mode_refuses(make_trainer):
+    """optimizer_step / optimizer_zero_grad / backward are refused only in automatic optimization
+    (the loop would ignore them); a manual module may define them, e.g. as helpers it calls itself."""
+
+    class Manual(BoringModel):
+        automatic_optimization = False
+
+        def backward(self, loss):
+            self.manual_backward(loss)
+
+        def optimizer_step(self, opt):
+            opt.step()
+
+        def optimizer_zero_grad(self, opt):
+            opt.zero_grad()
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            loss = super().training_step(batch, batch_idx)
+            self.backward(loss)
+            self.optimizer_step(opt)
+            self.optimizer_zero_grad(opt)
+
+    model = Manual()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer(max_epochs=1)
+    trainer.fit(model, regression_loader(16, 8))
+    assert trainer.global_step == 2 and not all(torch.equal(o, n) for o, n in zip(before, model.parameters()))
