@@ -2,6 +2,7 @@
 
 from .base import Callback, MissingMetricError
 from .early_stopping import EarlyStopping
+from .lambda_function import LambdaCallback
 from .logger import CSVLogger, Logger
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
@@ -11,5 +12,5 @@ from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer"]

@@ -67,6 +67,8 @@ def _batch_idx_arg(name: str, args: tuple) -> int | None:
 
 
 def _overrides(obj: Any, base: type, name: str) -> bool:
+    if base is Callback and name in getattr(obj, "__dict__", {}):  # a function set on the instance (LambdaCallback)
+        return True
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
 
