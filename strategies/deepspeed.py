@@ -263,6 +263,9 @@ class DeepSpeedStrategy(Strategy):
     oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
                          "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
                          "free of collectives.")
+    accumulation_schedule_refusal = ("DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it "
+                                     "sets its own loss scaling and step boundaries from it), so the number of "
+                                     "micro-batches per step cannot change between epochs.")
 
     # -- state --------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:

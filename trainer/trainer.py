@@ -140,6 +140,7 @@ class Trainer:
     train_dataloader = property(lambda self: self._data.train_loader)  # fit's, once asked for
     val_dataloaders = property(lambda self: self._data.val_loaders)  # fit's
     is_last_batch = property(lambda self: self.fit_loop.is_last_batch)  # the current training batch is the epoch's last
+    accumulate_grad_batches = property(lambda self: self.fit_loop.accumulate_grad_batches)  # this epoch's
     is_accumulating = property(lambda self: self.accelerator.engine.in_window)  # inside an accumulation window
     background_writer = property(lambda self: self._background_writes)  # ModelCheckpoint(async_save=True)'s
     checkpoint_dir = property(checkpointing.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
@@ -401,7 +402,7 @@ class Trainer:
 
 
 # Lightning's read-only mirrors of the settings (trainer.accumulate_grad_batches, trainer.limit_val_batches, ...)
-for _name in ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
+for _name in ("gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
               "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
               "limit_predict_batches", "num_sanity_val_steps"):
     setattr(Trainer, _name, property(lambda self, _name=_name: getattr(self.config, _name)))

@@ -81,6 +81,7 @@ class FitLoop:
         self.oom_splitter: Any = None           # Trainer(oom_split=True): see _train_split
         self._local_training_step: Any = None
         self._told_min = False
+        self._accumulate_grad_batches: int | None = None  # this epoch's, if a callback set it (else the config's)
         self._backward_hooks = self._step_hooks = (False, False)
 
     # -- what a checkpoint holds -----------------------------------------------------------------
@@ -118,6 +119,32 @@ class FitLoop:
         self.epoch_start_rng = loops.get("epoch_start_rng")
         self.metrics.results["train"].load_state_dict(loops.get("results", {}))
         self.metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per optimizer step in the current epoch: ``Trainer(accumulate_grad_batches=)``
+        unless a callback set another for this epoch (``set_accumulate_grad_batches``)."""
+        k = self._accumulate_grad_batches
+        return self.trainer.config.accumulate_grad_batches if k is None else k
+
+    def set_accumulate_grad_batches(self, k: int) -> None:
+        """Train the next epoch with ``k`` micro-batches per optimizer step (a ``GradientAccumulationScheduler``
+        calls it from ``on_train_epoch_start``). Windows start with each epoch, so a new value is exact
+        from that epoch's first batch; it is refused inside a window and by a strategy that fixes it."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"set_accumulate_grad_batches({k!r}): expected a positive int of micro-batches per "
+                             "optimizer step.")
+        refusal = self.trainer.accelerator.strategy.accumulation_schedule_refusal
+        if refusal:
+            raise ValueError(f"Changing accumulate_grad_batches during fit with "
+                             f"{type(self.trainer.accelerator.strategy).__name__}: {refusal} Remove the "
+                             "GradientAccumulationScheduler and pass Trainer(accumulate_grad_batches=k), or use "
+                             "strategy='ddp' or 'fsdp'.")
+        if self.is_accumulating:
+            raise RuntimeError(f"set_accumulate_grad_batches({k}) inside an accumulation window (batch_idx "
+                               f"{self.state.batch_idx}): the window's micro-batches were weighted for "
+                               f"{self.accumulate_grad_batches}. Call it from on_train_epoch_start.")
+        self._accumulate_grad_batches = k
 
     @property
     def is_accumulating(self) -> bool:
@@ -159,6 +186,7 @@ class FitLoop:
         eval_loop.check_step_signature(trainer.module, "validate", len(val_loaders), "trainer.fit")
         val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         self.metrics.log_hyperparams()
+        self._accumulate_grad_batches = None  # each fit starts from the Trainer's setting
         hooks("on_fit_start")
         if val_loaders and trainer.config.num_sanity_val_steps != 0:
             state.stage = "sanity_check"
@@ -174,7 +202,12 @@ class FitLoop:
         trainer, state, hooks = self.trainer, self.state, self.hooks
         self.start_time = time.monotonic()
         self.oom_splitter = self._make_splitter()
-        hooks("on_train_start")
+        results = self.metrics.results["train"]
+        fresh_epoch = state.batch_idx == 0 and not state.epoch_trained
+        if fresh_epoch:
+            results.reset()  # values logged in on_train_start count in the first epoch's (as in Lightning)
+        trainer.module._results = results
+        self._epoch_level_hook("on_train_start")
         if self.resume_rng is not None:
             set_rng_states(self.resume_rng)  # every random stream continues from the checkpoint
             self.resume_rng = None
@@ -189,9 +222,10 @@ class FitLoop:
                 val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
             _set_sampler_epoch(train_loader, state.current_epoch)
             trainer.module.train()
-            if start == 0:
-                self.metrics.results["train"].reset()
-            hooks("on_train_epoch_start")
+            if start == 0 and not fresh_epoch:
+                results.reset()
+            fresh_epoch = False
+            self._epoch_level_hook("on_train_epoch_start")
             seen, completed = state.batches_seen, True
             if not state.epoch_trained and (num_batches is None or start < num_batches or self.reshard is not None):
                 batches = self._epoch_batches(train_loader, num_batches, start)
@@ -209,6 +243,15 @@ class FitLoop:
                 break
             self._end_train_epoch()
         hooks("on_train_end")
+
+    def _epoch_level_hook(self, name: str) -> None:
+        """``on_train_start`` / ``on_train_epoch_start``: what they log defaults to on_epoch (Lightning's)."""
+        results = self.metrics.results["train"]
+        results.in_step = False
+        try:
+            self.hooks(name)
+        finally:
+            results.in_step = True
 
     def _reshard_epoch(self, train_loader: Any) -> None:
         """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
@@ -273,7 +316,7 @@ class FitLoop:
         training_step = self.training_step  # through the strategy's wrapper (DDP arms gradient sync there)
         results = self.metrics.results["train"]
         optimizer = self.optimizers[0]
-        k = cfg.accumulate_grad_batches
+        k = self.accumulate_grad_batches  # the epoch's (a GradientAccumulationScheduler may have set it)
         has_batch_start, has_batch_end = hooks.has("on_train_batch_start"), hooks.has("on_train_batch_end")
         self._backward_hooks = (hooks.has("on_before_backward"), hooks.has("on_after_backward"))
         validate_this_epoch = val_loaders and (cfg.check_val_every_n_epoch is None
@@ -304,6 +347,7 @@ class FitLoop:
             closes_window = engine.begin_micro(size, is_last)
             self.is_last_batch = is_last
             steps_before = state.global_step
+            logged_before = state.batches_seen if manual else steps_before  # Lightning's log cadence counts batches
             try:
                 if manual:  # training_step runs its own backward and steps; k is 1
                     with accel.autocast():
@@ -337,8 +381,8 @@ class FitLoop:
             # autograd graph (the nodes; backward freed their tensors) outlived the next forward, and those small
             # blocks between its activations raised peak RSS on the demo workload by 2-4% (heap fragmentation)
             output = outputs = None
-            if stepped and state.global_step // log_every != steps_before // log_every:  # crossed a multiple
-                self.metrics.publish_train(epoch_end=False)
+            if (state.batches_seen if manual else state.global_step) // log_every != logged_before // log_every:
+                self.metrics.publish_train(epoch_end=False)  # crossed a multiple of log_every_n_steps
             if state.val_pending:
                 state.val_pending = False  # a checkpoint written during validation must not repeat it
                 self._validate(val_loaders)
@@ -413,6 +457,8 @@ class FitLoop:
             hooks("on_before_zero_grad", optimizer)
         engine.zero_grad(optimizer)
         if self.step_schedulers:
+            if self._plateau_needs_agreement:  # every rank reduces its rate on rank zero's values
+                self.metrics.publish_train(epoch_end=False, log=False)
             step_schedulers(self.step_schedulers, "step", state.global_step, self.metrics.callback_metrics,
                             self.scheduler_step)
 
@@ -432,7 +478,14 @@ class FitLoop:
             step_schedulers(self.epoch_schedulers, "epoch", state.current_epoch, self.metrics.callback_metrics,
                             self.scheduler_step)
 
+    @property
+    def _plateau_needs_agreement(self) -> bool:
+        return self.trainer.world_size > 1 and any(c.is_plateau for c in self.step_schedulers)
+
     def _validate(self, val_loaders: list[Any], stage: str = "validate") -> None:
+        if stage == "validate" and self.trainer.world_size > 1:
+            # callbacks deciding at validation end on a training value see rank zero's, on every rank
+            self.metrics.publish_train(epoch_end=False, log=False)
         eval_loop.run_validation(self.trainer, val_loaders, stage, self.hooks, self.metrics, self.data.eval_limit)
 
     # -- when to stop --------------------------------------------------------------------------
