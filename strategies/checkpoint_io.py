@@ -150,38 +150,43 @@ def safe_load(path: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist. Check the path, or pass ckpt_path='last' to "
                                 "resume from the newest checkpoint (or start fresh when there is none).")
+    from .checkpoint_links import checkpoint_directory, real_checkpoint
+
     if os.path.isdir(path):
-        meta = os.path.join(path, SHARDED_META)
-        if not os.path.isfile(meta):
+        opened = os.path.join(checkpoint_directory(path), SHARDED_META)  # no link in it leads out of it
+        if not os.path.isfile(opened):
             raise CorruptCheckpointError(
                 f"Checkpoint {path!r} is a directory without {SHARDED_META}: it is not a whole sharded checkpoint "
                 "(its writing was cut short, or it is another kind of directory). Use an earlier checkpoint.")
-        path = meta
+        path = os.path.join(path, SHARDED_META)
+    else:
+        opened = real_checkpoint(path)  # the file a link named by the user leads to: checked and read there
+    shown = repr(path) if opened == os.path.abspath(path) else f"{path!r} (a link to {opened!r})"
     try:
-        if mmap and os.path.isfile(path):
+        if mmap and os.path.isfile(opened):
             from .mapped import load_mapped
 
-            return load_mapped(path, map_location)
-        return torch.load(path, map_location=map_location, weights_only=True)
+            return load_mapped(opened, map_location)
+        return torch.load(opened, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err)
         named = re.search(r"GLOBAL ([\w.]+)", detail)
         # no global named (an opcode torch refuses): random bytes fail that way too, so ask ours
-        name = named.group(1) if named else _named_global(path)
+        name = named.group(1) if named else _named_global(opened)
         if name is not None:
             raise UnsafeCheckpointError(
-                f"Refusing to load {path!r}: it contains a pickled Python object (the global {name}). "
+                f"Refusing to load {shown}: it contains a pickled Python object (the global {name}). "
                 "Loading it would run code from the file, so only tensors, containers and plain values are accepted. "
                 "If you trust the file, load it yourself with torch.load(path, weights_only=False) and save its state "
                 "dicts again.") from None
         reason = "its pickle data is not valid" if "Weights only load failed" in detail else detail[:200]
-        raise CorruptCheckpointError(f"Checkpoint {path!r} is damaged and cannot be read ({reason}). Use an earlier "
+        raise CorruptCheckpointError(f"Checkpoint {shown} is damaged and cannot be read ({reason}). Use an earlier "
                                      "checkpoint.") from None
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 -- whatever a truncated or damaged file makes torch raise
         raise CorruptCheckpointError(
-            f"Checkpoint {path!r} is truncated or damaged ({type(err).__name__}: {str(err)[:200]}). It was probably "
+            f"Checkpoint {shown} is truncated or damaged ({type(err).__name__}: {str(err)[:200]}). It was probably "
             "cut short by a crash or an interrupted copy; use an earlier checkpoint.") from None
 
 

@@ -27,6 +27,7 @@ import zlib
 from typing import Any, Iterable
 
 from .checkpoint_errors import CorruptCheckpointError, UnsafeCheckpointError
+from .checkpoint_links import checkpoint_directory
 
 _TORCH_DATA = {  # used when torch's own weights_only allow-list cannot be read
     "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
@@ -201,7 +202,9 @@ def dcp_metadata(path: str) -> Any:
 
 
 def verify_dcp(path: str) -> None:
-    """Every pickle a DCP load of ``path`` would read: ``.metadata`` and each item of every ``.distcp``."""
+    """Every pickle a DCP load of ``path`` would read: ``.metadata`` and each item of every ``.distcp``
+    (no link in ``path`` may lead out of it: checkpoint_links.py)."""
+    path = checkpoint_directory(path)
     metadata = dcp_metadata(path)
     allowed = torch_data_globals()
     by_file: dict[str, list[Any]] = {}
@@ -223,9 +226,12 @@ def verify_dcp(path: str) -> None:
 
 
 def verify_deepspeed(path: str) -> None:
-    """Every ``.pt`` file under ``path``: the files DeepSpeed and zero_to_fp32 load with weights_only=False."""
+    """Every ``.pt`` file under ``path``: the files DeepSpeed and zero_to_fp32 load with weights_only=False.
+    No link in ``path`` may lead out of it (checkpoint_links.py); a linked folder inside it is checked
+    where it lies (``os.walk`` lists it, never enters it), a linked file through its link."""
+    root_dir = checkpoint_directory(path)
     allowed = torch_data_globals() | _DEEPSPEED
-    for root, _, names in sorted(os.walk(path)):
+    for root, _, names in sorted(os.walk(root_dir)):
         for name in sorted(names):
             if name.endswith(".pt"):
                 file = os.path.join(root, name)
@@ -237,6 +243,7 @@ def verify_sharded(path: str, meta: dict[str, Any], rank: int = 0, world_size: i
     """Refuse the sharded checkpoint ``path`` (``meta``: its meta.ckpt) if any file in it would unpickle
     code (``UnsafeCheckpointError``), or is missing, truncated or damaged (``CorruptCheckpointError``).
     ``rank``/``world_size``: the CRC-32s are split among the ranks."""
+    path = checkpoint_directory(path)  # no link in it leads out of it; read where it really is
     manifest = meta.get("files") if isinstance(meta, dict) else None
     verify = _FORMAT_VERIFIERS.get(meta.get("sharded"))  # the pickles of the format's own files
     try:
@@ -318,6 +325,7 @@ def safe_dcp_load(state_dict: dict[str, Any], path: str, whole: bool = False) ->
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
+    path = checkpoint_directory(path)  # DCP then reads the very files verify_dcp checked
     verify_dcp(path)
     try:
         if whole:

@@ -266,6 +266,8 @@ class DeepSpeedStrategy(Strategy):
     accumulation_schedule_refusal = ("DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it "
                                      "sets its own loss scaling and step boundaries from it), so the number of "
                                      "micro-batches per step cannot change between epochs.")
+    adding_param_groups_refusal = ("DeepSpeed's engine builds its own optimizer partitions from the parameter "
+                                   "groups it was given, so groups cannot be added to it while it runs.")
 
     # -- state --------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -306,10 +308,12 @@ class DeepSpeedStrategy(Strategy):
                          self.is_global_zero, self.broadcast, self.barrier)
 
     def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+        from .checkpoint_links import checkpoint_directory
         from .checkpoint_verify import verify_deepspeed
 
-        verify_deepspeed(path)  # the engine loads its files with weights_only=False: no global but DeepSpeed's own
-        loaded, _ = self.engine.load_checkpoint(path, tag="engine", load_optimizer_states=True,
+        real = checkpoint_directory(path)  # no link leads out of it: the engine opens what was checked
+        verify_deepspeed(real)  # the engine loads its files with weights_only=False: no global but DeepSpeed's own
+        loaded, _ = self.engine.load_checkpoint(real, tag="engine", load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
             from .checkpoint_io import CheckpointError
@@ -330,11 +334,12 @@ def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:
     _require_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from .checkpoint_links import checkpoint_directory
     from .checkpoint_verify import verify_deepspeed
 
-    verify_deepspeed(path)  # zero_to_fp32 loads with weights_only=False
-
-    state = get_fp32_state_dict_from_zero_checkpoint(path, tag="engine")
+    real = checkpoint_directory(path)  # no link leads out of it: zero_to_fp32 opens what was checked
+    verify_deepspeed(real)  # zero_to_fp32 loads with weights_only=False
+    state = get_fp32_state_dict_from_zero_checkpoint(real, tag="engine")
     prefix = "module."  # the engine wraps the module in _StepForward
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 

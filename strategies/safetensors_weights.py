@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint_errors import CheckpointError
 from .checkpoint_io import atomic_write
+from .checkpoint_links import file_in
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -75,12 +76,14 @@ def _write_text(path: str, text: str) -> None:
 
 
 def load_weights(directory: str) -> dict[str, torch.Tensor]:
-    """Read weights written by ``save_weights`` (single file or sharded with an index)."""
+    """Read weights written by ``save_weights`` (single file or sharded with an index). Each file is
+    opened where it really is; a link in ``directory`` that leads out of it is refused
+    (``LinkOutsideCheckpointError``, checkpoint_links.py)."""
     from safetensors.torch import load_file
 
     index_path = os.path.join(directory, WEIGHTS_INDEX_NAME)
-    if os.path.exists(index_path):
-        with open(index_path) as f:
+    if os.path.lexists(index_path):
+        with open(file_in(directory, WEIGHTS_INDEX_NAME)) as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
         outside = [n for n in files if not isinstance(n, str) or os.path.isabs(n) or os.path.dirname(n)
                    or n in (".", "..")]
@@ -88,11 +91,11 @@ def load_weights(directory: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{index_path!r} names weight files outside its directory ({outside[:3]}); "
                                   "an index written by save_weights names only files beside it. Refusing to read "
                                   "them: check where this index came from.")
-    elif os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
+    elif os.path.lexists(os.path.join(directory, WEIGHTS_NAME)):
         files = [WEIGHTS_NAME]
     else:
         raise FileNotFoundError(f"No weights in {directory!r}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}.")
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        state.update(load_file(os.path.join(directory, name)))
+        state.update(load_file(file_in(directory, name)))
     return state

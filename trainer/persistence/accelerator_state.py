@@ -29,6 +29,7 @@ from trainer.persistence.layout import check_layout
 from trainer.persistence.trainer_state import FORMAT_VERSION, header, load_weights_into, read_verified
 from trainer.strategies.checkpoint_directories import atomic_directory, recover_directory
 from trainer.strategies.checkpoint_io import SHARDED_META, CheckpointError, safe_load
+from trainer.strategies.checkpoint_links import file_in
 
 STATE_FILE = "state.ckpt"
 
@@ -93,7 +94,8 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): it holds no {STATE_FILE}: found {found}; "
                                 f"expected the directory Accelerator.save_state wrote. {fix}")
     # a sharded directory's meta.ckpt (refused if the directory is partial), every file checked
-    state = read_verified(strategy, input_dir) if path == input_dir else safe_load(path)
+    # one file: state.ckpt where it really is (a link out of the directory is refused, checkpoint_links.py)
+    state = read_verified(strategy, input_dir) if path == input_dir else safe_load(file_in(input_dir, STATE_FILE))
     _check_state(state, path)
     state = _upgrade(state, path)
     check_layout(state, path)  # every field this reads, named when wrong
