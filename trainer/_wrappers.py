@@ -127,7 +127,7 @@ class PreparedDataLoader:
     """
 
     def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True,
-                 source: PreparedDataLoader | None = None) -> None:
+                 source: PreparedDataLoader | None = None, skipped_batches: int = 0) -> None:
         self.loader = loader
         self._accelerator = accelerator
         self.end_of_dataloader = False
@@ -135,6 +135,7 @@ class PreparedDataLoader:
         self.samples_before = 0  # this rank's samples yielded before the current batch, this pass
         self.batch_len = 0  # samples in the current batch
         self._skipped_samples = skipped_samples
+        self._skipped_batches = skipped_batches
         self._auto_epoch = auto_epoch
         self._epoch = 0  # the epoch of the next pass
         self._source = source
@@ -163,10 +164,14 @@ class PreparedDataLoader:
         accelerator = self._accelerator
         owner = self._source or self  # a skip_first_batches loader's pass is its source's pass
         loaded = owner._begin_pass(self)
+        # saved at (or after) a pass's last batch, and this skips batches of that finished pass (the
+        # README's loop counts them): it yields nothing and, as the uninterrupted run never made it, it
+        # draws nothing and does not count as a pass
+        replay = self._source is not None and loaded is not None and not loaded["in_pass"] and self._skipped_batches > 0
         if self._source is not None and loaded is not None:
             if loaded["in_pass"]:  # draw the interrupted pass's order (then the checkpoint's states come back)
                 self.loader.before_first_batch = lambda: restore_epoch_start(owner.loader, loaded["epoch_start"])
-            else:  # saved between passes: this pass draws as the uninterrupted run's next pass did
+            elif not replay:  # saved between passes: this pass draws as the uninterrupted run's next pass did
                 self.loader.put_back_states = False
         self.remainder = self._remainder()
         self.samples_before = self._skipped_samples
@@ -181,6 +186,8 @@ class PreparedDataLoader:
         finally:
             owner._pass = None
             accelerator.gradient_state._remove_dataloader(self)
+        if replay and self.samples_before == self._skipped_samples and not loaded["epoch_set"]:
+            owner._epoch = loaded["epoch"]  # the next pass is the one after the finished pass, as saved
 
     def _begin_pass(self, iterating: PreparedDataLoader) -> dict[str, Any] | None:
         """Set the sampler's epoch and record the pass (read by ``iterating``: this loader or one
@@ -207,7 +214,8 @@ class PreparedDataLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch = state["epoch"]
         self._set_sampler_epoch(self._epoch)
-        self._loaded = {"in_pass": bool(state.get("in_pass")), "epoch_start": state.get("epoch_start")}
+        self._loaded = {"in_pass": bool(state.get("in_pass")), "epoch_start": state.get("epoch_start"),
+                        "epoch": self._epoch, "epoch_set": False}
 
     def _remainder(self) -> int:
         try:
@@ -223,6 +231,8 @@ class PreparedDataLoader:
         self._auto_epoch = True
         self._epoch = epoch
         self._set_sampler_epoch(epoch)
+        if self._loaded is not None:
+            self._loaded["epoch_set"] = True
 
     def _set_sampler_epoch(self, epoch: int) -> None:
         for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):

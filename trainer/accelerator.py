@@ -36,6 +36,22 @@ class Accelerator(TrackingMixin):
         device_placement: move prepared models and batches to ``self.device``.
         strategy: a ``Strategy`` object or name (defaults to one device, picked cuda > mps > cpu).
         devices: how many devices (or which), as for the Trainer.
+        dataloader_config: a ``DataLoaderConfiguration`` (``split_batches``, ``even_batches``,
+            ``use_seedable_sampler``, ...), applied to every prepared loader.
+        gradient_accumulation_plugin: a ``GradientAccumulationPlugin``; its ``num_steps`` takes the place
+            of ``gradient_accumulation_steps`` (give one of the two).
+        deepspeed_plugin: a ``DeepSpeedPlugin``: train under DeepSpeed ZeRO.
+        fsdp_plugin: a ``FullyShardedDataParallelPlugin``: train under FSDP2.
+        log_with: trackers for ``init_trackers``/``log``: "tensorboard", "wandb", "mlflow", "csv", "all",
+            a logger object or a list of them.
+        project_dir: where trackers and ``save_state`` write (also ``project_config.project_dir``).
+        project_config: a ``ProjectConfiguration`` (automatic checkpoint naming, ``total_limit``).
+        step_scheduler_with_optimizer: a prepared scheduler steps when its optimizer steps (Accelerate's
+            default, True).
+        split_batches, torch_tp_plugin, megatron_lm_plugin, rng_types, kwargs_handlers, dynamo_backend,
+            dynamo_plugin, deepspeed_plugins, parallelism_config: Accelerate's arguments for features this
+            Accelerator does not have; accepted at their defaults, otherwise refused with the reason and
+            what to use instead.
 
     Example:
         >>> accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=4)
@@ -649,7 +665,7 @@ class Accelerator(TrackingMixin):
         skipped = num_batches * (getattr(loader, "batch_size", None) or 0)
         source = dataloader if isinstance(dataloader, PreparedDataLoader) else None
         return PreparedDataLoader(SameRandomStreams(skip_batches(loader, num_batches)), self, skipped_samples=skipped,
-                                  auto_epoch=False, source=source)
+                                  auto_epoch=False, source=source, skipped_batches=num_batches)
 
 
 def _only_tensors(data: Any) -> bool:

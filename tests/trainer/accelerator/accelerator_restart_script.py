@@ -44,7 +44,9 @@ class Stop(Exception):
     """Raised (in-process tests) where the launcher test SIGKILLs."""
 
 
-def train(run_dir: str, kill_at: int | None = None, in_process: bool = False) -> dict:
+def train(run_dir: str, kill_at: int | None = None, in_process: bool = False, epochs: int = EPOCHS,
+          set_epoch: bool = True) -> dict:
+    """The loop; ``set_epoch=False`` leaves the epochs to the prepared loader (its passes count them)."""
     set_seed(0)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
@@ -60,8 +62,9 @@ def train(run_dir: str, kill_at: int | None = None, in_process: bool = False) ->
     state_dir = os.path.join(run_dir, "state")
     if os.path.isdir(state_dir):  # the same code for the first attempt and every restart
         accelerator.load_state(state_dir)
-    for epoch in range(progress.epoch, EPOCHS):
-        loader.set_epoch(epoch)
+    for epoch in range(progress.epoch, epochs):
+        if set_epoch:
+            loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, progress.batch) if progress.batch else loader
         for xb, yb in batches:
             with accelerator.accumulate(model):
