@@ -2,6 +2,7 @@
 
 from .base import Callback, MissingMetricError
 from .early_stopping import EarlyStopping
+from .finetuning import BackboneFinetuning, BaseFinetuning
 from .gradient_accumulation_scheduler import GradientAccumulationScheduler
 from .lambda_function import LambdaCallback
 from .logger import CSVLogger, Logger
@@ -13,5 +14,5 @@ from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer"]

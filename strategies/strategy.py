@@ -210,6 +210,8 @@ class Strategy(ABC):
     oom_split_refusal: str | None = None  # why this strategy cannot split a micro-batch (None: it can)
     # GradientAccumulationScheduler: why the micro-batches per step cannot change between epochs (None: they can)
     accumulation_schedule_refusal: str | None = None
+    # BaseFinetuning: why parameter groups cannot be added to a running optimizer (None: they can)
+    adding_param_groups_refusal: str | None = None
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""

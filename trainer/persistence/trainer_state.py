@@ -64,7 +64,7 @@ def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
     strategy = trainer.accelerator.strategy
     sharded = strategy.sharded_format  # its weights and optimizer state go in shards
     ckpt: dict[str, Any] = {
-        **header(strategy, config=trainer.config.to_dict()),
+        **header(strategy, config=trainer.config.to_dict(), module=written_by(module)),
         "state_dict": {} if sharded else trainer.accelerator.unwrap_model(module).state_dict(),
         "hparams": _plain(dict(module.hparams)),
         "global_step": trainer.global_step,
@@ -114,23 +114,38 @@ def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
             "or from a checkpoint taken at an epoch end.")
 
 
-def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool,
-                      pages: Any = None, non_strict_fix: str = "set `model.strict_loading = False` before fit") -> None:
-    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error. With
-    ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped.
-    ``non_strict_fix``: how the caller's user loads only the matching keys (named in the error)."""
-    own = module.state_dict()
-    state_dict = strip_compile_prefix(state_dict, own)  # saved from a torch.compile wrapper
+def written_by(module: Any) -> str:
+    """The class that writes a checkpoint, as ``metadata.module`` records it (``package.module.Class``)."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def weight_differences(own: dict[str, Any], state_dict: dict[str, Any]) -> list[str]:
+    """What keeps ``state_dict`` from loading into a module whose state dict is ``own``: its missing,
+    unexpected and mis-shaped keys, one phrase per kind (none: it fits)."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                         for k in set(own) & set(state_dict)
                         if isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", mismatched)) if keys]
-        message = (f"Checkpoint {path!r} does not match {type(module).__name__}: " + "; ".join(parts) + ".")
+    return [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                ("shape mismatches", mismatched)) if keys]
+
+
+def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path: str, strict: bool,
+                      pages: Any = None, non_strict_fix: str = "set `model.strict_loading = False` before fit",
+                      writer: str | None = None) -> None:
+    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one error. With
+    ``pages`` (a memory-mapped checkpoint's), the copy goes in chunks, each chunk's pages dropped.
+    ``non_strict_fix``: how the caller's user loads only the matching keys (named in the error);
+    ``writer``: the class that wrote the checkpoint (``metadata.module``), named when it differs."""
+    own = module.state_dict()
+    state_dict = strip_compile_prefix(state_dict, own)  # saved from a torch.compile wrapper
+    parts = weight_differences(own, state_dict)
+    if parts:
+        by = f" (written by {writer})" if writer and writer != written_by(module) else ""
+        message = (f"Checkpoint {path!r}{by} does not match {type(module).__name__}: " + "; ".join(parts) + ".")
         if strict:
             raise CheckpointError(message + f" Is it from a different model? To load only the matching keys, "
                                             f"{non_strict_fix}.")
@@ -175,7 +190,8 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
         return
     pages = getattr(ckpt, "pages", None)  # a memory-mapped file: copy into the live state piece by piece
     load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
-                      strict=getattr(module, "strict_loading", True), pages=pages)
+                      strict=getattr(module, "strict_loading", True), pages=pages,
+                      writer=ckpt["metadata"].get("module"))
     hooks("on_load_checkpoint", ckpt)
     if "optimizer_states" not in ckpt:
         raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
