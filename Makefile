@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast test-gpu bench clean
+.PHONY: demo test test-fast test-gpu bench docs clean
 
 # PYTHONWARNINGS below: setuptools prints an informational notice on every editable install
 # (it maps trainer.callbacks/trainer.strategies with a finder); it is not for our users.
@@ -34,6 +34,12 @@ test-gpu: $(VENV)/.installed
 	sys.exit(0 if n else 'make test-gpu: torch ' + torch.__version__ + ' sees no CUDA device (no GPU, no driver, or a CPU build of torch).')"
 	$(PY) -m pytest -q -m cuda -rs --durations=10 tests
 
+# The documentation site (mkdocs.yml; MkDocs + Material + mkdocstrings from the dev extra) into site/.
+# --strict: a broken link, a missing page or an API reference that does not resolve fails the build.
+# NO_MKDOCS_2_WARNING: Material prints a notice about MkDocs 2 on every build; it is not about this site.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 # One markdown table and one PNG per benchmark in benchmarks/results/ (peers from the `bench` extra).
 bench: $(VENV)/.installed
 	$(PY) benchmarks/realistic.py --results benchmarks/results
@@ -44,4 +50,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/sharded.py --save-stall --results benchmarks/results
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .pytest_cache .hypothesis

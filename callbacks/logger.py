@@ -10,7 +10,14 @@ from .base import Callback
 
 
 class Logger(Callback):
-    """Base of every logger: ``log_metrics`` gets rows at log intervals, on rank zero only."""
+    """Base of every logger: ``log_metrics`` gets rows at log intervals, on rank zero only.
+
+    Args:
+        save_dir: the folder under which runs are written.
+        name: the experiment's folder inside ``save_dir``.
+        version: the run's folder inside that: an int (``version_<n>``) or a name; None takes the
+            next free ``version_<n>``.
+    """
 
     def __init__(self, save_dir: str = "runs", name: str = "default", version: int | str | None = None) -> None:
         self.save_dir = str(save_dir)

@@ -51,6 +51,8 @@ class ModelCheckpoint(Callback):
                  train_time_interval: datetime.timedelta | float | None = None, save_weights_only: bool = False,
                  save_on_train_epoch_end: bool | None = None, verbose: bool = False,
                  auto_insert_metric_name: bool = True, async_save: bool = False) -> None:
+        verbose: print a line on rank zero for each save (metric, value, path).
+        auto_insert_metric_name: write ``name=`` before each field of ``filename`` that lacks it.
         if mode not in ("min", "max"):
             raise ValueError(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
         if not isinstance(save_top_k, int) or save_top_k < -1:

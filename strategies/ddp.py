@@ -44,6 +44,9 @@ class DDPStrategy(Strategy):
         find_unused_parameters: set when some parameters get no gradient in a step.
         static_graph: the set of used parameters never changes (lets DDP optimise).
         process_group_backend: override "nccl"/"gloo".
+        environment: the cluster environment (ranks, addresses); detected from the launcher by default.
+        requested_processes: processes to start when no launcher started this one
+            (``Trainer(strategy="ddp", devices=2)`` in a plain ``python train.py``).
     """
 
     distributed_kind = "MULTI"

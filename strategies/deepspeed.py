@@ -67,6 +67,7 @@ class DeepSpeedStrategy(Strategy):
             value wins.
         precision: "32-true", "bf16-mixed" or "16-mixed" (DeepSpeed's bf16 / fp16 with loss scaling).
         timeout: collectives' timeout.
+        device_kind: "cpu" or "cuda".
         process_group_backend, environment, requested_processes: as for DDPStrategy.
 
     Example:

@@ -59,6 +59,16 @@ def first_host(nodelist: str) -> str:
 
 
 def detect_environment(env: Mapping[str, str] | None = None) -> ClusterEnvironment:
+    """Where this process sits in the job, read from the launcher's environment variables.
+
+    Args:
+        env: the variables to read; ``os.environ`` by default. torchrun's ``RANK``/``WORLD_SIZE``
+            (and ``trainer launch``, which runs torchrun) come first, then SLURM's ``SLURM_PROCID``
+            and friends; without either, one process.
+
+    Returns:
+        A ``ClusterEnvironment`` (kind, global and local rank, world size, node rank, main address and port).
+    """
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return ClusterEnvironment(

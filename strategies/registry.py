@@ -158,7 +158,13 @@ def resolve_strategy(strategy: Any = "auto", accelerator: str = "auto", devices:
                      precision: Any = None, options: dict | None = None, auto_precision: bool = False) -> Strategy:
     """Build the ``Strategy`` for these settings, validating each before anything runs.
 
-    ``options``: the config file's section for the strategy (e.g. its ``fsdp`` settings).
+    Args:
+        strategy: a name ("auto", "ddp", "fsdp", "deepspeed_stage_2", ...) or a ``Strategy`` object.
+        accelerator: "auto", "cpu", "cuda"/"gpu" or "mps".
+        devices: "auto", a number of devices or a list of indices.
+        precision: a precision name or None (see below).
+        options: the config file's section for the strategy (e.g. its ``fsdp`` settings).
+        auto_precision: pick the device's default precision when none is given (the Trainer).
 
     ``precision=None`` means "not given": a Strategy object keeps its own precision, a
     strategy string gets "32-true", or with ``auto_precision`` (the Trainer) the device's

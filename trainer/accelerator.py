@@ -48,10 +48,11 @@ class Accelerator(TrackingMixin):
         project_config: a ``ProjectConfiguration`` (automatic checkpoint naming, ``total_limit``).
         step_scheduler_with_optimizer: a prepared scheduler steps when its optimizer steps (Accelerate's
             default, True).
-        split_batches, torch_tp_plugin, megatron_lm_plugin, rng_types, kwargs_handlers, dynamo_backend,
-            dynamo_plugin, deepspeed_plugins, parallelism_config: Accelerate's arguments for features this
-            Accelerator does not have; accepted at their defaults, otherwise refused with the reason and
-            what to use instead.
+        split_batches: Accelerate's old place for it; pass ``DataLoaderConfiguration(split_batches=True)``.
+        torch_tp_plugin, megatron_lm_plugin, parallelism_config: only data parallelism here; refused.
+        rng_types, kwargs_handlers: refused unless left at their defaults (the error says what to use).
+        dynamo_backend, dynamo_plugin: refused; call ``torch.compile(model)`` before ``prepare``.
+        deepspeed_plugins: refused; one ``deepspeed_plugin`` per Accelerator.
 
     Example:
         >>> accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=4)

@@ -79,7 +79,12 @@ def gather_object(obj: Any) -> Any:
 
 
 def broadcast(tensor: Any, from_process: int = 0) -> Any:
-    """Every process gets ``from_process``'s values (same shapes on every process; in place)."""
+    """Every process gets ``from_process``'s values (same shapes on every process; in place).
+
+    Args:
+        tensor: a tensor, or tensors nested in lists, tuples and dicts.
+        from_process: the rank whose values are sent.
+    """
     if _world() == 1:
         return tensor
 
@@ -99,7 +104,14 @@ def broadcast_object_list(objects: list[Any], from_process: int = 0) -> list[Any
 
 def pad_across_processes(tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
     """Pad each tensor along ``dim`` with ``pad_index`` to the largest size any process has, so the
-    result can be gathered. The tensors must have the same number of dimensions on every process."""
+    result can be gathered. The tensors must have the same number of dimensions on every process.
+
+    Args:
+        tensor: a tensor, or tensors nested in lists, tuples and dicts.
+        dim: the dimension to pad.
+        pad_index: the value padded in.
+        pad_first: pad at the start instead of the end.
+    """
     world = _world()
     if world == 1:
         return tensor
@@ -127,6 +139,11 @@ def pad_across_processes(tensor: Any, dim: int = 0, pad_index: int = 0, pad_firs
 
 def reduce(tensor: Any, reduction: str = "mean", scale: float = 1.0) -> Any:
     """Reduce each tensor over the processes ("sum", "mean", "max" or "min"), times ``scale``.
+
+    Args:
+        tensor: a tensor, or tensors nested in lists, tuples and dicts.
+        reduction: "sum", "mean", "max" or "min".
+        scale: a factor applied after the reduction.
 
     Example:
         >>> reduce(torch.tensor([2.0]), "sum", scale=0.5)  # on one process

@@ -128,6 +128,8 @@ class DataLoaderConfiguration:
         non_blocking: copy batches to the GPU asynchronously (always done for CUDA here).
         dispatch_batches: refused when True (each process loads its own share; batches are not
             sent from the main process).
+        use_stateful_dataloader: refused when True (torchdata's StatefulDataLoader is not used);
+            resume inside an epoch with ``Accelerator.skip_first_batches`` after ``load_state``.
     """
 
     split_batches: bool = False

@@ -46,12 +46,30 @@ _WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", 
 class Trainer:
     """Runs a ``TrainModule``: fit, validate, test and predict, on any strategy.
 
+    All arguments are keyword-only. Every bad value is refused here, before training, with the value
+    received, what is expected and the fix.
+
+    Args:
+        accelerator: "auto" (cuda, then mps, then cpu), "cpu", "cuda"/"gpu" or "mps".
+        strategy: "auto", "ddp", "fsdp", "deepspeed", "deepspeed_stage_3_offload", ... or a strategy
+            object from ``trainer.strategies`` (trained on a copy of it).
+        devices: "auto", a number of devices or processes, or a list of device indices.
+        num_nodes: machines in the job; ranks and addresses come from the launcher's environment.
+        precision: "32-true", "bf16-mixed", "16-mixed" or "bf16-true"; None picks one for the device
+            and says which.
+        callbacks: a ``Callback`` or a list of them; a ``ModelSummary``, a ``ProgressBar`` and a
+            ``ModelCheckpoint`` are added unless turned off or given.
+        logger: None (TensorBoard if installed, else CSV, under ``default_root_dir``), False (none),
+            a ``Logger`` or a list of them.
+        profiler: None, "simple", "pytorch" or a profiler object.
+        **loop_settings: the loop's settings, each a field of ``trainer.config.TrainerConfig``:
+            ``max_epochs``, ``max_steps``, ``max_time``, ``accumulate_grad_batches``,
+            ``gradient_clip_val``, ``val_check_interval``, ``log_every_n_steps``, ``default_root_dir``,
+            ``limit_train_batches``, ``fast_dev_run``, ... (the Trainer guide's table lists them).
+
     Example:
         >>> trainer = Trainer(max_epochs=3, precision="bf16-mixed", accumulate_grad_batches=4)
         >>> trainer.fit(model, train_loader, val_loader)  # doctest: +SKIP
-
-    All arguments are keyword-only; see ``TrainerConfig`` for the loop settings, and
-    ``strategy``/``accelerator``/``devices``/``precision`` for where and how it runs.
     """
 
     def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",

@@ -16,7 +16,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def set_seed(seed: int, deterministic: bool = False) -> int:
-    """Seed python, numpy and torch (Accelerate's name for ``seed_everything``)."""
+    """Seed python, numpy and torch (Accelerate's name for ``seed_everything``).
+
+    Args:
+        seed: the seed, also handed to worker processes and seedable samplers.
+        deterministic: also turn on torch's deterministic algorithms.
+
+    Returns:
+        The seed used.
+    """
     from trainer.seed import set_deterministic
 
     used = seed_everything(seed)
@@ -94,6 +102,12 @@ def find_executable_batch_size(function: Callable | None = None, starting_batch_
 def load_checkpoint_in_model(model: Any, checkpoint: str, strict: bool = False, **options: Any) -> None:
     """Load weights that ``Accelerator.save_model`` wrote into ``model`` (Accelerate's name): a
     directory (``model.safetensors``, or shards with their index) or one ``.safetensors`` file.
+
+    Args:
+        model: the ``nn.Module`` to load into (in place).
+        checkpoint: the directory ``save_model`` wrote, or the path of one ``.safetensors`` file.
+        strict: missing, unexpected or mis-shaped keys are an error instead of a warning.
+        **options: Accelerate's ``device_map``, ``offload_folder``, ``dtype``, ...: refused by name.
 
     As in Accelerate, ``strict=False`` loads the matching keys; here the missing, unexpected and
     mis-shaped ones are named in a warning (``strict=True``: an error). Pickle files are not read.
