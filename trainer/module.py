@@ -360,9 +360,10 @@ class TrainModule(torch.nn.Module):
             raise ValueError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): the checkpoint holds no "
                              "weights (a sharded checkpoint keeps them in its shards). Merge it first with "
                              "`trainer merge-weights`.")
-        model = _construct(cls, {**ckpt.get("hparams", {}), **overrides}, str(checkpoint_path))
+        model = _construct(cls, ckpt, overrides, str(checkpoint_path))
         load_weights_into(model, ckpt["state_dict"], str(checkpoint_path),
-                          strict=getattr(model, "strict_loading", True) if strict is None else strict)
+                          strict=getattr(model, "strict_loading", True) if strict is None else strict,
+                          writer=ckpt["metadata"].get("module"))
         model.on_load_checkpoint(ckpt)
         if map_location is not None:
             model.to(map_location if not callable(map_location) else "cpu")
@@ -402,24 +403,75 @@ def save_hyperparameters(hparams: AttributeDict, args: tuple, ignore: Any, frame
     return AttributeDict({**hparams, **{k: values[k] for k in chosen if k not in ignore}})
 
 
-def _construct(cls: type, hparams: dict[str, Any], path: str) -> Any:
-    """``cls(**hparams)``; an ``__init__`` that took one dict/Namespace (``save_hyperparameters(hp)``)
-    gets them as one AttributeDict."""
+def _construct(cls: type, ckpt: dict[str, Any], overrides: dict[str, Any], path: str) -> Any:
+    """``cls(**saved hparams, **overrides)``; an ``__init__`` whose one argument takes a dict or a
+    Namespace (``save_hyperparameters(hp)``) gets them as one AttributeDict. A keyword override that
+    is no argument of ``cls.__init__`` is the caller's mistake and named as such; saved hparams that
+    are not arguments mean a checkpoint of another class, named with how its weights differ."""
+    hparams = ckpt.get("hparams", {})
     params = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]]
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if takes_kwargs or set(hparams) <= names:
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = {p.name for p in named}
+    merged = {**hparams, **overrides}
+    call = f"{cls.__name__}.load_from_checkpoint({path!r}{''.join(f', {k}={v!r}' for k, v in overrides.items())})"
+    one_dict = len(named) == 1 and not set(hparams) <= names and _takes_a_dict(named[0])
+    wrong = sorted(set(overrides) - names)
+    if wrong and not takes_kwargs and not one_dict:
+        raise TypeError(f"{call}: {wrong[0]}={overrides[wrong[0]]!r} is not an argument of {cls.__name__}.__init__ "
+                        f"{_signature(cls)}. Keyword overrides replace the saved hparams of that name; pass only "
+                        "arguments the class takes.")
+    if takes_kwargs or set(merged) <= names:
         try:
-            return cls(**hparams)
+            return cls(**merged)
         except TypeError as err:
-            raise TypeError(f"{cls.__name__}.load_from_checkpoint({path!r}): {cls.__name__}(**hparams) failed ({err}). "
-                            f"The checkpoint's hparams are {sorted(hparams)}; pass missing arguments as "
-                            "keyword overrides.") from None
-    if len(names) == 1:
-        return cls(AttributeDict(hparams))
+            raise TypeError(f"{call}: {cls.__name__}(**hparams) failed ({err}). The checkpoint's hparams are "
+                            f"{sorted(hparams)}; pass missing arguments as keyword overrides.") from None
+    if one_dict:
+        return cls(AttributeDict(merged))
     unknown = sorted(set(hparams) - names)
-    raise TypeError(f"{cls.__name__}.load_from_checkpoint({path!r}): the checkpoint's hparams {unknown} are not "
-                    f"arguments of {cls.__name__}.__init__ ({sorted(names)}). Is it a checkpoint of another class?")
+    writer = ckpt.get("metadata", {}).get("module")
+    by = f"was written by {writer}" if writer else "does not record which class wrote it"
+    raise TypeError(f"{call}: the checkpoint {by}; the checkpoint's hparams {unknown} are not arguments of "
+                    f"{cls.__name__}.__init__ ({sorted(names)}), so it is not a checkpoint of {cls.__name__}"
+                    f"{_weights_against(cls, ckpt, {k: v for k, v in merged.items() if k in names})}. Load it with "
+                    f"the class that wrote it, or pass the arguments {cls.__name__} needs as overrides and drop "
+                    "the rest from the checkpoint's hparams.")
+
+
+def _takes_a_dict(param: inspect.Parameter) -> bool:
+    """Whether an ``__init__`` argument may be the one dict/Namespace of hyperparameters: no default
+    (or None, or a mapping) and no scalar annotation. ``width: int = 16`` is not."""
+    default, annotation = param.default, param.annotation
+    if default is not param.empty and default is not None and not isinstance(default, Mapping) \
+            and not hasattr(default, "__dict__"):
+        return False
+    scalars = (int, float, str, bool, "int", "float", "str", "bool")
+    return not any(annotation is s or annotation == s for s in scalars)
+
+
+def _signature(cls: type) -> str:
+    """``(hidden=32, lr=0.1)``: the arguments of ``cls.__init__`` after self, with their defaults."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return "(" + ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params) + ")"
+
+
+def _weights_against(cls: type, ckpt: dict[str, Any], known: dict[str, Any]) -> str:
+    """How the checkpoint's weights differ from a ``cls`` built from the hparams it takes (nothing
+    when it cannot be built so)."""
+    from trainer.persistence.trainer_state import weight_differences
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            own = cls(**known).state_dict()
+    except Exception:  # noqa: BLE001 -- only a diagnostic: the class may need arguments it was not given
+        return ""
+    parts = weight_differences(own, ckpt.get("state_dict") or {})
+    if not parts:
+        return " (its weights have the same names and shapes)"
+    return f" (against {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in known.items())}) its weights differ: " \
+        + "; ".join(parts) + ")"
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:

@@ -120,7 +120,7 @@ def check_layout(ckpt: Any, path: str) -> None:
     metadata = c.mapping(c.get(ckpt, "metadata", "metadata"), "metadata")
     if "world_size" in metadata and (type(metadata["world_size"]) is not int or metadata["world_size"] < 1):
         c.fail("metadata.world_size", metadata["world_size"], "a whole number >= 1")
-    for key in ("strategy", "trainer_version"):
+    for key in ("strategy", "trainer_version", "module"):
         if key in metadata and not isinstance(metadata[key], str):
             c.fail(f"metadata.{key}", metadata[key], "a string")
     sharded = ckpt.get("sharded")
