@@ -68,18 +68,6 @@ def first_tensor(data: Any) -> torch.Tensor | None:
     return None
 
 
-def batch_size_of(batch: Any) -> int | None:
-    """Length of the first dimension of the first tensor in ``batch`` (host-side, no sync)."""
-    kind = type(batch)
-    if (kind is tuple or kind is list) and batch and type(batch[0]) is torch.Tensor:
-        t = batch[0]  # the common (inputs, targets) batch, without the general walk
-    else:
-        t = first_tensor(batch)
-    if t is None or t.dim() == 0:
-        return None
-    return int(t.shape[0])
-
-
 # Status lines ("Resuming from ...", "Logging to ...", the model summary) go through the ``trainer``
 # logger, never a bare print, so an application can silence or redirect them:
 #     logging.getLogger("trainer").setLevel(logging.WARNING)

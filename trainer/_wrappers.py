@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import torch
 
+from trainer.step_engine import count_items
 from trainer.data.data_position import capture_epoch_start, restore_epoch_start
 
 
@@ -180,7 +181,8 @@ class PreparedDataLoader:
         try:
             for batch, is_last in with_is_last(self.loader):
                 self.end_of_dataloader = is_last
-                self.batch_len = _batch_len(batch)
+                items = count_items(batch)
+                self.batch_len = 1 if items is None else items  # no size: one sample (the engine's policy)
                 yield accelerator.batch_to_device(batch)
                 self.samples_before += self.batch_len
         finally:
@@ -241,23 +243,6 @@ class PreparedDataLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
-
-
-def _batch_len(batch: Any) -> int:
-    """How many samples a collated batch holds (the first dimension of its first tensor, or the
-    length of its first list of plain items, e.g. the strings of a text batch)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() else 1
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            n = _batch_len(item)
-            if n:
-                return n
-        if batch and not any(isinstance(item, (torch.Tensor, list, tuple, dict)) for item in batch):
-            return len(batch)
-    return 0
 
 
 def with_is_last(iterable: Any) -> Iterator[tuple[Any, bool]]:

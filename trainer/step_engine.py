@@ -21,10 +21,54 @@ uneven batches, ``num_items``), by k * b0 / (its item count).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
+from collections.abc import Mapping
 from typing import Any, ContextManager, Iterable, Iterator
 
 import torch
+
+
+def count_items(batch: Any) -> int | None:
+    """How many samples a collated batch holds: what both doors weigh a micro-batch by.
+
+    The first dimension of the first tensor found depth first (through mappings, lists, tuples
+    and dataclasses); with no tensor, the length of the first list of plain items (the strings
+    of a text batch). ``None`` when the batch has no size (a 0-dim tensor first, or no tensor and
+    no list of plain items): such a micro-batch weighs as one sample. Host-side; no sync.
+    """
+    kind = type(batch)
+    if (kind is tuple or kind is list) and batch and type(batch[0]) is torch.Tensor:
+        first = batch[0]  # the common (inputs, targets) batch, without the general walk
+        return int(first.shape[0]) if first.dim() else None
+    found = _first_tensor_or_items(batch)
+    if isinstance(found, torch.Tensor):
+        return int(found.shape[0]) if found.dim() else None
+    return found
+
+
+def _first_tensor_or_items(data: Any) -> torch.Tensor | int | None:
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, Mapping):
+        values: list[Any] = list(data.values())
+    elif isinstance(data, (list, tuple)):
+        values = list(data)
+    elif dataclasses.is_dataclass(data) and not isinstance(data, type):
+        values = [getattr(data, f.name) for f in dataclasses.fields(data)]
+    else:
+        return None
+    plain: int | None = None
+    for v in values:
+        found = _first_tensor_or_items(v)
+        if isinstance(found, torch.Tensor):
+            return found
+        if plain is None and found is not None:
+            plain = found
+    if plain is None and isinstance(data, (list, tuple)) and data and not any(
+            isinstance(v, (torch.Tensor, Mapping, list, tuple)) or dataclasses.is_dataclass(v) for v in data):
+        plain = len(data)
+    return plain
 
 
 class Window:

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-from trainer.strategies._util import batch_size_of
 from trainer.datamodule import batch_mover
+from trainer.step_engine import count_items
 from trainer.loops.step_errors import add_step_note
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
@@ -63,7 +63,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
             for batch_idx, batch in enumerate(itertools.islice(loader, limit(stage, loader))):
                 batch = move_batch(batch, dataloader_idx)
-                results.batch_size = batch_size_of(batch) or 1
+                results.batch_size = count_items(batch) or 1
                 hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
                 try:
                     with accel.autocast():

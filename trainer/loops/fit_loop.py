@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 
-from trainer.strategies._util import batch_size_of
 from trainer.loops import eval_loop
 from trainer._logging import rank_zero_info
 from trainer._wrappers import with_is_last
@@ -46,6 +45,7 @@ from trainer.loops.manual import ModuleOptimizer
 from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.loops.preemption import StopAgreement
 from trainer.state import TrainerState
+from trainer.step_engine import count_items
 from trainer.loops.step_errors import add_step_note, describe_batch
 from trainer.loops.step_output import batch_end_outputs, unpack_step_output
 
@@ -145,6 +145,18 @@ class FitLoop:
                                f"{self.state.batch_idx}): the window's micro-batches were weighted for "
                                f"{self.accumulate_grad_batches}. Call it from on_train_epoch_start.")
         self._accumulate_grad_batches = k
+
+    def replace_scheduler(self, scheduler: Any, interval: str = "epoch") -> None:
+        """Step ``scheduler`` (every ``interval``) in place of the first scheduler ``configure_optimizers``
+        returned, or as the only one (``StochasticWeightAveraging``'s ``SWALR``). It is checkpointed in
+        that scheduler's slot."""
+        from trainer.optim import SchedulerConfig
+
+        config = SchedulerConfig(scheduler, interval)
+        self.scheduler_configs[:1] = [config]
+        automatic = getattr(self.trainer.module, "automatic_optimization", True)
+        self.step_schedulers = [s for s in self.scheduler_configs if s.interval == "step" and automatic]
+        self.epoch_schedulers = [s for s in self.scheduler_configs if s.interval == "epoch" and automatic]
 
     @property
     def is_accumulating(self) -> bool:
@@ -335,7 +347,7 @@ class FitLoop:
         engine.reset_window()
         for batch_idx, (batch, is_last) in enumerate(batches, start):
             batch = move_batch(batch, 0)
-            size = batch_size_of(batch)
+            size = count_items(batch)
             if size == 0:
                 raise ValueError(f"The training dataloader yielded an empty batch at batch_idx {batch_idx} (epoch "
                                  f"{state.current_epoch}): {describe_batch(batch)}. A mean over no samples is NaN. "
