@@ -1,13 +1,14 @@
 """Callbacks: the loop's observers (progress, early stopping, monitors) and loggers."""
 
 from .base import Callback, MissingMetricError
-from .early_stopping import EarlyStopping
+from .early_stopping import EarlyStopping, EarlyStoppingReason
 from .finetuning import BackboneFinetuning, BaseFinetuning
 from .gradient_accumulation_scheduler import GradientAccumulationScheduler
 from .lambda_function import LambdaCallback
 from .logger import CSVLogger, Logger
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
+from .on_exception_checkpoint import OnExceptionCheckpoint
 from .prediction_writer import BasePredictionWriter
 from .model_summary import ModelSummary
 from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
@@ -15,4 +16,5 @@ from .progress import ProgressBar
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 
 __all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
-           "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer"]
+           "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer",
+           "EarlyStoppingReason", "OnExceptionCheckpoint"]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.strategies.exceptions import MisconfigurationException
 
-class MissingMetricError(KeyError):
-    """A monitored metric was never logged. The message lists the metrics that were."""
+
+class MissingMetricError(KeyError, MisconfigurationException):
+    """A monitored metric was never logged. The message lists the metrics that were. A
+    ``KeyError`` and (as Lightning raises for it) a ``MisconfigurationException``."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any
 
+from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
+
+
+class EarlyStoppingReason(enum.Enum):
+    """Why ``EarlyStopping`` stopped fit (``EarlyStopping.stopping_reason``); Lightning's values."""
+
+    NOT_STOPPED = 0
+    STOPPING_THRESHOLD = 1
+    DIVERGENCE_THRESHOLD = 2
+    PATIENCE_EXHAUSTED = 3
+    NON_FINITE_METRIC = 4
 
 
 class EarlyStopping(Callback):
@@ -23,6 +35,10 @@ class EarlyStopping(Callback):
         strict: a missing ``monitor`` is an error (listing the logged keys); else it is skipped.
         check_on_train_epoch_end: check after each training epoch instead of after validation
             (default: after validation when there is validation, else after the epoch).
+
+    ``monitor="epoch"`` / ``"step"`` read the Trainer's counters unless a metric of that name is
+    logged. After a stop, ``stopping_reason`` is an ``EarlyStoppingReason`` (``NOT_STOPPED``
+    until then) and ``stopping_reason_message`` says what happened (None until then).
     """
 
     def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0,
@@ -30,9 +46,9 @@ class EarlyStopping(Callback):
                  check_finite: bool = True, strict: bool = True, verbose: bool = False,
                  check_on_train_epoch_end: bool | None = None) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'.")
+            raise MisconfigurationException(f"EarlyStopping(mode={mode!r}): expected 'min' or 'max'.")
         if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping(patience={patience!r}): expected an int >= 0.")
+            raise MisconfigurationException(f"EarlyStopping(patience={patience!r}): expected an int >= 0.")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta = abs(min_delta)
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
@@ -41,7 +57,8 @@ class EarlyStopping(Callback):
         self.wait_count = 0
         self.stopped_epoch = 0
         self.best_score = math.inf if mode == "min" else -math.inf
-        self.stopping_reason: str | None = None
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -69,46 +86,56 @@ class EarlyStopping(Callback):
     _saw_validation = False
 
     def _check(self, trainer: Any) -> None:
-        metrics = trainer.callback_metrics
+        metrics = dict(trainer.callback_metrics)
+        metrics.setdefault("epoch", trainer.current_epoch)
+        metrics.setdefault("step", trainer.global_step)
         if self.monitor not in metrics:
             if self.strict:
                 raise MissingMetricError(f"EarlyStopping(monitor={self.monitor!r}): this metric was never logged. Logged "
-                               f"metrics: {sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, value) "
+                               f"metrics: {sorted(trainer.callback_metrics) or 'none'}. Log it with self.log({self.monitor!r}, value) "
                                "or pass strict=False to skip the check while it is missing.")
             return
         value = float(metrics[self.monitor])
-        should_stop, reason = self._evaluate(value)
+        should_stop, why = self._evaluate(value)
         if should_stop:
             self.stopped_epoch = trainer.current_epoch
-            self.stopping_reason = reason
+            self.stopping_reason, self.stopping_reason_message = why
+            reason = why[1]
             trainer.should_stop = True
             if self.verbose and trainer.is_global_zero:
                 rank_zero_info(f"EarlyStopping: {reason}")
 
-    def _evaluate(self, value: float) -> tuple[bool, str | None]:
-        name = self.monitor
+    def _evaluate(self, value: float) -> tuple[bool, tuple[EarlyStoppingReason, str] | None]:
+        name, why = self.monitor, EarlyStoppingReason
         if self.check_finite and not math.isfinite(value):
-            return True, f"{name} = {value} is not finite."
+            return True, (why.NON_FINITE_METRIC, f"{name} = {value} is not finite.")
         if self.stopping_threshold is not None and self._better(value, self.stopping_threshold):
-            return True, f"{name} = {value:.6g} reached the stopping threshold {self.stopping_threshold}."
+            return True, (why.STOPPING_THRESHOLD,
+                          f"{name} = {value:.6g} reached the stopping threshold {self.stopping_threshold}.")
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
-            return True, f"{name} = {value:.6g} is worse than the divergence threshold {self.divergence_threshold}."
+            return True, (why.DIVERGENCE_THRESHOLD,
+                          f"{name} = {value:.6g} is worse than the divergence threshold {self.divergence_threshold}.")
         delta = -self.min_delta if self.mode == "min" else self.min_delta
         if self._better(value, self.best_score + delta):
             self.best_score, self.wait_count = value, 0
             return False, None
         self.wait_count += 1
         if self.wait_count >= self.patience:
-            return True, (f"{name} did not improve by more than {self.min_delta} in {self.wait_count} checks; "
-                          f"best {self.best_score:.6g}.")
+            return True, (why.PATIENCE_EXHAUSTED, f"{name} did not improve by more than {self.min_delta} in "
+                                                  f"{self.wait_count} checks; best {self.best_score:.6g}.")
         return False, None
 
     def state_dict(self) -> dict[str, Any]:
         return {"wait_count": self.wait_count, "stopped_epoch": self.stopped_epoch,
-                "best_score": self.best_score, "patience": self.patience}
+                "best_score": self.best_score, "patience": self.patience,
+                "stopping_reason": self.stopping_reason.value, "stopping_reason_message": self.stopping_reason_message}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.wait_count = state_dict["wait_count"]
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.best_score = state_dict["best_score"]
         self.patience = state_dict["patience"]
+        # a checkpoint from before these fields: not stopped
+        reason = state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
+        self.stopping_reason = EarlyStoppingReason(getattr(reason, "value", reason))
+        self.stopping_reason_message = state_dict.get("stopping_reason_message")

@@ -12,10 +12,18 @@ from typing import Any
 
 from trainer.strategies.checkpoint_directories import lock_directory, remove_path, unlock_directory
 from trainer.strategies.checkpoint_io import atomic_link, atomic_save, non_finite_parameters, snapshot
+from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
+
+
+def _number(value: Any) -> Any:
+    """A logged value as a Python number for a file name (a one-element tensor's value)."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+        return value.item()
+    return value
 
 
 class ModelCheckpoint(Callback):
@@ -33,6 +41,15 @@ class ModelCheckpoint(Callback):
         every_n_train_steps / every_n_epochs / train_time_interval: when to save (one of them;
             default every epoch, after validation when there is any).
         save_weights_only: only the module's weights (cannot resume training).
+        save_on_exception: when fit fails (an error in a step, a hook or a callback; Ctrl-C), save
+            the state at that point under the ``filename`` template, and ``last.ckpt`` with
+            ``save_last``; not during the sanity check, with ``fast_dev_run``, before the first
+            optimizer step, nor when this step is saved already. One process only: with several,
+            the others may still be running (or hung) and cannot join the save, so it is skipped
+            with a warning.
+        enable_version_counter: a file of the same name already in ``dirpath`` that this callback
+            did not write (an earlier run's) is kept, and the new one gets ``-v1``, ``-v2``, ...
+            (``last-v1.ckpt``); False overwrites it.
         save_on_train_epoch_end: save at the training epoch's end instead of after validation.
         async_save: write on a background thread: training stops only while the state is copied
             to CPU memory (the copy needs as much memory as the checkpoint), then goes on while the
@@ -43,33 +60,47 @@ class ModelCheckpoint(Callback):
 
     Its bookkeeping (the best k paths and scores) is checkpointed too, so after a resume it
     neither rescans the directory nor deletes files it did not write.
+
+    Class attributes a subclass may change (Lightning's): ``CHECKPOINT_NAME_LAST`` (``"last"``, a
+    template like ``filename``), ``FILE_EXTENSION`` (``".ckpt"``), ``CHECKPOINT_JOIN_CHAR``
+    (before ``v1``) and ``STARTING_VERSION`` (1).
     """
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
 
     def __init__(self, dirpath: str | None = None, filename: str | None = None, monitor: str | None = None,
                  mode: str = "min", save_top_k: int = 1, save_last: bool | None = None,
                  every_n_train_steps: int | None = None, every_n_epochs: int | None = None,
                  train_time_interval: datetime.timedelta | float | None = None, save_weights_only: bool = False,
                  save_on_train_epoch_end: bool | None = None, verbose: bool = False,
-                 auto_insert_metric_name: bool = True, async_save: bool = False) -> None:
-        verbose: print a line on rank zero for each save (metric, value, path).
-        auto_insert_metric_name: write ``name=`` before each field of ``filename`` that lacks it.
+                 auto_insert_metric_name: bool = True, async_save: bool = False, save_on_exception: bool = False,
+                 enable_version_counter: bool = True) -> None:
         if mode not in ("min", "max"):
-            raise ValueError(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
+            raise MisconfigurationException(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"ModelCheckpoint(save_top_k={save_top_k!r}): expected k >= 0, or -1 to keep all.")
+            raise MisconfigurationException(f"ModelCheckpoint(save_top_k={save_top_k!r}): expected k >= 0, or -1 to "
+                                            "keep all.")
         if monitor is None and save_top_k not in (-1, 0, 1):
-            raise ValueError(f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): the best {save_top_k} "
-                             "need a metric to rank them. Pass monitor='val/loss' (for example), or save_top_k=-1.")
+            raise MisconfigurationException(
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): the best {save_top_k} need a metric to rank "
+                "them. Pass monitor='val/loss' (for example), or save_top_k=-1.")
         triggers = [n for n, v in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs),
                                    ("train_time_interval", train_time_interval)) if v]
         if len(triggers) > 1:
-            raise ValueError(f"ModelCheckpoint({', '.join(f'{t}=...' for t in triggers)}): choose one schedule.")
+            raise MisconfigurationException(f"ModelCheckpoint({', '.join(f'{t}=...' for t in triggers)}): choose one "
+                                            "schedule.")
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"ModelCheckpoint({name}={value!r}): expected an int >= 0.")
+                raise MisconfigurationException(f"ModelCheckpoint({name}={value!r}): expected an int >= 0.")
         if isinstance(train_time_interval, datetime.timedelta):
             train_time_interval = train_time_interval.total_seconds()
+        if dirpath is not None:  # a Path, "~/ckpts": plain absolute text (what checkpoints and comparisons hold)
+            dirpath = os.path.abspath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath, self.filename, self.monitor, self.mode = dirpath, filename, monitor, mode
+        self.save_on_exception, self.enable_version_counter = save_on_exception, enable_version_counter
         self.save_top_k, self.save_last, self.save_weights_only = save_top_k, save_last, save_weights_only
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_epochs = every_n_epochs if every_n_epochs is not None else (0 if triggers else 1)
@@ -79,12 +110,16 @@ class ModelCheckpoint(Callback):
         self.best_k_models: dict[str, float] = {}
         self.best_model_path = ""
         self.best_model_score: float | None = None
+        self.kth_best_model_path = ""  # the worst of the best k, once k are kept (next to be replaced)
+        self.kth_value: float = math.inf if mode == "min" else -math.inf
+        self.current_score: float | None = None  # the monitored value at the last ranked save
         self.last_model_path = ""
         self._latest: list[str] = []  # monitor=None: paths of the newest saves, oldest first
         self._last_global_step_saved = -1
         self._last_time_saved = time.monotonic()
         self._saw_validation = False
         self._locked = False
+        self._last_saved_step = -1  # the global_step last.ckpt was last written at
 
     @property
     def state_key(self) -> str:
@@ -101,8 +136,8 @@ class ModelCheckpoint(Callback):
                              "for a background write (FSDP's can). Use ModelCheckpoint(async_save=False) with this "
                              "strategy.")
         if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        self.dirpath = os.path.abspath(self.dirpath)
+            self.dirpath = os.path.join(os.fspath(trainer.default_root_dir), "checkpoints")
+        self.dirpath = os.path.abspath(os.path.expanduser(os.fspath(self.dirpath)))
         if stage == "fit" and trainer.is_global_zero and not self._locked:
             lock_directory(self.dirpath)  # one writing run per directory (it cleans temporaries on resume)
             self._locked = True
@@ -147,6 +182,39 @@ class ModelCheckpoint(Callback):
         stopped_inside = trainer.state.batch_idx > 0 and not trainer.is_accumulating
         if stopped_inside and trainer.global_step != self._last_global_step_saved:
             self._save(trainer)
+        elif self.save_last and not trainer.config.fast_dev_run and trainer.global_step != self._last_saved_step:
+            # no save fell on the last step (save_top_k=0, every_n_epochs beyond the run): last.ckpt is what
+            # fit(ckpt_path="last") resumes from, so it holds the end of training
+            if self._parameters_finite(trainer):
+                self._write(trainer, None, [], None, self._last_path(trainer, self._candidates(trainer)))
+                self._last_saved_step = trainer.global_step
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        if not self.save_on_exception or trainer.config.fast_dev_run or trainer.sanity_checking:
+            return
+        if trainer.module is None or trainer.global_step in (0, self._last_global_step_saved):
+            return  # nothing trained yet, or this very step is saved already
+        if trainer.world_size > 1:
+            if trainer.is_global_zero:
+                warnings.warn(f"ModelCheckpoint(save_on_exception=True): not saving after {type(exception).__name__} "
+                              f"on {trainer.world_size} processes: a save needs every process, and the others may be "
+                              "still running or hung. Resume from the last scheduled checkpoint.", stacklevel=2)
+            return
+        try:
+            if not self._parameters_finite(trainer, quiet=True):
+                return
+            metrics = self._candidates(trainer)
+            path = self._path(trainer, metrics, versioned=False)
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            self._last_global_step_saved = trainer.global_step
+            if self.save_last:
+                self._write(trainer, path, [], None, self._last_path(trainer, metrics))
+            rank_zero_info(f"ModelCheckpoint: {type(exception).__name__} at global_step {trainer.global_step}; the "
+                           f"state at that point is saved to {path}.")
+        except Exception as err:  # noqa: BLE001 - the run's own error is what propagates; this one is noted on it
+            if hasattr(exception, "add_note"):
+                exception.add_note(f"ModelCheckpoint(save_on_exception=True) could not save: {type(err).__name__}: "
+                                   f"{err}")
 
     def _on_train_epoch_end(self, trainer: Any) -> bool:
         if self.save_on_train_epoch_end is not None:
@@ -157,9 +225,16 @@ class ModelCheckpoint(Callback):
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # -- what -------------------------------------------------------------------------------
-    def format_checkpoint_name(self, metrics: dict[str, float], epoch: int, step: int) -> str:
-        values = {"epoch": epoch, "step": step, **metrics}
-        template = self.filename or "epoch={epoch}-step={step}"
+    def format_checkpoint_name(self, metrics: dict[str, float], epoch: int | None = None, step: int | None = None,
+                               filename: str | None = None, ver: int | None = None) -> str:
+        """The file name (no directory) for ``metrics`` at ``epoch``/``step`` (default: the values of
+        ``metrics``, else 0), from ``filename`` (default: the callback's template); ``ver`` appends
+        ``-v<ver>``."""
+        values = {"epoch": metrics.get("epoch", 0) if epoch is None else epoch,
+                  "step": metrics.get("step", 0) if step is None else step}
+        values.update({k: v for k, v in metrics.items() if k not in ("epoch", "step")})
+        values = {k: _number(v) for k, v in values.items()}
+        template = filename or self.filename or "epoch={epoch}-step={step}"
 
         def field(match: re.Match) -> str:
             name, spec = match.group(1), match.group(2) or ""
@@ -171,16 +246,43 @@ class ModelCheckpoint(Callback):
             prefix = f"{name}=" if self.auto_insert_metric_name and not before.endswith(f"{name}=") else ""
             return prefix + format(values[name], spec)
 
-        return _FIELD.sub(field, template).replace("/", "_") + ".ckpt"
+        name = _FIELD.sub(field, template).replace("/", "_")
+        if ver is not None:
+            name = f"{name}{self.CHECKPOINT_JOIN_CHAR}v{ver}"
+        return name + self.FILE_EXTENSION
+
+    def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
+        """Write ``best_k_models`` (path: score) as YAML to ``filepath`` (default
+        ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise MisconfigurationException("ModelCheckpoint.to_yaml(): no filepath and no dirpath yet (it is "
+                                                "set when fit starts). Pass to_yaml('best_k_models.yaml').")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        with open(filepath, "w") as f:
+            yaml.safe_dump({k: float(v) for k, v in self.best_k_models.items()}, f)
+
+    def _candidates(self, trainer: Any) -> dict[str, Any]:
+        """What ``monitor`` and the filename may name: the logged metrics, and ``epoch`` / ``step``
+        (the Trainer's counters, unless logged under those names)."""
+        metrics = dict(trainer.callback_metrics)
+        metrics.setdefault("epoch", trainer.current_epoch)
+        metrics.setdefault("step", trainer.global_step)
+        return metrics
 
     def _save(self, trainer: Any) -> None:
+        if trainer.config.fast_dev_run:
+            return  # as in Lightning: a fast_dev_run writes no checkpoint
         if not self._parameters_finite(trainer):
             return
-        metrics = dict(trainer.callback_metrics)
+        metrics = self._candidates(trainer)
         self._last_global_step_saved = trainer.global_step
         self._last_time_saved = time.monotonic()
+        last = None
         if self.save_last:  # before the bookkeeping below, so that file and last.ckpt hold the same
-            self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
+            last = self._last_path(trainer, metrics)
         written, evicted = None, []
         if self.save_top_k != 0:
             if self.monitor is None:
@@ -190,11 +292,14 @@ class ModelCheckpoint(Callback):
             elif self._saw_validation or not trainer.val_dataloaders:
                 raise MissingMetricError(
                     f"ModelCheckpoint(monitor={self.monitor!r}): this metric was never logged. Logged metrics: "
-                    f"{sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, value), or fix the name.")
+                    f"{sorted(trainer.callback_metrics) or 'none'}. Log it with self.log({self.monitor!r}, value), or "
+                    "fix the name ('epoch' and 'step' need no logging).")
         if written is None and not self.save_last:
             return
+        if last is not None:
+            self._last_saved_step = trainer.global_step
         if not self.async_save:
-            self._write(trainer, written, evicted, None)
+            self._write(trainer, written, evicted, None, last)
             return
         writer = trainer.background_writer
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
@@ -202,12 +307,21 @@ class ModelCheckpoint(Callback):
         strategy = trainer.accelerator.strategy
         if strategy.sharded_format:  # every rank copies its shards now and writes them behind
             staged = strategy.stage_sharded(ckpt, trainer.module, trainer.optimizers)
-            writer.submit(lambda: self._write(trainer, written, evicted, staged), written or self.last_model_path)
+            writer.submit(lambda: self._write(trainer, written, evicted, staged, last), written or last)
         elif trainer.is_global_zero:
             ckpt = snapshot(ckpt)  # training may change the state from here on
-            writer.submit(lambda: self._write(trainer, written, evicted, ckpt), written or self.last_model_path)
+            writer.submit(lambda: self._write(trainer, written, evicted, ckpt, last), written or last)
 
-    def _parameters_finite(self, trainer: Any) -> bool:
+    def _last_path(self, trainer: Any, metrics: dict[str, Any]) -> str:
+        """Where last.ckpt goes (``CHECKPOINT_NAME_LAST`` filled in); sets ``last_model_path`` (it is
+        part of the checkpoint's state) and removes the previous one when the name changed."""
+        path = self._path(trainer, metrics, name=self.CHECKPOINT_NAME_LAST, reuse=self.last_model_path)
+        previous, self.last_model_path = self.last_model_path, path
+        if previous and previous != path and previous not in self.best_k_models and previous not in self._latest:
+            self._remove(trainer, [previous])
+        return path
+
+    def _parameters_finite(self, trainer: Any, quiet: bool = False) -> bool:
         """NaN or inf weights (e.g. from a NaN gradient with a finite loss) never replace a checkpoint:
         fit stops naming the step, or with ``stop_on_nonfinite_loss=False`` this save is skipped."""
         strategy = trainer.accelerator.strategy
@@ -219,7 +333,7 @@ class ModelCheckpoint(Callback):
         message = (f"ModelCheckpoint: the parameters are not finite at global_step {trainer.global_step} (epoch "
                    f"{trainer.current_epoch}; NaN/inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so "
                    f"no checkpoint is written and none is replaced ({kept}).")
-        if trainer.config.stop_on_nonfinite_loss:
+        if trainer.config.stop_on_nonfinite_loss and not quiet:
             raise FloatingPointError(message + " A gradient was NaN or infinite though the loss was finite. Lower "
                                      "the learning rate or clip gradients (gradient_clip_val=1.0), then resume with "
                                      "fit(ckpt_path='last').")
@@ -227,7 +341,7 @@ class ModelCheckpoint(Callback):
             warnings.warn(message + " Training goes on (stop_on_nonfinite_loss=False).", stacklevel=2)
         return False
 
-    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: Any) -> None:
+    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: Any, last: str | None) -> None:
         """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is a snapshot to
         write from the background thread on rank zero only (no collectives there), or a sharded
         strategy's staged write (every rank, over its own group); None: save now."""
@@ -242,21 +356,22 @@ class ModelCheckpoint(Callback):
         if written is not None:
             save(written)
             self._remove(trainer, evicted)
-        if self.save_last and not (written and self._link_last(trainer, written, collective=ckpt is None)):
-            save(self.last_model_path)
+        if last is not None and not (written and self._link_last(trainer, written, last, collective=ckpt is None)):
+            save(last)
 
-    def _link_last(self, trainer: Any, written: str, collective: bool) -> bool:
+    def _link_last(self, trainer: Any, written: str, last: str, collective: bool) -> bool:
         """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
         one write per save instead of two. False where links cannot be made (sharded directories,
         some filesystems): then last.ckpt is written in full."""
         strategy = trainer.accelerator.strategy
         if strategy.sharded_format:
             return False
-        linked = atomic_link(written, self.last_model_path) if trainer.is_global_zero else False
+        linked = atomic_link(written, last) if trainer.is_global_zero else False
         return bool(strategy.broadcast(linked)) if collective and strategy.world_size > 1 else linked
 
     def _rank_latest(self, metrics: dict[str, float], trainer: Any) -> tuple[str, list[str]]:
-        path = self._path(trainer, metrics)
+        reuse = self._latest[0] if self.save_top_k == 1 and self._latest else None  # the one this save replaces
+        path = self._path(trainer, metrics, reuse=reuse)
         evicted = []
         if path not in self._latest:
             self._latest.append(path)
@@ -273,14 +388,19 @@ class ModelCheckpoint(Callback):
         full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
         if full and not self._better(score, self.best_k_models[worst]):
             return None, []
-        path = self._path(trainer, metrics)
+        path = self._path(trainer, metrics, reuse=worst if full else None)
         self.best_k_models[path] = score
+        self.current_score = score
         evicted = []
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
             evicted = [self._worst()]
             del self.best_k_models[evicted[0]]
         self.best_model_path = min(self.best_k_models, key=self._sort_key)
         self.best_model_score = self.best_k_models[self.best_model_path]
+        k = len(self.best_k_models) if self.save_top_k == -1 else self.save_top_k
+        if len(self.best_k_models) == k:
+            self.kth_best_model_path = self._worst()
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
         if self.verbose and trainer.is_global_zero:
             rank_zero_info(f"ModelCheckpoint: {self.monitor}={score:.6g} saved to {path}")
         return path, [p for p in evicted if p != path]
@@ -295,9 +415,25 @@ class ModelCheckpoint(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
-    def _path(self, trainer: Any, metrics: dict[str, float]) -> str:
-        return os.path.join(self.dirpath, self.format_checkpoint_name(metrics, trainer.current_epoch,
-                                                                      trainer.global_step))
+    def _path(self, trainer: Any, metrics: dict[str, float], name: str | None = None, reuse: str | None = None,
+              versioned: bool = True) -> str:
+        """The file for this save in ``dirpath``. With ``enable_version_counter``, a name taken by a
+        file this callback does not own (an earlier run's; not ``reuse``, the one this save replaces)
+        gets ``-v1``, ``-v2``, ... as in Lightning. Rank zero decides; the others follow."""
+        def candidate(ver: int | None) -> str:
+            return os.path.join(self.dirpath, self.format_checkpoint_name(metrics, trainer.current_epoch,
+                                                                          trainer.global_step, filename=name, ver=ver))
+
+        path = candidate(None)
+        if not versioned or not self.enable_version_counter:
+            return path
+        strategy = trainer.accelerator.strategy
+        if trainer.is_global_zero:
+            ours = {reuse, *self.best_k_models, *self._latest}
+            ver = self.STARTING_VERSION
+            while os.path.exists(path) and path not in ours:
+                path, ver = candidate(ver), ver + 1
+        return strategy.broadcast(path) if strategy.world_size > 1 else path
 
     def _remove(self, trainer: Any, paths: list[str]) -> None:
         """Delete checkpoints this callback wrote and no longer keeps (only inside its dirpath)."""
@@ -312,15 +448,25 @@ class ModelCheckpoint(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"dirpath": self.dirpath, "monitor": self.monitor, "mode": self.mode,
                 "best_k_models": dict(self.best_k_models), "best_model_path": self.best_model_path,
-                "best_model_score": self.best_model_score, "last_model_path": self.last_model_path,
+                "best_model_score": self.best_model_score, "kth_best_model_path": self.kth_best_model_path,
+                "kth_value": self.kth_value, "current_score": self.current_score,
+                "last_model_path": self.last_model_path,
                 "latest": list(self._latest), "last_global_step_saved": self._last_global_step_saved}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        same_dir = state_dict.get("dirpath") == self.dirpath
+        saved_dir = state_dict.get("dirpath", self.dirpath)
+        same_dir = saved_dir == self.dirpath
         self.best_model_path = state_dict["best_model_path"]
-        self.best_model_score = state_dict["best_model_score"]
-        self._last_global_step_saved = state_dict["last_global_step_saved"]
+        self._last_global_step_saved = state_dict.get("last_global_step_saved", self._last_global_step_saved)
         if same_dir:  # bookkeeping of files in another directory is not ours to delete
-            self.best_k_models = dict(state_dict["best_k_models"])
-            self._latest = list(state_dict["latest"])
-            self.last_model_path = state_dict["last_model_path"]
+            self.best_model_score = state_dict["best_model_score"]
+            self.best_k_models = dict(state_dict.get("best_k_models", {}))
+            self._latest = list(state_dict.get("latest", []))
+            self.last_model_path = state_dict.get("last_model_path", "")
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+        else:
+            warnings.warn(f"ModelCheckpoint: the checkpoint's callback wrote to {saved_dir!r}, this one writes to "
+                          f"{self.dirpath!r}; only best_model_path is restored (the best k, last_model_path and their "
+                          "scores belong to the other directory, whose files this run neither ranks nor deletes).",
+                          UserWarning, stacklevel=2)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainer.strategies._util import quoted
+from trainer.strategies.exceptions import MisconfigurationException
 
 
 def _is_int(value: Any) -> bool:
@@ -33,9 +34,9 @@ def parse_max_time(value: Any) -> float | None:
         else:
             raise TypeError
     except (TypeError, ValueError):
-        raise ValueError(f"Trainer(max_time={value!r}): cannot read this as a duration. {fix}") from None
+        raise MisconfigurationException(f"Trainer(max_time={value!r}): cannot read this as a duration. {fix}") from None
     if seconds <= 0:
-        raise ValueError(f"Trainer(max_time={value!r}): the duration must be positive. {fix}")
+        raise MisconfigurationException(f"Trainer(max_time={value!r}): the duration must be positive. {fix}")
     return seconds
 
 
@@ -44,13 +45,13 @@ def _check_limit(name: str, value: Any) -> None:
         return
     if _is_int(value):
         if value < 0:
-            raise ValueError(f"Trainer({name}={value}): expected a number of batches >= 0, "
+            raise MisconfigurationException(f"Trainer({name}={value}): expected a number of batches >= 0, "
                              "or a fraction of the epoch in [0.0, 1.0].")
         return
     if isinstance(value, float):
         if not 0.0 <= value <= 1.0:
             fix = f" For a number of batches pass an int, e.g. {name}={int(value)}." if value > 1 else ""
-            raise ValueError(f"Trainer({name}={value}): a float is a fraction of the epoch and must lie in "
+            raise MisconfigurationException(f"Trainer({name}={value}): a float is a fraction of the epoch and must lie in "
                              f"[0.0, 1.0].{fix}")
         return
     raise TypeError(f"Trainer({name}={value!r}): expected an int (batches) or a float (fraction of the epoch).")
@@ -60,7 +61,7 @@ def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None
     if value is None and allow_none:
         return
     if not _is_int(value) or value < 1:
-        raise ValueError(f"Trainer({name}={value!r}): expected a positive int.")
+        raise MisconfigurationException(f"Trainer({name}={value!r}): expected a positive int.")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -103,16 +104,16 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and (not _is_int(self.max_epochs) or self.max_epochs < -1 or self.max_epochs == 0):
-            raise ValueError(f"Trainer(max_epochs={self.max_epochs!r}): expected a positive int, -1 for no limit, "
+            raise MisconfigurationException(f"Trainer(max_epochs={self.max_epochs!r}): expected a positive int, -1 for no limit, "
                              "or None (1000 epochs unless max_steps or max_time stop first). "
                              "To only evaluate, call trainer.validate(...) instead of fit.")
         if not _is_int(self.max_steps) or self.max_steps < -1 or self.max_steps == 0:
-            raise ValueError(f"Trainer(max_steps={self.max_steps!r}): expected a positive number of optimizer steps, "
+            raise MisconfigurationException(f"Trainer(max_steps={self.max_steps!r}): expected a positive number of optimizer steps, "
                              "or -1 for no limit. max_steps=0 would train nothing; to only evaluate, call "
                              "trainer.validate(...).")
         self.max_time = parse_max_time(self.max_time)
         if self.max_epochs == -1 and self.max_steps == -1 and self.max_time is None:
-            raise ValueError("Trainer(max_epochs=-1, max_steps=-1): no limit at all would train forever. "
+            raise MisconfigurationException("Trainer(max_epochs=-1, max_steps=-1): no limit at all would train forever. "
                              "Set max_epochs, max_steps or max_time.")
         _check_positive_int("accumulate_grad_batches", self.accumulate_grad_batches)
         _check_positive_int("log_every_n_steps", self.log_every_n_steps)
@@ -122,16 +123,16 @@ class TrainerConfig:
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
             _check_limit(name, getattr(self, name))
         if self.limit_train_batches == 0:
-            raise ValueError("Trainer(limit_train_batches=0): fit would train on no batch. "
+            raise MisconfigurationException("Trainer(limit_train_batches=0): fit would train on no batch. "
                              "Remove the limit, or call trainer.validate(...) to only evaluate.")
         if not _is_int(self.num_sanity_val_steps) or self.num_sanity_val_steps < -1:
-            raise ValueError(f"Trainer(num_sanity_val_steps={self.num_sanity_val_steps!r}): expected an int >= 0, "
+            raise MisconfigurationException(f"Trainer(num_sanity_val_steps={self.num_sanity_val_steps!r}): expected an int >= 0, "
                              "or -1 to run the whole validation set before training.")
         if not (isinstance(self.fast_dev_run, bool) or (_is_int(self.fast_dev_run) and self.fast_dev_run >= 0)):
-            raise ValueError(f"Trainer(fast_dev_run={self.fast_dev_run!r}): expected True/False or a number of "
+            raise MisconfigurationException(f"Trainer(fast_dev_run={self.fast_dev_run!r}): expected True/False or a number of "
                              "batches >= 0.")
         if self.deterministic not in (True, False, "warn"):
-            raise ValueError(f"Trainer(deterministic={self.deterministic!r}): expected True, False or 'warn'.")
+            raise MisconfigurationException(f"Trainer(deterministic={self.deterministic!r}): expected True, False or 'warn'.")
         self._check_lightning_switches()
         if not isinstance(self.oom_split, bool):
             raise TypeError(f"Trainer(oom_split={self.oom_split!r}): expected True or False.")
@@ -140,40 +141,40 @@ class TrainerConfig:
 
     def _check_clipping(self) -> None:
         if self.gradient_clip_algorithm not in ("norm", "value"):
-            raise ValueError(f"Trainer(gradient_clip_algorithm={self.gradient_clip_algorithm!r}): expected "
+            raise MisconfigurationException(f"Trainer(gradient_clip_algorithm={self.gradient_clip_algorithm!r}): expected "
                              f"{quoted(('norm', 'value'))}.")
         value = self.gradient_clip_val
         if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"Trainer(gradient_clip_val={value!r}): expected a number >= 0 or None.")
+            raise MisconfigurationException(f"Trainer(gradient_clip_val={value!r}): expected a number >= 0 or None.")
 
     def _check_val_interval(self) -> None:
         v = self.val_check_interval
         if _is_int(v):
             if v < 1:
-                raise ValueError(f"Trainer(val_check_interval={v}): an int counts training batches and must be >= 1.")
+                raise MisconfigurationException(f"Trainer(val_check_interval={v}): an int counts training batches and must be >= 1.")
         elif isinstance(v, float):
             if not 0.0 < v <= 1.0:
-                raise ValueError(f"Trainer(val_check_interval={v}): a float is a fraction of the epoch in (0.0, 1.0]; "
+                raise MisconfigurationException(f"Trainer(val_check_interval={v}): a float is a fraction of the epoch in (0.0, 1.0]; "
                                  "pass an int to validate every N training batches.")
         else:
             raise TypeError(f"Trainer(val_check_interval={v!r}): expected a float in (0, 1] or an int >= 1.")
         if self.check_val_every_n_epoch is None and not _is_int(v):
-            raise ValueError("Trainer(check_val_every_n_epoch=None) counts val_check_interval over all epochs, "
+            raise MisconfigurationException("Trainer(check_val_every_n_epoch=None) counts val_check_interval over all epochs, "
                              f"so val_check_interval must be an int number of batches, got {v!r}.")
 
     def _check_lightning_switches(self) -> None:
         for name in ("min_epochs", "min_steps"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 0):
-                raise ValueError(f"Trainer({name}={value!r}): expected an int >= 0 or None.")
+                raise MisconfigurationException(f"Trainer({name}={value!r}): expected an int >= 0 or None.")
         if self.min_epochs is not None and self.max_epochs not in (None, -1) and self.min_epochs > self.max_epochs:
-            raise ValueError(f"Trainer(min_epochs={self.min_epochs}, max_epochs={self.max_epochs}): min_epochs cannot "
+            raise MisconfigurationException(f"Trainer(min_epochs={self.min_epochs}, max_epochs={self.max_epochs}): min_epochs cannot "
                              "exceed max_epochs.")
         if self.min_steps is not None and self.max_steps != -1 and self.min_steps > self.max_steps:
-            raise ValueError(f"Trainer(min_steps={self.min_steps}, max_steps={self.max_steps}): min_steps cannot "
+            raise MisconfigurationException(f"Trainer(min_steps={self.min_steps}, max_steps={self.max_steps}): min_steps cannot "
                              "exceed max_steps.")
         if not _is_int(self.reload_dataloaders_every_n_epochs) or self.reload_dataloaders_every_n_epochs < 0:
-            raise ValueError(f"Trainer(reload_dataloaders_every_n_epochs={self.reload_dataloaders_every_n_epochs!r}): "
+            raise MisconfigurationException(f"Trainer(reload_dataloaders_every_n_epochs={self.reload_dataloaders_every_n_epochs!r}): "
                              "expected an int >= 0 (0: never reload).")
         _check_limit("overfit_batches", self.overfit_batches)
         for name in ("use_distributed_sampler", "detect_anomaly", "inference_mode", "sync_batchnorm", "barebones",

@@ -23,7 +23,8 @@ from trainer.loops import eval_loop
 from trainer.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
 from trainer.persistence import trainer_state as checkpoint
-from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_module, _check_num_nodes,
+from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_checkpointing, _check_module,
+                            _check_num_nodes,
                             _check_plugins, _convert_sync_batchnorm, _shown, _with_module_callbacks)
 from trainer.config import TrainerConfig
 from trainer.datamodule import DataModule, check_sources, has_loader, run_prepare_data
@@ -104,6 +105,7 @@ class Trainer:
             raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "
                              "Remove oom_split=True, or use strategy='ddp' or a single device.")
         self.callbacks: list[Callback] = _callback_list(callbacks)
+        _check_checkpointing(self.config, self.callbacks)
         self.profiler: Profiler | None = resolve_profiler(profiler)  # None: nothing is timed (profiler.py)
         if self.config.enable_model_summary and not any(isinstance(c, ModelSummary) for c in self.callbacks):
             self.callbacks.append(ModelSummary())
@@ -420,7 +422,7 @@ class Trainer:
 
 
 # Lightning's read-only mirrors of the settings (trainer.accumulate_grad_batches, trainer.limit_val_batches, ...)
-for _name in ("gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
+for _name in ("fast_dev_run", "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
               "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
               "limit_predict_batches", "num_sanity_val_steps"):
     setattr(Trainer, _name, property(lambda self, _name=_name: getattr(self.config, _name)))

@@ -11,6 +11,7 @@ import torch
 
 from trainer.callbacks.base import Callback
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.strategies.exceptions import MisconfigurationException
 from trainer.datamodule import loaders_from
 from trainer.data.distributed_data import distribute_loader, in_order
 from trainer.module import TrainModule
@@ -97,18 +98,18 @@ class DataSources:
             total = len(loader)
         except TypeError:
             if isinstance(limit, float) and limit < 1.0:
-                raise ValueError(f"Trainer(limit_{what}_batches={limit}): a fraction needs a dataloader with a "
+                raise MisconfigurationException(f"Trainer(limit_{what}_batches={limit}): a fraction needs a dataloader with a "
                                  "length; this one has none (an IterableDataset?). Pass an int.") from None
             return limit if isinstance(limit, int) else None
         if total == 0:
-            raise ValueError(f"The {what} dataloader is empty (len 0). Check that its dataset is not empty and that "
+            raise MisconfigurationException(f"The {what} dataloader is empty (len 0). Check that its dataset is not empty and that "
                              "batch_size is not larger than the dataset with drop_last=True.")
         if limit is None:
             return total
         if isinstance(limit, int):
             return min(total, limit)
         if 0 < limit and int(total * limit) == 0:
-            raise ValueError(f"Trainer(limit_{what}_batches={limit}): {limit} of the {total} batches of the {what} "
+            raise MisconfigurationException(f"Trainer(limit_{what}_batches={limit}): {limit} of the {total} batches of the {what} "
                              f"dataloader is less than one batch. Pass at least {1 / total:.3g}, or an int "
                              "number of batches.")
         return int(total * limit)
@@ -147,7 +148,7 @@ def _check_loaders(value: Any, stage: str, name: str, single: bool = False) -> l
             raise TypeError(f"trainer.{stage}({name}={loader!r:.80}): expected a torch DataLoader (or any "
                             "iterable of batches), or a list of them for evaluation.")
     if not loaders:
-        raise ValueError(f"trainer.{stage}({name}=[]): the list of dataloaders is empty.")
+        raise MisconfigurationException(f"trainer.{stage}({name}=[]): the list of dataloaders is empty.")
     return loaders
 
 
@@ -202,7 +203,7 @@ def _convert_sync_batchnorm(module: TrainModule, strategy: Any) -> None:
     if strategy.world_size == 1:
         return  # nothing to synchronise with
     if strategy.root_device.type == "cpu":
-        raise ValueError(f"Trainer(sync_batchnorm=True) with {strategy.world_size} CPU processes: torch's "
+        raise MisconfigurationException(f"Trainer(sync_batchnorm=True) with {strategy.world_size} CPU processes: torch's "
                          "SyncBatchNorm only runs on GPU/XPU devices. Drop sync_batchnorm (each process then "
                          "normalises over its own batch), or train on GPUs.")
     for name, child in module.named_children():
@@ -226,7 +227,20 @@ def _check_plugins(plugins: Any) -> None:
         where = "checkpoints are written by the strategy (atomically); a custom CheckpointIO is not supported"
     else:
         where = "precision goes to Trainer(precision=...), everything else to the strategy object"
-    raise ValueError(f"Trainer(plugins={plugins!r:.80}): plugins are not supported: {where}.")
+    raise MisconfigurationException(f"Trainer(plugins={plugins!r:.80}): plugins are not supported: {where}.")
+
+
+def _check_checkpointing(config: Any, callbacks: list[Callback]) -> None:
+    """``enable_checkpointing=False`` (or barebones) with a ``ModelCheckpoint`` among the callbacks is a
+    contradiction: Lightning refuses it, and silently saving (or not) would surprise either way."""
+    given = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    if config.enable_checkpointing or not given:
+        return
+    why = "barebones=True (which turns checkpointing off)" if config.barebones else "enable_checkpointing=False"
+    raise MisconfigurationException(
+        f"Trainer({why}, callbacks=[..., {type(given[0]).__name__}(...)]): checkpointing is off, yet a checkpoint "
+        f"callback was given. Drop the {type(given[0]).__name__} from callbacks, or "
+        f"{'drop barebones=True' if config.barebones else 'turn checkpointing on (enable_checkpointing=True)'}.")
 
 
 def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any, profiler: Any = None) -> None:
@@ -238,7 +252,7 @@ def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any, prof
     if profiler not in (None, False):
         asked.append(f"profiler={profiler!r}")
     if asked:
-        raise ValueError(f"Trainer(barebones=True, {asked[0]}): barebones turns off logging, checkpointing and the "
+        raise MisconfigurationException(f"Trainer(barebones=True, {asked[0]}): barebones turns off logging, checkpointing and the "
                          f"progress bar. Drop {asked[0]}, or barebones.")
 
 
@@ -247,17 +261,17 @@ def _check_num_nodes(num_nodes: Any) -> None:
     from trainer.strategies.environment import detect_environment
 
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-        raise ValueError(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")
+        raise MisconfigurationException(f"Trainer(num_nodes={num_nodes!r}): expected a positive int (how many machines).")
     if num_nodes == 1:
         return
     env = detect_environment()
     if not env.is_distributed:
-        raise ValueError(f"Trainer(num_nodes={num_nodes}): this process was not started by a launcher, so there is only "
+        raise MisconfigurationException(f"Trainer(num_nodes={num_nodes}): this process was not started by a launcher, so there is only "
                          f"one machine. Start the script on each machine with `trainer launch --num-machines "
                          f"{num_nodes} --machine-rank <i> --main-process-ip <ip> train.py` (or srun under SLURM).")
     machines = env.world_size // max(env.local_world_size, 1)
     if machines != num_nodes:
-        raise ValueError(f"Trainer(num_nodes={num_nodes}): the launcher started {env.world_size} processes, "
+        raise MisconfigurationException(f"Trainer(num_nodes={num_nodes}): the launcher started {env.world_size} processes, "
                          f"{env.local_world_size} per machine, i.e. {machines} machine(s). Make them agree (or drop "
                          "num_nodes: the environment decides).")
 

@@ -227,12 +227,12 @@ def test_early_stopping_patience_and_min_delta(scores, mode, patience, min_delta
     trainer.fit(Scripted([float(s) for s in scores]), regression_loader(8, 8), regression_loader(8, 8))
     stop = _expected_stop(scores, mode, patience, min_delta)
     if stop is None:
-        assert (trainer.current_epoch, es.stopped_epoch, es.stopping_reason) == (len(scores), 0, None)
+        assert (trainer.current_epoch, es.stopped_epoch, es.stopping_reason_message) == (len(scores), 0, None)
     else:
         assert (trainer.current_epoch, es.stopped_epoch, trainer.should_stop) == (stop + 1, stop, True)
         checks = max(patience, 1)  # patience=0 stops at the first check without improvement
         assert es.wait_count == checks
-        assert es.stopping_reason.startswith(f"score did not improve by more than {min_delta} in {checks} checks")
+        assert es.stopping_reason_message.startswith(f"score did not improve by more than {min_delta} in {checks} checks")
 
 
 @pytest.mark.parametrize("kwargs, scores, stop, reason", [
@@ -250,7 +250,7 @@ def test_early_stopping_thresholds_and_non_finite_values(kwargs, scores, stop, r
     es = EarlyStopping("score", patience=10, **kwargs)
     trainer = make_trainer(max_epochs=len(scores), callbacks=[es], num_sanity_val_steps=0)
     trainer.fit(Scripted(scores), regression_loader(8, 8), regression_loader(8, 8))
-    assert (trainer.current_epoch, es.stopped_epoch, es.stopping_reason) == (stop + 1, stop, reason)
+    assert (trainer.current_epoch, es.stopped_epoch, es.stopping_reason_message) == (stop + 1, stop, reason)
 
 
 def test_early_stopping_with_check_finite_off_counts_nan_as_no_improvement(make_trainer):
@@ -277,7 +277,7 @@ def test_early_stopping_not_strict_skips_a_missing_monitor(make_trainer):
     es = EarlyStopping("val/acc", strict=False, patience=0)
     trainer = make_trainer(max_epochs=3, callbacks=[es])
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(16, 8))
-    assert (trainer.current_epoch, es.wait_count, es.stopping_reason) == (3, 0, None)
+    assert (trainer.current_epoch, es.wait_count, es.stopping_reason_message) == (3, 0, None)
 
 
 def test_early_stopping_without_validation_checks_at_train_epoch_end(make_trainer):

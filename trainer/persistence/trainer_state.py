@@ -16,8 +16,10 @@ A checkpoint is one file (``torch.save`` of plain containers and tensors, loaded
 
 from __future__ import annotations
 
+import collections
 import os
 import platform
+import re
 import time
 import warnings
 from typing import Any
@@ -41,7 +43,33 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # a pathlib.Path hyperparameter (pytest's tmp_path) keeps its text
     return repr(value)
+
+
+def _paths_as_text(value: Any) -> Any:
+    """``value`` with every ``os.PathLike`` inside (a Path passed as default_root_dir, dirpath, in a
+    callback's state or by on_save_checkpoint) replaced by its text, so that the checkpoint loads
+    with ``weights_only=True``. Containers holding none come back as themselves (a state_dict's
+    ``_metadata`` stays); others are rebuilt with their type."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        items = {k: _paths_as_text(v) for k, v in value.items()}
+        if all(items[k] is v for k, v in value.items()) and not any(isinstance(k, os.PathLike) for k in value):
+            return value
+        out = type(value)() if type(value) in (dict, collections.OrderedDict) else {}
+        out.update({_paths_as_text(k): v for k, v in items.items()})
+        if hasattr(value, "_metadata"):
+            out._metadata = value._metadata
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_paths_as_text(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items) if type(value) in (list, tuple) else items
+    return value
 
 
 def header(strategy: Any, **metadata: Any) -> dict[str, Any]:
@@ -83,7 +111,7 @@ def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
             ckpt["datamodule"] = trainer.datamodule.state_dict()
             ckpt["datamodule_hparams"] = _plain(dict(trainer.datamodule.hparams))
         hooks("on_save_checkpoint", ckpt)
-    return ckpt
+    return _paths_as_text(ckpt)
 
 
 def check_compatible(ckpt: Any, path: str, world_size: int | None) -> None:
@@ -181,6 +209,10 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
             f"checkpoints. Resume with the strategy that saved it, or turn it into plain weights with "
             f"`trainer merge-weights {path} OUT` and load those into the model before a new fit.")
     check_compatible(ckpt, path, strategy.world_size)
+    if "loops" in ckpt:  # counters and optimizer settings against this run, before anything is put back
+        from trainer.persistence.resume_checks import check_against_run
+
+        check_against_run(trainer, ckpt, path)
     if sharded:
         if "optimizer_states" not in ckpt:
             raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training.")
@@ -257,8 +289,15 @@ def newest_checkpoint(dirpath: str) -> str | None:
     if not os.path.isdir(dirpath):
         return None
     paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
-    last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
+    last = _last_files(paths)
     return (last or sorted(paths, key=os.path.getmtime, reverse=True) or [None])[0]
+
+
+def _last_files(paths: list[str]) -> list[str]:
+    """The last.ckpt files among ``paths``, newest first: ``last.ckpt`` and the ``last-v<n>.ckpt`` a
+    rerun into the same directory writes beside an earlier run's (ModelCheckpoint's version counter)."""
+    last = [p for p in paths if re.fullmatch(r"last(-v\d+)?\.ckpt", os.path.basename(p))]
+    return sorted(last, key=os.path.getmtime, reverse=True)
 
 
 def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] | None:
@@ -283,7 +322,7 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
     strategy.barrier("recover checkpoints")
     if os.path.isdir(dirpath):
         paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
-        last = [p for p in paths if os.path.basename(p) == "last.ckpt"]
+        last = _last_files(paths)
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
