@@ -348,7 +348,7 @@ class Trainer:
             self.state.stage = "idle"
 
     def _fit(self, ckpt_path: str | None) -> None:
-        loop = self.fit_loop
+        loop, found = self.fit_loop, None
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
@@ -358,6 +358,11 @@ class Trainer:
                                    f"{self.current_epoch}, batch_idx {self.state.batch_idx}).")
         # asked for after the checkpoint's datamodule state is back, as in Lightning
         train_loader = self._data.fit_train_loader()
+        if found is not None:  # its place in the epoch, now that the epoch's length is known
+            from trainer.persistence.resume_checks import check_position
+
+            check_position(found[1], found[0], self._data.count_train_batches(train_loader), train_loader,
+                           self.strategy.world_size)
         val_loaders = self._data.fit_val_loaders()
         loop.stop_agreement = StopAgreement(self.strategy.world_size)
         with sigterm_sets_flag(loop):
