@@ -109,6 +109,9 @@ def _wandb_has_key() -> bool:
         return False
 
 
+STEP_KEY = "trainer/global_step"  # W&B's x axis for the Trainer's rows (Lightning's name)
+
+
 class WandbLogger(Logger):
     """Logs to Weights & Biases. With no API key configured the run is written offline, and one
     line says how to upload it (``wandb sync <dir>``). The key is never printed or written.
@@ -130,6 +133,14 @@ class WandbLogger(Logger):
         self._run: Any = None
         self._pending_config: dict[str, Any] = {}
         self._finish_registered = False
+        self._axis_defined = False
+        self._native_step = False
+
+    def with_native_step(self) -> "WandbLogger":
+        """Rows go in at W&B's own ``step`` (``run.log(row, step=step)``), as Accelerate's tracker does:
+        for the Accelerator door, whose steps are the user's and only grow."""
+        self._native_step = True
+        return self
 
     @property
     def experiment(self) -> Any:
@@ -162,7 +173,18 @@ class WandbLogger(Logger):
         return os.path.dirname(self._run.dir) if self._run is not None else os.path.join(self.save_dir, "wandb")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.experiment.log(dict(metrics), step=step)
+        # the Trainer's step goes in as a metric, the x axis of every chart (as Lightning's WandbLogger
+        # does): W&B's own step must only grow, but a training epoch's row comes at the step of its last
+        # step row, after the validation row of the step that follows
+        run = self.experiment
+        if self._native_step:
+            run.log(dict(metrics), step=step)
+            return
+        if not self._axis_defined and callable(getattr(run, "define_metric", None)):
+            run.define_metric("trainer/*", step_metric=STEP_KEY)
+            run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        self._axis_defined = True
+        run.log({**metrics, STEP_KEY: step})
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         flat = _plain(flatten(params))
@@ -183,14 +205,14 @@ class WandbLogger(Logger):
                 self._finish_registered = True
             return
         self._run.finish(exit_code=1)
-        self._run = None
+        self._run, self._axis_defined = None, False
 
     def close(self) -> None:
         """Finish the run. wandb's own service process then writes the last records (offline: the
         ``run-<id>.wandb`` file) in the background; they are complete at the latest when this process exits."""
         if self._run is not None:
             self._run.finish(exit_code=0)
-            self._run = None
+            self._run, self._axis_defined = None, False
 
 
 class MLflowLogger(Logger):

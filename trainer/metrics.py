@@ -8,6 +8,80 @@ from trainer.results import Results
 from trainer._logging import rank_zero_info
 
 
+class CallbackMetrics(dict):
+    """``trainer.callback_metrics``: a dict of floats whose training values are current when read.
+
+    ``self.log`` keeps step values on the device and the loop reads them back only every
+    ``log_every_n_steps``; a reader between two read-backs (a callback deciding on ``train_loss`` at
+    validation end, a scheduler, the user) would see old values or miss a metric. Every read first
+    resolves what is pending: one transfer of the values logged since the last read-back, only when
+    something reads and something is pending, so a loop nobody reads from stays free of host syncs.
+    The values resolved so are this process's own (no collective: a read on one rank alone must not
+    hang); at log intervals, epoch ends and before each validation in fit, rank zero's are sent to all."""
+
+    __slots__ = ("_resolve",)
+
+    def __init__(self, resolve: Any = None) -> None:
+        super().__init__()
+        self._resolve = resolve
+
+    def _current(self) -> None:
+        if self._resolve is not None:
+            self._resolve()
+
+    def __getitem__(self, key: Any) -> Any:
+        self._current()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self._current()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Any:
+        self._current()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._current()
+        return super().__len__()
+
+    def __eq__(self, other: Any) -> bool:
+        self._current()
+        return super().__eq__(other)
+
+    def __ne__(self, other: Any) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._current()
+        return super().__repr__()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._current()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        self._current()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._current()
+        return super().values()
+
+    def items(self) -> Any:
+        self._current()
+        return super().items()
+
+    def copy(self) -> dict:
+        self._current()
+        return dict(super().items())
+
+    def __reduce__(self) -> Any:  # pickles (and deep-copies) as the plain dict it holds
+        return (dict, (self.copy(),))
+
+
 class MetricsPublisher:
     """Owns what ``self.log`` collects (one ``Results`` per stage kind, in ``results``) and turns it
     into the Trainer's metric dicts and the loggers' rows (rank zero only). It reads the Trainer's
@@ -16,7 +90,8 @@ class MetricsPublisher:
     def __init__(self, trainer: Any) -> None:
         self._trainer = trainer
         self.results = {stage: Results(stage) for stage in ("train", "validate", "test")}
-        self.callback_metrics: dict[str, float] = {}
+        self.callback_metrics: dict[str, float] = CallbackMetrics(self._resolve_pending)
+        self._resolving = False
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
         self.history: list[tuple[int, dict[str, float]]] = []  # what the loggers received (rank zero)
@@ -27,6 +102,17 @@ class MetricsPublisher:
         self.callback_metrics.clear()
         self.logged_metrics.clear()
         self.progress_bar_metrics.clear()
+
+    def _resolve_pending(self) -> None:
+        """A read of ``callback_metrics``: the training values logged since the last read-back become
+        current (this rank's own; no logger row, no collective)."""
+        if self._resolving or not self.results["train"].has_pending():
+            return
+        self._resolving = True
+        try:
+            self.publish_train(epoch_end=False, log=False, broadcast=False)
+        finally:
+            self._resolving = False
 
     def flush_train(self) -> None:
         """Read the training values back; raise on a non-finite loss (unless allowed)."""
@@ -41,9 +127,10 @@ class MetricsPublisher:
                 "step). Lower the learning rate, clip gradients (gradient_clip_val=1.0) or use bf16-mixed "
                 "instead of 16-mixed; pass Trainer(stop_on_nonfinite_loss=False) to keep training anyway.")
 
-    def publish_train(self, epoch_end: bool, log: bool = True) -> None:
+    def publish_train(self, epoch_end: bool, log: bool = True, broadcast: bool = True) -> None:
         """The training values logged so far become ``callback_metrics`` (and, with ``log``, a row
-        for the loggers; ``log=False`` when a callback needs them between log intervals)."""
+        for the loggers; ``log=False`` when a callback needs them between log intervals).
+        ``broadcast=False``: this rank's values as they are (a lazy read, see ``CallbackMetrics``)."""
         trainer = self._trainer
         results = self.results["train"]
         self.flush_train()
@@ -51,9 +138,21 @@ class MetricsPublisher:
             # the latest step values become visible to callbacks; loggers keep their interval
             self._publish(results.step_metrics(), results, also_plain=True, log=False)
             values = results.epoch_metrics(trainer.accelerator.strategy)
-            self._publish(values, results, also_plain=True, extra={"epoch": trainer.current_epoch})
+            # at the step of the epoch's last step row, as in Lightning (its curves and ours line up)
+            self._publish(values, results, also_plain=True, step=max(self.stepped_batches() - 1, 0))
         else:
-            self._publish(results.step_metrics(), results, also_plain=True, log=log)
+            self._publish(results.step_metrics(), results, also_plain=True, log=log, broadcast=broadcast,
+                          step=max(self.stepped_batches() - 1, 0))
+
+    def stepped_batches(self) -> int:
+        """Lightning's x axis for logger rows: batches that ended with an optimizer step (one per
+        batch in manual optimization, however many optimizers it steps). A training step's row is
+        logged at this count minus one (the first at step 0), an evaluation's at the count."""
+        trainer = self._trainer
+        module = trainer.module
+        if module is not None and not getattr(module, "automatic_optimization", True):
+            return trainer.state.batches_seen
+        return trainer.global_step
 
     def stage_results(self, stage: str) -> Results:
         """The ``Results`` that ``stage`` ("validate", "sanity_check", "test", "train") logs into."""
@@ -80,13 +179,14 @@ class MetricsPublisher:
                 for i in range(num_loaders)]
 
     def _publish(self, values: dict[str, float], results: Any, also_plain: bool,
-                 extra: dict[str, float] | None = None, log: bool = True) -> None:
+                 extra: dict[str, float] | None = None, log: bool = True, broadcast: bool = True,
+                 step: int | None = None) -> None:
         """``x_step``/``x_epoch`` values are also published under plain ``x`` for callbacks.
 
         With several processes, rank zero's values are sent to all, so callbacks decide alike
         everywhere (values logged with ``sync_dist=True`` are already equal on every rank)."""
         strategy = self._trainer.accelerator.strategy
-        if strategy.world_size > 1:
+        if broadcast and strategy.world_size > 1:
             values = strategy.broadcast(values)
         plain = {}
         if also_plain:
@@ -99,15 +199,20 @@ class MetricsPublisher:
         row = {k: v for k, v in values.items() if k in log_names}
         if row and log:
             row.update(extra or {})
-            self.log_row(row)
+            self.log_row(row, step)
 
     def log_row(self, row: dict[str, float], step: int | None = None) -> None:
+        """A row for the loggers at ``step`` (default: ``stepped_batches()``, an evaluation's x). As in
+        Lightning every row also carries ``epoch`` (unless the row logs its own), which the loggers
+        get but ``logged_metrics`` does not."""
         trainer = self._trainer
         self.logged_metrics.update(row)
         if trainer.is_global_zero and trainer.loggers:
-            self.history.append((trainer.global_step if step is None else step, dict(row)))
+            step = self.stepped_batches() if step is None else step
+            row = {**row, "epoch": row.get("epoch", trainer.current_epoch)}
+            self.history.append((step, dict(row)))
             for logger in trainer.loggers:
-                logger.log_metrics(row, step=trainer.global_step if step is None else step)
+                logger.log_metrics(row, step=step)
 
     def log_hyperparams(self) -> None:
         trainer = self._trainer

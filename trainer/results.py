@@ -193,6 +193,10 @@ class Results:
         buffer[n].copy_(loss.detach().reshape(()))
         self._loss_where.append((global_step, batch_idx))
 
+    def has_pending(self) -> bool:
+        """Values logged since the last ``flush``."""
+        return any(e.pending for e in self.entries.values())
+
     def flush(self) -> tuple[int, int] | None:
         """Read every pending value back in one transfer. Returns (step, batch_idx) of the first
         non-finite loss since the last flush, or None."""

@@ -33,7 +33,7 @@ class TrackingMixin:
         init_kwargs = init_kwargs or {}
         build = {"tensorboard": lambda kw: TensorBoardLogger(save_dir=root, name=project_name, **kw),
                  "csv": lambda kw: CSVLogger(save_dir=root, name=project_name, **kw),
-                 "wandb": lambda kw: WandbLogger(project=project_name, save_dir=root, **kw),
+                 "wandb": lambda kw: WandbLogger(project=project_name, save_dir=root, **kw).with_native_step(),
                  "mlflow": lambda kw: MLflowLogger(experiment_name=project_name, save_dir=root, **kw)}
         self.trackers = [build[spec](init_kwargs.get(spec, {})) if isinstance(spec, str) else spec
                          for spec in self._tracker_specs]

@@ -64,7 +64,7 @@ def test_tensorboard_scalars_match_what_was_logged_step_for_step(tmp_path):
     tb, reference = TensorBoardLogger("runs"), CSVLogger("csv")
     _fit([tb, reference])
     expected = _csv_series(reference.metrics_file)
-    assert set(expected) == {"train/loss", "val/loss"} and len(expected["train/loss"]) == 8
+    assert set(expected) == {"train/loss", "val/loss", "epoch"} and len(expected["train/loss"]) == 8
     events = EventAccumulator(tb.log_dir, size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     assert set(events.Tags()["scalars"]) == set(expected)
@@ -94,8 +94,11 @@ def test_wandb_offline_run_holds_history_and_config(tmp_path, capsys):
     assert f"logged offline to {os.path.abspath(runs[0])}" in out
     assert "wandb sync" in out and "api_key" not in out.lower()
     record = read_run(glob.glob(f"{runs[0]}/run-*.wandb")[0])
-    losses = [(h["_step"], h["train/loss"]) for h in record["history"] if "train/loss" in h]
-    assert [s for s, _ in losses] == [2, 4, 6, 8, 10, 12, 14, 16]
+    # the Trainer's step is the charts' x axis (W&B's own _step only counts rows), as with Lightning's logger
+    losses = [(h["trainer/global_step"], h["train/loss"]) for h in record["history"] if "train/loss" in h]
+    assert [s for s, _ in losses] == [1, 3, 5, 7, 9, 11, 13, 15]
+    val = [(h["trainer/global_step"], h["epoch"]) for h in record["history"] if "val/loss" in h]
+    assert val == [(8, 0), (16, 1)]  # after each epoch's 8 steps, in that epoch
     assert sum(1 for h in record["history"] if "val/loss" in h) == 2
     assert record["config"]["width"] == 4 and record["config"]["note"] == "hello"
     assert record["config"]["trainer/max_epochs"] == 2
