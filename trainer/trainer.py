@@ -260,6 +260,8 @@ class Trainer:
             model = self.module
             if ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", ""):
                 ckpt_path = "best"  # as Lightning: without a model, the best checkpoint of the last fit
+            if dataloaders is None and datamodule is None:
+                datamodule = self.datamodule  # and that fit's DataModule, as Lightning
         if isinstance(dataloaders, DataModule) and datamodule is None:
             dataloaders, datamodule = None, dataloaders
         check_sources(stage, {"dataloaders": dataloaders}, datamodule)

@@ -279,3 +279,18 @@ def RandomRegressionPair():
     from tests.helpers import RandomRegression
 
     return RandomRegression(16), RandomRegression(8, seed=1)
+
+
+def test_test_without_a_model_after_fit_uses_that_fits_datamodule_and_best_checkpoint(tmp_path, make_trainer):
+    """Lightning's ``trainer.test(ckpt_path="best")`` after ``fit(model, datamodule=dm)``: the fitted
+    module with the best checkpoint's weights, on ``dm``'s test loader (it was refused: no data)."""
+    from trainer.callbacks import ModelCheckpoint
+
+    dm = Blobs(str(tmp_path))
+    trainer = make_trainer(max_epochs=2, callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "ckpt"))], num_sanity_val_steps=0)
+    trainer.fit(Classifier(), datamodule=dm)
+    served = dm.calls.count("val_dataloader")  # test_dataloader is val_dataloader here
+    (result,) = trainer.test(ckpt_path="best")
+    assert dm.calls.count("val_dataloader") == served + 1 and "setup:test" in dm.calls
+    assert 0.0 <= result["val_acc"] <= 1.0
+    assert trainer.ckpt_path == trainer.checkpoint_callback.best_model_path
