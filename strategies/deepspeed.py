@@ -264,6 +264,8 @@ class DeepSpeedStrategy(Strategy):
     oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
                          "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
                          "free of collectives.")
+    weight_averaging_refusal = ("the engine owns the (possibly partitioned) parameters and their fp32 master copy, "
+                                "so an averaged copy kept beside them would not see the weights the engine steps.")
     accumulation_schedule_refusal = ("DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it "
                                      "sets its own loss scaling and step boundaries from it), so the number of "
                                      "micro-batches per step cannot change between epochs.")

@@ -212,6 +212,8 @@ class Strategy(ABC):
     accumulation_schedule_refusal: str | None = None
     # BaseFinetuning: why parameter groups cannot be added to a running optimizer (None: they can)
     adding_param_groups_refusal: str | None = None
+    # StochasticWeightAveraging / WeightAveraging: why a full averaged copy of the module cannot be kept (None: it can)
+    weight_averaging_refusal: str | None = None
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -144,8 +145,11 @@ class TrainerConfig:
             raise MisconfigurationException(f"Trainer(gradient_clip_algorithm={self.gradient_clip_algorithm!r}): expected "
                              f"{quoted(('norm', 'value'))}.")
         value = self.gradient_clip_val
-        if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0):
-            raise MisconfigurationException(f"Trainer(gradient_clip_val={value!r}): expected a number >= 0 or None.")
+        if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value < 0):
+            # nan compares False with everything: it passed a plain `< 0` and turned every gradient into NaN
+            raise MisconfigurationException(f"Trainer(gradient_clip_val={value!r}): expected a finite number >= 0, or None "
+                                            "for no clipping (0 clips nothing either).")
 
     def _check_val_interval(self) -> None:
         v = self.val_check_interval

@@ -232,8 +232,10 @@ def _check_plugins(plugins: Any) -> None:
 
 def _check_checkpointing(config: Any, callbacks: list[Callback]) -> None:
     """``enable_checkpointing=False`` (or barebones) with a ``ModelCheckpoint`` among the callbacks is a
-    contradiction: Lightning refuses it, and silently saving (or not) would surprise either way."""
+    contradiction: Lightning refuses it, and silently saving (or not) would surprise either way.
+    A last.ckpt that can only hold weights is said now, not at the restart that cannot use it."""
     given = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    _warn_weights_only_last(given)
     if config.enable_checkpointing or not given:
         return
     why = "barebones=True (which turns checkpointing off)" if config.barebones else "enable_checkpointing=False"
@@ -241,6 +243,26 @@ def _check_checkpointing(config: Any, callbacks: list[Callback]) -> None:
         f"Trainer({why}, callbacks=[..., {type(given[0]).__name__}(...)]): checkpointing is off, yet a checkpoint "
         f"callback was given. Drop the {type(given[0]).__name__} from callbacks, or "
         f"{'drop barebones=True' if config.barebones else 'turn checkpointing on (enable_checkpointing=True)'}.")
+
+
+def _warn_weights_only_last(checkpoints: list[ModelCheckpoint]) -> None:
+    """``ModelCheckpoint(save_weights_only=True, save_last=True)`` writes a last.ckpt that
+    ``fit(ckpt_path="last")`` refuses (it holds no optimizer or loop state): a one-time warning at
+    construction (rank zero), unless another ModelCheckpoint writes a whole last.ckpt."""
+    import warnings
+
+    from trainer.strategies._util import process_rank
+
+    weights_only = [cb for cb in checkpoints if cb.save_last and cb.save_weights_only]
+    if not weights_only or any(cb.save_last and not cb.save_weights_only for cb in checkpoints) or process_rank():
+        return
+    warnings.warn("ModelCheckpoint(save_weights_only=True, save_last=True): last.ckpt will hold the weights only, so "
+                  "trainer.fit(..., ckpt_path='last') cannot resume training from it (a restart is refused: no "
+                  "optimizer, scheduler or loop state). To resume after a crash, drop save_weights_only=True (last.ckpt "
+                  "then holds the whole state); to keep weights only, start new fits from them with "
+                  "model.load_state_dict(torch.load(path, weights_only=True)['state_dict']) instead of "
+                  "ckpt_path='last'.",
+                  UserWarning, stacklevel=4)
 
 
 def _check_barebones(settings: dict[str, Any], logger: Any, callbacks: Any, profiler: Any = None) -> None:

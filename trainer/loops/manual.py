@@ -20,6 +20,7 @@ backward calls, or averaged once already, come out as the mean over processes ei
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterator
 
 import torch
@@ -194,8 +195,9 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: float | None,
         gradient_clip_val = trainer.config.gradient_clip_val
     if not gradient_clip_val:
         return
-    if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) or gradient_clip_val < 0:
-        raise ValueError(f"clip_gradients(gradient_clip_val={gradient_clip_val!r}): expected a number >= 0.")
+    if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) \
+            or not math.isfinite(gradient_clip_val) or gradient_clip_val < 0:
+        raise ValueError(f"clip_gradients(gradient_clip_val={gradient_clip_val!r}): expected a finite number >= 0.")
     raw = _raw(optimizer)
     strategy = trainer.strategy
     strategy.unscale_gradients(raw)
