@@ -106,7 +106,7 @@ def test_unknown_accelerator_lists_choices_and_suggests(value, suggestion, make_
     ({"check_val_every_n_epoch": 0}, ValueError, r"Trainer\(check_val_every_n_epoch=0\): expected a positive int"),
     ({"accumulate_grad_batches": 0}, ValueError, r"Trainer\(accumulate_grad_batches=0\): expected a positive int"),
     ({"accumulate_grad_batches": 2.0}, ValueError, r"Trainer\(accumulate_grad_batches=2\.0\): expected a positive"),
-    ({"gradient_clip_val": -1}, ValueError, r"Trainer\(gradient_clip_val=-1\): expected a number >= 0 or None"),
+    ({"gradient_clip_val": -1}, ValueError, r"Trainer\(gradient_clip_val=-1\): expected a finite number >= 0, or None"),
     ({"gradient_clip_algorithm": "l2"}, ValueError,
      r"Trainer\(gradient_clip_algorithm='l2'\): expected 'norm', 'value'"),
     ({"log_every_n_steps": 0}, ValueError, r"Trainer\(log_every_n_steps=0\): expected a positive int"),
