@@ -62,7 +62,13 @@ class EarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
-        return f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}"
+        """Lightning's key for this callback's state in a checkpoint (class name and settings)."""
+        return type(self).__qualname__ + repr({"monitor": self.monitor, "mode": self.mode})
+
+    @property
+    def _legacy_state_keys(self) -> list[str]:
+        """The key checkpoints of trainer <= 0.1 stored this state under (still read on resume)."""
+        return [f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}"]
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b

@@ -95,6 +95,7 @@ class ModelCheckpoint(Callback):
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise MisconfigurationException(f"ModelCheckpoint({name}={value!r}): expected an int >= 0.")
+        self._time_interval_given = train_time_interval  # as passed: part of state_key, as in Lightning
         if isinstance(train_time_interval, datetime.timedelta):
             train_time_interval = train_time_interval.total_seconds()
         if dirpath is not None:  # a Path, "~/ckpts": plain absolute text (what checkpoints and comparisons hold)
@@ -123,9 +124,17 @@ class ModelCheckpoint(Callback):
 
     @property
     def state_key(self) -> str:
-        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps="
+        """Lightning's key for this callback's state in a checkpoint (class name and settings)."""
+        return type(self).__qualname__ + repr({
+            "monitor": self.monitor, "mode": self.mode, "every_n_train_steps": self.every_n_train_steps,
+            "every_n_epochs": self.every_n_epochs, "train_time_interval": self._time_interval_given})
+
+    @property
+    def _legacy_state_keys(self) -> list[str]:
+        """The key checkpoints of trainer <= 0.1 stored this state under (still read on resume)."""
+        return [f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps="
                 f"{self.every_n_train_steps}, every_n_epochs={self.every_n_epochs}, "
-                f"train_time_interval={self.train_time_interval}}}")
+                f"train_time_interval={self.train_time_interval}}}"]
 
     # -- when ---------------------------------------------------------------------------------
     def setup(self, trainer: Any, module: Any, stage: str) -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from trainer.callbacks import Callback, CSVLogger, EarlyStopping, LearningRateMonitor, MissingMetricError, ProgressBar
+from trainer.callbacks import (Callback, CSVLogger, EarlyStopping, EarlyStoppingReason, LearningRateMonitor,
+                               MissingMetricError, ProgressBar)
 from trainer.callbacks.base import HOOK_NAMES
 from trainer.strategies import SingleDeviceStrategy
 from trainer import Trainer, TrainModule
@@ -315,13 +316,15 @@ def test_early_stopping_state_round_trips(make_trainer):
     make_trainer(max_epochs=3, callbacks=[es], num_sanity_val_steps=0).fit(
         Scripted([2.0, 3.0, 4.0]), regression_loader(8, 8), regression_loader(8, 8))
     state = es.state_dict()
-    assert state == {"wait_count": 2, "stopped_epoch": 0, "best_score": 2.0, "patience": 3}
+    assert state == {"wait_count": 2, "stopped_epoch": 0, "best_score": 2.0, "patience": 3, "stopping_reason": 0,
+                     "stopping_reason_message": None}
     fresh = EarlyStopping("score", patience=3)
     fresh.load_state_dict(state)
     assert (fresh.wait_count, fresh.best_score, fresh.stopped_epoch) == (2, 2.0, 0)
-    assert fresh.state_key == "EarlyStopping{monitor='score', mode='min'}"
+    assert fresh.state_key == "EarlyStopping{'monitor': 'score', 'mode': 'min'}"  # Lightning's format
     # the restored state carries on: one more check without improvement stops
-    assert fresh._evaluate(2.5) == (True, "score did not improve by more than 0.0 in 3 checks; best 2.")
+    assert fresh._evaluate(2.5) == (True, (EarlyStoppingReason.PATIENCE_EXHAUSTED,
+                                           "score did not improve by more than 0.0 in 3 checks; best 2."))
 
 
 # -- the progress bar ----------------------------------------------------------------------------------

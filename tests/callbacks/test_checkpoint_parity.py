@@ -8,6 +8,7 @@ import os
 import pathlib
 
 import pytest
+import torch
 import yaml
 
 from trainer import Trainer
@@ -320,3 +321,21 @@ def test_a_missing_monitor_is_a_misconfiguration_and_still_a_key_error(tmp_path,
         _fit(make_trainer(default_root_dir=str(tmp_path), max_epochs=1,
                           callbacks=[ModelCheckpoint(dirpath=tmp_path, monitor="val/acc")]))
     assert isinstance(info.value, MissingMetricError) and isinstance(info.value, KeyError)
+
+
+def test_state_keys_are_lightnings_and_states_saved_under_the_old_keys_still_resume(tmp_path, make_trainer):
+    cb, es = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss"), EarlyStopping("val/loss", patience=5)
+    assert cb.state_key == ("ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min', 'every_n_train_steps': 0, "
+                            "'every_n_epochs': 1, 'train_time_interval': None}")
+    assert es.state_key == "EarlyStopping{'monitor': 'val/loss', 'mode': 'min'}"
+    _fit(make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[cb, es]))
+    ckpt = torch.load(cb.best_model_path, weights_only=True)
+    old = {"ModelCheckpoint{monitor='val/loss', mode='min', every_n_train_steps=0, every_n_epochs=1, "
+           "train_time_interval=None}": ckpt["callbacks"].pop(cb.state_key),
+           "EarlyStopping{monitor='val/loss', mode='min'}": ckpt["callbacks"].pop(es.state_key)}
+    ckpt["callbacks"].update(old)  # as trainer 0.1 wrote them
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    cb2, es2 = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss"), EarlyStopping("val/loss", patience=5)
+    resumed = make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[cb2, es2])
+    _fit(resumed, ckpt_path=str(tmp_path / "old.ckpt"))
+    assert cb2.best_k_models == cb.best_k_models and es2.best_score == es.best_score

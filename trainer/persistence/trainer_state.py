@@ -259,6 +259,9 @@ def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
     if trainer.datamodule is not None and "datamodule" in ckpt:
         trainer.datamodule.load_state_dict(ckpt["datamodule"])
     by_key = {cb.state_key: cb for cb in trainer.callbacks}
+    for cb in trainer.callbacks:  # a key an earlier version wrote (the state_key format changed)
+        for key in getattr(cb, "_legacy_state_keys", ()):
+            by_key.setdefault(key, cb)
     for key, state in ckpt.get("callbacks", {}).items():
         if key in by_key:
             by_key[key].load_state_dict(state)
