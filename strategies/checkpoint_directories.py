@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .checkpoint_io import SHARDED_META, TEMP_PREFIX, DiskFullError, atomic_save, fsync_dir, is_disk_full
+from .checkpoint_io import SHARDED_META, TEMP_PREFIX, DiskFullError, atomic_save, fsync_dir, is_disk_full, user_mode
 
 
 class DirectoryInUseError(RuntimeError):
@@ -192,10 +192,13 @@ WHOLE_MARKERS = (SHARDED_META, "state.ckpt")  # written last: a directory with o
 
 
 def new_directory(path: str) -> str:
-    """A fresh temporary directory beside ``path`` to fill and then ``swap_directory`` into place."""
+    """A fresh temporary directory beside ``path`` to fill and then ``swap_directory`` into place,
+    with the mode the user's umask gives a new directory (mkdtemp's is owner-only 0700)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.new.{os.getpid()}.", dir=directory)
+    tmp = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.new.{os.getpid()}.", dir=directory)
+    os.chmod(tmp, user_mode(directory=True))
+    return tmp
 
 
 def swap_directory(tmp: str, path: str) -> None:

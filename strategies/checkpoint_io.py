@@ -47,15 +47,39 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it,
+    which would race with a background writer creating files at the same moment)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): read it the only other way, and put it back
+    os.umask(mask)
+    return mask
+
+
+def user_mode(directory: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give a new file (0666) or directory (0777) under the
+    user's umask. ``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask; checkpoints and exported
+    weights get this mode instead, so teammates and serving jobs can read them (umask 022: 0644)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write(path: str, fill: Callable[[str], None]) -> None:
     """Call ``fill(tmp_path)`` to write a temporary file beside ``path``; fsync it and rename it
-    into place, then fsync the directory so the rename itself survives a power loss."""
+    into place, then fsync the directory so the rename itself survives a power loss. The file gets
+    the mode the user's umask gives a new file (``user_mode``), not mkstemp's owner-only 0600."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.part.{os.getpid()}.", dir=directory)
     os.close(fd)
     try:
         fill(tmp)
+        os.chmod(tmp, user_mode())  # after fill: a writer may replace the file (safetensors creates its own)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         delay = float(os.environ.get("TRAINER_TEST_SAVE_DELAY", "0") or 0)
