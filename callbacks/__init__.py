@@ -13,10 +13,11 @@ from .prediction_writer import BasePredictionWriter
 from .model_summary import ModelSummary
 from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
+from .spike_detection import SpikeDetection, TrainingSpikeError
 from .stochastic_weight_avg import StochasticWeightAveraging
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
 from .weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "SpikeDetection", "TrainingSpikeError", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer",
            "EarlyStoppingReason", "OnExceptionCheckpoint"]
