@@ -10,6 +10,7 @@ returns a ``CollectiveFailure`` that says all of it.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 import traceback
@@ -23,6 +24,9 @@ _OURS = {"reduce": "all_reduce (a metric or reduce())", "all_gather": "all_gathe
          "all_reduce_gradients": "the gradient all_reduce (oom_split)", "_ddp": "DDP's parameter check at setup",
          "setup": "init_process_group"}
 _CHECK_IN_PREFIX = "trainer/alive_after_failure"
+# the directory `trainer launch` shares with its workers (trainer/launch.py): a rank whose collective
+# failed leaves a report there, and the launcher's summary names the rank that hung or died
+REPORTS_ENV = "TRAINER_SAVED_MARKERS"
 
 
 class CollectiveFailure(RuntimeError):
@@ -87,7 +91,25 @@ def explain_collective_failure(err: BaseException, rank: int, world_size: int,
         who = f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} did not reach it"
     else:
         who = "every rank checked in afterwards: the ranks called different collectives (see trainer launch --debug)"
+    report_failure(rank, missing, "gone" if "closed by peer" in text or "reset by peer" in text else "hung",
+                   collective_name(err), seconds)
     return CollectiveFailure(
         f"Rank {rank} of {world_size} gave up waiting in {collective_name(err)}: {who}; {how}. The timeout in "
         f"force is {seconds:g} s; change it with DDPStrategy(timeout=seconds) in code, or collective_timeout in "
         f"`trainer config` / `trainer launch --collective-timeout SECONDS`. (Backend said: {text})")
+
+
+def report_failure(rank: int, missing: list[int] | None, how: str, collective: str, seconds: float) -> None:
+    """Tell `trainer launch` (when it started this process) which ranks this one gave up waiting for:
+    ``failure-rank<N>.json`` in its directory. Best effort: the error itself is raised either way."""
+    directory = os.environ.get(REPORTS_ENV)
+    if not directory or not os.path.isdir(directory):
+        return
+    report = {"rank": rank, "missing": missing, "how": how, "collective": collective, "timeout": seconds}
+    path = os.path.join(directory, f"failure-rank{rank}.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(report, f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass

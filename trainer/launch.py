@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import uuid
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 from trainer._logging import rank_zero_info
 
@@ -27,8 +27,20 @@ def launch_this_script(num_processes: int) -> NoReturn:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=num_processes, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     rank_zero_info(f"Starting {num_processes} processes through torch.distributed's elastic launcher.")
-    with frame_named_rendezvous_events():
-        elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="trainer-launch-") as markers:
+        os.environ[SAVED_MARKERS_ENV] = markers  # failure reports; a failed worker's peers end at once
+        try:
+            with frame_named_rendezvous_events(), failed_workers_end_the_job(markers):
+                elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
+        except Exception as err:
+            summary = failure_summary(markers, err)
+            if summary is not None:
+                err.add_note(summary)
+            raise
+        finally:
+            os.environ.pop(SAVED_MARKERS_ENV, None)
     raise SystemExit(0)
 
 
@@ -118,3 +130,120 @@ def mark_saved(global_rank: int) -> None:
     if directory and os.path.isdir(directory):
         with open(os.path.join(directory, f"rank{global_rank}"), "w"):
             pass
+
+
+# -- a worker failed: the others are stopped at once, and the summary names the one at fault -----
+TEARDOWN_MARKER = "teardown-after-failure"  # in the SAVED_MARKERS_ENV directory while the launcher stops workers
+FAILURE_GRACE_S = 5  # seconds a worker gets after SIGTERM before SIGKILL, when another failed (torchrun: 30)
+
+
+def torn_down_after_failure() -> bool:
+    """In a worker: the launcher is stopping this process because another one failed (not a
+    preemption: nothing can be saved, the group is broken), so a SIGTERM ends it at once."""
+    directory = os.environ.get(SAVED_MARKERS_ENV)
+    return bool(directory) and os.path.exists(os.path.join(directory, TEARDOWN_MARKER))
+
+
+@contextlib.contextmanager
+def failed_workers_end_the_job(directory: str) -> Iterator[None]:
+    """Within: when a worker fails (or hangs and its peer gives up and fails), torchrun stops the others
+    with the marker ``TEARDOWN_MARKER`` in ``directory`` -- their SIGTERM handler then exits at once
+    instead of waiting for a step boundary to save -- and a grace of ``FAILURE_GRACE_S`` before SIGKILL
+    (its 30 s held the job that long for a hung rank). A SIGTERM to the launcher itself (preemption)
+    and a restart for a membership change stop workers none of which failed: unchanged, they save
+    ``last.ckpt``. The marker is gone before a restarted group starts."""
+    try:
+        from torch.distributed.elastic.multiprocessing.api import SubprocessContext
+    except ImportError:  # pragma: no cover -- every torch this library supports has it
+        yield
+        return
+    original = SubprocessContext.__dict__.get("_close")
+    if original is None:
+        yield
+        return
+
+    def close(context: Any, death_sig: Any, timeout: int = 30) -> None:
+        handlers = getattr(context, "subprocess_handlers", None) or {}
+        running = any(h.proc.poll() is None for h in handlers.values())
+        if not getattr(context, "_failures", None) or not running:  # no failure: torchrun's own way
+            return original(context, death_sig, timeout)
+        marker = os.path.join(directory, TEARDOWN_MARKER)
+        try:
+            with open(marker, "w"):
+                pass
+        except OSError:
+            pass
+        try:
+            original(context, death_sig, min(timeout, FAILURE_GRACE_S))
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(marker)
+
+    SubprocessContext._close = close
+    try:
+        yield
+    finally:
+        SubprocessContext._close = original
+
+
+def failure_summary(directory: str, error: BaseException | None = None) -> str | None:
+    """Which rank hung or died, from the reports of the ranks that gave up waiting for it
+    (``failure-rank<N>.json``, written by trainer.strategies.failures); None without reports. torchrun's
+    own "Root Cause" is the first process to exit, which is the one that gave up, not the hung one."""
+    import json
+
+    reports = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.startswith("failure-rank") and name.endswith(".json"):
+            try:
+                with open(os.path.join(directory, name)) as f:
+                    reports.append(json.load(f))
+            except (OSError, ValueError):
+                continue
+    reports = [r for r in reports if isinstance(r, dict) and isinstance(r.get("missing"), list)]
+    if not reports:
+        return _first_failure_summary(error)
+    missing = sorted({m for r in reports for m in r["missing"]})
+    waiting = sorted({r["rank"] for r in reports} - set(missing))
+    first = reports[0]
+    gave_up = (f"rank{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} gave up waiting for it in "
+               f"{first['collective']}")
+    if not missing:
+        return (f"the ranks called different collectives ({gave_up.replace(' for it', '')}): every rank was alive. "
+                "Run with --debug to have each rank's calls named.")
+    ranks = f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+    if all(r["how"] == "gone" for r in reports):
+        text = f"{ranks} died (its process is gone: killed, or crashed; see its log above); {gave_up}."
+    else:
+        text = (f"{ranks} hung: {gave_up} after the {first['timeout']:g} s collective timeout (change it with "
+                "--collective-timeout); see its log for where it was.")
+    root = _first_failed_rank(error)
+    if root is not None and root not in missing:
+        text += f" (torchrun's \"Root Cause\" above, rank {root}, is the first process that exited.)"
+    return text
+
+
+def _first_failure_summary(error: BaseException | None) -> str | None:
+    """No rank reported a peer: the first process that failed is the one at fault (it died, or raised)."""
+    import signal
+
+    rank = _first_failed_rank(error)
+    if rank is None:
+        return None
+    code = error.failures[rank].exitcode  # type: ignore[union-attr]
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"died of {name} (killed, or crashed: see its log above)"
+    else:
+        how = f"failed with exit code {code} (its traceback is above)"
+    return f"rank {rank} {how}; the other ranks were stopped."
+
+
+def _first_failed_rank(error: BaseException | None) -> int | None:
+    try:
+        return int(error.get_first_failure()[0])  # type: ignore[union-attr]  # torchrun's ChildFailedError
+    except Exception:  # noqa: BLE001 - another error, or a torch without it
+        return None

@@ -87,3 +87,39 @@ def test_a_dead_or_hung_rank_is_named_in_bounded_time(fault, tmp_path):
         assert "did not answer within the timeout (15 s)" in message
         assert TIMEOUT - 1 < seconds < TIMEOUT + 10  # the timeout, plus the 3 s check-in on the store
     print(f"{fault}: {seconds:.1f} s from the fault to the survivor's error")
+
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "faulty_rank_script.py")
+
+
+@pytest.mark.parametrize("fault, rank", [("hang", 1), ("hang", 0), ("kill", 1)])
+def test_trainer_launch_ends_soon_after_a_rank_hangs_or_dies_and_names_it(fault, rank, tmp_path):
+    """Under `trainer launch --collective-timeout 15`. A hung rank's SIGTERM handler took torchrun's
+    SIGTERM for a preemption and waited for a step boundary it never reached, so torchrun waited its
+    30 s grace before SIGKILL (50 s from the hang to the job's end); the launcher's summary named
+    rank 0, the first to exit (it had given up waiting), not the hung rank."""
+    import subprocess
+    import sys
+
+    mark = tmp_path / "fault_time"
+    env = {**os.environ, "TRAINER_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2",
+                           "--collective-timeout", str(TIMEOUT), SCRIPT, fault, str(rank), str(mark)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=140)
+    seconds = time.time() - float(mark.read_text())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    summary = out.strip().splitlines()[-1]
+    other = 1 - rank
+    if fault == "hang":
+        assert summary.startswith(f"trainer launch: rank {rank} hung: rank {other} gave up waiting for it in DDP's "
+                                  f"gradient all_reduce in backward after the {TIMEOUT} s collective timeout"), out
+        assert f"[rank{rank}]: stopped by trainer launch after another rank failed; not saving" in out, out
+        assert "(SIGKILL)" not in out, out  # the hung rank ended by the SIGTERM, at once
+        assert seconds < TIMEOUT + 20, (seconds, out)  # the timeout, 3 s of check-in, the exits (was 50 s)
+    else:
+        # torchrun sees the death first (its own report names rank 1); rank 0 is stopped inside its collective
+        assert summary == f"trainer launch: rank {rank} died of SIGKILL (killed, or crashed: see its log above); " \
+                          "the other ranks were stopped.", out
+        assert seconds < 20, (seconds, out)
+    print(f"{fault} on rank {rank}: {seconds:.1f} s from the fault to the end of trainer launch")

@@ -120,7 +120,7 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     ``cfg``; 0 when every worker succeeded."""
     from torch.distributed import run as torchrun
 
-    from trainer.launch import frame_named_rendezvous_events
+    from trainer.launch import failed_workers_end_the_job, failure_summary, frame_named_rendezvous_events
 
     os.environ[SETTINGS_ENV] = json.dumps(worker_settings(cfg, explicit))
     if cfg.device == "gpu" and cfg.gpu_ids != "all":
@@ -134,7 +134,8 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     markers = tempfile.TemporaryDirectory(prefix="trainer-launch-")
     os.environ[SAVED_MARKERS_ENV] = markers.name  # workers that saved on SIGTERM leave a file here
     try:
-        with frame_named_rendezvous_events():  # ~0.5 CPU-s of torchrun's own start-up, see there
+        # ~0.5 CPU-s of torchrun's own start-up; a failed worker's peers stopped at once (see there)
+        with frame_named_rendezvous_events(), failed_workers_end_the_job(markers.name):
             torchrun.main(torchrun_args(cfg, script, script_args, module=module))
     except SignalException as err:  # Ctrl-C or a scheduler's signal: torchrun has stopped every worker
         import signal
@@ -149,6 +150,9 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
         return 128 + int(err.sigval)
     except Exception as err:  # torchrun's ChildFailedError names the failed rank and its traceback
         print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
+        summary = failure_summary(markers.name, err)  # the rank that hung or died, from its peers' reports
+        if summary is not None:
+            print(f"{command}: {summary}", file=sys.stderr)
         return 1
     finally:
         markers.cleanup()

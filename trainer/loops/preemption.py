@@ -2,6 +2,9 @@
 
 The handler only sets a flag. The loop sees it when the current optimizer step is done,
 writes ``last.ckpt`` in the checkpoint directory, and the process exits with status 0.
+A SIGTERM from `trainer launch` stopping the job because another rank failed (or hung) is
+not a preemption: nothing can be saved without that rank, and this one may be the hung one,
+never reaching a step boundary; the process ends at once, by the signal.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def sigterm_sets_flag(loop: Any) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        from trainer.launch import torn_down_after_failure
+
+        if torn_down_after_failure():
+            end_by_signal(signum)
         loop.preempted = True
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -31,6 +38,20 @@ def sigterm_sets_flag(loop: Any) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def end_by_signal(signum: int) -> None:
+    """Die of ``signum`` now (its default action), with one line on stderr saying why."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    try:  # os.write: print() may be in the middle of a write to the same stream
+        os.write(2, f"[rank{rank}]: stopped by trainer launch after another rank failed; not saving (the "
+                    "group is broken). The failed rank is named in the launcher's summary.\n".encode())
+    except OSError:
+        pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class StopAgreement:
