@@ -5,6 +5,7 @@
     layout.py             the fields of a checkpoint, checked one by one before anything is restored
     weights.py            the full weights of any checkpoint in one process (``trainer merge-weights``)
     kinds.py              what a file that is not the expected checkpoint holds, and the call that loads it
+    resume_checks.py      a resumed checkpoint's counters and optimizer settings against the resuming run
 
 Files and directories are written by the strategy (``save_checkpoint`` for one file, its declared
 ``save_sharded`` / ``load_sharded`` for a directory of shards), through the atomic writers and the
