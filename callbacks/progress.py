@@ -34,6 +34,7 @@ class ProgressBar(Callback):
         self._fit_start = 0.0
         self._samples_at_start = self._steps_at_start = self._batches_at_start = 0
         self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
+        self._val_step: int | None = None  # global_step of fit's latest validation
 
     def _enabled(self, trainer: Any) -> bool:
         return trainer.is_global_zero and (self.force or sys.stderr.isatty())
@@ -44,6 +45,7 @@ class ProgressBar(Callback):
         self._steps_at_start = trainer.global_step
         self._batches_at_start = trainer.state.batches_seen
         self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
+        self._val_step = None
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         if self._enabled(trainer):
@@ -66,10 +68,15 @@ class ProgressBar(Callback):
     def on_validation_start(self, trainer: Any, module: Any) -> None:
         if trainer.state.stage == "fit":  # not the sanity check, not trainer.validate()
             self._val_start = time.monotonic()
+        if self._bar is not None and not trainer.sanity_checking:  # show the batch just finished first
+            self._bar.update(trainer.state.batch_idx - self._bar.n)
+            self._bar.refresh()
         if self._enabled(trainer) and not trainer.sanity_checking:
             from tqdm.auto import tqdm
 
-            self._val_bar = tqdm(desc="Validation", leave=False, dynamic_ncols=True, file=sys.stderr)
+            sizes = trainer.num_val_batches if trainer.state.stage == "fit" else []
+            total = sum(sizes) if sizes and all(n is not None for n in sizes) else None
+            self._val_bar = tqdm(desc="Validation", total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
     def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -82,6 +89,7 @@ class ProgressBar(Callback):
         if self._val_start is not None:
             self._val_seconds += time.monotonic() - self._val_start
             self._val_start = None
+            self._val_step = trainer.global_step
         if self._val_bar is not None:
             self._val_bar.close()
             self._val_bar = None
@@ -139,4 +147,10 @@ class ProgressBar(Callback):
             lines.append(f"  best checkpoint: {checkpoint.best_model_path}{monitor}")
         if trainer.callback_metrics:
             lines.append("  final metrics: " + _fmt(dict(sorted(trainer.callback_metrics.items()))))
+            if self._val_step is not None and self._val_step < trainer.global_step:
+                behind = trainer.global_step - self._val_step
+                lines.append(f"  (validation metrics are from global_step {self._val_step}, {behind} optimizer "
+                             f"step{'s' if behind > 1 else ''} before the end)")
+        if getattr(trainer.state, "stop_reason", None):
+            lines.append(f"  stopped: {trainer.state.stop_reason}")
         return "\n".join(lines)

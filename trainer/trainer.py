@@ -19,7 +19,7 @@ from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
 from trainer import checkpointing
-from trainer.loops import eval_loop
+from trainer.loops import eval_loop, stop_reason
 from trainer.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
 from trainer.persistence import trainer_state as checkpoint
@@ -194,6 +194,8 @@ class Trainer:
 
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
+        if value and not self.state.should_stop:  # who asked, for the summary's "stopped:" line
+            self.fit_loop.stop_requester = stop_reason.requester()
         self.state.should_stop = bool(value)
 
     @property

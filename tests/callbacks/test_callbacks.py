@@ -349,7 +349,8 @@ def test_progress_bar_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     assert re.fullmatch(r"  train +4 +\d+\.\d s +[\d.]+ steps/s, [\d.]+ samples/s", lines[4])
     assert re.fullmatch(r"  best checkpoint: .*epoch=1-step=4\.ckpt", lines[5])
     assert re.fullmatch(r"  final metrics: const=1\.5, hidden=2\.5, train/loss=[\d.e+-]+", lines[6])
-    assert len(lines) == 7 and err == ""
+    assert lines[7] == "  stopped: max_epochs=2 reached (4 of 4 planned optimizer steps)"
+    assert len(lines) == 8 and err == ""
 
 
 def test_progress_bar_draws_a_bar_with_prog_bar_metrics_when_forced(capsys):

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from trainer.loops import eval_loop
+from trainer.loops import eval_loop, stop_reason
 from trainer._logging import rank_zero_info
 from trainer._wrappers import with_is_last
 from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
@@ -70,6 +70,8 @@ class FitLoop:
         self.resume_order: dict | None = None  # a checkpoint's epoch to re-deal over this run's processes
         self.reshard: Any = None             # ... and its re-dealt rest (reshard.py)
         self.preempted = False               # SIGTERM arrived (preemption.py sets it)
+        self.stop_requester: Any = None      # who last set should_stop (stop_reason.requester)
+        self._told_default_epochs = False    # "fit stops after 1000 epochs" was said
         self.stop_agreement = StopAgreement(1)
         self.is_last_batch = False           # the current training batch is the epoch's last
         self.start_time: float | None = None
@@ -205,6 +207,11 @@ class FitLoop:
             hooks("on_sanity_check_start")
             self._validate(val_loaders, "sanity_check")
             hooks("on_sanity_check_end")
+        cfg = trainer.config
+        if cfg.max_epochs is None and cfg.max_steps == -1 and cfg.max_time is None and not self._told_default_epochs:
+            self._told_default_epochs = True  # Lightning's default too; said once per Trainer
+            rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
+                           f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
             state.stage = "fit"
         self._run_epochs(train_loader, val_loaders, num_batches, val_every)
         hooks("on_fit_end")
@@ -231,6 +238,10 @@ class FitLoop:
             if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
                 train_loader = self.data.reload(train_loader, val_loaders)
                 num_batches = self.data.num_train_batches
+        state.stop_reason = None
+        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
+            rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
+                           "max_steps, max_time) to train further, or build a new Trainer to start over.")
                 val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
             _set_sampler_epoch(train_loader, state.current_epoch)
             trainer.module.train()
@@ -266,6 +277,7 @@ class FitLoop:
             results.in_step = True
 
     def _reshard_epoch(self, train_loader: Any) -> None:
+        state.stop_reason = self._stop_reason()
         """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
         from trainer.data.reshard import plan_for_resume
 
@@ -541,6 +553,11 @@ class FitLoop:
         save_on_preemption(self.trainer)
 
 
+    def _stop_reason(self) -> str:
+        cfg = self.trainer.config
+        return stop_reason.describe(self.trainer, self.state.should_stop, self.stop_requester,
+                                    cfg.max_time is not None and self.start_time is not None and self._time_is_up())
+
 def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     """Validate after every this-many training batches (None: at the epoch's last batch)."""
     v = cfg.val_check_interval
@@ -555,6 +572,7 @@ def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     if num_batches is None:
         raise ValueError(f"Trainer(val_check_interval={v}) is a fraction of an epoch, but the training dataloader "
                          "has no length. Pass an int number of batches instead.")
+        self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
     return max(1, int(num_batches * v))
 
 
