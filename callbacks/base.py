@@ -80,6 +80,22 @@ class Callback:
     def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None: ...
 
+    # -- logging (Lightning lets a callback call self.log: its module's, attached when a stage starts) ----
+    _logging_module: Any = None
+
+    def log(self, name: str, value: Any, **kwargs: Any) -> None:
+        """``module.log(name, value, **kwargs)`` of the module being trained/evaluated (same arguments and
+        defaults for the hook it is called from)."""
+        if self._logging_module is None:
+            raise RuntimeError(f"{type(self).__name__}.log({name!r}, ...): this callback is not attached to a running "
+                               "trainer.fit/validate/test; call it from a hook while a stage runs.")
+        self._logging_module.log(name, value, **kwargs)
+
+    def log_dict(self, metrics: dict[str, Any], **kwargs: Any) -> None:
+        """``self.log`` for each item; keyword arguments apply to all."""
+        for name, value in metrics.items():
+            self.log(name, value, **kwargs)
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

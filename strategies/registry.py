@@ -36,6 +36,38 @@ def _ddp(kind: str, indices: list[int], precision: Precision) -> Strategy:
     return DDPStrategy(device_kind=kind, precision=precision, requested_processes=len(indices))
 
 
+def _ddp_unused(find_unused_parameters: bool) -> Callable[..., Strategy]:
+    """Lightning's ``ddp_find_unused_parameters_true`` / ``_false``: DDP with that setting."""
+    def build(kind: str, indices: list[int], precision: Precision) -> Strategy:
+        from .ddp import DDPStrategy
+
+        _ddp(kind, indices, precision)  # the same checks
+        return DDPStrategy(device_kind=kind, precision=precision, requested_processes=len(indices),
+                           find_unused_parameters=find_unused_parameters)
+    return build
+
+
+def _ddp_spawn(kind: str, indices: list[int], precision: Precision) -> Strategy:
+    """Lightning's ``ddp_spawn``: DDP over processes this library starts. They are started the one way
+    it starts processes, by re-running the script as each rank (docs/migrating.md), not forked from
+    the calling process; under torchrun or ``trainer launch`` it is plain DDP."""
+    return _ddp(kind, indices, precision)
+
+
+def _ddp_fork(name: str) -> Callable[..., Strategy]:
+    def build(kind: str, indices: list[int], precision: Precision) -> Strategy:
+        from .environment import detect_environment
+
+        if len(indices) == 1 or detect_environment().is_distributed:
+            return _ddp(kind, indices, precision)  # nothing to fork: one process, or the ranks already run
+        raise ValueError(
+            f"Trainer(strategy={name!r}, devices={len(indices)}): this library does not fork processes from a "
+            "running interpreter (a notebook's kernel cannot be re-run as each rank, and forking a process "
+            "that already runs torch's threads is unsafe). Save the code to a script and run it with "
+            f"strategy='ddp' (or `trainer launch --num-processes {len(indices)} train.py`), or use devices=1 here.")
+    return build
+
+
 def _fsdp(kind: str, indices: list[int], precision: Precision, options: dict | None = None) -> Strategy:
     from .fsdp import FSDPStrategy
 
@@ -74,6 +106,11 @@ STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
     "auto": _auto,
     "single_device": _single_device,
     "ddp": _ddp,
+    "ddp_spawn": _ddp_spawn,
+    "ddp_find_unused_parameters_true": _ddp_unused(True),
+    "ddp_find_unused_parameters_false": _ddp_unused(False),
+    "ddp_notebook": _ddp_fork("ddp_notebook"),
+    "ddp_fork": _ddp_fork("ddp_fork"),
     "fsdp": _fsdp,
     "deepspeed": _deepspeed(2),
     "deepspeed_stage_1": _deepspeed(1),

@@ -121,7 +121,9 @@ def has_loader(owner: Any, kind: str) -> bool:
     """``owner`` (a DataModule or a TrainModule) defines the ``kind`` dataloader method (on its
     class, or on the instance as ``from_datasets`` does)."""
     name = _LOADER_METHOD[kind]
-    return owner is not None and (_overrides(owner, name) or name in vars(owner))
+    if owner is None or getattr(owner, name, None) is None:  # `model.val_dataloader = None` switches it off
+        return False
+    return _overrides(owner, name) or name in vars(owner)
 
 
 def loaders_from(owner: Any, kind: str) -> Any:

@@ -144,6 +144,17 @@ class MetricsPublisher:
             self._publish(results.step_metrics(), results, also_plain=True, log=log, broadcast=broadcast,
                           step=max(self.stepped_batches() - 1, 0))
 
+    def publish_late_epoch_values(self, published: dict[str, float]) -> None:
+        """Values logged by callbacks in ``on_train_epoch_end``, after the epoch's values were published
+        (``published``: each entry's weight then): theirs too, in a row of their own at the same step."""
+        results = self.results["train"]
+        self.flush_train()
+        late = {name for name, entry in results.entries.items()
+                if entry.metric is None and published.get(name) != entry.weight}
+        values = {k: v for k, v in results.epoch_metrics(self._trainer.accelerator.strategy).items()
+                  if k in late or results.plain_names().get(k) in late}
+        self._publish(values, results, also_plain=True, step=max(self.stepped_batches() - 1, 0))
+
     def stepped_batches(self) -> int:
         """Lightning's x axis for logger rows: batches that ended with an optimizer step (one per
         batch in manual optimization, however many optimizers it steps). A training step's row is

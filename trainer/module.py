@@ -243,6 +243,11 @@ class TrainModule(torch.nn.Module):
         return torch.device("cpu")
 
     @property
+    def on_gpu(self) -> bool:
+        """True when the module's parameters are on a CUDA device (Lightning's ``on_gpu``)."""
+        return self.device.type == "cuda"
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype of the module's floating-point parameters (float32 if it has none)."""
         for p in self.parameters():

@@ -46,7 +46,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
+def _scheduler_config(item: Any, returned: Any, automatic: bool = True) -> SchedulerConfig:
     if isinstance(item, Mapping):
         unknown = set(item) - {"scheduler", "interval", "frequency", "monitor", "strict", "name"}
         if "scheduler" not in item or unknown:
@@ -68,13 +68,14 @@ def _scheduler_config(item: Any, returned: Any) -> SchedulerConfig:
         raise _bad(returned, f"lr_scheduler interval={config.interval!r} must be 'step' or 'epoch'")
     if not isinstance(config.frequency, int) or config.frequency < 1:
         raise _bad(returned, f"lr_scheduler frequency={config.frequency!r} must be a positive int")
-    if config.is_plateau and not config.monitor:
+    # manual optimization: the module steps its schedulers itself, with the metric it chooses (as in Lightning)
+    if config.is_plateau and not config.monitor and automatic:
         raise _bad(returned, "ReduceLROnPlateau needs a metric: return {'optimizer': opt, 'lr_scheduler': "
                              "{'scheduler': plateau, 'monitor': 'val/loss'}}")
     return config
 
 
-def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[SchedulerConfig]]:
+def parse_optimizers(returned: Any, automatic: bool = True) -> tuple[list[torch.optim.Optimizer], list[SchedulerConfig]]:
     """Normalise ``configure_optimizers()``'s return value to (optimizers, scheduler configs).
 
     Lightning's shapes: an optimizer; a list/tuple of optimizers; ``([optimizers], [schedulers])``;
@@ -112,7 +113,7 @@ def parse_optimizers(returned: Any) -> tuple[list[torch.optim.Optimizer], list[S
             raise _bad(returned, f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
     if len({id(o) for o in optimizers}) != len(optimizers):
         raise _bad(returned, "the same optimizer was returned twice")
-    return optimizers, [_scheduler_config(s, returned) for s in schedulers]
+    return optimizers, [_scheduler_config(s, returned, automatic) for s in schedulers]
 
 
 def _from_dict(entry: Mapping, returned: Any) -> tuple[list[Any], list[Any]]:

@@ -24,6 +24,7 @@ _CALLABLE_NAMES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch
 
 def _reduce_name(name: str, reduce_fx: Any) -> str | Callable:
     if isinstance(reduce_fx, str):
+        reduce_fx = {"avg": "mean"}.get(reduce_fx.lower(), reduce_fx.lower())  # Lightning's spellings ("SUM", "avg")
         if reduce_fx not in REDUCE_FX:
             raise ValueError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): expected one of {quoted(REDUCE_FX)} "
                              "or a callable that reduces a 1-D tensor to a scalar.")
@@ -129,6 +130,10 @@ class Results:
                 on_step = self.stage == "train" and self.in_step
             if on_epoch is None:
                 on_epoch = not (self.stage == "train" and self.in_step)
+            if not (on_step or on_epoch):
+                raise ValueError(f"self.log({name!r}, value, on_step=False, on_epoch=False): logging a value neither "
+                                 "per step nor per epoch is not useful, it would never be shown. Set on_step=True "
+                                 "and/or on_epoch=True (or leave them unset for the hook's default).")
             entry = self.entries[name] = _Entry(on_step, on_epoch, prog_bar, logger, sync_dist,
                                                 _reduce_name(name, reduce_fx))
         if isinstance(value, torch.Tensor):
@@ -192,6 +197,10 @@ class Results:
             buffer = self._loss_buffer = grown
         buffer[n].copy_(loss.detach().reshape(()))
         self._loss_where.append((global_step, batch_idx))
+
+    def weights(self) -> dict[str, float]:
+        """Each entry's accumulated weight (what changes when a value is logged and read back)."""
+        return {name: e.weight for name, e in self.entries.items()}
 
     def has_pending(self) -> bool:
         """Values logged since the last ``flush``."""

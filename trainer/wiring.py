@@ -47,8 +47,9 @@ class DataSources:
         name = {"train": "train_dataloaders", "validate": "val_dataloaders"}.get(kind, "dataloaders") \
             if stage == "fit" else "dataloaders"
         loaders = _check_loaders(value, stage, name, single=kind == "train")
-        if kind == "validate" and trainer.config.limit_val_batches == 0:
-            return []
+        if kind == "validate" and (trainer.config.limit_val_batches == 0
+                                   or (stage == "fit" and getattr(trainer.module, "validation_step", None) is None)):
+            return []  # `model.validation_step = None` switches fit's validation off, as in Lightning
         loaders = self._distribute(loaders, train=kind == "train")
         for loader in loaders:
             install_worker_seeding(loader)

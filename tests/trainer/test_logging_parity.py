@@ -182,3 +182,153 @@ def test_manual_optimization_rows_count_batches_not_optimizer_steps(make_trainer
     trainer.fit(TwoOptimizers(), regression_loader(48, 8))  # 6 batches, 12 optimizer steps
     assert trainer.global_step == 12
     assert [r["step"] for r in _rows(logger) if r["loss"]] == ["1", "3", "5"]  # after batches 2, 4, 6
+
+
+# -- point 10: Lightning entry points of the loop --------------------------------------------------------
+
+class NoBatchIdx(BoringModel):
+    """Steps without batch_idx (Lightning inspects the signature; its GAN example does this)."""
+
+    def training_step(self, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self(x), y))
+
+    def test_step(self, batch):
+        x, y = batch
+        self.log("test_loss", torch.nn.functional.mse_loss(self(x), y))
+
+    def predict_step(self, batch):
+        return self(batch[0])
+
+
+def test_steps_without_batch_idx_are_called_with_the_batch_alone(make_trainer):
+    trainer = make_trainer(max_epochs=1)
+    model = NoBatchIdx()
+    trainer.fit(model, regression_loader(16, 8), regression_loader(16, 8))
+    assert trainer.global_step == 2 and "val_loss" in trainer.callback_metrics
+    assert "test_loss" in trainer.test(model, regression_loader(16, 8))[0]
+    assert [p.shape for p in trainer.predict(model, regression_loader(16, 8))] == [torch.Size([8, 1])] * 2
+
+
+def test_validation_step_none_or_val_dataloader_none_switches_validation_off(make_trainer):
+    class Counts(Callback):
+        runs = 0
+
+        def on_validation_start(self, trainer, module):
+            Counts.runs += 1
+
+    model = BoringModel()
+    model.validation_step = None
+    trainer = make_trainer(max_epochs=1, callbacks=[Counts()])
+    trainer.fit(model, regression_loader(16, 8), regression_loader(16, 8))
+    assert Counts.runs == 0 and trainer.global_step == 2
+
+    class OwnLoaders(BoringModel):
+        def train_dataloader(self):
+            return regression_loader(16, 8)
+
+        def val_dataloader(self):
+            return regression_loader(16, 8)
+
+    model = OwnLoaders()
+    model.val_dataloader = None
+    make_trainer(max_epochs=1, callbacks=[Counts()]).fit(model)
+    assert Counts.runs == 0
+
+
+def test_a_callback_logs_with_self_log(make_trainer):
+    class Logs(Callback):
+        def on_train_start(self, trainer, module):
+            self.log("at_start", 1.0)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.log("per_batch", float(batch_idx))
+
+        def on_train_epoch_end(self, trainer, module):
+            self.log_dict({"at_end": 5.0})
+
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1, callbacks=[Logs()])
+    trainer.fit(BoringModel(), regression_loader(16, 8))
+    metrics = trainer.callback_metrics
+    assert (metrics["at_start"], metrics["per_batch"], metrics["at_end"]) == (1.0, 1.0, 5.0)
+    with pytest.raises(RuntimeError, match=r"Logs.log\('x', ...\): this callback is not attached"):
+        Logs().log("x", 1.0)
+
+
+@pytest.mark.parametrize("spelling, expected", [("avg", 2.0), ("AVG", 2.0), ("SUM", 10.0), ("Max", 4.0), ("mean", 2.0)])
+def test_reduce_fx_takes_lightnings_spellings(make_trainer, spelling, expected):
+    class Reduces(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("r", float(batch_idx), reduce_fx=spelling)
+
+    result = make_trainer().validate(Reduces(), regression_loader(40, 8))  # batch_idx 0..4
+    assert result == [{"r": expected}]
+
+
+def test_logging_neither_on_step_nor_on_epoch_is_refused(make_trainer):
+    class Neither(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("x", 1.0, on_step=False, on_epoch=False)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match=r"self.log\('x', value, on_step=False, on_epoch=False\).*is not useful"):
+        make_trainer(max_epochs=1).fit(Neither(), regression_loader(16, 8))
+
+
+def test_on_gpu_and_the_core_import_path():
+    from trainer.core import DataModule as CoreDataModule, TrainModule as CoreTrainModule
+    from trainer.core.datamodule import DataModule as DM
+    from trainer.core.module import TrainModule as TM
+    from trainer import DataModule
+
+    assert CoreTrainModule is TM is TrainModule and CoreDataModule is DM is DataModule
+    assert BoringModel().on_gpu is False
+
+
+# -- point 11: Lightning's DDP strategy strings -------------------------------------------------------------
+
+@pytest.mark.parametrize("name, unused", [("ddp_spawn", False), ("ddp_find_unused_parameters_true", True),
+                                          ("ddp_find_unused_parameters_false", False), ("ddp_notebook", False)])
+def test_lightnings_ddp_strategy_strings(name, unused):
+    from trainer.strategies import DDPStrategy, resolve_strategy
+
+    strategy = resolve_strategy(name, "cpu", 1)
+    assert isinstance(strategy, DDPStrategy) and strategy.find_unused_parameters is unused
+
+
+def test_ddp_notebook_on_several_processes_says_what_to_do_instead():
+    from trainer.strategies import resolve_strategy
+
+    with pytest.raises(ValueError, match=r"strategy='ddp_notebook', devices=2\).*does not fork.*strategy='ddp'"):
+        resolve_strategy("ddp_notebook", "cpu", 2)
+
+
+# -- point 5: manual optimization steps its own ReduceLROnPlateau ---------------------------------------------
+
+def test_manual_optimization_runs_a_plain_reduce_lr_on_plateau(make_trainer):
+    class Manual(BoringModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            self.lr_schedulers().step(1.0)  # a metric that never improves
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)]
+
+    trainer = make_trainer(max_epochs=1)
+    trainer.fit(Manual(), regression_loader(24, 8))  # was refused: "ReduceLROnPlateau needs a metric"
+    # 3 steps: the first sets the best, the next two each halve the rate
+    assert trainer.fit_loop.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)

@@ -33,6 +33,29 @@ def check_step_signature(module: Any, stage: str, num_loaders: int, owner: str) 
                         f"def {name}(self, batch, batch_idx, dataloader_idx=0).") from None
 
 
+def takes_batch_idx(step: Any) -> bool:
+    """Whether a step is called with ``batch_idx``: Lightning inspects the signature, so a
+    ``training_step(self, batch)`` (its GAN example's) gets the batch alone."""
+    fn = getattr(step, "__wrapped__", step)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to inspect (a builtin): pass it
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.name == "batch_idx" for p in params)
+
+
+def without_batch_idx(step: Any, runner: Any = None) -> Any:
+    """What the loops call as ``f(batch, batch_idx, *rest)``: ``runner`` (default ``step``; e.g. the
+    strategy's wrapper around it), without ``batch_idx`` when ``step``'s signature takes none."""
+    runner = step if runner is None else runner
+    if takes_batch_idx(step):
+        return runner
+    return lambda batch, batch_idx, *rest: runner(batch, *rest)
+
+
 def _no_grad(trainer: Any) -> Any:
     """``Trainer(inference_mode=True)`` (the default, as Lightning's): evaluation runs under
     ``torch.inference_mode`` (no autograd bookkeeping at all); False: ``torch.no_grad`` (for a step
@@ -50,7 +73,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
     check_step_signature(module, stage, len(loaders), f"trainer.{trainer.state.stage}")
     prefix, results = _HOOK_PREFIX[stage], metrics.stage_results(stage)
     results.reset()
-    step_fn = getattr(module, _STEP[stage])
+    step_fn = without_batch_idx(getattr(module, _STEP[stage]))
     was_training, previous_results = module.training, module._results
     module._results = results
     module.eval()
@@ -100,6 +123,7 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool, hooks: Any,
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")
     move_batch = batch_mover(trainer)
+    predict_step = without_batch_idx(module.predict_step)
     with _no_grad(trainer):
         for dataloader_idx, loader in enumerate(loaders):
             extra = (dataloader_idx,) if len(loaders) > 1 else ()
@@ -109,7 +133,7 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool, hooks: Any,
                 batch = move_batch(batch, dataloader_idx)
                 hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
                 with accel.autocast():
-                    output = module.predict_step(batch, batch_idx, *extra)
+                    output = predict_step(batch, batch_idx, *extra)
                 hooks("on_predict_batch_end", output, batch, batch_idx, dataloader_idx)
                 if store:
                     outputs.append(output)

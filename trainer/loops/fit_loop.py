@@ -172,8 +172,8 @@ class FitLoop:
             raise ValueError(f"{type(module).__name__} has no trainable parameters (none with requires_grad=True), "
                              "so fit has nothing to optimize. Unfreeze some parameters, or use "
                              "trainer.validate/test/predict to only evaluate.")
-        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
         automatic = getattr(module, "automatic_optimization", True)
+        optimizers, schedulers = parse_optimizers(module.configure_optimizers(), automatic)
         if automatic:
             check_optimizer_count(optimizers, module)
         strategy = self.trainer.accelerator.strategy
@@ -201,17 +201,17 @@ class FitLoop:
         val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         self.metrics.log_hyperparams()
         self._accumulate_grad_batches = None  # each fit starts from the Trainer's setting
-        cfg = trainer.config
-        if cfg.max_epochs is None and cfg.max_steps == -1 and cfg.max_time is None and not self._told_default_epochs:
-            self._told_default_epochs = True  # Lightning's default too; said once per Trainer
-            rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
-                           f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
         hooks("on_fit_start")
         if val_loaders and trainer.config.num_sanity_val_steps != 0:
             state.stage = "sanity_check"
             hooks("on_sanity_check_start")
             self._validate(val_loaders, "sanity_check")
             hooks("on_sanity_check_end")
+        cfg = trainer.config
+        if cfg.max_epochs is None and cfg.max_steps == -1 and cfg.max_time is None and not self._told_default_epochs:
+            self._told_default_epochs = True  # Lightning's default too; said once per Trainer
+            rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
+                           f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
             state.stage = "fit"
         self._run_epochs(train_loader, val_loaders, num_batches, val_every)
         hooks("on_fit_end")
@@ -226,10 +226,6 @@ class FitLoop:
         if fresh_epoch:
             results.reset()  # values logged in on_train_start count in the first epoch's (as in Lightning)
         trainer.module._results = results
-        state.stop_reason = None
-        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
-            rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
-                           "max_steps, max_time) to train further, or build a new Trainer to start over.")
         self._epoch_level_hook("on_train_start")
         if self.resume_rng is not None:
             set_rng_states(self.resume_rng)  # every random stream continues from the checkpoint
@@ -242,6 +238,10 @@ class FitLoop:
             if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
                 train_loader = self.data.reload(train_loader, val_loaders)
                 num_batches = self.data.num_train_batches
+        state.stop_reason = None
+        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
+            rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
+                           "max_steps, max_time) to train further, or build a new Trainer to start over.")
                 val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
             _set_sampler_epoch(train_loader, state.current_epoch)
             trainer.module.train()
@@ -265,7 +265,6 @@ class FitLoop:
                 self.metrics.publish_train(epoch_end=True)
                 break
             self._end_train_epoch()
-        state.stop_reason = self._stop_reason()
         hooks("on_train_end")
 
     def _epoch_level_hook(self, name: str) -> None:
@@ -278,6 +277,7 @@ class FitLoop:
             results.in_step = True
 
     def _reshard_epoch(self, train_loader: Any) -> None:
+        state.stop_reason = self._stop_reason()
         """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
         from trainer.data.reshard import plan_for_resume
 
@@ -305,7 +305,8 @@ class FitLoop:
                              f"{type(trainer.module).__name__} sets automatic_optimization = False. Split the batch in "
                              "your training_step instead, or remove oom_split=True.")
         strategy = trainer.accelerator.strategy
-        self._local_training_step = strategy.local_training_step(trainer.module)
+        self._local_training_step = eval_loop.without_batch_idx(trainer.module.training_step,
+                                                                strategy.local_training_step(trainer.module))
         return BatchSplitter(trainer.module, strategy.root_device)
 
     def _epoch_batches(self, loader: Any, num_batches: int | None, start: int) -> Any:
@@ -337,7 +338,8 @@ class FitLoop:
         trainer, state, hooks = self.trainer, self.state, self.hooks
         cfg, accel = trainer.config, trainer.accelerator
         module, model = trainer.module, trainer.model
-        training_step = self.training_step  # through the strategy's wrapper (DDP arms gradient sync there)
+        # through the strategy's wrapper (DDP arms gradient sync there); without batch_idx if it takes none
+        training_step = eval_loop.without_batch_idx(module.training_step, self.training_step)
         results = self.metrics.results["train"]
         optimizer = self.optimizers[0]
         k = self.accumulate_grad_batches  # the epoch's (a GradientAccumulationScheduler may have set it)
@@ -493,7 +495,10 @@ class FitLoop:
         results.in_step = False
         self.hooks.module("on_train_epoch_end")
         self.metrics.publish_train(epoch_end=True)
+        published = results.weights()
         self.hooks.callbacks("on_train_epoch_end")
+        if results.weights() != published or results.has_pending() or self.trainer.world_size > 1:
+            self.metrics.publish_late_epoch_values(published)  # what callbacks logged there (Callback.log)
         results.in_step = True
         self._sync_should_stop()
         state.current_epoch += 1
@@ -536,11 +541,6 @@ class FitLoop:
             return True
         return cfg.max_time is not None and self._time_is_up()
 
-    def _stop_reason(self) -> str:
-        cfg = self.trainer.config
-        return stop_reason.describe(self.trainer, self.state.should_stop, self.stop_requester,
-                                    cfg.max_time is not None and self.start_time is not None and self._time_is_up())
-
     def _time_is_up(self) -> bool:
         return time.monotonic() - self.start_time >= self.trainer.config.max_time
 
@@ -555,9 +555,13 @@ class FitLoop:
         """SIGTERM arrived (on any rank) and the optimizer step is done: save last.ckpt and leave fit."""
         from trainer.checkpointing import save_on_preemption
 
-        self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
         save_on_preemption(self.trainer)
 
+
+    def _stop_reason(self) -> str:
+        cfg = self.trainer.config
+        return stop_reason.describe(self.trainer, self.state.should_stop, self.stop_requester,
+                                    cfg.max_time is not None and self.start_time is not None and self._time_is_up())
 
 def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     """Validate after every this-many training batches (None: at the epoch's last batch)."""
@@ -573,6 +577,7 @@ def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     if num_batches is None:
         raise ValueError(f"Trainer(val_check_interval={v}) is a fraction of an epoch, but the training dataloader "
                          "has no length. Pass an int number of batches instead.")
+        self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
     return max(1, int(num_batches * v))
 
 

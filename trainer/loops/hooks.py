@@ -18,6 +18,8 @@ class Hooks:
         self._trainer = trainer
         self._module: dict[str, list[tuple[str, Callable]]] = {}
         self._callbacks: dict[str, list[tuple[str, Callable]]] = {}
+        for cb in callbacks:
+            cb._logging_module = module  # Callback.log logs through the module (as Lightning attaches it)
         for name in HOOK_NAMES:
             self._module[name] = ([(f"{type(module).__name__} (the TrainModule)", getattr(module, name))]
                                   if _overrides(module, TrainModule, name) else [])
