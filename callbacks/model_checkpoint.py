@@ -44,7 +44,7 @@ class ModelCheckpoint(Callback):
         save_on_exception: when fit fails (an error in a step, a hook or a callback; Ctrl-C), save
             the state at that point under the ``filename`` template, and ``last.ckpt`` with
             ``save_last``; not during the sanity check, with ``fast_dev_run``, before the first
-            optimizer step, nor when this step is saved already. One process only: with several,
+            training batch, nor when this step is saved already. One process only: with several,
             the others may still be running (or hung) and cannot join the save, so it is skipped
             with a warning.
         enable_version_counter: a file of the same name already in ``dirpath`` that this callback
@@ -201,8 +201,9 @@ class ModelCheckpoint(Callback):
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         if not self.save_on_exception or trainer.config.fast_dev_run or trainer.sanity_checking:
             return
-        if trainer.module is None or trainer.global_step in (0, self._last_global_step_saved):
-            return  # nothing trained yet, or this very step is saved already
+        nothing_ran = trainer.global_step == 0 and trainer.current_epoch == 0 and trainer.state.batch_idx == 0
+        if trainer.module is None or nothing_ran or trainer.global_step == self._last_global_step_saved:
+            return  # fit failed before its first batch, or this very step is saved already
         if trainer.world_size > 1:
             if trainer.is_global_zero:
                 warnings.warn(f"ModelCheckpoint(save_on_exception=True): not saving after {type(exception).__name__} "
@@ -214,7 +215,7 @@ class ModelCheckpoint(Callback):
                 return
             metrics = self._candidates(trainer)
             path = self._path(trainer, metrics, versioned=False)
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            trainer.save_checkpoint(path, self.save_weights_only)
             self._last_global_step_saved = trainer.global_step
             if self.save_last:
                 self._write(trainer, path, [], None, self._last_path(trainer, metrics))
@@ -356,7 +357,7 @@ class ModelCheckpoint(Callback):
         strategy's staged write (every rank, over its own group); None: save now."""
         def save(path: str) -> None:
             if ckpt is None:
-                trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+                trainer.save_checkpoint(path, self.save_weights_only)
             elif callable(ckpt):
                 ckpt(path)
             else:
