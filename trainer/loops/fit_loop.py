@@ -201,17 +201,17 @@ class FitLoop:
         val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         self.metrics.log_hyperparams()
         self._accumulate_grad_batches = None  # each fit starts from the Trainer's setting
+        cfg = trainer.config
+        if cfg.max_epochs is None and cfg.max_steps == -1 and cfg.max_time is None and not self._told_default_epochs:
+            self._told_default_epochs = True  # Lightning's default too; said once per Trainer
+            rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
+                           f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
         hooks("on_fit_start")
         if val_loaders and trainer.config.num_sanity_val_steps != 0:
             state.stage = "sanity_check"
             hooks("on_sanity_check_start")
             self._validate(val_loaders, "sanity_check")
             hooks("on_sanity_check_end")
-        cfg = trainer.config
-        if cfg.max_epochs is None and cfg.max_steps == -1 and cfg.max_time is None and not self._told_default_epochs:
-            self._told_default_epochs = True  # Lightning's default too; said once per Trainer
-            rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
-                           f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
             state.stage = "fit"
         self._run_epochs(train_loader, val_loaders, num_batches, val_every)
         hooks("on_fit_end")
@@ -226,6 +226,10 @@ class FitLoop:
         if fresh_epoch:
             results.reset()  # values logged in on_train_start count in the first epoch's (as in Lightning)
         trainer.module._results = results
+        state.stop_reason = None
+        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
+            rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
+                           "max_steps, max_time) to train further, or build a new Trainer to start over.")
         self._epoch_level_hook("on_train_start")
         if self.resume_rng is not None:
             set_rng_states(self.resume_rng)  # every random stream continues from the checkpoint
@@ -238,10 +242,6 @@ class FitLoop:
             if start == 0 and trainer.config.reload_dataloaders_every_n_epochs:
                 train_loader = self.data.reload(train_loader, val_loaders)
                 num_batches = self.data.num_train_batches
-        state.stop_reason = None
-        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
-            rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
-                           "max_steps, max_time) to train further, or build a new Trainer to start over.")
                 val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
             _set_sampler_epoch(train_loader, state.current_epoch)
             trainer.module.train()
@@ -265,6 +265,7 @@ class FitLoop:
                 self.metrics.publish_train(epoch_end=True)
                 break
             self._end_train_epoch()
+        state.stop_reason = self._stop_reason()
         hooks("on_train_end")
 
     def _epoch_level_hook(self, name: str) -> None:
@@ -277,7 +278,6 @@ class FitLoop:
             results.in_step = True
 
     def _reshard_epoch(self, train_loader: Any) -> None:
-        state.stop_reason = self._stop_reason()
         """The checkpoint stopped inside an epoch dealt over another number of processes: re-deal its rest."""
         from trainer.data.reshard import plan_for_resume
 
@@ -541,6 +541,11 @@ class FitLoop:
             return True
         return cfg.max_time is not None and self._time_is_up()
 
+    def _stop_reason(self) -> str:
+        cfg = self.trainer.config
+        return stop_reason.describe(self.trainer, self.state.should_stop, self.stop_requester,
+                                    cfg.max_time is not None and self.start_time is not None and self._time_is_up())
+
     def _time_is_up(self) -> bool:
         return time.monotonic() - self.start_time >= self.trainer.config.max_time
 
@@ -555,13 +560,9 @@ class FitLoop:
         """SIGTERM arrived (on any rank) and the optimizer step is done: save last.ckpt and leave fit."""
         from trainer.checkpointing import save_on_preemption
 
+        self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
         save_on_preemption(self.trainer)
 
-
-    def _stop_reason(self) -> str:
-        cfg = self.trainer.config
-        return stop_reason.describe(self.trainer, self.state.should_stop, self.stop_requester,
-                                    cfg.max_time is not None and self.start_time is not None and self._time_is_up())
 
 def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     """Validate after every this-many training batches (None: at the epoch's last batch)."""
@@ -577,7 +578,6 @@ def val_check_batches(cfg: Any, num_batches: int | None) -> int | None:
     if num_batches is None:
         raise ValueError(f"Trainer(val_check_interval={v}) is a fraction of an epoch, but the training dataloader "
                          "has no length. Pass an int number of batches instead.")
-        self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
     return max(1, int(num_batches * v))
 
 
