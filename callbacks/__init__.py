@@ -16,8 +16,9 @@ from .progress import ProgressBar
 from .spike_detection import SpikeDetection, TrainingSpikeError
 from .stochastic_weight_avg import StochasticWeightAveraging
 from .trackers import MLflowLogger, TensorBoardLogger, WandbLogger
+from .tuning import BatchSizeFinder, LearningRateFinder
 from .weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "SpikeDetection", "TrainingSpikeError", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
+__all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "LearningRateFinder", "BatchSizeFinder", "SpikeDetection", "TrainingSpikeError", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer",
            "EarlyStoppingReason", "OnExceptionCheckpoint"]

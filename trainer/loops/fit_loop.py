@@ -83,6 +83,7 @@ class FitLoop:
         self.oom_splitter: Any = None           # Trainer(oom_split=True): see _train_split
         self._local_training_step: Any = None
         self._told_min = False
+        self._reload_train = False  # reload_train_dataloader() was called in on_fit_start
         self._accumulate_grad_batches: int | None = None  # this epoch's, if a callback set it (else the config's)
         self._backward_hooks = self._step_hooks = (False, False)
 
@@ -160,6 +161,11 @@ class FitLoop:
         self.step_schedulers = [s for s in self.scheduler_configs if s.interval == "step" and automatic]
         self.epoch_schedulers = [s for s in self.scheduler_configs if s.interval == "epoch" and automatic]
 
+    def reload_train_dataloader(self) -> None:
+        """Ask the datamodule (or module) for the training dataloader again right after ``on_fit_start``
+        (a ``BatchSizeFinder`` changed the batch size it reads)."""
+        self._reload_train = True
+
     @property
     def is_accumulating(self) -> bool:
         """True between micro-batches of an accumulation window (gradients not yet applied)."""
@@ -207,6 +213,12 @@ class FitLoop:
             rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
                            f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
         hooks("on_fit_start")
+        if self._reload_train:  # a BatchSizeFinder set the batch size the loader is built with
+            self._reload_train = False
+            data.train_loader = None
+            train_loader = data.fit_train_loader()
+            num_batches = data.count_train_batches(train_loader)
+            val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         if val_loaders and trainer.config.num_sanity_val_steps != 0:
             state.stage = "sanity_check"
             hooks("on_sanity_check_start")
