@@ -267,7 +267,7 @@ def test_save_on_exception_writes_nothing_when_there_is_nothing_new_to_keep(case
     trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[cb], **trainer_kw)
     saves = []
     save = trainer.save_checkpoint
-    trainer.save_checkpoint = lambda path, **kw: (saves.append(trainer.global_step), save(path, **kw))
+    trainer.save_checkpoint = lambda path, *a, **kw: (saves.append(trainer.global_step), save(path, *a, **kw))
     model = {"sanity_check": FailsInSanityCheck(), "first_step": FailsInFirstStep()}.get(case)
     with pytest.raises(RuntimeError, match="boom"):
         _fit(trainer, model or FailsAtStep())
