@@ -92,6 +92,9 @@ def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generatio
     refused", or wait forever on a half-formed mesh. A prefix per torchrun attempt
     (TORCHELASTIC_RESTART_COUNT) and per group this process made (``generation``, counted alike on
     every rank, which create their groups in the same order) makes every group start from empty keys.
+    Without the agent's store (``trainer launch --nnodes MIN:MAX`` turns it off), rank zero's process
+    serves a new store at every start, so the attempt is left out of the prefix: agents count their
+    attempts apart, and an agent that joins an elastic run later starts from 0 while the others do not.
     """
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is not None:
@@ -101,6 +104,7 @@ def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generatio
                           is_master=not uses_agent_store and env.global_rank == 0, timeout=timeout,
                           **({} if uses_agent_store else {"multi_tenant": True}))
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    attempt = attempt if uses_agent_store else None
     return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt or 0}/group_{generation}", store)
 
 

@@ -86,6 +86,9 @@ def _wrap_policy_is(name: str) -> Callable[[Answers], bool]:
 QUESTIONS: tuple[Question, ...] = (
     Question("num_machines", "How many machines (nodes) train together?", ("--num-machines", "--num_machines"),
              _parse_int),
+    Question("min_machines", "Elastic: the fewest machines the run goes on with (needs rdzv_backend c10d)",
+             ("--min-machines", "--min_machines"), _parse_int, is_asked=False,
+             assume=lambda value: {"rdzv_backend": "c10d"}),
     Question("machine_rank", "What is the rank of this machine (0 is the main machine)?",
              ("--machine-rank", "--machine_rank"), _parse_int, when=_multi_machine),
     Question("main_process_ip", "What is the IP address or host name of the main machine?",

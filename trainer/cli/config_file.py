@@ -194,7 +194,10 @@ class LaunchConfig:
     """What ``trainer launch`` needs to start a run: machines, processes, devices, numerics, strategy.
 
     Args:
-        num_machines: machines (nodes) that train together.
+        num_machines: machines (nodes) that train together; with ``min_machines``, the most that may.
+        min_machines: elastic membership: the fewest machines the run goes on with (torchrun's
+            ``--nnodes MIN:MAX``); machines may leave and join, and the run re-forms at each change
+            (``max_restarts`` >= 1, ``rdzv_backend: c10d``). None: exactly ``num_machines``.
         machine_rank: this machine's rank, 0 for the main machine; smaller than ``num_machines``.
         main_process_ip: address or host name of the rank-0 machine.
         main_process_port: TCP port on the main machine for the rendezvous (1..65535).
@@ -219,6 +222,7 @@ class LaunchConfig:
     """
 
     num_machines: int = 1
+    min_machines: int | None = None
     machine_rank: int = 0
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
@@ -262,6 +266,7 @@ class LaunchConfig:
 
 _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_machines": partial(_int_at_least, 1),
+    "min_machines": lambda label, value: None if value is None else _int_at_least(1, label, value),
     "machine_rank": partial(_int_at_least, 0),
     "main_process_ip": _host,
     "main_process_port": _port,
@@ -281,6 +286,8 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 
 
 def _check_combinations(cfg: LaunchConfig) -> None:
+    if cfg.min_machines is not None:
+        _check_elastic(cfg)
     if cfg.machine_rank >= cfg.num_machines:
         raise ValueError(_error("machine_rank", cfg.machine_rank, f"ranks count from 0, so with "
                                 f"num_machines={cfg.num_machines} it must lie in 0..{cfg.num_machines - 1}. "
@@ -298,6 +305,17 @@ def _check_combinations(cfg: LaunchConfig) -> None:
     if cfg.fsdp is not None:
         _check_fsdp(cfg.fsdp)
     _check_gpus(cfg)
+
+
+def _check_elastic(cfg: LaunchConfig) -> None:
+    if cfg.min_machines > cfg.num_machines:
+        raise ValueError(_error("min_machines", cfg.min_machines, f"the fewest machines cannot exceed the most, "
+                                f"num_machines={cfg.num_machines}. Give the range as MIN:MAX, e.g. "
+                                f"--num-machines {cfg.num_machines}:{cfg.min_machines}."))
+    if cfg.min_machines < cfg.num_machines and cfg.rdzv_backend != "c10d":
+        raise ValueError(_error("rdzv_backend", cfg.rdzv_backend, f"a range of machines ({cfg.min_machines}:"
+                                f"{cfg.num_machines}) needs the elastic rendezvous, which fixed ranks cannot "
+                                "give. Set rdzv_backend: c10d (--rdzv-backend c10d)."))
 
 
 def _check_gpus(cfg: LaunchConfig) -> None:
@@ -319,7 +337,7 @@ _HEADER = ("# trainer launch configuration, written by `trainer config` and read
 
 # Fields grouped and ordered as a reader thinks of them, not alphabetically.
 _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Machines and how they find the main one", ("num_machines", "machine_rank", "main_process_ip",
+    ("Machines and how they find the main one", ("num_machines", "min_machines", "machine_rank", "main_process_ip",
                                                  "main_process_port")),
     ("Processes and devices on each machine", ("num_processes", "device", "gpu_ids")),
     ("Numerics and distribution", ("mixed_precision", "strategy", "deepspeed", "fsdp")),

@@ -15,7 +15,7 @@ from trainer import cli
 from trainer.cli import config as config_command
 from trainer.cli.config_file import LaunchConfig, config_path, load_config, save_config, to_yaml
 
-FIELD_ORDER = ["num_machines", "machine_rank", "main_process_ip", "main_process_port", "num_processes", "device",
+FIELD_ORDER = ["num_machines", "min_machines", "machine_rank", "main_process_ip", "main_process_port", "num_processes", "device",
                "gpu_ids", "mixed_precision", "strategy", "deepspeed", "fsdp", "gradient_accumulation_steps",
                "max_restarts", "rdzv_backend", "rdzv_timeout", "collective_timeout"]
 
@@ -142,8 +142,8 @@ def test_all_flags_ask_nothing(tmp_path, monkeypatch, capsys):
     assert "?" not in out and f"Configuration saved to {target}" in out
     cfg = load_config(target)
     assert cfg.to_dict() == {
-        "num_machines": 2, "machine_rank": 1, "main_process_ip": "node-0", "main_process_port": 1234,
-        "num_processes": 2, "device": "cpu", "gpu_ids": "all", "mixed_precision": "no", "strategy": "fsdp",
+        "num_machines": 2, "min_machines": None, "machine_rank": 1, "main_process_ip": "node-0",
+        "main_process_port": 1234, "num_processes": 2, "device": "cpu", "gpu_ids": "all", "mixed_precision": "no", "strategy": "fsdp",
         "deepspeed": None, "fsdp": {"sharding_strategy": "HYBRID_SHARD", "cpu_offload": True,
                                     "auto_wrap_policy": "size", "transformer_layer_cls": None,
                                     "min_num_params": 1000, "activation_checkpointing": False},
@@ -264,6 +264,11 @@ def test_config_help_lists_flags_and_aliases(monkeypatch, capsys):
     ({"strategy": "single_device", "num_processes": 2}, ValueError, r"runs one process, but num_machines=1"),
     ({"rdzv_backend": "etcd"}, ValueError, r"rdzv_backend='etcd'\): expected one of 'static', 'c10d'"),
     ({"rdzv_timeout": 0}, ValueError, r"rdzv_timeout=0\): expected a whole number >= 1"),
+    ({"min_machines": 0, "num_machines": 2, "rdzv_backend": "c10d"}, ValueError, r"min_machines=0\): expected a whole"),
+    ({"min_machines": 3, "num_machines": 2, "rdzv_backend": "c10d"}, ValueError,
+     r"min_machines=3\): the fewest machines cannot exceed the most, num_machines=2. .* --num-machines 2:3"),
+    ({"min_machines": 1, "num_machines": 2}, ValueError,
+     r"rdzv_backend='static'\): a range of machines \(1:2\) needs the elastic rendezvous.* rdzv_backend: c10d"),
     ({"max_restarts": -1}, ValueError, r"max_restarts=-1\): expected a whole number >= 0"),
     ({"gradient_accumulation_steps": 0}, ValueError, r"gradient_accumulation_steps=0\)"),
     ({"deepspeed": {"zero_stage": 1}}, ValueError, r"for strategy 'deepspeed', but strategy='ddp'"),
@@ -323,10 +328,11 @@ def test_yaml_round_trip_is_readable_and_in_logical_order(tmp_path):
     text = path.read_text()
     assert text.startswith("# trainer launch configuration")
     assert "fsdp" not in text  # empty sections are left out
-    assert list(yaml.safe_load(text)) == [k for k in FIELD_ORDER if k != "fsdp"]
+    assert list(yaml.safe_load(text)) == [k for k in FIELD_ORDER if k not in ("fsdp", "min_machines")]
     assert "mixed_precision: bf16\nstrategy: deepspeed\ndeepspeed:\n  zero_stage: 3\n" in text
     assert list(cfg.to_dict()) == FIELD_ORDER
-    assert set(yaml.safe_load(to_yaml(LaunchConfig(strategy="fsdp", fsdp={})))) == set(FIELD_ORDER) - {"deepspeed"}
+    assert set(yaml.safe_load(to_yaml(LaunchConfig(strategy="fsdp", fsdp={})))) == set(FIELD_ORDER) - {"deepspeed",
+                                                                                                        "min_machines"}
 
 
 def test_hand_written_yaml_quirks_are_understood(tmp_path):
@@ -342,7 +348,7 @@ def test_unknown_key_in_file_lists_known_keys_and_suggests(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("num_process: 2\n")
     with pytest.raises(ValueError, match=rf"Config file {path}: LaunchConfig: unknown key 'num_process'. Known keys: "
-                                         r"num_machines, machine_rank, .* Did you mean 'num_processes'\?"):
+                                         r"num_machines, min_machines, machine_rank, .* Did you mean 'num_processes'\?"):
         load_config(path)
 
 

@@ -103,6 +103,51 @@ def test_torchrun_arguments_for_one_and_several_machines():
                    "--rdzv-backend", "static", "--master-addr", "10.0.0.1", "--master-port", "29500", "t.py"]
 
 
+def _parsed(*flags: str):
+    import argparse
+
+    from trainer.cli.launch import add_arguments
+
+    parser = argparse.ArgumentParser(prog="trainer launch")
+    add_arguments(parser)
+    return parser.parse_args([*flags, "train.py"])
+
+
+def test_torchrun_spellings_are_aliases_of_accelerates(tmp_path, monkeypatch):
+    from trainer.cli.launch import resolve
+
+    monkeypatch.setenv("TRAINER_CONFIG_FILE", str(tmp_path / "none.yaml"))
+    torchrun = resolve(_parsed("--nproc-per-node", "4", "--nnodes", "2", "--node-rank", "1", "--master-addr",
+                               "10.0.0.1", "--master_port", "29600"))
+    accelerate = resolve(_parsed("--num_processes", "4", "--num-machines", "2", "--machine-rank", "1",
+                                 "--main-process-ip", "10.0.0.1", "--main-process-port", "29600"))
+    assert torchrun == accelerate
+    assert (torchrun.num_processes, torchrun.num_machines, torchrun.machine_rank, torchrun.main_process_ip,
+            torchrun.main_process_port, torchrun.min_machines) == (4, 2, 1, "10.0.0.1", 29600, None)
+
+
+def test_a_range_of_machines_is_elastic_membership_with_the_c10d_rendezvous(tmp_path, monkeypatch, capsys):
+    from trainer.cli.launch import resolve
+
+    monkeypatch.setenv("TRAINER_CONFIG_FILE", str(tmp_path / "none.yaml"))
+    for flag in ("--nnodes", "--num-machines", "--num_machines"):
+        cfg = resolve(_parsed(flag, "1:4", "--max-restarts", "3"))
+        assert (cfg.min_machines, cfg.num_machines, cfg.rdzv_backend) == (1, 4, "c10d")
+    args = torchrun_args(cfg, "t.py", [], rdzv_conf="last_call_timeout=5")
+    assert args[:6] == ["--nnodes", "1:4", "--nproc-per-node", "1", "--max-restarts", "3"]
+    assert args[args.index("--rdzv-backend") + 1] == "c10d"
+    assert args[args.index("--rdzv-conf") + 1] == "timeout=900,last_call_timeout=5"
+    assert torchrun_args(resolve(_parsed("--nnodes", "2:2")), "t.py", [])[:2] == ["--nnodes", "2"]  # not elastic
+    with pytest.raises(ValueError, match=r"a range of machines \(1:2\) needs the elastic rendezvous"):
+        resolve(_parsed("--nnodes", "1:2", "--rdzv-backend", "static"))
+    with pytest.raises(ValueError, match=r"min_machines=3\): the fewest machines cannot exceed the most"):
+        resolve(_parsed("--nnodes", "3:2"))
+    for bad in ("a:b", "1:", "two"):
+        with pytest.raises(SystemExit):
+            _parsed("--nnodes", bad)
+        assert f"{bad!r}: expected a number of machines such as 2, or a range MIN:MAX" in capsys.readouterr().err
+
+
 def test_cluster_environment_from_torchrun_slurm_or_nothing():
     elastic = detect_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
                                   "GROUP_RANK": "0", "MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "1234"})
