@@ -419,11 +419,11 @@ def _construct(cls: type, ckpt: dict[str, Any], overrides: dict[str, Any], path:
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     names = {p.name for p in named}
     merged = {**hparams, **overrides}
-    call = f"{cls.__name__}.load_from_checkpoint({path!r}{''.join(f', {k}={v!r}' for k, v in overrides.items())})"
+    call = f"{cls.__name__}.load_from_checkpoint({path!r}{''.join(f', {k}={_short(v)}' for k, v in overrides.items())})"
     one_dict = len(named) == 1 and not set(hparams) <= names and _takes_a_dict(named[0])
     wrong = sorted(set(overrides) - names)
     if wrong and not takes_kwargs and not one_dict:
-        raise TypeError(f"{call}: {wrong[0]}={overrides[wrong[0]]!r} is not an argument of {cls.__name__}.__init__ "
+        raise TypeError(f"{call}: {wrong[0]}={_short(overrides[wrong[0]])} is not an argument of {cls.__name__}.__init__ "
                         f"{_signature(cls)}. Keyword overrides replace the saved hparams of that name; pass only "
                         "arguments the class takes.")
     if takes_kwargs or set(merged) <= names:
@@ -453,6 +453,11 @@ def _takes_a_dict(param: inspect.Parameter) -> bool:
         return False
     scalars = (int, float, str, bool, "int", "float", "str", "bool")
     return not any(annotation is s or annotation == s for s in scalars)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _signature(cls: type) -> str:
