@@ -339,3 +339,49 @@ def test_state_keys_are_lightnings_and_states_saved_under_the_old_keys_still_res
     resumed = make_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[cb2, es2])
     _fit(resumed, ckpt_path=str(tmp_path / "old.ckpt"))
     assert cb2.best_k_models == cb.best_k_models and es2.best_score == es.best_score
+
+
+def test_a_step_that_returned_none_counts_as_run_for_the_exception_save(tmp_path, make_trainer):
+    class SkipsThenFails(BoringModel):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise RuntimeError("boom after a skipped step")
+            return None  # Lightning: skip this batch's optimizer step
+
+    cb = ModelCheckpoint(dirpath=tmp_path, filename="crash", save_on_exception=True, every_n_epochs=7)
+    with pytest.raises(RuntimeError, match="boom after a skipped step"):
+        _fit(make_trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=[cb]), SkipsThenFails())
+    assert safe_load(str(tmp_path / "crash.ckpt"))["global_step"] == 0
+
+
+def _fails_on_both_ranks(root: str):
+    import warnings as _warnings
+
+    class FailsAtStep3(BoringModel):
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == 3:
+                raise RuntimeError("boom on every rank")
+            return super().training_step(batch, batch_idx)
+
+    callbacks = [ModelCheckpoint(dirpath=os.path.join(root, "mc"), filename="crash", save_on_exception=True,
+                                 every_n_epochs=7), OnExceptionCheckpoint(os.path.join(root, "oe"))]
+    trainer = Trainer(max_epochs=2, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
+                      num_sanity_val_steps=0, default_root_dir=root, callbacks=callbacks)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        try:
+            trainer.fit(FailsAtStep3(), regression_loader(32, 4))
+        except RuntimeError as err:
+            failed = "boom on every rank" in str(err)
+    notes = sorted(str(w.message).split(":")[0] for w in caught if "processes" in str(w.message))
+    return failed, notes, sorted(os.listdir(root))
+
+
+@pytest.mark.slow
+def test_on_several_processes_the_exception_saves_are_skipped_with_a_warning(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    ranks = run_distributed(_fails_on_both_ranks, root=str(tmp_path))
+    assert ranks[0] == (True, ["ModelCheckpoint(save_on_exception=True)", "OnExceptionCheckpoint"], ["mc"])
+    assert ranks[1][:2] == (True, [])  # rank zero alone warns
+    assert os.listdir(tmp_path / "mc") == []  # no crash.ckpt, no oe/ directory
