@@ -385,3 +385,29 @@ def test_on_several_processes_the_exception_saves_are_skipped_with_a_warning(tmp
     assert ranks[0] == (True, ["ModelCheckpoint(save_on_exception=True)", "OnExceptionCheckpoint"], ["mc"])
     assert ranks[1][:2] == (True, [])  # rank zero alone warns
     assert os.listdir(tmp_path / "mc") == []  # no crash.ckpt, no oe/ directory
+
+
+def test_accelerator_save_state_with_a_path_in_a_registered_object_loads_safely(tmp_path):
+    from trainer import Accelerator
+
+    class Where:
+        def __init__(self, path):
+            self.path = path
+
+        def state_dict(self):
+            return {"path": self.path}
+
+        def load_state_dict(self, state):
+            self.path = state["path"]
+
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(torch.nn.Linear(2, 1))
+    acc.register_for_checkpointing(Where(tmp_path / "data"))
+    out = acc.save_state(tmp_path / "state")
+    safe_load(os.path.join(out, "state.ckpt"))  # weights_only: a PosixPath would be refused
+    again = Accelerator(cpu=True)
+    again.prepare(torch.nn.Linear(2, 1))
+    restored = Where(None)
+    again.register_for_checkpointing(restored)
+    again.load_state(out)
+    assert restored.path == str(tmp_path / "data") and model is not None
