@@ -150,6 +150,10 @@ def test_file_extension_and_last_name_set_on_a_subclass_are_used(tmp_path, make_
     assert all(n.endswith(".tpkc") for n in names)
     assert cb.last_model_path == str(tmp_path / "final-epoch=1.tpkc")  # the epoch-0 one was replaced
     assert ModelCheckpoint.FILE_EXTENSION == ".ckpt" and ModelCheckpoint.CHECKPOINT_NAME_LAST == "last"
+    resumed = make_trainer(default_root_dir=str(tmp_path), max_epochs=3,
+                           callbacks=[TpkcCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True)])
+    _fit(resumed, ckpt_path="last")  # finds final-epoch=1.tpkc by the subclass's name and extension
+    assert resumed.global_step == 12 and os.path.exists(tmp_path / "final-epoch=2.tpkc")
 
 
 # -- bookkeeping: monitor="epoch"/"step", kth best, to_yaml, state -------------------------------------

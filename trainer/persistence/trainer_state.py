@@ -285,21 +285,32 @@ def _epoch_order(ckpt: dict[str, Any], path: str, world_size: int) -> dict[str, 
     return {**origin, "path": path, "saved_world": saved_world, "batch_idx": loops["batch_idx"]}
 
 
-def newest_checkpoint(dirpath: str) -> str | None:
+def newest_checkpoint(dirpath: str, callback: Any = None) -> str | None:
     """last.ckpt in ``dirpath``, else its newest whole ``.ckpt``; None when there is none."""
     from trainer.strategies.checkpoint_directories import is_temporary
 
     if not os.path.isdir(dirpath):
         return None
-    paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
-    last = _last_files(paths)
+    paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath)
+             if n.endswith(_extensions(callback)) and not is_temporary(n)]
+    last = _last_files(paths, callback)
     return (last or sorted(paths, key=os.path.getmtime, reverse=True) or [None])[0]
 
 
-def _last_files(paths: list[str]) -> list[str]:
+def _extensions(callback: Any) -> tuple[str, ...]:
+    """The file endings of checkpoints: ``.ckpt`` and the checkpoint callback's ``FILE_EXTENSION``."""
+    return (".ckpt", getattr(callback, "FILE_EXTENSION", ".ckpt"))
+
+
+def _last_files(paths: list[str], callback: Any = None) -> list[str]:
     """The last.ckpt files among ``paths``, newest first: ``last.ckpt`` and the ``last-v<n>.ckpt`` a
-    rerun into the same directory writes beside an earlier run's (ModelCheckpoint's version counter)."""
-    last = [p for p in paths if re.fullmatch(r"last(-v\d+)?\.ckpt", os.path.basename(p))]
+    rerun into the same directory writes beside an earlier run's (ModelCheckpoint's version counter);
+    with the callback's ``CHECKPOINT_NAME_LAST`` (a template matches by its text before the first
+    field) and ``FILE_EXTENSION``."""
+    name = getattr(callback, "CHECKPOINT_NAME_LAST", "last")
+    stem = re.escape(name.split("{")[0]) + (".*" if "{" in name else "")
+    pattern = f"{stem}(-v\\d+)?({'|'.join(re.escape(e) for e in _extensions(callback))})"
+    last = [p for p in paths if re.fullmatch(pattern, os.path.basename(p))]
     return sorted(last, key=os.path.getmtime, reverse=True)
 
 
@@ -324,8 +335,10 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         clean_temporaries(dirpath)  # those left by a run killed while saving (not a live writer's)
     strategy.barrier("recover checkpoints")
     if os.path.isdir(dirpath):
-        paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath) if n.endswith(".ckpt") and not is_temporary(n)]
-        last = _last_files(paths)
+        cb = trainer.checkpoint_callback
+        paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath)
+                 if n.endswith(_extensions(cb)) and not is_temporary(n)]
+        last = _last_files(paths, cb)
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
     for path in candidates:
         try:
