@@ -89,3 +89,70 @@ def detect_environment(env: Mapping[str, str] | None = None) -> ClusterEnvironme
                                                                       env.get("SLURM_NODELIST", "127.0.0.1"))),
             main_port=_int(env, "MASTER_PORT", 10000 + job_id % 20000))
     return ClusterEnvironment(kind="single")
+
+
+class SLURMEnvironment:
+    """What the Trainer does under SLURM (Lightning's name): ``Trainer(plugins=[SLURMEnvironment(...)])``.
+
+    The ranks themselves are always read from the environment (``detect_environment``). This object only
+    holds the auto-requeue settings: on ``requeue_signal`` (SIGUSR1 by default: what
+    ``#SBATCH --signal=USR1@90`` sends 90 s before the time limit) every rank saves ``last.ckpt`` at the
+    same optimizer step, rank zero runs ``scontrol requeue $SLURM_JOB_ID``, and the processes exit 0; the
+    requeued job (``SLURM_RESTART_COUNT`` >= 1) resumes from that ``last.ckpt`` with the same command, even
+    without ``fit(ckpt_path=...)``. It is on by default in a SLURM batch job (``SLURM_JOB_ID`` set; not in an
+    interactive ``srun --pty bash``). ``auto_requeue=False`` leaves the signal alone (its default action
+    ends the process) and never requeues.
+    """
+
+    def __init__(self, auto_requeue: bool = True, requeue_signal: "signal.Signals | int | None" = None) -> None:
+        import signal
+
+        if not isinstance(auto_requeue, bool):
+            raise TypeError(f"SLURMEnvironment(auto_requeue={auto_requeue!r}): expected True or False.")
+        try:
+            self.requeue_signal = signal.SIGUSR1 if requeue_signal is None else signal.Signals(requeue_signal)
+        except ValueError:
+            raise ValueError(f"SLURMEnvironment(requeue_signal={requeue_signal!r}): not a signal number. Pass the "
+                             "signal named in #SBATCH --signal=..., e.g. signal.SIGUSR1 (the default) or "
+                             "signal.SIGUSR2.") from None
+        if self.requeue_signal in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM, signal.SIGINT):
+            raise ValueError(f"SLURMEnvironment(requeue_signal={self.requeue_signal.name}): that signal cannot be "
+                             "caught or already means stop (SIGTERM saves, Ctrl-C interrupts). Use SIGUSR1 or "
+                             "SIGUSR2, and the same in #SBATCH --signal=USR1@90.")
+        self.auto_requeue = auto_requeue
+
+    def __repr__(self) -> str:
+        return f"SLURMEnvironment(auto_requeue={self.auto_requeue}, requeue_signal={self.requeue_signal.name})"
+
+    @staticmethod
+    def in_batch_job(env: Mapping[str, str] | None = None) -> bool:
+        """A SLURM job that can be requeued: ``SLURM_JOB_ID`` set, not an interactive shell."""
+        env = os.environ if env is None else env
+        return bool(env.get("SLURM_JOB_ID")) and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+    def requeues(self, env: Mapping[str, str] | None = None) -> bool:
+        """Whether the requeue signal is handled in this process."""
+        return self.auto_requeue and self.in_batch_job(env)
+
+    @staticmethod
+    def requeued(env: Mapping[str, str] | None = None) -> bool:
+        """This run is a requeued job (SLURM counts its restarts in ``SLURM_RESTART_COUNT``)."""
+        env = os.environ if env is None else env
+        try:
+            return SLURMEnvironment.in_batch_job(env) and int(env.get("SLURM_RESTART_COUNT", "0")) > 0
+        except ValueError:
+            return False
+
+    def requeue(self) -> str:
+        """Run ``scontrol requeue $SLURM_JOB_ID``; returns what happened, for the log."""
+        import subprocess
+
+        job = os.environ["SLURM_JOB_ID"]
+        try:
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"`scontrol requeue {job}` could not run ({err}); requeue the job by hand"
+        if done.returncode != 0:
+            return (f"`scontrol requeue {job}` failed (exit {done.returncode}: {(done.stderr or done.stdout).strip()}); "
+                    "requeue the job by hand")
+        return f"requeued job {job} (`scontrol requeue {job}`): it resumes from this checkpoint with the same command"

@@ -247,3 +247,54 @@ def _first_failed_rank(error: BaseException | None) -> int | None:
         return int(error.get_first_failure()[0])  # type: ignore[union-attr]  # torchrun's ChildFailedError
     except Exception:  # noqa: BLE001 - another error, or a torch without it
         return None
+
+
+# -- SLURM's warning signal under `trainer launch` --------------------------------------------------
+@contextlib.contextmanager
+def slurm_signals_reach_workers() -> Iterator[None]:
+    """Within: in a SLURM batch job, SIGUSR1/SIGUSR2 sent to `trainer launch` (the task SLURM signals,
+    e.g. ``#SBATCH --signal=USR1@90``) are passed on to its worker processes, whose Trainer saves and
+    requeues (``SLURMEnvironment``). Without this the launcher died of the signal's default action and
+    took its workers with it, unsaved."""
+    import signal
+    import threading
+
+    from trainer.strategies.environment import SLURMEnvironment
+
+    if not SLURMEnvironment.in_batch_job() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in _child_processes(os.getpid()):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _child_processes(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (torchrun's workers are the launcher's children); Linux."""
+    children = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return children
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(parent):
+            children.append(int(entry))
+    return children

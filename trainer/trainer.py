@@ -76,7 +76,9 @@ class Trainer:
     def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = None, callbacks: Iterable[Callback] | Callback | None = None,
                  logger: Any = None, profiler: Any = None, **loop_settings: Any) -> None:
-        _check_plugins(loop_settings.pop("plugins", None))
+        from trainer.strategies import SLURMEnvironment
+
+        self._slurm = _check_plugins(loop_settings.pop("plugins", None)) or SLURMEnvironment()
         unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
         if unknown:
             from trainer.strategies._util import did_you_mean
@@ -353,6 +355,10 @@ class Trainer:
 
     def _fit(self, ckpt_path: str | None) -> None:
         loop, found = self.fit_loop, None
+        if ckpt_path is None and self._slurm.auto_requeue and self._slurm.requeued():
+            requeue_save = os.path.join(self.checkpoint_dir, "last.ckpt")
+            if os.path.exists(requeue_save):  # SLURM requeued this job after its warning signal: go on from there
+                ckpt_path = requeue_save
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
@@ -369,7 +375,7 @@ class Trainer:
                            self.strategy.world_size)
         val_loaders = self._data.fit_val_loaders()
         loop.stop_agreement = StopAgreement(self.strategy.world_size)
-        with sigterm_sets_flag(loop):
+        with sigterm_sets_flag(loop, self._slurm.requeue_signal if self._slurm.requeues() else None):
             loop.run(train_loader, val_loaders)
         loop.stop_agreement.drain()
 

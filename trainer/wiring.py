@@ -211,19 +211,23 @@ def _convert_sync_batchnorm(module: TrainModule, strategy: Any) -> None:
         setattr(module, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
 
 
-def _check_plugins(plugins: Any) -> None:
+def _check_plugins(plugins: Any) -> Any:
     """Lightning's ``plugins=`` carries precision, cluster environments and checkpoint IO; here each has
-    its own place, so a non-empty value is refused with where it goes."""
+    its own place, so a non-empty value is refused with where it goes -- except ``SLURMEnvironment``
+    (its auto-requeue settings), which is returned (None when not given)."""
     if plugins is None or plugins == []:
-        return
-    from trainer.strategies import Precision
+        return None
+    from trainer.strategies import Precision, SLURMEnvironment
 
-    first = plugins[0] if isinstance(plugins, (list, tuple)) else plugins
+    given = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if len(given) == 1 and isinstance(given[0], SLURMEnvironment):
+        return given[0]
+    first = next((p for p in given if not isinstance(p, SLURMEnvironment)), given[0])
     if isinstance(first, Precision) or "Precision" in type(first).__name__:
         where = "pass it as Trainer(precision=...) (a string such as 'bf16-mixed', or a Precision object)"
     elif "Environment" in type(first).__name__:
         where = ("the cluster environment is read from the launcher's variables (torchrun, SLURM); there is no "
-                 "plugin to pass")
+                 "plugin to pass (only SLURMEnvironment(auto_requeue=...), alone)")
     elif "CheckpointIO" in type(first).__name__:
         where = "checkpoints are written by the strategy (atomically); a custom CheckpointIO is not supported"
     else:

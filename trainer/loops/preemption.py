@@ -20,8 +20,11 @@ class Preempted(Exception):
 
 
 @contextlib.contextmanager
-def sigterm_sets_flag(loop: Any) -> Iterator[None]:
-    """While fit runs, SIGTERM sets ``loop.preempted`` (the ``FitLoop``'s flag)."""
+def sigterm_sets_flag(loop: Any, requeue_signal: Any = None) -> Iterator[None]:
+    """While fit runs, SIGTERM sets ``loop.preempted`` (the ``FitLoop``'s flag). ``requeue_signal`` (SLURM's
+    warning, SIGUSR1 by default; see ``SLURMEnvironment``) sets it too, and ``loop.requeue_signalled``:
+    the save is then followed by ``scontrol requeue``."""
+    loop.requeue_signalled = False
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
@@ -33,11 +36,18 @@ def sigterm_sets_flag(loop: Any) -> Iterator[None]:
             end_by_signal(signum)
         loop.preempted = True
 
+    def requeue_handler(signum: int, frame: Any) -> None:
+        loop.requeue_signalled = True
+        loop.preempted = True
+
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_requeue = signal.signal(requeue_signal, requeue_handler) if requeue_signal is not None else None
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if requeue_signal is not None:
+            signal.signal(requeue_signal, previous_requeue)
 
 
 def end_by_signal(signum: int) -> None:
