@@ -87,14 +87,14 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
             for batch_idx, batch in enumerate(itertools.islice(loader, limit(stage, loader))):
                 batch = move_batch(batch, dataloader_idx)
                 results.batch_size = count_items(batch) or 1
-                hooks(f"on_{prefix}_batch_start", batch, batch_idx, dataloader_idx)
+                hooks(f"on_{prefix}_batch_start", batch, batch_idx, *extra)  # dataloader_idx: as the step gets it
                 try:
                     with accel.autocast():
                         output = step_fn(batch, batch_idx, *extra)
                 except Exception as err:
                     add_step_note(err, module, batch, _STEP[stage], batch_idx)
                     raise
-                hooks(f"on_{prefix}_batch_end", output, batch, batch_idx, dataloader_idx)
+                hooks(f"on_{prefix}_batch_end", output, batch, batch_idx, *extra)
     results.suffix = ""
     results.in_step = False
     hooks.module(f"on_{prefix}_epoch_end")
@@ -131,10 +131,10 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool, hooks: Any,
             per_loader.append(outputs)
             for batch_idx, batch in enumerate(itertools.islice(loader, limit("predict", loader))):
                 batch = move_batch(batch, dataloader_idx)
-                hooks("on_predict_batch_start", batch, batch_idx, dataloader_idx)
+                hooks("on_predict_batch_start", batch, batch_idx, *extra)
                 with accel.autocast():
                     output = predict_step(batch, batch_idx, *extra)
-                hooks("on_predict_batch_end", output, batch, batch_idx, dataloader_idx)
+                hooks("on_predict_batch_end", output, batch, batch_idx, *extra)
                 if store:
                     outputs.append(output)
     hooks("on_predict_epoch_end")

@@ -90,12 +90,12 @@ def _both(*hooks: str) -> list[str]:
 VALIDATION = [
     "module.on_validation_start", "cb.on_validation_start",
     "module.on_validation_epoch_start", "cb.on_validation_epoch_start",
-    "module.on_validation_batch_start(0, dl0)", "cb.on_validation_batch_start(0, dl0)",
+    "module.on_validation_batch_start(0)", "cb.on_validation_batch_start(0)",
     "module.validation_step(0)",
-    "module.on_validation_batch_end(0, dl0)", "cb.on_validation_batch_end(0, dl0)",
-    "module.on_validation_batch_start(1, dl0)", "cb.on_validation_batch_start(1, dl0)",
+    "module.on_validation_batch_end(0)", "cb.on_validation_batch_end(0)",
+    "module.on_validation_batch_start(1)", "cb.on_validation_batch_start(1)",
     "module.validation_step(1)",
-    "module.on_validation_batch_end(1, dl0)", "cb.on_validation_batch_end(1, dl0)",
+    "module.on_validation_batch_end(1)", "cb.on_validation_batch_end(1)",
     "module.on_validation_epoch_end", "cb.on_validation_epoch_end",
     "module.on_validation_end", "cb.on_validation_end",
 ]
@@ -117,9 +117,9 @@ def test_golden_hook_order_of_fit_with_validation_and_accumulation(make_trainer)
         "module.on_sanity_check_start", "cb.on_sanity_check_start",
         "module.on_validation_start", "cb.on_validation_start",
         "module.on_validation_epoch_start", "cb.on_validation_epoch_start",
-        "module.on_validation_batch_start(0, dl0)", "cb.on_validation_batch_start(0, dl0)",
+        "module.on_validation_batch_start(0)", "cb.on_validation_batch_start(0)",
         "module.validation_step(0)",
-        "module.on_validation_batch_end(0, dl0)", "cb.on_validation_batch_end(0, dl0)",
+        "module.on_validation_batch_end(0)", "cb.on_validation_batch_end(0)",
         "module.on_validation_epoch_end", "cb.on_validation_epoch_end",
         "module.on_validation_end", "cb.on_validation_end",
         "module.on_sanity_check_end", "cb.on_sanity_check_end",
@@ -174,9 +174,9 @@ def test_golden_hook_order_of_test(make_trainer):
     assert calls == [
         "module.setup(test)", "cb.setup(test)", "module.configure_model",
         *_both("on_test_start", "on_test_epoch_start"),
-        "module.on_test_batch_start(0, dl0)", "cb.on_test_batch_start(0, dl0)",
+        "module.on_test_batch_start(0)", "cb.on_test_batch_start(0)",
         "module.test_step(0)",
-        "module.on_test_batch_end(0, dl0)", "cb.on_test_batch_end(0, dl0)",
+        "module.on_test_batch_end(0)", "cb.on_test_batch_end(0)",
         *_both("on_test_epoch_end", "on_test_end"),
         "module.teardown(test)", "cb.teardown(test)",
     ]
@@ -188,9 +188,9 @@ def test_golden_hook_order_of_predict(make_trainer):
     assert calls == [
         "module.setup(predict)", "cb.setup(predict)", "module.configure_model",
         *_both("on_predict_start", "on_predict_epoch_start"),
-        "module.on_predict_batch_start(0, dl0)", "cb.on_predict_batch_start(0, dl0)",
+        "module.on_predict_batch_start(0)", "cb.on_predict_batch_start(0)",
         "module.predict_step(0)",
-        "module.on_predict_batch_end(0, dl0)", "cb.on_predict_batch_end(0, dl0)",
+        "module.on_predict_batch_end(0)", "cb.on_predict_batch_end(0)",
         *_both("on_predict_epoch_end", "on_predict_end"),
         "module.teardown(predict)", "cb.teardown(predict)",
     ]
@@ -235,3 +235,30 @@ def test_epoch_end_hooks_see_the_epoch_metrics_in_callbacks_only_after_the_modul
     Trainer(logger=False, enable_progress_bar=False, max_epochs=1, callbacks=[Reads()]).fit(
         LogsAtEpochEnd(), regression_loader(8, 8))
     assert seen["epoch_value"] == 3.0
+
+
+def test_eval_batch_hooks_get_dataloader_idx_only_with_several_loaders(make_trainer):
+    """As in Lightning: hooks written as ``(batch, batch_idx)`` run with one loader; with several
+    each call names its loader."""
+    seen = []
+
+    class NoIdx(BoringModel):
+        def on_validation_batch_start(self, batch, batch_idx):
+            seen.append(("module", batch_idx))
+
+    class CallbackNoIdx(Callback):
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(("callback", batch_idx))
+
+    class WithIdx(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().validation_step(batch, batch_idx)
+
+        def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(("loader", dataloader_idx))
+
+    trainer = make_trainer(callbacks=[CallbackNoIdx()], enable_checkpointing=False)
+    trainer.validate(NoIdx(), regression_loader(16, 8))
+    trainer.test(NoIdx(), regression_loader(8, 8))
+    trainer.validate(WithIdx(), [regression_loader(8, 8), regression_loader(8, 8)])
+    assert seen == [("module", 0), ("module", 1), ("callback", 0), ("loader", 0), ("loader", 1)]
