@@ -19,7 +19,7 @@ from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
 from trainer import checkpointing
-from trainer.loops import eval_loop, stop_reason
+from trainer.loops import eval_loop, misuse, stop_reason
 from trainer.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
 from trainer.persistence import trainer_state as checkpoint
@@ -270,6 +270,7 @@ class Trainer:
             dataloaders, datamodule = None, dataloaders
         check_sources(stage, {"dataloaders": dataloaders}, datamodule)
         _check_module(model, stage)
+        misuse.refuse_missing_step(model, stage, f"trainer.{stage}({type(model).__name__}(...))")
         if dataloaders is None and not has_loader(datamodule or model, stage):
             method = {"validate": "val", "test": "test", "predict": "predict"}[stage] + "_dataloader()"
             raise TypeError(f"trainer.{stage}({type(model).__name__}(...)): no data. Pass dataloaders=..., or "

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from trainer.loops import eval_loop, stop_reason
-from trainer._logging import rank_zero_info
+from trainer.loops import eval_loop, misuse, stop_reason
+from trainer._logging import rank_zero_info, rank_zero_warn
 from trainer._wrappers import with_is_last
 from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                         set_rng_states_after_first, skip_batches)
@@ -72,6 +72,8 @@ class FitLoop:
         self.preempted = False               # SIGTERM arrived (preemption.py sets it)
         self.stop_requester: Any = None      # who last set should_stop (stop_reason.requester)
         self._told_default_epochs = False    # "fit stops after 1000 epochs" was said
+        self._none_steps = 0                 # training_steps that returned None in this epoch (automatic)
+        self._told_nothing_trained = False
         self.stop_agreement = StopAgreement(1)
         self.is_last_batch = False           # the current training batch is the epoch's last
         self.start_time: float | None = None
@@ -212,6 +214,8 @@ class FitLoop:
             self._told_default_epochs = True  # Lightning's default too; said once per Trainer
             rank_zero_info(f"Trainer(): none of max_epochs, max_steps, max_time was given, so fit stops after "
                            f"{cfg.epochs_limit} epochs. Pass max_epochs=... to choose (-1: no limit).")
+        misuse.warn_misnamed_hooks(trainer.module, trainer.callbacks)
+        misuse.note_validation_skipped(trainer.module, bool(val_loaders))
         hooks("on_fit_start")
         if self._reload_train:  # a BatchSizeFinder set the batch size the loader is built with
             self._reload_train = False
@@ -266,7 +270,12 @@ class FitLoop:
                 batches = self._epoch_batches(train_loader, num_batches, start)
                 if trainer.profiler is not None:
                     batches = trainer.profiler.profile_iterable(batches, "train_dataloader_next")
+                self._none_steps = 0
                 completed = self._train_epoch(batches, start, val_loaders, val_every)
+                if self._none_steps and self._none_steps >= state.batches_seen - seen and not self._told_nothing_trained:
+                    self._told_nothing_trained = True
+                    rank_zero_warn(misuse.NOTHING_TRAINED.format(batches=state.batches_seen - seen,
+                                                                 epoch=state.current_epoch))
             if state.batches_seen == seen and start == 0:
                 raise ValueError(f"fit(train_dataloaders=...): epoch {state.current_epoch} yielded no batch. Check that "
                                  "the dataset is not empty, that batch_size is not larger than it with drop_last=True, "
@@ -441,6 +450,7 @@ class FitLoop:
         ``piece_size``: the items of one piece of an ``oom_split`` micro-batch."""
         loss, num_items = unpack_step_output(output, self.state, batch_idx)
         if loss is None:
+            self._none_steps += 1
             return
         self.metrics.results["train"].record_loss(loss, self.state.global_step, batch_idx)
         engine = self.trainer.accelerator.engine

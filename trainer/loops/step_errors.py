@@ -9,6 +9,8 @@ from typing import Any, Iterator
 
 import torch
 
+_DTYPE_MISMATCH = ("must have the same dtype", "expected scalar type", "to have the same dtype", "Found dtype",
+                   "and bias type", "and weight type", "expected both vectors to have same dtype")
 _DEVICE_MISMATCH = ("Expected all tensors to be on the same device", "is not on the expected device",
                     "Expected object of device type", "should be the same device", "and weight type",
                     "found at least two devices")
@@ -19,11 +21,31 @@ def add_step_note(err: BaseException, module: torch.nn.Module, batch: Any, metho
     if getattr(err, "_trainer_step_note", False) or not hasattr(err, "add_note"):
         return
     err._trainer_step_note = True  # type: ignore[attr-defined]
-    if isinstance(err, RuntimeError) and any(m in str(err) for m in _DEVICE_MISMATCH):
+    note = dtype_note(module, batch, method, batch_idx) if isinstance(err, RuntimeError) and any(
+        m in str(err) for m in _DTYPE_MISMATCH) else None
+    if note:
+        err.add_note(note)
+    elif isinstance(err, RuntimeError) and any(m in str(err) for m in _DEVICE_MISMATCH):
         err.add_note(device_note(module, batch, method, batch_idx))
     elif isinstance(err, (TypeError, ValueError, IndexError, KeyError, AttributeError)):
         err.add_note(f"{type(module).__name__}.{method} got batch_idx {batch_idx} with batch = "
                      f"{describe_batch(batch)}.")
+
+
+def dtype_note(module: torch.nn.Module, batch: Any, method: str, batch_idx: int) -> str | None:
+    """A batch of floating-point tensors of another dtype than the module's parameters (float64 from numpy
+    meeting float32 weights, the common case): which tensors, and the fix. None when that is not it."""
+    params = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters() if p.is_floating_point()})
+    other = [(path, t) for path, t in _tensors(batch, "batch")
+             if t.is_floating_point() and str(t.dtype).replace("torch.", "") not in params]
+    if not params or not other:
+        return None
+    held = ", ".join(f"{path}: {str(t.dtype).replace('torch.', '')}" for path, t in other[:4])
+    want = params[0] if len(params) == 1 else " / ".join(params)
+    return (f"A dtype mismatch in {type(module).__name__}.{method} (batch_idx {batch_idx}): the module's parameters "
+            f"are {want}, the batch holds {held}. Make the data {want} where it is built (numpy arrays are float64: "
+            f"torch.from_numpy(a).float(), or torch.tensor(a, dtype=torch.{want})), or convert it in the step with "
+            "x.to(self.dtype). The loop moves batches to the module's device but keeps their dtype.")
 
 
 def device_note(module: torch.nn.Module, batch: Any, method: str, batch_idx: int) -> str:
