@@ -1,4 +1,5 @@
-"""The ``trainer`` command line: config, launch, test, env, merge-weights, version.
+"""The ``trainer`` command line: config, launch, test, env, merge-weights, version, and the config-driven
+fit/validate/test/predict (trainer_cli.py, with ``TrainerCLI``).
 
 The library never imports this package; the package imports the library. Each command module
 offers ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; ``COMMANDS`` below lists
@@ -31,6 +32,25 @@ COMMANDS: dict[str, Command] = {
     "merge-weights": (merge_weights.HELP, merge_weights.add_arguments, merge_weights.run),
     "version": ("print the installed version", lambda parser: None, _version),
 }
+for _stage in ("fit", "validate", "predict"):  # listed in --help; main() hands them to trainer_cli before parsing
+    COMMANDS[_stage] = (f"{_stage} from a config file: trainer {_stage} --config run.yaml [--key value ...] "
+                        "(`trainer test --config ...` likewise)", lambda parser: None, lambda args: 0)
+
+
+def _wants_config(argv: list[str]) -> bool:
+    from trainer.cli.trainer_cli import wants_config
+
+    return wants_config(argv)
+
+
+def __getattr__(name: str) -> object:
+    """``from trainer.cli import TrainerCLI, SaveConfigCallback`` (Lightning's ``lightning.pytorch.cli``),
+    imported on first use: the other commands do not load the library's training side."""
+    if name in ("TrainerCLI", "SaveConfigCallback"):
+        from trainer.cli import trainer_cli
+
+        return getattr(trainer_cli, name)
+    raise AttributeError(f"module 'trainer.cli' has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # a config-driven stage (trainer_cli.py): fit/validate/predict, and `trainer test` given a run's config
+    # (without one, `trainer test` is the built-in self-check)
+    if argv and (argv[0] in ("fit", "validate", "predict") or (argv[0] == "test" and _wants_config(argv[1:]))):
+        from trainer.cli import trainer_cli
+
+        return trainer_cli.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

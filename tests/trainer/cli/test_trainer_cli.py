@@ -1,0 +1,145 @@
+"""TrainerCLI and `trainer fit|validate|test|predict --config`: the example run driven entirely by its YAML file,
+command-line overrides, --print_config, subclass selection, the saved config, errors with the key's path and a
+did-you-mean, and how `trainer test` tells the config-driven stage from the built-in self-check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("jsonargparse")
+
+from trainer import Trainer  # noqa: E402
+from trainer.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
+from trainer.cli import TrainerCLI, main  # noqa: E402
+from trainer.cli.trainer_cli import wants_config  # noqa: E402
+from tests.helpers import BoringModel, regression_loader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples"
+
+
+class CliNet(BoringModel):
+    def __init__(self, lr: float = 0.1, hidden: int = 4):
+        super().__init__(lr=lr)
+        self.hidden = hidden
+
+    def train_dataloader(self):
+        return regression_loader(32, 8)
+
+    def val_dataloader(self):
+        return regression_loader(16, 8)
+
+    def test_dataloader(self):
+        return regression_loader(16, 8)
+
+
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing",
+         "false", "--trainer.accelerator", "cpu"]
+
+
+def _run_example(tmp_path, *extra, stage="fit"):
+    # the console script: a run on several processes re-runs it per rank (as torchrun would a script)
+    script = Path(sys.executable).parent / "trainer"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "trainer"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*command, stage, "--config", "cli_regression.yaml",
+                           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
+                           str(tmp_path), *extra], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_example_runs_from_its_config_alone_and_saves_the_resolved_config(tmp_path):
+    done = _run_example(tmp_path, "--trainer.max_epochs", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "default" / "version_0" / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["seed_everything"] == 7  # the override, the file
+    assert saved["model"]["class_path"] == "cli_regression.Regressor" and saved["data"]["init_args"]["batch_size"] == 32
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["loops"]["current_epoch"] == 1  # written at the second epoch's end (epochs count from 0)
+    assert yaml.safe_load(last["cli_config"]) == saved
+    tested = _run_example(tmp_path / "t", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt"), stage="test")
+    assert tested.returncode == 0 and "test_loss" in tested.stdout + tested.stderr, tested.stderr[-3000:]
+
+
+def test_overrides_build_the_model_and_trainer_and_run_the_subcommand():
+    cli = TrainerCLI(CliNet, args=["fit", *QUIET, "--trainer.max_epochs", "2", "--model.lr", "0.01",
+                                   "--seed_everything", "3", "--trainer.callbacks+=EarlyStopping",
+                                   "--trainer.callbacks.monitor", "val/loss"], save_config_callback=None)
+    assert isinstance(cli.model, CliNet) and cli.model.lr == 0.01
+    assert isinstance(cli.trainer, Trainer) and cli.trainer.max_epochs == 2 and cli.trainer.current_epoch == 2
+    assert [type(c) for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)] == [EarlyStopping]
+    assert cli.trainer.early_stopping_callback.monitor == "val/loss"
+
+
+def test_subclass_selection_by_name_and_run_false():
+    cli = TrainerCLI(BoringModel, subclass_mode_model=True, run=False, save_config_callback=None,
+                     args=["--model", "CliNet", "--model.hidden", "7", *QUIET, "--trainer.max_steps", "3"])
+    assert type(cli.model) is CliNet and cli.model.hidden == 7 and cli.trainer.max_steps == 3
+    assert cli.trainer.global_step == 0  # built, not run
+
+
+def test_trainer_defaults_and_callbacks_from_a_config_dict():
+    cli = TrainerCLI(CliNet, run=False, save_config_callback=None, trainer_defaults={"max_epochs": 9},
+                     args={"trainer": {"callbacks": [{"class_path": "trainer.callbacks.ModelCheckpoint",
+                                                      "init_args": {"monitor": "val/loss", "save_top_k": 2}}],
+                                       "logger": False}})
+    assert cli.trainer.max_epochs == 9
+    checkpoint = cli.trainer.checkpoint_callback
+    assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/loss" and checkpoint.save_top_k == 2
+
+
+def test_print_config_shows_the_resolved_config_and_exits(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        TrainerCLI(CliNet, args=["fit", "--model.lr", "0.5", "--trainer.max_epochs", "4", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["lr"] == 0.5 and printed["trainer"]["max_epochs"] == 4
+    assert "accumulate_grad_batches" in printed["trainer"] and "callbacks" in printed["trainer"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "--trainer.max_epoch", "3"], r"trainer\.max_epoch.*\nDid you mean 'trainer\.max_epochs'\?"),
+    (["fit", "--model.lrr", "3"], r"model\.lrr.*\nDid you mean 'model\.lr'\?"),
+    (["fit", "--trainer.max_epochs", "three"], r'Parser key "trainer\.max_epochs".*\n.*Given value: three'),
+])
+def test_bad_keys_and_types_name_the_key(capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        TrainerCLI(CliNet, args=args, save_config_callback=None)
+    assert exit_info.value.code == 2
+    assert __import__("re").search(expected, capsys.readouterr().err, __import__("re").S)
+
+
+def test_bad_values_are_the_trainers_errors_with_the_setting_named():
+    with pytest.raises(ValueError, match=r"Trainer\(max_epochs=0\)"):
+        TrainerCLI(CliNet, args=["fit", *QUIET, "--trainer.max_epochs", "0"], save_config_callback=None)
+
+
+def test_trainer_test_runs_the_config_stage_only_when_given_a_run_config(tmp_path):
+    assert wants_config(["--config", "run.yaml"]) and wants_config(["-c=run.yaml"])
+    assert wants_config(["--model.lr", "1"]) and wants_config(["--print_config"])
+    assert not wants_config([]) and not wants_config(["--config_file", "x.yaml", "--cpu"])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": f"{__name__}.CliNet"},
+                                      "trainer": {"logger": False, "enable_progress_bar": False,
+                                                  "accelerator": "cpu"}}))
+    assert main(["test", "--config", str(config)]) == 0  # the test stage, not the self-check
+
+
+def test_a_missing_jsonargparse_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jsonargparse", None)
+    with pytest.raises(ImportError, match=r"pip install 'trainer\[cli\]'"):
+        TrainerCLI(CliNet, args=["fit"])
+
+
+@pytest.mark.slow
+def test_the_example_on_two_processes(tmp_path):
+    done = _run_example(tmp_path, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["metadata"]["world_size"] == 2
