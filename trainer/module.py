@@ -149,6 +149,28 @@ class TrainModule(torch.nn.Module):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
+    # -- how evaluation switches the module's mode (Lightning's hooks; override to keep e.g. dropout on) --
+    def on_validation_model_eval(self) -> None:
+        """Before validation (and the sanity check): put the module in eval mode."""
+        self.eval()
+
+    def on_validation_model_train(self) -> None:
+        """After validation during fit: back to train mode (called when overridden; else the loop
+        restores the mode the module had)."""
+        self.train()
+
+    def on_test_model_eval(self) -> None:
+        """Before testing: put the module in eval mode."""
+        self.eval()
+
+    def on_test_model_train(self) -> None:
+        """After testing a module that was training (called when overridden)."""
+        self.train()
+
+    def on_predict_model_eval(self) -> None:
+        """Before predicting: put the module in eval mode."""
+        self.eval()
+
     # -- manual optimization (see trainer/loops/manual.py) ----------------------------------------
     automatic_optimization: bool = True  # set False in __init__ to step the optimizers in training_step
 

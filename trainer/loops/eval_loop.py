@@ -10,7 +10,9 @@ import torch
 
 from trainer.datamodule import batch_mover
 from trainer.step_engine import count_items
+from trainer.loops.hooks import _add_note, where
 from trainer.loops.step_errors import add_step_note
+from trainer.module import TrainModule
 
 _HOOK_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
 _STEP = {"validate": "validation_step", "sanity_check": "validation_step", "test": "test_step",
@@ -56,6 +58,20 @@ def without_batch_idx(step: Any, runner: Any = None) -> Any:
     return lambda batch, batch_idx, *rest: runner(batch, *rest)
 
 
+def _overrides_module_hook(module: Any, name: str) -> bool:
+    return getattr(type(module), name, None) is not getattr(TrainModule, name, None)
+
+
+def _mode_hook(trainer: Any, module: Any, name: str) -> None:
+    """Lightning's ``on_<stage>_model_eval`` / ``_model_train``: how the module's mode is switched
+    (its default calls ``eval()`` / ``train()``); an error says which hook raised it."""
+    try:
+        getattr(module, name)()
+    except Exception as err:
+        _add_note(err, f"raised in {type(module).__name__} (the TrainModule).{name} at {where(trainer.state)}")
+        raise
+
+
 def _no_grad(trainer: Any) -> Any:
     """``Trainer(inference_mode=True)`` (the default, as Lightning's): evaluation runs under
     ``torch.inference_mode`` (no autograd bookkeeping at all); False: ``torch.no_grad`` (for a step
@@ -76,7 +92,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
     step_fn = without_batch_idx(getattr(module, _STEP[stage]))
     was_training, previous_results = module.training, module._results
     module._results = results
-    module.eval()
+    _mode_hook(trainer, module, f"on_{prefix}_model_eval")  # by default module.eval()
     hooks(f"on_{prefix}_start")
     hooks(f"on_{prefix}_epoch_start")
     move_batch = batch_mover(trainer)
@@ -102,7 +118,9 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
     hooks.callbacks(f"on_{prefix}_epoch_end")
     results.in_step = True
     hooks(f"on_{prefix}_end")
-    if was_training:
+    if _overrides_module_hook(module, f"on_{prefix}_model_train"):
+        _mode_hook(trainer, module, f"on_{prefix}_model_train")
+    elif was_training:
         module.train()
     module._results = previous_results
     return values
@@ -119,7 +137,7 @@ def run_predict(trainer: Any, loaders: list[Any], keep: bool, hooks: Any,
     loaders = [_recording_indices(loader) for loader in loaders]
     trainer.predict_batch_indices = [getattr(loader, "batch_indices", None) for loader in loaders]
     trainer.predictions = per_loader = []
-    module.eval()
+    _mode_hook(trainer, module, "on_predict_model_eval")  # by default module.eval()
     hooks("on_predict_start")
     hooks("on_predict_epoch_start")
     move_batch = batch_mover(trainer)

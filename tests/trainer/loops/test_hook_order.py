@@ -262,3 +262,38 @@ def test_eval_batch_hooks_get_dataloader_idx_only_with_several_loaders(make_trai
     trainer.test(NoIdx(), regression_loader(8, 8))
     trainer.validate(WithIdx(), [regression_loader(8, 8), regression_loader(8, 8)])
     assert seen == [("module", 0), ("module", 1), ("callback", 0), ("loader", 0), ("loader", 1)]
+
+
+def test_model_eval_and_train_hooks_decide_the_mode_during_evaluation(make_trainer):
+    """Lightning's on_validation_model_eval/_train, on_test_model_eval, on_predict_model_eval: an
+    override that keeps dropout on (Monte-Carlo dropout) is what evaluation runs with."""
+    modes = []
+
+    class KeepsDropout(BoringModel):
+        def on_validation_model_eval(self):
+            self.train()  # dropout stays on
+
+        def on_validation_model_train(self):
+            modes.append(("back", self.training))
+            self.train()
+
+        def validation_step(self, batch, batch_idx):
+            modes.append(("val", self.training))
+            return super().validation_step(batch, batch_idx)
+
+        def test_step(self, batch, batch_idx):
+            modes.append(("test", self.training))
+
+    model = KeepsDropout()
+    trainer = make_trainer(max_epochs=1, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(model, regression_loader(8, 8), regression_loader(8, 8))
+    trainer.test(model, regression_loader(8, 8))  # the default on_test_model_eval: eval mode
+    assert modes == [("val", True), ("back", True), ("test", False)]
+
+    class Fails(BoringModel):
+        def on_predict_model_eval(self):
+            raise RuntimeError("no eval")
+
+    with pytest.raises(RuntimeError, match="no eval") as info:
+        trainer.predict(Fails(), regression_loader(8, 8))
+    assert "raised in Fails (the TrainModule).on_predict_model_eval" in info.value.__notes__[0]
