@@ -7,6 +7,13 @@ from trainer.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShar
                              GradientAccumulationPlugin, ProjectConfiguration)
 from trainer.seed import seed_everything
 from trainer.trainer import Trainer
+# Accelerate's top-level names (importable as from accelerate; kept out of __all__, see docs/migrating.md)
+from trainer.data_loader import skip_first_batches  # noqa: F401,E402
+from trainer.launchers import debug_launcher, notebook_launcher  # noqa: F401,E402
+from trainer.operations import DistributedType  # noqa: F401,E402
+from trainer.state import PartialState  # noqa: F401,E402
+from trainer.utils import (find_executable_batch_size, is_rich_available, load_checkpoint_in_model,  # noqa: F401,E402
+                           synchronize_rng_states)
 
 __version__ = "0.1.0"
 __all__ = ["Accelerator", "DataLoaderConfiguration", "DataModule", "DeepSpeedPlugin", "FullyShardedDataParallelPlugin",

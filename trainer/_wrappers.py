@@ -66,6 +66,12 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
 
+    def __getstate__(self) -> dict[str, Any]:  # torch.optim.Optimizer's keeps only its own fields
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return f"AcceleratedOptimizer({self.optimizer!r})"
 
@@ -104,6 +110,8 @@ class AcceleratedScheduler:
         self.scheduler.load_state_dict(state_dict)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":  # not set yet (while unpickling or copying): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.scheduler, name)
 
 
@@ -220,8 +228,11 @@ class PreparedDataLoader:
                         "epoch": self._epoch, "epoch_set": False}
 
     def _remainder(self) -> int:
+        from trainer.data_loader import find_shard
+
+        shard = find_shard(self.loader)
         try:
-            total = self._accelerator.num_processes * self.loader.batch_size
+            total = getattr(shard, "total_batch_size", None) or self._accelerator.num_processes * self.loader.batch_size
             return len(self.loader.dataset) % total
         except (TypeError, AttributeError):
             return -1
@@ -242,6 +253,8 @@ class PreparedDataLoader:
                 obj.set_epoch(epoch)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (while unpickling or copying): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
 

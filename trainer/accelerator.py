@@ -106,6 +106,10 @@ class Accelerator(TrackingMixin):
         self._trigger = False
         self.trackers: list[Any] = []
         self._log_step = 0
+        self._joined = False  # inside join_uneven_inputs: processes may run different numbers of batches
+        from trainer.state import register_accelerator
+
+        register_accelerator(self)  # what AcceleratorState() / GradientState() find
 
     # -- who and where ----------------------------------------------------------------------
     @property
@@ -292,20 +296,27 @@ class Accelerator(TrackingMixin):
         return wrapped
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> PreparedDataLoader:
-        """Batches on the device; with several processes each gets its share of the samples through a
-        ``DistributedSampler`` (shuffle and drop_last kept; the epoch advances on every pass).
+        """Batches on the device; with several processes each gets its share as Accelerate deals it
+        (``trainer/data_loader.py``): whole batches of the single-process order in turn (or slices of
+        each batch with ``split_batches``), so N processes at one seed see what one process sees with
+        N times the batch; the loader's sampler and ``generator=`` decide the order (process 0's draw
+        is used everywhere). The epoch advances on every pass.
 
-        Without drop_last the sampler pads the last samples (repeating the first ones) so every process
-        runs the same number of steps; ``gather_for_metrics`` drops those repeats again.
+        With ``even_batches`` (the default) the last step is completed with the pass's first samples
+        so every process runs the same number of steps; ``gather_for_metrics`` drops those repeats
+        again. ``even_batches=False`` is for evaluation: training on it is refused unless inside
+        ``join_uneven_inputs``. An ``IterableDataset`` (or ``dispatch_batches=True``) is read by
+        process 0 alone, which sends each process its share.
         """
         if isinstance(loader, PreparedDataLoader):
             return loader
-        from trainer.data.distributed_data import distribute_loader
+        from trainer.data_loader import shard_for_processes
 
         config = self.dataloader_config
-        loader = distribute_loader(loader, self.num_processes, self.process_index, train=True,
-                                   split_batches=config.split_batches, seedable=config.use_seedable_sampler,
-                                   data_seed=config.data_seed)
+        loader = shard_for_processes(loader, self.num_processes, self.process_index,
+                                     split_batches=config.split_batches, even_batches=config.even_batches,
+                                     dispatch_batches=config.dispatch_batches,
+                                     use_seedable_sampler=config.use_seedable_sampler, data_seed=config.data_seed)
         prepared = PreparedDataLoader(loader, self)
         self._dataloaders.append(prepared)
         return prepared
@@ -348,6 +359,8 @@ class Accelerator(TrackingMixin):
         if kwargs:
             raise TypeError(f"accelerator.backward(loss, {', '.join(f'{k}=...' for k in kwargs)}): extra arguments to "
                             "loss.backward() are not supported (the strategy runs backward). Drop them.")
+        if not self._joined and self.num_processes > 1:
+            self._refuse_uneven_training()
         self.engine.backward(self.engine.scale_loss(loss, num_items))
 
     @contextlib.contextmanager
@@ -418,6 +431,21 @@ class Accelerator(TrackingMixin):
         """
         loader = self.gradient_state.active_dataloader
         sampler = loader.padded_sampler if loader is not None and self.num_processes > 1 else None
+        if sampler is None and self.num_processes > 1:  # dealt as Accelerate deals: rank order is the order
+            real = self._real_in_last_step(loader)
+            if use_gather_object or not _only_tensors(input_data):
+                gathered = self.gather_object(input_data)
+                per_sample = real is not None and isinstance(input_data, (list, tuple)) \
+                    and len(input_data) == loader.batch_len
+                return gathered[:real] if real is not None and per_sample else gathered
+
+            def gather_and_cut(t: torch.Tensor) -> torch.Tensor:
+                if t.dim() == 0:  # one value per process, not per sample
+                    return self.strategy.all_gather(t)
+                gathered = self.strategy.all_gather(t).flatten(0, 1)
+                return gathered[:real] if real is not None and t.shape[0] == loader.batch_len else gathered
+
+            return apply_to_tensors(input_data, gather_and_cut)
         if use_gather_object or not _only_tensors(input_data):
             gathered = self.gather_object(input_data)
             if sampler is None or not isinstance(input_data, (list, tuple)) or len(input_data) != loader.batch_len:
@@ -435,6 +463,34 @@ class Accelerator(TrackingMixin):
             return gathered[self._in_sampler_order(t.shape[0], loader, sampler).to(gathered.device)]
 
         return apply_to_tensors(input_data, gather_in_order)
+
+    def _refuse_uneven_training(self) -> None:
+        from trainer.data_loader import find_shard
+
+        loader = self.gradient_state.active_dataloader
+        shard = find_shard(loader) if loader is not None else None
+        if shard is not None and not shard.even_batches:
+            raise RuntimeError("accelerator.backward() on a dataloader prepared with DataLoaderConfiguration("
+                               "even_batches=False): its processes run different numbers of batches, and every "
+                               "backward all-reduces gradients, so the process with more batches would wait forever. "
+                               "Train on an even loader (the default: the last step repeats the first samples), or "
+                               "wrap the loop in `with accelerator.join_uneven_inputs([model]):`. Uneven loaders are "
+                               "for evaluation.")
+
+    @staticmethod
+    def _real_in_last_step(loader: Any) -> int | None:
+        """On a dealt loader's last step (see ``trainer/data_loader.py``): how many of the samples
+        gathered in rank order are real, the rest being the repeats that completed the step
+        (Accelerate cuts the same tail); None elsewhere (keep everything)."""
+        from trainer.data_loader import DataLoaderDispatcher, find_shard
+
+        if loader is None or not loader.end_of_dataloader:
+            return None
+        shard = find_shard(loader)
+        if shard is None or not shard.even_batches:
+            return None
+        real = shard.real_in_last_step if isinstance(shard, DataLoaderDispatcher) else loader.remainder
+        return real if real > 0 else None
 
     def _in_sampler_order(self, local: int, loader: PreparedDataLoader, sampler: Any) -> torch.Tensor:
         """Indices into ``local`` samples gathered from every rank (rank-major) that put them in the
@@ -470,19 +526,46 @@ class Accelerator(TrackingMixin):
 
     @contextlib.contextmanager
     def join_uneven_inputs(self, joinables: list[Any], even_batches: bool | None = None) -> Iterator[None]:
-        """Let DDP processes run different numbers of batches (for a loop you shard yourself):
-        ``torch.distributed.algorithms.Join`` over the prepared DDP models; a no-op on one process."""
-        if even_batches is False:
-            raise ValueError("join_uneven_inputs(..., even_batches=False): prepared dataloaders always give every "
-                             "process the same number of batches here. Drop even_batches.")
-        ddp = [j for j in joinables if isinstance(j, torch.nn.parallel.DistributedDataParallel)]
-        if self.num_processes == 1 or not ddp:
+        """Let DDP processes run different numbers of batches: ``torch.distributed.algorithms.Join``
+        over the prepared DDP models (a no-op on one process). ``even_batches`` overrides, inside the
+        block, how every prepared map-style dataloader deals its last step (an iterable dataset's
+        loader keeps its setting, with a warning)."""
+        import warnings
+
+        if self.state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            if self.num_processes > 1:
+                warnings.warn(f"join_uneven_inputs: only supported for multi-GPU (and multi-CPU) data parallel "
+                              f"training; this job is {self.state.distributed_type.value}, so the block runs "
+                              "without joining.", UserWarning, stacklevel=3)
             yield
             return
-        from torch.distributed.algorithms.join import Join
+        from trainer.data_loader import BatchSamplerShard, find_shard
 
-        with Join(ddp):
-            yield
+        overridden: list[tuple[Any, bool]] = []
+        if even_batches is not None:
+            for prepared in self._dataloaders:
+                shard = find_shard(prepared)
+                if isinstance(shard, BatchSamplerShard):
+                    overridden.append((shard, shard.even_batches))
+                    shard.even_batches = even_batches
+                elif shard is not None:
+                    warnings.warn("join_uneven_inputs(even_batches=...): overriding even_batches is only supported "
+                                  "for map-style datasets; a dataloader whose batches process 0 dispatches (an "
+                                  "IterableDataset) keeps its setting.", UserWarning, stacklevel=3)
+        ddp = [j for j in joinables if isinstance(j, torch.nn.parallel.DistributedDataParallel)]
+        joined, self._joined = self._joined, True
+        try:
+            if not ddp:
+                yield
+            else:
+                from torch.distributed.algorithms.join import Join
+
+                with Join(ddp):
+                    yield
+        finally:
+            self._joined = joined
+            for shard, value in overridden:
+                shard.even_batches = value
 
     def set_trigger(self) -> None:
         """Raise a flag on this process; ``check_trigger()`` then returns True on every process."""
@@ -621,6 +704,14 @@ class Accelerator(TrackingMixin):
 
         load_state(self, newest_checkpoint_dir(self.project_configuration) if input_dir is None else input_dir,
                    strict=strict)
+
+    def save(self, obj: Any, f: Any, safe_serialization: bool = False) -> None:
+        """Write ``obj`` (e.g. a state dict) to ``f`` once per job, on the main process:
+        ``torch.save`` -- a file ``torch.load(f, weights_only=True)`` reads -- or safetensors with
+        ``safe_serialization=True``. What ``save_pretrained(..., save_function=accelerator.save)`` calls."""
+        from trainer.utils.accelerate_helpers import save
+
+        save(obj, f, safe_serialization=safe_serialization)
 
     def get_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The full (unsharded) state dict of ``model`` (gathered on rank zero under FSDP)."""

@@ -118,16 +118,21 @@ class DataLoaderConfiguration:
         split_batches: the loader's ``batch_size`` is the global batch, split between the
             processes (it must divide by their number); by default each process draws
             ``batch_size`` samples.
-        even_batches: every process gets the same number of batches (the last samples are
-            repeated to fill them; ``gather_for_metrics`` drops the repeats). Only ``True``: each
-            training step is a collective, so uneven ranks would hang.
+        even_batches: every process gets the same number of batches (the last step is completed
+            with the pass's first samples; ``gather_for_metrics`` drops the repeats). ``False``: the
+            last processes may run one batch less -- for evaluation loaders; training on one is
+            refused outside ``join_uneven_inputs`` (every backward is a collective, so a process
+            with more batches would wait forever).
         use_seedable_sampler: shuffle with a sampler seeded by ``data_seed`` (or the seed given to
             ``set_seed``) and the epoch, so the order is the same on every process and every run,
             one process included.
         data_seed: the seed of the seedable sampler.
         non_blocking: copy batches to the GPU asynchronously (always done for CUDA here).
-        dispatch_batches: refused when True (each process loads its own share; batches are not
-            sent from the main process).
+        dispatch_batches: the main process reads the loader and sends each process its share of
+            every step (the others never read the dataset). Defaults to True for an
+            ``IterableDataset`` (which cannot be dealt by index), False otherwise.
+        use_stateful_dataloader: refused (torchdata's resumable loaders); resume with
+            ``load_state`` and ``skip_first_batches``.
         use_stateful_dataloader: refused when True (torchdata's StatefulDataLoader is not used);
             resume inside an epoch with ``Accelerator.skip_first_batches`` after ``load_state``.
     """
@@ -141,15 +146,6 @@ class DataLoaderConfiguration:
     use_stateful_dataloader: bool = False
 
     def __post_init__(self) -> None:
-        if self.dispatch_batches:
-            raise ValueError("DataLoaderConfiguration(dispatch_batches=True): not supported. Every process loads its "
-                             "own share of the data (through a distributed sampler), so no batch is sent from the "
-                             "main process. Drop dispatch_batches, or make the dataset readable on every process.")
-        if not self.even_batches:
-            raise ValueError("DataLoaderConfiguration(even_batches=False): not supported. Every training step is a "
-                             "collective, so every process runs the same number of batches (the last samples are "
-                             "repeated; gather_for_metrics drops the repeats). Drop even_batches, or use "
-                             "Accelerator.join_uneven_inputs for a loop you shard yourself.")
         if self.use_stateful_dataloader:
             raise ValueError("DataLoaderConfiguration(use_stateful_dataloader=True): not supported. Resume inside an "
                              "epoch with accelerator.skip_first_batches(loader, n) after load_state (which restores "

@@ -21,25 +21,42 @@ def distributed_type(strategy: Any) -> DistributedType:
 
 
 class ProcessState:
-    """``accelerator.state``: Accelerate's ``AcceleratorState`` names, read from the Accelerator
-    (one per Accelerator, not a process-wide singleton)."""
+    """``accelerator.state``: Accelerate's ``AcceleratorState`` names, one per Accelerator (not a
+    process-wide singleton; ``trainer.state.AcceleratorState()`` finds the live Accelerator's).
+
+    The facts are plain attributes, fixed when the Accelerator starts, so the state compares, copies
+    and pickles by value; ``distributed_type`` may be overridden, as Accelerate's tests do, and the
+    Accelerator's ``join_uneven_inputs`` reads it from here.
+    """
+
+    __slots__ = ("_accelerator", "__dict__")  # the Accelerator is kept out of __dict__ (compared by value)
 
     def __init__(self, accelerator: Any) -> None:
         self._accelerator = accelerator
+        self.distributed_type = accelerator.distributed_type
+        self.num_processes = accelerator.num_processes
+        self.process_index = accelerator.process_index
+        self.local_process_index = accelerator.local_process_index
+        self.device = accelerator.device
+        self.mixed_precision = accelerator.mixed_precision
         self.debug = False  # Accelerate's operation checks; accepted, not used (see docs/migrating.md)
 
-    distributed_type = property(lambda self: self._accelerator.distributed_type)
-    num_processes = property(lambda self: self._accelerator.num_processes)
-    process_index = property(lambda self: self._accelerator.process_index)
-    local_process_index = property(lambda self: self._accelerator.local_process_index)
-    is_main_process = property(lambda self: self._accelerator.is_main_process)
-    is_local_main_process = property(lambda self: self._accelerator.is_local_main_process)
-    is_last_process = property(lambda self: self._accelerator.is_last_process)
-    device = property(lambda self: self._accelerator.device)
-    mixed_precision = property(lambda self: self._accelerator.mixed_precision)
-    use_distributed = property(lambda self: self._accelerator.use_distributed)
+    is_main_process = property(lambda self: self.process_index == 0)
+    is_local_main_process = property(lambda self: self.local_process_index == 0)
+    is_last_process = property(lambda self: self.process_index == self.num_processes - 1)
+    use_distributed = property(lambda self: self.num_processes > 1)
+    initialized = property(lambda self: True)
     deepspeed_plugin = property(lambda self: self._accelerator.deepspeed_plugin)
     fsdp_plugin = property(lambda self: self._accelerator.fsdp_plugin)
+
+    def main_process_first(self) -> Any:
+        return self._accelerator.main_process_first()
+
+    def local_main_process_first(self) -> Any:
+        return self._accelerator.local_main_process_first()
+
+    def on_main_process(self, function: Any) -> Any:
+        return self._accelerator.on_main_process(function)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         self._accelerator.print(*args, **kwargs)

@@ -1,8 +1,13 @@
-"""The loop's state: the small object that a checkpoint saves and a resume restores."""
+"""The loop's state (``TrainerState``: the small object that a checkpoint saves and a resume restores), and
+Accelerate's state names (``AcceleratorState``, ``GradientState``, ``PartialState``) for hand-written loops."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import weakref
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 
 @dataclass(slots=True)

@@ -11,6 +11,22 @@ from trainer.loops.oom import free_memory, is_oom_error
 from trainer.operations import (DistributedType, broadcast, broadcast_object_list, gather, gather_object,
                                 pad_across_processes, reduce)
 from trainer.seed import seed_everything
+# Accelerate's names, importable from here as from accelerate.utils (kept out of __all__: the API
+# reference documents this library's own helpers; see docs/migrating.md for these)
+from trainer.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,  # noqa: F401
+                             GradientAccumulationPlugin, ProjectConfiguration)
+from trainer.utils.accelerate_helpers import (  # noqa: F401
+    LoggerType, PrecisionType, RNGType, clear_environment, compare_versions, convert_bytes,
+    extract_model_from_parallel, find_batch_size, get_int_from_env, get_pretty_name, get_torch_accelerator_backend,
+    is_aim_available, is_bf16_available, is_clearml_available, is_comet_ml_available, is_cuda_available,
+    is_datasets_available, is_deepspeed_available, is_dvclive_available, is_fp8_available, is_fp16_available,
+    is_hpu_available, is_matplotlib_available, is_mlflow_available, is_mlu_available, is_mps_available,
+    is_musa_available, is_namedtuple, is_neuron_available, is_npu_available, is_pandas_available, is_peft_available,
+    is_port_in_use, is_pytest_available, is_rich_available, is_sdaa_available, is_tensorboard_available,
+    is_timm_available, is_torch_tensor, is_torch_version, is_torch_xla_available, is_torchdata_available,
+    is_torchvision_available, is_transformers_available, is_wandb_available, is_xpu_available, listify, load,
+    merge_dicts, parse_choice_from_env, parse_flag_from_env, patch_environment, release_memory, save, send_to_device,
+    str_to_bool, synchronize_rng_state, synchronize_rng_states, tqdm, wait_for_everyone)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,12 +1,17 @@
-"""Accelerate's own test scripts (``accelerate/test_utils/scripts/test_sync.py`` and ``test_ops.py``, as
-installed with the accelerate package) run against ``trainer.Accelerator``: their imports are pointed
-at ours (``Accelerator``, ``DataLoaderConfiguration``, ``GradientAccumulationPlugin``,
-``GradientState``, ``DistributedType``, ``set_seed``, the operations) and their test functions are
-called on 1 and on 2 real gloo processes.
+"""Accelerate's own test scripts (``accelerate/test_utils/scripts/``, as installed with the accelerate
+package) run against this library on 1 and on 2 real gloo processes.
+
+``test_script.py`` and ``test_distributed_data_loop.py`` are loaded with only their import lines
+rewritten (``accelerate`` -> ``trainer``, see ``accelerate_script_runner.py``) and every function
+their ``main()`` calls on CPU is run; the one that fails on purpose is ``DELIBERATE`` below (and
+docs/migrating.md). ``test_sync.py`` and ``test_ops.py`` have their imported names pointed at ours.
 
 What is not run, or run adapted, is exactly what docs/migrating.md lists as a deliberate difference:
 
-- ``dispatch_batches=True`` variants: refused by name (each process loads its own share).
+- ``test_reinstantiated_state``: expects ``AcceleratorState._reset_state()`` to break a live
+  Accelerator; here each Accelerator owns its state, so it keeps working.
+- the stateful-dataloader checks of ``test_distributed_data_loop.py`` (torchdata's loaders are not
+  supported) and ``test_split_between_processes_dataset`` (needs the ``datasets`` package).
 - ``test_gradient_accumulation*`` run on a 64-sample ``RegressionDataset`` instead of 80, so every
   accumulation window is full: on a short last window our update is the exact mean over the
   window's samples where Accelerate divides by ``gradient_accumulation_steps``.
@@ -21,6 +26,8 @@ import importlib
 import pytest
 
 from tests.helpers.distributed import run_distributed
+from tests.trainer.accelerator.accelerate_script_runner import (DATA_LOOP, DATA_LOOP_ONE_PROCESS, TEST_SCRIPT,
+                                                                 TWO_PROCESSES_ONLY, run_calls)
 
 accelerate = pytest.importorskip("accelerate")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -115,3 +122,36 @@ def test_accelerate_scripts_on_two_processes():
     for sync_ran, ops_ran in results:
         assert "test_gradient_accumulation_with_opt_and_scheduler" in sync_ran
         assert "test_distributed_sync_multiple_fwd" in sync_ran and "test_reduce_sum" in ops_ran
+
+
+DELIBERATE = {"test_reinstantiated_state": "no process-wide state: AcceleratorState._reset_state() has nothing to "
+                                           "clear and a live Accelerator keeps working (Accelerate's raises)"}
+
+
+def _scripts(one_process: bool) -> dict[str, str]:
+    script_calls = [c for c in TEST_SCRIPT if not (one_process and c in TWO_PROCESSES_ONLY)]
+    results = {f"test_script:{k}": v for k, v in run_calls("test_script", script_calls).items()}
+    loop_calls = DATA_LOOP_ONE_PROCESS if one_process else DATA_LOOP
+    results.update({f"test_distributed_data_loop:{k}": v
+                    for k, v in run_calls("test_distributed_data_loop", loop_calls).items()})
+    return results
+
+
+def _check(results: dict[str, str]) -> None:
+    failed = {k: v for k, v in results.items() if v != "ok" and k.split(":", 1)[1] not in DELIBERATE}
+    assert not failed, "\n".join(f"{k}:\n{v}" for k, v in failed.items())
+    for name in DELIBERATE:  # a deliberate difference that starts passing must leave the list
+        assert results[f"test_script:{name}"] != "ok", f"{name} passes now: remove it from DELIBERATE and the docs"
+
+
+def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_one_process():
+    (results,) = run_distributed(_scripts, world_size=1, timeout=240, one_process=True)
+    assert len(results) == len(TEST_SCRIPT) - len(TWO_PROCESSES_ONLY) + len(DATA_LOOP_ONE_PROCESS)
+    _check(results)
+
+
+def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_two_processes():
+    ranks = run_distributed(_scripts, world_size=2, timeout=280, one_process=False)
+    assert len(ranks[0]) == len(TEST_SCRIPT) + len(DATA_LOOP)
+    for results in ranks:
+        _check(results)

@@ -39,8 +39,6 @@ def test_unsupported_arguments_are_refused_by_name_with_the_reason(kwargs, match
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: DataLoaderConfiguration(dispatch_batches=True), r"dispatch_batches=True.*own share"),
-    (lambda: DataLoaderConfiguration(even_batches=False), r"even_batches=False.*same number of batches"),
     (lambda: DataLoaderConfiguration(use_stateful_dataloader=True), r"use_stateful_dataloader.*skip_first_batches"),
     (lambda: GradientAccumulationPlugin(num_steps=0), r"num_steps=0.*positive int"),
     (lambda: GradientAccumulationPlugin(), r"num_steps=None"),
