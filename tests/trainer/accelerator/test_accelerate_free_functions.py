@@ -264,6 +264,18 @@ def _two_processes() -> dict:
         out["refused"] = str(err)
     with contextlib.suppress(Exception):
         uneven.wait_for_everyone()
+    # an IterableDataset: process 0 reads the stream and dispatches each process its share
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            if uneven.process_index != 0:
+                raise AssertionError("only process 0 reads a dispatched stream")
+            yield from (torch.tensor([float(i)]) for i in range(7))
+
+    dispatched = Accelerator(cpu=True)
+    stream = dispatched.prepare(DataLoader(Stream(), batch_size=2))
+    out["stream"] = [(xb.flatten().tolist(), dispatched.gather_for_metrics(xb).flatten().tolist()) for xb in stream]
     return out
 
 
@@ -284,6 +296,10 @@ def test_the_free_functions_on_two_processes():
     assert w0[2] != w1[2]
     assert ranks[0]["uneven"] == [[0.0, 1.0], [4.0]] and ranks[1]["uneven"] == [[2.0, 3.0]]
     assert all("even_batches=False" in r["refused"] and "join_uneven_inputs" in r["refused"] for r in ranks)
+    # dispatch_batches (the default for an IterableDataset): 7 items, 2 per process and step
+    assert [local for local, _ in ranks[0]["stream"]] == [[0.0, 1.0], [4.0, 5.0]]
+    assert [local for local, _ in ranks[1]["stream"]] == [[2.0, 3.0], [6.0, 4.0]]  # completed from the step's start
+    assert [v for _, gathered in ranks[0]["stream"] for v in gathered] == [float(i) for i in range(7)]
 
 
 def _launched(folder: str) -> None:
