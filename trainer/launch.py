@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
@@ -32,7 +33,7 @@ def launch_this_script(num_processes: int) -> NoReturn:
     with tempfile.TemporaryDirectory(prefix="trainer-launch-") as markers:
         os.environ[SAVED_MARKERS_ENV] = markers  # failure reports; a failed worker's peers end at once
         try:
-            with frame_named_rendezvous_events(), failed_workers_end_the_job(markers):
+            with frame_named_rendezvous_events(), failed_workers_end_the_job(markers), quiet_stop_notices():
                 elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
         except Exception as err:
             summary = failure_summary(markers, err)
@@ -42,6 +43,30 @@ def launch_this_script(num_processes: int) -> NoReturn:
         finally:
             os.environ.pop(SAVED_MARKERS_ENV, None)
     raise SystemExit(0)
+
+
+class _DropStopNotices(logging.Filter):
+    """torch's agent logs, on a signal, 'Received 2 death signal, shutting down workers' and one 'Sending
+    process N closing signal SIGINT' per worker; the launcher says the same in one line after them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("death signal, shutting down workers" in text or "closing signal SIG" in text)
+
+
+@contextlib.contextmanager
+def quiet_stop_notices() -> Iterator[None]:
+    """Within: torch's per-worker notices of a Ctrl-C/SIGTERM stop are dropped (the launcher's line and
+    each rank's 'Interrupted (Ctrl-C) ...' line say it); every other log line of the agent is kept."""
+    names = ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api")
+    drop = _DropStopNotices()
+    for name in names:
+        logging.getLogger(name).addFilter(drop)
+    try:
+        yield
+    finally:
+        for name in names:
+            logging.getLogger(name).removeFilter(drop)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer import checkpointing
+from trainer import checkpointing, interrupt
 from trainer.loops import eval_loop, misuse, stop_reason
 from trainer.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
@@ -341,6 +341,8 @@ class Trainer:
             self.interrupted = isinstance(err, KeyboardInterrupt)
             checkpointing.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
+            if self.interrupted:  # one line per rank, not a traceback per rank (trainer/interrupt.py)
+                interrupt.report(self, stage, err)
             clearer = self.accelerator.strategy.explain_failure(err)  # a dead or hung rank, named
             if clearer is not None:
                 raise clearer from None

@@ -153,7 +153,7 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     from torch.distributed import run as torchrun
 
     from trainer.launch import (failed_workers_end_the_job, failure_summary, frame_named_rendezvous_events,
-                                slurm_signals_reach_workers)
+                                quiet_stop_notices, slurm_signals_reach_workers)
 
     if cfg.min_machines is not None and cfg.min_machines < cfg.num_machines and cfg.max_restarts == 0:
         print(f"{command}: elastic ({cfg.min_machines}:{cfg.num_machines} machines) with --max-restarts 0: a machine "
@@ -177,7 +177,8 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     os.environ[SAVED_MARKERS_ENV] = markers.name  # workers that saved on SIGTERM leave a file here
     try:
         # ~0.5 CPU-s of torchrun's own start-up; a failed worker's peers stopped at once (see there)
-        with frame_named_rendezvous_events(), failed_workers_end_the_job(markers.name), slurm_signals_reach_workers():
+        with frame_named_rendezvous_events(), failed_workers_end_the_job(markers.name), slurm_signals_reach_workers(), \
+                quiet_stop_notices():
             torchrun.main(torchrun_args(cfg, script, script_args, module=module, rdzv_conf=rdzv_conf))
     except SignalException as err:  # Ctrl-C or a scheduler's signal: torchrun has stopped every worker
         import signal
