@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.callbacks.tuning import BatchSizeFinder, LearningRateFinder, LRFinderResult, TunerExit
+from trainer.callbacks.batch_size_finder import BatchSizeFinder
+from trainer.callbacks.lr_finder import LearningRateFinder, LRFinderResult
+from trainer.callbacks.tuning import TunerExit
 
 __all__ = ["LRFinderResult", "Tuner"]
 

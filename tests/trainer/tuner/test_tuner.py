@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from trainer import Trainer
 from trainer.callbacks import BatchSizeFinder, CSVLogger, LearningRateFinder
-from trainer.callbacks.tuning import LRFinderResult
+from trainer.callbacks.lr_finder import LRFinderResult
 from trainer.tuner import Tuner
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
