@@ -98,6 +98,13 @@ class ModelCheckpoint(Callback):
         self._time_interval_given = train_time_interval  # as passed: part of state_key, as in Lightning
         if isinstance(train_time_interval, datetime.timedelta):
             train_time_interval = train_time_interval.total_seconds()
+        if save_last not in (None, True, False, "link"):
+            raise MisconfigurationException(f"ModelCheckpoint(save_last={save_last!r}): expected True, False, None or "
+                                            "'link' (last.ckpt is a hard link to the checkpoint of the same step "
+                                            "either way).")
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise MisconfigurationException(f"ModelCheckpoint(dirpath={dirpath!r}): expected a directory path (str or "
+                                            "pathlib.Path), or None for <default_root_dir>/checkpoints.")
         if dirpath is not None:  # a Path, "~/ckpts": plain absolute text (what checkpoints and comparisons hold)
             dirpath = os.path.abspath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath, self.filename, self.monitor, self.mode = dirpath, filename, monitor, mode

@@ -309,6 +309,8 @@ def test_checkpointing_off_with_a_model_checkpoint_callback_is_refused():
     lambda: ModelCheckpoint(save_top_k=3),
     lambda: ModelCheckpoint(every_n_epochs=-1),
     lambda: ModelCheckpoint(every_n_train_steps=2, every_n_epochs=1),
+    lambda: ModelCheckpoint(save_last="yes"),
+    lambda: ModelCheckpoint(dirpath=3),
     lambda: EarlyStopping("x", mode="best"),
     lambda: EarlyStopping("x", patience=-1),
     lambda: Trainer(max_epochs=-5),
