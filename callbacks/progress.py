@@ -36,6 +36,11 @@ class ProgressBar(Callback):
         self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
         self._val_step: int | None = None  # global_step of fit's latest validation
 
+    def get_metrics(self, trainer: Any, module: Any) -> dict[str, float]:
+        """What the bar shows: the values logged with ``prog_bar=True``. Override it to change that
+        (Lightning's hook of the same name)."""
+        return dict(trainer.progress_bar_metrics)
+
     def _enabled(self, trainer: Any) -> bool:
         return trainer.is_global_zero and (self.force or sys.stderr.isatty())
 
@@ -60,7 +65,7 @@ class ProgressBar(Callback):
             return
         if (batch_idx + 1) % self.refresh_rate == 0:
             bar.update(batch_idx + 1 - bar.n)
-            metrics = trainer.progress_bar_metrics
+            metrics = self.get_metrics(trainer, module)
             if metrics != self._shown_metrics:
                 self._shown_metrics = dict(metrics)
                 bar.set_postfix_str(_fmt(metrics), refresh=False)
@@ -94,16 +99,17 @@ class ProgressBar(Callback):
             self._val_bar.close()
             self._val_bar = None
         if self._bar is not None:
-            self._bar.set_postfix_str(_fmt(trainer.progress_bar_metrics), refresh=True)
+            self._bar.set_postfix_str(_fmt(self.get_metrics(trainer, module)), refresh=True)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        metrics = self.get_metrics(trainer, module)
         if self._bar is not None:
-            self._bar.set_postfix_str(_fmt(trainer.progress_bar_metrics), refresh=False)
+            self._bar.set_postfix_str(_fmt(metrics), refresh=False)
             self._bar.close()
             self._bar = None
         elif trainer.is_global_zero:
             rank_zero_info(f"epoch {trainer.current_epoch}: global_step {trainer.global_step}"
-                           + (f", {_fmt(trainer.progress_bar_metrics)}" if trainer.progress_bar_metrics else ""))
+                           + (f", {_fmt(metrics)}" if metrics else ""))
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         # fit may stop inside an epoch (max_steps, max_time): no on_train_epoch_end then

@@ -47,24 +47,22 @@ def _ddp_unused(find_unused_parameters: bool) -> Callable[..., Strategy]:
     return build
 
 
-def _ddp_spawn(kind: str, indices: list[int], precision: Precision) -> Strategy:
-    """Lightning's ``ddp_spawn``: DDP over processes this library starts. They are started the one way
-    it starts processes, by re-running the script as each rank (docs/migrating.md), not forked from
-    the calling process; under torchrun or ``trainer launch`` it is plain DDP."""
-    return _ddp(kind, indices, precision)
-
-
-def _ddp_fork(name: str) -> Callable[..., Strategy]:
+def _ddp_in_process(name: str) -> Callable[..., Strategy]:
+    """Lightning's ``ddp_spawn`` / ``ddp_notebook`` / ``ddp_fork`` start the ranks from inside the calling
+    interpreter and hand the results back to it. This library starts ranks one way only, by running the
+    script once per rank (``strategy='ddp'``, torchrun, ``trainer launch``): where the ranks already run
+    (or there is one) these names are DDP; asked to start ranks, they are refused with that way."""
     def build(kind: str, indices: list[int], precision: Precision) -> Strategy:
         from .environment import detect_environment
 
         if len(indices) == 1 or detect_environment().is_distributed:
-            return _ddp(kind, indices, precision)  # nothing to fork: one process, or the ranks already run
+            return _ddp(kind, indices, precision)  # nothing to start: one process, or the ranks already run
         raise ValueError(
-            f"Trainer(strategy={name!r}, devices={len(indices)}): this library does not fork processes from a "
-            "running interpreter (a notebook's kernel cannot be re-run as each rank, and forking a process "
-            "that already runs torch's threads is unsafe). Save the code to a script and run it with "
-            f"strategy='ddp' (or `trainer launch --num-processes {len(indices)} train.py`), or use devices=1 here.")
+            f"Trainer(strategy={name!r}, devices={len(indices)}): this library does not start processes from "
+            "inside a running interpreter and hand their results back to it; it runs the script once per rank. "
+            f"Use strategy='ddp' in a script (it starts {len(indices)} processes, each re-running the script), or "
+            f"`trainer launch --num-processes {len(indices)} train.py`; in a notebook, save the code to a script "
+            "first, or use devices=1.")
     return build
 
 
@@ -106,11 +104,11 @@ STRATEGIES: dict[str, Callable[[str, list[int], Precision], Strategy]] = {
     "auto": _auto,
     "single_device": _single_device,
     "ddp": _ddp,
-    "ddp_spawn": _ddp_spawn,
+    "ddp_spawn": _ddp_in_process("ddp_spawn"),
     "ddp_find_unused_parameters_true": _ddp_unused(True),
     "ddp_find_unused_parameters_false": _ddp_unused(False),
-    "ddp_notebook": _ddp_fork("ddp_notebook"),
-    "ddp_fork": _ddp_fork("ddp_fork"),
+    "ddp_notebook": _ddp_in_process("ddp_notebook"),
+    "ddp_fork": _ddp_in_process("ddp_fork"),
     "fsdp": _fsdp,
     "deepspeed": _deepspeed(2),
     "deepspeed_stage_1": _deepspeed(1),

@@ -223,7 +223,7 @@ class MetricsPublisher:
             row = {**row, "epoch": row.get("epoch", trainer.current_epoch)}
             self.history.append((step, dict(row)))
             for logger in trainer.loggers:
-                logger.log_metrics(row, step=step)
+                logger.log_metrics(metrics=row, step=step)  # by keyword, as Lightning calls it
 
     def log_hyperparams(self) -> None:
         trainer = self._trainer

@@ -36,6 +36,10 @@ def _reduce_name(name: str, reduce_fx: Any) -> str | Callable:
     raise TypeError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): expected one of {quoted(REDUCE_FX)} or a callable.")
 
 
+class UnloggableValue(TypeError, ValueError):
+    """``self.log`` got a value that is not a number (a TypeError; a ValueError too, as Lightning raises)."""
+
+
 @dataclass(slots=True)
 class _Entry:
     on_step: bool
@@ -144,8 +148,9 @@ class Results:
                 value = value.reshape(())
             value = value.detach()
         elif not isinstance(value, numbers.Number) or isinstance(value, complex):
-            raise TypeError(f"self.log({name!r}, value): expected a number or a one-element tensor, "
-                            f"got {type(value).__name__}.")
+            raise UnloggableValue(f"self.log({name!r}, value): expected a number or a one-element tensor, "
+                                  f"got {type(value).__name__} {value!r:.80}. Log each number under its own name "
+                                  "(self.log_dict for a dict of them).")
         entry.pending.append(value)
         entry.pending_sizes.append(self.batch_size if batch_size is None else batch_size)
 

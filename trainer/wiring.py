@@ -134,7 +134,10 @@ class DataSources:
             loaders = [in_order(loader, "overfit_batches") for loader in loaders]
         if not trainer.config.use_distributed_sampler:  # the user's loaders already give each rank its share
             return loaders
-        return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train) for loader in loaders]
+        # as Lightning's use_distributed_sampler=True: on several processes the training data is shuffled
+        # (seeded, set_epoch each epoch) even from a loader built with shuffle=False
+        return [distribute_loader(loader, strategy.world_size, strategy.global_rank, train, shuffle=True if train else None)
+                for loader in loaders]
 
 
 def _check_loaders(value: Any, stage: str, name: str, single: bool = False) -> list[Any]:

@@ -58,7 +58,13 @@ def _fit(batch: int, k: int, use_num_items: bool, epochs: int = 2, **kw) -> tupl
     trainer = Trainer(max_epochs=epochs, accumulate_grad_batches=k, accelerator="cpu", logger=False,
                       enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0, **kw)
     val = DataLoader(TensorDataset(x[:7], y[:7], mask[:7]), batch_size=2)
-    trainer.fit(model, DataLoader(TensorDataset(x, y, mask), batch_size=batch), val)
+    data = TensorDataset(x, y, mask)
+    # on several processes the Trainer shuffles the training data (DistributedSampler(shuffle=True), seed 0,
+    # set_epoch each epoch, as Lightning); one process reads the same permutation, so that each of its steps
+    # takes the samples the processes' step takes together
+    sampler = None if int(os.environ.get("WORLD_SIZE", "1")) > 1 else \
+        torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)
+    trainer.fit(model, DataLoader(data, batch_size=batch, sampler=sampler), val)
     return [p.detach().tolist() for p in model.parameters()], trainer
 
 

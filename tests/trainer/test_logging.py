@@ -192,9 +192,10 @@ def test_logging_outside_a_run_warns_once_and_is_ignored():
                                 r"shape \(3,\)\. Reduce it first, e\.g\. value\.mean\(\)\."),
     (torch.ones(2, 2), ValueError, r"got a tensor of shape \(2, 2\)"),
     (torch.ones(0), ValueError, r"got a tensor of shape \(0,\)"),
-    ("1.0", TypeError, r"self\.log\('bad', value\): expected a number or a one-element tensor, got str\."),
-    ([1.0], TypeError, r"got list\."),
-    (1j, TypeError, r"got complex\."),
+    ("1.0", TypeError, r"self\.log\('bad', value\): expected a number or a one-element tensor, got str '1\.0'\."),
+    ([1.0], TypeError, r"got list \[1\.0\]\."),
+    (1j, TypeError, r"got complex 1j\."),
+    (None, ValueError, r"got NoneType None\."),  # also a ValueError, as Lightning raises
 ])
 def test_non_scalar_value_errors_with_key_and_shape(value, error, pattern, make_trainer):
     class Bad(BoringModel):

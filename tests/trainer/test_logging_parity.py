@@ -300,11 +300,13 @@ def test_lightnings_ddp_strategy_strings(name, unused):
     assert isinstance(strategy, DDPStrategy) and strategy.find_unused_parameters is unused
 
 
-def test_ddp_notebook_on_several_processes_says_what_to_do_instead():
+@pytest.mark.parametrize("name", ["ddp_spawn", "ddp_notebook", "ddp_fork"])
+def test_starting_ranks_from_inside_the_interpreter_is_refused_with_the_way_that_works(name):
     from trainer.strategies import resolve_strategy
 
-    with pytest.raises(ValueError, match=r"strategy='ddp_notebook', devices=2\).*does not fork.*strategy='ddp'"):
-        resolve_strategy("ddp_notebook", "cpu", 2)
+    with pytest.raises(ValueError, match=rf"strategy='{name}', devices=2\).*does not start processes from inside.*"
+                                         r"Use strategy='ddp' in a script"):
+        resolve_strategy(name, "cpu", 2)
 
 
 # -- point 5: manual optimization steps its own ReduceLROnPlateau ---------------------------------------------
@@ -332,3 +334,112 @@ def test_manual_optimization_runs_a_plain_reduce_lr_on_plateau(make_trainer):
     trainer.fit(Manual(), regression_loader(24, 8))  # was refused: "ReduceLROnPlateau needs a metric"
     # 3 steps: the first sets the best, the next two each halve the rate
     assert trainer.fit_loop.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+# -- point 13: on several processes the training data is shuffled, as Lightning's use_distributed_sampler ------
+
+class Records(BoringModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y, index = batch
+        self.seen.append(index.tolist())
+        self.log("train_loss", torch.nn.functional.mse_loss(self(x), y))
+        return torch.nn.functional.mse_loss(self(x), y)
+
+
+def _indexed(n=16):
+    g = torch.Generator().manual_seed(3)
+    return torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g),
+                                          torch.arange(n))
+
+
+def _shuffle_worker(opt_out: bool):
+    data = _indexed()
+    if opt_out:  # Lightning's opt-out: the loader as given, with the user's own sharding sampler
+        loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=torch.utils.data.DistributedSampler(
+            data, num_replicas=2, rank=int(os.environ["RANK"]), shuffle=False))
+    else:
+        loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=False)
+    model = Records()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, use_distributed_sampler=not opt_out)
+    trainer.fit(model, loader)
+    return {"seen": model.seen, "rank": trainer.global_rank,
+            "saved": trainer.fit_loop.state_dict()["train_shuffle"]}
+
+
+def _expected_shuffled(rank: int, world: int = 2, n: int = 16, seed: int = 0) -> list[list[int]]:
+    """torch's DistributedSampler order: randperm seeded by seed + epoch, sample i to rank i % world."""
+    batches = []
+    for epoch in range(2):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()[rank::world]
+        batches += [perm[i:i + 2] for i in range(0, len(perm), 2)]
+    return batches
+
+
+@pytest.mark.slow
+def test_two_processes_shuffle_a_loader_built_without_shuffle_and_the_opt_out_keeps_it():
+    from tests.helpers.distributed import run_distributed
+
+    for result in run_distributed(_shuffle_worker, opt_out=False):
+        assert result["seen"] == _expected_shuffled(result["rank"])
+        assert result["saved"] is True  # what a resume onto another number of processes re-deals
+    for result in run_distributed(_shuffle_worker, opt_out=True):
+        in_order = list(range(result["rank"], 16, 2))
+        assert result["seen"] == [in_order[i:i + 2] for i in range(0, 8, 2)] * 2
+        assert result["saved"] is False
+
+
+# -- point 1 on two processes: a callback deciding at validation end sees rank zero's training value ---------
+
+def _monitor_worker():
+    class Sees(Callback):
+        values: list[float] = []
+
+        def on_validation_end(self, trainer, module):
+            if not trainer.sanity_checking:
+                Sees.values.append(trainer.callback_metrics["train_loss"])
+
+    model = Records()
+    stopper = EarlyStopping(monitor="train_loss", patience=1)
+    trainer = Trainer(max_epochs=3, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, log_every_n_steps=50, num_sanity_val_steps=0,
+                      callbacks=[Sees(), stopper])
+    data = _indexed()
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=2),
+                torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.tensors[0], data.tensors[1]),
+                                            batch_size=4))
+    return {"values": Sees.values, "epoch": trainer.current_epoch, "wait": stopper.wait_count}
+
+
+@pytest.mark.slow
+def test_two_processes_decide_at_validation_end_on_rank_zeros_current_training_value():
+    from tests.helpers.distributed import run_distributed
+
+    ranks = run_distributed(_monitor_worker)
+    assert ranks[0] == ranks[1]  # the same values, hence the same decisions, on both ranks
+    assert len(ranks[0]["values"]) == ranks[0]["epoch"] and ranks[0]["values"]
+
+
+# -- point 16: several processes on one machine share its CPUs (as Lightning's DDP) -----------------------------
+
+@pytest.mark.parametrize("preset", [None, "3"])
+def test_several_processes_on_one_machine_take_their_share_of_the_cpus(preset):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if preset is not None:
+        env["OMP_NUM_THREADS"] = preset
+    code = ("import os, torch; from trainer.strategies.process_group import share_cpu_threads; "
+            "before = torch.get_num_threads(); share_cpu_threads(2); "
+            "print(before, torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], len(os.sched_getaffinity(0)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    before, after, variable, cpus = out.stdout.split()
+    if preset is None:  # each of the 2 processes: half the CPUs, at least one thread
+        assert int(after) == max(1, int(cpus) // 2) and variable == after
+    else:  # the user's setting wins
+        assert (after, variable) == (before, "3")

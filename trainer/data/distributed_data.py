@@ -41,12 +41,14 @@ def default_data_seed() -> int:
 
 
 def distribute_loader(loader: Any, world_size: int, rank: int, train: bool, split_batches: bool = False,
-                      seedable: bool = False, data_seed: int | None = None) -> Any:
+                      seedable: bool = False, data_seed: int | None = None, shuffle: bool | None = None) -> Any:
     """``loader`` with a sampler that gives this process its share; other iterables unchanged.
 
     ``split_batches``: the loader's batch size is the global batch, divided between the processes.
     ``seedable``: shuffle with a sampler seeded by ``data_seed`` (else the global seed) and the
     epoch, one process included, so the order depends only on the seed and the epoch.
+    ``shuffle``: whether a training loader's distributed sampler shuffles (None: as the loader did;
+    the Trainer passes True, as Lightning's ``use_distributed_sampler=True`` does).
     """
     if not isinstance(loader, DataLoader):
         return loader
@@ -71,7 +73,8 @@ def distribute_loader(loader: Any, world_size: int, rank: int, train: bool, spli
                          "shuffle=True/False.")
     if train:
         sampler: Sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
-                                              shuffle=isinstance(loader.sampler, RandomSampler),
+                                              shuffle=isinstance(loader.sampler, RandomSampler) if shuffle is None
+                                              else shuffle,
                                               seed=default_data_seed() if data_seed is None else data_seed,
                                               drop_last=loader.drop_last)
     else:

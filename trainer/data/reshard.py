@@ -187,6 +187,8 @@ def plan_for_resume(loop: Any, loader: Any, pending: dict[str, Any]) -> Reshard 
         if cfg.limit_train_batches not in (None, 1.0) or cfg.overfit_batches:
             raise _cannot("limit_train_batches/overfit_batches cut the epoch by a number of batches per process")
         shuffle, _ = _sampling(loader)
+        if pending["world_size"] > 1 and pending.get("shuffle") is not None:
+            shuffle = pending["shuffle"]  # the order the saving processes' sampler dealt
         n = len(loader.dataset)
         batch_size = pending["batch_size"] = pending["batch_size"] or loader.batch_size
         if pending["consumed"] is None:  # batches done on every process of the epoch's own run

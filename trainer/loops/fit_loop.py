@@ -109,6 +109,7 @@ class FitLoop:
             "callback_metrics": dict(self.metrics.callback_metrics),
             # what a resume on another number of processes needs to rebuild the epoch's order (reshard.py)
             "train_batch_size": getattr(self.trainer.train_dataloader, "batch_size", None),
+            "train_shuffle": _distributed_shuffle(self.trainer.train_dataloader),
             "data_seed": default_data_seed(),
         }
         if reshard is not None:  # this epoch's rest was re-dealt: its order is the one that started it
@@ -608,6 +609,12 @@ def _is_val_time(cfg: Any, state: Any, batch_idx: int, is_last: bool, every: int
         return is_last
     count = state.batches_seen if cfg.check_val_every_n_epoch is None else batch_idx + 1
     return count % every == 0
+
+
+def _distributed_shuffle(loader: Any) -> bool | None:
+    """Whether the training loader's distributed sampler shuffles (None: no such sampler)."""
+    sampler = getattr(loader, "sampler", None)
+    return bool(sampler.shuffle) if isinstance(sampler, torch.utils.data.DistributedSampler) else None
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:

@@ -282,6 +282,8 @@ def _epoch_order(ckpt: dict[str, Any], path: str, world_size: int) -> dict[str, 
     if origin is None:  # the epoch was dealt by the processes that saved it
         origin = {"world_size": saved_world, "batch_size": loops.get("train_batch_size"),
                   "seed": loops.get("data_seed", default_data_seed()), "consumed": None}
+        if loops.get("train_shuffle") is not None:  # how its distributed sampler dealt it (older files: as this run's)
+            origin["shuffle"] = bool(loops["train_shuffle"])
     return {**origin, "path": path, "saved_world": saved_world, "batch_idx": loops["batch_idx"]}
 
 
