@@ -18,7 +18,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: $(VENV)/.installed
+# The demo needs only the package and matplotlib (its loss PNG): no dev extras (DeepSpeed, W&B, MLflow,
+# the docs tools...), so a fresh clone trains within minutes. `make test` adds the dev extras later.
+$(VENV)/.installed-demo: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e . matplotlib
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(PY) examples/char_transformer.py
 
 test: $(VENV)/.installed

@@ -50,6 +50,9 @@ def test_demo_trains_validates_and_samples(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Fit finished: 60 optimizer steps" in out  # the Trainer's end-of-fit summary
     assert "characters sampled after 'def '" in out
+    # a tiny run's sample is noise: the demo says what the user is looking at before showing it
+    assert out.index("What to expect: after 60 steps on a CPU") < out.index("characters sampled after")
+    assert "--max-time guard" not in out  # it ended as planned
     assert "def " + result.sample in out
     assert (tmp_path / "runs").is_dir()  # the metrics went under --default-root-dir, not the cwd
 
@@ -62,6 +65,15 @@ def test_demo_sampling_is_seeded(tmp_path):
     first = model.generate([1, 2, 3], num_chars=20, seed=7)
     assert len(first) == 20 and all(0 <= i < 50 for i in first)
     assert model.generate([1, 2, 3], num_chars=20, seed=7) == first  # longer than block_size: the window slides
+
+
+def test_demo_says_when_its_time_guard_cut_training_short(tmp_path, capsys):
+    demo = _load_demo()
+    result = demo.main([*TINY, "--max-time", "0.5", "--default-root-dir", str(tmp_path / "runs")])
+    assert result.trainer.global_step < 60
+    out = capsys.readouterr().out
+    assert f"The --max-time guard (0.5 s) ended training at step {result.trainer.global_step} of 60" in out
+    assert "stopped: max_time=0.5 s reached" in out
 
 
 def test_demo_rejects_steps_that_end_between_validations():
