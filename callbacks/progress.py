@@ -35,6 +35,18 @@ class ProgressBar(Callback):
         self._samples_at_start = self._steps_at_start = self._batches_at_start = 0
         self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
         self._val_step: int | None = None  # global_step of fit's latest validation
+        self._trainer: Any = None
+
+    @property
+    def trainer(self) -> Any:
+        """The Trainer this bar is attached to (Lightning's ``ProgressBar.trainer``), from ``setup`` on."""
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__}.trainer: the bar is not attached to a Trainer yet; it is from "
+                               "the stage's setup on.")
+        return self._trainer
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        self._trainer = trainer
 
     def get_metrics(self, trainer: Any, module: Any) -> dict[str, float]:
         """What the bar shows: the values logged with ``prog_bar=True``. Override it to change that

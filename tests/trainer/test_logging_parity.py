@@ -443,3 +443,26 @@ def test_several_processes_on_one_machine_take_their_share_of_the_cpus(preset):
         assert int(after) == max(1, int(cpus) // 2) and variable == after
     else:  # the user's setting wins
         assert (after, variable) == (before, "3")
+
+
+# -- the progress bar's Lightning hooks ------------------------------------------------------------------------
+
+def test_progress_bar_get_metrics_is_what_it_shows_and_it_knows_its_trainer(capsys):
+    from trainer.callbacks import ProgressBar
+
+    class Renamed(ProgressBar):
+        def get_metrics(self, trainer, module):
+            assert self.trainer is trainer
+            return {f"my_{k}": v for k, v in super().get_metrics(trainer, module).items()}
+
+    class Shown(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("shown", 2.0, prog_bar=True)
+            return super().training_step(batch, batch_idx)
+
+    trainer = Trainer(max_epochs=1, logger=False, accelerator="cpu", enable_model_summary=False,
+                      enable_checkpointing=False, precision="32-true", callbacks=[Renamed()])
+    trainer.fit(Shown(), regression_loader(16, 8))
+    assert "epoch 0: global_step 2, my_shown=2" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        ProgressBar().trainer
