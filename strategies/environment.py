@@ -153,6 +153,6 @@ class SLURMEnvironment:
         except (OSError, subprocess.TimeoutExpired) as err:
             return f"`scontrol requeue {job}` could not run ({err}); requeue the job by hand"
         if done.returncode != 0:
-            return (f"`scontrol requeue {job}` failed (exit {done.returncode}: {(done.stderr or done.stdout).strip()}); "
-                    "requeue the job by hand")
+            said = (done.stderr or done.stdout).strip()
+            return f"`scontrol requeue {job}` failed (exit {done.returncode}: {said}); requeue the job by hand"
         return f"requeued job {job} (`scontrol requeue {job}`): it resumes from this checkpoint with the same command"

@@ -100,7 +100,7 @@ def save_on_preemption(trainer: Any) -> None:
     """SIGTERM arrived: the optimizer step is done; save last.ckpt and leave fit. SLURM's warning signal
     (``SLURMEnvironment``) on any rank: the same, then rank zero requeues the job."""
     path = os.path.join(trainer.checkpoint_dir, "last.ckpt")
-    requeue = trainer._slurm.requeues() and any(trainer.accelerator.strategy.all_gather_object(
+    requeue = trainer.slurm_environment.requeues() and any(trainer.accelerator.strategy.all_gather_object(
         getattr(trainer.fit_loop, "requeue_signalled", False)))
     bad = non_finite_parameters(trainer.module, trainer.accelerator.strategy.all_gather_object)
     if bad:  # never replace last.ckpt with weights that cannot train
@@ -116,8 +116,9 @@ def save_on_preemption(trainer: Any) -> None:
         trainer.checkpoint_callback.last_model_path = path
     if requeue:
         if trainer.is_global_zero:
-            rank_zero_info(f"Received SLURM's warning signal ({trainer._slurm.requeue_signal.name}): saved {path} at "
-                           f"global_step {trainer.global_step}; {trainer._slurm.requeue()}.")
+            slurm = trainer.slurm_environment
+            rank_zero_info(f"Received SLURM's warning signal ({slurm.requeue_signal.name}): saved {path} at "
+                           f"global_step {trainer.global_step}; {slurm.requeue()}.")
         raise Preempted()
     if trainer.is_global_zero:
         rank_zero_info(f"Received SIGTERM: saved {path} at global_step {trainer.global_step}. Run the same command "

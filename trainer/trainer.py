@@ -78,7 +78,8 @@ class Trainer:
                  logger: Any = None, profiler: Any = None, **loop_settings: Any) -> None:
         from trainer.strategies import SLURMEnvironment
 
-        self._slurm = _check_plugins(loop_settings.pop("plugins", None)) or SLURMEnvironment()
+        # SLURM auto-requeue settings (Trainer(plugins=[SLURMEnvironment(...)])); ranks come from the environment
+        self.slurm_environment = _check_plugins(loop_settings.pop("plugins", None)) or SLURMEnvironment()
         unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
         if unknown:
             from trainer.strategies._util import did_you_mean
@@ -358,7 +359,7 @@ class Trainer:
 
     def _fit(self, ckpt_path: str | None) -> None:
         loop, found = self.fit_loop, None
-        if ckpt_path is None and self._slurm.auto_requeue and self._slurm.requeued():
+        if ckpt_path is None and self.slurm_environment.auto_requeue and self.slurm_environment.requeued():
             requeue_save = os.path.join(self.checkpoint_dir, "last.ckpt")
             if os.path.exists(requeue_save):  # SLURM requeued this job after its warning signal: go on from there
                 ckpt_path = requeue_save
@@ -378,7 +379,8 @@ class Trainer:
                            self.strategy.world_size)
         val_loaders = self._data.fit_val_loaders()
         loop.stop_agreement = StopAgreement(self.strategy.world_size)
-        with sigterm_sets_flag(loop, self._slurm.requeue_signal if self._slurm.requeues() else None):
+        slurm = self.slurm_environment
+        with sigterm_sets_flag(loop, slurm.requeue_signal if slurm.requeues() else None):
             loop.run(train_loader, val_loaders)
         loop.stop_agreement.drain()
 

@@ -152,7 +152,7 @@ def test_slurm_environment_settings_and_where_it_applies():
     assert not SLURMEnvironment().requeues({**env, "SLURM_JOB_NAME": "bash"})  # an interactive shell
     assert SLURMEnvironment.requeued({**env, "SLURM_RESTART_COUNT": "1"}) and not SLURMEnvironment.requeued(env)
     assert SLURMEnvironment(requeue_signal=signal.SIGUSR2).requeue_signal is signal.SIGUSR2
-    assert Trainer(plugins=[SLURMEnvironment(auto_requeue=False)], logger=False)._slurm.auto_requeue is False
+    assert Trainer(plugins=[SLURMEnvironment(auto_requeue=False)], logger=False).slurm_environment.auto_requeue is False
     with pytest.raises(TypeError, match=r"auto_requeue='no'\): expected True or False"):
         SLURMEnvironment(auto_requeue="no")
     with pytest.raises(ValueError, match=r"requeue_signal=SIGTERM\): that signal cannot be caught or already means"):
