@@ -11,6 +11,7 @@ from trainer import Trainer
 from trainer.callbacks import GradientAccumulationScheduler, LambdaCallback
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.models import rank_shard_loader
 from tests.helpers.trainers import LEAN
 
 SCHEDULE = {1: 2, 2: 3}  # epoch 0: 1, epoch 1: 2, epoch 2: 3 (a short last window: 7 batches)
@@ -105,16 +106,17 @@ def test_the_loop_refuses_a_change_inside_a_window(make_trainer):
         if batch_idx == 1:
             trainer.fit_loop.set_accumulate_grad_batches(3)
 
-    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[LambdaCallback(on_train_batch_start=change)],
-                           **LEAN)
+    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2,
+                           callbacks=[LambdaCallback(on_train_batch_start=change)], **LEAN)
     with pytest.raises(RuntimeError, match=r"set_accumulate_grad_batches\(3\) inside an accumulation window"):
         trainer.fit(BoringModel(), regression_loader(32, 8))
 
 
 def _ddp_worker():
     model = BoringModel()
-    Trainer(max_epochs=3, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
-            callbacks=[GradientAccumulationScheduler(SCHEDULE)], **LEAN).fit(model, regression_loader(112, 4))
+    Trainer(max_epochs=3, accelerator="cpu", strategy="ddp", use_distributed_sampler=False,
+            logger=False, enable_progress_bar=False,
+            callbacks=[GradientAccumulationScheduler(SCHEDULE)], **LEAN).fit(model, rank_shard_loader(112, 4))
     return _weights(model).tolist()
 
 

@@ -11,6 +11,7 @@ from trainer import Trainer
 from trainer.callbacks import BackboneFinetuning, BaseFinetuning
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.models import rank_shard_loader
 from tests.helpers.trainers import LEAN
 
 
@@ -105,8 +106,9 @@ def test_helpers_freeze_and_filter():
 
 def _ddp_worker():
     model = WithBackbone()
-    Trainer(max_epochs=3, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
-            callbacks=[_callback()], **LEAN).fit(model, regression_loader(96, 4))
+    Trainer(max_epochs=3, accelerator="cpu", strategy="ddp", use_distributed_sampler=False,
+            logger=False, enable_progress_bar=False,
+            callbacks=[_callback()], **LEAN).fit(model, rank_shard_loader(96, 4))
     return _weights(model).tolist()
 
 

@@ -11,6 +11,7 @@ from trainer import Trainer
 from trainer.callbacks import SpikeDetection, TrainingSpikeError
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.models import rank_shard_loader
 from tests.helpers.trainers import LEAN
 
 
@@ -97,8 +98,9 @@ def test_bad_arguments_are_refused():
 
 def _ddp_worker():
     model, detector = Spiky(spikes={6}, rank=1), SpikeDetection()
-    Trainer(max_epochs=2, accelerator="cpu", strategy="ddp", logger=False, enable_progress_bar=False,
-            callbacks=[detector], **LEAN).fit(model, regression_loader(128, 4))
+    Trainer(max_epochs=2, accelerator="cpu", strategy="ddp", use_distributed_sampler=False,
+            logger=False, enable_progress_bar=False,
+            callbacks=[detector], **LEAN).fit(model, rank_shard_loader(128, 4))
     return detector.skipped_steps, _weights(model).tolist()
 
 

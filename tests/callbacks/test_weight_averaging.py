@@ -12,6 +12,7 @@ from trainer import Trainer
 from trainer.callbacks import Callback, EMAWeightAveraging, LambdaCallback, StochasticWeightAveraging
 from tests.helpers import BoringModel, RandomRegression, regression_loader
 from tests.helpers.distributed import run_distributed
+from tests.helpers.models import rank_shard_loader
 from tests.helpers.trainers import LEAN
 
 
@@ -183,7 +184,8 @@ def _ddp_worker():
     models = {"swa": Net(), "ema": Net(), "swa_bn": Net(batch_norm=True)}
     for name, callback in (("swa", _swa()), ("ema", EMAWeightAveraging(decay=0.8)), ("swa_bn", _swa())):
         Trainer(max_epochs=2 if name == "ema" else 4, accelerator="cpu", strategy="ddp", logger=False,
-                enable_progress_bar=False, callbacks=[callback], **LEAN).fit(models[name], regression_loader(96, 4))
+                use_distributed_sampler=False, enable_progress_bar=False, callbacks=[callback], **LEAN).fit(
+            models[name], rank_shard_loader(96, 4))
     return {name: _state(model).tolist() for name, model in models.items()}
 
 

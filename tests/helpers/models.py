@@ -26,6 +26,20 @@ def regression_loader(n: int = 64, batch_size: int = 8, shuffle: bool = False, s
     return DataLoader(RandomRegression(n, seed=seed), batch_size=batch_size, shuffle=shuffle, **kw)
 
 
+def rank_shard_loader(n: int = 64, batch_size: int = 8, seed: int = 0) -> DataLoader:
+    """This process's share of ``RandomRegression(n)``, dealt round-robin in order (rank r takes samples r,
+    r + world_size, ...), for ``Trainer(use_distributed_sampler=False)``: on 2 processes with batch b each step
+    takes the samples one process's step of 2b takes from the plain order (the Trainer's own sampler shuffles)."""
+    import os
+
+    from torch.utils.data import DistributedSampler
+
+    data = RandomRegression(n, seed=seed)
+    sampler = DistributedSampler(data, num_replicas=int(os.environ.get("WORLD_SIZE", "1")),
+                                 rank=int(os.environ.get("RANK", "0")), shuffle=False)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler)
+
+
 class BoringModel(TrainModule):
     """A linear regression with SGD; logs train/loss and val/loss."""
 
