@@ -128,6 +128,7 @@ class ModelCheckpoint(Callback):
         self._saw_validation = False
         self._locked = False
         self._last_saved_step = -1  # the global_step last.ckpt was last written at
+        self._replaced_last: str | None = None  # a previous last file to remove once the new one is whole
 
     @property
     def state_key(self) -> str:
@@ -331,11 +332,12 @@ class ModelCheckpoint(Callback):
 
     def _last_path(self, trainer: Any, metrics: dict[str, Any]) -> str:
         """Where last.ckpt goes (``CHECKPOINT_NAME_LAST`` filled in); sets ``last_model_path`` (it is
-        part of the checkpoint's state) and removes the previous one when the name changed."""
+        part of the checkpoint's state). When the name changed, the previous one is removed once the
+        new one is written (see ``_write``)."""
         path = self._path(trainer, metrics, name=self.CHECKPOINT_NAME_LAST, reuse=self.last_model_path)
         previous, self.last_model_path = self.last_model_path, path
         if previous and previous != path and previous not in self.best_k_models and previous not in self._latest:
-            self._remove(trainer, [previous])
+            self._replaced_last = previous
         return path
 
     def _parameters_finite(self, trainer: Any, quiet: bool = False) -> bool:
@@ -375,6 +377,9 @@ class ModelCheckpoint(Callback):
             self._remove(trainer, evicted)
         if last is not None and not (written and self._link_last(trainer, written, last, collective=ckpt is None)):
             save(last)
+        if last is not None and self._replaced_last:  # a templated last name moved on: the old file goes now
+            self._remove(trainer, [self._replaced_last])
+            self._replaced_last = None
 
     def _link_last(self, trainer: Any, written: str, last: str, collective: bool) -> bool:
         """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
