@@ -10,6 +10,7 @@ from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
 from .on_exception_checkpoint import OnExceptionCheckpoint
 from .prediction_writer import BasePredictionWriter
+from .ray_train import RayTrainReportCallback
 from .model_summary import ModelSummary
 from .monitors import DeviceStatsMonitor, ThroughputMonitor, Timer
 from .progress import ProgressBar
@@ -22,4 +23,4 @@ from .weight_averaging import EMAWeightAveraging, WeightAveraging
 
 __all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "LearningRateFinder", "BatchSizeFinder", "SpikeDetection", "TrainingSpikeError", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer",
-           "EarlyStoppingReason", "OnExceptionCheckpoint"]
+           "EarlyStoppingReason", "OnExceptionCheckpoint", "RayTrainReportCallback"]
