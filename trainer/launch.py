@@ -34,7 +34,7 @@ def launch_this_script(num_processes: int) -> NoReturn:
         os.environ[SAVED_MARKERS_ENV] = markers  # failure reports; a failed worker's peers end at once
         try:
             with frame_named_rendezvous_events(), failed_workers_end_the_job(markers), quiet_stop_notices():
-                elastic_launch(config, sys.executable)("-u", script, *sys.argv[1:])
+                elastic_launch(config, sys.executable)("-u", *_how_this_ran(script), *sys.argv[1:])
         except Exception as err:
             summary = failure_summary(markers, err)
             if summary is not None:
@@ -43,6 +43,16 @@ def launch_this_script(num_processes: int) -> NoReturn:
         finally:
             os.environ.pop(SAVED_MARKERS_ENV, None)
     raise SystemExit(0)
+
+
+def _how_this_ran(script: str) -> list[str]:
+    """How to start this program again: ``-m package`` when it ran as ``python -m package`` (run as a file,
+    ``package/__main__.py`` would put the package's own folder first on sys.path, where a module such as
+    trainer/logging.py shadows the standard library's), else the script's path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return ["-m", spec.name.removesuffix(".__main__")]
+    return [script]
 
 
 class _DropStopNotices(logging.Filter):

@@ -44,10 +44,10 @@ QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", 
          "false", "--trainer.accelerator", "cpu"]
 
 
-def _run_example(tmp_path, *extra, stage="fit"):
-    # the console script: a run on several processes re-runs it per rank (as torchrun would a script)
+def _run_example(tmp_path, *extra, stage="fit", module=False):
+    # the console script, or `python -m trainer`: a run on several processes starts it again per rank
     script = Path(sys.executable).parent / "trainer"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "trainer"]
+    command = [str(script)] if script.exists() and not module else [sys.executable, "-m", "trainer"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([*command, stage, "--config", "cli_regression.yaml",
                            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir",
@@ -138,8 +138,10 @@ def test_a_missing_jsonargparse_names_the_extra(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_example_on_two_processes(tmp_path):
-    done = _run_example(tmp_path, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2")
+@pytest.mark.parametrize("module", [False, True], ids=["trainer", "python -m trainer"])
+def test_the_example_on_two_processes(tmp_path, module):
+    done = _run_example(tmp_path, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                        module=module)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["metadata"]["world_size"] == 2
