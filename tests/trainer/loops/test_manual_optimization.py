@@ -102,12 +102,18 @@ class GAN(TrainModule):
         return [{"optimizer": o, "lr_scheduler": {"scheduler": s, "interval": "epoch"}} for o, s in zip(opts, scheds)]
 
 
-def _reference(batch_size: int, epochs: int) -> list[list]:
-    """The same arithmetic in a plain loop."""
+def _reference(batch_size: int, epochs: int, distributed_order: bool = False) -> list[list]:
+    """The same arithmetic in a plain loop. ``distributed_order``: read the permutation the Trainer's
+    DistributedSampler deals on several processes (shuffle=True, seed 0, set_epoch each epoch)."""
     g, d = _nets()
     (g_opt, d_opt), scheds = _optimizers(g, d)
-    loader = DataLoader(_data(), batch_size=batch_size)
-    for _ in range(epochs):
+    data = _data()
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0) \
+        if distributed_order else None
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         for real, z in loader:
             _gan_arithmetic(g, d, real, z, g_opt, d_opt, lambda loss: loss.backward(),
                             lambda opt: torch.nn.utils.clip_grad_norm_(d.parameters(), 0.5))
@@ -298,9 +304,11 @@ def _ddp_gan_worker():
 @pytest.mark.timeout(180)
 def test_gan_in_two_ddp_processes_equals_one_process_with_the_whole_batch():
     """Each process runs 2 samples; manual_backward averages the gradients, so clipping and both
-    steps see the 4-sample gradient (the DDP reducer is not used: a GAN runs two backward calls)."""
+    steps see the 4-sample gradient (the DDP reducer is not used: a GAN runs two backward calls).
+    The processes read the training data shuffled (as Lightning's use_distributed_sampler); one
+    process with the whole batch reads the same permutation."""
     ranks = run_distributed(_ddp_gan_worker, world_size=2)
-    want = _reference(batch_size=4, epochs=2)
+    want = _reference(batch_size=4, epochs=2, distributed_order=True)
     for rank in ranks:
         assert rank["steps"] == 2 * 2 * 6
         _assert_equal(rank["weights"], want)
