@@ -68,6 +68,31 @@ def test_lr_find_returns_the_curve_a_suggestion_and_a_png_and_leaves_the_run_as_
     assert torch.equal(_weights(model), _weights(plain))
 
 
+def test_the_curve_is_a_plain_pytorch_range_test(make_trainer):
+    """Rates min_lr * (max_lr / min_lr) ** (i / (n - 1)) (or linear), one SGD step each on the next batch (the
+    loader again from its start when it ends), the loss smoothed as Lightning's (beta 0.98, bias-corrected)."""
+    for mode in ("exponential", "linear"):
+        result = Tuner(make_trainer(max_epochs=1, **LEAN)).lr_find(
+            BoringModel(lr=0.05), regression_loader(32, 8), min_lr=1e-3, max_lr=0.5, num_training=10, mode=mode,
+            early_stop_threshold=None, update_attr=False)
+        model, data = BoringModel(lr=0.05), RandomRegression(32)
+        opt, average, lrs, losses = torch.optim.SGD(model.parameters(), lr=0.05), 0.0, [], []
+        for i in range(10):
+            t = i / 9
+            lr = 1e-3 * (0.5 / 1e-3) ** t if mode == "exponential" else 1e-3 + (0.5 - 1e-3) * t
+            opt.param_groups[0]["lr"] = lr
+            start = (i % 4) * 8
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(data.x[start:start + 8]), data.y[start:start + 8])
+            loss.backward()
+            opt.step()
+            average = 0.98 * average + 0.02 * loss.item()
+            lrs.append(lr)
+            losses.append(average / (1 - 0.98 ** (i + 1)))
+        assert result.results["lr"] == pytest.approx(lrs, rel=1e-12)
+        assert result.results["loss"] == pytest.approx(losses, rel=1e-6)
+
+
 def test_lr_find_stops_early_once_the_loss_diverges_and_updates_the_attribute(make_trainer):
     model = BoringModel(lr=0.05)
     result = Tuner(make_trainer(max_epochs=1, **LEAN)).lr_find(model, regression_loader(64, 8), min_lr=1e-4,
