@@ -7,8 +7,9 @@ process ``r`` batch ``s * N + r`` of the order one process would read (``split_b
 ``r``-th slice of batch ``s``). N processes at the same seed therefore see, step by step, exactly the
 samples one process sees with N times the batch (or accumulation N), and gathering a step's batches in
 rank order gives the single-process order. The order comes from the loader's own sampler and
-``generator=``: at the start of every pass, process 0's draw is sent to the others (one small
-broadcast per pass), so processes whose global random streams differ still agree.
+``generator=`` (a shuffle without one gets a generator seeded from torch's stream when it is
+prepared, as Accelerate does); at the start of every pass process 0's generator state is sent to the
+others (one small broadcast per pass), so processes whose global random streams differ still agree.
 
 ``even_batches=True`` (the default) completes the last step by cycling back to the first samples of
 the pass, so every process runs the same number of steps (``gather_for_metrics`` drops the repeats
@@ -193,9 +194,10 @@ class BatchSamplerShard(BatchSampler):
 
 def _same_order_everywhere(batch_sampler: Any, world: int) -> Iterator[Any]:
     """Iterate ``batch_sampler`` with process 0's random order on every process: a ``RandomSampler``
-    with a ``generator`` gets process 0's generator state; one without draws its seed from torch's
-    global stream as it would alone, and process 0's seed is used. A ``SeedableRandomSampler`` needs
-    nothing (its order is the seed and the epoch)."""
+    with a ``generator`` (``shard_for_processes`` gives one to a sampler without) gets process 0's
+    generator state; one whose generator was taken away again draws its seed from torch's global
+    stream as it would alone, and process 0's seed is used. A ``SeedableRandomSampler`` needs nothing
+    (its order is the seed and the epoch)."""
     sampler = getattr(batch_sampler, "sampler", None)
     if world == 1 or not isinstance(sampler, RandomSampler) or isinstance(sampler, SeedableRandomSampler):
         yield from batch_sampler
@@ -376,6 +378,12 @@ def shard_for_processes(loader: Any, num_processes: int, process_index: int, spl
         inner: Any = loader.sampler
     else:
         inner = loader.batch_sampler
+    sampler = getattr(inner, "sampler", None)
+    if isinstance(sampler, RandomSampler) and not isinstance(sampler, SeedableRandomSampler) \
+            and sampler.generator is None:
+        # as Accelerate: the shuffle gets a generator of its own, seeded now by one draw from torch's
+        # stream; process 0's state of it is used by every process at each pass
+        sampler.generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
     shard = BatchSamplerShard(inner, num_processes, process_index, split_batches, even_batches)
     kwargs = loader_kwargs(loader)
     if loader.batch_sampler is None:  # each item of the sampler is fetched as it is (an automatic batch or not)
