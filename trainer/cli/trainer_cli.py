@@ -25,6 +25,8 @@ import sys
 import typing
 from typing import Any, Optional, Union
 
+import torch
+
 from trainer import DataModule, Trainer, TrainModule, seed_everything
 from trainer.callbacks import Callback
 from trainer.callbacks.logger import Logger
@@ -140,6 +142,7 @@ class TrainerCLI:
         init = self.config_init[self.subcommand] if run else self.config_init
         self.model = init.get("model")
         self.datamodule = init.get("data")
+        _configure_optimizers_from(self.model, init.get("optimizer"), init.get("lr_scheduler"))
         callbacks = []
         if save_config_callback is not None:
             sub = self.parser._subcommands_action._name_parser_map[self.subcommand] if run else self.parser
@@ -166,6 +169,13 @@ class TrainerCLI:
                                           help="the DataModule: a class_path and its init_args")
         else:
             parser.add_class_arguments(self.datamodule_class, "data")
+        # Lightning's optimizer/lr_scheduler groups: given, they replace the module's configure_optimizers
+        parser.add_subclass_arguments(torch.optim.Optimizer, "optimizer", required=False, skip={"params"},
+                                      instantiate=False, fail_untyped=False,
+                                      help="an optimizer for the module's parameters, e.g. --optimizer Adam")
+        parser.add_subclass_arguments(torch.optim.lr_scheduler.LRScheduler, "lr_scheduler", required=False,
+                                      skip={"optimizer"}, instantiate=False, fail_untyped=False,
+                                      help="a scheduler of that optimizer, stepped every epoch, e.g. StepLR")
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="fit: resume from it ('last' for the newest); others: load its weights ('best')")
         return parser
@@ -224,6 +234,40 @@ class TrainerCLI:
     def _run_subcommand(self, subcommand: str, init: Any) -> Any:
         kwargs: dict[str, Any] = {"datamodule": self.datamodule, "ckpt_path": init.get("ckpt_path")}
         return getattr(self.trainer, subcommand)(self.model, **kwargs)
+
+
+def _configure_optimizers_from(model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+    """``--optimizer`` (and ``--lr_scheduler``) given: the module's ``configure_optimizers`` builds them instead
+    of its own (said once when the module defines one), as Lightning's CLI does."""
+    if optimizer is None:
+        if lr_scheduler is not None:
+            raise ValueError("--lr_scheduler was given without --optimizer: the scheduler needs the optimizer the CLI "
+                             "builds. Add --optimizer (e.g. --optimizer SGD --optimizer.lr 0.1), or set the scheduler "
+                             "in configure_optimizers.")
+        return
+    if type(model).configure_optimizers is not TrainModule.configure_optimizers:
+        from trainer._logging import rank_zero_info
+
+        rank_zero_info(f"--optimizer {optimizer['class_path']}: it replaces {type(model).__name__}.configure_optimizers "
+                       "for this run.")
+
+    def configure_optimizers() -> Any:
+        opt = _instantiate(optimizer, model.parameters())
+        if lr_scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": _instantiate(lr_scheduler, opt), "interval": "epoch"}}
+
+    model.configure_optimizers = configure_optimizers
+
+
+def _instantiate(spec: Any, first: Any) -> Any:
+    """``class_path(first, **init_args)`` from a jsonargparse subclass spec."""
+    import importlib
+
+    module, _, name = spec["class_path"].rpartition(".")
+    init_args = spec.get("init_args") or {}
+    init_args = dict(init_args.items() if hasattr(init_args, "items") else vars(init_args).items())
+    return getattr(importlib.import_module(module), name)(first, **init_args)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -94,6 +94,18 @@ def test_trainer_defaults_and_callbacks_from_a_config_dict():
     assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/loss" and checkpoint.save_top_k == 2
 
 
+def test_optimizer_and_lr_scheduler_groups_replace_configure_optimizers():
+    cli = TrainerCLI(CliNet, save_config_callback=None, args=[
+        "fit", *QUIET, "--trainer.max_epochs", "2", "--optimizer", "Adam", "--optimizer.lr", "0.004",
+        "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"])
+    optimizer = cli.trainer.optimizer
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+    assert [type(c.scheduler) for c in cli.trainer.lr_scheduler_configs] == [torch.optim.lr_scheduler.StepLR]
+    with pytest.raises(ValueError, match=r"--lr_scheduler was given without --optimizer"):
+        TrainerCLI(CliNet, save_config_callback=None, run=False, args=["--lr_scheduler", "StepLR",
+                                                                       "--lr_scheduler.step_size", "1"])
+
+
 def test_print_config_shows_the_resolved_config_and_exits(capsys):
     with pytest.raises(SystemExit) as exit_info:
         TrainerCLI(CliNet, args=["fit", "--model.lr", "0.5", "--trainer.max_epochs", "4", "--print_config"])
