@@ -15,7 +15,7 @@ import yaml
 
 pytest.importorskip("jsonargparse")
 
-from trainer import Trainer  # noqa: E402
+from trainer import DataModule, Trainer  # noqa: E402
 from trainer.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
 from trainer.cli import TrainerCLI, main  # noqa: E402
 from trainer.cli.trainer_cli import wants_config  # noqa: E402
@@ -38,6 +38,15 @@ class CliNet(BoringModel):
 
     def test_dataloader(self):
         return regression_loader(16, 8)
+
+
+class CliData(DataModule):
+    def __init__(self, batch_size: int = 8):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return regression_loader(32, self.batch_size)
 
 
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing",
@@ -75,6 +84,13 @@ def test_overrides_build_the_model_and_trainer_and_run_the_subcommand():
     assert isinstance(cli.trainer, Trainer) and cli.trainer.max_epochs == 2 and cli.trainer.current_epoch == 2
     assert [type(c) for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)] == [EarlyStopping]
     assert cli.trainer.early_stopping_callback.monitor == "val/loss"
+
+
+def test_data_chosen_by_name_feeds_the_fit():
+    cli = TrainerCLI(CliNet, save_config_callback=None, args=["fit", *QUIET, "--trainer.max_epochs", "1",
+                                                               "--data", "CliData", "--data.batch_size", "16"])
+    assert type(cli.datamodule) is CliData and cli.trainer.datamodule is cli.datamodule
+    assert cli.trainer.global_step == 2  # 32 samples in batches of 16 (the module's own loader has 8)
 
 
 def test_subclass_selection_by_name_and_run_false():
