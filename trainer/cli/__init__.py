@@ -56,11 +56,30 @@ def __getattr__(name: str) -> object:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description="Train PyTorch models from a laptop to many GPUs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}  # type: ignore[attr-defined]  # name -> its parser, for errors in that command's words
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(command)
         command.set_defaults(run=run)
+        parser.commands[name] = command  # type: ignore[attr-defined]
     return parser
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, argv: list[str], command: str | None, unknown: list[str]) -> None:
+    """An unknown command or option: the command's own usage and the closest spelling (argparse printed the
+    top-level usage and no suggestion)."""
+    import difflib
+
+    if command is None:
+        typed = next((a for a in argv if not a.startswith("-")), "")
+        close = difflib.get_close_matches(typed, list(COMMANDS), n=1, cutoff=0.6)
+        parser.error(f"unknown command {typed!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+                     + f" Commands: {', '.join(COMMANDS)}.")
+    target = parser.commands[command]  # type: ignore[attr-defined]
+    option = next((u.split("=", 1)[0] for u in unknown if u.startswith("-")), unknown[0])
+    close = difflib.get_close_matches(option, list(target._option_string_actions), n=1, cutoff=0.6)
+    target.error(f"unrecognized arguments: {' '.join(unknown)}." + (f" Did you mean {close[0]}?" if close else "")
+                 + f" `trainer {command} --help` lists the options.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return trainer_cli.main(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and not {"-h", "--help"} & set(argv):
+        _refuse_unknown(parser, argv, None, [first])
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, argv, args.command, unknown)
     if args.command is None:
         parser.print_help()
         return 0

@@ -197,14 +197,16 @@ def ask(question: Question, answers: Answers) -> Any:
         try:
             return _accept(answers, question, question.parse(text) if text else default)
         except (TypeError, ValueError) as err:
-            print(f"  Invalid answer: {err} Please try again.")
+            print(f"  Invalid answer: {config_file.in_file_words(str(err))} Please try again.")
 
 
 def _from_flag(question: Question, raw: str, answers: Answers) -> Any:
     try:
         return _accept(answers, question, question.parse(raw))
     except (TypeError, ValueError) as err:
-        raise UsageError(f"{question.flags[0]} {raw!r}: {err}") from None
+        text = config_file.in_file_words(str(err))  # the flag and the raw value say "<setting> <value>" already
+        text = text.split(": ", 1)[1] if text.startswith(f"{question.key} ") and ": " in text else text
+        raise UsageError(f"{question.flags[0]} {raw!r}: {text}") from None
 
 
 def _from_default(question: Question, answers: Answers) -> Any:
@@ -235,7 +237,7 @@ def collect(args: argparse.Namespace) -> LaunchConfig:
     try:
         return build(answers)
     except (TypeError, ValueError) as err:  # an earlier flag contradicts a later answer
-        raise UsageError(str(err)) from None
+        raise UsageError(config_file.in_file_words(str(err))) from None
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -274,6 +276,19 @@ def show(path: Path) -> int:
     return 0
 
 
+def _warn_if_no_gpu() -> None:
+    """``device: gpu`` on a machine where torch sees no GPU: the file may be meant for other machines, so
+    it is written, with a warning that `trainer launch` here would fail."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return
+    why = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device or driver"
+    print(f"trainer config: warning: device gpu, but torch {torch.__version__} sees no GPU on this machine ({why}). "
+          "`trainer launch` here would fail; answer cpu for this machine (`trainer config --device cpu`), or keep "
+          "gpu if the file is for machines that have GPUs (`trainer env` shows what torch sees).", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.config_file).expanduser() if args.config_file else config_file.config_path()
     if args.action == "show":
@@ -291,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         print("\ntrainer config: error: the input ended before every question was answered. Answer them all, "
               "or pass --default or a flag per question.", file=sys.stderr)
         return 1
+    if cfg.device == "gpu":
+        _warn_if_no_gpu()
     try:
         print(f"Configuration saved to {config_file.save_config(cfg, path)}")
     except OSError as err:

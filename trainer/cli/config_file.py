@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from functools import partial
@@ -46,6 +47,14 @@ _RERUN = "or rewrite the file with `trainer config`."
 
 def _error(label: str, value: Any, problem: str) -> str:
     return f"LaunchConfig({label}={value!r}): {problem}"
+
+
+def in_file_words(message: str) -> str:
+    """A ``LaunchConfig`` error as the command line shows it: the setting as the file and the flags name
+    it (``num_machines 0: ...``), without the class the code builds (``LaunchConfig(num_machines=0): ...``)."""
+    message = re.sub(r"LaunchConfig\(([\w.]+)=\.\.\.\): ", r"section \1: ", message)
+    message = re.sub(r"LaunchConfig\(([\w.]+)=(.*?)\): ", r"\1 \2: ", message)
+    return message.replace("LaunchConfig: unknown key", "unknown setting")
 
 
 # -- one value at a time ----------------------------------------------------------------------
@@ -83,9 +92,18 @@ def _device(label: str, value: Any) -> str:
     return "gpu" if isinstance(value, str) and value.strip().lower() == "cuda" else _choice(DEVICES, label, value)
 
 
+# The Trainer's precision names, accepted where Accelerate's are asked for: the same setting in the other spelling.
+_TRAINER_PRECISIONS = {"bf16-mixed": "bf16", "16-mixed": "fp16", "fp16-mixed": "fp16", "32-true": "no", "32": "no",
+                       "fp32": "no"}
+
+
 def _mixed_precision(label: str, value: Any) -> str:
     # YAML 1.1 reads an unquoted `no` as False; a user who writes `mixed_precision: no` means "no".
-    return "no" if value is False else _choice(MIXED_PRECISIONS, label, value)
+    if value is False:
+        return "no"
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip().lower() in _TRAINER_PRECISIONS:
+        return _TRAINER_PRECISIONS[str(value).strip().lower()]
+    return _choice(MIXED_PRECISIONS, label, value)
 
 
 def _offload_device(label: str, value: Any) -> str:
@@ -288,6 +306,10 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 def _check_combinations(cfg: LaunchConfig) -> None:
     if cfg.min_machines is not None:
         _check_elastic(cfg)
+    if cfg.strategy == "fsdp" and cfg.mixed_precision == "fp16":  # FSDPStrategy refuses it in every worker
+        raise ValueError(_error("mixed_precision", "fp16", "not with strategy 'fsdp': sharded gradients get no fp16 "
+                                "loss scaler here. Set mixed_precision: bf16 (FSDP's own mixed precision, no scaler "
+                                "needed) or no, or choose strategy: ddp."))
     if cfg.machine_rank >= cfg.num_machines:
         raise ValueError(_error("machine_rank", cfg.machine_rank, f"ranks count from 0, so with "
                                 f"num_machines={cfg.num_machines} it must lie in 0..{cfg.num_machines - 1}. "
@@ -386,7 +408,7 @@ def load_config(path: str | os.PathLike | None = None) -> LaunchConfig:
     try:
         return LaunchConfig.from_dict({} if data is None else data)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"Config file {file}: {err}") from None
+        raise type(err)(f"Config file {file}: {in_file_words(str(err))}") from None
 
 
 def save_config(cfg: LaunchConfig, path: str | os.PathLike | None = None) -> Path:

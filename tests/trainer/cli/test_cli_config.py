@@ -61,10 +61,10 @@ def test_questionnaire_multi_machine_deepspeed_reasks_invalid_answers(home, monk
     assert code == 0, err
     assert out.count("Invalid answer") == 6
     assert "'two' is not a whole number" in out
-    assert "machine_rank=5): ranks count from 0, so with num_machines=2 it must lie in 0..1" in out
+    assert "machine_rank 5: ranks count from 0, so with num_machines=2 it must lie in 0..1" in out
     assert "lists 2 GPU(s), but num_processes=4" in out
     assert "Did you mean 'fp16'?" in out
-    assert "strategy='single_device'): runs one process" in out
+    assert "strategy 'single_device': runs one process" in out
     assert "How many machines (nodes) train together? [1]: " in out
     assert "Mixed precision? (no, fp16, bf16) [no]: " in out
     assert f"Configuration saved to {home}" in out
@@ -172,7 +172,7 @@ def test_env_var_location_and_config_file_flag(home, monkeypatch, capsys, tmp_pa
 
 @pytest.mark.parametrize("argv, message", [
     (["--num-processes", "two"], "--num-processes 'two': 'two' is not a whole number"),
-    (["--num-machines", "0"], "--num-machines '0': LaunchConfig(num_machines=0): expected a whole number >= 1"),
+    (["--num-machines", "0"], "--num-machines '0': expected a whole number >= 1"),
     (["--device", "tpu"], "expected one of 'cpu', 'gpu'"),
     (["--strategy", "dpp"], "Did you mean 'ddp'?"),
     (["--zero-stage", "3"], "these settings are for strategy 'deepspeed', but strategy='ddp'"),
@@ -347,7 +347,7 @@ def test_hand_written_yaml_quirks_are_understood(tmp_path):
 def test_unknown_key_in_file_lists_known_keys_and_suggests(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("num_process: 2\n")
-    with pytest.raises(ValueError, match=rf"Config file {path}: LaunchConfig: unknown key 'num_process'. Known keys: "
+    with pytest.raises(ValueError, match=rf"Config file {path}: unknown setting 'num_process'. Known keys: "
                                          r"num_machines, min_machines, machine_rank, .* Did you mean 'num_processes'\?"):
         load_config(path)
 
@@ -355,7 +355,7 @@ def test_unknown_key_in_file_lists_known_keys_and_suggests(tmp_path):
 @pytest.mark.parametrize("text, error, match", [
     ("num_machines: [1\n", ValueError, r"(?s)is not valid YAML: .*Fix the syntax, or rewrite the file"),
     ("- 1\n- 2\n", TypeError, r"expected a mapping of settings"),
-    ("main_process_port: 99999\n", ValueError, r"Config file .*main_process_port=99999"),
+    ("main_process_port: 99999\n", ValueError, r"Config file .*main_process_port 99999: a TCP port"),
 ])
 def test_invalid_file_names_the_file(tmp_path, text, error, match):
     path = tmp_path / "c.yaml"
