@@ -123,7 +123,9 @@ def check_position(ckpt: dict[str, Any], path: str, num_batches: int | None, loa
             return
         if not batch_size:
             return
-        world = (origin or {}).get("world_size", saved_world)
+        # An epoch re-dealt after a change of process count (``epoch_order``) counts its batches over runs of
+        # different sizes: bound it by the most batches one process can have, on one process.
+        world = 1 if origin is not None else saved_world
         bound = math.ceil(math.ceil(samples / world) / batch_size)
         where = (f"the {bound} batches per process an epoch of its {samples} samples has on {world} process(es) "
                  f"with batch_size {batch_size}")
