@@ -316,7 +316,7 @@ def test_save_weights_only_cannot_resume(tmp_path, make_trainer):
 def test_a_monitor_that_was_never_logged_lists_the_logged_keys(tmp_path, make_trainer):
     ckpt = ModelCheckpoint(monitor="val/acc")
     with pytest.raises(MissingMetricError, match=r"monitor='val/acc'\): this metric was never logged\. Logged "
-                                                 r"metrics: \['val/loss'\]"):
+                                                 r"metrics: \['train/loss', 'val/loss'\]"):  # train/loss: current when read
         make_trainer(default_root_dir=str(tmp_path), max_epochs=1, callbacks=[ckpt]).fit(
             BoringModel(), regression_loader(), regression_loader())
 
