@@ -336,11 +336,15 @@ class Constant(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
+class ConstantNoValidation(Constant):
+    validation_step = None  # trained without validation data: no "validation is skipped" note (as in Lightning)
+
+
 def test_progress_bar_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     # an explicit precision: the chosen one would be the first status line on stdout
     trainer = Trainer(max_epochs=2, logger=False, accelerator="cpu", enable_model_summary=False, precision="32-true")
     assert sum(isinstance(c, ProgressBar) for c in trainer.callbacks) == 1
-    trainer.fit(Constant(), regression_loader(16, 8))
+    trainer.fit(ConstantNoValidation(), regression_loader(16, 8))
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[:2] == ["epoch 0: global_step 2, const=1.5", "epoch 1: global_step 4, const=1.5"]
@@ -383,7 +387,7 @@ def test_progress_bar_is_silent_off_rank_zero(capsys, force):
 def test_no_progress_bar_when_disabled(capsys, make_trainer):
     trainer = make_trainer(max_epochs=1, enable_model_summary=False, precision="32-true")
     assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
-    trainer.fit(Constant(), regression_loader(16, 8))
+    trainer.fit(ConstantNoValidation(), regression_loader(16, 8))
     assert capsys.readouterr() == ("", "")
 
 
