@@ -229,7 +229,14 @@ class TrainerCLI:
         # only what differs from the defaults: the Trainer then applies its own precedence (launch flags, config file)
         kwargs = {k: v for k, v in given.items() if not _same(v, defaults.get(k))}
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        return self.trainer_class(callbacks=[*callbacks, *extra_callbacks], **kwargs)
+        try:
+            return self.trainer_class(callbacks=[*callbacks, *extra_callbacks], **kwargs)
+        except (ValueError, TypeError) as err:  # the Trainer's own check: name the config key it came from
+            named = re.search(r"Trainer\((\w+)=", str(err))
+            if named:
+                err.add_note(f"From the config key 'trainer.{named.group(1)}' (a YAML file's trainer: section, or "
+                             f"--trainer.{named.group(1)} on the command line).")
+            raise
 
     def _run_subcommand(self, subcommand: str, init: Any) -> Any:
         kwargs: dict[str, Any] = {"datamodule": self.datamodule, "ckpt_path": init.get("ckpt_path")}

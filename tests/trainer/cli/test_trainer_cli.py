@@ -117,8 +117,9 @@ def test_bad_keys_and_types_name_the_key(capsys, args, expected):
 
 
 def test_bad_values_are_the_trainers_errors_with_the_setting_named():
-    with pytest.raises(ValueError, match=r"Trainer\(max_epochs=0\)"):
+    with pytest.raises(ValueError, match=r"Trainer\(max_epochs=0\)") as error:
         TrainerCLI(CliNet, args=["fit", *QUIET, "--trainer.max_epochs", "0"], save_config_callback=None)
+    assert "From the config key 'trainer.max_epochs'" in error.value.__notes__[0]
 
 
 def test_trainer_test_runs_the_config_stage_only_when_given_a_run_config(tmp_path):
