@@ -24,7 +24,8 @@ class BatchSizeFinder(Callback):
     The batch size is an attribute (``batch_arg_name``) of the module, its hparams or the datamodule, read by its
     ``train_dataloader()``. Each trial sets it, asks for a fresh loader and trains ``steps_per_trial`` steps.
     ``mode="power"`` doubles it from ``init_val`` until a trial runs out of memory (and keeps the last that fit);
-    ``"binsearch"`` then bisects between the last fit and the first failure. It never grows past the dataset.
+    ``"binsearch"`` then bisects between the last fit and the first failure; at most ``max_trials`` trials in all. It
+    never grows past the dataset.
     The largest size that fit is written back (``self.optimal_batch_size``), fit's loader is rebuilt with it, and
     the weights, optimizer and RNG states are as before.
 

@@ -35,6 +35,7 @@ class EarlyStopping(Callback):
         strict: a missing ``monitor`` is an error (listing the logged keys); else it is skipped.
         check_on_train_epoch_end: check after each training epoch instead of after validation
             (default: after validation when there is validation, else after the epoch).
+        verbose: print a line on rank zero when it stops, with the reason.
 
     ``monitor="epoch"`` / ``"step"`` read the Trainer's counters unless a metric of that name is
     logged. After a stop, ``stopping_reason`` is an ``EarlyStoppingReason`` (``NOT_STOPPED``

@@ -196,6 +196,7 @@ class BackboneFinetuning(BaseFinetuning):
         initial_denom_lr: kept for Lightning's signature (used when no rate is given).
         train_bn: train the backbone's BatchNorm layers while it is frozen.
         verbose: log both rates at each epoch start.
+        rounding: the decimals those logged rates are rounded to.
     """
 
     def __init__(self, unfreeze_backbone_at_epoch: int = 10, lambda_func: Callable[[int], float] = multiplicative,

@@ -80,7 +80,7 @@ class LRFinderResult:
 
 class LearningRateFinder(Callback):
     """A learning-rate range test at the start of fit: ``num_training_steps`` steps with the rate growing from
-    ``min_lr`` to ``max_lr`` (exponentially or linearly), stopped early once the smoothed loss exceeds
+    ``min_lr`` to ``max_lr`` (``mode``: "exponential" or "linear"), stopped early once the smoothed loss exceeds
     ``early_stop_threshold`` x its best. The result is ``self.optimal_lr`` (an ``LRFinderResult``), a PNG
     (``lr_find.png`` in the run's log directory), and -- with ``update_attr`` -- the suggestion written to the
     module's ``lr``/``learning_rate`` (or ``attr_name``) with the optimizer rebuilt from it. The weights, the

@@ -51,6 +51,8 @@ class ModelCheckpoint(Callback):
             did not write (an earlier run's) is kept, and the new one gets ``-v1``, ``-v2``, ...
             (``last-v1.ckpt``); False overwrites it.
         save_on_train_epoch_end: save at the training epoch's end instead of after validation.
+        verbose: print a line on rank zero for each save (metric, value, path).
+        auto_insert_metric_name: write ``name=`` before each field of ``filename`` that lacks it.
         async_save: write on a background thread: training stops only while the state is copied
             to CPU memory (the copy needs as much memory as the checkpoint), then goes on while the
             file is written, fsynced and renamed into place. Saves stay in order, ``last.ckpt``
