@@ -34,9 +34,12 @@ DDP_MODULES: "weakref.WeakSet[torch.nn.parallel.DistributedDataParallel]" = weak
 
 
 def _release_reducers() -> None:
+    """Drop every reference a DDP module holds to the group (its reducer, logger and the group itself):
+    a module still alive (a script's global, the Accelerator's) would keep the group's gloo threads
+    running after destroy_process_group, into interpreter shutdown (see _import_before_the_group)."""
     for module in list(DDP_MODULES):
-        module.__dict__.pop("reducer", None)
-        module.__dict__.pop("logger", None)
+        for name in ("reducer", "logger", "process_group"):
+            module.__dict__.pop(name, None)
     DDP_MODULES.clear()
 
 
@@ -45,6 +48,23 @@ def destroy_process_group() -> None:
         _release_reducers()
         gc.collect()
         dist.destroy_process_group()
+
+
+def _import_before_the_group() -> None:
+    """Import torch._dynamo before the first process group exists.
+
+    Imported after it (DDP's constructor imports it, as does torch.compile), something in it keeps
+    a reference to the group for good: ``destroy_process_group`` then leaves the group's gloo threads
+    (two ``pt_gloo_runloop``, one ``gloo_tcp_loop``) running into interpreter shutdown -- measured with
+    plain torch 2.13: DDP built, deleted and collected, the group destroyed, the threads still there;
+    imported first, they are joined by the destroy. A thread that finishes a collective there drops
+    the last reference to its tensors, takes the GIL of an interpreter that is shutting down and the
+    process dies with "terminate called without an active exception" (SIGABRT) after a run that
+    succeeded (issue 23). DDP imports it anyway: this only moves the import (~1-3 s) earlier."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # pragma: no cover -- a torch without dynamo has nothing to leak
+        pass
 
 
 def share_cpu_threads(local_processes: int) -> None:
@@ -232,6 +252,7 @@ class ProcessGroup:
         if not dist.is_initialized():
             os.environ.setdefault("MASTER_ADDR", env.main_address)
             os.environ.setdefault("MASTER_PORT", str(env.main_port))
+            _import_before_the_group()
             store = _group_store(env, self.timeout, ProcessGroup.groups_created)
             dist.init_process_group(self.backend, rank=env.global_rank, world_size=env.world_size,
                                     timeout=self.timeout, store=store)
