@@ -98,6 +98,7 @@ class SpikeDetection(Callback):
         if self._accepted < max(self.warmup, 1):
             return False
         sign = 1.0 if self.mode == "min" else -1.0
+        assert self._last is not None  # set with the first accepted loss
         if sign * (loss - self._last) <= 0:
             return False  # better than the last accepted loss
         mean = sum(self._values) / len(self._values)

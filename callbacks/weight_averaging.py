@@ -75,11 +75,13 @@ class WeightAveraging(Callback):
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # every micro-batch ends here; the step count moves only when the window's optimizer step ran
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            assert self._average_model is not None  # made in setup
             self._average_model.update_parameters(module)
             self._latest_update_step = trainer.global_step
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
+            assert self._average_model is not None  # made in setup
             self._average_model.update_parameters(module)
             self._latest_update_epoch = trainer.current_epoch
 
@@ -123,6 +125,7 @@ class WeightAveraging(Callback):
         self._latest_update_epoch = state_dict.get("latest_update_epoch", -1)
 
     def _pairs(self, module: torch.nn.Module) -> Any:
+        assert self._average_model is not None  # made in setup
         average = self._average_model.module
         return zip(itertools.chain(average.parameters(), average.buffers()),
                    itertools.chain(module.parameters(), module.buffers()))

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 
@@ -35,7 +35,7 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     if isinstance(data, Mapping):
         items = {k: apply_to_tensors(v, fn) for k, v in data.items()}
         try:
-            return type(data)(items)
+            return cast(Any, type(data))(items)  # a Mapping subclass's own constructor
         except TypeError:  # mappings whose constructor is not dict-like
             return items
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple

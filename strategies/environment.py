@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import signal
 
 
 @dataclass(frozen=True, slots=True)

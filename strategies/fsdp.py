@@ -367,5 +367,5 @@ def _checkpoint_activations(module: torch.nn.Module, which: Any) -> None:
             def recomputed(*args: Any, _forward: Callable = forward, **kwargs: Any) -> Any:
                 return checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
-            sub.forward = recomputed  # type: ignore[method-assign]
-            sub._trainer_checkpointed = True
+            sub.forward = recomputed
+            sub._trainer_checkpointed = True  # type: ignore[assignment]  # our marker; mypy types Module attributes as Tensor | Module

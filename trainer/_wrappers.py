@@ -26,7 +26,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self.step_was_skipped = False  # the last step found inf/nan gradients (16-mixed) and did nothing
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -196,7 +196,7 @@ class PreparedDataLoader:
         finally:
             owner._pass = None
             accelerator.gradient_state._remove_dataloader(self)
-        if replay and self.samples_before == self._skipped_samples and not loaded["epoch_set"]:
+        if replay and loaded is not None and self.samples_before == self._skipped_samples and not loaded["epoch_set"]:
             owner._epoch = loaded["epoch"]  # the next pass is the one after the finished pass, as saved
 
     def _begin_pass(self, iterating: PreparedDataLoader) -> dict[str, Any] | None:
@@ -249,7 +249,7 @@ class PreparedDataLoader:
 
     def _set_sampler_epoch(self, epoch: int) -> None:
         for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
-            if hasattr(obj, "set_epoch"):
+            if obj is not None and hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
 
     def __getattr__(self, name: str) -> Any:

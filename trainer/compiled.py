@@ -31,7 +31,7 @@ def from_compiled(model: Any) -> Any:
     (as Lightning does, it stays compiled afterwards). Anything else is returned as it is."""
     if not isinstance(model, torch.nn.Module) or not is_compiled(model):
         return model
-    module = model._orig_mod
+    module: Any = model._orig_mod  # the wrapped module (a dynamic attribute of OptimizedModule)
     # the compile settings (backend, mode, options) live in the wrapper's context: apply them to the
     # class's forward bound to the module (never to a forward compiled by an earlier call), so hooks
     # around forward still run in eager code

@@ -99,7 +99,8 @@ class BatchSamplerShard(BatchSampler):
         self.batch_sampler = batch_sampler
         self.num_processes, self.process_index = num_processes, process_index
         self.split_batches, self.even_batches = split_batches, even_batches
-        self.batch_size = getattr(batch_sampler, "batch_size", None)
+        # type: ignore below: a custom batch sampler may have no batch_size (None); torch's BatchSampler types it int
+        self.batch_size = getattr(batch_sampler, "batch_size", None)  # type: ignore[assignment]
         self.drop_last = getattr(batch_sampler, "drop_last", False)
         if split_batches and (self.batch_size is None or self.batch_size % num_processes):
             raise ValueError(f"split_batches=True with batches of {self.batch_size} on {num_processes} processes: the "
@@ -107,7 +108,7 @@ class BatchSamplerShard(BatchSampler):
                              "or split_batches=False.")
 
     @property
-    def sampler(self) -> Any:
+    def sampler(self) -> Any:  # type: ignore[override]  # read-only: the wrapped batch sampler's (BatchSampler's is an attribute)
         return getattr(self.batch_sampler, "sampler", None)
 
     @property
@@ -309,9 +310,9 @@ class DataLoaderDispatcher:
     def __iter__(self) -> Iterator[Any]:
         main = self.process_index == 0
         steps = self._steps() if main else None
-        current = next(steps, None) if main else None
+        current = next(steps, None) if steps is not None else None
         while True:
-            if main:
+            if steps is not None:  # main
                 upcoming = next(steps, None)
                 message = (current, upcoming is None)
             else:
@@ -360,10 +361,10 @@ def shard_for_processes(loader: Any, num_processes: int, process_index: int, spl
     if use_seedable_sampler and isinstance(loader.sampler, RandomSampler) \
             and not isinstance(loader.sampler, SeedableRandomSampler) and loader.batch_sampler is not None \
             and type(loader.batch_sampler) is BatchSampler:
-        sampler = SeedableRandomSampler(loader.dataset, replacement=loader.sampler.replacement,
-                                        num_samples=loader.sampler._num_samples, generator=loader.sampler.generator,
-                                        data_seed=data_seed)
-        loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+        seedable = SeedableRandomSampler(loader.dataset, replacement=loader.sampler.replacement,
+                                         num_samples=loader.sampler._num_samples, generator=loader.sampler.generator,
+                                         data_seed=data_seed)
+        loader = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=seedable, drop_last=loader.drop_last,
                             **loader_kwargs(loader))
     if num_processes == 1:
         return loader
@@ -449,7 +450,7 @@ class DataLoaderShard:
 
     def set_epoch(self, epoch: int) -> None:
         for obj in (getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)):
-            if hasattr(obj, "set_epoch"):
+            if obj is not None and hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
                 return
 

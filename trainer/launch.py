@@ -37,7 +37,7 @@ def launch_this_script(num_processes: int) -> NoReturn:
                 elastic_launch(config, sys.executable)("-u", *_how_this_ran(script), *sys.argv[1:])
         except Exception as err:
             summary = failure_summary(markers, err)
-            if summary is not None:
+            if summary is not None and hasattr(err, "add_note"):  # Python 3.11+
                 err.add_note(summary)
             raise
         finally:

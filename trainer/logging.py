@@ -29,7 +29,7 @@ def _world() -> int:
 class MultiProcessAdapter(logging.LoggerAdapter):
     """A ``LoggerAdapter`` whose methods take ``main_process_only=`` and ``in_order=``."""
 
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
         main_process_only = kwargs.pop("main_process_only", True)
         in_order = kwargs.pop("in_order", False)
         kwargs.setdefault("stacklevel", 2)

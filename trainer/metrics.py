@@ -52,7 +52,7 @@ class CallbackMetrics(dict):
     def __ne__(self, other: Any) -> bool:
         return not self == other
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __repr__(self) -> str:
         self._current()

@@ -195,10 +195,11 @@ class Results:
                 or (buffer.dtype != loss.dtype and torch.promote_types(buffer.dtype, loss.dtype) != buffer.dtype)):
             # first use, full (more steps between two flushes than it holds), or the loss moved or changed
             # dtype: a new buffer with the losses so far, in a dtype that holds both exactly
-            dtype = loss.dtype if not n else torch.promote_types(buffer.dtype, loss.dtype)
+            held = buffer if n else None  # the n losses so far (n > 0: the buffer exists)
+            dtype = loss.dtype if held is None else torch.promote_types(held.dtype, loss.dtype)
             grown = torch.empty(max(64, 2 * n), dtype=dtype, device=loss.device)
-            if n:
-                grown[:n].copy_(buffer[:n])
+            if held is not None:
+                grown[:n].copy_(held[:n])
             buffer = self._loss_buffer = grown
         buffer[n].copy_(loss.detach().reshape(()))
         self._loss_where.append((global_step, batch_idx))
@@ -215,7 +216,7 @@ class Results:
         """Read every pending value back in one transfer. Returns (step, batch_idx) of the first
         non-finite loss since the last flush, or None."""
         tensors = [v for e in self.entries.values() for v in e.pending if isinstance(v, torch.Tensor)]
-        if self._loss_where:
+        if self._loss_where and self._loss_buffer is not None:  # losses recorded: the buffer exists
             tensors += self._loss_buffer[:len(self._loss_where)].unbind()
         host = iter(_read_back(tensors))
         for entry in self.entries.values():

@@ -204,9 +204,8 @@ class StepEngine:
         if not window.counted and window.items == k * window.ref:
             return
         if self.strategy.supports_gradient_correction:
-            seen: set[int] = set()
-            params = [p for opt in (self.optimizers or [optimizer]) for p in _params(opt)
-                      if id(p) not in seen and not seen.add(id(p))]
+            # each parameter once, in first-seen order
+            params = list({id(p): p for opt in (self.optimizers or [optimizer]) for p in _params(opt)}.values())
             self._correct(params)
         else:
             self._cannot_correct()

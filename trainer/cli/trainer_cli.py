@@ -233,7 +233,7 @@ class TrainerCLI:
             return self.trainer_class(callbacks=[*callbacks, *extra_callbacks], **kwargs)
         except (ValueError, TypeError) as err:  # the Trainer's own check: name the config key it came from
             named = re.search(r"Trainer\((\w+)=", str(err))
-            if named:
+            if named and hasattr(err, "add_note"):  # Python 3.11+
                 err.add_note(f"From the config key 'trainer.{named.group(1)}' (a YAML file's trainer: section, or "
                              f"--trainer.{named.group(1)} on the command line).")
             raise

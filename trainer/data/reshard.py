@@ -145,8 +145,7 @@ class Reshard:
 
 
 def _first_occurrences(indices: Any) -> list[int]:
-    seen: set[int] = set()
-    return [i for i in indices if not (i in seen or seen.add(i))]
+    return list(dict.fromkeys(indices))
 
 
 def _cannot(reason: str) -> CheckpointError:

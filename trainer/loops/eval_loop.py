@@ -188,5 +188,5 @@ def _recording_indices(loader: Any) -> Any:
 
     recorder = _RecordingBatchSampler(loader.batch_sampler)
     rebuilt = torch.utils.data.DataLoader(loader.dataset, batch_sampler=recorder, **loader_kwargs(loader))
-    rebuilt.batch_indices = recorder.batch_indices  # type: ignore[attr-defined]
+    rebuilt.batch_indices = recorder.batch_indices
     return rebuilt

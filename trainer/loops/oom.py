@@ -10,7 +10,7 @@ import dataclasses
 import gc
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -68,7 +68,7 @@ def _slice(data: Any, size: int, start: int, stop: int, path: str) -> Any:
     if isinstance(data, Mapping):
         items = {k: _slice(v, size, start, stop, f"{path}[{k!r}]") for k, v in data.items()}
         try:
-            return type(data)(items)
+            return cast(Any, type(data))(items)  # a Mapping subclass's own constructor
         except TypeError:
             return items
     if isinstance(data, tuple) and hasattr(data, "_fields"):

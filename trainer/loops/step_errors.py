@@ -23,13 +23,12 @@ def add_step_note(err: BaseException, module: torch.nn.Module, batch: Any, metho
     err._trainer_step_note = True  # type: ignore[attr-defined]
     note = dtype_note(module, batch, method, batch_idx) if isinstance(err, RuntimeError) and any(
         m in str(err) for m in _DTYPE_MISMATCH) else None
-    if note:
+    if not note and isinstance(err, RuntimeError) and any(m in str(err) for m in _DEVICE_MISMATCH):
+        note = device_note(module, batch, method, batch_idx)
+    elif not note and isinstance(err, (TypeError, ValueError, IndexError, KeyError, AttributeError)):
+        note = f"{type(module).__name__}.{method} got batch_idx {batch_idx} with batch = {describe_batch(batch)}."
+    if note and hasattr(err, "add_note"):  # BaseException.add_note: Python 3.11+
         err.add_note(note)
-    elif isinstance(err, RuntimeError) and any(m in str(err) for m in _DEVICE_MISMATCH):
-        err.add_note(device_note(module, batch, method, batch_idx))
-    elif isinstance(err, (TypeError, ValueError, IndexError, KeyError, AttributeError)):
-        err.add_note(f"{type(module).__name__}.{method} got batch_idx {batch_idx} with batch = "
-                     f"{describe_batch(batch)}.")
 
 
 def dtype_note(module: torch.nn.Module, batch: Any, method: str, batch_idx: int) -> str | None:
