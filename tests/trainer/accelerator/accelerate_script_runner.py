@@ -134,8 +134,13 @@ def _call_data_loop(module: types.ModuleType, call: str, accelerator: Any) -> No
 def run_calls(script: str, calls: list[str]) -> dict[str, str]:
     """Each call of ``script`` -> "ok" or the last lines of its traceback (run in this process, in
     order, as the script's main() runs them: one Accelerator made first and kept alive)."""
+    import multiprocessing
+
     import torch
 
+    # DataLoader workers (num_workers=4 in the data-loop script) start as under torchrun, by fork: a
+    # process of the tests' fork server would otherwise start them through a fresh fork server each
+    multiprocessing.set_start_method("fork", force=True)
     module = load_script(script)
     results: dict[str, str] = {}
     cwd = os.getcwd()
