@@ -105,6 +105,7 @@ class EarlyStopping(Callback):
         value = float(metrics[self.monitor])
         should_stop, why = self._evaluate(value)
         if should_stop:
+            assert why is not None  # a stop comes with its reason
             self.stopped_epoch = trainer.current_epoch
             self.stopping_reason, self.stopping_reason_message = why
             reason = why[1]

@@ -57,6 +57,7 @@ class LRFinderResult:
         ax.set_ylabel("loss (smoothed)")
         if suggest and self.suggestion() is not None:
             i = self._optimal_idx
+            assert i is not None  # set by suggestion()
             ax.plot(self.results["lr"][i], self.results["loss"][i], markersize=10, marker="o", color="red")
         if show:
             plt.show()

@@ -34,7 +34,8 @@ def peak_flops(device_name: str, precision: str) -> float | None:
     from trainer.strategies.precision import PRECISION_TABLE
 
     _, autocast_dtype, param_dtype = PRECISION_TABLE.get(precision, (None, None, None))
-    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype or param_dtype, "fp32")
+    kinds: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    kind = kinds.get(autocast_dtype or param_dtype, "fp32")
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "L40S" before "L4"
         if key in device_name:
             return PEAK_FLOPS[key].get(kind)

@@ -33,7 +33,8 @@ class ProgressBar(Callback):
         self._shown_metrics: dict[str, float] = {}
         self._fit_start = 0.0
         self._samples_at_start = self._steps_at_start = self._batches_at_start = 0
-        self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
+        self._val_seconds, self._val_batches = 0.0, 0
+        self._val_start: float | None = None  # set while fit's validation runs
         self._val_step: int | None = None  # global_step of fit's latest validation
         self._trainer: Any = None
 
@@ -159,7 +160,7 @@ class ProgressBar(Callback):
                  f"({trainer.world_size} process{'es' if trainer.world_size > 1 else ''})"]
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+        if checkpoint is not None and getattr(checkpoint, "best_model_path", None):
             score = checkpoint.best_model_score
             monitor = f" ({checkpoint.monitor}={score:.4g})" if checkpoint.monitor and score is not None else ""
             lines.append(f"  best checkpoint: {checkpoint.best_model_path}{monitor}")

@@ -5,7 +5,7 @@ training data)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal, cast
 
 import torch
 from torch.optim.swa_utils import SWALR
@@ -55,7 +55,7 @@ class StochasticWeightAveraging(Callback):
         self._swa_epoch_start = swa_epoch_start
         self._swa_lrs = swa_lrs
         self._annealing_epochs = annealing_epochs
-        self._annealing_strategy = annealing_strategy
+        self._annealing_strategy = cast(Literal["cos", "linear"], annealing_strategy)  # checked above
         self._avg_fn = avg_fn or self.avg_fn
         self._device = torch.device(device) if isinstance(device, str) else device
         self._average_model: torch.nn.Module | None = None
@@ -107,6 +107,7 @@ class StochasticWeightAveraging(Callback):
 
     def _start_swa(self, trainer: Any, module: Any) -> None:
         """Anneal towards ``swa_lrs``: SWALR replaces the module's scheduler (or is the only one)."""
+        assert self._average_model is not None  # made in setup
         self._average_model = self._average_model.to(self._device or next(module.parameters()).device)
         optimizer = trainer.optimizers[0]
         rates = self._swa_lrs if isinstance(self._swa_lrs, list) else [self._swa_lrs] * len(optimizer.param_groups)
@@ -115,7 +116,8 @@ class StochasticWeightAveraging(Callback):
                              f"{len(optimizer.param_groups)} parameter groups. Pass one float, or one per group.")
         for rate, group in zip(rates, optimizer.param_groups):
             group["initial_lr"] = rate
-        self._swa_scheduler = SWALR(optimizer, swa_lr=rates, anneal_epochs=self._annealing_epochs,
+        # type: ignore below: SWALR takes one rate per parameter group too; torch types swa_lr as a float
+        self._swa_scheduler = SWALR(optimizer, swa_lr=rates, anneal_epochs=self._annealing_epochs,  # type: ignore[arg-type]
                                     anneal_strategy=self._annealing_strategy,
                                     last_epoch=self._max_epochs if self._annealing_strategy == "cos" else -1)
         if trainer.lr_scheduler_configs:
@@ -147,6 +149,7 @@ class StochasticWeightAveraging(Callback):
 
     def _update(self, module: torch.nn.Module) -> None:
         n = self.n_averaged
+        assert n is not None and self._average_model is not None  # made when SWA started
         for average, current in zip(self._average_model.parameters(), module.parameters()):
             avg, cur = average.detach(), current.detach().to(average.device)
             average.detach().copy_(cur if n == 0 else self._avg_fn(avg, cur, n.to(average.device)))
@@ -173,7 +176,8 @@ class StochasticWeightAveraging(Callback):
             m.momentum = momenta[m]
             if trainer.world_size > 1:
                 for buffer in (m.running_mean, m.running_var):
-                    buffer.copy_(trainer.strategy.reduce(buffer.clone(), "mean"))
+                    if buffer is not None:  # None: track_running_stats=False, no statistics to average
+                        buffer.copy_(trainer.strategy.reduce(buffer.clone(), "mean"))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 
@@ -128,7 +128,7 @@ def atomic_save(obj: Any, path: str) -> None:
             torch.save(obj, tmp)
             return
         with open(tmp, "wb") as f:
-            torch.save(obj, _WritebackFile(f))
+            torch.save(obj, cast(Any, _WritebackFile(f)))  # file-like: the writes torch.save makes
 
     try:
         atomic_write(path, fill)
@@ -258,7 +258,7 @@ def snapshot(obj: Any) -> Any:
             from torch.distributed.tensor import DTensor
 
             local = obj.to_local().detach().to("cpu", copy=True)
-            return DTensor.from_local(local, obj.device_mesh, obj.placements, run_check=False, shape=obj.shape,
+            return DTensor.from_local(local, cast(DTensor, obj).device_mesh, obj.placements, run_check=False, shape=obj.shape,
                                       stride=obj.stride())
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):

@@ -24,7 +24,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from .checkpoint_errors import CorruptCheckpointError, UnsafeCheckpointError
 from .checkpoint_links import checkpoint_directory
@@ -258,7 +258,7 @@ def verify_sharded(path: str, meta: dict[str, Any], rank: int = 0, world_size: i
 
 
 # each sharded format (a strategy's ``sharded_format``) and the check of its own files
-_FORMAT_VERIFIERS = {"fsdp-dcp": verify_dcp, "deepspeed": verify_deepspeed}
+_FORMAT_VERIFIERS: dict[str | None, Callable[[str], None]] = {"fsdp-dcp": verify_dcp, "deepspeed": verify_deepspeed}
 
 
 def _safe_bytes(value: io.BytesIO, where: str) -> None:
@@ -292,7 +292,7 @@ def _reader_class() -> type:
             return metadata
 
         def read_data(self, plan: Any, planner: Any) -> Any:
-            return super().read_data(plan, _CheckedBytes(planner, self))
+            return super().read_data(plan, cast(Any, _CheckedBytes(planner, self)))  # a proxy of the planner
 
     return SafeFileSystemReader
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import uuid
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from trainer._logging import rank_zero_info
 
@@ -119,7 +119,7 @@ def _method_name(depth: int = 2) -> str:
 SETTINGS_ENV = "TRAINER_LAUNCH_SETTINGS"
 _DEVICE = {"cpu": "cpu", "gpu": "cuda"}
 # our argument -> (launch setting, how its value becomes ours)
-_MAP = {
+_MAP: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "precision": ("mixed_precision", precision_name), "mixed_precision": ("mixed_precision", lambda v: v),
     "strategy": ("strategy", lambda v: v), "accelerator": ("device", _DEVICE.get),
     "accumulate_grad_batches": ("gradient_accumulation_steps", int),
@@ -176,7 +176,7 @@ def torn_down_after_failure() -> bool:
     """In a worker: the launcher is stopping this process because another one failed (not a
     preemption: nothing can be saved, the group is broken), so a SIGTERM ends it at once."""
     directory = os.environ.get(SAVED_MARKERS_ENV)
-    return bool(directory) and os.path.exists(os.path.join(directory, TEARDOWN_MARKER))
+    return bool(directory and os.path.exists(os.path.join(directory, TEARDOWN_MARKER)))
 
 
 @contextlib.contextmanager
@@ -214,11 +214,11 @@ def failed_workers_end_the_job(directory: str) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 os.remove(marker)
 
-    SubprocessContext._close = close
+    setattr(SubprocessContext, "_close", close)  # torch's method, replaced for this launch only
     try:
         yield
     finally:
-        SubprocessContext._close = original
+        setattr(SubprocessContext, "_close", original)
 
 
 def failure_summary(directory: str, error: BaseException | None = None) -> str | None:

@@ -40,15 +40,15 @@ class MultiProcessAdapter(logging.LoggerAdapter):
                              "processes' records; pass main_process_only=False with it.")
         if not in_order or _world() == 1:
             if not main_process_only or process_rank() == 0:
-                msg, kwargs = self.process(msg, kwargs)
-                self.logger.log(level, msg, *args, **kwargs)
+                msg, processed = self.process(msg, kwargs)
+                self.logger.log(level, msg, *args, **processed)
             return
         import torch.distributed as dist
 
         for rank in range(_world()):  # one process after the other; every process must make this call
             if rank == process_rank():
-                msg, kwargs = self.process(msg, kwargs)
-                self.logger.log(level, msg, *args, **kwargs)
+                msg, processed = self.process(msg, kwargs)
+                self.logger.log(level, msg, *args, **processed)
                 for handler in self.logger.handlers + logging.getLogger().handlers:
                     handler.flush()
             if dist.is_available() and dist.is_initialized():

@@ -157,7 +157,7 @@ def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int,
             else:
                 step(config.scheduler, None)
             continue
-        if config.monitor in metrics:
+        if config.monitor is not None and config.monitor in metrics:
             if step is None:
                 config.scheduler.step(metrics[config.monitor])
             else:

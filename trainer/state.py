@@ -61,6 +61,9 @@ def live_accelerator(asked: str) -> Any:
 class _FoundOnTheAccelerator(type):
     """Calling the class returns the live Accelerator's object; ``isinstance`` accepts that object."""
 
+    _find: Callable[..., Any]  # each class of this metaclass defines both (static methods)
+    _kind: Callable[[], type]
+
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         return cls._find(*args, **kwargs)
 

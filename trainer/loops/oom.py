@@ -179,6 +179,7 @@ class BatchSplitter:
 
         rank = process_rank()
         rank_note = "" if rank == 0 else f" (rank {rank})"
+        assert self.piece is not None  # set by the split that called this
         num, last = -(-size // self.piece), size % self.piece
         ensure_handler()
         log.warning(f"oom_split{rank_note}: micro-batch {size} did not fit; training on {num} x {self.piece}"

@@ -158,6 +158,7 @@ class StopAgreement:
         import torch
 
         buf = torch.tensor([1 if local else 0, -proposal], dtype=torch.int64)  # MAX of -x is -(MIN of x)
+        assert self._dist is not None  # only polled across processes
         self._pending = (self._dist.all_reduce(buf, op=self._dist.ReduceOp.MAX, group=self._group,
                                                async_op=True), buf)
         self.reductions += 1

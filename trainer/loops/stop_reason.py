@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 from typing import Any
 
 
@@ -20,7 +21,7 @@ def requester(depth: int = 2) -> Any:
     from trainer.callbacks import Callback
     from trainer.module import TrainModule
 
-    frame = sys._getframe(depth)
+    frame: types.FrameType | None = sys._getframe(depth)
     for _ in range(6):
         if frame is None:
             break

@@ -9,7 +9,7 @@ import contextlib
 import enum
 import importlib.util
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -209,6 +209,8 @@ def synchronize_rng_state(rng_type: str | RNGType | None = None, generator: torc
     import torch.distributed as dist
 
     kind = RNGType(rng_type) if rng_type is not None else RNGType.TORCH
+    get: Callable[[], torch.Tensor]
+    put: Callable[[torch.Tensor], Any]
     if kind == RNGType.TORCH:
         get, put = torch.get_rng_state, torch.set_rng_state
     elif kind == RNGType.CUDA:
