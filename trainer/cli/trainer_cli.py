@@ -201,6 +201,9 @@ class TrainerCLI:
             raise SystemExit(2) from None
 
     def _did_you_mean(self, message: str) -> str:
+        nested = re.search(r"class_path '([^']+)':\s*(?:Option|Key) '([^']+)' is not", message)
+        if nested:  # an init_args key of a class chosen by class_path: its __init__'s parameters
+            return _closest_parameter(nested.group(1), nested.group(2))
         found = (re.search(r"unrecognized arguments: --(\S+)", message)
                  or re.search(r"does not accept (?:option|nested key) '([^']+)'", message)
                  or re.search(r"Key '([^']+)' is not expected", message))
@@ -275,6 +278,18 @@ def _instantiate(spec: Any, first: Any) -> Any:
     init_args = spec.get("init_args") or {}
     init_args = dict(init_args.items() if hasattr(init_args, "items") else vars(init_args).items())
     return getattr(importlib.import_module(module), name)(first, **init_args)
+
+
+def _closest_parameter(class_path: str, key: str) -> str:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return ""
+    close = difflib.get_close_matches(key, params, n=1, cutoff=0.6)
+    return f"\nDid you mean '{close[0]}' (init_args of {class_path})?" if close else ""
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -116,6 +116,14 @@ def test_bad_keys_and_types_name_the_key(capsys, args, expected):
     assert re.search(expected, capsys.readouterr().err, re.S)
 
 
+def test_a_bad_init_args_key_of_a_class_path_gets_the_closest_parameter(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": f"{__name__}.CliNet", "init_args": {"hiden": 3}}}))
+    with pytest.raises(SystemExit):
+        TrainerCLI(args=["fit", "--config", str(config)], save_config_callback=None)
+    assert f"Did you mean 'hidden' (init_args of {__name__}.CliNet)?" in capsys.readouterr().err
+
+
 def test_bad_values_are_the_trainers_errors_with_the_setting_named():
     with pytest.raises(ValueError, match=r"Trainer\(max_epochs=0\)") as error:
         TrainerCLI(CliNet, args=["fit", *QUIET, "--trainer.max_epochs", "0"], save_config_callback=None)
