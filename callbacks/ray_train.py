@@ -81,7 +81,7 @@ class RayTrainReportCallback(Callback):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        local = checkpoint.to_directory(tempfile.mkdtemp(prefix="trainer-ray-resume-"))
+        local = checkpoint.to_directory()  # Ray copies it to a fresh local directory of its own
         path = os.path.join(local, cls.CHECKPOINT_NAME)
         if not os.path.exists(path):
             raise FileNotFoundError(f"Ray's latest checkpoint ({checkpoint.path}) holds no {cls.CHECKPOINT_NAME}: it "

@@ -317,7 +317,7 @@ def slurm_signals_reach_workers() -> Iterator[None]:
 
 def _child_processes(parent: int) -> list[int]:
     """The processes whose parent is ``parent`` (torchrun's workers are the launcher's children); Linux."""
-    children = []
+    children: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:

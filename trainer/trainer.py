@@ -367,6 +367,9 @@ class Trainer:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
                 checkpoint.restore(self, found[1], found[0], self._hooks)
+                from trainer.data.loader_state import position_to_resume
+
+                loop.resume_loader_position = position_to_resume(self, found[1], found[0])
                 if self.is_global_zero:
                     rank_zero_info(f"Resuming from {found[0]} at global_step {self.global_step} (epoch "
                                    f"{self.current_epoch}, batch_idx {self.state.batch_idx}).")
@@ -399,7 +402,14 @@ class Trainer:
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The whole training state as a checkpoint dict (call it on every rank: it gathers the
         ranks' RNG states). ``weights_only``: the module's weights and the counters."""
-        return checkpoint.dump(self, weights_only, self._hooks)
+        ckpt = checkpoint.dump(self, weights_only, self._hooks)
+        if "loops" in ckpt:
+            from trainer.data.loader_state import gather_positions
+
+            positions = gather_positions(self)  # the training loader's own position on each rank, if it keeps one
+            if positions is not None:
+                ckpt["loops"]["loader_positions"] = positions
+        return ckpt
 
     def save_model(self, directory: str, max_shard_size: int | str = "10GB", module: Any = None) -> list[str]:
         """Write the module's plain weights as safetensors (sharded above ``max_shard_size``),

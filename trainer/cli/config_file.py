@@ -330,6 +330,8 @@ def _check_combinations(cfg: LaunchConfig) -> None:
 
 
 def _check_elastic(cfg: LaunchConfig) -> None:
+    if cfg.min_machines is None:  # a fixed number of machines
+        return
     if cfg.min_machines > cfg.num_machines:
         raise ValueError(_error("min_machines", cfg.min_machines, f"the fewest machines cannot exceed the most, "
                                 f"num_machines={cfg.num_machines}. Give the range as MIN:MAX, e.g. "

@@ -61,9 +61,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (field, kind) in _FLAGS.items():
         spellings = [flag, *([_TORCHRUN_SPELLINGS[flag]] if flag in _TORCHRUN_SPELLINGS else [])]
         names = dict.fromkeys(f"--{spelled}" for name in spellings for spelled in (name, name.replace("-", "_")))
-        kind = _machines if field == "num_machines" else kind
-        extra = " (N, or MIN:MAX for elastic membership with the c10d rendezvous)" if kind is _machines else ""
-        parser.add_argument(*names, dest=field, type=kind, default=None,
+        parse: Any = _machines if field == "num_machines" else kind
+        extra = " (N, or MIN:MAX for elastic membership with the c10d rendezvous)" if parse is _machines else ""
+        parser.add_argument(*names, dest=field, type=parse, default=None,
                             help=f"overrides {field} of the config file{extra}")
     parser.add_argument("--rdzv-conf", "--rdzv_conf", default=None, metavar="KEY=VALUE,...",
                         help="torchrun's rendezvous settings, e.g. last_call_timeout=5,keep_alive_interval=1 "

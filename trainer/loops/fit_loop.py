@@ -39,6 +39,7 @@ from trainer._wrappers import with_is_last
 from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                         set_rng_states_after_first, skip_batches)
 from trainer.datamodule import batch_mover
+from trainer.data import loader_state
 from trainer.data.distributed_data import default_data_seed
 from trainer.loops.hooks import module_override, refuse_unsupported_overrides
 from trainer.loops.manual import ModuleOptimizer
@@ -69,6 +70,8 @@ class FitLoop:
         self.resume_rng: dict | None = None  # RNG states to put back when a resumed loop starts
         self.resume_order: dict | None = None  # a checkpoint's epoch to re-deal over this run's processes
         self.reshard: Any = None             # ... and its re-dealt rest (reshard.py)
+        self.loader_position: Any = None     # the training loader's own saved position after the batch in hand
+        self.resume_loader_position: Any = None  # ... as a checkpoint holds it, to load at the resume (loader_state.py)
         self.preempted = False               # SIGTERM arrived (preemption.py sets it)
         self.stop_requester: Any = None      # who last set should_stop (stop_reason.requester)
         self._told_default_epochs = False    # "fit stops after 1000 epochs" was said
@@ -348,11 +351,22 @@ class FitLoop:
             return set_rng_states_after_first(items, now)
         else:
             now = rng_states()
-            restore_epoch_start(loader, self.epoch_start_rng)
-            batches = skip_batches(loader, start)
+            position, self.resume_loader_position = self.resume_loader_position, None
+            if position is not None and loader_state.saveable(loader) is not None:
+                loader_state.saveable(loader).load_state_dict(position)  # reads on from there: nothing again
+                batches = loader
+            else:
+                restore_epoch_start(loader, self.epoch_start_rng)
+                batches = skip_batches(loader, start)
+                loader_state.say_rereading(loader, start, self.state.current_epoch)
+        owner = loader_state.saveable(loader)
+        if owner is not None:  # its position, read as each batch arrives (with_is_last looks one ahead)
+            batches = loader_state.with_positions(batches, owner)
         if num_batches is not None:
             batches = itertools.islice(batches, num_batches - start)
         items = with_is_last(batches)
+        if owner is not None:
+            items = loader_state.track(items, self)
         return items if start == 0 else set_rng_states_after_first(items, now)
 
     def _train_epoch(self, batches: Any, start: int, val_loaders: list[Any], val_every: int | None) -> bool:
