@@ -7,6 +7,7 @@ each batch is fetched (before the loop looks one batch ahead), kept with the bat
 the checkpoint (``loops.loader_positions``, one per rank). A resume inside the epoch loads it, so
 the loader reads only what was not trained. Any other iterable is resumed by reading and discarding
 the trained batches again (data_position.py), and the resume says so once, with the count.
+Positions saved inside an epoch by another number of processes are refused with the reason.
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ def position_to_resume(trainer: Any, ckpt: dict[str, Any], path: str) -> Any:
     saved_world = (ckpt.get("metadata") or {}).get("world_size", 1)
     world = trainer.accelerator.strategy.world_size
     if saved_world != world:
-        rank_zero_info(f"{path!r} holds the training loader's position on each of {saved_world} process(es); this "
-                       f"run has {world}, so the positions are not used: the rest of the epoch is dealt from its "
-                       "order instead (each process's stream position belongs to that process).")
-        return None
+        from trainer.strategies.checkpoint_errors import CheckpointError
+
+        raise CheckpointError(
+            f"{path!r} was saved inside epoch {loops.get('current_epoch')} (batch_idx {loops['batch_idx']}) with the "
+            f"training loader's own position on each of {saved_world} process(es); this run has {world}. A position "
+            "belongs to one process's stream (its share of the shards, its workers' places in them), so they cannot "
+            f"be dealt over {world}. Resume with {saved_world} process(es), or from a checkpoint taken at an epoch "
+            "end (ModelCheckpoint(save_on_train_epoch_end=True)).")
     return positions.get(trainer.accelerator.strategy.global_rank)
