@@ -11,10 +11,12 @@ module of Accelerate whose public names live in ``accelerate.utils``, which is w
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import os
 import re
+import shutil
 import sys
 import tempfile
 import traceback
@@ -46,7 +48,9 @@ def load_script(name: str) -> types.ModuleType:
         source = rewrite_imports(f.read())
     # a real file on sys.path, so DataLoader workers (and pickles) can import the script's classes
     folder = os.path.join(tempfile.gettempdir(), f"trainer_rewritten_scripts_{os.getpid()}")
-    os.makedirs(folder, exist_ok=True)
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        atexit.register(shutil.rmtree, folder, True)  # DataLoader workers (forked) exit without running it
     with open(os.path.join(folder, f"rewritten_{name}.py"), "w", encoding="utf-8") as f:
         f.write(source)
     if folder not in sys.path:
@@ -148,6 +152,7 @@ def run_calls(script: str, calls: list[str]) -> dict[str, str]:
     # directory of this job's own (the port is the job's), shared by its processes
     shared = os.path.join(tempfile.gettempdir(), f"trainer_script_cwd_{os.environ.get('MASTER_PORT', os.getpid())}")
     os.makedirs(shared, exist_ok=True)
+    atexit.register(shutil.rmtree, shared, True)
     if True:
         os.chdir(shared)
         try:
@@ -166,4 +171,9 @@ def run_calls(script: str, calls: list[str]) -> dict[str, str]:
                     results[call] = "".join(lines[-3:])[-600:]
         finally:
             os.chdir(cwd)
+            # the module is imported and its loaders' workers are gone: nothing reads these any more
+            # (a multiprocessing child never runs atexit handlers)
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), f"trainer_rewritten_scripts_{os.getpid()}"), True)
+            if os.environ.get("RANK", "0") == "0":
+                shutil.rmtree(shared, True)
     return results
