@@ -43,6 +43,8 @@ class DDPStrategy(Strategy):
             the job with an error naming it (see failures.py).
         find_unused_parameters: set when some parameters get no gradient in a step.
         static_graph: the set of used parameters never changes (lets DDP optimise).
+        bucket_cap_mb: size in MiB of the buckets DDP all-reduces gradients in (torch's default, 25, when None).
+        gradient_as_bucket_view: gradients are views into DDP's buckets (saves a copy and memory).
         process_group_backend: override "nccl"/"gloo".
         environment: the cluster environment (ranks, addresses); detected from the launcher by default.
         requested_processes: processes to start when no launcher started this one
@@ -55,11 +57,21 @@ class DDPStrategy(Strategy):
                  timeout: datetime.timedelta | float | None = None,
                  find_unused_parameters: bool = False, static_graph: bool = False,
                  process_group_backend: str | None = None, environment: ClusterEnvironment | None = None,
-                 requested_processes: int = 1) -> None:
+                 requested_processes: int = 1, bucket_cap_mb: float | None = None,
+                 gradient_as_bucket_view: bool = False) -> None:
+        if bucket_cap_mb is not None and (isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float))
+                                          or not bucket_cap_mb > 0):
+            raise ValueError(f"DDPStrategy(bucket_cap_mb={bucket_cap_mb!r}): expected a size in MiB > 0 (torch's "
+                             "default is 25), or None for torch's default.")
+        for name, flag in (("static_graph", static_graph), ("gradient_as_bucket_view", gradient_as_bucket_view),
+                           ("find_unused_parameters", find_unused_parameters)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"DDPStrategy({name}={flag!r}): expected True or False.")
         super().__init__(precision, ProcessGroup(device_kind, timeout, process_group_backend, environment,
                                                  requested_processes, owner="DDPStrategy"))
         self.device_kind = device_kind
         self.find_unused_parameters, self.static_graph = find_unused_parameters, static_graph
+        self.bucket_cap_mb, self.gradient_as_bucket_view = bucket_cap_mb, gradient_as_bucket_view
         self._wrapped: dict[Any, tuple[torch.nn.Module, Callable]] = {}
 
     @property
@@ -76,7 +88,8 @@ class DDPStrategy(Strategy):
         # DDP's constructor broadcasts parameters and buffers from rank 0: every replica starts equal
         ddp = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters,
-            static_graph=self.static_graph)
+            static_graph=self.static_graph, gradient_as_bucket_view=self.gradient_as_bucket_view,
+            **({} if self.bucket_cap_mb is None else {"bucket_cap_mb": self.bucket_cap_mb}))
         DDP_MODULES.add(ddp)
         return ddp
 
