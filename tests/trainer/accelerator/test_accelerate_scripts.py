@@ -10,6 +10,8 @@ What is not run, or run adapted, is exactly what docs/migrating.md lists as a de
 
 - ``test_reinstantiated_state``: expects ``AcceleratorState._reset_state()`` to break a live
   Accelerator; here each Accelerator owns its state, so it keeps working.
+- ``test_sync.py``'s accumulation tests run with every ``split_batches`` / ``dispatch_batches`` /
+  ``sync_each_batch`` combination, as its ``main()`` does.
 - the stateful-dataloader checks of ``test_distributed_data_loop.py`` (torchdata's loaders are not
   supported) and ``test_split_between_processes_dataset`` (needs the ``datasets`` package).
 - ``test_gradient_accumulation*`` run on a 64-sample ``RegressionDataset`` instead of 80, so every
@@ -83,9 +85,11 @@ def _run_sync_tests() -> list[str]:
         sync.test_distributed_sync_multiple_fwd(accelerator)
         ran += ["test_distributed_sync", "test_distributed_sync_multiple_fwd"]
         for split_batches in (False, True):
-            for sync_each_batch in (False, True):
-                sync.test_gradient_accumulation(split_batches, False, sync_each_batch)
-                sync.test_gradient_accumulation_with_opt_and_scheduler(split_batches, False, sync_each_batch)
+            for dispatch_batches in (False, True):
+                for sync_each_batch in (False, True):
+                    sync.test_gradient_accumulation(split_batches, dispatch_batches, sync_each_batch)
+                    sync.test_gradient_accumulation_with_opt_and_scheduler(split_batches, dispatch_batches,
+                                                                           sync_each_batch)
         ran += ["test_gradient_accumulation", "test_gradient_accumulation_with_opt_and_scheduler"]
     if accelerator.num_processes == 1:
         sync.test_gradient_accumulation_with_opt_and_scheduler()
