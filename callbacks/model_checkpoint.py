@@ -163,6 +163,7 @@ class ModelCheckpoint(Callback):
 
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
         if self._locked:
+            assert self.dirpath is not None  # locked in setup, where it is set
             unlock_directory(self.dirpath)
             self._locked = False
 
@@ -303,7 +304,8 @@ class ModelCheckpoint(Callback):
         last = None
         if self.save_last:  # before the bookkeeping below, so that file and last.ckpt hold the same
             last = self._last_path(trainer, metrics)
-        written, evicted = None, []
+        written: str | None = None
+        evicted: list[str] = []
         if self.save_top_k != 0:
             if self.monitor is None:
                 written, evicted = self._rank_latest(metrics, trainer)
@@ -405,6 +407,7 @@ class ModelCheckpoint(Callback):
         return path, [p for p in evicted if p != path]
 
     def _rank_by_score(self, metrics: dict[str, float], trainer: Any) -> tuple[str | None, list[str]]:
+        assert self.monitor is not None  # called only with a monitor
         score = float(metrics[self.monitor])
         if math.isnan(score):
             score = math.inf if self.mode == "min" else -math.inf
@@ -444,9 +447,12 @@ class ModelCheckpoint(Callback):
         """The file for this save in ``dirpath``. With ``enable_version_counter``, a name taken by a
         file this callback does not own (an earlier run's; not ``reuse``, the one this save replaces)
         gets ``-v1``, ``-v2``, ... as in Lightning. Rank zero decides; the others follow."""
+        dirpath = self.dirpath
+        assert dirpath is not None  # set in setup
+
         def candidate(ver: int | None) -> str:
-            return os.path.join(self.dirpath, self.format_checkpoint_name(metrics, trainer.current_epoch,
-                                                                          trainer.global_step, filename=name, ver=ver))
+            return os.path.join(dirpath, self.format_checkpoint_name(metrics, trainer.current_epoch,
+                                                                     trainer.global_step, filename=name, ver=ver))
 
         path = candidate(None)
         if not versioned or not self.enable_version_counter:

@@ -116,7 +116,7 @@ class StochasticWeightAveraging(Callback):
                              f"{len(optimizer.param_groups)} parameter groups. Pass one float, or one per group.")
         for rate, group in zip(rates, optimizer.param_groups):
             group["initial_lr"] = rate
-        # type: ignore below: SWALR takes one rate per parameter group too; torch types swa_lr as a float
+        # the ignore below: SWALR takes one rate per parameter group too; torch types swa_lr as a float
         self._swa_scheduler = SWALR(optimizer, swa_lr=rates, anneal_epochs=self._annealing_epochs,  # type: ignore[arg-type]
                                     anneal_strategy=self._annealing_strategy,
                                     last_epoch=self._max_epochs if self._annealing_strategy == "cos" else -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator, cast
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,7 @@ class DDPStrategy(Strategy):
     """
 
     distributed_kind = "MULTI"
+    processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
                  timeout: datetime.timedelta | float | None = None,
@@ -85,11 +86,11 @@ class DDPStrategy(Strategy):
     # -- modules ---------------------------------------------------------------------------------
     def _ddp(self, module: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
         device_ids = [self.root_device.index] if self.device_kind == "cuda" else None
+        bucket: dict[str, Any] = {} if self.bucket_cap_mb is None else {"bucket_cap_mb": self.bucket_cap_mb}
         # DDP's constructor broadcasts parameters and buffers from rank 0: every replica starts equal
         ddp = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters,
-            static_graph=self.static_graph, gradient_as_bucket_view=self.gradient_as_bucket_view,
-            **({} if self.bucket_cap_mb is None else {"bucket_cap_mb": self.bucket_cap_mb}))
+            static_graph=self.static_graph, gradient_as_bucket_view=self.gradient_as_bucket_view, **bucket)
         DDP_MODULES.add(ddp)
         return ddp
 
@@ -104,7 +105,7 @@ class DDPStrategy(Strategy):
             model = self._ddp(_StepForward(self.precision.convert_module(module.to(self.root_device))))
             # manual optimization runs any number of backward calls per step: DDP's reducer (armed by its
             # forward for exactly one) stays idle, and manual_backward averages the gradients itself
-            step = module.training_step if manual else functools.partial(model, "training_step")
+            step = cast(Callable[..., Any], module.training_step) if manual else functools.partial(model, "training_step")
             self._wrapped[key] = (model, step)
         return self._wrapped[key]
 
@@ -132,7 +133,7 @@ class DDPStrategy(Strategy):
         return super().no_backward_sync(module)
 
     def local_training_step(self, module: torch.nn.Module) -> Callable:
-        return module.training_step  # around DDP's wrapper: no reducer, no buffer broadcast
+        return cast(Callable[..., Any], module.training_step)  # around DDP's wrapper: no reducer, no buffer broadcast
 
     def all_reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """One all-reduce of every gradient, flattened (a parameter without one counts as zeros), then

@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import json
 import warnings
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
@@ -80,6 +80,7 @@ class DeepSpeedStrategy(Strategy):
     supports_gradient_correction = False  # gradients live in the engine's partitions
 
     distributed_kind = "DEEPSPEED"
+    processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
                  config: dict[str, Any] | str | None = None, precision: Precision | str | None = None,
@@ -106,7 +107,7 @@ class DeepSpeedStrategy(Strategy):
                                  "Pass the path of a readable DeepSpeed JSON config, or the config as a dict.") from None
         self.zero_stage, self.offload_optimizer, self.offload_parameters = zero_stage, offload_optimizer, \
             offload_parameters
-        self.user_config: dict[str, Any] = dict(config or {})
+        self.user_config: dict[str, Any] = dict(cast("dict[str, Any] | None", config) or {})  # a path was read above
         self.gradient_clip_val: float | None = None
         self.accumulate_grad_batches = 1
         self.engine: Any = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
@@ -50,6 +50,7 @@ class FSDPStrategy(Strategy):
     """
 
     distributed_kind = "FSDP"
+    processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
                  auto_wrap_policy: set[type] | int | Callable[[torch.nn.Module], bool] | None = None,
@@ -130,7 +131,7 @@ class FSDPStrategy(Strategy):
             return [m for m in big if not any(_contains(m, other) for other in big)]  # the innermost ones
         if callable(policy) and not isinstance(policy, type):
             return [sub for sub in module.modules() if sub is not module and policy(sub)]
-        classes = tuple(policy)
+        classes = (policy,) if isinstance(policy, type) else tuple(policy)  # one class, or a set of them
         return [sub for sub in module.modules() if sub is not module and isinstance(sub, classes)]
 
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -176,7 +177,7 @@ class FSDPStrategy(Strategy):
         if key not in self._wrapped:
             # the module itself is sharded in place: training_step runs its forward, which gathers
             model = self.setup_module(module)
-            self._wrapped[key] = (model, model.training_step)
+            self._wrapped[key] = (model, cast(Callable[..., Any], model.training_step))
         return self._wrapped[key]
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -219,7 +220,7 @@ class FSDPStrategy(Strategy):
                         norm_type: float = 2.0) -> torch.Tensor:
         """The norm over every shard (an all-reduce inside DTensor's norm), then clipping in place."""
         params = [p for p in parameters if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], norm_type)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
@@ -291,7 +292,7 @@ class FSDPStrategy(Strategy):
         from .checkpoint_verify import safe_dcp_load
 
         model_sd, optim_sd = get_state_dict(module, list(optimizers))
-        tensors = {"model": model_sd, "optim": optim_sd}
+        tensors: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         safe_dcp_load(tensors, path)
         set_state_dict(module, list(optimizers), model_state_dict=tensors["model"],
                        optim_state_dict=tensors["optim"])
@@ -301,7 +302,8 @@ class FSDPStrategy(Strategy):
         """The unsharded weights, gathered to CPU on rank zero ({} elsewhere)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return cast("dict[str, torch.Tensor]", state)  # a module's weights: tensors
 
     def local_state_bytes(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Bytes of parameters (and optimizer state) this process holds: the local shards."""

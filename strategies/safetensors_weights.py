@@ -40,7 +40,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], directory: str, max_shard_
 
     limit = _parse_size(max_shard_size)
     tensors = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int | torch.SymInt]] = set()
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         key = (t.untyped_storage().data_ptr(), t.storage_offset())
@@ -60,7 +60,9 @@ def save_weights(state_dict: dict[str, torch.Tensor], directory: str, max_shard_
     names = [WEIGHTS_NAME] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        atomic_write(os.path.join(directory, name), lambda tmp, s=shard: save_file(s, tmp, metadata={"format": "pt"}))
+        def write(tmp: str, s: dict[str, torch.Tensor] = shard) -> None:
+            save_file(s, tmp, metadata={"format": "pt"})
+        atomic_write(os.path.join(directory, name), write)
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}

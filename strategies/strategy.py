@@ -13,7 +13,7 @@ import contextlib
 import copy
 import datetime
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
@@ -154,7 +154,7 @@ class Strategy(ABC):
         """For the Trainer: the prepared model and the callable that runs ``training_step``
         (a distributed strategy routes it through its wrapper so gradients sync). ``manual``: the
         module steps its own optimizers and calls backward itself (manual optimization)."""
-        return self.setup_module(module), module.training_step
+        return self.setup_module(module), cast(Callable[..., Any], module.training_step)  # a TrainModule's method
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Move optimizer state (e.g. Adam moments loaded from elsewhere) to the device."""
@@ -217,7 +217,7 @@ class Strategy(ABC):
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""
-        return module.training_step
+        return cast(Callable[..., Any], module.training_step)  # a TrainModule's method
 
     def all_reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Average the locally accumulated gradients over processes (nothing to do on one)."""

@@ -225,7 +225,7 @@ class Accelerator(TrackingMixin):
         prepared = list(objects)
         if self.strategy.has_engine:  # DeepSpeed: one engine owns the model and its optimizer
             return self._prepare_engine(objects)
-        before: dict[int, str] = {}  # id of each parameter -> its name, to follow in-place sharding (FSDP2)
+        before: dict[int, torch.nn.Parameter] = {}  # id of each parameter -> the prepared one (FSDP2 shards in place)
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.nn.Module):
                 names = {id(p): n for n, p in obj.named_parameters()}
@@ -552,7 +552,7 @@ class Accelerator(TrackingMixin):
                     warnings.warn("join_uneven_inputs(even_batches=...): overriding even_batches is only supported "
                                   "for map-style datasets; a dataloader whose batches process 0 dispatches (an "
                                   "IterableDataset) keeps its setting.", UserWarning, stacklevel=3)
-        ddp = [j for j in joinables if isinstance(j, torch.nn.parallel.DistributedDataParallel)]
+        ddp: list[Any] = [j for j in joinables if isinstance(j, torch.nn.parallel.DistributedDataParallel)]
         joined, self._joined = self._joined, True
         try:
             if not ddp:
@@ -691,6 +691,7 @@ class Accelerator(TrackingMixin):
         if automatic:
             output_dir = next_checkpoint_dir(self.project_configuration) if self.is_main_process else ""
             output_dir = self.strategy.broadcast(output_dir)
+        assert output_dir is not None  # given, or chosen above
         path = save_state(self, output_dir)
         if automatic:
             self.project_configuration.iteration += 1
@@ -732,7 +733,7 @@ class Accelerator(TrackingMixin):
                              "carry code). Drop the argument.")
         state = self.get_state_dict(model)
         names: list[str] = []
-        unwrapped = self.unwrap_model(model)
+        unwrapped: Any = self.unwrap_model(model)  # maybe a Hugging Face model (save_pretrained)
         if self.is_main_process and callable(getattr(unwrapped, "save_pretrained", None)):
             # a Hugging Face model: its own format (config.json next to the weights), loadable with from_pretrained
             unwrapped.save_pretrained(save_directory, state_dict=state, safe_serialization=True,

@@ -31,11 +31,12 @@ def from_compiled(model: Any) -> Any:
     (as Lightning does, it stays compiled afterwards). Anything else is returned as it is."""
     if not isinstance(model, torch.nn.Module) or not is_compiled(model):
         return model
-    module: Any = model._orig_mod  # the wrapped module (a dynamic attribute of OptimizedModule)
+    wrapper: Any = model  # torch.compile's OptimizedModule: _orig_mod and dynamo_ctx are its attributes
+    module = wrapper._orig_mod
     # the compile settings (backend, mode, options) live in the wrapper's context: apply them to the
     # class's forward bound to the module (never to a forward compiled by an earlier call), so hooks
     # around forward still run in eager code
-    module.forward = model.dynamo_ctx(type(module).forward.__get__(module))
+    module.forward = wrapper.dynamo_ctx(type(module).forward.__get__(module))
     return module
 
 

@@ -99,7 +99,7 @@ class BatchSamplerShard(BatchSampler):
         self.batch_sampler = batch_sampler
         self.num_processes, self.process_index = num_processes, process_index
         self.split_batches, self.even_batches = split_batches, even_batches
-        # type: ignore below: a custom batch sampler may have no batch_size (None); torch's BatchSampler types it int
+        # the ignore below: a custom batch sampler may have no batch_size (None); torch's BatchSampler types it int
         self.batch_size = getattr(batch_sampler, "batch_size", None)  # type: ignore[assignment]
         self.drop_last = getattr(batch_sampler, "drop_last", False)
         if split_batches and (self.batch_size is None or self.batch_size % num_processes):

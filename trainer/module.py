@@ -430,7 +430,7 @@ def save_hyperparameters(hparams: AttributeDict, args: tuple, ignore: Any, frame
     return AttributeDict({**hparams, **{k: values[k] for k in chosen if k not in ignore}})
 
 
-def _construct(cls: type, ckpt: dict[str, Any], overrides: dict[str, Any], path: str) -> Any:
+def _construct(cls: type[Any], ckpt: dict[str, Any], overrides: dict[str, Any], path: str) -> Any:
     """``cls(**saved hparams, **overrides)``; an ``__init__`` whose one argument takes a dict or a
     Namespace (``save_hyperparameters(hp)``) gets them as one AttributeDict. A keyword override that
     is no argument of ``cls.__init__`` is the caller's mistake and named as such; saved hparams that
@@ -482,7 +482,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _signature(cls: type) -> str:
+def _signature(cls: type[Any]) -> str:
     """``(hidden=32, lr=0.1)``: the arguments of ``cls.__init__`` after self, with their defaults."""
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     return "(" + ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params) + ")"

@@ -99,12 +99,12 @@ def _share(inputs: Any, num_processes: int, process_index: int, apply_padding: b
     base, extra = divmod(length, num_processes)
     start = process_index * base + min(process_index, extra)
     end = start + base + (1 if process_index < extra else 0)
-    share = inputs[start:end]
+    share: Any = inputs[start:end]  # the type of inputs: a list, tuple or tensor
     if apply_padding and length:
         want = base + (1 if extra else 0)
         missing = want - (end - start)
         if missing:
-            last = share[-1:] if end > start else inputs[-1:]  # repeat this share's last item
+            last: Any = share[-1:] if end > start else inputs[-1:]  # repeat this share's last item
             if isinstance(share, torch.Tensor):
                 share = torch.cat([share] + [last] * missing)
             else:

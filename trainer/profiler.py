@@ -147,7 +147,7 @@ class PyTorchProfiler(Profiler):
             raise ValueError(f"PyTorchProfiler(num_steps={num_steps!r}): expected a positive int (training batches "
                              "to record).")
         self.dirpath, self.num_steps = dirpath, num_steps
-        self._options = {"record_shapes": record_shapes, "profile_memory": profile_memory, "with_stack": with_stack}
+        self._options: dict[str, Any] = {"record_shapes": record_shapes, "profile_memory": profile_memory, "with_stack": with_stack}
         self._torch_profile: Any = None
         self._ranges: list[Any] = []
         self._steps = 0

@@ -5,7 +5,7 @@ The trackers are this library's loggers (``callbacks``), written on the main pro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,7 +17,10 @@ class TrackingMixin:
     trackers: list[Any]
     project_dir: str | None
     _log_step: int
-    is_main_process: bool
+
+    if TYPE_CHECKING:  # the Accelerator's read-only property
+        @property
+        def is_main_process(self) -> bool: ...
 
     def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
                       init_kwargs: dict[str, dict[str, Any]] | None = None) -> None:

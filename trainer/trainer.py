@@ -263,7 +263,7 @@ class Trainer:
             if self.module is None:
                 raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
             model = self.module
-            if ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", ""):
+            if ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", None):
                 ckpt_path = "best"  # as Lightning: without a model, the best checkpoint of the last fit
             if dataloaders is None and datamodule is None:
                 datamodule = self.datamodule  # and that fit's DataModule, as Lightning
@@ -342,7 +342,7 @@ class Trainer:
             self.interrupted = isinstance(err, KeyboardInterrupt)
             checkpointing.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
-            if self.interrupted:  # one line per rank, not a traceback per rank (trainer/interrupt.py)
+            if isinstance(err, KeyboardInterrupt):  # one line per rank, not a traceback per rank (trainer/interrupt.py)
                 interrupt.report(self, stage, err)
             clearer = self.accelerator.strategy.explain_failure(err)  # a dead or hung rank, named
             if clearer is not None:
@@ -451,8 +451,13 @@ class Trainer:
         return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
 
 
+def _setting(name: str) -> property:
+    """A read-only mirror of the setting ``name`` (Lightning's trainer.limit_val_batches, ...)."""
+    return property(lambda self: getattr(self.config, name))
+
+
 # Lightning's read-only mirrors of the settings (trainer.accumulate_grad_batches, trainer.limit_val_batches, ...)
 for _name in ("fast_dev_run", "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
               "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
               "limit_predict_batches", "num_sanity_val_steps"):
-    setattr(Trainer, _name, property(lambda self, _name=_name: getattr(self.config, _name)))
+    setattr(Trainer, _name, _setting(_name))

@@ -251,7 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{config_file.DEFAULT_LOCATION})")
     group = parser.add_argument_group("answers", "each flag answers one question, which is then not asked")
     for q in QUESTIONS:
-        extra = {"nargs": "?", "const": "yes"} if q.parse is _parse_bool else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": "yes"} if q.parse is _parse_bool else {}
         group.add_argument(*q.flags, dest=q.dest, metavar=_metavar(q), help=q.prompt, **extra)
 
 

@@ -129,7 +129,8 @@ class SelfTest:
         loss.backward()
         with torch.no_grad():
             for p in reference.parameters():
-                p -= 0.1 * p.grad
+                assert p.grad is not None  # every weight takes part in the loss
+                p.sub_(0.1 * p.grad)
         return got, {k: v.detach().float() for k, v in reference.state_dict().items()}, initial
 
     def _compare(self, got: dict, want: dict) -> float:

@@ -149,6 +149,7 @@ class TrainerCLI:
             callbacks.append(save_config_callback(sub, config, **(save_config_kwargs or {})))
         self.trainer = self._instantiate_trainer(init["trainer"], callbacks)
         if run:
+            assert self.subcommand is not None  # parsed with subcommands: jsonargparse requires one
             self._run_subcommand(self.subcommand, init)
 
     # -- the parser ------------------------------------------------------------------------------

@@ -33,9 +33,10 @@ def distributed_order(n: int, world_size: int, batch_size: int, drop_last: bool,
     """The order of an epoch read through ``DistributedSampler`` on ``world_size`` processes, with
     the loader's ``batch_size`` and ``drop_last``; padding repeats dropped."""
     per_rank = []
+    indices: Any = range(n)  # a Sized of indices serves as the dataset (torch's stubs ask for a Dataset)
     for rank in range(world_size):
-        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                     drop_last=drop_last)
+        sampler: DistributedSampler[int] = DistributedSampler(indices, num_replicas=world_size, rank=rank,
+                                                              shuffle=shuffle, seed=seed, drop_last=drop_last)
         sampler.set_epoch(epoch)
         per_rank.append(list(BatchSampler(sampler, batch_size, drop_last)))
     steps = min(len(batches) for batches in per_rank)
@@ -46,7 +47,8 @@ def replayed_order(n: int, batch_size: int, drop_last: bool, shuffle: bool, gene
                    epoch_start: dict[str, Any]) -> list[int]:
     """The order one process read: its loader's sampler replayed from the epoch's start states (the
     random states are put back afterwards)."""
-    index_loader = DataLoader(range(n), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+    indices: Any = range(n)  # a Sized of indices serves as the dataset (torch's stubs ask for a Dataset)
+    index_loader = DataLoader(indices, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                               generator=generator)
     if len(order_generators(index_loader)) != len(epoch_start["generators"]):
         raise _cannot("the epoch's order was drawn from generators this loader does not have (a sampler with its "

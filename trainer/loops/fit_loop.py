@@ -307,6 +307,7 @@ class FitLoop:
         from trainer.data.reshard import plan_for_resume
 
         pending, self.resume_order = self.resume_order, None
+        assert pending is not None  # run() calls this when a checkpoint's epoch waits
         self.reshard = plan_for_resume(self, train_loader, pending)
         if self.reshard is None:
             self.state.epoch_trained = True  # nothing of it remains
@@ -356,6 +357,7 @@ class FitLoop:
                 loader_state.saveable(loader).load_state_dict(position)  # reads on from there: nothing again
                 batches = loader
             else:
+                assert self.epoch_start_rng is not None  # restored with the checkpoint that stopped inside the epoch
                 restore_epoch_start(loader, self.epoch_start_rng)
                 batches = skip_batches(loader, start)
                 loader_state.say_rereading(loader, start, self.state.current_epoch)
@@ -584,6 +586,7 @@ class FitLoop:
                                     cfg.max_time is not None and self.start_time is not None and self._time_is_up())
 
     def _time_is_up(self) -> bool:
+        assert self.start_time is not None  # set when fit starts
         return time.monotonic() - self.start_time >= self.trainer.config.max_time
 
     def _sync_should_stop(self) -> None:
@@ -633,6 +636,6 @@ def _distributed_shuffle(loader: Any) -> bool | None:
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if hasattr(obj, "set_epoch"):
+        if obj is not None and hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 

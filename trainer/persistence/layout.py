@@ -69,7 +69,7 @@ class _Check:
                     self.fail(f"{field} key", key, f"{keys.__name__} keys")
         return value
 
-    def sequence(self, value: Any, field: str, item: Callable[[Any, str], None] | None = None) -> list:
+    def sequence(self, value: Any, field: str, item: Callable[[Any, str], Any] | None = None) -> list:
         if not isinstance(value, (list, tuple)):
             self.fail(field, value, "a list")
         for i, entry in enumerate(value):

@@ -115,8 +115,8 @@ def check_position(ckpt: dict[str, Any], path: str, num_batches: int | None, loa
     if saved_world == world_size and origin is None:
         bound, where = num_batches, f"the {num_batches} batches in an epoch of this run"
     else:
-        dataset, batch_size = getattr(loader, "dataset", None), loops.get("train_batch_size") or \
-            getattr(loader, "batch_size", None)
+        dataset: Any = getattr(loader, "dataset", None)  # any object: its len() is tried below
+        batch_size = loops.get("train_batch_size") or getattr(loader, "batch_size", None)
         try:
             samples = len(dataset)
         except TypeError:

@@ -59,16 +59,16 @@ def _paths_as_text(value: Any) -> Any:
         items = {k: _paths_as_text(v) for k, v in value.items()}
         if all(items[k] is v for k, v in value.items()) and not any(isinstance(k, os.PathLike) for k in value):
             return value
-        out = type(value)() if type(value) in (dict, collections.OrderedDict) else {}
+        out: Any = type(value)() if type(value) in (dict, collections.OrderedDict) else {}
         out.update({_paths_as_text(k): v for k, v in items.items()})
         if hasattr(value, "_metadata"):
             out._metadata = value._metadata
         return out
     if isinstance(value, (list, tuple)):
-        items = [_paths_as_text(v) for v in value]
-        if all(a is b for a, b in zip(items, value)):
+        entries = [_paths_as_text(v) for v in value]
+        if all(a is b for a, b in zip(entries, value)):
             return value
-        return type(value)(items) if type(value) in (list, tuple) else items
+        return type(value)(entries) if type(value) in (list, tuple) else entries
     return value
 
 
@@ -296,7 +296,8 @@ def newest_checkpoint(dirpath: str, callback: Any = None) -> str | None:
     paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath)
              if n.endswith(_extensions(callback)) and not is_temporary(n)]
     last = _last_files(paths, callback)
-    return (last or sorted(paths, key=os.path.getmtime, reverse=True) or [None])[0]
+    newest_first = last or sorted(paths, key=os.path.getmtime, reverse=True)
+    return newest_first[0] if newest_first else None
 
 
 def _extensions(callback: Any) -> tuple[str, ...]:
@@ -395,7 +396,8 @@ def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
     from trainer.strategies.checkpoint_verify import verify_sharded
 
-    ckpt, failure = None, None
+    ckpt: Any = None
+    failure: BaseException | None = None
     try:
         _refuse_foreign_directory(path)
         ckpt = safe_load(path, mmap=mmap)
