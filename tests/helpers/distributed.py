@@ -79,3 +79,25 @@ def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 120, **k
     if errors:
         raise AssertionError("\n".join(errors))
     return [results[r] for r in range(world_size)]
+
+
+def trainer_order(dataset: Any, seed: int = 0) -> Any:
+    """For one process, the order the Trainer deals a training set over several processes
+    (``DistributedSampler(shuffle=True, seed)``, as Lightning's ``use_distributed_sampler``): each step
+    of a batch of ``world_size * b`` then takes the samples the processes' steps of ``b`` take together.
+    In a Trainer run the loop calls its ``set_epoch``; a plain loop gets the next epoch on each pass."""
+    import torch
+
+    class _EachPassNextEpoch(torch.utils.data.DistributedSampler):
+        def __iter__(self):  # the Trainer's set_epoch, or the pass count of a plain loop
+            indices = super().__iter__()  # computed now, for self.epoch
+            if not getattr(self, "_epoch_set", False):
+                self.epoch += 1
+            self._epoch_set = False
+            return indices
+
+        def set_epoch(self, epoch: int) -> None:
+            super().set_epoch(epoch)
+            self._epoch_set = True
+
+    return _EachPassNextEpoch(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer, TrainModule
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, trainer_order
 
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.timeout(400)
@@ -37,12 +37,15 @@ def _data(n=32):
     return torch.randn(n, 8, generator=g), torch.randn(n, 1, generator=g)
 
 
-def _fit(strategy, batch, k, precision="32-true", epochs=2, **kwargs):
+def _fit(strategy, batch, k, precision="32-true", epochs=2, trainer_order_on_one=False, **kwargs):
+    """``trainer_order_on_one``: one process reads the training data in the order the Trainer deals it
+    (shuffled) over several, so each of its steps takes the samples of the processes' step."""
     x, y = _data()
     model = Net()
     trainer = Trainer(max_epochs=epochs, strategy=strategy, precision=precision, accumulate_grad_batches=k,
                       logger=False, enable_progress_bar=False, num_sanity_val_steps=0, accelerator="cpu", **kwargs)
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=batch))
+    train = TensorDataset(x, y)
+    trainer.fit(model, DataLoader(train, batch_size=batch, sampler=trainer_order(train) if trainer_order_on_one else None))
     return model, trainer
 
 
@@ -74,7 +77,7 @@ def test_zero_on_two_processes_matches_one_process_on_the_global_batch_and_bf16_
     assert not extensions.exists() or not any(extensions.iterdir()), sorted(extensions.iterdir())
     for i, (stage, k, precision) in enumerate(runs):
         got = [rank["runs"][i] for rank in ranks]
-        model, trainer = _fit("auto", batch=4, k=k, enable_checkpointing=False)  # fp32, one process
+        model, trainer = _fit("auto", batch=4, k=k, enable_checkpointing=False, trainer_order_on_one=True)  # fp32, 1 proc
         if precision == "bf16-mixed":
             for name, value in model.state_dict().items():
                 assert torch.tensor(got[0]["weights"][name]) == pytest.approx(value, abs=5e-2), (precision, name)
@@ -162,7 +165,7 @@ def _offload_worker(alias):
 @pytest.mark.parametrize("alias", ["deepspeed_stage_2_offload", "deepspeed_stage_3_offload"])
 def test_offload_trains_with_the_users_optimizer_to_the_same_weights(alias):
     ranks = run_distributed(_offload_worker, timeout=300, alias=alias)
-    model, _ = _fit("auto", batch=4, k=1, enable_checkpointing=False)
+    model, _ = _fit("auto", batch=4, k=1, enable_checkpointing=False, trainer_order_on_one=True)
     for name, value in model.state_dict().items():
         for rank in ranks:
             assert torch.tensor(rank["weights"][name]) == pytest.approx(value, abs=1e-5), (alias, name)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer.callbacks import Callback
 from trainer.strategies import FSDPStrategy
 from trainer import Trainer, TrainModule
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, trainer_order
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,14 +49,17 @@ def _data(n=32):
     return torch.randn(n, 8, generator=g), torch.randn(n, 1, generator=g)
 
 
-def _fit(strategy, batch, k, precision="32-true", epochs=2):
+def _fit(strategy, batch, k, precision="32-true", epochs=2, trainer_order_on_one=False):
+    """``trainer_order_on_one``: one process reads the training data in the order the Trainer deals it
+    (shuffled) over several, so each of its steps takes the samples of the processes' step."""
     x, y = _data()
     model = Net()
     trainer = Trainer(max_epochs=epochs, strategy=strategy, precision=precision, accumulate_grad_batches=k,
                       logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
                       accelerator="cpu")
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=batch), DataLoader(TensorDataset(x, y),
-                                                                                      batch_size=4))
+    train = TensorDataset(x, y)
+    trainer.fit(model, DataLoader(train, batch_size=batch, sampler=trainer_order(train) if trainer_order_on_one else None),
+                DataLoader(TensorDataset(x, y), batch_size=4))
     return model, trainer
 
 
@@ -79,7 +82,7 @@ def test_fsdp_on_two_processes_matches_one_process_on_the_global_batch_and_bf16_
     runs = [(1, "32-true"), (2, "32-true"), (1, "bf16-mixed")]
     ranks = run_distributed(_fsdp_worker, runs=runs)
     for i, (k, precision) in enumerate(runs):
-        model, trainer = _fit("auto", batch=4, k=k)  # one process, batch 2 x 2 ranks, fp32
+        model, trainer = _fit("auto", batch=4, k=k, trainer_order_on_one=True)  # one process, batch 2 x 2 ranks, fp32
         reference = model.state_dict()
         got = [rank[i] for rank in ranks]
         if precision == "bf16-mixed":
@@ -352,7 +355,7 @@ def _options_worker(kinds):
 def test_fsdp_options_train_to_the_same_weights():
     kinds = ["offload", "checkpointing", "hybrid", "grad_op"]
     ranks = run_distributed(_options_worker, kinds=kinds)
-    model, _ = _fit("auto", batch=4, k=1)
+    model, _ = _fit("auto", batch=4, k=1, trainer_order_on_one=True)
     for kind in kinds:
         for name, value in model.state_dict().items():
             assert torch.tensor(ranks[0][kind][name]) == pytest.approx(value, abs=1e-5), (kind, name)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer import TrainModule
 from trainer.callbacks import Callback
 from trainer.strategies.checkpoint_io import atomic_save, safe_load
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, trainer_order
 from tests.helpers.trainers import LEAN, quiet_trainer
 
 TEXT = "the quick brown fox jumps over the lazy dog; " * 6
@@ -82,11 +82,14 @@ class Counting:
         return run
 
 
-def _reference(batch_size: int, epochs: int) -> list[list]:
+def _reference(batch_size: int, epochs: int, distributed_order: bool = False) -> list[list]:
+    """A plain loop; ``distributed_order``: over the order the Trainer deals on several processes."""
     model = TinyLM()
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    data = _tokens()
+    loader = DataLoader(data, batch_size=batch_size, sampler=trainer_order(data) if distributed_order else None)
     for _ in range(epochs):
-        for x, y in DataLoader(_tokens(), batch_size=batch_size):
+        for x, y in loader:
             loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
             loss.backward()
             opt.step()
@@ -187,7 +190,7 @@ def _ddp_compiled_worker():
 @pytest.mark.timeout(180)
 def test_compiled_model_under_two_ddp_processes_equals_one_process():
     ranks = run_distributed(_ddp_compiled_worker, world_size=2)
-    want = _reference(batch_size=4, epochs=2)
+    want = _reference(batch_size=4, epochs=2, distributed_order=True)  # the ranks read the data shuffled
     for rank in ranks:
         assert rank["runs"] == 2 * 4  # each rank ran its 4 batches per epoch through compiled code
         _assert_close(rank["weights"], want)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import DataModule, TrainModule
 from tests.helpers import BoringModel, regression_loader
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, trainer_order
 from tests.helpers.trainers import LEAN, quiet_trainer
 
 torchmetrics = pytest.importorskip("torchmetrics")
@@ -108,16 +108,22 @@ class Classifier(TrainModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def _plain_loop(root: str, epochs: int, batch_size: int = 8) -> tuple[dict[str, torch.Tensor], float]:
-    """The same arithmetic without the Trainer: SGD on the same batches, accuracy at the end."""
+def _plain_loop(root: str, epochs: int, batch_size: int = 8,
+                distributed_order: bool = False) -> tuple[dict[str, torch.Tensor], float]:
+    """The same arithmetic without the Trainer: SGD on the same batches, accuracy at the end.
+    ``distributed_order``: the training samples in the order the Trainer deals them over several
+    processes (shuffled by its DistributedSampler, seed 0, one permutation per epoch)."""
     data = torch.load(os.path.join(root, "blobs.pt"), weights_only=True)
     x, y = data["x"], data["y"]
     cut = len(x) * 2 // 3
     model = Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    sampler = trainer_order(range(cut)) if distributed_order else range(cut)
     for _ in range(epochs):
+        order = list(sampler)
         for i in range(0, cut, batch_size):
-            loss = torch.nn.functional.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size])
+            batch = order[i:i + batch_size]
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -237,7 +243,7 @@ def test_two_processes_prepare_once_and_equal_one_process_with_the_whole_batch(t
     with open(os.path.join(root, "prepared_by.txt")) as f:
         assert f.read().split() == ["0"]  # once per machine, on local rank zero; rank 1 waited for it
     assert results[0][0][0] == "prepare_data" and "prepare_data" not in results[1][0]
-    expected, acc = _plain_loop(root, epochs=3, batch_size=8)  # 2 x 4 per step == one batch of 8
+    expected, acc = _plain_loop(root, epochs=3, batch_size=8, distributed_order=True)  # 2 x 4 per step == 8
     for calls, val_acc, weights in results:
         assert calls[-1] == "teardown:fit"
         assert val_acc == pytest.approx(acc, abs=1e-6)
