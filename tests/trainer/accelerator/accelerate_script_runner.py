@@ -3,10 +3,10 @@ import lines rewritten to this library, and their functions called one by one.
 
 The rewrite is the migration guide's literal rule: ``accelerate`` -> ``trainer`` in ``import`` and
 ``from ... import`` lines, module paths kept (``accelerate.state`` -> ``trainer.state``,
-``accelerate.data_loader`` -> ``trainer.data_loader``, ...). Two kinds of import are left alone:
-``accelerate.test_utils`` (the scripts' fixtures: RegressionDataset, RegressionModel,
-are_the_same_tensors -- test data, not the library) and ``accelerate.utils.dataclasses``, a private
-module of Accelerate whose public names live in ``accelerate.utils``, which is what it is mapped to.
+``accelerate.data_loader`` -> ``trainer.data_loader``, ``accelerate.utils.dataclasses`` ->
+``trainer.utils.dataclasses``, ...). Only ``accelerate.test_utils`` is left alone: the scripts'
+fixtures (RegressionDataset, RegressionModel -- test data, not the library); its
+``are_the_same_tensors`` reads Accelerate's singleton, so it is replaced by an equivalent on ours.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ def rewrite_imports(source: str) -> str:
         indent, keyword, path = match.groups()
         if path.startswith(".test_utils"):
             return match.group(0)
-        if path == ".utils.dataclasses":
-            path = ".utils"
         return f"{indent}{keyword} trainer{path}"
 
     return _IMPORT.sub(one, source)
