@@ -76,7 +76,7 @@ class Window:
     tensor once a step returned ``num_items`` as one), and how far it got."""
 
     __slots__ = ("micro", "ref", "size", "items", "counted", "has_loss", "closes", "item_counted",
-                 "corrected", "stepped", "in_backward")
+                 "corrected", "stepped", "in_backward", "pre_weighted")
 
     def __init__(self) -> None:
         self.micro = 0
@@ -90,6 +90,7 @@ class Window:
         self.corrected = False
         self.stepped = False
         self.in_backward = False  # the Trainer's oom_split: did the failing piece reach its backward?
+        self.pre_weighted = False  # losses weighted by item_weight: already the global mean, no correction
 
 
 class _Progress:
@@ -116,8 +117,10 @@ class StepEngine:
         self.progress = progress if progress is not None else _Progress()
         self.window = Window()
         self.optimizers: list[torch.optim.Optimizer] = []  # whose gradients a window's normalisation fixes
-        # this rank's weight in the global mean when ranks hold uneven items (a re-dealt epoch: reshard.py)
-        self.rank_share = 1.0
+        # Ranks holding uneven items in a window (a re-dealt epoch: reshard.py): each sample's weight in the
+        # global mean, world size / the window's items on every rank. Applied before backward, since a
+        # correction after DDP's average would differ between ranks (and so would their weights).
+        self.item_weight: float | None = None
         self._warned_window = False
         self.profiler: Any = None  # a Profiler while a Trainer stage is profiled (the strategy is never wrapped)
 
@@ -173,8 +176,9 @@ class StepEngine:
         window.has_loss = True
         if num_items is not None:  # the loss is a sum over num_items items (counted over every rank)
             return loss * (1.0 / (k * window.ref))
-        if self.rank_share != 1.0:
-            return loss * (self.rank_share * size / (k * window.ref))
+        if self.item_weight is not None:
+            window.pre_weighted = True
+            return loss * (self.item_weight * size)
         if k != 1 or size != window.ref:
             return loss * (size / (k * window.ref))
         return loss
@@ -201,7 +205,7 @@ class StepEngine:
         if not window.closes or window.corrected or not window.has_loss:
             return
         window.corrected = True
-        if not window.counted and window.items == k * window.ref:
+        if not window.counted and (window.pre_weighted or window.items == k * window.ref):
             return
         if self.strategy.supports_gradient_correction:
             # each parameter once, in first-seen order

@@ -12,9 +12,10 @@ cut into global batches of ``M x batch_size`` consecutive samples, and rank ``r`
 ``r``-th of ``M`` consecutive runs of each (so on the same process count the batches are the
 original ones). Every remaining sample is trained once and nothing else is. The last global
 batch may be short: its runs then differ in length by one (a global batch of fewer than ``M``
-samples is merged into the one before, so every rank has a sample at every step), and each
-rank's loss is weighted by ``M x its items / the window's items``, so DDP's average over ranks
-is the mean over the global batch: a step equals one process training that global batch.
+samples is merged into the one before, so every rank has a sample at every step). In a window
+whose ranks hold uneven items, each sample's loss is weighted by ``M / the window's items`` before
+backward (no correction after DDP's average, which would differ between ranks), so the average
+over ranks is the mean over the global batch: a step equals one process training that global batch.
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def loss_shares(steps: list[list[list[int]]], rank: int, accumulation: int) -> l
     return shares
 
 
+def item_weights(steps: list[list[list[int]]], accumulation: int) -> list[float | None]:
+    """Per step, each sample's weight in the mean over its accumulation window on every rank (world size /
+    the window's items: DDP's average then gives the global mean), for the windows whose ranks hold
+    uneven items; None for the others (every rank's local mean is already its share)."""
+    weights: list[float | None] = []
+    for start in range(0, len(steps), accumulation):
+        window = steps[start:start + accumulation]
+        per_rank = [sum(len(step[r]) for step in window) for r in range(len(window[0]))]
+        even = len(set(per_rank)) == 1
+        weights += [None if even else len(per_rank) / sum(per_rank)] * len(window)
+    return weights
+
+
 def check_weighting(module: Any, shares: list[float]) -> None:
     """Uneven ranks need the loop's loss weighting, which manual optimization does not go through."""
     if not getattr(module, "automatic_optimization", True) and any(s != 1.0 for s in shares):
@@ -120,6 +134,7 @@ class Reshard:
         self.origin, self.order, self.steps, self.epoch, self.start = origin, order, steps, epoch, start
         self.batches = [step[rank] for step in steps]
         self.shares = loss_shares(steps, rank, accumulation)
+        self.weights = item_weights(steps, accumulation)
         self.end = start + len(steps)  # the batch_idx at which the epoch is over
         self._done = [origin["consumed"]]
         for step in steps:
@@ -137,13 +152,13 @@ class Reshard:
         return DataLoader(loader.dataset, batch_sampler=_Batches(self.batches[batch_idx - self.start:]), **kwargs)
 
     def weighted(self, items: Any, engine: Any, batch_idx: int) -> Iterator[Any]:
-        """``items`` with the engine's loss share set for each as the loop takes it."""
+        """``items`` with the engine's item weight set for each as the loop takes it."""
         try:
-            for share, item in zip(self.shares[batch_idx - self.start:], items):
-                engine.rank_share = share
+            for weight, item in zip(self.weights[batch_idx - self.start:], items):
+                engine.item_weight = weight
                 yield item
         finally:
-            engine.rank_share = 1.0
+            engine.item_weight = None
 
 
 def _first_occurrences(indices: Any) -> list[int]:

@@ -276,18 +276,23 @@ def test_two_processes_saved_inside_the_epoch_resume_on_one(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_one_process_saved_inside_the_epoch_resumes_on_two_with_accumulation(tmp_path):
+@pytest.mark.parametrize("saved_steps, shapes, steps_after", [
+    (1, [[3, 3], [3, 3], [3, 2]], 2),  # the uneven 3 + 2 closes a window of its own
+    (2, [[3, 3], [3, 2]], 1),  # 3 + 3 then 3 + 2 in one window: per-rank corrections after DDP's average diverged
+])
+def test_one_process_saved_inside_the_epoch_resumes_on_two_with_accumulation(tmp_path, saved_steps, shapes,
+                                                                             steps_after):
     path = str(tmp_path / "mid.ckpt")
     whole = _fit(accumulate=2)  # the one-process epoch's order, uninterrupted
-    before = _fit(max_steps=1, save_to=path, accumulate=2)  # one optimizer step: two batches of 3
-    assert before["seen"] == whole["seen"][:2]
+    before = _fit(max_steps=saved_steps, save_to=path, accumulate=2)  # optimizer steps of two batches of 3
+    assert before["seen"] == whole["seen"][:2 * saved_steps]
     order = [i for b in whole["seen"] for i in b]
     ranks = run_distributed(_fit, world_size=2, ckpt_path=path, accumulate=2)
-    # the remaining 17 samples: global batches of 2 x 3, each cut in two runs; the last (5) as 3 + 2
+    # the remaining samples: global batches of 2 x 3, each cut in two runs; the last (5) as 3 + 2
     steps = list(zip(*(r["seen"] for r in ranks)))
-    assert [i for step in steps for b in step for i in b] == order[6:]
-    assert [[len(b) for b in step] for step in steps] == [[3, 3], [3, 3], [3, 2]]
-    assert ranks[0]["step"] == ranks[1]["step"] == 1 + 2  # windows of 2 micro-batches: 2 + 1
+    assert [i for step in steps for b in step for i in b] == order[6 * saved_steps:]
+    assert [[len(b) for b in step] for step in steps] == shapes
+    assert ranks[0]["step"] == ranks[1]["step"] == saved_steps + steps_after
     assert ranks[0]["weights"] == ranks[1]["weights"]
     model = _reference(_windows([before["seen"]], 2) + _windows([r["seen"] for r in ranks], 2))
     _assert_weights(model, ranks[0]["weights"])  # the uneven last window weighs each sample alike
