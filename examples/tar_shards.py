@@ -61,7 +61,10 @@ class TarShardStream(IterableDataset):
         self._resume: tuple[int, int] | None = None
 
     def _mine(self) -> list[str]:
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        else:  # a loader worker process: the launcher's variables (torchrun, trainer launch)
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         return self.shards[rank::world][worker::workers]

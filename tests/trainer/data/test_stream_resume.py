@@ -113,3 +113,29 @@ def test_positions_saved_by_one_process_are_refused_on_two_with_the_reason(tmp_p
     for message in said:
         assert "with the training loader's own position on each of 1 process(es); this run has 2" in message, message
         assert "Resume with 1 process(es), or from a checkpoint taken at an epoch end" in message
+
+
+def _two_ranks(tmp: str, shards: list[str]) -> dict:
+    import os
+
+    tmp_path = Path(tmp)
+    rank = int(os.environ["RANK"])
+    kind = "stateful, 2 workers"
+    reference = _fit(tmp_path, kind, shards, tmp_path / f"reference{rank}.log", "reference2")
+    _fit(tmp_path, kind, shards, tmp_path / f"first{rank}.log", "run2", crash=True)
+    resumed = _fit(tmp_path, kind, shards, tmp_path / f"resumed{rank}.log", "run2", ckpt_path="last")
+    return {"same": all(torch.equal(a, b) for a, b in zip(resumed.weights, reference.weights)),
+            "steps": (reference.global_step, resumed.global_step), "world": resumed.world_size,
+            "reads": (_reads(tmp_path / f"reference{rank}.log"), _reads(tmp_path / f"resumed{rank}.log"))}
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_its_own_stream_position_on_two_processes(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    shards = write_shards(tmp_path / "shards", SHARDS, PER_SHARD)  # 2 shards per rank, 1 per loader worker
+    ranks = run_distributed(_two_ranks, tmp=str(tmp_path), shards=shards, timeout=300)
+    per_rank = SHARDS * PER_SHARD // 2
+    for rank in ranks:
+        assert rank["world"] == 2 and rank["steps"] == (20, 20) and rank["same"], rank
+        assert rank["reads"] == (2 * per_rank, 2 * per_rank - CRASH_AT * BATCH), rank  # 40 read, then 26
