@@ -72,7 +72,7 @@ def test_the_trainer_has_no_mixins():
 
 LOOPS_LAYOUT = {"global_step", "current_epoch", "batch_idx", "batches_seen", "samples_seen", "should_stop",
                 "val_pending", "epoch_trained", "epoch_start_rng", "results", "callback_metrics",
-                "train_batch_size", "data_seed"}  # (+ "epoch_order" inside an epoch re-dealt: reshard.py)
+                "train_batch_size", "data_seed", "train_shuffle"}  # (+ "epoch_order" inside a re-dealt epoch: reshard.py)
 
 
 def test_the_fit_loop_state_is_the_checkpoints_loops_entry(make_trainer, tmp_path):

@@ -466,3 +466,16 @@ def test_progress_bar_get_metrics_is_what_it_shows_and_it_knows_its_trainer(caps
     assert "epoch 0: global_step 2, my_shown=2" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="not attached to a Trainer"):
         ProgressBar().trainer
+
+
+def test_a_checkpoints_train_shuffle_must_be_a_bool(make_trainer, tmp_path):
+    from trainer.persistence.layout import MalformedCheckpointError, check_layout
+
+    trainer = make_trainer(max_steps=2, enable_checkpointing=False)
+    trainer.fit(BoringModel(), regression_loader(32, 4))
+    content = trainer.dump_checkpoint()
+    assert content["loops"]["train_shuffle"] is None  # one process: no distributed sampler
+    check_layout(content, "good.ckpt")
+    content["loops"]["train_shuffle"] = "yes"
+    with pytest.raises(MalformedCheckpointError, match=r"loops\.train_shuffle"):
+        check_layout(content, "edited.ckpt")

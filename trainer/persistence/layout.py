@@ -169,6 +169,8 @@ def _check_loops(c: _Check, loops: dict) -> None:
         c.flag(c.get(loops, key, f"loops.{key}"), f"loops.{key}")
     if "epoch_trained" in loops:
         c.flag(loops["epoch_trained"], "loops.epoch_trained")
+    if loops.get("train_shuffle") is not None:  # the training data's distributed sampler shuffled (or not)
+        c.flag(loops["train_shuffle"], "loops.train_shuffle")
     start = loops.get("epoch_start_rng")
     if start is not None:
         c.mapping(start, "loops.epoch_start_rng")
