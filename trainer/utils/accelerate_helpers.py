@@ -86,7 +86,7 @@ def is_fp8_available() -> bool:
     return False
 
 
-def _package_check(package: str):
+def _package_check(package: str) -> Callable[[], bool]:
     def check() -> bool:
         return _has(package)
 
