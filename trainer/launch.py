@@ -273,7 +273,7 @@ def _first_failure_summary(error: BaseException | None) -> str | None:
             name = f"signal {-code}"
         how = f"died of {name} (killed, or crashed: see its log above)"
     else:
-        how = f"failed with exit code {code} (its traceback is above)"
+        how = f"failed first, with exit code {code} (its traceback is above)"
     return f"rank {rank} {how}; the other ranks were stopped."
 
 
