@@ -55,6 +55,7 @@ class TrainModule(torch.nn.Module):
         self._trainer: Any = None
         self._results: Any = None  # the Results of the running stage, set by the loop
         self._warned_unattached_log = False
+        self._no_log_hook: str | None = None  # set while a hook whose logged values are never shown runs
         self._hparams = AttributeDict()
 
     # -- what the user writes -------------------------------------------------------------
@@ -313,6 +314,13 @@ class TrainModule(torch.nn.Module):
         the mean weighted by batch size (or ``reduce_fx``: "sum", "max", "min", a callable).
         With ``sync_dist=True`` the value is reduced across processes.
         """
+        if self._no_log_hook is not None:
+            from trainer.strategies.exceptions import MisconfigurationException
+
+            raise MisconfigurationException(
+                f"self.log({name!r}, ...) inside {self._no_log_hook}: a value logged there is never shown (no "
+                f"step or epoch row follows it; Lightning refuses it too). Log it from a step (training_step, "
+                f"validation_step) or an epoch hook (on_train_epoch_end, on_validation_epoch_end) instead.")
         if self._results is None:
             if not self._warned_unattached_log:
                 self._warned_unattached_log = True

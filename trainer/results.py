@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from trainer.strategies._util import quoted
+from trainer.strategies.exceptions import MisconfigurationException
 
 REDUCE_FX = ("mean", "sum", "max", "min")
 _CALLABLE_NAMES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
@@ -127,9 +128,14 @@ class Results:
             self._log_metric(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
                              sync_dist=sync_dist)
             return
-        name = name + self.suffix if self.suffix else name
+        given, name = name, name + self.suffix if self.suffix else name
         entry = self.entries.get(name)
         if entry is None:
+            if "dataloader_idx_" in given:  # checked once per name, when its entry is made
+                raise MisconfigurationException(
+                    f"self.log({given!r}, ...): 'dataloader_idx_' is reserved in logged names; with several "
+                    "evaluation loaders each value is logged as '<name>/dataloader_idx_<i>' for you. Log it "
+                    "under a name without 'dataloader_idx_'.")
             if on_step is None:
                 on_step = self.stage == "train" and self.in_step
             if on_epoch is None:

@@ -41,7 +41,7 @@ from trainer.data.data_position import (capture_epoch_start, restore_epoch_start
 from trainer.datamodule import batch_mover
 from trainer.data import loader_state
 from trainer.data.distributed_data import default_data_seed
-from trainer.loops.hooks import module_override, refuse_unsupported_overrides
+from trainer.loops.hooks import module_override, no_logging, refuse_unsupported_overrides
 from trainer.loops.manual import ModuleOptimizer
 from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.loops.preemption import StopAgreement
@@ -185,7 +185,8 @@ class FitLoop:
                              "so fit has nothing to optimize. Unfreeze some parameters, or use "
                              "trainer.validate/test/predict to only evaluate.")
         automatic = getattr(module, "automatic_optimization", True)
-        optimizers, schedulers = parse_optimizers(module.configure_optimizers(), automatic)
+        optimizers, schedulers = parse_optimizers(no_logging(module, "configure_optimizers",
+                                                             module.configure_optimizers)(), automatic)
         if automatic:
             check_optimizer_count(optimizers, module)
         strategy = self.trainer.accelerator.strategy

@@ -25,6 +25,9 @@ class Hooks:
                                   if _overrides(module, TrainModule, name) else [])
             self._callbacks[name] = [(f"callback {type(cb).__name__}", functools.partial(getattr(cb, name), trainer, module))
                                      for cb in callbacks if _overrides(cb, Callback, name)]
+            if name in NO_LOG_HOOKS:  # only overriding hooks are wrapped: nothing added where none is
+                for targets in (self._module[name], self._callbacks[name]):
+                    targets[:] = [(owner, no_logging(module, name, fn)) for owner, fn in targets]
 
     def has(self, name: str) -> bool:
         return bool(self._module[name] or self._callbacks[name])
@@ -51,6 +54,26 @@ class Hooks:
                 raise
             result = out if out is not None else result
         return result
+
+
+# Hooks whose logged values no step or epoch row would show (Lightning refuses self.log in them as well).
+NO_LOG_HOOKS = frozenset({
+    "setup", "teardown", "configure_optimizers", "on_fit_start", "on_fit_end", "on_sanity_check_start",
+    "on_sanity_check_end", "on_train_end", "on_validation_end", "on_test_end", "on_predict_start", "on_predict_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end",
+    "on_exception", "on_save_checkpoint", "on_load_checkpoint",
+})
+
+
+def no_logging(module: TrainModule, name: str, fn: Callable) -> Callable:
+    """``fn`` with ``self.log`` refused (naming the hook ``name``) while it runs."""
+    def call(*args: Any) -> Any:
+        outer, module._no_log_hook = module._no_log_hook, name
+        try:
+            return fn(*args)
+        finally:
+            module._no_log_hook = outer
+    return call
 
 
 def where(state: Any, batch_idx: int | None = None) -> str:
