@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import torch
 
 from trainer.step_engine import count_items
-from trainer.data.data_position import capture_epoch_start, restore_epoch_start
+from trainer.data.data_position import capture_epoch_start, order_generators, restore_epoch_start
 
 
 class AcceleratedOptimizer(torch.optim.Optimizer):
@@ -219,13 +219,19 @@ class PreparedDataLoader:
         is the next epoch's, as in the uninterrupted run."""
         if self._pass is not None and not self._pass["iterating"].end_of_dataloader:
             return {"epoch": self._pass["epoch"], "in_pass": True, "epoch_start": self._pass["epoch_start"]}
-        return {"epoch": self._epoch, "in_pass": False}
+        # between passes, the generators the next pass's order comes from (the loader's generator=, or
+        # the one a shuffle gets when prepared on several processes) continue from where they are
+        return {"epoch": self._epoch, "in_pass": False,
+                "generators": [g.get_state() for g in order_generators(self.loader)]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch = state["epoch"]
         self._set_sampler_epoch(self._epoch)
         self._loaded = {"in_pass": bool(state.get("in_pass")), "epoch_start": state.get("epoch_start"),
                         "epoch": self._epoch, "epoch_set": False}
+        if not state.get("in_pass"):
+            for generator, saved in zip(order_generators(self.loader), state.get("generators") or []):
+                generator.set_state(saved)
 
     def _remainder(self) -> int:
         from trainer.data_loader import find_shard

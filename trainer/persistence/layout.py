@@ -204,6 +204,8 @@ def _check_loader(c: _Check, state: Any, field: str) -> None:
     state = c.mapping(state, field)
     c.count(c.get(state, "epoch", f"{field}.epoch"), f"{field}.epoch")
     c.flag(c.get(state, "in_pass", f"{field}.in_pass"), f"{field}.in_pass")
+    if not state["in_pass"] and "generators" in state:  # absent from states saved before it was kept
+        c.sequence(state["generators"], f"{field}.generators", lambda t, f: c.tensor(t, f, torch.uint8))
     if state["in_pass"]:
         start = c.mapping(c.get(state, "epoch_start", f"{field}.epoch_start"), f"{field}.epoch_start")
         c.tensor(c.get(start, "torch", f"{field}.epoch_start.torch"), f"{field}.epoch_start.torch", torch.uint8)

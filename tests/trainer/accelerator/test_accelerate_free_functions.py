@@ -319,3 +319,36 @@ def test_notebook_launcher_starts_processes_from_a_function(tmp_path):
 
     notebook_launcher(_launched, args=(str(tmp_path),), num_processes=2)
     assert sorted(p.read_text() for p in tmp_path.iterdir()) == ["2 3.0", "2 3.0"]
+
+
+# -- exact resume with the loader's own generator -----------------------------------------------------
+def _generator_orders(state_dir: str, stop: int | None, resume: bool = False) -> list:
+    """3 epochs of 3 batches of a loader shuffled by its own generator=; saved after the ``stop``-th
+    batch, or resumed from there Accelerate's way (load_state, skip_first_batches)."""
+    from trainer.utils import set_seed
+
+    set_seed(0)
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(list(range(6)), batch_size=2, shuffle=True,
+                                            generator=torch.Generator().manual_seed(5)))
+    seen, start_epoch, skip = [], 0, 0
+    if resume:
+        accelerator.load_state(state_dir)
+        start_epoch, skip = divmod(stop + 1, 3)
+    for epoch in range(start_epoch, 3):
+        batches = accelerator.skip_first_batches(loader, skip) if resume and epoch == start_epoch else loader
+        for i, batch in enumerate(batches, start=skip if resume and epoch == start_epoch else 0):
+            seen.append(batch.tolist())
+            if not resume and stop is not None and epoch * 3 + i == stop:
+                accelerator.save_state(state_dir)
+                return seen
+    return seen
+
+
+@pytest.mark.parametrize("stop", [2, 4, 5])
+def test_a_loader_with_its_own_generator_resumes_exactly_at_an_epochs_end_and_inside(tmp_path, stop):
+    """Saved between passes, the generator's state was not kept: resumed, the next epoch drew the first
+    epoch's order again from the freshly seeded generator."""
+    state = str(tmp_path / "state")
+    resumed = _generator_orders(state, stop) + _generator_orders(state, stop, resume=True)
+    assert resumed == _generator_orders(state, None)
