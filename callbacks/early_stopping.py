@@ -119,10 +119,12 @@ class EarlyStopping(Callback):
             return True, (why.NON_FINITE_METRIC, f"{name} = {value} is not finite.")
         if self.stopping_threshold is not None and self._better(value, self.stopping_threshold):
             return True, (why.STOPPING_THRESHOLD,
-                          f"{name} = {value:.6g} reached the stopping threshold {self.stopping_threshold}.")
+                          f"Stopping threshold reached: {name} = {value:.6g} reached the stopping threshold "
+                          f"{self.stopping_threshold}.")
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
             return True, (why.DIVERGENCE_THRESHOLD,
-                          f"{name} = {value:.6g} is worse than the divergence threshold {self.divergence_threshold}.")
+                          f"Divergence threshold reached: {name} = {value:.6g} is worse than the divergence threshold "
+                          f"{self.divergence_threshold}.")
         delta = -self.min_delta if self.mode == "min" else self.min_delta
         if self._better(value, self.best_score + delta):
             self.best_score, self.wait_count = value, 0

@@ -83,20 +83,24 @@ class ModelCheckpoint(Callback):
         if mode not in ("min", "max"):
             raise MisconfigurationException(f"ModelCheckpoint(mode={mode!r}): expected 'min' or 'max'.")
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise MisconfigurationException(f"ModelCheckpoint(save_top_k={save_top_k!r}): expected k >= 0, or -1 to "
-                                            "keep all.")
+            raise MisconfigurationException(f"ModelCheckpoint(save_top_k={save_top_k!r}): Must be >= -1 (an int: the "
+                                            "best k, 0 for none, -1 to keep all).")
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationException(
-                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): the best {save_top_k} need a metric to rank "
-                "them. Pass monitor='val/loss' (for example), or save_top_k=-1.")
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: the best "
+                f"{save_top_k} need a metric to rank them. Pass monitor='val/loss' (for example), or save_top_k=-1.")
         triggers = [n for n, v in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs),
                                    ("train_time_interval", train_time_interval)) if v]
         if len(triggers) > 1:
-            raise MisconfigurationException(f"ModelCheckpoint({', '.join(f'{t}=...' for t in triggers)}): choose one "
-                                            "schedule.")
+            given = (f"every_n_train_steps={every_n_train_steps!r}, every_n_epochs={every_n_epochs!r}, "
+                     f"train_time_interval={train_time_interval!r}")
+            raise MisconfigurationException(f"ModelCheckpoint({', '.join(f'{t}=...' for t in triggers)}): "
+                                            f"Combination of parameters {given} sets {len(triggers)} schedules; "
+                                            "choose one.")
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 0):
-                raise MisconfigurationException(f"ModelCheckpoint({name}={value!r}): expected an int >= 0.")
+                raise MisconfigurationException(f"ModelCheckpoint({name}={value!r}): Must be >= 0 (an int; 0 turns this "
+                                                "schedule off).")
         self._time_interval_given = train_time_interval  # as passed: part of state_key, as in Lightning
         if isinstance(train_time_interval, datetime.timedelta):
             train_time_interval = train_time_interval.total_seconds()

@@ -237,13 +237,13 @@ def test_early_stopping_patience_and_min_delta(scores, mode, patience, min_delta
 
 
 @pytest.mark.parametrize("kwargs, scores, stop, reason", [
-    ({"stopping_threshold": 2.0}, [5.0, 3.0, 1.5, 1.0], 2, "score = 1.5 reached the stopping threshold 2.0."),
+    ({"stopping_threshold": 2.0}, [5.0, 3.0, 1.5, 1.0], 2, "Stopping threshold reached: score = 1.5 reached the stopping threshold 2.0."),
     ({"divergence_threshold": 10.0}, [5.0, 4.0, 11.0, 3.0], 2,
-     "score = 11 is worse than the divergence threshold 10.0."),
+     "Divergence threshold reached: score = 11 is worse than the divergence threshold 10.0."),
     ({"mode": "max", "stopping_threshold": 0.9}, [0.5, 0.95, 0.99], 1,
-     "score = 0.95 reached the stopping threshold 0.9."),
+     "Stopping threshold reached: score = 0.95 reached the stopping threshold 0.9."),
     ({"mode": "max", "divergence_threshold": 0.1}, [0.5, 0.05, 0.99], 1,
-     "score = 0.05 is worse than the divergence threshold 0.1."),
+     "Divergence threshold reached: score = 0.05 is worse than the divergence threshold 0.1."),
     ({}, [5.0, math.nan, 1.0], 1, "score = nan is not finite."),
     ({}, [5.0, math.inf, 1.0], 1, "score = inf is not finite."),
 ])

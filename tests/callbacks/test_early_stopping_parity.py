@@ -48,7 +48,9 @@ def test_stopping_reason_says_why_fit_stopped(kwargs, scores, reason, stopped_ep
     if words is None:
         assert es.stopping_reason_message is None and trainer.current_epoch == 6
     else:
-        assert words in es.stopping_reason_message and es.stopping_reason_message.startswith("score")
+        assert words in es.stopping_reason_message and (es.stopping_reason_message.startswith("score")
+                                                          or es.stopping_reason_message.startswith(f"{words.capitalize()} "
+                                                                                                    "reached: score"))
         assert trainer.current_epoch == stopped_epoch + 1
 
 

@@ -323,9 +323,9 @@ def test_a_monitor_that_was_never_logged_lists_the_logged_keys(tmp_path, make_tr
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"mode": "best"}, r"mode='best'.*'min' or 'max'"),
-    ({"save_top_k": -2}, r"save_top_k=-2.*k >= 0, or -1"),
+    ({"save_top_k": -2}, r"save_top_k=-2\): Must be >= -1 .*-1 to keep all"),
     ({"save_top_k": 3}, r"save_top_k=3, monitor=None.*need a metric"),
-    ({"every_n_train_steps": 2, "every_n_epochs": 1}, r"every_n_train_steps=\.\.\., every_n_epochs=\.\.\..*one schedule"),
+    ({"every_n_train_steps": 2, "every_n_epochs": 1}, r"every_n_train_steps=\.\.\., every_n_epochs=\.\.\.\): .*every_n_train_steps=2, every_n_epochs=1, .*choose one"),
 ])
 def test_model_checkpoint_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
