@@ -107,9 +107,13 @@ def report_failure(rank: int, missing: list[int] | None, how: str, collective: s
         return
     report = {"rank": rank, "missing": missing, "how": how, "collective": collective, "timeout": seconds}
     path = os.path.join(directory, f"failure-rank{rank}.json")
-    try:
-        with open(path + ".tmp", "w") as f:
+    from trainer.strategies.checkpoint_io import atomic_write  # the one writer of whole files
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(report, f)
-        os.replace(path + ".tmp", path)
+
+    try:
+        atomic_write(path, fill)
     except OSError:
         pass
