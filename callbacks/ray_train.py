@@ -45,7 +45,7 @@ class RayTrainReportCallback(Callback):
         self.reports = 0
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
-        if stage == "fit" and getattr(trainer.strategy, "sharded_format", False):
+        if stage == "fit" and trainer.strategy.sharded_format:  # declared on every strategy
             raise ValueError(f"RayTrainReportCallback with {type(trainer.strategy).__name__}: its checkpoints are "
                              "written in shards, one per rank, and Ray takes rank zero's directory only. Report "
                              "with strategy='ddp', or save with ModelCheckpoint to storage every worker shares.")
