@@ -133,9 +133,13 @@ def _call_data_loop(module: types.ModuleType, call: str, accelerator: Any) -> No
         getattr(module, call)()
 
 
-def run_calls(script: str, calls: list[str]) -> dict[str, str]:
+def run_calls(script: str, calls: list[str], workdir: str | None = None) -> dict[str, str]:
     """Each call of ``script`` -> "ok" or the last lines of its traceback (run in this process, in
-    order, as the script's main() runs them: one Accelerator made first and kept alive)."""
+    order, as the script's main() runs them: one Accelerator made first and kept alive).
+
+    ``workdir``: the working directory during the calls, the same for every process of the job
+    (process_execution_check has them append to one file there); None: a temporary one, removed
+    after (one process)."""
     import multiprocessing
 
     import torch
@@ -146,11 +150,7 @@ def run_calls(script: str, calls: list[str]) -> dict[str, str]:
     module = load_script(script)
     results: dict[str, str] = {}
     cwd = os.getcwd()
-    # process_execution_check has every process append to one file in the working directory: a
-    # directory of this job's own (the port is the job's), shared by its processes
-    shared = os.path.join(tempfile.gettempdir(), f"trainer_script_cwd_{os.environ.get('MASTER_PORT', os.getpid())}")
-    os.makedirs(shared, exist_ok=True)
-    atexit.register(shutil.rmtree, shared, True)
+    shared = tempfile.mkdtemp(prefix="trainer_script_cwd_") if workdir is None else workdir
     if True:
         os.chdir(shared)
         try:
@@ -172,6 +172,6 @@ def run_calls(script: str, calls: list[str]) -> dict[str, str]:
             # the module is imported and its loaders' workers are gone: nothing reads these any more
             # (a multiprocessing child never runs atexit handlers)
             shutil.rmtree(os.path.join(tempfile.gettempdir(), f"trainer_rewritten_scripts_{os.getpid()}"), True)
-            if os.environ.get("RANK", "0") == "0":
+            if workdir is None:
                 shutil.rmtree(shared, True)
     return results

@@ -132,12 +132,12 @@ DELIBERATE = {"test_reinstantiated_state": "no process-wide state: AcceleratorSt
                                            "clear and a live Accelerator keeps working (Accelerate's raises)"}
 
 
-def _scripts(one_process: bool) -> dict[str, str]:
+def _scripts(one_process: bool, workdir: str) -> dict[str, str]:
     script_calls = [c for c in TEST_SCRIPT if not (one_process and c in TWO_PROCESSES_ONLY)]
-    results = {f"test_script:{k}": v for k, v in run_calls("test_script", script_calls).items()}
+    results = {f"test_script:{k}": v for k, v in run_calls("test_script", script_calls, workdir).items()}
     loop_calls = DATA_LOOP_ONE_PROCESS if one_process else DATA_LOOP
     results.update({f"test_distributed_data_loop:{k}": v
-                    for k, v in run_calls("test_distributed_data_loop", loop_calls).items()})
+                    for k, v in run_calls("test_distributed_data_loop", loop_calls, workdir).items()})
     return results
 
 
@@ -148,14 +148,14 @@ def _check(results: dict[str, str]) -> None:
         assert results[f"test_script:{name}"] != "ok", f"{name} passes now: remove it from DELIBERATE and the docs"
 
 
-def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_one_process():
-    (results,) = run_distributed(_scripts, world_size=1, timeout=240, one_process=True)
+def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_one_process(tmp_path):
+    (results,) = run_distributed(_scripts, world_size=1, timeout=240, one_process=True, workdir=str(tmp_path))
     assert len(results) == len(TEST_SCRIPT) - len(TWO_PROCESSES_ONLY) + len(DATA_LOOP_ONE_PROCESS)
     _check(results)
 
 
-def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_two_processes():
-    ranks = run_distributed(_scripts, world_size=2, timeout=280, one_process=False)
+def test_accelerates_test_script_and_data_loop_with_imports_rewritten_on_two_processes(tmp_path):
+    ranks = run_distributed(_scripts, world_size=2, timeout=280, one_process=False, workdir=str(tmp_path))
     assert len(ranks[0]) == len(TEST_SCRIPT) + len(DATA_LOOP)
     for results in ranks:
         _check(results)
