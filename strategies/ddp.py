@@ -49,6 +49,9 @@ class DDPStrategy(Strategy):
         environment: the cluster environment (ranks, addresses); detected from the launcher by default.
         requested_processes: processes to start when no launcher started this one
             (``Trainer(strategy="ddp", devices=2)`` in a plain ``python train.py``).
+        start_method: how those processes start. "popen" (default): the script runs again once per rank.
+            "fork" or "spawn" (``strategy="ddp_fork"``/``"ddp_notebook"``/``"ddp_spawn"``): the ranks start
+            from inside this interpreter and their results come back to it (trainer/spawn.py).
     """
 
     distributed_kind = "MULTI"
@@ -59,7 +62,10 @@ class DDPStrategy(Strategy):
                  find_unused_parameters: bool = False, static_graph: bool = False,
                  process_group_backend: str | None = None, environment: ClusterEnvironment | None = None,
                  requested_processes: int = 1, bucket_cap_mb: float | None = None,
-                 gradient_as_bucket_view: bool = False) -> None:
+                 gradient_as_bucket_view: bool = False, start_method: str = "popen") -> None:
+        if start_method not in ("popen", "fork", "spawn"):
+            raise ValueError(f"DDPStrategy(start_method={start_method!r}): expected 'popen' (re-run the script once "
+                             "per rank), 'fork' or 'spawn' (start the ranks from inside this interpreter).")
         if bucket_cap_mb is not None and (isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float))
                                           or not bucket_cap_mb > 0):
             raise ValueError(f"DDPStrategy(bucket_cap_mb={bucket_cap_mb!r}): expected a size in MiB > 0 (torch's "
@@ -73,6 +79,7 @@ class DDPStrategy(Strategy):
         self.device_kind = device_kind
         self.find_unused_parameters, self.static_graph = find_unused_parameters, static_graph
         self.bucket_cap_mb, self.gradient_as_bucket_view = bucket_cap_mb, gradient_as_bucket_view
+        self.start_method = start_method
         self._wrapped: dict[Any, tuple[torch.nn.Module, Callable]] = {}
 
     @property

@@ -48,21 +48,18 @@ def _ddp_unused(find_unused_parameters: bool) -> Callable[..., Strategy]:
 
 
 def _ddp_in_process(name: str) -> Callable[..., Strategy]:
-    """Lightning's ``ddp_spawn`` / ``ddp_notebook`` / ``ddp_fork`` start the ranks from inside the calling
-    interpreter and hand the results back to it. This library starts ranks one way only, by running the
-    script once per rank (``strategy='ddp'``, torchrun, ``trainer launch``): where the ranks already run
-    (or there is one) these names are DDP; asked to start ranks, they are refused with that way."""
+    """Lightning's ``ddp_spawn`` / ``ddp_notebook`` / ``ddp_fork``: DDP whose ranks, when no launcher started
+    them, start from inside the calling interpreter (fork, or spawn for ``ddp_spawn``) and hand their results
+    back to it (trainer/spawn.py); under a launcher (the ranks already run) they are plain DDP."""
     def build(kind: str, indices: list[int], precision: Precision) -> Strategy:
-        from .environment import detect_environment
+        from .ddp import DDPStrategy
 
-        if len(indices) == 1 or detect_environment().is_distributed:
-            return _ddp(kind, indices, precision)  # nothing to start: one process, or the ranks already run
-        raise ValueError(
-            f"Trainer(strategy={name!r}, devices={len(indices)}): this library does not start processes from "
-            "inside a running interpreter and hand their results back to it; it runs the script once per rank. "
-            f"Use strategy='ddp' in a script (it starts {len(indices)} processes, each re-running the script), or "
-            f"`trainer launch --num-processes {len(indices)} train.py`; in a notebook, save the code to a script "
-            "first, or use devices=1.")
+        if kind == "cuda" and name != "ddp_spawn":
+            raise ValueError(f"Trainer(strategy={name!r}, accelerator='cuda'): a forked process cannot use CUDA once "
+                             "the parent has. Use strategy='ddp_spawn', or strategy='ddp' in a script.")
+        _ddp(kind, indices, precision)  # the same checks
+        return DDPStrategy(device_kind=kind, precision=precision, requested_processes=len(indices),
+                           start_method="spawn" if name == "ddp_spawn" else "fork")
     return build
 
 

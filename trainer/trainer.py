@@ -228,6 +228,11 @@ class Trainer:
                             f"or datamodule=... with a train_dataloader() method, or define train_dataloader() in "
                             f"{type(model).__name__}.")
         check_manual_settings(model, self.config)
+        if self._starts_ranks_here():  # ddp_spawn/ddp_fork: the ranks run this call, the results come back
+            from trainer.spawn import run_in_workers
+
+            return run_in_workers(self, "fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), {},
+                                  model)
         self._launch_if_needed()
         self._data.start_fit(train_dataloaders, val_dataloaders)
         self._run("fit", model, lambda: self._fit(ckpt_path), datamodule)
@@ -237,6 +242,9 @@ class Trainer:
         """Run ``validation_step`` over ``dataloaders`` (or the datamodule's / module's
         ``val_dataloader()``); returns one dict of metrics per dataloader. ``ckpt_path``: first load
         the weights of "best" or "last" (the checkpoint callback's) or of a path."""
+        if self._starts_ranks_here():
+            return self._in_workers("validate", model, dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose,
+                                    datamodule=datamodule)
         return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule,
                               lambda loaders: _shown(self._run_evaluation(loaders, "validate"), verbose))
 
@@ -244,6 +252,9 @@ class Trainer:
              verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
         """Run ``test_step`` over ``dataloaders`` (or ``test_dataloader()``); returns one dict of metrics
         per dataloader. ``ckpt_path`` as for ``validate``."""
+        if self._starts_ranks_here():
+            return self._in_workers("test", model, dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose,
+                                    datamodule=datamodule)
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule,
                               lambda loaders: _shown(self._run_evaluation(loaders, "test"), verbose))
 
@@ -251,6 +262,9 @@ class Trainer:
                 return_predictions: bool | None = None, ckpt_path: str | None = None) -> list[Any] | None:
         """Run ``predict_step`` over ``dataloaders`` (or ``predict_dataloader()``); returns its outputs in
         order, or None with ``return_predictions=False`` (write them with a ``BasePredictionWriter``)."""
+        if self._starts_ranks_here():
+            return self._in_workers("predict", model, dataloaders=dataloaders, datamodule=datamodule,
+                                    return_predictions=return_predictions, ckpt_path=ckpt_path)
         keep = True if return_predictions is None else bool(return_predictions)
         return self._evaluate("predict", model, dataloaders, ckpt_path, datamodule,
                               lambda loaders: eval_loop.run_predict(self, loaders, keep, self._hooks,
@@ -433,6 +447,20 @@ class Trainer:
         self._metrics.publish_train(epoch_end=False, log=False)
 
     # -- processes -------------------------------------------------------------------------------
+    def _starts_ranks_here(self) -> bool:
+        """``ddp_spawn``/``ddp_fork``/``ddp_notebook`` in a process no launcher started: this interpreter starts
+        the ranks and gets their results back (trainer/spawn.py)."""
+        return self.strategy.needs_launch and getattr(self.strategy, "start_method", "popen") in ("fork", "spawn")
+
+    def _in_workers(self, stage: str, model: Any, **kwargs: Any) -> Any:
+        """validate/test/predict on the started ranks; without a model, the one the last fit left here."""
+        from trainer.spawn import run_in_workers
+
+        if model is None and self.module is None:
+            raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
+        # the ranks get the call as given (no model: the last fit's, with its best checkpoint, as in one process)
+        return run_in_workers(self, stage, (model,), kwargs, from_compiled(model) if model is not None else self.module)
+
     def _launch_if_needed(self) -> None:
         """Several processes asked for in a plain ``python train.py``: start them through torch's
         elastic launcher (each re-runs this script as one rank), wait, and exit with their status."""

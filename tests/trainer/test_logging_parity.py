@@ -300,13 +300,13 @@ def test_lightnings_ddp_strategy_strings(name, unused):
     assert isinstance(strategy, DDPStrategy) and strategy.find_unused_parameters is unused
 
 
-@pytest.mark.parametrize("name", ["ddp_spawn", "ddp_notebook", "ddp_fork"])
-def test_starting_ranks_from_inside_the_interpreter_is_refused_with_the_way_that_works(name):
-    from trainer.strategies import resolve_strategy
+@pytest.mark.parametrize("name, method", [("ddp_spawn", "spawn"), ("ddp_notebook", "fork"), ("ddp_fork", "fork")])
+def test_starting_ranks_from_inside_the_interpreter_is_ddp_with_a_start_method(name, method):
+    from trainer.strategies import DDPStrategy, resolve_strategy
 
-    with pytest.raises(ValueError, match=rf"strategy='{name}', devices=2\).*does not start processes from inside.*"
-                                         r"Use strategy='ddp' in a script"):
-        resolve_strategy(name, "cpu", 2)
+    strategy = resolve_strategy(name, "cpu", 2)  # the ranks start in trainer.fit (tests/strategies/test_ddp_spawn.py)
+    assert isinstance(strategy, DDPStrategy) and strategy.start_method == method and strategy.needs_launch
+    assert resolve_strategy("ddp", "cpu", 2).start_method == "popen"
 
 
 # -- point 5: manual optimization steps its own ReduceLROnPlateau ---------------------------------------------

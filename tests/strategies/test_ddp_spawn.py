@@ -1,0 +1,103 @@
+"""Lightning's ddp_spawn / ddp_fork / ddp_notebook: trainer.fit in a plain interpreter (this pytest session) starts
+two real gloo ranks itself, and the results come back to the caller's Trainer and module (trainer/spawn.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.helpers.distributed import trainer_order
+from tests.helpers.models import BoringModel, RandomRegression
+from trainer.callbacks import ModelCheckpoint
+from tests.helpers.trainers import quiet_trainer
+
+pytestmark = pytest.mark.slow
+
+N, B, EPOCHS = 16, 2, 2  # 2 ranks x batch 2, 4 steps an epoch
+
+
+class FailsOnRankOne(BoringModel):
+    """Fails in rank 1's second training step."""
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_rank == 1 and batch_idx == 1:
+            raise ValueError(f"bad batch {batch_idx} on this rank")
+        return super().training_step(batch, batch_idx)
+
+
+def _one_process_reference(tmp_path):
+    data = RandomRegression(N)
+    model = BoringModel()
+    trainer = quiet_trainer(max_epochs=EPOCHS, default_root_dir=str(tmp_path / "one"), num_sanity_val_steps=0,
+                            enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(data, batch_size=2 * B, sampler=trainer_order(data)))
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
+def test_fit_on_two_started_ranks_comes_back_equal_to_one_process_on_the_whole_batch(tmp_path, strategy, capsys):
+    reference = _one_process_reference(tmp_path)
+    model = BoringModel()
+    untrained = model.layer.weight.detach().clone()
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpts"), monitor="val/loss", save_last=True)
+    trainer = quiet_trainer(strategy=strategy, devices=2, max_epochs=EPOCHS, default_root_dir=str(tmp_path),
+                            num_sanity_val_steps=0, enable_model_summary=False, callbacks=[checkpoint])
+    loader = DataLoader(RandomRegression(N), batch_size=B)
+    assert trainer.fit(model, loader, DataLoader(RandomRegression(8, seed=1), batch_size=4)) is None
+    out = capsys.readouterr().out
+    assert "Starting 2 processes (fork) for trainer.fit()" in out
+    assert ("with fork, not spawn" in out) is (strategy == "ddp_spawn")
+
+    # the trained weights are in the caller's module: those of one process on the whole batch
+    assert not torch.equal(model.layer.weight, untrained)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert (trainer.global_step, trainer.current_epoch) == (EPOCHS * N // (2 * B), EPOCHS)
+    assert trainer.module is model and trainer.world_size == 1  # this process is no rank
+    # metrics and the checkpoint callback's results as rank zero had them
+    assert set(trainer.callback_metrics) >= {"train/loss", "val/loss"}
+    assert isinstance(trainer.callback_metrics["val/loss"], float)
+    assert checkpoint.best_model_path.endswith(".ckpt") and os.path.isfile(checkpoint.best_model_path)
+    assert len(checkpoint.best_k_models) == 1 and checkpoint.best_model_score == pytest.approx(
+        checkpoint.best_k_models[checkpoint.best_model_path])
+    assert float(checkpoint.best_model_score) <= trainer.callback_metrics["val/loss"]  # the better of 2 epochs
+    assert os.path.basename(checkpoint.last_model_path) == "last.ckpt"
+    assert trainer.state.stage == "idle"
+
+    if strategy == "ddp_fork":  # validate and predict start the ranks again and return rank zero's results
+        val = DataLoader(RandomRegression(8, seed=1), batch_size=4)
+        [metrics] = trainer.validate(model, val, verbose=False)
+        x, y = RandomRegression(8, seed=1)[:]
+        with torch.no_grad():
+            # rank zero's value (logged without sync_dist): its share of the data, samples 0, 2, 4, 6
+            expected = torch.nn.functional.mse_loss(reference.layer(x[::2]), y[::2]).item()
+        assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
+        predictions = trainer.predict(model, DataLoader(RandomRegression(8, seed=1), batch_size=4))
+        assert all(isinstance(p, torch.Tensor) and p.shape == (4, 1) for p in predictions)
+
+
+def test_an_error_on_a_started_rank_is_raised_in_the_caller_naming_the_rank(tmp_path):
+    trainer = quiet_trainer(strategy="ddp_fork", devices=2, max_epochs=1, default_root_dir=str(tmp_path),
+                            enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="bad batch 1 on this rank") as info:
+        trainer.fit(FailsOnRankOne(), DataLoader(RandomRegression(N), batch_size=B))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "Raised on rank 1 of 2" in notes and "training_step" in notes
+
+
+def test_ddp_spawn_starts_its_ranks_by_fork_and_says_so():
+    from trainer.spawn import choose_start_method
+
+    method, why = choose_start_method("spawn")
+    assert method == "fork" and "unpickled" in why
+    assert choose_start_method("fork") == ("fork", None)
+
+
+def test_a_bad_start_method_is_refused():
+    from trainer.strategies import DDPStrategy
+
+    with pytest.raises(ValueError, match=r"start_method='forkserver'.*expected 'popen'.*'fork' or 'spawn'"):
+        DDPStrategy(start_method="forkserver")
