@@ -136,12 +136,13 @@ class MetricsPublisher:
         self.flush_train()
         if epoch_end:
             # the latest step values become visible to callbacks; loggers keep their interval
-            self._publish(results.step_metrics(), results, also_plain=True, log=False)
+            self._publish(results.step_metrics(trainer.accelerator.strategy), results, also_plain=True, log=False)
             values = results.epoch_metrics(trainer.accelerator.strategy)
             # at the step of the epoch's last step row, as in Lightning (its curves and ours line up)
             self._publish(values, results, also_plain=True, step=max(self.stepped_batches() - 1, 0))
         else:
-            self._publish(results.step_metrics(), results, also_plain=True, log=log, broadcast=broadcast,
+            step_values = results.step_metrics(trainer.accelerator.strategy if broadcast else None)
+            self._publish(step_values, results, also_plain=True, log=log, broadcast=broadcast,
                           step=max(self.stepped_batches() - 1, 0))
 
     def publish_late_epoch_values(self, published: dict[str, float]) -> None:
@@ -176,7 +177,7 @@ class MetricsPublisher:
         # as in Lightning: the loggers get the last x_step too, but callbacks and the returned dicts see
         # only epoch values (x_epoch, and plain x for it) -- a single evaluation batch is no thing to monitor
         forks = results.plain_names()
-        step_values = {k: v for k, v in results.step_metrics().items() if k in forks}
+        step_values = {k: v for k, v in results.step_metrics(trainer.accelerator.strategy).items() if k in forks}
         values = results.epoch_metrics(trainer.accelerator.strategy)
         values.update({forks[k]: v for k, v in values.items() if k in forks})
         if stage != "sanity_check":

@@ -239,10 +239,22 @@ class Results:
                 return next(at for value, at in zip(losses, where) if not math.isfinite(value))
         return None
 
-    def step_metrics(self) -> dict[str, float]:
-        """The latest value of each on_step metric, named ``x_step`` when also on_epoch."""
-        return {(_forked(k, "step") if e.on_epoch else k): e.last
-                for k, e in self.entries.items() if e.on_step and e.last is not None}
+    def step_metrics(self, strategy: Any = None) -> dict[str, float]:
+        """The latest value of each on_step metric, named ``x_step`` when also on_epoch. With ``strategy`` (a
+        point where every rank publishes: a collective is allowed), a value logged with ``sync_dist=True`` is
+        reduced over the ranks by its ``reduce_fx`` (as Lightning reduces it when logged): one collective per
+        kind of reduction. Without it, this rank's own values (a lazy read must not wait for the others)."""
+        values = {k: e.last for k, e in self.entries.items() if e.on_step and e.last is not None}
+        if strategy is not None and strategy.world_size > 1:
+            by_op: dict[str, list[str]] = {}
+            for k in values:
+                fx = self.entries[k].reduce_fx
+                if self.entries[k].sync_dist:
+                    by_op.setdefault(fx if fx in ("mean", "sum", "max", "min") else "mean", []).append(k)
+            for op, names in by_op.items():
+                reduced = strategy.reduce(torch.tensor([values[k] for k in names], dtype=torch.float64), op)
+                values.update(zip(names, reduced.tolist()))
+        return {(_forked(k, "step") if self.entries[k].on_epoch else k): v for k, v in values.items()}
 
     def epoch_metrics(self, strategy: Any) -> dict[str, float]:
         """The epoch value of each on_epoch metric, named ``x_epoch`` when also on_step."""

@@ -101,3 +101,27 @@ def test_a_bad_start_method_is_refused():
 
     with pytest.raises(ValueError, match=r"start_method='forkserver'.*expected 'popen'.*'fork' or 'spawn'"):
         DDPStrategy(start_method="forkserver")
+
+
+class LogsRankValues(BoringModel):
+    def training_step(self, batch, batch_idx):
+        rank = self.trainer.global_rank
+        self.log("summed", 1.0 + rank, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
+        self.log("largest", float(batch_idx + rank), on_step=True, on_epoch=False, sync_dist=True, reduce_fx="max")
+        self.log("averaged", float(batch_idx + rank), on_step=True, on_epoch=True, sync_dist=True)
+        self.log("own", 1.0 + rank, on_step=True, on_epoch=False)  # no sync_dist: rank zero's
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_step_value_logged_with_sync_dist_is_reduced_over_the_ranks(tmp_path):
+    """Lightning reduces a sync_dist step value when logged; ours are reduced where the ranks publish together (log
+    intervals, epoch ends), so callback_metrics at the end of fit holds the reduced last step values."""
+    trainer = quiet_trainer(strategy="ddp_fork", devices=2, max_epochs=1, default_root_dir=str(tmp_path),
+                            enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(LogsRankValues(), DataLoader(RandomRegression(12), batch_size=2))  # 3 steps: batch_idx 0, 1, 2
+    metrics = trainer.callback_metrics
+    assert metrics["summed"] == 1.0 + 2.0
+    assert metrics["largest"] == 2 + 1
+    assert metrics["averaged_step"] == (2 + 3) / 2
+    assert metrics["averaged_epoch"] == (0 + 1 + 2 + 1 + 2 + 3) / 6
+    assert metrics["own"] == 1.0
