@@ -70,6 +70,8 @@ def train_steps(trainer: Any, module: Any, loader: Any, num_steps: int, synced: 
     step_fn = trainer.fit_loop.training_step if synced else trainer.strategy.local_training_step(module)
     saved = (engine.progress, engine.accumulation_steps, list(engine.optimizers))
     engine.progress, engine.accumulation_steps, engine.optimizers = _Counter(), 1, [optimizer]
+    # The trial runs inside on_fit_start, where self.log is refused; its training_step logs as in fit.
+    no_log_hook, module._no_log_hook = getattr(module, "_no_log_hook", None), None
     module.train()
     try:
         for i, batch in enumerate(itertools.islice(loader, num_steps)):
@@ -89,6 +91,7 @@ def train_steps(trainer: Any, module: Any, loader: Any, num_steps: int, synced: 
             yield loss.detach()
     finally:
         engine.progress, engine.accumulation_steps, engine.optimizers = saved
+        module._no_log_hook = no_log_hook
         engine.reset_window()
 
 
