@@ -1,4 +1,4 @@
-"""Every Python block of docs/ runs as written.
+"""Every Python block of README.md and docs/ runs as written.
 
 A page's ```python blocks run in order, in one namespace (a reader goes down the page), in a fresh
 working directory; the namespace starts with the fill-ins of ``snippet_fixtures`` (a model, loaders,
@@ -18,7 +18,7 @@ import pytest
 from tests.docs.snippet_fixtures import fill_ins
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$", flags=re.M | re.S)
 
 
