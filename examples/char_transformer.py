@@ -249,14 +249,17 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
     trainer.fit(model, train_loader, val_loader)
 
     metrics = trainer.callback_metrics
-    val_loss = metrics.get("val/loss")  # none when the --max-time guard stopped before the first validation
-    print(f"train/loss {model.initial_loss:.3f} at the first step -> {metrics['train/loss']:.3f}; "
+    # either may be missing when the --max-time guard stopped training before its first step or validation
+    train_loss, val_loss = metrics.get("train/loss"), metrics.get("val/loss")
+    print((f"train/loss {model.initial_loss:.3f} at the first step -> {train_loss:.3f}; " if train_loss is not None
+           else "no training step ran; ")
           + (f"val/loss {val_loss:.3f}" if val_loss is not None else "no validation ran")
           + f" (a uniform guess scores ln({len(vocab)}) = {math.log(len(vocab)):.3f})")
     if trainer.global_step < args.max_steps:  # the --max-time guard cut training short
         print(f"The --max-time guard ({args.max_time:g} s) ended training at step {trainer.global_step} of "
               f"{args.max_steps}: the machine is busy. The sample below is from that point.")
-    if (val_loss if val_loss is not None else metrics["train/loss"]) > ROUGH_BELOW:
+    latest = val_loss if val_loss is not None else train_loss
+    if trainer.global_step and (latest is None or latest > ROUGH_BELOW):
         print(f"What to expect: after {trainer.global_step} steps on a CPU the model has learnt which characters "
               "are common and the shape of Python source (indentation, spaces around operators, 'def', 'self', "
               "brackets and quotes), not yet whole words, so the sample looks like code from a distance. "

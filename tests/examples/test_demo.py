@@ -69,11 +69,11 @@ def test_demo_sampling_is_seeded(tmp_path):
 
 def test_demo_says_when_its_time_guard_cut_training_short(tmp_path, capsys):
     demo = _load_demo()
-    result = demo.main([*TINY, "--max-time", "0.5", "--default-root-dir", str(tmp_path / "runs")])
+    result = demo.main([*TINY, "--max-time", "0.001", "--default-root-dir", str(tmp_path / "runs")])
     assert result.trainer.global_step < 60
     out = capsys.readouterr().out
-    assert f"The --max-time guard (0.5 s) ended training at step {result.trainer.global_step} of 60" in out
-    assert "stopped: max_time=0.5 s reached" in out
+    assert f"The --max-time guard (0.001 s) ended training at step {result.trainer.global_step} of 60" in out
+    assert "stopped: max_time=0.001 s reached" in out
 
 
 def test_demo_rejects_steps_that_end_between_validations():

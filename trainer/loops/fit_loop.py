@@ -248,7 +248,8 @@ class FitLoop:
             results.reset()  # values logged in on_train_start count in the first epoch's (as in Lightning)
         trainer.module._results = results
         state.stop_reason = None
-        if self._should_stop_now() and fresh_epoch:  # e.g. a second fit() with the same limits
+        cfg = trainer.config  # a second fit() with the same limits (max_time counts from this fit's start)
+        if fresh_epoch and (state.current_epoch >= cfg.epochs_limit or 0 <= cfg.max_steps <= state.global_step):
             rank_zero_info(f"fit() has nothing left to train: {self._stop_reason()}. Raise the limit (max_epochs, "
                            "max_steps, max_time) to train further, or build a new Trainer to start over.")
         self._epoch_level_hook("on_train_start")
