@@ -28,6 +28,14 @@ class TrainerState:
     val_pending: bool = False    # validation is due after the current batch (kept for resume)
     epoch_trained: bool = False  # every batch of the current epoch is done, only its end remains (resume)
     stop_reason: str | None = None  # why the last fit ended, in words (loops/stop_reason.py); not checkpointed
+    # Lightning's TrainerStatus, not checkpointed: "initializing" until a stage runs, then "running", and
+    # "finished" (it returned) or "interrupted" (it raised, Ctrl-C, SIGTERM)
+    status: str = "initializing"
+
+    @property
+    def finished(self) -> bool:
+        """The last stage returned (Lightning's ``trainer.state.finished``)."""
+        return self.status == "finished"
 
 
 # -- Accelerate's state objects ------------------------------------------------------------------

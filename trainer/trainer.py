@@ -308,7 +308,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = self.config.benchmark
         elif self.config.deterministic is True:
             torch.backends.cudnn.benchmark = False
-        self.module, self.state.stage = module, stage
+        self.module, self.state.stage, self.state.status = module, stage, "running"
         module._trainer = self
         self.datamodule = datamodule
         if datamodule is not None:
@@ -347,13 +347,14 @@ class Trainer:
                 result = body()
             checkpointing.finish_background_writes(self)
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
+            self.state.status = "finished"
             return result
         except Preempted:
-            self.interrupted = True
+            self.interrupted, self.state.status = True, "interrupted"
             self._metrics.finalize("preempted")
             raise SystemExit(0) from None
         except BaseException as err:
-            self.interrupted = isinstance(err, KeyboardInterrupt)
+            self.interrupted, self.state.status = isinstance(err, KeyboardInterrupt), "interrupted"
             checkpointing.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
             if isinstance(err, KeyboardInterrupt):  # one line per rank, not a traceback per rank (trainer/interrupt.py)

@@ -65,7 +65,7 @@ def test_fit_on_two_started_ranks_comes_back_equal_to_one_process_on_the_whole_b
         checkpoint.best_k_models[checkpoint.best_model_path])
     assert float(checkpoint.best_model_score) <= trainer.callback_metrics["val/loss"]  # the better of 2 epochs
     assert os.path.basename(checkpoint.last_model_path) == "last.ckpt"
-    assert trainer.state.stage == "idle"
+    assert trainer.state.stage == "idle" and trainer.state.finished  # Lightning's check after fit
 
     if strategy == "ddp_fork":  # validate and predict start the ranks again and return rank zero's results
         val = DataLoader(RandomRegression(8, seed=1), batch_size=4)

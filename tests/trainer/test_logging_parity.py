@@ -309,6 +309,21 @@ def test_starting_ranks_from_inside_the_interpreter_is_ddp_with_a_start_method(n
     assert resolve_strategy("ddp", "cpu", 2).start_method == "popen"
 
 
+def test_trainer_state_says_whether_the_last_stage_finished(make_trainer):
+    class Fails(BoringModel):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+    trainer = make_trainer(max_epochs=1)
+    assert trainer.state.status == "initializing" and not trainer.state.finished
+    trainer.fit(BoringModel(), regression_loader(16))
+    assert trainer.state.status == "finished" and trainer.state.finished
+    trainer = make_trainer(max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Fails(), regression_loader(16))
+    assert trainer.state.status == "interrupted" and not trainer.state.finished
+
+
 # -- point 5: manual optimization steps its own ReduceLROnPlateau ---------------------------------------------
 
 def test_manual_optimization_runs_a_plain_reduce_lr_on_plateau(make_trainer):

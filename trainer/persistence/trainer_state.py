@@ -83,6 +83,36 @@ def header(strategy: Any, **metadata: Any) -> dict[str, Any]:
                          "saved_at": time.time(), **metadata}}
 
 
+def _gather_rng_states(strategy: Any) -> list[dict[str, Any]]:
+    """Every rank's ``rng_states()``, its tensors sent as raw bytes: a tensor pickled for the gather goes through
+    ``torch.save``, so each rank that only sends its state called ``torch.save`` at every checkpoint (Lightning's
+    test that only rank zero saves counts the calls on every rank)."""
+    def pack(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return ("__tensor__", value.cpu().numpy().tobytes(), str(value.dtype).removeprefix("torch."),
+                    tuple(value.shape))
+        if isinstance(value, (list, tuple)):
+            return type(value)(pack(v) for v in value)
+        if isinstance(value, dict):
+            return {k: pack(v) for k, v in value.items()}
+        return value
+
+    def unpack(value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 4 and value[0] == "__tensor__":
+            dtype = getattr(torch, value[2])
+            return torch.frombuffer(bytearray(value[1]), dtype=dtype).reshape(value[3]).clone() if value[1] \
+                else torch.empty(value[3], dtype=dtype)
+        if isinstance(value, (list, tuple)):
+            return type(value)(unpack(v) for v in value)
+        if isinstance(value, dict):
+            return {k: unpack(v) for k, v in value.items()}
+        return value
+
+    if strategy.world_size == 1:
+        return [rng_states()]
+    return [unpack(states) for states in strategy.all_gather_object(pack(rng_states()))]
+
+
 def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
     """The whole training state of ``trainer`` as a checkpoint dict (``hooks``: the running stage's
     dispatch, for ``on_save_checkpoint``)."""
@@ -104,7 +134,7 @@ def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             "precision": strategy.precision.state_dict(),
             "loops": trainer.fit_loop.state_dict(),
-            "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
+            "rng": dict(enumerate(_gather_rng_states(strategy))),  # every rank's
             "callbacks": _callback_states(trainer.callbacks),
         })
         if trainer.datamodule is not None:
