@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from tests.helpers.distributed import trainer_order
 from tests.helpers.models import BoringModel, RandomRegression
-from trainer.callbacks import ModelCheckpoint
+from trainer.callbacks import Callback, ModelCheckpoint
 from tests.helpers.trainers import quiet_trainer
 
 pytestmark = pytest.mark.slow
@@ -125,3 +125,27 @@ def test_a_step_value_logged_with_sync_dist_is_reduced_over_the_ranks(tmp_path):
     assert metrics["averaged_step"] == (2 + 3) / 2
     assert metrics["averaged_epoch"] == (0 + 1 + 2 + 1 + 2 + 3) / 6
     assert metrics["own"] == 1.0
+
+
+class CountsSaves(Callback):
+    """On each rank, the calls of torch.save during fit (this process is a fork: the patch dies with it)."""
+
+    def on_train_start(self, trainer, module):
+        real, self.calls = torch.save, 0
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+        torch.save = counted
+
+    def on_train_end(self, trainer, module):
+        if trainer.global_rank != 0 and self.calls:
+            raise AssertionError(f"rank {trainer.global_rank} called torch.save {self.calls} times")
+
+
+def test_only_rank_zero_calls_torch_save_for_checkpoints(tmp_path):
+    counter = CountsSaves()
+    trainer = quiet_trainer(strategy="ddp_fork", devices=2, max_epochs=2, default_root_dir=str(tmp_path),
+                            enable_model_summary=False, callbacks=[counter, ModelCheckpoint(save_top_k=-1)])
+    trainer.fit(BoringModel(), DataLoader(RandomRegression(8), batch_size=2))
+    assert counter.calls == 2  # rank zero's: one checkpoint an epoch
