@@ -117,6 +117,14 @@ def _die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# The TCPStore of each address this process joined, kept for the process's life. Rank zero's store is
+# the server: freed with its group at end_training, it closed under a peer that had already connected
+# to it for the next group (a peer done with end_training sooner), which then failed with "Connection
+# was likely closed" or hung; kept, every later group of the job talks to the same live server, under
+# a prefix of its own (below).
+_STORES: dict[tuple[Any, ...], Any] = {}
+
+
 def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generation: int) -> Any:
     """The process group's store, with a prefix of its own per restart attempt and per group.
 
@@ -137,9 +145,12 @@ def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generatio
     if attempt is not None:
         _die_with_launcher()
     uses_agent_store = attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(env.main_address, env.main_port, env.world_size,
-                          is_master=not uses_agent_store and env.global_rank == 0, timeout=timeout,
-                          **({} if uses_agent_store else {"multi_tenant": True}))
+    is_master = not uses_agent_store and env.global_rank == 0
+    key = (env.main_address, env.main_port, env.world_size, is_master, uses_agent_store)
+    store = _STORES.get(key)
+    if store is None:  # kept for the process's life: see _STORES
+        store = _STORES[key] = dist.TCPStore(env.main_address, env.main_port, env.world_size, is_master=is_master,
+                                             timeout=timeout, **({} if uses_agent_store else {"multi_tenant": True}))
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
     attempt = attempt if uses_agent_store else None
     return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt or 0}/group_{generation}", store)
