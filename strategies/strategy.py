@@ -116,6 +116,11 @@ class Strategy(ABC):
         """How long a collective may wait before failing (None on one process)."""
         return self.processes.timeout
 
+    #: how the Trainer starts ``requested_processes`` in a process no launcher started: "popen" runs the
+    #: script again once per rank; "fork"/"spawn" start them from this interpreter and hand their results
+    #: back (``ddp_fork``/``ddp_spawn``, trainer/spawn.py)
+    start_method: str = "popen"
+
     @property
     def needs_launch(self) -> bool:
         """Several processes were asked for in a process no launcher started: the Trainer must start

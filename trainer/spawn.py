@@ -66,7 +66,7 @@ def run_in_workers(trainer: Any, stage: str, args: tuple, kwargs: dict, module: 
     and hand rank zero's results back to ``trainer`` and ``module``; returns the stage's return value."""
     strategy = trainer.strategy
     world = strategy.requested_processes
-    requested = getattr(strategy, "start_method", None) or "fork"
+    requested = strategy.start_method if strategy.start_method != "popen" else "fork"
     method, why = choose_start_method(requested)
     if why is not None:
         rank_zero_info(f"Trainer(strategy='ddp_spawn'): starting the {world} processes with fork, not spawn ({why}).")

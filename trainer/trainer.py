@@ -451,7 +451,7 @@ class Trainer:
     def _starts_ranks_here(self) -> bool:
         """``ddp_spawn``/``ddp_fork``/``ddp_notebook`` in a process no launcher started: this interpreter starts
         the ranks and gets their results back (trainer/spawn.py)."""
-        return self.strategy.needs_launch and getattr(self.strategy, "start_method", "popen") in ("fork", "spawn")
+        return self.strategy.needs_launch and self.strategy.start_method in ("fork", "spawn")
 
     def _in_workers(self, stage: str, model: Any, **kwargs: Any) -> Any:
         """validate/test/predict on the started ranks; without a model, the one the last fit left here."""
