@@ -154,7 +154,7 @@ class Results:
                 value = value.reshape(())
             value = value.detach()
         elif not isinstance(value, numbers.Number) or isinstance(value, complex):
-            raise UnloggableValue(f"`self.log({name}, {value!r:.80})` was called with a value that cannot be logged: "
+            raise UnloggableValue(f"`self.log({name}, {str(value):.80})` was called with a value that cannot be logged: "
                                   f"expected a number or a one-element tensor, got {type(value).__name__}. Log each "
                                   "number under its own name (self.log_dict for a dict of them).")
         entry.pending.append(value)

@@ -192,7 +192,7 @@ def test_logging_outside_a_run_warns_once_and_is_ignored():
                                 r"shape \(3,\)\. Reduce it first, e\.g\. value\.mean\(\)\."),
     (torch.ones(2, 2), ValueError, r"got a tensor of shape \(2, 2\)"),
     (torch.ones(0), ValueError, r"got a tensor of shape \(0,\)"),
-    ("1.0", TypeError, r"`self\.log\(bad, '1\.0'\)` was called with a value that cannot be logged: expected a number or a "
+    ("1.0", TypeError, r"`self\.log\(bad, 1\.0\)` was called with a value that cannot be logged: expected a number or a "
              r"one-element tensor, got str\."),
     ([1.0], TypeError, r"`self\.log\(bad, \[1\.0\]\)` was called .* got list\."),
     (1j, TypeError, r"`self\.log\(bad, 1j\)` was called .* got complex\."),
