@@ -45,9 +45,10 @@ class RayTrainReportCallback(Callback):
         self.reports = 0
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
-        if stage == "fit" and trainer.strategy.sharded_format:  # declared on every strategy
-            raise ValueError(f"RayTrainReportCallback with {type(trainer.strategy).__name__}: its checkpoints are "
-                             "written in shards, one per rank, and Ray takes rank zero's directory only. Report "
+        refusal = trainer.strategy.rank_zero_checkpoint_refusal
+        if stage == "fit" and refusal:
+            raise ValueError(f"RayTrainReportCallback with {type(trainer.strategy).__name__}: {refusal}, and Ray "
+                             "takes rank zero's directory only. Report "
                              "with strategy='ddp', or save with ModelCheckpoint to storage every worker shares.")
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -146,11 +146,17 @@ def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generatio
         _die_with_launcher()
     uses_agent_store = attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     is_master = not uses_agent_store and env.global_rank == 0
-    key = (env.main_address, env.main_port, env.world_size, is_master, uses_agent_store)
-    store = _STORES.get(key)
-    if store is None:  # kept for the process's life: see _STORES
-        store = _STORES[key] = dist.TCPStore(env.main_address, env.main_port, env.world_size, is_master=is_master,
-                                             timeout=timeout, **({} if uses_agent_store else {"multi_tenant": True}))
+    if env.world_size == 1 and not uses_agent_store:
+        # nobody connects to a group of one: a port of its own (a fixed 29500 collided with any other job or
+        # test process on the machine doing the same), and nothing kept once the group is gone
+        store = dist.TCPStore(env.main_address, 0, 1, is_master=True, timeout=timeout)
+    else:
+        key = (env.main_address, env.main_port, env.world_size, is_master, uses_agent_store)
+        store = _STORES.get(key)
+        if store is None:  # kept for the process's life: see _STORES
+            store = _STORES[key] = dist.TCPStore(env.main_address, env.main_port, env.world_size,
+                                                 is_master=is_master, timeout=timeout,
+                                                 **({} if uses_agent_store else {"multi_tenant": True}))
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
     attempt = attempt if uses_agent_store else None
     return dist.PrefixStore(f"trainer/{run_id}/attempt_{attempt or 0}/group_{generation}", store)

@@ -146,3 +146,20 @@ def test_report_schedule_is_checked():
         RayTrainReportCallback(every_n_epochs=0)
     with pytest.raises(ValueError, match=r"nothing would ever be reported"):
         RayTrainReportCallback(every_n_epochs=None)
+
+
+@pytest.mark.parametrize("name", ["fsdp", "deepspeed", "ddp"])
+def test_sharded_strategies_are_refused_with_their_reason(name):
+    from types import SimpleNamespace
+
+    from trainer.callbacks import RayTrainReportCallback
+    from trainer.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+    strategy = {"fsdp": FSDPStrategy, "deepspeed": DeepSpeedStrategy, "ddp": DDPStrategy}[name]()
+    callback = RayTrainReportCallback()
+    trainer = SimpleNamespace(strategy=strategy)
+    if name == "ddp":
+        callback.setup(trainer, None, "fit")  # one file from rank zero is the whole state
+        return
+    with pytest.raises(ValueError, match=r"written in shards, one per rank, and Ray takes rank zero's directory"):
+        callback.setup(trainer, None, "fit")
