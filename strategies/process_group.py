@@ -146,6 +146,7 @@ def _group_store(env: ClusterEnvironment, timeout: datetime.timedelta, generatio
         _die_with_launcher()
     uses_agent_store = attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     is_master = not uses_agent_store and env.global_rank == 0
+    store: Any
     if env.world_size == 1 and not uses_agent_store:
         # nobody connects to a group of one: a port of its own (a fixed 29500 collided with any other job or
         # test process on the machine doing the same), and nothing kept once the group is gone
