@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from trainer.strategies.checkpoint_io import safe_load  # noqa: E402
 from trainer import Trainer, TrainModule  # noqa: E402
-from trainer.persistence.trainer_state import dump  # noqa: E402
+from trainer.persistence.trainer_checkpoint import dump  # noqa: E402
 
 
 class Big(TrainModule):

@@ -28,7 +28,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from trainer.callbacks import Callback
     from trainer import Trainer, TrainModule
-    from trainer.persistence import trainer_state as checkpoint
+    from trainer.persistence import trainer_checkpoint as checkpoint
 
     out, strategy, steps, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 

@@ -124,7 +124,7 @@ def _defines_train_loader(owner: Any) -> bool:
     if "train_dataloader" in vars(owner):
         return callable(vars(owner)["train_dataloader"])
     definer = next((cls for cls in type(owner).__mro__ if "train_dataloader" in vars(cls)), None)
-    return definer is not None and definer.__module__ not in ("trainer.module", "trainer.datamodule")
+    return definer is not None and definer.__module__ not in ("trainer.module", "trainer.data.datamodule")
 
 
 def _dataset_len(loader: Any) -> int | None:

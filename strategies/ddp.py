@@ -51,7 +51,7 @@ class DDPStrategy(Strategy):
             (``Trainer(strategy="ddp", devices=2)`` in a plain ``python train.py``).
         start_method: how those processes start. "popen" (default): the script runs again once per rank.
             "fork" or "spawn" (``strategy="ddp_fork"``/``"ddp_notebook"``/``"ddp_spawn"``): the ranks start
-            from inside this interpreter and their results come back to it (trainer/spawn.py).
+            from inside this interpreter and their results come back to it (trainer/engine/spawn.py).
     """
 
     distributed_kind = "MULTI"

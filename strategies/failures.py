@@ -24,7 +24,7 @@ _OURS = {"reduce": "all_reduce (a metric or reduce())", "all_gather": "all_gathe
          "all_reduce_gradients": "the gradient all_reduce (oom_split)", "_ddp": "DDP's parameter check at setup",
          "setup": "init_process_group"}
 _CHECK_IN_PREFIX = "trainer/alive_after_failure"
-# the directory `trainer launch` shares with its workers (trainer/launch.py): a rank whose collective
+# the directory `trainer launch` shares with its workers (trainer/engine/script_launch.py): a rank whose collective
 # failed leaves a report there, and the launcher's summary names the rank that hung or died
 REPORTS_ENV = "TRAINER_SAVED_MARKERS"
 

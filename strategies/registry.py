@@ -50,7 +50,7 @@ def _ddp_unused(find_unused_parameters: bool) -> Callable[..., Strategy]:
 def _ddp_in_process(name: str) -> Callable[..., Strategy]:
     """Lightning's ``ddp_spawn`` / ``ddp_notebook`` / ``ddp_fork``: DDP whose ranks, when no launcher started
     them, start from inside the calling interpreter (fork, or spawn for ``ddp_spawn``) and hand their results
-    back to it (trainer/spawn.py); under a launcher (the ranks already run) they are plain DDP."""
+    back to it (trainer/engine/spawn.py); under a launcher (the ranks already run) they are plain DDP."""
     def build(kind: str, indices: list[int], precision: Precision) -> Strategy:
         from .ddp import DDPStrategy
 

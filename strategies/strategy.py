@@ -118,7 +118,7 @@ class Strategy(ABC):
 
     #: how the Trainer starts ``requested_processes`` in a process no launcher started: "popen" runs the
     #: script again once per rank; "fork"/"spawn" start them from this interpreter and hand their results
-    #: back (``ddp_fork``/``ddp_spawn``, trainer/spawn.py)
+    #: back (``ddp_fork``/``ddp_spawn``, trainer/engine/spawn.py)
     start_method: str = "popen"
 
     @property

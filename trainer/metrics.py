@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainer.results import Results
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 
 class CallbackMetrics(dict):
@@ -244,7 +244,7 @@ class MetricsPublisher:
             for logger in trainer.loggers:
                 logger.finalize(status)
             if status == "success" and trainer.state.stage == "fit" and trainer.loggers:
-                from trainer.plots import write_loss_png
+                from trainer.logs.plots import write_loss_png
 
                 path = write_loss_png(self.history, trainer.log_dir)
                 if path is not None:

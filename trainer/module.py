@@ -382,7 +382,7 @@ class TrainModule(torch.nn.Module):
         The hyperparameters are those ``save_hyperparameters()`` stored; a value that was not a plain
         number, string, list or dict was saved as its ``repr`` -- pass it again as an override.
         """
-        from trainer.persistence.trainer_state import check_compatible, load_weights_into
+        from trainer.persistence.trainer_checkpoint import check_compatible, load_weights_into
         from trainer.strategies.checkpoint_io import safe_load
 
         if not os.path.exists(str(checkpoint_path)):
@@ -499,7 +499,7 @@ def _signature(cls: type[Any]) -> str:
 def _weights_against(cls: type, ckpt: dict[str, Any], known: dict[str, Any]) -> str:
     """How the checkpoint's weights differ from a ``cls`` built from the hparams it takes (nothing
     when it cannot be built so)."""
-    from trainer.persistence.trainer_state import weight_differences
+    from trainer.persistence.trainer_checkpoint import weight_differences
 
     try:
         with warnings.catch_warnings():

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from trainer.loops.hooks import Hooks
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 # hook names that open and close a phase of the loop (the phase's own time is what its hooks and
 # steps leave over: e.g. validation's data loading and validation_step)

@@ -18,27 +18,28 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer import checkpointing, interrupt
+from trainer.persistence import trainer_io as checkpointing
+from trainer.engine import interrupt
 from trainer.loops import eval_loop, misuse, stop_reason
-from trainer.accelerator import Accelerator
+from trainer.accelerate.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
-from trainer.persistence import trainer_state as checkpoint
-from trainer.wiring import (DataSources, _callback_list, _check_barebones, _check_checkpointing, _check_module,
+from trainer.persistence import trainer_checkpoint as checkpoint
+from trainer.loops.wiring import (DataSources, _callback_list, _check_barebones, _check_checkpointing, _check_module,
                             _check_num_nodes,
                             _check_plugins, _convert_sync_batchnorm, _shown, _with_module_callbacks)
-from trainer.config import TrainerConfig
-from trainer.datamodule import DataModule, check_sources, has_loader, run_prepare_data
+from trainer.trainer_config import TrainerConfig
+from trainer.data.datamodule import DataModule, check_sources, has_loader, run_prepare_data
 from trainer.loops.hooks import Hooks
-from trainer.launch import apply_launch_settings, launch_settings
+from trainer.engine.script_launch import apply_launch_settings, launch_settings
 from trainer.metrics import MetricsPublisher
 from trainer.module import TrainModule
-from trainer.compiled import from_compiled
+from trainer.engine.compiled import from_compiled
 from trainer.profiler import Profiler, ProfiledHooks, resolve_profiler, start_profiling
 from trainer.loops.manual import check_manual_settings
 from trainer.loops.preemption import Preempted, StopAgreement, sigterm_sets_flag
-from trainer.seed import set_deterministic
+from trainer.data.seeding import set_deterministic
 from trainer.state import TrainerState
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 
 _WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger", "profiler")
@@ -229,7 +230,7 @@ class Trainer:
                             f"{type(model).__name__}.")
         check_manual_settings(model, self.config)
         if self._starts_ranks_here():  # ddp_spawn/ddp_fork: the ranks run this call, the results come back
-            from trainer.spawn import run_in_workers
+            from trainer.engine.spawn import run_in_workers
 
             return run_in_workers(self, "fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), {},
                                   model)
@@ -357,7 +358,7 @@ class Trainer:
             self.interrupted, self.state.status = isinstance(err, KeyboardInterrupt), "interrupted"
             checkpointing.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
-            if isinstance(err, KeyboardInterrupt):  # one line per rank, not a traceback per rank (trainer/interrupt.py)
+            if isinstance(err, KeyboardInterrupt):  # one line per rank, not a traceback per rank (trainer/engine/interrupt.py)
                 interrupt.report(self, stage, err)
             clearer = self.accelerator.strategy.explain_failure(err)  # a dead or hung rank, named
             if clearer is not None:
@@ -450,12 +451,12 @@ class Trainer:
     # -- processes -------------------------------------------------------------------------------
     def _starts_ranks_here(self) -> bool:
         """``ddp_spawn``/``ddp_fork``/``ddp_notebook`` in a process no launcher started: this interpreter starts
-        the ranks and gets their results back (trainer/spawn.py)."""
+        the ranks and gets their results back (trainer/engine/spawn.py)."""
         return self.strategy.needs_launch and self.strategy.start_method in ("fork", "spawn")
 
     def _in_workers(self, stage: str, model: Any, **kwargs: Any) -> Any:
         """validate/test/predict on the started ranks; without a model, the one the last fit left here."""
-        from trainer.spawn import run_in_workers
+        from trainer.engine.spawn import run_in_workers
 
         if model is None and self.module is None:
             raise TypeError(f"trainer.{stage}(): no model. Pass the model, e.g. trainer.{stage}(model, ...).")
@@ -466,7 +467,7 @@ class Trainer:
         """Several processes asked for in a plain ``python train.py``: start them through torch's
         elastic launcher (each re-runs this script as one rank), wait, and exit with their status."""
         if self.strategy.needs_launch:
-            from trainer.launch import launch_this_script
+            from trainer.engine.script_launch import launch_this_script
 
             launch_this_script(self.strategy.requested_processes)
 

@@ -49,7 +49,7 @@ def test_the_scan_finds_each_kind_of_private_use():
     source = ("trainer._hooks('x')\nself._trainer._where()\nmodule.trainer._metrics = 1\n"
               "getattr(trainer, '_told', False)\nsetattr(trainer, '_flag', True)\n"
               "trainer.global_step\ntrainer.__class__\nfrom trainer._logging import log\nimport trainer._wrappers\n"
-              "trainer._logging.log\nself._hooks\nloop._state\n")
+              "trainer.logs.console.log\nself._hooks\nloop._state\n")
     assert sorted(line for line, _ in private_uses(source)) == [1, 2, 3, 4, 5]
 
 

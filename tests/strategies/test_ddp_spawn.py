@@ -1,5 +1,5 @@
 """Lightning's ddp_spawn / ddp_fork / ddp_notebook: trainer.fit in a plain interpreter (this pytest session) starts
-two real gloo ranks itself, and the results come back to the caller's Trainer and module (trainer/spawn.py)."""
+two real gloo ranks itself, and the results come back to the caller's Trainer and module (trainer/engine/spawn.py)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_an_error_on_a_started_rank_is_raised_in_the_caller_naming_the_rank(tmp_
 
 
 def test_ddp_spawn_starts_its_ranks_by_fork_and_says_so():
-    from trainer.spawn import choose_start_method
+    from trainer.engine.spawn import choose_start_method
 
     method, why = choose_start_method("spawn")
     assert method == "fork" and "unpickled" in why

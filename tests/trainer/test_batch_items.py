@@ -17,7 +17,7 @@ from hypothesis import example, given, settings, strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from trainer import Accelerator, Trainer, TrainModule
-from trainer.step_engine import count_items
+from trainer.engine.step_engine import count_items
 
 KINDS = ["tensor", "tuple", "dict", "strings", "dataclass"]
 LR = 0.1

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 
 from trainer import TrainModule, seed_everything
-from trainer.seed import seed_worker
+from trainer.data.seeding import seed_worker
 from trainer.utils import set_seed
 from tests.helpers.trainers import quiet_trainer
 

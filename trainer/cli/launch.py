@@ -152,7 +152,7 @@ def start(cfg: LaunchConfig, script: str, script_args: list[str], command: str =
     ``cfg``; 0 when every worker succeeded. ``rdzv_conf``: torchrun's ``--rdzv-conf`` additions (c10d)."""
     from torch.distributed import run as torchrun
 
-    from trainer.launch import (failed_workers_end_the_job, failure_summary, frame_named_rendezvous_events,
+    from trainer.engine.script_launch import (failed_workers_end_the_job, failure_summary, frame_named_rendezvous_events,
                                 quiet_stop_notices, slurm_signals_reach_workers)
 
     if cfg.min_machines is not None and cfg.min_machines < cfg.num_machines and cfg.max_restarts == 0:

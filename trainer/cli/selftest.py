@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from trainer.launch import launch_settings
+from trainer.engine.script_launch import launch_settings
 from trainer.strategies.precision import PRECISION_TABLE, precision_name
 
 # precision -> the dtype its matmuls run in, where that is not float32

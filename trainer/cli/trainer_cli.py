@@ -30,7 +30,7 @@ import torch
 from trainer import DataModule, Trainer, TrainModule, seed_everything
 from trainer.callbacks import Callback
 from trainer.callbacks.logger import Logger
-from trainer.config import TrainerConfig
+from trainer.trainer_config import TrainerConfig
 from trainer.strategies import Strategy
 
 STAGES = ("fit", "validate", "test", "predict")
@@ -257,7 +257,7 @@ def _configure_optimizers_from(model: Any, optimizer: Any, lr_scheduler: Any) ->
                              "in configure_optimizers.")
         return
     if type(model).configure_optimizers is not TrainModule.configure_optimizers:
-        from trainer._logging import rank_zero_info
+        from trainer.logs.console import rank_zero_info
 
         rank_zero_info(f"--optimizer {optimizer['class_path']}: it replaces {type(model).__name__}.configure_optimizers "
                        "for this run.")

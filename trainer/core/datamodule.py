@@ -1,5 +1,5 @@
 """``trainer.core.datamodule.DataModule`` (Lightning: ``lightning.pytorch.core.datamodule.LightningDataModule``)."""
 
-from trainer.datamodule import DataModule
+from trainer.data.datamodule import DataModule
 
 __all__ = ["DataModule"]

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 
 def _has_state(obj: Any) -> bool:
@@ -26,7 +26,7 @@ def _has_state(obj: Any) -> bool:
 def saveable(loader: Any) -> Any:
     """What saves ``loader``'s position: the loader itself (StatefulDataLoader), or its iterable dataset
     when that has the methods and is read in this process; None when nothing can."""
-    from trainer._wrappers import PreparedDataLoader
+    from trainer.accelerate.wrappers import PreparedDataLoader
 
     if loader is None or isinstance(loader, PreparedDataLoader):  # its state is the pass's epoch, not a position
         return None

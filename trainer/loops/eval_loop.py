@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import torch
 
-from trainer.datamodule import batch_mover
-from trainer.step_engine import count_items
+from trainer.data.datamodule import batch_mover
+from trainer.engine.step_engine import count_items
 from trainer.loops.hooks import _add_note, where
 from trainer.loops.step_errors import add_step_note
 from trainer.module import TrainModule

@@ -34,19 +34,19 @@ from typing import Any
 import torch
 
 from trainer.loops import eval_loop, misuse, stop_reason
-from trainer._logging import rank_zero_info, rank_zero_warn
-from trainer._wrappers import with_is_last
+from trainer.logs.console import rank_zero_info, rank_zero_warn
+from trainer.accelerate.wrappers import with_is_last
 from trainer.data.data_position import (capture_epoch_start, restore_epoch_start, rng_states, set_rng_states,
                                         set_rng_states_after_first, skip_batches)
-from trainer.datamodule import batch_mover
+from trainer.data.datamodule import batch_mover
 from trainer.data import loader_state
 from trainer.data.distributed_data import default_data_seed
 from trainer.loops.hooks import module_override, no_logging, refuse_unsupported_overrides
 from trainer.loops.manual import ModuleOptimizer
-from trainer.optim import check_optimizer_count, parse_optimizers, step_schedulers
+from trainer.engine.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.loops.preemption import StopAgreement
 from trainer.state import TrainerState
-from trainer.step_engine import count_items
+from trainer.engine.step_engine import count_items
 from trainer.loops.step_errors import add_step_note, describe_batch
 from trainer.loops.step_output import batch_end_outputs, unpack_step_output
 
@@ -159,7 +159,7 @@ class FitLoop:
         """Step ``scheduler`` (every ``interval``) in place of the first scheduler ``configure_optimizers``
         returned, or as the only one (``StochasticWeightAveraging``'s ``SWALR``). It is checkpointed in
         that scheduler's slot."""
-        from trainer.optim import SchedulerConfig
+        from trainer.engine.optim import SchedulerConfig
 
         config = SchedulerConfig(scheduler, interval)
         self.scheduler_configs[:1] = [config]
@@ -600,7 +600,7 @@ class FitLoop:
 
     def _preempt(self) -> None:
         """SIGTERM arrived (on any rank) and the optimizer step is done: save last.ckpt and leave fit."""
-        from trainer.checkpointing import save_on_preemption
+        from trainer.persistence.trainer_io import save_on_preemption
 
         self.state.stop_reason = f"SIGTERM received: stopped at global_step {self.state.global_step} to save last.ckpt"
         save_on_preemption(self.trainer)

@@ -16,7 +16,7 @@ import difflib
 import inspect
 from typing import Any, Iterable
 
-from trainer._logging import rank_zero_info, rank_zero_warn
+from trainer.logs.console import rank_zero_info, rank_zero_warn
 from trainer.callbacks.base import Callback
 from trainer.module import TrainModule
 from trainer.strategies.exceptions import MisconfigurationException

@@ -175,7 +175,7 @@ class BatchSplitter:
 
     def _notify(self, size: int) -> None:
         """One line per batch that lowered the size (normally once per run), once the size that fits is known."""
-        from trainer._logging import ensure_handler, process_rank
+        from trainer.logs.console import ensure_handler, process_rank
 
         rank = process_rank()
         rank_note = "" if rank == 0 else f" (rank {rank})"

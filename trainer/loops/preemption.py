@@ -30,7 +30,7 @@ def sigterm_sets_flag(loop: Any, requeue_signal: Any = None) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        from trainer.launch import torn_down_after_failure
+        from trainer.engine.script_launch import torn_down_after_failure
 
         if torn_down_after_failure():
             end_by_signal(signum)

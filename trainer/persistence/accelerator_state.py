@@ -26,7 +26,7 @@ import torch
 
 from trainer.data.data_position import rng_states, set_rng_states
 from trainer.persistence.layout import check_layout
-from trainer.persistence.trainer_state import FORMAT_VERSION, _paths_as_text, header, load_weights_into, read_verified
+from trainer.persistence.trainer_checkpoint import FORMAT_VERSION, _paths_as_text, header, load_weights_into, read_verified
 from trainer.strategies.checkpoint_directories import atomic_directory, recover_directory
 from trainer.strategies.checkpoint_io import SHARDED_META, CheckpointError, safe_load
 from trainer.strategies.checkpoint_links import file_in

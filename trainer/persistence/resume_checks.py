@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 from trainer.strategies.checkpoint_io import CheckpointError
 
 # param-group settings torch's own optimizers refuse below zero at construction

@@ -6,14 +6,14 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar
 
-from trainer._logging import process_rank
+from trainer.logs.console import process_rank
 from trainer.loops.oom import free_memory, is_oom_error
-from trainer.operations import (DistributedType, broadcast, broadcast_object_list, gather, gather_object,
+from trainer.accelerate.operations import (DistributedType, broadcast, broadcast_object_list, gather, gather_object,
                                 pad_across_processes, reduce)
-from trainer.seed import seed_everything
+from trainer.data.seeding import seed_everything
 # Accelerate's names, importable from here as from accelerate.utils (kept out of __all__: the API
 # reference documents this library's own helpers; see docs/migrating.md for these)
-from trainer.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,  # noqa: F401
+from trainer.accelerate.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,  # noqa: F401
                              GradientAccumulationPlugin, ProjectConfiguration)
 from trainer.utils.accelerate_helpers import (  # noqa: F401
     LoggerType, PrecisionType, RNGType, clear_environment, compare_versions, convert_bytes,
@@ -41,7 +41,7 @@ def set_seed(seed: int, deterministic: bool = False) -> int:
     Returns:
         The seed used.
     """
-    from trainer.seed import set_deterministic
+    from trainer.data.seeding import set_deterministic
 
     used = seed_everything(seed)
     set_deterministic(deterministic)
@@ -134,7 +134,7 @@ def load_checkpoint_in_model(model: Any, checkpoint: str, strict: bool = False, 
     """
     import os
 
-    from trainer.persistence.trainer_state import load_weights_into
+    from trainer.persistence.trainer_checkpoint import load_weights_into
     from trainer.strategies.safetensors_weights import load_weights
 
     if options:

@@ -264,7 +264,7 @@ def save(obj: Any, f: Any, save_on_each_node: bool = False, safe_serialization: 
     ``torch.load(f, weights_only=True)`` when ``obj`` holds tensors and plain containers, as a
     state dict does -- or, with ``safe_serialization``, as safetensors (a dict of tensors).
     ``save_on_each_node``: on each machine's first process instead."""
-    from trainer._logging import process_rank
+    from trainer.logs.console import process_rank
 
     rank = int(os.environ.get("LOCAL_RANK", process_rank())) if save_on_each_node else process_rank()
     if rank != 0:
@@ -383,7 +383,7 @@ def tqdm(*args: Any, main_process_only: bool = True, **kwargs: Any) -> Any:
     """``tqdm.auto.tqdm`` shown on the main process only (``disable`` elsewhere)."""
     from tqdm.auto import tqdm as _tqdm
 
-    from trainer._logging import process_rank
+    from trainer.logs.console import process_rank
 
     if main_process_only:
         kwargs["disable"] = kwargs.get("disable", False) or process_rank() != 0

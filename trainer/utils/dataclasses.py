@@ -1,8 +1,8 @@
 """``accelerate.utils.dataclasses``'s names that scripts import from there (the configuration objects
 and the enums), so the literal import rule ``accelerate`` -> ``trainer`` works for that path too."""
 
-from trainer.operations import DistributedType
-from trainer.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,
+from trainer.accelerate.operations import DistributedType
+from trainer.accelerate.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,
                              GradientAccumulationPlugin, ProjectConfiguration)
 from trainer.utils.accelerate_helpers import LoggerType, PrecisionType, RNGType
 

@@ -42,7 +42,7 @@ def _pointed_at_ours(name: str):
     """Accelerate's script module with the names it imports from accelerate replaced by ours."""
     import trainer
     import trainer.utils
-    from trainer.gradient_state import GradientState
+    from trainer.engine.gradient_state import GradientState
 
     module = importlib.import_module(f"accelerate.test_utils.scripts.{name}")
     ours = {"Accelerator": trainer.Accelerator, "DataLoaderConfiguration": trainer.DataLoaderConfiguration,

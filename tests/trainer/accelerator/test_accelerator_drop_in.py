@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import (Accelerator, DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration)
-from trainer.processes import _share
+from trainer.accelerate.processes import _share
 from trainer.utils import (DistributedType, broadcast, gather, gather_object, pad_across_processes, reduce,
                            set_seed)
 

@@ -167,7 +167,7 @@ def test_cluster_environment_from_torchrun_slurm_or_nothing():
 def test_frame_names_are_the_names_torch_gives_its_rendezvous_events():
     from torch.distributed.elastic.rendezvous.dynamic_rendezvous import get_method_name
 
-    from trainer.launch import _method_name
+    from trainer.engine.script_launch import _method_name
 
     def nested(levels: int, depth: int) -> tuple[str, str]:
         if levels:
@@ -200,7 +200,7 @@ def test_the_rendezvous_does_not_read_the_stack_within_frame_named_events(monkey
 
     from torch.distributed.elastic.rendezvous import dynamic_rendezvous
 
-    from trainer.launch import frame_named_rendezvous_events
+    from trainer.engine.script_launch import frame_named_rendezvous_events
 
     def read_stack(*args, **kwargs):
         raise AssertionError("inspect.stack() called")

@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers.models import BoringModel, regression_loader
 from trainer import Accelerator
-from trainer.persistence.trainer_state import FORMAT_VERSION
+from trainer.persistence.trainer_checkpoint import FORMAT_VERSION
 from trainer.strategies.checkpoint_io import safe_load
 from tests import ROOT
 

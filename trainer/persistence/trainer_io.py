@@ -8,10 +8,10 @@ import os
 from typing import Any
 
 from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
-from trainer.persistence import trainer_state as checkpoint
+from trainer.persistence import trainer_checkpoint as checkpoint
 from trainer.loops.hooks import _add_note
 from trainer.loops.preemption import Preempted
-from trainer._logging import rank_zero_info, rank_zero_warn
+from trainer.logs.console import rank_zero_info, rank_zero_warn
 
 
 def save_checkpoint(trainer: Any, filepath: str, ckpt: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ def save_on_preemption(trainer: Any) -> None:
                            f"finite (NaN/inf in {', '.join(bad[:5])}); {path} is left as it was.")
         raise Preempted()
     trainer.save_checkpoint(path)
-    from trainer.launch import mark_saved
+    from trainer.engine.script_launch import mark_saved
 
     mark_saved(trainer.global_rank)
     if trainer.checkpoint_callback is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 
 def write_loss_png(history: list[tuple[int, dict[str, float]]], directory: str) -> str | None:

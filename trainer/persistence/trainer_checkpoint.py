@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from trainer.strategies.checkpoint_io import CheckpointError
-from trainer.compiled import strip_compile_prefix
+from trainer.engine.compiled import strip_compile_prefix
 from trainer.persistence.layout import FORMAT_VERSION, check_layout
 from trainer.data.data_position import rng_states, set_rng_states
 from trainer.data.distributed_data import default_data_seed
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 
 

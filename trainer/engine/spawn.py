@@ -10,7 +10,7 @@ objects get it back: the module's weights, the Trainer's counters and metric dic
 (``best_model_path``, ``best_model_score``, ``wait_count``, ...) and the stage's return value. An error in a worker
 is raised again in the caller, the same exception type, with a note naming the rank.
 
-``strategy="ddp"`` instead re-runs the script once per rank (trainer/launch.py): right for scripts, wrong inside an
+``strategy="ddp"`` instead re-runs the script once per rank (trainer/engine/script_launch.py): right for scripts, wrong inside an
 interpreter whose "script" is pytest or a notebook kernel.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 START_METHODS = ("fork", "spawn")
 _RESULT = "result.pt"
@@ -90,7 +90,7 @@ def run_in_workers(trainer: Any, stage: str, args: tuple, kwargs: dict, module: 
 def _worker(rank: int, world: int, port: int, folder: str, trainer: Any, stage: str, args: tuple,
             kwargs: dict) -> None:
     """One rank: its environment as a launcher would set it, the stage, and (rank zero) the results to a file."""
-    from trainer.launch import SAVED_MARKERS_ENV
+    from trainer.engine.script_launch import SAVED_MARKERS_ENV
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -116,7 +116,7 @@ def _worker(rank: int, world: int, port: int, folder: str, trainer: Any, stage: 
 def _report_failure(folder: str, rank: int, err: BaseException) -> None:
     """The error, pickled (or its text), for the caller; the first failing rank also leaves the teardown
     marker, so a peer stopped by SIGTERM exits at once instead of saving."""
-    from trainer.launch import TEARDOWN_MARKER
+    from trainer.engine.script_launch import TEARDOWN_MARKER
 
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     try:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.plugins import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
-from trainer.launch import apply_launch_settings, launch_settings
+from trainer.accelerate.plugins import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
+from trainer.engine.script_launch import apply_launch_settings, launch_settings
 from trainer.strategies import Strategy, resolve_strategy
 
 # argument -> why it is refused and what to do instead

@@ -25,7 +25,7 @@ def notebook_launcher(function: Callable, args: tuple = (), num_processes: int |
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from trainer.launch import SETTINGS_ENV, frame_named_rendezvous_events
+    from trainer.engine.script_launch import SETTINGS_ENV, frame_named_rendezvous_events
 
     if options:
         raise TypeError(f"notebook_launcher({', '.join(f'{k}=...' for k in sorted(options))}): rendezvous and "

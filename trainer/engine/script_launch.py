@@ -9,7 +9,7 @@ import sys
 import uuid
 from typing import Any, Callable, Iterator, NoReturn
 
-from trainer._logging import rank_zero_info
+from trainer.logs.console import rank_zero_info
 
 from trainer.strategies.precision import precision_name
 
@@ -48,7 +48,7 @@ def launch_this_script(num_processes: int) -> NoReturn:
 def _how_this_ran(script: str) -> list[str]:
     """How to start this program again: ``-m package`` when it ran as ``python -m package`` (run as a file,
     ``package/__main__.py`` would put the package's own folder first on sys.path, where a module such as
-    trainer/logging.py shadows the standard library's), else the script's path."""
+    trainer/accelerate/get_logger.py shadows the standard library's), else the script's path."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name:
         return ["-m", spec.name.removesuffix(".__main__")]

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from trainer.operations import DistributedType
+from trainer.accelerate.operations import DistributedType
 
 
 def distributed_type(strategy: Any) -> DistributedType:

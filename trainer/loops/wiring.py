@@ -12,11 +12,11 @@ import torch
 from trainer.callbacks.base import Callback
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.strategies.exceptions import MisconfigurationException
-from trainer.datamodule import loaders_from
+from trainer.data.datamodule import loaders_from
 from trainer.data.distributed_data import distribute_loader, in_order
 from trainer.module import TrainModule
-from trainer.seed import install_worker_seeding
-from trainer._logging import rank_zero_info
+from trainer.data.seeding import install_worker_seeding
+from trainer.logs.console import rank_zero_info
 
 
 class DataSources:

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import torch
 
-from trainer.step_engine import count_items
+from trainer.engine.step_engine import count_items
 from trainer.data.data_position import capture_epoch_start, order_generators, restore_epoch_start
 
 
@@ -234,7 +234,7 @@ class PreparedDataLoader:
                 generator.set_state(saved)
 
     def _remainder(self) -> int:
-        from trainer.data_loader import find_shard
+        from trainer.accelerate.data_loader import find_shard
 
         shard = find_shard(self.loader)
         try:
