@@ -230,9 +230,13 @@ class FitLoop:
             val_every = val_check_batches(trainer.config, num_batches) if val_loaders else None
         if val_loaders and trainer.config.num_sanity_val_steps != 0:
             state.stage = "sanity_check"
+            # the check leaves every RNG as it found it (Lightning's isolate_rng): the validation loaders' iterators
+            # draw their base seed from torch's stream, so the training shuffle would otherwise depend on it
+            before_check = rng_states()
             hooks("on_sanity_check_start")
             self._validate(val_loaders, "sanity_check")
             hooks("on_sanity_check_end")
+            set_rng_states(before_check)
             state.stage = "fit"
         self._run_epochs(train_loader, val_loaders, num_batches, val_every)
         hooks("on_fit_end")
