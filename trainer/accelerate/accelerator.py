@@ -14,6 +14,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from trainer.accelerate import operations
+from trainer.accelerate.state import ProcessDecorators
 from trainer.strategies import Strategy
 from trainer.strategies._util import apply_to_tensors
 from trainer.accelerate.wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
@@ -26,7 +27,7 @@ from trainer.engine.step_engine import StepEngine
 from trainer.accelerate.tracking import TrackingMixin, _tracker_specs
 
 
-class Accelerator(TrackingMixin):
+class Accelerator(TrackingMixin, ProcessDecorators):
     """Device placement, mixed precision and gradient accumulation for your own loop.
 
     Args:
@@ -203,7 +204,8 @@ class Accelerator(TrackingMixin):
 
     @gradient_accumulation_steps.setter
     def gradient_accumulation_steps(self, value: int) -> None:
-        self.gradient_state.num_steps = self.engine.accumulation_steps = value
+        self.engine.plan(accumulation=value)
+        self.gradient_state.num_steps = value
 
     @property
     def optimizer_step_was_skipped(self) -> bool:
@@ -221,24 +223,18 @@ class Accelerator(TrackingMixin):
 
         Anything else is returned as it came. Returns one object for one argument, else a tuple.
         """
-        # Models first, so optimizers see parameters already converted for the precision.
+        # The models and optimizers go to the strategy together (it may shard the models, or build one
+        # engine over a model and its optimizer); it returns them with the driver the engine steps them with.
         prepared = list(objects)
-        if self.strategy.has_engine:  # DeepSpeed: one engine owns the model and its optimizer
-            return self._prepare_engine(objects)
-        before: dict[int, torch.nn.Parameter] = {}  # id of each parameter -> the prepared one (FSDP2 shards in place)
-        for i, obj in enumerate(objects):
-            if isinstance(obj, torch.nn.Module):
-                names = {id(p): n for n, p in obj.named_parameters()}
-                prepared[i] = self.prepare_model(obj)
-                after = dict(self.unwrap_model(prepared[i]).named_parameters())
-                before.update({pid: after[n] for pid, n in names.items() if n in after and after[n] is not None})
-        for obj in objects:
-            if isinstance(obj, torch.optim.Optimizer):  # built before prepare(): point it at the sharded parameters
-                for group in obj.param_groups:
-                    group["params"] = [before.get(id(p), p) for p in group["params"]]
-        for i, obj in enumerate(objects):
-            if isinstance(obj, torch.optim.Optimizer):
-                prepared[i] = self.prepare_optimizer(obj)
+        models = [(i, o) for i, o in enumerate(objects) if isinstance(o, torch.nn.Module)]
+        optimizers = [(i, o) for i, o in enumerate(objects)
+                      if isinstance(o, torch.optim.Optimizer) and not isinstance(o, AcceleratedOptimizer)]
+        if models or optimizers:
+            ready_models, ready_optimizers = self._prepare_with_strategy([o for _, o in models], [o for _, o in optimizers])
+            for (i, _), model in zip(models, ready_models):
+                prepared[i] = self._register_model(model)
+            for (i, _), optimizer in zip(optimizers, ready_optimizers):
+                prepared[i] = self._wrap_optimizer(optimizer)
         for i, obj in enumerate(objects):
             if isinstance(obj, torch.utils.data.DataLoader):
                 prepared[i] = self.prepare_data_loader(obj)
@@ -246,32 +242,22 @@ class Accelerator(TrackingMixin):
                 prepared[i] = self.prepare_scheduler(obj)
         return prepared[0] if len(prepared) == 1 else tuple(prepared)
 
-    def _prepare_engine(self, objects: tuple[Any, ...]) -> Any:
-        models = [o for o in objects if isinstance(o, torch.nn.Module)]
-        optimizers = [o for o in objects if isinstance(o, torch.optim.Optimizer)]
-        if len(models) != 1 or len(optimizers) != 1:
-            raise ValueError(f"accelerator.prepare(...) with DeepSpeed: pass exactly one model and its optimizer "
-                             f"together (got {len(models)} model(s) and {len(optimizers)} optimizer(s)).")
-        prepared = list(objects)
-        engine = self.strategy.setup_engine(models[0], optimizers[0])
-        for i, obj in enumerate(objects):
-            if obj is models[0]:
-                prepared[i] = engine
-                self._models.append(engine)
-            elif obj is optimizers[0]:
-                prepared[i] = self.prepare_optimizer(obj)
-            elif isinstance(obj, torch.utils.data.DataLoader):
-                prepared[i] = self.prepare_data_loader(obj)
-            elif _is_scheduler(obj):
-                prepared[i] = self.prepare_scheduler(obj)
-        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+    def _prepare_with_strategy(self, models: list[torch.nn.Module],
+                               optimizers: list[torch.optim.Optimizer]) -> tuple[list[Any], list[Any]]:
+        if not self.device_placement:  # the models stay where they are; the optimizers are set up alone
+            ready_optimizers = self.strategy.prepare([], optimizers)[1] if optimizers else []
+            return models, ready_optimizers
+        ready_models, ready_optimizers, driver = self.strategy.prepare(models, optimizers)
+        self.engine.plan(driver=driver)
+        return ready_models, ready_optimizers
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.device_placement:
-            model = self.strategy.setup_module(model)
+    def _register_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if all(m is not model for m in self._models):
             self._models.append(model)
         return model
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self._register_model(self._prepare_with_strategy([model], [])[0][0])
 
     def prepare_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Any]:
         """For the Trainer: the prepared model and the callable that runs ``training_step``
@@ -284,10 +270,12 @@ class Accelerator(TrackingMixin):
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
         if isinstance(optimizer, AcceleratedOptimizer):
             return optimizer
-        engine_owned = self.strategy.has_engine  # DeepSpeed built its engine with it already
-        wrapped = AcceleratedOptimizer(optimizer if engine_owned else self.strategy.setup_optimizer(optimizer), self)
+        return self._wrap_optimizer(self._prepare_with_strategy([], [optimizer])[1][0])
+
+    def _wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
+        wrapped = AcceleratedOptimizer(optimizer, self)
         self._optimizers.append(wrapped)
-        self.engine.optimizers.append(wrapped.optimizer)
+        self.engine.plan(optimizers=[*self.engine.optimizers, optimizer])
         return wrapped
 
     def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
@@ -406,12 +394,11 @@ class Accelerator(TrackingMixin):
 
     def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """Clip the gradient norm after unscaling; returns the total norm before clipping."""
-        self.unscale_gradients()
-        return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type)
+        return self.engine.clip(None, max_norm, "norm", parameters=parameters, norm_type=norm_type)
 
     def clip_grad_value_(self, parameters: Any, clip_value: float) -> None:
-        self.unscale_gradients()
-        self.strategy.clip_grad_value_(parameters, clip_value)
+        """Clip each gradient to [-clip_value, clip_value] after unscaling."""
+        self.engine.clip(None, clip_value, "value", parameters=parameters)
 
     # -- collectives ----------------------------------------------------------------------------
     def gather(self, tensor: Any) -> Any:
@@ -601,43 +588,6 @@ class Accelerator(TrackingMixin):
         if self.is_local_main_process:
             self.wait_for_everyone()
 
-    def on_main_process(self, function: Callable) -> Callable:
-        """Decorator: run ``function`` only on the main process (None elsewhere)."""
-        return self._only_if(function, lambda: self.is_main_process)
-
-    def on_local_main_process(self, function: Callable) -> Callable:
-        """Decorator: run ``function`` only on each machine's first process."""
-        return self._only_if(function, lambda: self.is_local_main_process)
-
-    def on_last_process(self, function: Callable) -> Callable:
-        """Decorator: run ``function`` only on the last process."""
-        return self._only_if(function, lambda: self.is_last_process)
-
-    def on_process(self, function: Callable | None = None, process_index: int | None = None) -> Callable:
-        """Decorator: run ``function`` only on process ``process_index``
-        (``@accelerator.on_process(process_index=1)``)."""
-        if function is None:
-            return functools.partial(self.on_process, process_index=process_index)
-        if process_index is None:
-            raise TypeError("on_process(...): name the process, e.g. @accelerator.on_process(process_index=0).")
-        return self._only_if(function, lambda: self.process_index == process_index)
-
-    def on_local_process(self, function: Callable | None = None, local_process_index: int | None = None) -> Callable:
-        """Decorator: run ``function`` only on local process ``local_process_index`` of each machine."""
-        if function is None:
-            return functools.partial(self.on_local_process, local_process_index=local_process_index)
-        if local_process_index is None:
-            raise TypeError("on_local_process(...): name the process, e.g. "
-                            "@accelerator.on_local_process(local_process_index=0).")
-        return self._only_if(function, lambda: self.local_process_index == local_process_index)
-
-    @staticmethod
-    def _only_if(function: Callable, condition: Callable[[], bool]) -> Callable:
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return function(*args, **kwargs) if condition() else None
-        return wrapper
-
     def free_memory(self, *objects: Any) -> list[None]:
         """Forget every prepared object (models, optimizers, schedulers, dataloaders), collect
         garbage and empty the CUDA cache; returns one None per object passed, to rebind them:
@@ -648,7 +598,7 @@ class Accelerator(TrackingMixin):
         self._optimizers.clear()
         self._schedulers.clear()
         self._dataloaders.clear()
-        self.engine.optimizers.clear()
+        self.engine.plan(optimizers=[])
         self.engine.reset_window()
         self.step = 0
         gc.collect()

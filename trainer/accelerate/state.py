@@ -105,7 +105,46 @@ class GradientState(metaclass=_FoundOnTheAccelerator):
         """Nothing to clear: each Accelerator owns its gradient state."""
 
 
-class PartialState:
+class ProcessDecorators:
+    """``@on_main_process``, ``@on_process(process_index=...)`` and their kin, shared by ``PartialState`` and the
+    ``Accelerator``: each runs the function where the condition holds and returns None elsewhere. The class
+    using it answers ``is_main_process``, ``is_local_main_process``, ``is_last_process``, ``process_index``
+    and ``local_process_index`` (attributes or properties: ``self`` is typed ``Any`` below for that reason)."""
+
+    @staticmethod
+    def _only_if(function: Callable, condition: Callable[[], bool]) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs) if condition() else None
+        return wrapper
+
+    def on_main_process(self: Any, function: Callable) -> Callable:
+        """Decorator: run ``function`` only on the main process (None elsewhere)."""
+        return self._only_if(function, lambda: self.is_main_process)
+
+    def on_local_main_process(self: Any, function: Callable) -> Callable:
+        return self._only_if(function, lambda: self.is_local_main_process)
+
+    def on_last_process(self: Any, function: Callable) -> Callable:
+        return self._only_if(function, lambda: self.is_last_process)
+
+    def on_process(self: Any, function: Callable | None = None, process_index: int | None = None) -> Callable:
+        if function is None:
+            return functools.partial(self.on_process, process_index=process_index)
+        if process_index is None:
+            raise TypeError("on_process(...): name the process, e.g. @on_process(process_index=0).")
+        return self._only_if(function, lambda: self.process_index == process_index)
+
+    def on_local_process(self: Any, function: Callable | None = None, local_process_index: int | None = None) -> Callable:
+        if function is None:
+            return functools.partial(self.on_local_process, local_process_index=local_process_index)
+        if local_process_index is None:
+            raise TypeError("on_local_process(...): name the process, e.g. "
+                            "@on_local_process(local_process_index=0).")
+        return self._only_if(function, lambda: self.local_process_index == local_process_index)
+
+
+class PartialState(ProcessDecorators):
     """The process environment before (or without) an Accelerator, as Hugging Face code reads it:
     ``process_index``, ``num_processes``, ``is_main_process``, ``device``, ``main_process_first()``,
     ``split_between_processes()``, ``wait_for_everyone()``, ``on_main_process``, ...
@@ -210,38 +249,6 @@ class PartialState:
     def local_main_process_first(self) -> Any:
         """Each machine's first process runs the block first, then the others."""
         return self._goes_first(self.is_local_main_process)
-
-    @staticmethod
-    def _only_if(function: Callable, condition: Callable[[], bool]) -> Callable:
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return function(*args, **kwargs) if condition() else None
-        return wrapper
-
-    def on_main_process(self, function: Callable) -> Callable:
-        """Decorator: run ``function`` only on the main process (None elsewhere)."""
-        return self._only_if(function, lambda: self.is_main_process)
-
-    def on_local_main_process(self, function: Callable) -> Callable:
-        return self._only_if(function, lambda: self.is_local_main_process)
-
-    def on_last_process(self, function: Callable) -> Callable:
-        return self._only_if(function, lambda: self.is_last_process)
-
-    def on_process(self, function: Callable | None = None, process_index: int | None = None) -> Callable:
-        if function is None:
-            return functools.partial(self.on_process, process_index=process_index)
-        if process_index is None:
-            raise TypeError("on_process(...): name the process, e.g. @state.on_process(process_index=0).")
-        return self._only_if(function, lambda: self.process_index == process_index)
-
-    def on_local_process(self, function: Callable | None = None, local_process_index: int | None = None) -> Callable:
-        if function is None:
-            return functools.partial(self.on_local_process, local_process_index=local_process_index)
-        if local_process_index is None:
-            raise TypeError("on_local_process(...): name the process, e.g. "
-                            "@state.on_local_process(local_process_index=0).")
-        return self._only_if(function, lambda: self.local_process_index == local_process_index)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         if self.is_local_main_process:

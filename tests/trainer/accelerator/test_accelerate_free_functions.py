@@ -28,7 +28,7 @@ def test_accelerator_state_without_an_accelerator_says_how_to_get_one():
     import gc
 
     gc.collect()  # Accelerators of earlier tests are gone once collected
-    from trainer import state
+    from trainer.accelerate import state
 
     if any(ref() is not None for ref in state._accelerators):
         pytest.skip("an Accelerator of another test is still referenced in this process")
