@@ -71,7 +71,7 @@ class LearningRateMonitor(Callback):
                 self.lrs.setdefault(name, []).append(value)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
+                logger.enqueue_metrics(values, trainer.global_step)  # on the logger's writer thread
 
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step

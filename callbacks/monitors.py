@@ -45,7 +45,7 @@ def peak_flops(device_name: str, precision: str) -> float | None:
 def _log(trainer: Any, values: dict[str, float]) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
+            logger.enqueue_metrics(values, trainer.global_step)  # on the logger's writer thread
 
 
 class ThroughputMonitor(Callback):

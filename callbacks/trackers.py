@@ -9,11 +9,17 @@ Ctrl-C (``finalize(status)``). ``default_loggers`` turns the Trainer's ``logger=
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
 from .logger import CSVLogger, Logger, _plain
 from trainer.strategies._util import rank_zero_info
+
+
+# the loggers' tools are opened on first use, which may be on a logger's writer thread or on the user's (who
+# reads ``logger.experiment`` in a hook): one at a time, so a logger never opens two runs or writers
+_OPENING = threading.RLock()
 
 
 def _require(module: str, extra: str, owner: str) -> Any:
@@ -51,7 +57,7 @@ class TensorBoardLogger(Logger):
         **writer_kwargs: passed to ``torch.utils.tensorboard.SummaryWriter`` (e.g. ``flush_secs``).
     """
 
-    def __init__(self, save_dir: str = "runs", name: str = "default", version: int | str | None = None,
+    def __init__(self, save_dir: str = "runs", name: str = "lightning_logs", version: int | str | None = None,
                  **writer_kwargs: Any) -> None:
         super().__init__(save_dir, name, version)
         self._writer_kwargs = writer_kwargs
@@ -61,11 +67,13 @@ class TensorBoardLogger(Logger):
     def experiment(self) -> Any:
         """The ``SummaryWriter`` (created on first use)."""
         if self._writer is None:
-            _require("tensorboard", "tensorboard", "TensorBoardLogger")
-            from torch.utils.tensorboard import SummaryWriter
+            with _OPENING:
+                if self._writer is None:
+                    _require("tensorboard", "tensorboard", "TensorBoardLogger")
+                    from torch.utils.tensorboard import SummaryWriter
 
-            os.makedirs(self.log_dir, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
+                    os.makedirs(self.log_dir, exist_ok=True)
+                    self._writer = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
         return self._writer
 
     writer = experiment
@@ -145,6 +153,12 @@ class WandbLogger(Logger):
     @property
     def experiment(self) -> Any:
         """The ``wandb`` run (started on first use)."""
+        with _OPENING:
+            return self._open_run()
+
+    run = experiment
+
+    def _open_run(self) -> Any:
         if self._run is None:
             wandb = _require("wandb", "wandb", "WandbLogger")
             mode = self._mode()
@@ -158,8 +172,6 @@ class WandbLogger(Logger):
                                f"with `wandb sync {run_dir}` (after `wandb login`).")
         return self._run
 
-    run = experiment
-
     def _mode(self) -> str:
         if self.offline is not None:
             return "offline" if self.offline else "online"
@@ -170,6 +182,8 @@ class WandbLogger(Logger):
 
     @property
     def log_dir(self) -> str:
+        if self._run is None and threading.current_thread() is not self.background_writer.thread:
+            self.flush_writes(raise_errors=False)  # the run may be opening on the writer thread: its directory
         return os.path.dirname(self._run.dir) if self._run is not None else os.path.join(self.save_dir, "wandb")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -210,6 +224,7 @@ class WandbLogger(Logger):
     def close(self) -> None:
         """Finish the run. wandb's own service process then writes the last records (offline: the
         ``run-<id>.wandb`` file) in the background; they are complete at the latest when this process exits."""
+        self.flush_writes(raise_errors=False)  # rows still queued go into the run before it finishes
         if self._run is not None:
             self._run.finish(exit_code=0)
             self._run, self._axis_defined = None, False
@@ -251,6 +266,10 @@ class MLflowLogger(Logger):
     @property
     def experiment(self) -> Any:
         """The ``MlflowClient`` (the run is created on first use; its id is ``run_id``)."""
+        with _OPENING:
+            return self._open_client()
+
+    def _open_client(self) -> Any:
         if self._client is None:
             _require("mlflow", "mlflow", "MLflowLogger")
             from mlflow.tracking import MlflowClient

@@ -223,8 +223,8 @@ class MetricsPublisher:
             step = self.stepped_batches() if step is None else step
             row = {**row, "epoch": row.get("epoch", trainer.current_epoch)}
             self.history.append((step, dict(row)))
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics=row, step=step)  # by keyword, as Lightning calls it
+            for logger in trainer.loggers:  # written on each logger's writer thread, never this one
+                logger.enqueue_metrics(row, step)
 
     def log_hyperparams(self) -> None:
         trainer = self._trainer
@@ -236,12 +236,13 @@ class MetricsPublisher:
             datamodule = dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {}
             params = {**datamodule, **getattr(trainer.module, "hparams", {}), "trainer": trainer.config.to_dict()}
             for logger in trainer.loggers:
-                logger.log_hyperparams(params)
+                logger.enqueue_hyperparams(params)
 
     def finalize(self, status: str) -> None:
         trainer = self._trainer
         if trainer.is_global_zero:
             for logger in trainer.loggers:
+                logger.flush_writes()  # every queued row written (a writer's error raised here), then closed
                 logger.finalize(status)
             if status == "success" and trainer.state.stage == "fit" and trainer.loggers:
                 from trainer.logs.plots import write_loss_png
