@@ -43,6 +43,9 @@ from trainer.logs.console import rank_zero_info
 
 
 _WIRING_ARGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "callbacks", "logger", "profiler")
+# settings whose signature default is None, standing for "TrainerConfig's default unless something else decides"
+# (`trainer launch`'s accumulation; barebones=True turns the three switches off and refuses an explicit True)
+_NONE_IS_DEFAULT = ("accumulate_grad_batches", "enable_progress_bar", "enable_checkpointing", "enable_model_summary")
 
 
 class Trainer:
@@ -64,10 +67,13 @@ class Trainer:
         logger: None (TensorBoard if installed, else CSV, under ``default_root_dir``), False (none),
             a ``Logger`` or a list of them.
         profiler: None, "simple", "pytorch" or a profiler object.
-        **loop_settings: the loop's settings, each a field of ``trainer.config.TrainerConfig``:
-            ``max_epochs``, ``max_steps``, ``max_time``, ``accumulate_grad_batches``,
-            ``gradient_clip_val``, ``val_check_interval``, ``log_every_n_steps``, ``default_root_dir``,
-            ``limit_train_batches``, ``fast_dev_run``, ... (the Trainer guide's table lists them).
+        plugins: Lightning's ``plugins=``; only a ``SLURMEnvironment`` (its auto-requeue settings) is taken,
+            anything else is refused with where it goes here.
+        max_epochs ... enable_model_summary: the loop's settings, each a field of
+            ``trainer.trainer_config.TrainerConfig`` and checked there (the Trainer guide's table describes
+            each). ``accumulate_grad_batches=None``: the ``trainer launch`` setting, else 1;
+            ``enable_checkpointing``/``enable_progress_bar``/``enable_model_summary=None``: on, unless
+            ``barebones=True`` (which refuses an explicit True).
 
     Example:
         >>> trainer = Trainer(max_epochs=3, precision="bf16-mixed", accumulate_grad_batches=4)
@@ -76,13 +82,31 @@ class Trainer:
 
     def __init__(self, *, accelerator: str = "auto", strategy: Any = "auto", devices: Any = "auto",
                  num_nodes: int = 1, precision: Any = None, callbacks: Iterable[Callback] | Callback | None = None,
-                 logger: Any = None, profiler: Any = None, **loop_settings: Any) -> None:
+                 logger: Any = None, profiler: Any = None, plugins: Any = None,
+                 max_epochs: int | None = None, max_steps: int = -1, max_time: Any = None,
+                 accumulate_grad_batches: int | None = None, gradient_clip_val: float | None = None,
+                 gradient_clip_algorithm: str = "norm", val_check_interval: int | float = 1.0,
+                 check_val_every_n_epoch: int | None = 1, limit_train_batches: int | float | None = None,
+                 limit_val_batches: int | float | None = None, limit_test_batches: int | float | None = None,
+                 limit_predict_batches: int | float | None = None, num_sanity_val_steps: int = 2,
+                 fast_dev_run: bool | int = False, log_every_n_steps: int = 50, default_root_dir: str = "runs",
+                 enable_progress_bar: bool | None = None, enable_checkpointing: bool | None = None,
+                 deterministic: bool | str = False, stop_on_nonfinite_loss: bool = True,
+                 min_epochs: int | None = None, min_steps: int | None = None, overfit_batches: int | float = 0.0,
+                 reload_dataloaders_every_n_epochs: int = 0, use_distributed_sampler: bool = True,
+                 benchmark: bool | None = None, detect_anomaly: bool = False, inference_mode: bool = True,
+                 sync_batchnorm: bool = False, barebones: bool = False, oom_split: bool = False,
+                 enable_model_summary: bool | None = None, **unknown: Any) -> None:
+        # the settings as given, by name (read before any other local exists); None for the four whose
+        # default depends on something else: TrainerConfig's own default then applies
+        given = locals()
+        loop_settings = {name: given[name] for name in TrainerConfig.__dataclass_fields__
+                         if not (name in _NONE_IS_DEFAULT and given[name] is None)}
         from trainer.strategies import SLURMEnvironment
 
         # SLURM auto-requeue settings (Trainer(plugins=[SLURMEnvironment(...)])); ranks come from the environment
-        self.slurm_environment = _check_plugins(loop_settings.pop("plugins", None)) or SLURMEnvironment()
-        unknown = set(loop_settings) - set(TrainerConfig.__dataclass_fields__)
-        if unknown:
+        self.slurm_environment = _check_plugins(plugins) or SLURMEnvironment()
+        if unknown:  # Python's own TypeError would not say which name was meant
             from trainer.strategies._util import did_you_mean
             name = sorted(unknown)[0]
             known = [*TrainerConfig.__dataclass_fields__, *_WIRING_ARGS]
@@ -205,6 +229,47 @@ class Trainer:
     @property
     def checkpoint_callback(self) -> Callback | None:
         return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+    # -- Lightning's read-only mirrors of the settings (trainer.limit_val_batches, ...) -----------
+    @property
+    def fast_dev_run(self) -> bool | int:
+        return self.config.fast_dev_run
+
+    @property
+    def gradient_clip_val(self) -> float | None:
+        return self.config.gradient_clip_val
+
+    @property
+    def gradient_clip_algorithm(self) -> str:
+        return self.config.gradient_clip_algorithm
+
+    @property
+    def val_check_interval(self) -> int | float:
+        return self.config.val_check_interval
+
+    @property
+    def check_val_every_n_epoch(self) -> int | None:
+        return self.config.check_val_every_n_epoch
+
+    @property
+    def limit_train_batches(self) -> int | float | None:
+        return self.config.limit_train_batches
+
+    @property
+    def limit_val_batches(self) -> int | float | None:
+        return self.config.limit_val_batches
+
+    @property
+    def limit_test_batches(self) -> int | float | None:
+        return self.config.limit_test_batches
+
+    @property
+    def limit_predict_batches(self) -> int | float | None:
+        return self.config.limit_predict_batches
+
+    @property
+    def num_sanity_val_steps(self) -> int:
+        return self.config.num_sanity_val_steps
 
     # -- entry points ------------------------------------------------------------------------
     def fit(self, model: TrainModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -376,8 +441,8 @@ class Trainer:
     def _fit(self, ckpt_path: str | None) -> None:
         loop, found = self.fit_loop, None
         if ckpt_path is None and self.slurm_environment.auto_requeue and self.slurm_environment.requeued():
-            requeue_save = os.path.join(self.checkpoint_dir, "last.ckpt")
-            if os.path.exists(requeue_save):  # SLURM requeued this job after its warning signal: go on from there
+            requeue_save = checkpoint.requeue_save(self)
+            if requeue_save is not None:  # SLURM requeued this job after its warning signal: go on from there
                 ckpt_path = requeue_save
         if ckpt_path is not None:
             found = checkpoint.load_for_resume(self, str(ckpt_path))
@@ -480,14 +545,3 @@ class Trainer:
     def log_dir(self) -> str:
         return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
 
-
-def _setting(name: str) -> property:
-    """A read-only mirror of the setting ``name`` (Lightning's trainer.limit_val_batches, ...)."""
-    return property(lambda self: getattr(self.config, name))
-
-
-# Lightning's read-only mirrors of the settings (trainer.accumulate_grad_batches, trainer.limit_val_batches, ...)
-for _name in ("fast_dev_run", "gradient_clip_val", "gradient_clip_algorithm", "val_check_interval",
-              "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "limit_test_batches",
-              "limit_predict_batches", "num_sanity_val_steps"):
-    setattr(Trainer, _name, _setting(_name))
