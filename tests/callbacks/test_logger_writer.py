@@ -180,3 +180,22 @@ def test_the_writer_thread_ends_when_idle_and_starts_again_on_the_next_write():
     writer.submit(seen.append, "append", 2)
     writer.wait()
     assert seen == [1, 2]
+
+
+def test_the_accelerators_trackers_write_on_their_writer_thread_and_end_training_waits():
+    from trainer import Accelerator
+
+    gate = threading.Event()
+    logger = Recording(gate=gate)
+    accelerator = Accelerator(cpu=True, log_with=[logger])
+    accelerator.init_trackers("demo", config={"lr": 0.1})
+    for step in range(3):
+        accelerator.log({"loss": torch.tensor(1.0 / (step + 1))}, step=step)  # returns while the writes wait
+    assert "log_metrics" not in [m for m, _, _ in logger.calls]  # all three wait on the writer thread
+    gate.set()
+    accelerator.end_training()
+    assert logger.gate_waits == [True, True, True] and logger.finalized == ["success"]
+    assert logger.calls[0] == ("log_hyperparams", "trainer-Recording-writer", {"lr": 0.1})
+    assert [p for m, _, p in logger.calls if m == "log_metrics"] == [(0, {"loss": 1.0}), (1, {"loss": 0.5}),
+                                                                     (2, {"loss": pytest.approx(1 / 3)})]
+    assert {name for _, name, _ in logger.calls} == {"trainer-Recording-writer"}

@@ -611,6 +611,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
     def end_training(self) -> None:
         """Close every tracker (files flushed, runs finished), then release the process group."""
         for tracker in self.trackers:
+            tracker.flush_writes()  # the rows still queued on its writer thread first (a write's error raised here)
             tracker.finalize("success")
             close = getattr(tracker, "close", None)
             if close is not None:

@@ -41,8 +41,8 @@ class TrackingMixin:
         self.trackers = [build[spec](init_kwargs.get(spec, {})) if isinstance(spec, str) else spec
                          for spec in self._tracker_specs]
         if config is not None:
-            for tracker in self.trackers:
-                tracker.log_hyperparams(dict(config))
+            for tracker in self.trackers:  # written on each tracker's writer thread, as the rows are
+                tracker.enqueue_hyperparams(dict(config))
 
     def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict | None = None) -> None:
         """Log scalars to every tracker (main process only). Tensors are read back here, so call it at
@@ -65,8 +65,8 @@ class TrackingMixin:
                 raise TypeError(f"accelerator.log: {key!r} is {type(value).__name__} {value!r:.60}; trackers take "
                                 "numbers (int, float or a one-element tensor).")
             row[key] = float(value)
-        for tracker in self.trackers:
-            tracker.log_metrics(row, step=step)
+        for tracker in self.trackers:  # written on each tracker's writer thread, never this one
+            tracker.enqueue_metrics(row, step)
 
     def get_tracker(self, name: str, unwrap: bool = False) -> Any:
         """The logger for ``name`` ("tensorboard", "wandb", "mlflow", "csv"); with ``unwrap=True`` the
@@ -75,7 +75,10 @@ class TrackingMixin:
                  "csv": "CSVLogger"}
         for tracker in self.trackers:
             if type(tracker).__name__ == kinds.get(name, name):
-                return getattr(tracker, "experiment", tracker) if unwrap else tracker
+                if unwrap:  # the caller writes to the tool directly, after the rows queued before
+                    tracker.flush_writes()
+                    return getattr(tracker, "experiment", tracker)
+                return tracker
         started = [type(t).__name__ for t in self.trackers] or "none (call init_trackers first)"
         raise ValueError(f"get_tracker({name!r}): no such tracker on this process; started: {started}.")
 
