@@ -44,7 +44,7 @@ class BatchSizeFinder(Callback):
                 raise ValueError(f"BatchSizeFinder({name}={value!r}): expected an int >= 1.")
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
         self._max_trials, self._batch_arg_name = max_trials, batch_arg_name
-        self._early_exit = False
+        self.early_exit = False  # the Tuner sets it: end fit after the search (TunerExit)
         self.optimal_batch_size: int | None = init_val
         self.trials: list[tuple[int, bool]] = []  # (batch size, fit)
 
@@ -59,7 +59,7 @@ class BatchSizeFinder(Callback):
         self.optimal_batch_size = self.scale_batch_size(trainer, module, holders, owner)
         set_attr(holders, self.optimal_batch_size)
         rank_zero_info(f"BatchSizeFinder: batch size set to {self.optimal_batch_size} (trials: {self.trials}).")
-        if self._early_exit:
+        if self.early_exit:
             raise TunerExit()
         trainer.fit_loop.reload_train_dataloader()
 

@@ -104,8 +104,8 @@ class LearningRateFinder(Callback):
         self._min_lr, self._max_lr, self._num_training_steps = min_lr, max_lr, num_training_steps
         self._mode, self._early_stop_threshold = mode, early_stop_threshold
         self._update_attr, self._attr_name = update_attr, attr_name
-        self._early_exit = False  # set by the Tuner: end fit after the search
-        self._png_dir: str | None = None  # the Tuner's: the run's log directory
+        self.early_exit = False  # the Tuner sets it: end fit after the search (TunerExit)
+        self.png_dir: str | None = None  # where the plot goes (the Tuner: the run's log dir); None: trainer.log_dir
         self.optimal_lr: LRFinderResult | None = None
 
     def _rate(self, i: int) -> float:
@@ -125,12 +125,12 @@ class LearningRateFinder(Callback):
         self.optimal_lr = self.lr_find(trainer, module)
         lr = self.optimal_lr.suggestion()
         if trainer.is_global_zero:
-            self.optimal_lr.save_png(self._png_dir or trainer.log_dir)
+            self.optimal_lr.save_png(self.png_dir or trainer.log_dir)
         if lr is not None and holders:
             set_attr(holders, lr)
             trainer.fit_loop.setup_optimizers(module)  # the optimizer takes the new rate from configure_optimizers
             rank_zero_info(f"LearningRateFinder: learning rate set to {lr:.3g}.")
-        if self._early_exit:
+        if self.early_exit:
             raise TunerExit()
 
     def lr_find(self, trainer: Any, module: Any) -> LRFinderResult:

@@ -65,9 +65,9 @@ class Tuner:
 
     def _search(self, finder: Any, model: Any, train: Any, val: Any, datamodule: Any) -> None:
         trainer = self._trainer
-        finder._early_exit = True
+        finder.early_exit = True
         if isinstance(finder, LearningRateFinder):
-            finder._png_dir = trainer.log_dir  # where the run's logs go (asked before the loggers step aside)
+            finder.png_dir = trainer.log_dir  # where the run's logs go (asked before the loggers step aside)
         saved = trainer.callbacks, trainer.loggers
         trainer.callbacks, trainer.loggers = [finder], []  # only the search runs: no checkpoint, no log row
         try:
