@@ -10,7 +10,7 @@ import torch
 
 from trainer.data.datamodule import batch_mover
 from trainer.engine.step_engine import count_items
-from trainer.loops.hooks import _add_note, where
+from trainer.loops.hooks import add_note, where
 from trainer.loops.step_errors import add_step_note
 from trainer.module import TrainModule
 
@@ -68,7 +68,7 @@ def _mode_hook(trainer: Any, module: Any, name: str) -> None:
     try:
         getattr(module, name)()
     except Exception as err:
-        _add_note(err, f"raised in {type(module).__name__} (the TrainModule).{name} at {where(trainer.state)}")
+        add_note(err, f"raised in {type(module).__name__} (the TrainModule).{name} at {where(trainer.state)}")
         raise
 
 

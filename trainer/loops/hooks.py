@@ -50,7 +50,7 @@ class Hooks:
             try:
                 out = fn(*args)
             except Exception as err:
-                _add_note(err, f"raised in {owner}.{name} at {where(self._trainer.state, _batch_idx_arg(name, args))}")
+                add_note(err, f"raised in {owner}.{name} at {where(self._trainer.state, _batch_idx_arg(name, args))}")
                 raise
             result = out if out is not None else result
         return result
@@ -98,7 +98,8 @@ def _overrides(obj: Any, base: type, name: str) -> bool:
     return impl is not None and impl is not getattr(base, name, None)
 
 
-def _add_note(err: BaseException, note: str) -> None:
+def add_note(err: BaseException, note: str) -> None:
+    """``err.add_note(note)``, on Python 3.10 too (the note joins the message there)."""
     if hasattr(err, "add_note"):
         err.add_note(note)
     else:  # Python 3.10: keep the type, extend the message

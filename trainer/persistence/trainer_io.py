@@ -9,7 +9,7 @@ from typing import Any
 
 from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
 from trainer.persistence import trainer_checkpoint as checkpoint
-from trainer.loops.hooks import _add_note
+from trainer.loops.hooks import add_note
 from trainer.loops.preemption import Preempted
 from trainer.logs.console import rank_zero_info, rank_zero_warn
 
@@ -38,7 +38,7 @@ def settle_background_writes(writer: BackgroundWriter, err: BaseException) -> No
         try:
             writer.wait()
         except RuntimeError as write_error:
-            _add_note(err, str(write_error))
+            add_note(err, str(write_error))
 
 
 def checkpoint_dir(trainer: Any) -> str:
