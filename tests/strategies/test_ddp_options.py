@@ -40,3 +40,5 @@ def test_bad_ddp_options_are_refused_by_name():
         DDPStrategy(bucket_cap_mb="25")
     with pytest.raises(TypeError, match=r"gradient_as_bucket_view='yes'\): expected True or False"):
         DDPStrategy(gradient_as_bucket_view="yes")
+    with pytest.raises(TypeError, match=r"static_graph=1\): expected True or False"):
+        DDPStrategy(static_graph=1)
