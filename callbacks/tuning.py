@@ -68,31 +68,29 @@ def train_steps(trainer: Any, module: Any, loader: Any, num_steps: int, synced: 
     accel, optimizer = trainer.accelerator, trainer.optimizers[0]
     engine = accel.engine
     step_fn = trainer.fit_loop.training_step if synced else trainer.strategy.local_training_step(module)
-    saved = (engine.progress, engine.accumulation_steps, list(engine.optimizers))
-    engine.progress, engine.accumulation_steps, engine.optimizers = _Counter(), 1, [optimizer]
     # The trial runs inside on_fit_start, where self.log is refused; its training_step logs as in fit.
     no_log_hook, module._no_log_hook = getattr(module, "_no_log_hook", None), None
     module.train()
-    try:
-        for i, batch in enumerate(itertools.islice(loader, num_steps)):
-            if before_step is not None:
-                before_step(i)
-            batch = accel.batch_to_device(batch)
-            engine.begin_micro(1, False)
-            with accel.autocast():
-                output = step_fn(batch, i)
-            loss, num_items = (output.get("loss"), output.get("num_items")) if isinstance(output, dict) else (output, None)
-            if loss is None:
-                raise ValueError(f"training_step returned {type(output).__name__} without a loss at batch_idx {i} of "
-                                 "the tuner's trial; it needs a loss tensor (or a dict with 'loss') to tune on.")
-            engine.backward(engine.scale_loss(loss, num_items))
-            engine.step(optimizer)
-            engine.zero_grad(optimizer)
-            yield loss.detach()
+    try:  # its own step count, one micro-batch per step; the fit's plan (and a fresh window) come back after
+        with engine.planned(progress=_Counter(), accumulation=1, optimizers=[optimizer], count_every_step=False):
+            for i, batch in enumerate(itertools.islice(loader, num_steps)):
+                if before_step is not None:
+                    before_step(i)
+                batch = accel.batch_to_device(batch)
+                engine.begin_micro(1, False)
+                with accel.autocast():
+                    output = step_fn(batch, i)
+                loss, num_items = (output.get("loss"), output.get("num_items")) if isinstance(output, dict) \
+                    else (output, None)
+                if loss is None:
+                    raise ValueError(f"training_step returned {type(output).__name__} without a loss at batch_idx {i} "
+                                     "of the tuner's trial; it needs a loss tensor (or a dict with 'loss') to tune on.")
+                engine.backward(engine.scale_loss(loss, num_items))
+                engine.step(optimizer)
+                engine.zero_grad(optimizer)
+                yield loss.detach()
     finally:
-        engine.progress, engine.accumulation_steps, engine.optimizers = saved
         module._no_log_hook = no_log_hook
-        engine.reset_window()
 
 
 def quiet_logging(module: Any) -> Any:

@@ -54,7 +54,13 @@ class DDPStrategy(Strategy):
             from inside this interpreter and their results come back to it (trainer/engine/spawn.py).
     """
 
-    distributed_kind = "MULTI"
+
+    @property
+    def distributed_type(self) -> str:
+        """Replicas: Accelerate's MULTI_GPU / MULTI_CPU by device (NO on one process)."""
+        if self.world_size == 1:
+            return "NO"
+        return "MULTI_GPU" if self.root_device.type == "cuda" else "MULTI_CPU"
     processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,

@@ -18,6 +18,7 @@ from typing import Any, Callable, ContextManager, Iterable, cast
 import torch
 
 from .ddp import _StepForward
+from .driver import STEPPED, Driver, StepResult, WindowFix
 from .environment import ClusterEnvironment
 from .precision import Precision
 from .process_group import ProcessGroup
@@ -76,10 +77,7 @@ class DeepSpeedStrategy(Strategy):
     """
 
     sharded_format = "deepspeed"
-    has_engine = True
-    supports_gradient_correction = False  # gradients live in the engine's partitions
-
-    distributed_kind = "DEEPSPEED"
+    distributed_type = "DEEPSPEED"  # type: ignore[assignment]  # Accelerate's name; a property on the base
     processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
@@ -193,19 +191,33 @@ class DeepSpeedStrategy(Strategy):
                           "the CPU as written. For Adam/AdamW, deepspeed.ops.adam.DeepSpeedCPUAdam is much faster "
                           "there (it compiles once, ~1 minute).", stacklevel=4)
 
-    def setup_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
-        """For the Accelerator: the engine over ``module`` itself (``engine(x)`` runs ``module(x)``)."""
+    def prepare(self, models: list[torch.nn.Module],
+                optimizers: list[torch.optim.Optimizer]) -> tuple[list[torch.nn.Module], list[torch.optim.Optimizer], Driver]:
+        """One engine over a model and its optimizer, given together. From the Accelerator: the engine
+        over the model itself (``engine(x)`` runs ``model(x)``), returned in the model's place. From the
+        Trainer (the module was set up by ``setup_trainer_module``): the optimizer alone. The driver wraps
+        the engine, which owns backward, loss scaling, clipping and the step."""
+        if not models and not optimizers:
+            return [], [], self.driver()
+        if not models and self._module is not None and len(optimizers) == 1:  # the Trainer's module, set up
+            return [], [self.setup_optimizer(optimizers[0])], self.driver()
+        if len(models) != 1 or len(optimizers) != 1:
+            names = ", ".join([type(m).__name__ for m in models] + [type(o).__name__ for o in optimizers])
+            raise ValueError(f"accelerator.prepare({names}) with DeepSpeed: DeepSpeed builds one engine over a model "
+                             "and its optimizer, so pass exactly one model and its optimizer together (got "
+                             f"{len(models)} model(s) and {len(optimizers)} optimizer(s)): "
+                             "accelerator.prepare(model, optimizer, ...).")
         deepspeed = _require_deepspeed()
+        module, optimizer = models[0], optimizers[0]
         self._module = module
         config = self.ds_config()
         self._check_offload_optimizer(optimizer, config)
         self.engine, _, _, _ = _initialize(deepspeed, self.root_device, model=module.to(self.root_device),
                                            optimizer=optimizer, config=config)
-        return self.engine
+        return [self.engine], [optimizer], self.driver()
 
-    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        raise ValueError(f"DeepSpeed needs the model's optimizer to build its engine: pass both to one call, "
-                         f"accelerator.prepare(model, optimizer, ...) (got {type(module).__name__} alone).")
+    def driver(self) -> Driver:
+        return DeepSpeedDriver(self.engine, self.precision)
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         deepspeed = _require_deepspeed()
@@ -240,27 +252,6 @@ class DeepSpeedStrategy(Strategy):
 
     def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
         return contextlib.nullcontext()  # backward only accumulates; engine.step() reduces
-
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self.engine.backward(loss, scale_wrt_gas=False)  # the loop already scaled it for its window
-
-    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        return None  # the engine unscales inside step()
-
-    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
-                        norm_type: float = 2.0) -> torch.Tensor:
-        return torch.tensor(float("nan"))  # the engine clips at gradient_clipping inside step()
-
-    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
-        return None
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
-        self.engine.step()
-
-    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        # engine.step() zeroed what it owns; the torch optimizer's own zero_grad would drop the gradient
-        # buffers ZeRO-Offload keeps on the CPU partitions between steps
-        return None
 
     oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
                          "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
@@ -332,6 +323,66 @@ class DeepSpeedStrategy(Strategy):
     def __repr__(self) -> str:
         return (f"DeepSpeedStrategy(ZeRO-{self.zero_stage}, {self.processes.backend}, rank {self.global_rank}/{self.world_size}, "
                 f"precision={self.precision.name!r})")
+
+
+class _NoEngine:
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("DeepSpeedStrategy has no engine yet: prepare the model and its optimizer together first "
+                           "(accelerator.prepare(model, optimizer, ...), or trainer.fit).")
+
+
+class DeepSpeedDriver(Driver):
+    """DeepSpeed's engine, driven: it owns backward, the loss scale, the gradient partitions, clipping
+    (at its config's ``gradient_clipping``) and the step, so unscale and clip have nothing to do here.
+
+    Args:
+        engine: the ``DeepSpeedEngine`` (None before one is built: each call then says so).
+        precision: the strategy's ``Precision``.
+    """
+
+    def __init__(self, engine: Any, precision: Precision) -> None:
+        super().__init__(precision)
+        self.engine = engine if engine is not None else _NoEngine()
+        self._warned_window = False
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop already scaled it for its window
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        return None  # the engine unscales inside step()
+
+    def clip_norm(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                  norm_type: float = 2.0) -> torch.Tensor:
+        return torch.tensor(float("nan"))  # the engine clips at gradient_clipping inside step()
+
+    def clip_value(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
+        return None
+
+    def step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> StepResult:
+        engine = self.engine
+        engine.step()
+        if engine.was_step_applied():
+            return STEPPED
+        return StepResult(False, "DeepSpeed's loss scaler found inf/nan gradients and skipped the step")
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        # engine.step() zeroed what it owns; the torch optimizer's own zero_grad would drop the gradient
+        # buffers ZeRO-Offload keeps on the CPU partitions between steps
+        return None
+
+    def renormalise(self, fix: WindowFix) -> None:
+        """The gradients live in the engine's partitions, where they cannot be rescaled: refuse
+        ``num_items`` (its mean needs the rescale), warn once about an uneven window."""
+        if fix.counted:
+            raise ValueError("A step gave num_items, but DeepSpeedStrategy keeps the gradients in its own partitions, "
+                             "where they cannot be renormalised by the item count. Return a mean loss instead, or use "
+                             "strategy='ddp' or 'fsdp' for item-count normalisation.")
+        if not self._warned_window:
+            self._warned_window = True
+            warnings.warn(f"DeepSpeedStrategy: an accumulation window of {fix.items} samples instead of "
+                          f"{fix.expected} (a short last window or uneven batches) is averaged as if it were full. "
+                          "Use drop_last=True and a number of batches divisible by the accumulation steps for exact "
+                          "averaging.", stacklevel=3)
 
 
 def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
+from .driver import Driver
 from .environment import ClusterEnvironment
 from .precision import Precision
 from .process_group import ProcessGroup
@@ -49,7 +50,7 @@ class FSDPStrategy(Strategy):
         >>> FSDPStrategy(auto_wrap_policy={torch.nn.TransformerEncoderLayer})  # doctest: +SKIP
     """
 
-    distributed_kind = "FSDP"
+    distributed_type = "FSDP"  # type: ignore[assignment]  # Accelerate's name; a property on the base
     processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,
@@ -217,14 +218,8 @@ class FSDPStrategy(Strategy):
         finally:
             module.set_requires_gradient_sync(True)
 
-    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
-                        norm_type: float = 2.0) -> torch.Tensor:
-        """The norm over every shard (an all-reduce inside DTensor's norm), then clipping in place."""
-        params = [p for p in parameters if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], norm_type)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-        return norm
+    def driver(self) -> Driver:
+        return FSDPDriver(self.precision)
 
     # -- checkpoints: torch.distributed.checkpoint, each rank writes its own shards ---------------------
     sharded_format = "fsdp-dcp"
@@ -372,3 +367,16 @@ def _checkpoint_activations(module: torch.nn.Module, which: Any) -> None:
 
             sub.forward = recomputed
             sub._trainer_checkpointed = True  # type: ignore[assignment]  # our marker; mypy types Module attributes as Tensor | Module
+
+
+class FSDPDriver(Driver):
+    """The default driver, with the gradient norm taken over every shard."""
+
+    def clip_norm(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                  norm_type: float = 2.0) -> torch.Tensor:
+        """The norm over every shard (an all-reduce inside DTensor's norm), then clipping in place."""
+        params = [p for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], norm_type)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm

@@ -12,6 +12,7 @@ from typing import Any, ContextManager
 import torch
 
 from ._util import apply_to_tensors, did_you_mean, quoted
+from .driver import SKIPPED_INF, STEPPED, StepResult
 
 # The one table of precision names: ours -> (Accelerate's ``mixed_precision``, autocast dtype, parameter dtype).
 PRECISION_TABLE: dict[str, tuple[str | None, torch.dtype | None, torch.dtype | None]] = {
@@ -125,16 +126,25 @@ class Precision:
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> Any:
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any = None) -> StepResult:
         """Step (``closure``: re-evaluates the loss, e.g. for LBFGS; under 16-mixed it runs once first,
-        as the scaler cannot step with a closure)."""
-        if self.scaler is None:
-            return optimizer.step() if closure is None else optimizer.step(closure)
+        as the scaler cannot step with a closure). Returns whether it stepped: under 16-mixed the scaler
+        skips a step whose gradients hold inf/nan (and lowers its scale, which is how it is seen here:
+        a host sync, under 16-mixed only, where the scaler's own step has just synced on the same check)."""
+        scaler = self.scaler
+        if scaler is None:
+            if closure is None:
+                optimizer.step()
+                return STEPPED
+            return StepResult(True, None, optimizer.step(closure))
         result = closure() if closure is not None else None
-        self.scaler.step(optimizer)  # skips the step when unscale_ found inf/nan gradients
-        self.scaler.update()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skips the step when unscale_ found inf/nan gradients
+        scaler.update()
         self._unscaled.discard(id(optimizer))
-        return result
+        if scaler.get_scale() < scale:
+            return StepResult(False, SKIPPED_INF, result)
+        return STEPPED if result is None else StepResult(True, None, result)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

@@ -13,12 +13,13 @@ import contextlib
 import copy
 import datetime
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ContextManager, Iterable, cast
+from typing import Any, Callable, ContextManager, cast
 
 import torch
 
 from ._util import apply_to_tensors
 from .checkpoint_io import atomic_save, safe_load
+from .driver import Driver
 from .precision import Precision
 from .process_group import REDUCE_OPS, LocalProcesses, ProcessGroup
 
@@ -34,18 +35,9 @@ class Strategy(ABC):
         processes: the job's processes and their collectives (default: this process alone).
     """
 
-    #: How processes share the work, for ``Accelerator.distributed_type``: "NO" (one process),
-    #: "MULTI" (replicas), "FSDP" or "DEEPSPEED".
-    distributed_kind: str = "NO"
     #: The format of this strategy's sharded checkpoints (a directory of per-rank files written by
     #: ``save_sharded``), or None: one file, written by rank zero (``save_checkpoint``).
     sharded_format: str | None = None
-    #: The model and its optimizer become one engine (``setup_engine``) that owns backward,
-    #: clipping and the optimizer step (DeepSpeed).
-    has_engine: bool = False
-    #: The loop may rescale the accumulated gradients in place (exact item-weighted windows);
-    #: False when they live where the loop cannot reach them (an engine's partitions).
-    supports_gradient_correction: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,6 +104,12 @@ class Strategy(ABC):
         return self.global_rank == 0
 
     @property
+    def distributed_type(self) -> str:
+        """How the processes share the work, as Accelerate names it (``DistributedType``'s value):
+        "NO" here (one process); replicas answer "MULTI_CPU"/"MULTI_GPU", FSDP "FSDP", DeepSpeed "DEEPSPEED"."""
+        return "NO"
+
+    @property
     def timeout(self) -> datetime.timedelta | None:
         """How long a collective may wait before failing (None on one process)."""
         return self.processes.timeout
@@ -170,10 +168,35 @@ class Strategy(ABC):
                     state[key] = value.to(device)
         return optimizer
 
-    def setup_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
-        """For the Accelerator when ``has_engine``: one engine over ``module`` and ``optimizer``."""
-        raise RuntimeError(f"{type(self).__name__} has no engine (has_engine is False): prepare the model and the "
-                           "optimizer separately (setup_module, setup_optimizer).")
+    def prepare(self, models: list[torch.nn.Module],
+                optimizers: list[torch.optim.Optimizer]) -> tuple[list[torch.nn.Module], list[torch.optim.Optimizer], Driver]:
+        """Prepare ``models`` and the ``optimizers`` over their parameters, given together (either list may
+        be empty), and return them with the ``Driver`` the step engine steps them with.
+
+        Here each model goes through ``setup_module`` and each optimizer through ``setup_optimizer``; an
+        optimizer built before its model was prepared is pointed at the prepared parameters (FSDP2
+        shards them in place, as new objects). A strategy that must see a model and its optimizer
+        together (DeepSpeed builds one engine over both) overrides this.
+        """
+        before: dict[int, torch.nn.Parameter] = {}  # id of each parameter -> the prepared one
+        prepared = []
+        for model in models:
+            names = {id(p): n for n, p in model.named_parameters()}
+            ready = self.setup_module(model)
+            after = dict(self.unwrap_module(ready).named_parameters())
+            before.update({pid: after[n] for pid, n in names.items() if n in after and after[n] is not None})
+            prepared.append(ready)
+        if before:
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["params"] = [before.get(id(p), p) for p in group["params"]]
+        return prepared, [self.setup_optimizer(opt) for opt in optimizers], self.driver()
+
+    def driver(self) -> Driver:
+        """What the step engine drives for the models and optimizers this strategy prepared (see
+        strategies/driver.py); one that needs no prepared object works before anything is prepared."""
+        return Driver(self._precision)
+
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -196,10 +219,6 @@ class Strategy(ABC):
 
     def forward_context(self) -> ContextManager:
         return self.precision.forward_context()
-
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        """``loss.backward(*args, **kwargs)`` with the precision's loss scaling."""
-        self._precision.backward(loss, *args, **kwargs)
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Manual optimization: make these gradients the mean over processes (the backward did not
@@ -234,22 +253,6 @@ class Strategy(ABC):
         """Context in which backward all-reduces gradients even if the forward ran under
         ``no_backward_sync`` (Accelerate's ``trigger_sync_in_backward``). Nothing to do on one device."""
         return contextlib.nullcontext()
-
-    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        self.precision.unscale_gradients(optimizer)
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
-        return self._precision.optimizer_step(optimizer, closure)
-
-    def zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        optimizer.zero_grad(set_to_none=set_to_none)
-
-    def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float,
-                        norm_type: float = 2.0) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm, norm_type=norm_type)
-
-    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter], clip_value: float) -> None:
-        torch.nn.utils.clip_grad_value_(list(parameters), clip_value)
 
     # -- collectives (through the processes; identities on one) ------------------------------
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:

@@ -256,18 +256,18 @@ class ProfiledHooks(Hooks):
 
 def start_profiling(trainer: Any, profiler: Profiler, stage: str) -> Callable[[], None]:
     """Time the stage, with the stage as the root action; the step engine times the strategy's step
-    calls (backward, clip, optimizer step, zero_grad, batch to device) through its declared
-    ``profiler`` slot, so the strategy object is never touched. The returned function ends the stage
+    calls (backward, clip, optimizer step, zero_grad, batch to device) once the profiler is attached
+    to it (``attach_profiler``), so the strategy object is never touched. The returned function ends the stage
     and prints the report on rank zero."""
     engine = trainer.accelerator.engine
-    engine.profiler = profiler
+    engine.attach_profiler(profiler)
     profiler.setup(trainer, stage)
     profiler.start(stage)
     profiler.start("setup")  # configure_model, the strategy's set-up, configure_optimizers (the Trainer stops it)
 
     def stop() -> None:
         profiler.stop(stage)
-        engine.profiler = None
+        engine.attach_profiler(None)
         report = profiler.teardown(trainer, stage)
         if report and trainer.is_global_zero:
             rank_zero_info(report)

@@ -18,8 +18,8 @@ from tests import ROOT
 
 STRATEGIES = (SingleDeviceStrategy, DDPStrategy, FSDPStrategy, DeepSpeedStrategy)
 # the abilities the loop, the Accelerator, the checkpoint code and the callbacks ask a strategy about
-ABILITIES = ("sharded_format", "has_engine", "supports_gradient_correction", "has_step_contexts", "needs_launch",
-             "requested_processes", "connect", "setup_engine", "full_state_dict", "save_sharded", "load_sharded",
+ABILITIES = ("sharded_format", "prepare", "driver", "distributed_type", "has_step_contexts", "needs_launch",
+             "requested_processes", "connect", "full_state_dict", "save_sharded", "load_sharded",
              "local_state_bytes", "check_precision", "with_precision", "can_stage_sharded", "stage_sharded",
              "start_method")
 

@@ -11,13 +11,8 @@ from trainer.accelerate.operations import DistributedType
 
 
 def distributed_type(strategy: Any) -> DistributedType:
-    """Accelerate's name for how ``strategy`` shares the work."""
-    kind = strategy.distributed_kind
-    if kind in ("FSDP", "DEEPSPEED"):
-        return DistributedType(kind)
-    if kind == "MULTI" and strategy.world_size > 1:
-        return DistributedType.MULTI_GPU if strategy.root_device.type == "cuda" else DistributedType.MULTI_CPU
-    return DistributedType.NO
+    """Accelerate's name for how ``strategy`` shares the work: the strategy answers it."""
+    return DistributedType(strategy.distributed_type)
 
 
 class ProcessState:

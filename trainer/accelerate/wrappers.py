@@ -23,7 +23,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
         self.optimizer = optimizer
         self._accelerator = accelerator
         self._gradient_state = accelerator.gradient_state  # read on every step: one lookup, not a property chain
-        self.step_was_skipped = False  # the last step found inf/nan gradients (16-mixed) and did nothing
+        self.step_was_skipped = False  # the last step's StepResult: skipped (inf/nan gradients under fp16 scaling)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -44,14 +44,7 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         if not self._gradient_state.sync_gradients:
             return
-        engine = self._accelerator.engine
-        scaler = engine.strategy.precision.scaler
-        if scaler is None:
-            engine.step(self.optimizer)
-            return
-        scale = scaler.get_scale()  # a host sync, under 16-mixed only
-        engine.step(self.optimizer)
-        self.step_was_skipped = scaler.get_scale() < scale
+        self.step_was_skipped = not self._accelerator.engine.step(self.optimizer, closure).stepped
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self._gradient_state.sync_gradients:

@@ -155,10 +155,10 @@ class Reshard:
         """``items`` with the engine's item weight set for each as the loop takes it."""
         try:
             for weight, item in zip(self.weights[batch_idx - self.start:], items):
-                engine.item_weight = weight
+                engine.weigh_items(weight)
                 yield item
         finally:
-            engine.item_weight = None
+            engine.weigh_items(None)
 
 
 def _first_occurrences(indices: Any) -> list[int]:

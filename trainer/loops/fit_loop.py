@@ -401,7 +401,7 @@ class FitLoop:
         splitter = self.oom_splitter  # Trainer(oom_split=True): see _train_split
         move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
         engine = accel.engine
-        engine.accumulation_steps, engine.progress, engine.optimizers = k, state, [optimizer]
+        engine.plan(accumulation=k, progress=state, optimizers=[optimizer], count_every_step=manual)
         engine.reset_window()
         for batch_idx, (batch, is_last) in enumerate(batches, start):
             batch = move_batch(batch, 0)
@@ -477,8 +477,7 @@ class FitLoop:
             return
         self.metrics.results["train"].record_loss(loss, self.state.global_step, batch_idx)
         engine = self.trainer.accelerator.engine
-        loss = engine.scale_loss(loss, num_items, piece_size)
-        engine.window.in_backward = True
+        loss = engine.scale_loss(loss, num_items, piece_size)  # the piece reached its backward (oom_split reads it)
         before, after = self._backward_hooks
         if before:
             self.hooks("on_before_backward", loss)
@@ -490,23 +489,21 @@ class FitLoop:
         """``oom_split``: train the micro-batch, in pieces of the size that fits (trainer/loops/oom.py). Every
         piece runs without gradient sync, whatever the strategy; the loop syncs once per window."""
         accel, results, step = self.trainer.accelerator, self.metrics.results["train"], self._local_training_step
-        window = accel.engine.window
+        engine = accel.engine
 
         def train_piece(piece: Any, n: int) -> Any:
-            saved = (window.items, window.counted, window.has_loss)
-            window.in_backward = False
             results.batch_size = n
-            try:
-                with accel.autocast():
-                    output = step(piece, batch_idx)
-                self._micro_step(output, batch_idx, piece_size=n)
-            except Exception:
-                window.items, window.counted, window.has_loss = saved  # the piece did not count
-                splitter.backward_started = window.in_backward
-                raise
+            with engine.piece() as window:  # a piece that fails does not count
+                try:
+                    with accel.autocast():
+                        output = step(piece, batch_idx)
+                    self._micro_step(output, batch_idx, piece_size=n)
+                except Exception:
+                    splitter.backward_started = window.in_backward
+                    raise
             return output
 
-        return splitter.run(batch, size, train_piece, window.has_loss)
+        return splitter.run(batch, size, train_piece, engine.window.has_loss)
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""

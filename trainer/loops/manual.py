@@ -3,8 +3,8 @@
 In this mode the loop only calls ``training_step`` (under the precision's autocast); it does not
 backward, clip, step, zero, accumulate or step schedulers. The module does, through:
 
-    self.optimizers()            ModuleOptimizer(s): step() / zero_grad() through the strategy and
-                                 precision (gradient scaler), each step counted in global_step
+    self.optimizers()            ModuleOptimizer(s): step() / zero_grad() through the step engine (the
+                                 strategy's driver: gradient scaler), each step counted in global_step
     self.lr_schedulers()         the schedulers from configure_optimizers, stepped by the module
     self.manual_backward(loss)   the precision's loss scaling, the backward hooks, and under DDP the
                                  gradients averaged across processes right after the backward
@@ -28,13 +28,15 @@ import torch
 
 class ModuleOptimizer:
     """What ``self.optimizers()`` returns (Lightning's ``LightningOptimizer``): the user's optimizer,
-    whose ``step`` and ``zero_grad`` go through the strategy and the precision. The optimizer
-    itself is ``.optimizer``; other attributes are read from it.
+    whose ``step`` and ``zero_grad`` go through the step engine (the strategy's driver and the
+    precision), which counts each step. The optimizer itself is ``.optimizer``; other attributes are
+    read from it. ``step_was_skipped``: the last step's result (16-mixed found inf/nan gradients).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, trainer: Any) -> None:
         self.optimizer = optimizer
         self._trainer = trainer
+        self.step_was_skipped = False
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -61,19 +63,16 @@ class ModuleOptimizer:
                 hooks("on_before_optimizer_step", self.optimizer)
             return out
 
-        with trainer.accelerator.engine.timed("optimizer_step"):
-            if closure is None:
-                wrapped()
-                trainer.strategy.optimizer_step(self.optimizer)
-                result = None
-            else:
-                result = trainer.strategy.optimizer_step(self.optimizer, closure=wrapped)
-        trainer.state.global_step += 1  # as in Lightning: every optimizer step counts
-        return result
+        engine = trainer.accelerator.engine
+        if closure is None:
+            wrapped()
+        # the engine counts every step in global_step, as Lightning does (its plan in manual optimization)
+        result = engine.step(self.optimizer, wrapped if closure is not None else None)
+        self.step_was_skipped = result.skipped
+        return result.closure_result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        with self._trainer.accelerator.engine.timed("zero_grad"):
-            self._trainer.strategy.zero_grad(self.optimizer, set_to_none=set_to_none)
+        self._trainer.accelerator.engine.zero_grad(self.optimizer, set_to_none=set_to_none)
 
     @contextlib.contextmanager
     def toggle_model(self) -> Iterator[None]:
@@ -155,10 +154,7 @@ def manual_backward(module: Any, loss: torch.Tensor, *args: Any, **kwargs: Any) 
     hooks = trainer.fit_loop.hooks
     if hooks.has("on_before_backward"):
         hooks("on_before_backward", loss)
-    strategy = trainer.strategy
-    with trainer.accelerator.engine.timed("backward"):
-        strategy.backward(loss, *args, **kwargs)
-    strategy.average_gradients([p for p in module.parameters() if p.grad is not None])
+    trainer.accelerator.engine.manual_backward(loss, module, *args, **kwargs)
     if hooks.has("on_after_backward"):
         hooks("on_after_backward")
 
@@ -198,15 +194,7 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: float | None,
     if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) \
             or not math.isfinite(gradient_clip_val) or gradient_clip_val < 0:
         raise ValueError(f"clip_gradients(gradient_clip_val={gradient_clip_val!r}): expected a finite number >= 0.")
-    raw = _raw(optimizer)
-    strategy = trainer.strategy
-    strategy.unscale_gradients(raw)
-    params = _params_of(raw)
-    with trainer.accelerator.engine.timed("clip_gradients"):
-        if algorithm == "norm":
-            strategy.clip_grad_norm_(params, float(gradient_clip_val))
-        else:
-            strategy.clip_grad_value_(params, float(gradient_clip_val))
+    trainer.accelerator.engine.clip(_raw(optimizer), float(gradient_clip_val), algorithm)
 
 
 def _attached(module: Any, what: str) -> Any:
