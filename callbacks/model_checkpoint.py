@@ -258,7 +258,6 @@ class ModelCheckpoint(Callback):
         values = {"epoch": metrics.get("epoch", 0) if epoch is None else epoch,
                   "step": metrics.get("step", 0) if step is None else step}
         values.update({k: v for k, v in metrics.items() if k not in ("epoch", "step")})
-        values = {k: _number(v) for k, v in values.items()}
         template = filename or self.filename or "epoch={epoch}-step={step}"
 
         def field(match: re.Match) -> str:
@@ -269,7 +268,7 @@ class ModelCheckpoint(Callback):
                     f"{sorted(metrics) or 'none'}.")
             before = match.string[: match.start()]
             prefix = f"{name}=" if self.auto_insert_metric_name and not before.endswith(f"{name}=") else ""
-            return prefix + format(values[name], spec)
+            return prefix + format(_number(values[name]), spec)  # only the fields used are read back
 
         name = _FIELD.sub(field, template).replace("/", "_")
         if ver is not None:

@@ -1,23 +1,42 @@
-"""Publishing logged values: to ``callback_metrics`` (floats), the progress bar and the loggers."""
+"""Publishing logged values: to ``callback_metrics`` and ``logged_metrics`` (0-d tensors, as Lightning's),
+the progress bar (floats, as Lightning's) and the loggers (floats)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from trainer.results import Results
 from trainer.logs.console import rank_zero_info
 
 
+def as_metric_tensor(value: Any) -> torch.Tensor:
+    """A published value as ``callback_metrics``/``logged_metrics`` hold it: a detached 0-d tensor. A
+    tensor stays where it is (no read-back); a host number (our reductions run in float64 on the host)
+    becomes a float64 CPU tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()) if value.dim() else value.detach()
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def as_float(value: Any) -> float:
+    """A published value as the progress bar and the loggers get it (one read-back for a device tensor)."""
+    return float(value)
+
+
 class CallbackMetrics(dict):
-    """``trainer.callback_metrics``: a dict of floats whose training values are current when read.
+    """``trainer.callback_metrics``: a dict of 0-d tensors (as Lightning's) whose training values are
+    current when read.
 
     ``self.log`` keeps step values on the device and the loop reads them back only every
     ``log_every_n_steps``; a reader between two read-backs (a callback deciding on ``train_loss`` at
-    validation end, a scheduler, the user) would see old values or miss a metric. Every read first
-    resolves what is pending: one transfer of the values logged since the last read-back, only when
-    something reads and something is pending, so a loop nobody reads from stays free of host syncs.
-    The values resolved so are this process's own (no collective: a read on one rank alone must not
-    hang); at log intervals, epoch ends and before each validation in fit, rank zero's are sent to all."""
+    validation end, a scheduler, the user) would see old values or miss a metric. Every read first puts
+    the latest step values logged since the last read-back in, as the detached tensors they were logged
+    as: no transfer (whoever turns one into a number pays that one read-back), so a loop stays free of
+    per-step host syncs whether or not something reads. The values resolved so are this process's own
+    (no collective: a read on one rank alone must not hang); at log intervals, epoch ends and before each
+    validation in fit, rank zero's are sent to all."""
 
     __slots__ = ("_resolve",)
 
@@ -90,9 +109,8 @@ class MetricsPublisher:
     def __init__(self, trainer: Any) -> None:
         self._trainer = trainer
         self.results = {stage: Results(stage) for stage in ("train", "validate", "test")}
-        self.callback_metrics: dict[str, float] = CallbackMetrics(self._resolve_pending)
-        self._resolving = False
-        self.logged_metrics: dict[str, float] = {}
+        self.callback_metrics: dict[str, torch.Tensor] = CallbackMetrics(self._resolve_pending)
+        self.logged_metrics: dict[str, torch.Tensor] = {}
         self.progress_bar_metrics: dict[str, float] = {}
         self.history: list[tuple[int, dict[str, float]]] = []  # what the loggers received (rank zero)
         self._announced = False
@@ -104,15 +122,24 @@ class MetricsPublisher:
         self.progress_bar_metrics.clear()
 
     def _resolve_pending(self) -> None:
-        """A read of ``callback_metrics``: the training values logged since the last read-back become
-        current (this rank's own; no logger row, no collective)."""
-        if self._resolving or not self.results["train"].has_pending():
+        """A read of ``callback_metrics``: the latest training step values logged since the last
+        read-back become current, as the device tensors they are (this rank's own; no read-back, no
+        logger row, no collective; the next flush still folds them into the epoch values)."""
+        results = self.results["train"]
+        if not results.has_pending():
             return
-        self._resolving = True
-        try:
-            self.publish_train(epoch_end=False, log=False, broadcast=False)
-        finally:
-            self._resolving = False
+        values = results.pending_step_values()
+        forks = results.plain_names()
+        dict.update(self.callback_metrics, values)
+        dict.update(self.callback_metrics, {forks[k]: v for k, v in values.items() if k in forks})
+
+    def callback_metrics_state(self) -> dict[str, float]:
+        """``callback_metrics`` for a checkpoint: plain floats (one read-back, at save time)."""
+        return {k: as_float(v) for k, v in self.callback_metrics.items()}
+
+    def load_callback_metrics(self, state: dict[str, Any]) -> None:
+        """A checkpoint's ``callback_metrics`` (floats, or tensors in older files) put back as tensors."""
+        dict.update(self.callback_metrics, {k: as_metric_tensor(v) for k, v in state.items()})
 
     def flush_train(self) -> None:
         """Read the training values back; raise on a non-finite loss (unless allowed)."""
@@ -204,10 +231,9 @@ class MetricsPublisher:
         if also_plain:
             forks = results.plain_names()
             plain = {forks[key]: value for key, value in values.items() if key in forks}
-        self.callback_metrics.update(values)
-        self.callback_metrics.update(plain)
+        dict.update(self.callback_metrics, {k: as_metric_tensor(v) for k, v in {**values, **plain}.items()})
         bar_names, log_names = results.names("prog_bar"), results.names("logger")
-        self.progress_bar_metrics.update({k: v for k, v in {**values, **plain}.items() if k in bar_names})
+        self.progress_bar_metrics.update({k: as_float(v) for k, v in {**values, **plain}.items() if k in bar_names})
         row = {k: v for k, v in values.items() if k in log_names}
         if row and log:
             row.update(extra or {})
@@ -216,9 +242,11 @@ class MetricsPublisher:
     def log_row(self, row: dict[str, float], step: int | None = None) -> None:
         """A row for the loggers at ``step`` (default: ``stepped_batches()``, an evaluation's x). As in
         Lightning every row also carries ``epoch`` (unless the row logs its own), which the loggers
-        get but ``logged_metrics`` does not."""
+        get but ``logged_metrics`` does not. ``logged_metrics`` holds tensors and the loggers get floats,
+        as in Lightning."""
         trainer = self._trainer
-        self.logged_metrics.update(row)
+        self.logged_metrics.update({k: as_metric_tensor(v) for k, v in row.items()})
+        row = {k: as_float(v) for k, v in row.items()}
         if trainer.is_global_zero and trainer.loggers:
             step = self.stepped_batches() if step is None else step
             row = {**row, "epoch": row.get("epoch", trainer.current_epoch)}

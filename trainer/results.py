@@ -256,6 +256,22 @@ class Results:
                 values.update(zip(names, reduced.tolist()))
         return {(_forked(k, "step") if self.entries[k].on_epoch else k): v for k, v in values.items()}
 
+    def pending_step_values(self) -> dict[str, Any]:
+        """The latest value logged since the last ``flush`` of each on_step metric, as it was logged (a
+        detached 0-d tensor where it stays: no read-back), named as ``step_metrics`` names them. A
+        Python number becomes a float64 tensor; an integer tensor a float one (``callback_metrics``
+        holds floating tensors, as Lightning's)."""
+        out = {}
+        for k, e in self.entries.items():
+            if e.on_step and e.pending:
+                v = e.pending[-1]
+                if not isinstance(v, torch.Tensor):
+                    v = torch.tensor(float(v), dtype=torch.float64)
+                elif not v.is_floating_point():
+                    v = v.to(torch.get_default_dtype())
+                out[_forked(k, "step") if e.on_epoch else k] = v
+        return out
+
     def epoch_metrics(self, strategy: Any) -> dict[str, float]:
         """The epoch value of each on_epoch metric, named ``x_epoch`` when also on_step."""
         return {(_forked(k, "epoch") if e.on_step else k): e.epoch_value(strategy)

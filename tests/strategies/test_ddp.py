@@ -71,7 +71,7 @@ def _fit(batch: int, k: int, use_num_items: bool, epochs: int = 2, **kw) -> tupl
 def _ddp_worker(batch, k, use_num_items):
     weights, trainer = _fit(batch, k, use_num_items)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
-    return {"weights": weights, "metrics": dict(trainer.callback_metrics), "steps": trainer.global_step}
+    return {"weights": weights, "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "steps": trainer.global_step}
 
 
 @pytest.mark.parametrize("k, use_num_items", [(1, False), (2, False), (3, True), (1, True)])
@@ -85,7 +85,7 @@ def test_two_processes_with_b_each_equal_one_process_with_2b(k, use_num_items):
     # validation: 7 samples split 4 + 3 (no padding), reduced with sync_dist: equal to one process
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert ranks[0]["metrics"]["val/count"] == 7.0
-    assert ranks[0]["metrics"]["val/loss"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-6)
+    assert ranks[0]["metrics"]["val/loss"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-6)
 
 
 def _stop_worker(tmp, async_save=False):
@@ -102,7 +102,7 @@ def _stop_worker(tmp, async_save=False):
                       num_sanity_val_steps=0, callbacks=[ckpt, stop])
     loader = DataLoader(TensorDataset(x, y, mask), batch_size=4)
     trainer.fit(Unsynced(), loader, DataLoader(TensorDataset(x, y, mask), batch_size=4))
-    return {"epoch": trainer.current_epoch, "metric": trainer.callback_metrics["val/rank_value"],
+    return {"epoch": trainer.current_epoch, "metric": float(trainer.callback_metrics["val/rank_value"]),
             "best": os.path.basename(ckpt.best_model_path)}
 
 

@@ -73,7 +73,7 @@ def _fsdp_worker(runs):
         per_rank = strategy.local_state_bytes(model, trainer.optimizer)
         total = sum(p.numel() * 4 for p in Net().parameters()) * 2  # fp32 params + one momentum buffer each
         results.append({"weights": {k: v.tolist() for k, v in full.items()}, "local_bytes": per_rank,
-                        "full_bytes": total, "steps": trainer.global_step, "val": trainer.callback_metrics["val/loss"]})
+                        "full_bytes": total, "steps": trainer.global_step, "val": float(trainer.callback_metrics["val/loss"])})
     return results
 
 
@@ -95,7 +95,7 @@ def test_fsdp_on_two_processes_matches_one_process_on_the_global_batch_and_bf16_
         assert set(got[0]["weights"]) == set(reference)
         for name, value in reference.items():
             assert torch.tensor(got[0]["weights"][name]) == pytest.approx(value, abs=1e-5), (k, name)
-        assert got[0]["val"] == got[1]["val"] == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-5), k
+        assert got[0]["val"] == got[1]["val"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-5), k
         # each rank holds half of the parameters and of the optimizer state
         for rank in got:
             assert rank["local_bytes"] == pytest.approx(rank["full_bytes"] / 2, rel=0.15), k
@@ -322,7 +322,8 @@ def _meta_worker():
     full = strategy.full_state_dict(model)
     return {"meta_at_build": model.meta_at_build, "local": strategy.local_state_bytes(model),
             "total": sum(v.numel() * 4 for v in full.values()) if full else None,
-            "any_meta": any(p.is_meta for p in model.parameters()), "loss": trainer.callback_metrics.get("train/loss"),
+            "any_meta": any(p.is_meta for p in model.parameters()),
+            "loss": float(trainer.callback_metrics["train/loss"]) if "train/loss" in trainer.callback_metrics else None,
             "finite": all(bool(torch.isfinite(v).all()) for v in full.values())}
 
 

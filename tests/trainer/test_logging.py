@@ -152,12 +152,23 @@ def test_step_values_reach_callback_metrics_by_the_end_of_a_short_epoch(make_tra
     assert "train/loss" not in trainer.logged_metrics   # the logger still only gets rows every 50 steps
 
 
-def test_callback_metrics_hold_floats(make_trainer):
-    trainer = make_trainer(max_epochs=1, log_every_n_steps=1)
-    trainer.fit(Logs(on_step=True, on_epoch=True), _uneven(), _uneven())
-    assert trainer.callback_metrics
-    assert all(type(v) is float for v in trainer.callback_metrics.values())
-    assert trainer.logged_metrics and all(type(v) is float for v in trainer.logged_metrics.values())
+def test_callback_and_logged_metrics_hold_0d_tensors_the_bar_floats(make_trainer):
+    """As in Lightning: callback_metrics and logged_metrics hold 0-d tensors, progress_bar_metrics floats
+    (and the loggers get floats)."""
+    class Rows(CSVLogger):
+        def log_metrics(self, metrics, step):
+            self.types = {*getattr(self, "types", set()), *(type(v) for v in metrics.values())}
+            super().log_metrics(metrics, step)
+
+    logger = Rows("logs", version=0)
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1, logger=logger)
+    trainer.fit(Logs(on_step=True, on_epoch=True, prog_bar=True), _uneven(), _uneven())
+    assert logger.types == {float, int}  # the values, and the epoch number
+    assert trainer.callback_metrics and trainer.logged_metrics and trainer.progress_bar_metrics
+    for metrics in (trainer.callback_metrics, trainer.logged_metrics):
+        assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and v.is_floating_point() for v in metrics.values())
+    assert all(type(v) is float for v in trainer.progress_bar_metrics.values())
+    assert trainer.callback_metrics["v_epoch"] == pytest.approx(1.8, rel=1e-12)  # float64: the host's reduction
 
 
 def test_prog_bar_and_logger_flags_choose_where_values_go(make_trainer):
@@ -268,7 +279,7 @@ def test_csv_logger_columns_and_rows(make_trainer):
         {"step": "5", "train/loss": "", "epoch": "1", "val/loss": "", "t": "2.0"},
     ]
     assert rows == expected
-    assert float(val[1]) == pytest.approx(trainer.callback_metrics["val/loss"], rel=1e-12)
+    assert float(val[1]) == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-12)
     with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
         hparams = yaml.safe_load(f)
     assert (hparams["width"], hparams["label"]) == (5, "x")
@@ -288,9 +299,9 @@ def test_csv_logger_step_and_epoch_columns(make_trainer):
 def test_csv_logger_versions_count_up_and_test_metrics_are_written(make_trainer):
     first, second = CSVLogger("logs"), CSVLogger("logs")
     make_trainer(max_epochs=1, logger=first).fit(BoringModel(), regression_loader(8, 8))
-    assert first.log_dir == os.path.join("logs", "default", "version_0")
+    assert first.log_dir == os.path.join("logs", "lightning_logs", "version_0")
     result = make_trainer(logger=second).test(BoringModel(), regression_loader(16, 8))
-    assert second.log_dir == os.path.join("logs", "default", "version_1")
+    assert second.log_dir == os.path.join("logs", "lightning_logs", "version_1")
     columns, rows = _read(second.metrics_file)
     assert columns == ["step", "test/loss", "epoch"]
     assert [float(r["test/loss"]) for r in rows] == [pytest.approx(result[0]["test/loss"], rel=1e-12)]

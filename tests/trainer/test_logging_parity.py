@@ -43,7 +43,7 @@ class SeesAtValidationEnd(Callback):
 
     def on_validation_end(self, trainer, module):
         if not trainer.sanity_checking:
-            self.seen.append((trainer.global_step, trainer.callback_metrics["train_loss"]))
+            self.seen.append((trainer.global_step, float(trainer.callback_metrics["train_loss"])))
 
 
 @pytest.mark.parametrize("batches, log_every", [(4, 50), (7, 3), (6, 3)])
@@ -105,6 +105,24 @@ def test_an_unread_run_keeps_its_values_on_the_device_until_the_interval(make_tr
     trainer.fit(StepLosses(), regression_loader(64, 8))
     # read back after steps 4 and 8 only
     assert pending == [False, True, True, True, False, True, True, True]
+
+
+def test_reading_callback_metrics_every_step_reads_nothing_back(make_trainer):
+    """A callback reading callback_metrics at every step gets that step's value as the 0-d tensor it was
+    logged as, and the read brings nothing back to the host: the values stay pending until the interval."""
+    seen: list[tuple[bool, torch.Tensor]] = []
+
+    class Reads(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            value = trainer.callback_metrics["train_loss"]
+            seen.append((module._results.has_pending(), value))
+
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=4, callbacks=[Reads()])
+    model = StepLosses()
+    trainer.fit(model, regression_loader(64, 8))
+    assert [pending for pending, _ in seen] == [True] * 8  # read before the loop's read-back at steps 4 and 8
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for _, v in seen)
+    assert [float(v) for _, v in seen] == model.losses
 
 
 # -- point 3: self.log in on_train_start -------------------------------------------------------------------
@@ -416,7 +434,7 @@ def _monitor_worker():
 
         def on_validation_end(self, trainer, module):
             if not trainer.sanity_checking:
-                Sees.values.append(trainer.callback_metrics["train_loss"])
+                Sees.values.append(float(trainer.callback_metrics["train_loss"]))
 
     model = Records()
     stopper = EarlyStopping(monitor="train_loss", patience=1)

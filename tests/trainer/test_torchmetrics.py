@@ -85,7 +85,7 @@ def test_metric_epoch_value_equals_computing_it_on_the_whole_epoch():
 
 def _ddp_worker():
     metrics, whole, world = _run()
-    return {"metrics": metrics, "whole": whole, "world": world}
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "whole": whole, "world": world}
 
 
 @pytest.mark.slow

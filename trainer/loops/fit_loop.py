@@ -109,7 +109,7 @@ class FitLoop:
             "epoch_trained": bool(state.batch_idx) and state.batch_idx >= epoch_end,
             "epoch_start_rng": self.epoch_start_rng,
             "results": self.metrics.results["train"].state_dict(),
-            "callback_metrics": dict(self.metrics.callback_metrics),
+            "callback_metrics": self.metrics.callback_metrics_state(),
             # what a resume on another number of processes needs to rebuild the epoch's order (reshard.py)
             "train_batch_size": getattr(self.trainer.train_dataloader, "batch_size", None),
             "train_shuffle": _distributed_shuffle(self.trainer.train_dataloader),
@@ -127,7 +127,7 @@ class FitLoop:
         s.val_pending, s.epoch_trained = loops["val_pending"], bool(loops.get("epoch_trained", False))
         self.epoch_start_rng = loops.get("epoch_start_rng")
         self.metrics.results["train"].load_state_dict(loops.get("results", {}))
-        self.metrics.callback_metrics.update(loops.get("callback_metrics", {}))
+        self.metrics.load_callback_metrics(loops.get("callback_metrics", {}))
 
     @property
     def accumulate_grad_batches(self) -> int:
