@@ -661,7 +661,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         """Write ``obj`` (e.g. a state dict) to ``f`` once per job, on the main process:
         ``torch.save`` -- a file ``torch.load(f, weights_only=True)`` reads -- or safetensors with
         ``safe_serialization=True``. What ``save_pretrained(..., save_function=accelerator.save)`` calls."""
-        from trainer.utils.accelerate_helpers import save
+        from trainer.accelerate.helpers import save
 
         save(obj, f, safe_serialization=safe_serialization)
 

@@ -64,7 +64,7 @@ class SeedableRandomSampler(RandomSampler):
 def _world_and_rank(num_processes: int | None, process_index: int | None) -> tuple[int, int]:
     if num_processes is not None and process_index is not None:
         return num_processes, process_index
-    from trainer.state import PartialState
+    from trainer.accelerate.state import PartialState
 
     state = PartialState()
     return (state.num_processes if num_processes is None else num_processes,
@@ -488,7 +488,7 @@ def prepare_data_loader(dataloader: DataLoader, device: Any = None, num_processe
             raise ValueError(f"prepare_data_loader({name}={value!r:.60}): not supported: {_UNSUPPORTED[name]}.")
     world, rank = _world_and_rank(num_processes, process_index)
     if device is None and put_on_device:
-        from trainer.state import PartialState
+        from trainer.accelerate.state import PartialState
 
         device = PartialState().device
     sharded = shard_for_processes(dataloader, world, rank, split_batches=split_batches, even_batches=even_batches,

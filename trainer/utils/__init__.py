@@ -15,7 +15,7 @@ from trainer.data.seeding import seed_everything
 # reference documents this library's own helpers; see docs/migrating.md for these)
 from trainer.accelerate.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,  # noqa: F401
                              GradientAccumulationPlugin, ProjectConfiguration)
-from trainer.utils.accelerate_helpers import (  # noqa: F401
+from trainer.accelerate.helpers import (  # noqa: F401
     LoggerType, PrecisionType, RNGType, clear_environment, compare_versions, convert_bytes,
     extract_model_from_parallel, find_batch_size, get_int_from_env, get_pretty_name, get_torch_accelerator_backend,
     is_aim_available, is_bf16_available, is_clearml_available, is_comet_ml_available, is_cuda_available,

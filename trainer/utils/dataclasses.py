@@ -4,7 +4,7 @@ and the enums), so the literal import rule ``accelerate`` -> ``trainer`` works f
 from trainer.accelerate.operations import DistributedType
 from trainer.accelerate.plugins import (DataLoaderConfiguration, DeepSpeedPlugin, FullyShardedDataParallelPlugin,
                              GradientAccumulationPlugin, ProjectConfiguration)
-from trainer.utils.accelerate_helpers import LoggerType, PrecisionType, RNGType
+from trainer.accelerate.helpers import LoggerType, PrecisionType, RNGType
 
 __all__ = ["DataLoaderConfiguration", "DeepSpeedPlugin", "DistributedType", "FullyShardedDataParallelPlugin",
            "GradientAccumulationPlugin", "LoggerType", "PrecisionType", "ProjectConfiguration", "RNGType"]
