@@ -52,8 +52,8 @@ class TrainModule(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._trainer: Any = None
-        self._results: Any = None  # the Results of the running stage, set by the loop
+        self._trainer: Any = None  # attach(trainer)
+        self._results: Any = None  # log_into(results): where self.log writes, the running stage's Results
         self._warned_unattached_log = False
         self._no_log_hook: str | None = None  # set while a hook whose logged values are never shown runs
         self._hparams = AttributeDict()
@@ -254,10 +254,34 @@ class TrainModule(torch.nn.Module):
 
     @property
     def trainer(self) -> Any:
+        """The Trainer running this module (set by ``attach``); a RuntimeError when none is attached."""
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__name__}.trainer: this module is not attached to a Trainer. "
                                "It is attached while trainer.fit/validate/test/predict runs.")
         return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:  # Lightning's `module.trainer = trainer`
+        self.attach(trainer)
+
+    def attach(self, trainer: Any) -> None:
+        """Attach this module to ``trainer`` (None: detach). The Trainer calls it when a stage starts;
+        ``self.trainer``, ``self.global_step``, ``self.loggers``, ... read the attached Trainer, and give
+        their unattached values (0, [], None) without one."""
+        self._trainer = trainer
+
+    @property
+    def is_attached(self) -> bool:
+        """True while a Trainer is attached (``self.trainer`` raises otherwise)."""
+        return self._trainer is not None
+
+    def log_into(self, results: Any) -> Any:
+        """Send this module's ``self.log`` calls to ``results`` (the running stage's
+        ``trainer.results.Results``; None: outside a stage, where ``self.log`` warns once and does
+        nothing). The loops call it when a stage or an evaluation inside fit starts; returns the
+        previous target, which an evaluation inside fit gives back when it ends."""
+        previous, self._results = self._results, results
+        return previous
 
     @property
     def device(self) -> torch.device:

@@ -375,7 +375,7 @@ class Trainer:
         elif self.config.deterministic is True:
             torch.backends.cudnn.benchmark = False
         self.module, self.state.stage, self.state.status = module, stage, "running"
-        module._trainer = self
+        module.attach(self)
         self.datamodule = datamodule
         if datamodule is not None:
             datamodule.trainer = self
@@ -435,7 +435,7 @@ class Trainer:
             self._hooks("teardown", stage)
             if stop_profiling is not None:
                 stop_profiling()  # prints the report on rank zero
-            module._results = None
+            module.log_into(None)
             self.state.stage = "idle"
 
     def _fit(self, ckpt_path: str | None) -> None:

@@ -206,7 +206,7 @@ def _restore(trainer: Any, module: Any, payload: dict) -> Any:
     if module is not None and payload["weights"] is not None:
         module.load_state_dict(payload["weights"])
         trainer.module = module
-        module._trainer = trainer
+        module.attach(trainer)
     for name, value in payload["state"].items():
         setattr(trainer.state, name, value)
     for name in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):

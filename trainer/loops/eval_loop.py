@@ -90,8 +90,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
     prefix, results = _HOOK_PREFIX[stage], metrics.stage_results(stage)
     results.reset()
     step_fn = without_batch_idx(getattr(module, _STEP[stage]))
-    was_training, previous_results = module.training, module._results
-    module._results = results
+    was_training, previous_results = module.training, module.log_into(results)
     _mode_hook(trainer, module, f"on_{prefix}_model_eval")  # by default module.eval()
     hooks(f"on_{prefix}_start")
     hooks(f"on_{prefix}_epoch_start")
@@ -122,7 +121,7 @@ def run_validation(trainer: Any, loaders: list[Any], stage: str, hooks: Any, met
         _mode_hook(trainer, module, f"on_{prefix}_model_train")
     elif was_training:
         module.train()
-    module._results = previous_results
+    module.log_into(previous_results)
     return values
 
 

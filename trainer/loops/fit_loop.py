@@ -250,7 +250,7 @@ class FitLoop:
         fresh_epoch = state.batch_idx == 0 and not state.epoch_trained
         if fresh_epoch:
             results.reset()  # values logged in on_train_start count in the first epoch's (as in Lightning)
-        trainer.module._results = results
+        trainer.module.log_into(results)
         state.stop_reason = None
         cfg = trainer.config  # a second fit() with the same limits (max_time counts from this fit's start)
         if fresh_epoch and (state.current_epoch >= cfg.epochs_limit or 0 <= cfg.max_steps <= state.global_step):
@@ -397,7 +397,7 @@ class FitLoop:
         max_steps, max_time = cfg.max_steps, cfg.max_time  # the epoch limit cannot be reached inside an epoch
         manual = not getattr(module, "automatic_optimization", True)  # the module steps (see manual.py)
         log_every = cfg.log_every_n_steps
-        module._results = results
+        module.log_into(results)
         splitter = self.oom_splitter  # Trainer(oom_split=True): see _train_split
         move_batch = batch_mover(trainer)  # the strategy's transfer, or the batch-transfer hooks
         engine = accel.engine

@@ -198,8 +198,7 @@ def clip_gradients(module: Any, optimizer: Any, gradient_clip_val: float | None,
 
 
 def _attached(module: Any, what: str) -> Any:
-    trainer = module._trainer
-    if trainer is None:
+    if not module.is_attached:
         raise RuntimeError(f"{type(module).__name__}.{what}: this module is not attached to a Trainer; call it "
                            "inside training_step (or another hook) while trainer.fit runs.")
-    return trainer
+    return module.trainer
