@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from trainer.strategies.checkpoint_directories import lock_directory, remove_path, unlock_directory
-from trainer.strategies.checkpoint_io import atomic_link, atomic_save, non_finite_parameters, snapshot
+from trainer.strategies.checkpoint_io import non_finite_parameters
 from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
@@ -153,11 +153,9 @@ class ModelCheckpoint(Callback):
     # -- when ---------------------------------------------------------------------------------
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         strategy = trainer.accelerator.strategy
-        if self.async_save and strategy.sharded_format and not strategy.can_stage_sharded:
-            raise ValueError(f"ModelCheckpoint(async_save=True) with {type(strategy).__name__}: its checkpoints are "
-                             "sharded, each rank writing its own part through its engine, which cannot be copied aside "
-                             "for a background write (FSDP's can). Use ModelCheckpoint(async_save=False) with this "
-                             "strategy.")
+        if self.async_save:  # the checkpoint format must be able to copy its state aside for a background write
+            strategy.checkpoint_format.require_staging("ModelCheckpoint(async_save=True)",
+                                                       "Use ModelCheckpoint(async_save=False) with this strategy.")
         if self.dirpath is None:
             self.dirpath = os.path.join(os.fspath(trainer.default_root_dir), "checkpoints")
         self.dirpath = os.path.abspath(os.path.expanduser(os.fspath(self.dirpath)))
@@ -329,13 +327,11 @@ class ModelCheckpoint(Callback):
         writer = trainer.background_writer
         writer.wait()  # the previous write first: one snapshot in memory, saves in order
         ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
-        strategy = trainer.accelerator.strategy
-        if strategy.sharded_format:  # every rank copies its shards now and writes them behind
-            staged = strategy.stage_sharded(ckpt, trainer.module, trainer.optimizers)
+        # the state copied now (training may change it from here on), written behind by the ranks that write
+        # (rank zero's one file; every rank its own shards)
+        staged = trainer.accelerator.strategy.checkpoint_format.stage(ckpt, trainer.module, trainer.optimizers)
+        if staged is not None:
             writer.submit(lambda: self._write(trainer, written, evicted, staged, last), written or last)
-        elif trainer.is_global_zero:
-            ckpt = snapshot(ckpt)  # training may change the state from here on
-            writer.submit(lambda: self._write(trainer, written, evicted, ckpt, last), written or last)
 
     def _last_path(self, trainer: Any, metrics: dict[str, Any]) -> str:
         """Where last.ckpt goes (``CHECKPOINT_NAME_LAST`` filled in); sets ``last_model_path`` (it is
@@ -368,16 +364,14 @@ class ModelCheckpoint(Callback):
         return False
 
     def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: Any, last: str | None) -> None:
-        """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is a snapshot to
-        write from the background thread on rank zero only (no collectives there), or a sharded
-        strategy's staged write (every rank, over its own group); None: save now."""
+        """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is the checkpoint
+        format's staged write (``write(path)``), called from the background thread (rank zero's one file,
+        no collectives there; or every rank's shards, over their own group); None: save now."""
         def save(path: str) -> None:
             if ckpt is None:
                 trainer.save_checkpoint(path, self.save_weights_only)
-            elif callable(ckpt):
-                ckpt(path)
             else:
-                atomic_save(ckpt, path)
+                ckpt(path)
 
         if written is not None:
             save(written)
@@ -390,13 +384,9 @@ class ModelCheckpoint(Callback):
 
     def _link_last(self, trainer: Any, written: str, last: str, collective: bool) -> bool:
         """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
-        one write per save instead of two. False where links cannot be made (sharded directories,
-        some filesystems): then last.ckpt is written in full."""
-        strategy = trainer.accelerator.strategy
-        if strategy.sharded_format:
-            return False
-        linked = atomic_link(written, last) if trainer.is_global_zero else False
-        return bool(strategy.broadcast(linked)) if collective and strategy.world_size > 1 else linked
+        one write per save instead of two. False where the checkpoint format cannot link (sharded
+        directories) or the filesystem cannot: then last.ckpt is written in full."""
+        return trainer.accelerator.strategy.checkpoint_format.link(written, last, collective)
 
     def _rank_latest(self, metrics: dict[str, float], trainer: Any) -> tuple[str, list[str]]:
         reuse = self._latest[0] if self.save_top_k == 1 and self._latest else None  # the one this save replaces

@@ -24,7 +24,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Iterable, cast
 
 from .checkpoint_errors import CorruptCheckpointError, UnsafeCheckpointError
 from .checkpoint_links import checkpoint_directory
@@ -237,28 +237,6 @@ def verify_deepspeed(path: str) -> None:
                 file = os.path.join(root, name)
                 with open(file, "rb") as f:
                     scan_torch_file(f, allowed, file)
-
-
-def verify_sharded(path: str, meta: dict[str, Any], rank: int = 0, world_size: int = 1) -> None:
-    """Refuse the sharded checkpoint ``path`` (``meta``: its meta.ckpt) if any file in it would unpickle
-    code (``UnsafeCheckpointError``), or is missing, truncated or damaged (``CorruptCheckpointError``).
-    ``rank``/``world_size``: the CRC-32s are split among the ranks."""
-    path = checkpoint_directory(path)  # no link in it leads out of it; read where it really is
-    manifest = meta.get("files") if isinstance(meta, dict) else None
-    verify = _FORMAT_VERIFIERS.get(meta.get("sharded"))  # the pickles of the format's own files
-    try:
-        if verify is not None:
-            verify(path)
-    except CorruptCheckpointError:
-        if isinstance(manifest, dict):
-            check_manifest(path, manifest, rank, world_size)  # the more precise reason, when there is one
-        raise
-    if isinstance(manifest, dict):
-        check_manifest(path, manifest, rank, world_size)
-
-
-# each sharded format (a strategy's ``sharded_format``) and the check of its own files
-_FORMAT_VERIFIERS: dict[str | None, Callable[[str], None]] = {"fsdp-dcp": verify_dcp, "deepspeed": verify_deepspeed}
 
 
 def _safe_bytes(value: io.BytesIO, where: str) -> None:

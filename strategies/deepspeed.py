@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import warnings
 from typing import Any, Callable, ContextManager, Iterable, cast
@@ -19,6 +20,7 @@ import torch
 
 from .ddp import _StepForward
 from .driver import STEPPED, Driver, StepResult, WindowFix
+from .checkpoint_format import CheckpointFormat, DeepSpeedFormat
 from .environment import ClusterEnvironment
 from .precision import Precision
 from .process_group import ProcessGroup
@@ -76,7 +78,6 @@ class DeepSpeedStrategy(Strategy):
         >>> Trainer(strategy="deepspeed_stage_2", precision="bf16-mixed")  # doctest: +SKIP
     """
 
-    sharded_format = "deepspeed"
     distributed_type = "DEEPSPEED"  # type: ignore[assignment]  # Accelerate's name; a property on the base
     processes: ProcessGroup  # always a process group (made in __init__)
 
@@ -291,30 +292,10 @@ class DeepSpeedStrategy(Strategy):
                          if isinstance(v, torch.Tensor) and k != "step")
         return total
 
-    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
-                     optimizers: list[torch.optim.Optimizer]) -> None:
-        """``path`` becomes a directory: the engine's own per-rank files, and ``meta.ckpt`` (loop state)."""
-        from .checkpoint_directories import atomic_directory
-
-        meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-        meta["sharded"] = self.sharded_format
-        if "optimizer_states" in checkpoint:
-            meta["optimizer_states"] = "sharded"
-        atomic_directory(path, meta, lambda tmp: self.engine.save_checkpoint(tmp, tag="engine", save_latest=False),
-                         self.is_global_zero, self.broadcast, self.barrier)
-
-    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
-        from .checkpoint_links import checkpoint_directory
-        from .checkpoint_verify import verify_deepspeed
-
-        real = checkpoint_directory(path)  # no link leads out of it: the engine opens what was checked
-        verify_deepspeed(real)  # the engine loads its files with weights_only=False: no global but DeepSpeed's own
-        loaded, _ = self.engine.load_checkpoint(real, tag="engine", load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
-        if loaded is None:
-            from .checkpoint_io import CheckpointError
-
-            raise CheckpointError(f"DeepSpeed could not load {path!r} (no engine files under tag 'engine').")
+    @functools.cached_property
+    def checkpoint_format(self) -> CheckpointFormat:
+        """The engine's own per-rank files (``DeepSpeedFormat``, strategies/checkpoint_format.py)."""
+        return DeepSpeedFormat(self)
 
     def teardown(self) -> None:
         self.engine = None
@@ -383,21 +364,6 @@ class DeepSpeedDriver(Driver):
                           f"{fix.expected} (a short last window or uneven batches) is averaged as if it were full. "
                           "Use drop_last=True and a number of batches divisible by the accumulation steps for exact "
                           "averaging.", stacklevel=3)
-
-
-def deepspeed_merged_weights(path: str) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a DeepSpeed checkpoint directory, rebuilt in one process."""
-    _require_deepspeed()
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from .checkpoint_links import checkpoint_directory
-    from .checkpoint_verify import verify_deepspeed
-
-    real = checkpoint_directory(path)  # no link leads out of it: zero_to_fp32 opens what was checked
-    verify_deepspeed(real)  # zero_to_fp32 loads with weights_only=False
-    state = get_fp32_state_dict_from_zero_checkpoint(real, tag="engine")
-    prefix = "module."  # the engine wraps the module in _StepForward
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def _offloads_optimizer(zero_optimization: dict[str, Any]) -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
 from .driver import Driver
+from .checkpoint_format import CheckpointFormat, DCPFormat
 from .environment import ClusterEnvironment
 from .precision import Precision
 from .process_group import ProcessGroup
@@ -73,7 +75,6 @@ class FSDPStrategy(Strategy):
         self.auto_wrap_policy, self.cpu_offload = auto_wrap_policy, cpu_offload
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward, self.sharding = reshard_after_forward, sharding
-        self._writer_group: Any = None  # the gloo group of background checkpoint writes (stage_sharded)
         self._wrapped: dict[int, tuple[torch.nn.Module, Callable]] = {}
 
     @classmethod
@@ -222,76 +223,10 @@ class FSDPStrategy(Strategy):
         return FSDPDriver(self.precision)
 
     # -- checkpoints: torch.distributed.checkpoint, each rank writes its own shards ---------------------
-    sharded_format = "fsdp-dcp"
-    can_stage_sharded = True
-
-    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
-                     optimizers: list[torch.optim.Optimizer]) -> None:
-        """``path`` becomes a directory: DCP shards of the model and optimizer state (no gather on rank
-        zero) and ``meta.ckpt`` with the rest of ``checkpoint`` (loop state, RNG, callbacks, ...)."""
-        import torch.distributed.checkpoint as dcp
-
-        from .checkpoint_directories import atomic_directory
-
-        tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
-        atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp), self.is_global_zero,
-                         self.broadcast, self.barrier)
-
-    def stage_sharded(self, checkpoint: dict[str, Any], module: torch.nn.Module,
-                      optimizers: list[torch.optim.Optimizer]) -> Callable[[str], None]:
-        """Copy this rank's shards to CPU memory now (training may change them from here on) and return
-        the write, ``write(path)``, for a background thread of every rank (``ModelCheckpoint(async_save=
-        True)``). It writes what ``save_sharded`` writes, with the same atomic directory, over a gloo
-        group of its own: its collectives never interleave with the training thread's."""
-        import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
-
-        from .checkpoint_directories import atomic_directory
-        from .checkpoint_io import snapshot
-
-        tensors, meta = self._sharded_parts(checkpoint, module, optimizers)
-        tensors = snapshot(tensors)
-        if self._writer_group is None:  # every rank is here (a save is collective): create it once
-            self._writer_group = dist.new_group(backend="gloo", timeout=self.timeout)
-        group, is_main = self._writer_group, self.is_global_zero
-
-        def broadcast(obj: Any) -> Any:
-            box = [obj]
-            dist.broadcast_object_list(box, src=0, group=group)
-            return box[0]
-
-        def write(path: str) -> None:
-            atomic_directory(path, meta, lambda tmp: dcp.save(tensors, checkpoint_id=tmp, process_group=group),
-                             is_main, broadcast, lambda: dist.barrier(group=group))
-
-        return write
-
-    def _sharded_parts(self, checkpoint: dict[str, Any], module: torch.nn.Module,
-                       optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The sharded state dicts for DCP, and the rest of ``checkpoint`` for ``meta.ckpt``."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        weights_only = "optimizer_states" not in checkpoint
-        model_sd, optim_sd = get_state_dict(module, [] if weights_only else list(optimizers))
-        tensors = {"model": model_sd} if weights_only else {"model": model_sd, "optim": optim_sd}
-        meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-        meta["sharded"] = self.sharded_format
-        if not weights_only:
-            meta["optimizer_states"] = "sharded"
-        return tensors, meta
-
-    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
-        """Read the shards this rank needs (any number of ranks may have written them) into the module
-        and optimizers."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        from .checkpoint_verify import safe_dcp_load
-
-        model_sd, optim_sd = get_state_dict(module, list(optimizers))
-        tensors: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-        safe_dcp_load(tensors, path)
-        set_state_dict(module, list(optimizers), model_state_dict=tensors["model"],
-                       optim_state_dict=tensors["optim"])
+    @functools.cached_property
+    def checkpoint_format(self) -> CheckpointFormat:
+        """DCP shards (``DCPFormat``, strategies/checkpoint_format.py): every rank writes its own, no gather."""
+        return DCPFormat(self)
 
     # -- state ----------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ContextManager, cast
 
 import torch
 
 from ._util import apply_to_tensors
+from .checkpoint_format import CheckpointFormat, OneFileFormat
 from .checkpoint_io import atomic_save, safe_load
 from .driver import Driver
 from .precision import Precision
@@ -35,9 +37,6 @@ class Strategy(ABC):
         processes: the job's processes and their collectives (default: this process alone).
     """
 
-    #: The format of this strategy's sharded checkpoints (a directory of per-rank files written by
-    #: ``save_sharded``), or None: one file, written by rank zero (``save_checkpoint``).
-    sharded_format: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -279,37 +278,21 @@ class Strategy(ABC):
         return self.processes.explain_failure(err)
 
     # -- checkpoints -----------------------------------------------------------------------------
+    @functools.cached_property
+    def checkpoint_format(self) -> CheckpointFormat:
+        """How this strategy's checkpoints are written, staged, read, verified and merged
+        (strategies/checkpoint_format.py): here one file, written by rank zero through
+        ``save_checkpoint``. A strategy with a format of its own returns it here (one object per strategy)."""
+        return OneFileFormat(self)
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str) -> None:
-        """Write a full checkpoint atomically (rank zero writes; others wait)."""
+        """Write a full one-file checkpoint atomically (rank zero writes; others wait)."""
         if self.is_global_zero:
             atomic_save(checkpoint, path)
         self.barrier("save_checkpoint")
 
     def load_checkpoint(self, path: str) -> Any:
         return safe_load(path, map_location="cpu")
-
-    def save_sharded(self, checkpoint: dict[str, Any], path: str, module: torch.nn.Module,
-                     optimizers: list[torch.optim.Optimizer]) -> None:
-        """When ``sharded_format`` is set: ``path`` becomes a directory of per-rank shards of the module
-        and optimizer state, and ``meta.ckpt`` with the rest of ``checkpoint``."""
-        raise RuntimeError(f"{type(self).__name__} writes one-file checkpoints (sharded_format is None): "
-                           "use save_checkpoint.")
-
-    #: ``stage_sharded`` can copy this rank's shards aside for a background write (FSDP's DCP shards
-    #: can; DeepSpeed's engine writes its own files).
-    can_stage_sharded: bool = False
-
-    def stage_sharded(self, checkpoint: dict[str, Any], module: torch.nn.Module,
-                      optimizers: list[torch.optim.Optimizer]) -> Callable[[str], None]:
-        """Copy this rank's shards to CPU memory now and return ``write(path)``, which writes what
-        ``save_sharded`` writes, for a background thread of every rank (``can_stage_sharded``)."""
-        raise RuntimeError(f"{type(self).__name__} cannot stage its checkpoint for a background write "
-                           "(can_stage_sharded is False): use save_sharded / save_checkpoint.")
-
-    def load_sharded(self, path: str, module: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
-        """Read the shards this rank needs from a directory ``save_sharded`` wrote."""
-        raise RuntimeError(f"{type(self).__name__} reads one-file checkpoints (sharded_format is None): "
-                           "use load_checkpoint.")
 
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The module's full, unsharded state dict (on rank zero at least)."""

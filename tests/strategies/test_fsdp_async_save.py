@@ -17,7 +17,8 @@ from trainer import Trainer
 from trainer.callbacks import Callback, ModelCheckpoint
 from trainer.strategies import FSDPStrategy
 from trainer.strategies.checkpoint_io import safe_load
-from trainer.strategies.checkpoint_verify import safe_dcp_load, verify_sharded
+from trainer.strategies.checkpoint_format import verify_checkpoint
+from trainer.strategies.checkpoint_verify import safe_dcp_load
 from tests.helpers.distributed import run_distributed
 from tests.strategies.test_fsdp import Block, Net, _data
 
@@ -107,7 +108,7 @@ def test_async_sharded_saves_equal_the_synchronous_ones_and_fit_waits_for_the_la
         for key in a:  # model and optimizer shards, bit for bit
             assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
         meta_a, meta_b = safe_load(str(sync)), safe_load(str(asyn))
-        verify_sharded(str(asyn), meta_b)  # sizes and CRCs recorded last, and they match the files
+        verify_checkpoint(str(asyn), meta_b)  # sizes and CRCs recorded last, and they match the files
         assert _comparable(meta_a, sync.parent) == _comparable(meta_b, asyn.parent)
     assert not [n for n in os.listdir(tmp_path / "async") if n.startswith(".tmp-")]
 
@@ -122,7 +123,7 @@ def _failure_worker(tmp):
         raised = None
     names = sorted(n for n in os.listdir(f"{tmp}/c") if n != ".lock")
     last = safe_load(f"{tmp}/c/last.ckpt")
-    verify_sharded(f"{tmp}/c/last.ckpt", last)  # whole: every shard as recorded
+    verify_checkpoint(f"{tmp}/c/last.ckpt", last)  # whole: every shard as recorded
     start = _StartStep()
     _fit(f"{tmp}/c", async_save=False, epochs=1, ckpt_path="last", callbacks=[start])
     return {"raised": raised, "names": names, "last_step": last["global_step"], "resumed_at": start.step}

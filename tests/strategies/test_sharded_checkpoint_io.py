@@ -83,7 +83,7 @@ def test_a_full_disk_during_a_sharded_save_says_so_on_every_rank_and_keeps_the_p
     import subprocess
 
     from tests.helpers.distributed import run_distributed
-    from trainer.strategies.checkpoint_verify import verify_sharded
+    from trainer.strategies.checkpoint_format import verify_checkpoint
 
     small = tmp_path / "small"
     small.mkdir()
@@ -99,7 +99,7 @@ def test_a_full_disk_during_a_sharded_save_says_so_on_every_rank_and_keeps_the_p
         assert os.listdir(small / "ckpts") == ["epoch=0-step=2.ckpt"]  # no partial directory left behind
         kept = str(small / "ckpts" / "epoch=0-step=2.ckpt")
         meta = safe_load(kept)
-        verify_sharded(kept, meta)  # every shard whole: sizes and CRC-32s as written
+        verify_checkpoint(kept, meta)  # every shard whole: sizes and CRC-32s as written
         assert meta["global_step"] == 2
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)

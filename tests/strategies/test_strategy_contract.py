@@ -18,9 +18,9 @@ from tests import ROOT
 
 STRATEGIES = (SingleDeviceStrategy, DDPStrategy, FSDPStrategy, DeepSpeedStrategy)
 # the abilities the loop, the Accelerator, the checkpoint code and the callbacks ask a strategy about
-ABILITIES = ("sharded_format", "prepare", "driver", "distributed_type", "has_step_contexts", "needs_launch",
-             "requested_processes", "connect", "full_state_dict", "save_sharded", "load_sharded",
-             "local_state_bytes", "check_precision", "with_precision", "can_stage_sharded", "stage_sharded",
+ABILITIES = ("checkpoint_format", "prepare", "driver", "distributed_type", "has_step_contexts", "needs_launch",
+             "requested_processes", "connect", "full_state_dict",
+             "local_state_bytes", "check_precision", "with_precision",
              "start_method")
 
 
@@ -61,7 +61,8 @@ def _offenders() -> list[str]:
 
 def test_no_probes_name_branches_or_method_identity_on_strategies():
     """The engine, loops, checkpoint code, CLI and callbacks ask the strategy only through its declared
-    contract; sharded formats are dispatched through tables keyed by ``sharded_format``."""
+    contract; checkpoints go through the strategy's format object (``checkpoint_format``), and code that
+    holds only a checkpoint finds its format by the name it records, in the one registry."""
     offenders = _offenders()
     assert not offenders, "\n".join(offenders)
 
@@ -73,6 +74,30 @@ def test_no_probes_name_branches_or_method_identity_on_strategies():
     'type(self.strategy).__name__ == "DDPStrategy"', 'if type(strategy).optimizer_step is Strategy.optimizer_step:'])
 def test_the_source_scan_catches_each_kind_of_probe(line):
     assert PROBE.search(line), line
+
+
+@pytest.mark.parametrize("cls", STRATEGIES)
+def test_every_strategy_returns_one_checkpoint_format_found_again_by_its_recorded_name(cls):
+    from trainer.strategies.checkpoint_format import CheckpointFormat, recorded_format
+
+    strategy = cls()
+    fmt = strategy.checkpoint_format
+    assert isinstance(fmt, CheckpointFormat) and fmt.strategy is strategy
+    assert strategy.checkpoint_format is fmt  # one object per strategy (FSDP's keeps its background-write group)
+    header = {"sharded": fmt.name} if fmt.name else {}
+    assert fmt.wrote(header) and recorded_format(header, "x.ckpt") is type(fmt)
+    copied = strategy.with_precision("bf16-mixed") if cls is not DeepSpeedStrategy else strategy
+    assert copied.checkpoint_format.strategy is copied  # a copy's format writes with the copy
+
+
+def test_the_checkpoint_format_registry_refuses_a_second_format_under_a_taken_name():
+    from trainer.strategies.checkpoint_format import ShardedFormat, recorded_format
+
+    with pytest.raises(TypeError, match=r"name 'fsdp-dcp' is taken by trainer\.strategies\.checkpoint_format\.DCPFormat"):
+        class Impostor(ShardedFormat):
+            name = "fsdp-dcp"
+    with pytest.raises(Exception, match=r"unknown kind \('nobody'\); this version reads 'deepspeed' and .*'fsdp-dcp'"):
+        recorded_format({"sharded": "nobody"}, "x.ckpt")
 
 
 def test_a_strategy_defining_only_its_device_trains_through_the_defaults():

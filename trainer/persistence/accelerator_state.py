@@ -10,9 +10,9 @@ The state is a Trainer checkpoint (``trainer_state.py``) plus one entry of its o
     accelerator                {"num_models", "num_optimizers", "models": the weights of the second
                                 and later models, "custom": the registered objects' states, "step"}
 
-Layout: ``<dir>/state.ckpt`` with one-file strategies; with a sharded strategy ``<dir>`` is the
-strategy's directory of shards with ``meta.ckpt`` (``save_sharded``), as a Trainer checkpoint of
-that strategy. Both are written by the one atomic directory writer (``atomic_directory``): the
+Layout: the strategy's checkpoint format decides (``strategy.checkpoint_format.write_state``):
+``<dir>/state.ckpt`` in one file; with a sharded format ``<dir>`` is the format's directory of shards
+with ``meta.ckpt``, as a Trainer checkpoint of that strategy. Both are written by the one atomic directory writer (``atomic_directory``): the
 directory is filled under a temporary name and swapped into place, so ``<dir>`` is always whole.
 Format-1 states (``models``/``optimizers``/``schedulers``/``custom``/``step`` at the top) still load.
 """
@@ -27,21 +27,20 @@ import torch
 from trainer.data.data_position import rng_states, set_rng_states
 from trainer.persistence.layout import check_layout
 from trainer.persistence.trainer_checkpoint import FORMAT_VERSION, _paths_as_text, header, load_weights_into, read_verified
-from trainer.strategies.checkpoint_directories import atomic_directory, recover_directory
-from trainer.strategies.checkpoint_io import SHARDED_META, CheckpointError, safe_load
+from trainer.strategies.checkpoint_directories import recover_directory
+from trainer.strategies.checkpoint_format import STATE_FILE
+from trainer.strategies.checkpoint_io import CheckpointError, safe_load
 from trainer.strategies.checkpoint_links import file_in
-
-STATE_FILE = "state.ckpt"
 
 
 def save_state(accelerator: Any, output_dir: str) -> str:
     strategy = accelerator.strategy
-    sharded = strategy.sharded_format  # the weights and optimizer states go in the strategy's shards
-    models = [accelerator.unwrap_model(m).state_dict() for m in accelerator._models] if not sharded else []
+    fmt = strategy.checkpoint_format  # which state the header holds and which its files (shards)
+    models = [fmt.module_state(accelerator.unwrap_model(m)) for m in accelerator._models]
     state = {
         **header(strategy),
         "state_dict": models[0] if models else {},
-        "optimizer_states": "sharded" if sharded else [o.state_dict() for o in accelerator._optimizers],
+        "optimizer_states": fmt.optimizer_states(accelerator._optimizers),
         "lr_schedulers": [s.scheduler.state_dict() for s in accelerator._schedulers],
         "precision": strategy.precision.state_dict(),
         "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
@@ -55,14 +54,33 @@ def save_state(accelerator: Any, output_dir: str) -> str:
     }
     state = _paths_as_text(state)  # a Path in a registered object's state: its text (loads with weights_only)
     output_dir = os.path.abspath(output_dir)
-    if sharded:
-        model, optimizers = _sharded_objects(accelerator)
-        strategy.save_sharded(state, output_dir, model, optimizers)
-        return output_dir
-    if strategy.is_global_zero:
-        atomic_directory(output_dir, state, lambda tmp: None, marker=STATE_FILE)  # state.ckpt: its only file
-    strategy.barrier("save_state")
+    fmt.write_state(state, output_dir, _AcceleratorObjects(accelerator, state, output_dir))
     return output_dir
+
+
+class _AcceleratorObjects:
+    """The Accelerator's prepared objects, lent to the checkpoint format that writes or reads them
+    (``CheckpointObjects``): how a one-file state's models and optimizer states go back in."""
+
+    def __init__(self, accelerator: Any, state: dict[str, Any], path: str, strict: bool = True) -> None:
+        self.accelerator, self.state, self.path, self.strict = accelerator, state, path, strict
+
+    def shard_objects(self) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
+        return _sharded_objects(self.accelerator)
+
+    def weights(self) -> None:
+        accelerator, state = self.accelerator, self.state
+        weights = [state["state_dict"], *state["accelerator"]["models"]][:len(accelerator._models)]
+        for model, sd in zip(accelerator._models, weights):
+            load_weights_into(accelerator.unwrap_model(model), sd, self.path, strict=self.strict)
+
+    def loaded(self) -> None:
+        return None
+
+    def optimizer_states(self) -> None:
+        for opt, sd in zip(self.accelerator._optimizers, self.state["optimizer_states"]):
+            opt.load_state_dict(sd)
+            self.accelerator.strategy.setup_optimizer(opt.optimizer)
 
 
 def _sharded_objects(accelerator: Any) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
@@ -86,8 +104,8 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"Accelerator.load_state({input_dir!r}): no such directory. Pass the directory "
                                 "given to save_state.")
-    sharded = os.path.isfile(os.path.join(input_dir, SHARDED_META))
-    path = input_dir if sharded or strategy.sharded_format else os.path.join(input_dir, STATE_FILE)
+    fmt = strategy.checkpoint_format
+    path = fmt.state_header(input_dir)  # state.ckpt, or the directory of shards with its meta.ckpt
     if path != input_dir and not os.path.isfile(path):
         from trainer.persistence.kinds import describe_directory
 
@@ -101,20 +119,11 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     state = _upgrade(state, path)
     check_layout(state, path)  # every field this reads, named when wrong
     _check_counts(accelerator, state, input_dir)
-    if path == input_dir:
-        if state.get("sharded") != strategy.sharded_format:
-            raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {state['metadata'].get('strategy')} "
-                                  f"as {state.get('sharded') or 'one file'}; this Accelerator uses "
-                                  f"{type(strategy).__name__}. Load it with the strategy that saved it.")
-        model, optimizers = _sharded_objects(accelerator)
-        strategy.load_sharded(input_dir, model, optimizers)
-    else:
-        weights = [state["state_dict"], *state["accelerator"]["models"]][:len(accelerator._models)]
-        for model, sd in zip(accelerator._models, weights):
-            load_weights_into(accelerator.unwrap_model(model), sd, path, strict=strict)
-        for opt, sd in zip(accelerator._optimizers, state["optimizer_states"]):
-            opt.load_state_dict(sd)
-            strategy.setup_optimizer(opt.optimizer)
+    if not fmt.wrote(state):
+        raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {state['metadata'].get('strategy')} "
+                              f"as {state.get('sharded') or 'one file'}; this Accelerator uses "
+                              f"{type(strategy).__name__}. Load it with the strategy that saved it.")
+    fmt.read(path, state, _AcceleratorObjects(accelerator, state, path, strict))
     for sched, sd in zip(accelerator._schedulers, state["lr_schedulers"]):
         sched.scheduler.load_state_dict(sd)
     for obj, sd in zip(accelerator._custom_objects, state["accelerator"]["custom"]):

@@ -120,17 +120,17 @@ def dump(trainer: Any, weights_only: bool, hooks: Any) -> dict[str, Any]:
     if trainer.state.stage in ("fit", "sanity_check"):
         trainer.fit_loop.metrics.flush_train()  # never write a checkpoint past an undetected non-finite loss
     strategy = trainer.accelerator.strategy
-    sharded = strategy.sharded_format  # its weights and optimizer state go in shards
+    fmt = strategy.checkpoint_format  # which state the header holds and which its files (shards)
     ckpt: dict[str, Any] = {
         **header(strategy, config=trainer.config.to_dict(), module=written_by(module)),
-        "state_dict": {} if sharded else trainer.accelerator.unwrap_model(module).state_dict(),
+        "state_dict": fmt.module_state(trainer.accelerator.unwrap_model(module)),
         "hparams": _plain(dict(module.hparams)),
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
     }
     if not weights_only:
         ckpt.update({
-            "optimizer_states": "sharded" if sharded else [opt.state_dict() for opt in trainer.optimizers],
+            "optimizer_states": fmt.optimizer_states(trainer.optimizers),
             "lr_schedulers": [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs],
             "precision": strategy.precision.state_dict(),
             "loops": trainer.fit_loop.state_dict(),
@@ -220,7 +220,7 @@ def load_weights_into(module: torch.nn.Module, state_dict: dict[str, Any], path:
 
 def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
     """Put a whole training state back: weights, optimizer, schedulers, scaler, loops, RNG, callbacks."""
-    module, strategy = trainer.module, trainer.accelerator.strategy
+    strategy = trainer.accelerator.strategy
     check_compatible(ckpt, path, None)  # its format first, then the strategy, then the world size
     if "accelerator" in ckpt:  # the same format, but no loop state to resume a fit from
         from trainer.persistence.kinds import describe
@@ -229,52 +229,63 @@ def restore(trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
         raise CheckpointError(f"{path!r} is not a Trainer checkpoint: it holds {found}, with no loop state to resume "
                               "a fit from; expected a checkpoint written by Trainer.save_checkpoint or ModelCheckpoint "
                               f"(format_version, state_dict, loops, ...). {fix}")
-    sharded = ckpt.get("sharded")
-    if sharded != strategy.sharded_format:
-        saved = ckpt["metadata"].get("strategy")
+    fmt = strategy.checkpoint_format
+    if not fmt.wrote(ckpt):
+        sharded, saved = ckpt.get("sharded"), ckpt["metadata"].get("strategy")
         raise CheckpointError(
             f"{path!r} was written by {saved} ({'sharded: ' + sharded if sharded else 'one file'}), but this run uses "
-            f"{type(strategy).__name__}, which reads "
-            f"{'sharded ' + strategy.sharded_format if strategy.sharded_format else 'one-file'} "
-            f"checkpoints. Resume with the strategy that saved it, or turn it into plain weights with "
-            f"`trainer merge-weights {path} OUT` and load those into the model before a new fit.")
+            f"{type(strategy).__name__}, which reads {fmt.description} checkpoints. Resume with the strategy that "
+            f"saved it, or turn it into plain weights with `trainer merge-weights {path} OUT` and load those into the "
+            "model before a new fit.")
     check_compatible(ckpt, path, strategy.world_size)
     if "loops" in ckpt:  # counters and optimizer settings against this run, before anything is put back
         from trainer.persistence.resume_checks import check_against_run
 
         check_against_run(trainer, ckpt, path)
-    if sharded:
-        if "optimizer_states" not in ckpt:
-            raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training.")
-        strategy.load_sharded(path, module, trainer.optimizers)
-        hooks("on_load_checkpoint", ckpt)
-        _restore_rest(trainer, ckpt, path)
-        return
-    pages = getattr(ckpt, "pages", None)  # a memory-mapped file: copy into the live state piece by piece
-    load_weights_into(trainer.accelerator.unwrap_model(module), ckpt["state_dict"], path,
-                      strict=getattr(module, "strict_loading", True), pages=pages,
-                      writer=ckpt["metadata"].get("module"))
-    hooks("on_load_checkpoint", ckpt)
-    if "optimizer_states" not in ckpt:
-        raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
-                              "Load it with model.load_state_dict(...) and start a new fit instead.")
-    strict = getattr(module, "strict_loading", True)
-    for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
-        try:
-            opt.load_state_dict(state)
-        except ValueError as err:
-            if strict:
-                raise CheckpointError(f"{path!r}: the optimizer state does not fit this model's optimizer ({err}). "
-                                      "Was the checkpoint written for other parameters?") from None
-            warnings.warn(f"{path!r}: optimizer state skipped, it does not fit ({err}); strict_loading=False.",
-                          stacklevel=3)
-            continue
-        if pages is not None:
-            from trainer.strategies.mapped import own_optimizer_state
-
-            own_optimizer_state(opt, pages)
-        strategy.setup_optimizer(opt)
+    fmt.read(path, ckpt, _TrainerObjects(trainer, ckpt, path, hooks))  # weights and optimizer states
     _restore_rest(trainer, ckpt, path)
+
+
+class _TrainerObjects:
+    """The Trainer's module and optimizers, lent to the checkpoint format that reads them back
+    (``CheckpointObjects``): how a one-file checkpoint's header state goes in, with the Trainer's checks."""
+
+    def __init__(self, trainer: Any, ckpt: dict[str, Any], path: str, hooks: Any) -> None:
+        self.trainer, self.ckpt, self.path, self.hooks = trainer, ckpt, path, hooks
+        self.pages = getattr(ckpt, "pages", None)  # a memory-mapped file: copy into the live state piece by piece
+        self.strict = getattr(trainer.module, "strict_loading", True)
+
+    def shard_objects(self) -> tuple[Any, list[Any]]:
+        return self.trainer.module, self.trainer.optimizers
+
+    def weights(self) -> None:
+        load_weights_into(self.trainer.accelerator.unwrap_model(self.trainer.module), self.ckpt["state_dict"],
+                          self.path, strict=self.strict, pages=self.pages,
+                          writer=self.ckpt["metadata"].get("module"))
+
+    def loaded(self) -> None:
+        self.hooks("on_load_checkpoint", self.ckpt)
+
+    def optimizer_states(self) -> None:
+        path, pages = self.path, self.pages
+        if "optimizer_states" not in self.ckpt:
+            raise CheckpointError(f"{path!r} holds weights only (save_weights_only=True): it cannot resume training. "
+                                  "Load it with model.load_state_dict(...) and start a new fit instead.")
+        for opt, state in zip(self.trainer.optimizers, self.ckpt["optimizer_states"]):
+            try:
+                opt.load_state_dict(state)
+            except ValueError as err:
+                if self.strict:
+                    raise CheckpointError(f"{path!r}: the optimizer state does not fit this model's optimizer "
+                                          f"({err}). Was the checkpoint written for other parameters?") from None
+                warnings.warn(f"{path!r}: optimizer state skipped, it does not fit ({err}); strict_loading=False.",
+                              stacklevel=5)  # the caller of restore's caller, as before
+                continue
+            if pages is not None:
+                from trainer.strategies.mapped import own_optimizer_state
+
+                own_optimizer_state(opt, pages)
+            self.trainer.accelerator.strategy.setup_optimizer(opt)
 
 
 def _restore_rest(trainer: Any, ckpt: dict[str, Any], path: str) -> None:
@@ -420,11 +431,11 @@ def _refuse_foreign_directory(path: str) -> None:
 
 
 def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any]:
-    """``safe_load(path, mmap=mmap)``; for a sharded checkpoint directory also ``verify_sharded`` (no file would
-    unpickle code; sizes and CRC-32s as written, the CRC work split among the ranks). Every rank
-    gets the same verdict: if any rank finds a fault, all raise it."""
+    """``safe_load(path, mmap=mmap)``; for a checkpoint directory also ``verify_checkpoint`` by the format its
+    header records (no file would unpickle code; sizes and CRC-32s as written, the CRC work split among
+    the ranks). Every rank gets the same verdict: if any rank finds a fault, all raise it."""
+    from trainer.strategies.checkpoint_format import verify_checkpoint
     from trainer.strategies.checkpoint_io import CheckpointError, safe_load
-    from trainer.strategies.checkpoint_verify import verify_sharded
 
     ckpt: Any = None
     failure: BaseException | None = None
@@ -432,7 +443,7 @@ def read_verified(strategy: Any, path: str, mmap: bool = False) -> dict[str, Any
         _refuse_foreign_directory(path)
         ckpt = safe_load(path, mmap=mmap)
         if os.path.isdir(path) and isinstance(ckpt, dict):
-            verify_sharded(path, ckpt, strategy.global_rank, strategy.world_size)
+            verify_checkpoint(path, ckpt, strategy.global_rank, strategy.world_size)
     except (CheckpointError, FileNotFoundError) as err:
         failure = err
     if strategy.world_size > 1:

@@ -15,13 +15,9 @@ from trainer.logs.console import rank_zero_info, rank_zero_warn
 
 
 def save_checkpoint(trainer: Any, filepath: str, ckpt: dict[str, Any]) -> None:
-    """Write ``ckpt`` (``trainer.dump_checkpoint()``) to ``filepath`` through the strategy: atomically,
-    one file, or each process its own shards."""
-    strategy = trainer.accelerator.strategy
-    if strategy.sharded_format:  # each process writes its own shards
-        strategy.save_sharded(ckpt, str(filepath), trainer.module, trainer.optimizers)
-    else:
-        strategy.save_checkpoint(ckpt, str(filepath))
+    """Write ``ckpt`` (``trainer.dump_checkpoint()``) to ``filepath`` in the strategy's checkpoint format:
+    atomically, one file, or each process its own shards."""
+    trainer.accelerator.strategy.checkpoint_format.write(ckpt, str(filepath), trainer.module, trainer.optimizers)
 
 
 def finish_background_writes(trainer: Any) -> None:
@@ -85,15 +81,15 @@ def load_weights_for_eval(trainer: Any, path: str, hooks: Any) -> None:
     from trainer.strategies.checkpoint_io import safe_load
 
     strategy = trainer.accelerator.strategy
-    if strategy.sharded_format:
-        raise ValueError(f"ckpt_path={path!r} with {type(strategy).__name__}: loading a sharded checkpoint for "
-                         "evaluation is not supported. Merge it into plain weights (`trainer merge-weights`) and "
-                         "load them with model.load_state_dict before calling.")
-    ckpt = safe_load(path)
-    checkpoint.check_compatible(ckpt, path, strategy.world_size)
-    checkpoint.load_weights_into(trainer.accelerator.unwrap_model(trainer.module), ckpt["state_dict"], path,
-                                 strict=getattr(trainer.module, "strict_loading", True))
-    hooks.module("on_load_checkpoint", ckpt)
+
+    def from_file() -> None:  # the one file's weights (a format with shards refuses before this)
+        ckpt = safe_load(path)
+        checkpoint.check_compatible(ckpt, path, strategy.world_size)
+        checkpoint.load_weights_into(trainer.accelerator.unwrap_model(trainer.module), ckpt["state_dict"], path,
+                                     strict=getattr(trainer.module, "strict_loading", True))
+        hooks.module("on_load_checkpoint", ckpt)
+
+    strategy.checkpoint_format.read_weights(path, f"ckpt_path={path!r}", from_file)
 
 
 def save_on_preemption(trainer: Any) -> None:

@@ -225,12 +225,12 @@ def test_the_snapshot_a_background_write_takes_is_not_changed_by_training():
 
 
 def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, monkeypatch, make_trainer):
-    import trainer.callbacks.model_checkpoint as model_checkpoint
+    import trainer.strategies.checkpoint_format as checkpoint_format  # the one-file format's background writer
 
     def full_disk(obj, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_checkpoint, "atomic_save", full_disk)
+    monkeypatch.setattr(checkpoint_format, "atomic_save", full_disk)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
     with pytest.raises(RuntimeError, match=r"Writing the checkpoint .*step=2.ckpt in the background failed: "
                                            r"OSError: .*No space left on device.*async_save=False"):
@@ -241,7 +241,7 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path, mo
 def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tmp_path, monkeypatch, make_trainer):
     import threading
 
-    import trainer.callbacks.model_checkpoint as model_checkpoint
+    import trainer.strategies.checkpoint_format as checkpoint_format  # the one-file format's background writer
 
     release = threading.Event()
 
@@ -256,7 +256,7 @@ def test_a_training_error_waits_for_the_pending_write_and_carries_its_failure(tm
                 raise ValueError("boom at step 3")
             return super().training_step(batch, batch_idx)
 
-    monkeypatch.setattr(model_checkpoint, "atomic_save", slow_full_disk)
+    monkeypatch.setattr(checkpoint_format, "atomic_save", slow_full_disk)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, save_top_k=-1, async_save=True)
     trainer = make_trainer(default_root_dir=str(tmp_path), max_epochs=1, max_steps=6, callbacks=[ckpt])
     with pytest.raises(ValueError, match="boom at step 3") as caught:

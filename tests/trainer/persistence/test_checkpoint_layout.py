@@ -145,7 +145,7 @@ def test_load_from_checkpoint_takes_weights_from_a_mid_epoch_checkpoint_of_any_w
 
 
 def test_a_sharded_checkpoints_meta_needs_no_state_dict():
-    """save_sharded leaves the weights in the shards: meta.ckpt has no state_dict, and is whole."""
+    """A sharded format leaves the weights in the shards: meta.ckpt has no state_dict, and is whole."""
     from trainer.persistence.layout import check_layout
 
     check_layout({"format_version": 1, "metadata": {"world_size": 2}, "sharded": "fsdp-dcp"}, "meta.ckpt")
