@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from trainer.cli import config, env, launch, merge_weights, test
 
@@ -82,6 +82,37 @@ def _refuse_unknown(parser: argparse.ArgumentParser, argv: list[str], command: s
                  + f" `trainer {command} --help` lists the options.")
 
 
+class _ArgumentError(Exception):
+    """argparse's error for a command, held back until the unknown options of the line are known."""
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None) -> tuple[argparse.Namespace, list[str]]:
+    """``parse_known_args``, except that a line with a misspelt option is refused for that option (with the
+    closest spelling) and not for what argparse tripped on next: in ``trainer config --devise cpu`` the
+    value ``cpu`` would otherwise be read as the ``show`` action and refused as that."""
+    target = parser.commands.get(command) if command else None  # type: ignore[attr-defined]
+    if target is None:
+        return parser.parse_known_args(argv)
+
+    def hold(message: str) -> NoReturn:
+        raise _ArgumentError(message)
+
+    original = target.error
+    target.error = hold  # type: ignore[method-assign]
+    try:
+        return parser.parse_known_args(argv)
+    except _ArgumentError as err:
+        known = target._option_string_actions
+        misspelt = [a for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known
+                    and not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+        target.error = original  # type: ignore[method-assign]
+        if misspelt:
+            _refuse_unknown(parser, argv, command, misspelt)
+        target.error(str(err))
+    finally:
+        target.error = original  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # a config-driven stage (trainer_cli.py): fit/validate/predict, and `trainer test` given a run's config
@@ -94,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in COMMANDS and not {"-h", "--help"} & set(argv):
         _refuse_unknown(parser, argv, None, [first])
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = _parse(parser, argv, first)
     if unknown:
         _refuse_unknown(parser, argv, args.command, unknown)
     if args.command is None:

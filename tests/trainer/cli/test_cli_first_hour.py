@@ -28,6 +28,19 @@ def test_an_unknown_launch_option_prints_launchs_usage_and_the_closest_option(ca
     assert "trainer launch: error: unrecognized arguments: --num-proceses. Did you mean --num-processes?" in out
 
 
+def test_a_misspelt_config_option_with_a_value_is_refused_for_the_option(capsys, tmp_path):
+    """`--devise cpu`: argparse read `cpu` as the `show` action and refused that; the option is what is wrong."""
+    code, out = run(capsys, "config", "--config-file", str(tmp_path / "c.yaml"), "--devise", "cpu")
+    assert code == 2 and "usage: trainer config" in out
+    assert "trainer config: error: unrecognized arguments: --devise. Did you mean --device?" in out
+    assert "invalid choice" not in out and not (tmp_path / "c.yaml").exists()
+
+
+def test_a_bad_action_without_a_misspelt_option_keeps_argparses_message(capsys, tmp_path):
+    code, out = run(capsys, "config", "--config-file", str(tmp_path / "c.yaml"), "shwo")
+    assert code == 2 and "invalid choice: 'shwo'" in out
+
+
 def test_an_unknown_command_names_the_closest(capsys):
     code, out = run(capsys, "lauch", "train.py")
     assert code == 2 and "unknown command 'lauch'. Did you mean 'launch'?" in out
