@@ -18,6 +18,7 @@ from trainer.accelerate.state import ProcessDecorators
 from trainer.strategies import Strategy
 from trainer.strategies._util import apply_to_tensors
 from trainer.accelerate.wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
+from trainer.accelerate.prepared import PreparedObjects
 from trainer.accelerate.arguments import build_strategy, read_accelerate_args
 from trainer.engine.gradient_state import GradientState
 from trainer.accelerate.operations import DistributedType
@@ -99,11 +100,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         self.engine = StepEngine(self.strategy, gradient_accumulation_steps)
         self._state = ProcessState(self)
         self._step = 0  # micro-steps seen by accumulate()
-        self._models: list[torch.nn.Module] = []
-        self._optimizers: list[AcceleratedOptimizer] = []
-        self._schedulers: list[AcceleratedScheduler] = []
-        self._dataloaders: list[PreparedDataLoader] = []
-        self._custom_objects: list[Any] = []
+        self.prepared = PreparedObjects()  # what save_state writes and load_state restores, in order
         self._trigger = False
         self.trackers: list[Any] = []
         self._log_step = 0
@@ -111,6 +108,14 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         from trainer.accelerate.state import register_accelerator
 
         register_accelerator(self)  # what AcceleratorState() / GradientState() find
+
+    # Accelerate's private names of the prepared lists, which some Accelerate users' code reads
+    # (accelerator._models[0], len(accelerator._optimizers)): the very lists of the public registry
+    _models = property(lambda self: self.prepared.models)
+    _optimizers = property(lambda self: self.prepared.optimizers)
+    _schedulers = property(lambda self: self.prepared.schedulers)
+    _dataloaders = property(lambda self: self.prepared.dataloaders)
+    _custom_objects = property(lambda self: self.prepared.custom_objects)
 
     # -- who and where ----------------------------------------------------------------------
     @property
@@ -210,7 +215,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
     @property
     def optimizer_step_was_skipped(self) -> bool:
         """Whether the last optimizer step was skipped (16-mixed found inf/nan gradients)."""
-        return any(opt.step_was_skipped for opt in self._optimizers)
+        return any(opt.step_was_skipped for opt in self.prepared.optimizers)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` once per job (on the main process)."""
@@ -252,8 +257,8 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         return ready_models, ready_optimizers
 
     def _register_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if all(m is not model for m in self._models):
-            self._models.append(model)
+        if all(m is not model for m in self.prepared.models):
+            self.prepared.models.append(model)
         return model
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -263,8 +268,8 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         """For the Trainer: the prepared model and the callable that runs ``training_step``
         (``manual``: the module runs its own backward and steps, see trainer/loops/manual.py)."""
         model, step = self.strategy.setup_trainer_module(module, manual=manual)
-        if all(m is not module for m in self._models):
-            self._models.append(module)
+        if all(m is not module for m in self.prepared.models):
+            self.prepared.models.append(module)
         return model, step
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
@@ -274,13 +279,13 @@ class Accelerator(TrackingMixin, ProcessDecorators):
 
     def _wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> AcceleratedOptimizer:
         wrapped = AcceleratedOptimizer(optimizer, self)
-        self._optimizers.append(wrapped)
+        self.prepared.optimizers.append(wrapped)
         self.engine.plan(optimizers=[*self.engine.optimizers, optimizer])
         return wrapped
 
     def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
         wrapped = AcceleratedScheduler(scheduler, self)
-        self._schedulers.append(wrapped)
+        self.prepared.schedulers.append(wrapped)
         return wrapped
 
     def prepare_data_loader(self, loader: torch.utils.data.DataLoader) -> PreparedDataLoader:
@@ -306,7 +311,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
                                      dispatch_batches=config.dispatch_batches,
                                      use_seedable_sampler=config.use_seedable_sampler, data_seed=config.data_seed)
         prepared = PreparedDataLoader(loader, self)
-        self._dataloaders.append(prepared)
+        self.prepared.dataloaders.append(prepared)
         return prepared
 
     def batch_to_device(self, batch: Any) -> Any:
@@ -388,7 +393,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Undo loss scaling on the gradients (16-mixed) so they can be inspected or clipped."""
-        targets = [optimizer] if optimizer is not None else self._optimizers
+        targets = [optimizer] if optimizer is not None else self.prepared.optimizers
         for opt in targets:
             self.engine.unscale(getattr(opt, "optimizer", opt))
 
@@ -530,7 +535,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
 
         overridden: list[tuple[Any, bool]] = []
         if even_batches is not None:
-            for prepared in self._dataloaders:
+            for prepared in self.prepared.dataloaders:
                 shard = find_shard(prepared)
                 if isinstance(shard, BatchSamplerShard):
                     overridden.append((shard, shard.even_batches))
@@ -594,10 +599,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         ``model, optimizer = accelerator.free_memory(model, optimizer)``."""
         import gc
 
-        self._models.clear()
-        self._optimizers.clear()
-        self._schedulers.clear()
-        self._dataloaders.clear()
+        self.prepared.forget()
         self.engine.plan(optimizers=[])
         self.engine.reset_window()
         self.step = 0
@@ -626,7 +628,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
             if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
                 raise TypeError(f"register_for_checkpointing({obj!r:.80}): the object needs state_dict() and "
                                 "load_state_dict() methods.")
-            self._custom_objects.append(obj)
+            self.prepared.custom_objects.append(obj)
 
     def save_state(self, output_dir: str | None = None) -> str:
         """Save every prepared model, optimizer, scheduler, the gradient scaler, RNG states and

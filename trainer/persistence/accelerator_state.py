@@ -36,21 +36,22 @@ from trainer.strategies.checkpoint_links import file_in
 def save_state(accelerator: Any, output_dir: str) -> str:
     strategy = accelerator.strategy
     fmt = strategy.checkpoint_format  # which state the header holds and which its files (shards)
-    models = [fmt.module_state(accelerator.unwrap_model(m)) for m in accelerator._models]
+    models = [fmt.module_state(accelerator.unwrap_model(m)) for m in accelerator.prepared.models]
     state = {
         **header(strategy),
         "state_dict": models[0] if models else {},
-        "optimizer_states": fmt.optimizer_states(accelerator._optimizers),
-        "lr_schedulers": [s.scheduler.state_dict() for s in accelerator._schedulers],
+        "optimizer_states": fmt.optimizer_states(accelerator.prepared.optimizers),
+        "lr_schedulers": [s.scheduler.state_dict() for s in accelerator.prepared.schedulers],
         "precision": strategy.precision.state_dict(),
         "rng": dict(enumerate(strategy.all_gather_object(rng_states()))),  # every rank's
-        "accelerator": {"num_models": len(accelerator._models), "num_optimizers": len(accelerator._optimizers),
+        "accelerator": {"num_models": len(accelerator.prepared.models),
+                        "num_optimizers": len(accelerator.prepared.optimizers),
                         "models": models[1:],
-                        "custom": [obj.state_dict() for obj in accelerator._custom_objects],
+                        "custom": [obj.state_dict() for obj in accelerator.prepared.custom_objects],
                         "step": accelerator.step,
                         # every rank's: each prepared loader's epoch and the start states of its pass
                         "dataloaders": dict(enumerate(strategy.all_gather_object(
-                            [loader.state_dict() for loader in accelerator._dataloaders])))},
+                            [loader.state_dict() for loader in accelerator.prepared.dataloaders])))},
     }
     state = _paths_as_text(state)  # a Path in a registered object's state: its text (loads with weights_only)
     output_dir = os.path.abspath(output_dir)
@@ -70,26 +71,27 @@ class _AcceleratorObjects:
 
     def weights(self) -> None:
         accelerator, state = self.accelerator, self.state
-        weights = [state["state_dict"], *state["accelerator"]["models"]][:len(accelerator._models)]
-        for model, sd in zip(accelerator._models, weights):
+        weights = [state["state_dict"], *state["accelerator"]["models"]][:len(accelerator.prepared.models)]
+        for model, sd in zip(accelerator.prepared.models, weights):
             load_weights_into(accelerator.unwrap_model(model), sd, self.path, strict=self.strict)
 
     def loaded(self) -> None:
         return None
 
     def optimizer_states(self) -> None:
-        for opt, sd in zip(self.accelerator._optimizers, self.state["optimizer_states"]):
+        for opt, sd in zip(self.accelerator.prepared.optimizers, self.state["optimizer_states"]):
             opt.load_state_dict(sd)
             self.accelerator.strategy.setup_optimizer(opt.optimizer)
 
 
 def _sharded_objects(accelerator: Any) -> tuple[torch.nn.Module, list[torch.optim.Optimizer]]:
     """The one prepared model and its optimizers, whose state the strategy writes as shards."""
-    if len(accelerator._models) != 1:
+    if len(accelerator.prepared.models) != 1:
         raise CheckpointError(f"save_state/load_state with {type(accelerator.strategy).__name__} supports one prepared "
                               f"model (its optimizers are saved with it); this Accelerator has "
-                              f"{len(accelerator._models)}. Save each model's get_state_dict() yourself.")
-    return accelerator.unwrap_model(accelerator._models[0]), [o.optimizer for o in accelerator._optimizers]
+                              f"{len(accelerator.prepared.models)}. Save each model's get_state_dict() yourself.")
+    prepared = accelerator.prepared
+    return accelerator.unwrap_model(prepared.models[0]), [o.optimizer for o in prepared.optimizers]
 
 
 def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
@@ -124,9 +126,9 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
                               f"as {state.get('sharded') or 'one file'}; this Accelerator uses "
                               f"{type(strategy).__name__}. Load it with the strategy that saved it.")
     fmt.read(path, state, _AcceleratorObjects(accelerator, state, path, strict))
-    for sched, sd in zip(accelerator._schedulers, state["lr_schedulers"]):
+    for sched, sd in zip(accelerator.prepared.schedulers, state["lr_schedulers"]):
         sched.scheduler.load_state_dict(sd)
-    for obj, sd in zip(accelerator._custom_objects, state["accelerator"]["custom"]):
+    for obj, sd in zip(accelerator.prepared.custom_objects, state["accelerator"]["custom"]):
         obj.load_state_dict(sd)
     strategy.precision.load_state_dict(state["precision"])
     accelerator.step = state["accelerator"]["step"]
@@ -143,16 +145,16 @@ def _load_dataloaders(accelerator: Any, saved: dict[int, list[dict[str, Any]]], 
     own = saved.get(rank)
     if own is None and 0 in saved:
         own = [{"epoch": s["epoch"], "in_pass": False} for s in saved[0]]
-    for loader, loader_state in zip(accelerator._dataloaders, own or []):
+    for loader, loader_state in zip(accelerator.prepared.dataloaders, own or []):
         loader.load_state_dict(loader_state)
 
 
 def _check_counts(accelerator: Any, state: dict[str, Any], input_dir: str) -> None:
     own = state["accelerator"]
-    counts = {"models": (own["num_models"], len(accelerator._models)),
-              "optimizers": (own["num_optimizers"], len(accelerator._optimizers)),
-              "schedulers": (len(state["lr_schedulers"]), len(accelerator._schedulers)),
-              "custom": (len(own["custom"]), len(accelerator._custom_objects))}
+    counts = {"models": (own["num_models"], len(accelerator.prepared.models)),
+              "optimizers": (own["num_optimizers"], len(accelerator.prepared.optimizers)),
+              "schedulers": (len(state["lr_schedulers"]), len(accelerator.prepared.schedulers)),
+              "custom": (len(own["custom"]), len(accelerator.prepared.custom_objects))}
     for key, (saved, have) in counts.items():
         if saved != have:
             raise CheckpointError(
