@@ -195,6 +195,9 @@ class LocalProcesses:
     def explain_failure(self, err: BaseException) -> BaseException | None:
         return None
 
+    def forget_environment(self) -> None:
+        return None  # one process: nothing was read
+
 
 class ProcessGroup:
     """torch.distributed's default process group for one strategy.
@@ -242,6 +245,11 @@ class ProcessGroup:
         if self._environment is None:
             self._environment = detect_environment()
         return self._environment
+
+    def forget_environment(self) -> None:
+        """Read the cluster environment again at its next use: in a rank that ddp_fork/ddp_spawn just
+        started, where RANK/WORLD_SIZE/MASTER_* now say what the parent's environment did not."""
+        self._environment = None
 
     world_size = property(lambda self: self.environment.world_size)
     global_rank = property(lambda self: self.environment.global_rank)

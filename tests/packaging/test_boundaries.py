@@ -89,8 +89,6 @@ PRIVATE_ALLOWED = [
             ("cb._logging_module", "module._no_log_hook", "getattr(module, '_no_log_hook', None)")),
     Allowed("checkpoint restore reads the old state keys a callback answers to (EarlyStopping, ModelCheckpoint)",
             ("trainer/persistence/trainer_checkpoint.py",), ("getattr(cb, '_legacy_state_keys', ())",)),
-    Allowed("a forked rank makes the strategy's process group read the environment again",
-            ("trainer/engine/spawn.py",), ("hasattr(processes, '_environment')", "processes._environment")),
     Allowed("loops/wiring.py is the Trainer constructor's checks, split out of trainer.py for it alone",
             ("trainer/trainer.py",),
             tuple(f"import trainer.loops.wiring.{name}" for name in (

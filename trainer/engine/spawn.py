@@ -96,9 +96,7 @@ def _worker(rank: int, world: int, port: int, folder: str, trainer: Any, stage: 
                       GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ[SAVED_MARKERS_ENV] = folder  # a peer's SIGTERM after this rank failed ends it at once
     strategy = trainer.strategy
-    processes = strategy.processes
-    if hasattr(processes, "_environment"):
-        processes._environment = None  # read again: now a launched rank
+    strategy.processes.forget_environment()  # read again: now a launched rank
     try:
         strategy.setup()  # the Accelerator skipped it in the caller, which only starts workers
         result = getattr(trainer, stage)(*args, **kwargs)
