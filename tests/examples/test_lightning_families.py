@@ -65,6 +65,16 @@ def test_the_rename_table_comes_from_the_page_and_changes_only_names():
         "def f():\n    from trainer.cli import TrainerCLI\n    return TrainerCLI\n")
 
 
+def test_every_example_s_banner_call_has_a_counterpart(capsys):
+    """Lightning's examples start with cli_lightning_logo(): it renames to trainer.cli.cli_logo, one line."""
+    renamed = rename("from lightning.pytorch import Trainer, cli_lightning_logo\n\ncli_lightning_logo()\n")
+    assert renamed == "from trainer import Trainer\nfrom trainer.cli import cli_logo\n\ncli_logo()\n"
+    exec(compile(renamed, "<example>", "exec"), {})
+    from trainer import __version__
+
+    assert capsys.readouterr().out == f"trainer {__version__}\n"
+
+
 @pytest.mark.slow  # a subprocess: 5-8 s on a quiet machine, 20 s under load
 @pytest.mark.timeout(600)
 def test_autoencoder_through_the_cli_trains_and_tests_from_the_best_checkpoint(tmp_path):

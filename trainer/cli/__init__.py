@@ -16,10 +16,16 @@ from trainer.cli import config, env, launch, merge_weights, test
 
 
 def _version(args: argparse.Namespace) -> int:
+    cli_logo()
+    return 0
+
+
+def cli_logo() -> None:
+    """Print the package's name and version on one line: what a script's start-up banner is for (Lightning's
+    examples call ``cli_lightning_logo()`` first, which prints Lightning's ASCII logo)."""
     from trainer import __version__
 
     print(f"trainer {__version__}")
-    return 0
 
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
