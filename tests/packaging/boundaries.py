@@ -8,7 +8,7 @@ mutation must be caught, a clean snippet must not be).
    ``type(self)``, ``copy.copy(self)``, a local every assignment of which is one of those). The
    module's own (the module is the unit of privacy, as in Python's convention): ``Foo._x``,
    ``Foo()._x``, a local built from or annotated with ``Foo`` when ``Foo`` is defined in the module;
-   any object's ``_x`` when a class defined in the module declares ``_x`` (``other._x`` in
+   any object's ``_x`` when only classes defined in the module declare ``_x`` (``other._x`` in
    ``__eq__``); a private the module sets on an object it does not own and no class of ours declares
    (its marker: ``err._trainer_reported = True``). A package's own: a private module or name
    (``from trainer.strategies._util import f``) is usable by the code inside that package or module.
@@ -197,8 +197,8 @@ class _PrivateChecker(ast.NodeVisitor):
         self.tags = {n.attr for n in nodes if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
         self.tags |= {_constant_str(n.args[1]) or "" for n in nodes if isinstance(n, ast.Call)
                       and isinstance(n.func, ast.Name) and n.func.id == "setattr" and len(n.args) >= 2}
-        self.tags = {t for t in self.tags if is_private(t)} - members
-        self.own_members = class_members(source)  # the privates of the classes defined here
+        self.own_members = class_members(source) - members  # the privates only the classes defined here declare
+        self.tags = {t for t in self.tags if is_private(t)} - members - self.own_members
         self.module = module
         self.imports = _imports(nodes, module, is_package)
         self.own_defs = {n.name for n in nodes if isinstance(n, ast.ClassDef)}
@@ -404,9 +404,11 @@ def find_private_uses(source: str, module: str = "trainer.somewhere", is_package
                       foreign: frozenset[str] = frozenset(), members: frozenset[str] = frozenset()) -> list[Finding]:
     """``foreign``: private attribute names of third-party objects that are not ours to judge
     (``_orig_mod`` of torch.compile's wrapper); the caller checks that no code of ours declares them.
-    ``members``: the private names our classes declare (``class_members`` over the library); a private
-    this module sets on another object and no class declares is the module's own marker
-    (``err._trainer_reported = True``), which it may read and write, and no other module may."""
+    ``members``: the private names the classes of the *other* modules of the library declare
+    (``class_members``). A private that only this module's classes declare may be used on any object
+    here; one another module's class also declares (``_trainer`` of a loop and of the module) is
+    that object's, not this module's. A private this module sets on another object and no class
+    declares is the module's own marker (``err._trainer_reported = True``)."""
     checker = _PrivateChecker(source, module, is_package, foreign, members)
     checker.visit(checker.tree)
     return checker.found

@@ -10,6 +10,7 @@ lists only shrink: delete the entry (or the file from it) when its sites are gon
 from __future__ import annotations
 
 import ast
+import collections
 import functools
 from typing import Callable, NamedTuple
 
@@ -143,6 +144,14 @@ def _members() -> frozenset[str]:
     return frozenset(name for f in library() for name in class_members(f.text))
 
 
+@functools.lru_cache(maxsize=4)
+def _members_elsewhere(files: tuple[SourceFile, ...]) -> dict[str, frozenset[str]]:
+    """For each file, the private names the classes of the library's other files declare."""
+    declared = {f.path: class_members(f.text) for f in files}
+    count = collections.Counter(name for names in declared.values() for name in names)
+    return {path: frozenset(n for n in count if count[n] > (n in names)) for path, names in declared.items()}
+
+
 def _scan(finder: Callable[[SourceFile], list[Finding]], files: tuple[SourceFile, ...],
           allowed: list[Allowed]) -> tuple[list[str], list[str]]:
     """(findings no entry allows, entries that match nothing in one of their files)."""
@@ -159,18 +168,24 @@ def _scan(finder: Callable[[SourceFile], list[Finding]], files: tuple[SourceFile
     return new, stale
 
 
-def _private_scan() -> tuple[list[str], list[str]]:
-    members, foreign = _members(), frozenset(FOREIGN_PRIVATES)
-    return _scan(lambda f: find_private_uses(f.text, f.module, f.is_package, foreign, members), library(),
+def _private_scan(files: tuple[SourceFile, ...] | None = None) -> tuple[list[str], list[str]]:
+    files = files or library()
+    elsewhere, foreign = _members_elsewhere(files), frozenset(FOREIGN_PRIVATES)
+    return _scan(lambda f: _private_uses(f.text, f.module, f.is_package, foreign, elsewhere[f.path]), files,
                  PRIVATE_ALLOWED)
 
 
-def _dynamic_import_scan() -> tuple[list[str], list[str]]:
-    return _scan(lambda f: find_dynamic_imports(f.text), library(), DYNAMIC_IMPORTS_ALLOWED)
+@functools.lru_cache(maxsize=1024)
+def _private_uses(*args: object) -> list[Finding]:  # the library is scanned once for several tests
+    return find_private_uses(*args)  # type: ignore[arg-type]
 
 
-def _strategy_scan() -> tuple[list[str], list[str]]:
-    outside = tuple(f for f in library() if not f.module.startswith("trainer.strategies"))
+def _dynamic_import_scan(files: tuple[SourceFile, ...] | None = None) -> tuple[list[str], list[str]]:
+    return _scan(lambda f: find_dynamic_imports(f.text), files or library(), DYNAMIC_IMPORTS_ALLOWED)
+
+
+def _strategy_scan(files: tuple[SourceFile, ...] | None = None) -> tuple[list[str], list[str]]:
+    outside = tuple(f for f in files or library() if not f.module.startswith("trainer.strategies"))
     return _scan(lambda f: find_strategy_tests(f.text), outside, STRATEGY_TESTS_ALLOWED)
 
 
@@ -229,6 +244,26 @@ def test_the_vocabulary_names_every_registered_strategy_and_kind():
 
 # --- each checker catches its mutations -------------------------------------------------------------
 
+# issue 26's mutations that the earlier tests let pass, written into a real file of the library
+LIBRARY_MUTATIONS = {
+    "aliasing": (_private_scan, "trainer/loops/fit_loop.py",
+                 "def probe(trainer):\n    t = trainer\n    return t._metrics\n", "t._metrics"),
+    "the Accelerator's privates": (_private_scan, "trainer/persistence/accelerator_state.py",
+                                   "def probe(accelerator):\n    return accelerator._models\n", "accelerator._models"),
+    "a kind tuple": (_strategy_scan, "callbacks/model_checkpoint.py",
+                     "def probe(kind):\n    return kind in ('DEEPSPEED', 'FSDP')\n", "kind in ('DEEPSPEED', 'FSDP')"),
+    "import_module": (_dynamic_import_scan, "trainer/accelerate/accelerator.py",
+                      "def probe(name):\n    import importlib\n    return importlib.import_module(name)\n", "probe"),
+}
+
+
+@pytest.mark.parametrize("name", LIBRARY_MUTATIONS)
+def test_a_mutation_written_into_the_library_fails_the_scan(name):
+    scan, path, code, text = LIBRARY_MUTATIONS[name]
+    files = tuple(f._replace(text=f"{f.text}\n\n{code}") if f.path == path else f for f in library())
+    new, _ = scan(files)
+    assert any(line.startswith(f"{path}:") and line.endswith(f": {text}") for line in new), new
+
 PRIVATE_MUTATIONS = {
     "an alias of the trainer": "def f(trainer):\n    t = trainer\n    return t._metrics\n",
     "an alias of an attribute": "class A:\n    def f(self):\n        t = self.trainer\n        return t._metrics\n",
@@ -246,6 +281,9 @@ PRIVATE_MUTATIONS = {
     "a private of an imported class": "from trainer.accelerate.accelerator import Accelerator\nAccelerator._check()\n",
     "a private of an imported module": "import trainer.loops.hooks as hooks\nhooks._add_note(1, 2)\n",
     "another class's private, written": "def f(module):\n    module._no_log_hook = None\n",  # M declares it
+    "a private declared here and by another module's class":
+        "class Loop:\n    def __init__(self, trainer):\n        self._trainer = trainer\n\n"
+        "    def attach(self, module):\n        module._trainer = self._trainer\n",
 }
 
 PRIVATE_CLEAN = {
@@ -263,6 +301,8 @@ PRIVATE_CLEAN = {
     "a third-party module": "import torch\nimport sys\ntorch._dynamo.reset()\nsys._getframe()\n",
     "a named tuple's API": "def f(batch):\n    return batch._fields, batch._asdict()\n",
     "this module's own marker": "def f(err):\n    err._reported = True\n    return getattr(err, '_reported')\n",
+    "another instance of the module's class": "class A:\n    def __init__(self):\n        self._x = 1\n\n"
+                                              "    def __eq__(self, other):\n        return self._x == other._x\n",
     "a public attribute": "def f(trainer):\n    t = trainer\n    return t.global_step, trainer.__class__\n",
     "a private module inside its package": "from trainer.strategies._util import quoted\n",
 }
@@ -271,7 +311,7 @@ PRIVATE_CLEAN = {
 @pytest.mark.parametrize("name", PRIVATE_MUTATIONS)
 def test_the_private_checker_catches(name):
     module = "trainer.strategies.ddp" if "inside its package" in name else "trainer.persistence.accelerator_state"
-    members = frozenset({"_no_log_hook", "_results"})
+    members = frozenset({"_no_log_hook", "_results", "_trainer"})  # declared by classes of other modules
     assert find_private_uses(PRIVATE_MUTATIONS[name], module, members=members), name
 
 
