@@ -7,7 +7,8 @@ each batch is fetched (before the loop looks one batch ahead), kept with the bat
 the checkpoint (``loops.loader_positions``, one per rank). A resume inside the epoch loads it, so
 the loader reads only what was not trained. Any other iterable is resumed by reading and discarding
 the trained batches again (data_position.py), and the resume says so once, with the count.
-Positions saved inside an epoch by another number of processes are refused with the reason.
+Positions saved inside an epoch by another number of processes: the rest of the epoch is re-dealt when
+the dataset says how it is sharded (sharded_stream.py), else refused with the reason.
 """
 
 from __future__ import annotations
@@ -74,20 +75,19 @@ def gather_positions(trainer: Any) -> dict[int, Any] | None:
 
 
 def position_to_resume(trainer: Any, ckpt: dict[str, Any], path: str) -> Any:
-    """This rank's saved loader position, when the checkpoint has one for this number of processes."""
+    """This rank's saved loader position, when the checkpoint has one for this number of processes.
+    Saved inside an epoch by another number (or inside a rest re-dealt before), the rest of the epoch
+    is re-dealt instead (sharded_stream.py): the loop is told so (``resume_stream``) and None returned."""
+    from trainer.data.sharded_stream import pending_rest
+
     loops = ckpt.get("loops") or {}
     positions = loops.get("loader_positions")
+    saved_world = (ckpt.get("metadata") or {}).get("world_size", 1)
+    pending = pending_rest(loops, path, saved_world, trainer.accelerator.strategy.world_size)
+    if pending is not None:
+        trainer.fit_loop.resume_stream = pending
+        trainer.fit_loop.resume_order = None  # not an order to replay by index (reshard.py)
+        return None
     if not positions or not loops.get("batch_idx") or loops.get("epoch_trained"):
         return None
-    saved_world = (ckpt.get("metadata") or {}).get("world_size", 1)
-    world = trainer.accelerator.strategy.world_size
-    if saved_world != world:
-        from trainer.strategies.checkpoint_errors import CheckpointError
-
-        raise CheckpointError(
-            f"{path!r} was saved inside epoch {loops.get('current_epoch')} (batch_idx {loops['batch_idx']}) with the "
-            f"training loader's own position on each of {saved_world} process(es); this run has {world}. A position "
-            "belongs to one process's stream (its share of the shards, its workers' places in them), so they cannot "
-            f"be dealt over {world}. Resume with {saved_world} process(es), or from a checkpoint taken at an epoch "
-            "end (ModelCheckpoint(save_on_train_epoch_end=True)).")
     return positions.get(trainer.accelerator.strategy.global_rank)

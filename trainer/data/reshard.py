@@ -20,7 +20,7 @@ over ranks is the mean over the global batch: a step equals one process training
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler,
                               SequentialSampler)
@@ -28,6 +28,8 @@ from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, Iter
 from trainer.strategies.checkpoint_io import CheckpointError
 from trainer.data.data_position import order_generators, loader_kwargs, restore_epoch_start, rng_states, set_rng_states
 
+
+T = TypeVar("T")  # a sample: an index (map-style), a (shard, index) address (sharded_stream.py)
 
 def distributed_order(n: int, world_size: int, batch_size: int, drop_last: bool, shuffle: bool, seed: int,
                       epoch: int) -> list[int]:
@@ -64,7 +66,7 @@ def replayed_order(n: int, batch_size: int, drop_last: bool, shuffle: bool, gene
             gen.set_state(state)
 
 
-def deal(remaining: list[int], world_size: int, batch_size: int) -> list[list[list[int]]]:
+def deal(remaining: list[T], world_size: int, batch_size: int) -> list[list[list[T]]]:
     """``steps[j][r]``: rank ``r``'s batch at step ``j`` (see the module docstring)."""
     size = world_size * batch_size
     chunks = [remaining[i:i + size] for i in range(0, len(remaining), size)]
@@ -76,14 +78,14 @@ def deal(remaining: list[int], world_size: int, batch_size: int) -> list[list[li
     return [_split(chunk, world_size) for chunk in chunks]
 
 
-def _split(chunk: list[int], parts: int) -> list[list[int]]:
+def _split(chunk: list[T], parts: int) -> list[list[T]]:
     """``chunk`` in ``parts`` consecutive runs whose lengths differ by at most one."""
     size, extra = divmod(len(chunk), parts)
     bounds = [r * size + min(r, extra) for r in range(parts + 1)]
     return [chunk[bounds[r]:bounds[r + 1]] for r in range(parts)]
 
 
-def loss_shares(steps: list[list[list[int]]], rank: int, accumulation: int) -> list[float]:
+def loss_shares(steps: list[list[list[Any]]], rank: int, accumulation: int) -> list[float]:
     """Per step, the factor on rank ``rank``'s loss: ``world_size x its items / all items`` of its
     accumulation window (1.0 wherever every rank holds as many items)."""
     shares = []
@@ -95,7 +97,7 @@ def loss_shares(steps: list[list[list[int]]], rank: int, accumulation: int) -> l
     return shares
 
 
-def item_weights(steps: list[list[list[int]]], accumulation: int) -> list[float | None]:
+def item_weights(steps: list[list[list[Any]]], accumulation: int) -> list[float | None]:
     """Per step, each sample's weight in the mean over its accumulation window on every rank (world size /
     the window's items: DDP's average then gives the global mean), for the windows whose ranks hold
     uneven items; None for the others (every rank's local mean is already its share)."""
@@ -129,6 +131,8 @@ class _Batches(Sampler[list[int]]):
 class Reshard:
     """The rest of an epoch re-dealt over this run's processes."""
 
+    checkpoint_key = "epoch_order"  # where a checkpoint inside it records its origin (the loop writes state())
+
     def __init__(self, origin: dict[str, Any], order: list[int], steps: list[list[list[int]]], rank: int,
                  accumulation: int, epoch: int, start: int) -> None:
         self.origin, self.order, self.steps, self.epoch, self.start = origin, order, steps, epoch, start
@@ -152,13 +156,17 @@ class Reshard:
         return DataLoader(loader.dataset, batch_sampler=_Batches(self.batches[batch_idx - self.start:]), **kwargs)
 
     def weighted(self, items: Any, engine: Any, batch_idx: int) -> Iterator[Any]:
-        """``items`` with the engine's item weight set for each as the loop takes it."""
-        try:
-            for weight, item in zip(self.weights[batch_idx - self.start:], items):
-                engine.weigh_items(weight)
-                yield item
-        finally:
-            engine.weigh_items(None)
+        return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
+
+
+def with_item_weights(items: Any, weights: list[float | None], engine: Any) -> Iterator[Any]:
+    """``items`` with the engine's item weight set for each as the loop takes it."""
+    try:
+        for weight, item in zip(weights, items):
+            engine.weigh_items(weight)
+            yield item
+    finally:
+        engine.weigh_items(None)
 
 
 def _first_occurrences(indices: Any) -> list[int]:
@@ -174,7 +182,10 @@ def _sampling(loader: Any) -> tuple[bool, int | None]:
     order cannot be rebuilt."""
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         raise _cannot(f"the training data is {type(getattr(loader, 'dataset', loader)).__name__}, whose order "
-                      "cannot be replayed by index (an iterable dataset may yield another sequence when read again)")
+                      "cannot be replayed by index (an iterable dataset may yield another sequence when read again; one "
+                      "sharded by files or ranges is re-dealt when it follows the sharded-stream protocol of "
+                      "trainer/data/sharded_stream.py and its loader saves its position: torchdata's "
+                      "StatefulDataLoader, or num_workers=0)")
     if loader.batch_sampler is None or type(loader.batch_sampler) is not BatchSampler or loader.batch_size is None:
         raise _cannot(f"the training DataLoader uses a custom batch sampler "
                       f"({type(loader.batch_sampler).__name__}), which cannot be re-dealt")

@@ -69,7 +69,8 @@ class FitLoop:
         self.epoch_start_rng: dict | None = None  # what decided the current epoch's data order
         self.resume_rng: dict | None = None  # RNG states to put back when a resumed loop starts
         self.resume_order: dict | None = None  # a checkpoint's epoch to re-deal over this run's processes
-        self.reshard: Any = None             # ... and its re-dealt rest (reshard.py)
+        self.resume_stream: dict | None = None  # a checkpoint's stream epoch to re-deal by its shards
+        self.reshard: Any = None             # ... and its re-dealt rest (reshard.py, sharded_stream.py)
         self.loader_position: Any = None     # the training loader's own saved position after the batch in hand
         self.resume_loader_position: Any = None  # ... as a checkpoint holds it, to load at the resume (loader_state.py)
         self.preempted = False               # SIGTERM arrived (preemption.py sets it)
@@ -116,7 +117,7 @@ class FitLoop:
             "data_seed": default_data_seed(),
         }
         if reshard is not None:  # this epoch's rest was re-dealt: its order is the one that started it
-            loops["epoch_order"] = reshard.state(state.batch_idx)
+            loops[reshard.checkpoint_key] = reshard.state(state.batch_idx)
         return loops
 
     def load_state_dict(self, loops: dict[str, Any]) -> None:
@@ -207,6 +208,8 @@ class FitLoop:
         trainer, state, hooks, data = self.trainer, self.state, self.hooks, self.data
         if self.resume_order is not None:  # before anything runs: a rest that cannot be re-dealt is refused
             self._reshard_epoch(train_loader)
+        if self.resume_stream is not None:  # the same, for a stream sharded by files or ranges
+            self._restream_epoch(train_loader)
         num_batches = data.count_train_batches(train_loader)
         for loader in val_loaders:  # an empty or unusable val loader fails now, not after an epoch
             data.eval_limit("validate", loader)
@@ -324,6 +327,20 @@ class FitLoop:
                        f"{self.state.current_epoch}: its remaining {len(self.reshard.order) - self.reshard.origin['consumed']}"
                        f" sample(s) are dealt over {world} in {len(self.reshard.steps)} step(s) of up to "
                        f"{world} x {train_loader.batch_size}.")
+
+    def _restream_epoch(self, train_loader: Any) -> None:
+        """The checkpoint stopped inside a stream's epoch on another number of processes (or inside a rest
+        re-dealt before): deal the samples no rank trained over this run's processes."""
+        from trainer.data.sharded_stream import plan_stream_resume
+
+        pending, self.resume_stream = self.resume_stream, None
+        assert pending is not None  # run() calls this when a checkpoint's stream epoch waits
+        self.reshard = plan_stream_resume(self, train_loader, pending)
+        self.loader_position = None  # the rest's place is the loop's (StreamRest.state), not the loader's
+        if self.reshard is None:
+            self.state.epoch_trained = True  # nothing of it remains
+        else:
+            self.state.batch_idx = self.reshard.start
 
     def _make_splitter(self) -> Any:
         """``Trainer(oom_split=True)``: the splitter, and the strategy's ``training_step`` without sync."""

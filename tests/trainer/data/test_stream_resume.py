@@ -3,6 +3,7 @@ over local tar shards (examples/tar_shards.py) with 2 loader worker processes, a
 in the main process, are saved in the checkpoint and restored, so the resumed run reads only the
 samples it has not trained and ends on the uninterrupted run's weights. A plain DataLoader over the
 same stream falls back to reading the trained part again, and the resume says so with the count.
+On another number of processes the rest of the epoch is re-dealt: test_sharded_stream.py.
 """
 
 from __future__ import annotations
@@ -88,31 +89,6 @@ def test_a_resumed_stream_reads_only_what_it_has_not_trained(tmp_path, kind, cap
     else:  # only the rest of the interrupted epoch, then the next epoch
         assert _reads(tmp_path / "resumed.log") == 2 * SHARDS * PER_SHARD - trained_before
         assert not said
-
-
-def _resume_on_two(run_dir: str, shards: list[str]) -> str:
-    from trainer.strategies.checkpoint_errors import CheckpointError
-
-    trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      default_root_dir=run_dir, accelerator="cpu", strategy="ddp")
-    loader = stateful.StatefulDataLoader(TarShardStream(shards), batch_size=BATCH)
-    try:
-        trainer.fit(Net(), loader, ckpt_path="last")
-    except CheckpointError as err:
-        return str(err)
-    return "resumed"
-
-
-@pytest.mark.slow
-def test_positions_saved_by_one_process_are_refused_on_two_with_the_reason(tmp_path):
-    from tests.helpers.distributed import run_distributed
-
-    shards = write_shards(tmp_path / "shards", SHARDS, PER_SHARD)
-    _fit(tmp_path, "stateful, 2 workers", shards, tmp_path / "first.log", "run", crash=True)
-    said = run_distributed(_resume_on_two, run_dir=str(tmp_path / "run"), shards=shards)
-    for message in said:
-        assert "with the training loader's own position on each of 1 process(es); this run has 2" in message, message
-        assert "Resume with 1 process(es), or from a checkpoint taken at an epoch end" in message
 
 
 def _two_ranks(tmp: str, shards: list[str]) -> dict:
