@@ -407,7 +407,7 @@ class DeepSpeedFormat(ShardedFormat):
         real = checkpoint_directory(path)  # no link leads out of it: zero_to_fp32 opens what was checked
         verify_deepspeed(real)  # zero_to_fp32 loads with weights_only=False
         state = get_fp32_state_dict_from_zero_checkpoint(real, tag="engine")
-        prefix = "module."  # the engine wraps the module in _StepForward
+        prefix = "module."  # the engine wraps the module in StepForward
         return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 

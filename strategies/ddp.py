@@ -16,9 +16,9 @@ from .process_group import DDP_MODULES, ProcessGroup
 from .strategy import Strategy
 
 
-class _StepForward(torch.nn.Module):
+class StepForward(torch.nn.Module):
     """Routes ``training_step`` through DDP's ``forward``, which is what arms the gradient
-    all-reduce for the backward that follows."""
+    all-reduce for the backward that follows (DeepSpeed's engine wraps the module in it too)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
@@ -115,7 +115,7 @@ class DDPStrategy(Strategy):
     def setup_trainer_module(self, module: torch.nn.Module, manual: bool = False) -> tuple[torch.nn.Module, Callable]:
         key = (id(module), manual)
         if key not in self._wrapped:
-            model = self._ddp(_StepForward(self.precision.convert_module(module.to(self.root_device))))
+            model = self._ddp(StepForward(self.precision.convert_module(module.to(self.root_device))))
             # manual optimization runs any number of backward calls per step: DDP's reducer (armed by its
             # forward for exactly one) stays idle, and manual_backward averages the gradients itself
             step = cast(Callable[..., Any], module.training_step) if manual else functools.partial(model, "training_step")
@@ -138,7 +138,7 @@ class DDPStrategy(Strategy):
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):
             module = module.module
-        return module.module if isinstance(module, _StepForward) else module
+        return module.module if isinstance(module, StepForward) else module
 
     def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):

@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, Iterable, cast
 
 import torch
 
-from .ddp import _StepForward
+from .ddp import StepForward
 from .driver import STEPPED, Driver, StepResult, WindowFix
 from .checkpoint_format import CheckpointFormat, DeepSpeedFormat
 from .environment import ClusterEnvironment
@@ -226,14 +226,14 @@ class DeepSpeedStrategy(Strategy):
             raise RuntimeError("DeepSpeedStrategy: the module must be set up before its optimizer.")
         config = self.ds_config()
         self._check_offload_optimizer(optimizer, config)
-        self.engine, _, _, _ = _initialize(deepspeed, self.root_device, model=_StepForward(self._module),
+        self.engine, _, _, _ = _initialize(deepspeed, self.root_device, model=StepForward(self._module),
                                            optimizer=optimizer, config=config)
         return optimizer
 
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         inner = getattr(module, "module", None) if type(module).__name__ == "DeepSpeedEngine" else None
         module = inner if inner is not None else module
-        return module.module if isinstance(module, _StepForward) else module
+        return module.module if isinstance(module, StepForward) else module
 
     def batch_to_device(self, batch: Any) -> Any:
         batch = super().batch_to_device(batch)

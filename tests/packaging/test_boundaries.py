@@ -102,8 +102,6 @@ PRIVATE_ALLOWED = [
             ("import trainer.persistence.trainer_checkpoint._paths_as_text",)),
     Allowed("the trackers reuse the CSV logger's value formatting (same package)",
             ("callbacks/trackers.py",), ("import trainer.callbacks.logger._plain",)),
-    Allowed("DeepSpeed's engine forward reuses DDP's step-forward wrapper (same package)",
-            ("strategies/deepspeed.py",), ("import trainer.strategies.ddp._StepForward",)),
 ]
 
 # --- rule 2: dynamic imports -------------------------------------------------------------------------
