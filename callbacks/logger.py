@@ -79,6 +79,19 @@ class BackgroundWriter:
         if raise_errors:
             self.raise_error()
 
+    def stop(self) -> None:
+        """End the writer thread now, once what is queued ran (rather than after its idle second): the end
+        of a stage leaves no thread of ours behind. The next ``submit`` starts a new one."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            thread = self._thread
+            if thread is None or thread is threading.current_thread():
+                return
+            self._thread = None
+            self._queue.put(_STOP)  # behind every queued call; a new thread takes what is queued after it
+        thread.join()
+
     def raise_error(self) -> None:
         if self._error is None:
             return
@@ -99,6 +112,8 @@ class BackgroundWriter:
                         self._thread = None
                         return
                 continue
+            if item is _STOP:
+                return
             if isinstance(item, threading.Event):
                 item.set()
                 continue
@@ -113,6 +128,9 @@ class BackgroundWriter:
             finally:
                 self._done += 1
             del fn, args, kwargs, item  # no reference to the row outlives its write
+
+
+_STOP = object()  # BackgroundWriter.stop's sentinel
 
 
 def _add_note(err: BaseException, note: str) -> None:
@@ -196,6 +214,7 @@ class Logger(Callback):
 
     def teardown(self, trainer: Any, module: Any, stage: str) -> None:
         self.flush_writes()  # nothing is left queued past a stage (its end and on_exception waited already)
+        self.background_writer.stop()  # nor a thread: it would outlive the stage by its idle second
 
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         if trainer.is_global_zero:

@@ -26,11 +26,46 @@ def _number(value: Any) -> Any:
     return value
 
 
+def default_dirpath(trainer: TrainerView) -> tuple[str, bool]:
+    """Where a ModelCheckpoint without ``dirpath`` writes (Lightning's rule): the first logger's run folder
+    ``<save_dir>/<name>/<version>/checkpoints`` (``version_<N>`` for an int version; the Trainer's
+    ``default_root_dir`` for a logger without a save_dir), or ``<default_root_dir>/checkpoints`` without a
+    logger (or one with no name or version). Also whether it is a logger's run folder."""
+    root = os.fspath(trainer.default_root_dir)
+    logger = trainer.loggers[0] if trainer.loggers else None
+    name = getattr(logger, "name", None)
+    version = getattr(logger, "version", None) if name is not None else None
+    if logger is None or name is None or version is None:
+        return os.path.join(root, "checkpoints"), False
+    save_dir = getattr(logger, "save_dir", None) or root
+    version = version if isinstance(version, str) else f"version_{version}"
+    return os.path.join(os.fspath(save_dir), str(name), version, "checkpoints"), True
+
+
+def earlier_run_dirpaths(callback: Any) -> list[str]:
+    """The checkpoint folders of the earlier runs beside a ModelCheckpoint's default, logger-derived
+    ``dirpath`` (``<save_dir>/<name>/*/checkpoints``), newest first; none for a ``dirpath`` the user
+    gave or ``<default_root_dir>/checkpoints``. A new run logs to a new version, so this is where
+    ``fit(ckpt_path="last")`` finds what the run before it wrote."""
+    dirpath = getattr(callback, "dirpath", None)
+    if not dirpath or not getattr(callback, "_dirpath_from_logger", False):
+        return []
+    runs = os.path.dirname(os.path.dirname(dirpath))
+    if not os.path.isdir(runs):
+        return []
+    found = [os.path.join(runs, d, "checkpoints") for d in os.listdir(runs)]
+    found = [d for d in found if d != dirpath and os.path.isdir(d)]
+    return sorted(found, key=os.path.getmtime, reverse=True)
+
+
 class ModelCheckpoint(Callback):
     """Save checkpoints during ``fit``.
 
     Args:
-        dirpath: where to write; default ``<default_root_dir>/checkpoints``.
+        dirpath: where to write; default, as in Lightning, the first logger's run folder
+            ``<save_dir>/<name>/version_N/checkpoints`` (``<name>/<version>/checkpoints`` for a
+            version given as a string), or ``<default_root_dir>/checkpoints`` without a logger.
+            ``fit(ckpt_path="last")`` also looks in the earlier runs' folders beside it.
         filename: a template such as ``"epoch={epoch}-step={step}-{val/loss:.3f}"``; a field not
             already written as ``name=`` gets it inserted (``{val/loss:.3f}`` -> ``val_loss=0.123``);
             ``/`` in names becomes ``_``. Default ``"epoch={epoch}-step={step}"``.
@@ -110,7 +145,8 @@ class ModelCheckpoint(Callback):
                                             "either way).")
         if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
             raise MisconfigurationException(f"ModelCheckpoint(dirpath={dirpath!r}): expected a directory path (str or "
-                                            "pathlib.Path), or None for <default_root_dir>/checkpoints.")
+                                            "pathlib.Path), or None for the logger's run folder "
+                                            "(<default_root_dir>/checkpoints without a logger).")
         if dirpath is not None:  # a Path, "~/ckpts": plain absolute text (what checkpoints and comparisons hold)
             dirpath = os.path.abspath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath, self.filename, self.monitor, self.mode = dirpath, filename, monitor, mode
@@ -133,6 +169,7 @@ class ModelCheckpoint(Callback):
         self._last_time_saved = time.monotonic()
         self._saw_validation = False
         self._locked = False
+        self._dirpath_from_logger = False  # dirpath=None: set at setup, to the logger's run folder if there is one
         self._last_saved_step = -1  # the global_step last.ckpt was last written at
         self._replaced_last: str | None = None  # a previous last file to remove once the new one is whole
 
@@ -157,7 +194,8 @@ class ModelCheckpoint(Callback):
             strategy.checkpoint_format.require_staging("ModelCheckpoint(async_save=True)",
                                                        "Use ModelCheckpoint(async_save=False) with this strategy.")
         if self.dirpath is None:
-            self.dirpath = os.path.join(os.fspath(trainer.default_root_dir), "checkpoints")
+            dirpath, self._dirpath_from_logger = default_dirpath(trainer)
+            self.dirpath = strategy.broadcast(dirpath) if strategy.world_size > 1 else dirpath  # rank zero's version
         self.dirpath = os.path.abspath(os.path.expanduser(os.fspath(self.dirpath)))
         if stage == "fit" and trainer.is_global_zero and not self._locked:
             lock_directory(self.dirpath)  # one writing run per directory (it cleans temporaries on resume)

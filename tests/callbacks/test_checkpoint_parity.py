@@ -417,3 +417,48 @@ def test_accelerator_save_state_with_a_path_in_a_registered_object_loads_safely(
     again.register_for_checkpointing(restored)
     again.load_state(out)
     assert restored.path == str(tmp_path / "data") and model is not None
+
+
+# -- the default dirpath is the first logger's run folder (Lightning's rule) -------------------------------
+
+@pytest.mark.parametrize("version, folder", [(None, "version_0"), (3, "version_3"), ("named", "named")])
+def test_the_default_dirpath_is_the_loggers_run_folder(version, folder, tmp_path, make_trainer):
+    from trainer.callbacks import CSVLogger
+
+    logger = CSVLogger(tmp_path / "logs", name="exp", version=version)
+    trainer = _fit(make_trainer(max_epochs=1, default_root_dir=tmp_path / "root", logger=logger))
+    expected = os.path.join(str(tmp_path / "logs"), "exp", folder, "checkpoints")
+    assert trainer.checkpoint_callback.dirpath == expected
+    assert os.path.dirname(trainer.checkpoint_callback.best_model_path) == expected
+    assert not (tmp_path / "root" / "checkpoints").exists()
+
+
+def test_without_a_logger_the_default_dirpath_is_the_roots(tmp_path, make_trainer):
+    trainer = _fit(make_trainer(max_epochs=1, default_root_dir=tmp_path, logger=False))
+    assert trainer.checkpoint_callback.dirpath == str(tmp_path / "checkpoints")
+
+
+def test_csv_logger_default_name_is_lightnings(tmp_path):
+    from trainer.callbacks import CSVLogger
+
+    assert CSVLogger(tmp_path).log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
+
+
+def test_a_new_run_resumes_last_from_the_earlier_runs_version_folder(tmp_path, make_trainer):
+    """Each run logs to a new version, so its checkpoint folder is new; ckpt_path="last" (the same command
+    for the first run and every restart) finds what the run before wrote in its own version's folder."""
+    from trainer.callbacks import CSVLogger
+
+    def run(max_epochs):
+        trainer = make_trainer(max_epochs=max_epochs, default_root_dir=tmp_path, logger=CSVLogger(tmp_path),
+                               callbacks=[ModelCheckpoint(save_last=True)])
+        return _fit(trainer, ckpt_path="last")
+
+    first = run(1)
+    assert first.checkpoint_callback.dirpath.endswith(os.path.join("lightning_logs", "version_0", "checkpoints"))
+    second = run(2)
+    assert second.checkpoint_callback.dirpath.endswith(os.path.join("version_1", "checkpoints"))
+    assert second.global_step == 2 * first.global_step  # resumed after the first epoch: one more epoch ran
+    assert os.path.exists(os.path.join(second.checkpoint_callback.dirpath, "last.ckpt"))
+    third = run(3)  # the newest of the earlier runs' (version_1's), not the first's
+    assert third.global_step == 3 * first.global_step

@@ -208,8 +208,8 @@ def _rank_zero_worker(root):
 def test_with_two_processes_only_rank_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read the workers' file store here
     run_distributed(_rank_zero_worker, root=str(tmp_path))
-    assert len(glob.glob(str(tmp_path / "runs" / "default" / "*" / "events.out.tfevents.*"))) == 1
-    assert len(glob.glob(str(tmp_path / "runs" / "default" / "*" / "metrics.csv"))) == 1
+    assert len(glob.glob(str(tmp_path / "runs" / "lightning_logs" / "*" / "events.out.tfevents.*"))) == 1
+    assert len(glob.glob(str(tmp_path / "runs" / "lightning_logs" / "*" / "metrics.csv"))) == 1
     assert len(glob.glob(str(tmp_path / "runs" / "wandb" / "offline-run-*"))) == 1
     from mlflow.tracking import MlflowClient
 

@@ -32,13 +32,14 @@ def _run_example(tmp_path, *extra, stage="fit", module=False):
 def test_the_example_runs_from_its_config_alone_and_saves_the_resolved_config(tmp_path):
     done = _run_example(tmp_path, "--trainer.max_epochs", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    saved = yaml.safe_load((tmp_path / "default" / "version_0" / "config.yaml").read_text())
+    run = tmp_path / "lightning_logs" / "version_0"  # the CSVLogger's run folder; the checkpoints go in it (Lightning's)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["seed_everything"] == 7  # the override, the file
     assert saved["model"]["class_path"] == "cli_regression.Regressor" and saved["data"]["init_args"]["batch_size"] == 32
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["loops"]["current_epoch"] == 1  # written at the second epoch's end (epochs count from 0)
     assert yaml.safe_load(last["cli_config"]) == saved
-    tested = _run_example(tmp_path / "t", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt"), stage="test")
+    tested = _run_example(tmp_path / "t", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), stage="test")
     assert tested.returncode == 0 and "test_loss" in tested.stdout + tested.stderr, tested.stderr[-3000:]
 
 
@@ -48,5 +49,6 @@ def test_the_example_on_two_processes(tmp_path, module):
     done = _run_example(tmp_path, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2",
                         module=module)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["metadata"]["world_size"] == 2
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    assert torch.load(last, weights_only=True)["metadata"]["world_size"] == 2

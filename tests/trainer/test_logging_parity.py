@@ -512,3 +512,15 @@ def test_a_checkpoints_train_shuffle_must_be_a_bool(make_trainer, tmp_path):
     content["loops"]["train_shuffle"] = "yes"
     with pytest.raises(MalformedCheckpointError, match=r"loops\.train_shuffle"):
         check_layout(content, "edited.ckpt")
+
+
+def test_no_logger_writer_thread_outlives_the_stage(make_trainer):
+    """A stage's end stops its loggers' writer threads (Lightning's own test suite fails any test that leaves
+    a thread behind; an idle writer used to live on for its idle second)."""
+    import threading
+
+    trainer = make_trainer(max_epochs=1, log_every_n_steps=1, logger=CSVLogger("logs"))
+    trainer.fit(StepLosses(), regression_loader(16, 8))
+    assert not [t.name for t in threading.enumerate() if t.name.endswith("-writer") and t.is_alive()]
+    trainer.test(StepLosses(), regression_loader(16, 8))
+    assert not [t.name for t in threading.enumerate() if t.name.endswith("-writer") and t.is_alive()]

@@ -328,16 +328,39 @@ def _epoch_order(ckpt: dict[str, Any], path: str, world_size: int) -> dict[str, 
     return {**origin, "path": path, "saved_world": saved_world, "batch_idx": loops["batch_idx"]}
 
 
+def requeue_save(trainer: Any) -> str | None:
+    """The last.ckpt a SLURM job wrote at its warning signal before it was requeued: in the checkpoint
+    directory, else (the requeued job logs to a new version) the newest among the earlier runs' beside it."""
+    from trainer.callbacks.model_checkpoint import earlier_run_dirpaths
+
+    own = os.path.join(trainer.checkpoint_dir, "last.ckpt")
+    if os.path.exists(own):
+        return own
+    found = [os.path.join(d, "last.ckpt") for d in earlier_run_dirpaths(trainer.checkpoint_callback)]
+    found = [p for p in found if os.path.exists(p)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def _earlier_runs_candidates(callback: Any) -> list[str]:
+    """The checkpoints of the earlier runs beside a default, logger-derived ``dirpath``
+    (``<save_dir>/<name>/*/checkpoints``): their last.ckpt files newest first, then the rest newest first."""
+    from trainer.callbacks.model_checkpoint import earlier_run_dirpaths
+    from trainer.strategies.checkpoint_directories import is_temporary
+
+    paths = [os.path.join(d, n) for d in earlier_run_dirpaths(callback) for n in os.listdir(d)
+             if n.endswith(_extensions(callback)) and not is_temporary(n)]
+    last = _last_files(paths, callback)
+    return last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
+
+
 def newest_checkpoint(dirpath: str, callback: Any = None) -> str | None:
     """last.ckpt in ``dirpath``, else its newest whole ``.ckpt``; None when there is none."""
     from trainer.strategies.checkpoint_directories import is_temporary
 
-    if not os.path.isdir(dirpath):
-        return None
     paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath)
-             if n.endswith(_extensions(callback)) and not is_temporary(n)]
+             if n.endswith(_extensions(callback)) and not is_temporary(n)] if os.path.isdir(dirpath) else []
     last = _last_files(paths, callback)
-    newest_first = last or sorted(paths, key=os.path.getmtime, reverse=True)
+    newest_first = last or sorted(paths, key=os.path.getmtime, reverse=True) or _earlier_runs_candidates(callback)
     return newest_first[0] if newest_first else None
 
 
@@ -378,12 +401,23 @@ def load_for_resume(trainer: Any, ckpt_path: str) -> tuple[str, dict[str, Any]] 
         _recover(dirpath)
         clean_temporaries(dirpath)  # those left by a run killed while saving (not a live writer's)
     strategy.barrier("recover checkpoints")
+    cb = trainer.checkpoint_callback
     if os.path.isdir(dirpath):
-        cb = trainer.checkpoint_callback
         paths = [os.path.join(dirpath, n) for n in os.listdir(dirpath)
                  if n.endswith(_extensions(cb)) and not is_temporary(n)]
         last = _last_files(paths, cb)
         candidates = last + sorted((p for p in paths if p not in last), key=os.path.getmtime, reverse=True)
+    if not candidates:  # a new run logs to a new version: the runs before it wrote beside this one's folder
+        from trainer.callbacks.model_checkpoint import earlier_run_dirpaths
+
+        earlier = earlier_run_dirpaths(cb)
+        if earlier:
+            if strategy.is_global_zero:
+                for directory in earlier:
+                    _recover(directory)
+            strategy.barrier("recover earlier runs' checkpoints")
+            candidates = _earlier_runs_candidates(cb)
+            dirpath = f"{dirpath} (or the earlier runs' {', '.join(earlier)})"
     for path in candidates:
         try:
             ckpt = read_verified(strategy, path, mmap=True)

@@ -64,7 +64,7 @@ def eval_checkpoint(trainer: Any, stage: str, ckpt_path: Any) -> str | None:
     if ckpt_path == "last":
         last = getattr(cb, "last_model_path", "") if cb is not None else ""
         if not last:
-            found = checkpoint.newest_checkpoint(trainer.checkpoint_dir)
+            found = checkpoint.newest_checkpoint(trainer.checkpoint_dir, cb)
             if found is None:
                 raise ValueError(f"trainer.{stage}(ckpt_path='last'): no checkpoint in "
                                  f"{trainer.checkpoint_dir!r}. Run fit first, or pass a path.")
