@@ -218,6 +218,10 @@ def test_the_foreign_private_names_are_not_declared_by_our_classes():
     """An exemption for a third-party object's private may not hide one of ours of the same name."""
     ours = sorted(set(FOREIGN_PRIVATES) & _members())
     assert not ours, f"{ours}: declared by a class of ours, so not a third-party name to exempt"
+    text = "".join(f.text for f in library())
+    unused = [name for name in FOREIGN_PRIVATES if f".{name}" not in text and repr(name) not in text
+              and f'"{name}"' not in text]
+    assert not unused, f"{unused}: no longer used; delete them from FOREIGN_PRIVATES"
 
 
 def _tree(path: str) -> ast.Module:
