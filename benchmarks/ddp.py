@@ -1,11 +1,16 @@
-"""DDP on 2 CPU processes against 1 process on the same global batch, and the time from
-`trainer launch` to the first training step.
+"""DDP on 2 CPU processes: this Trainer and this Accelerator against raw torch DDP, side by side.
 
-Each round runs, side by side: one process training on the whole global batch (2 threads, the
-machine's cores), then `trainer launch --num-processes 2` with half the batch per process (torchrun
-gives each 1 thread). Rounds are interleaved and the medians reported, because these machines are
-noisy. The same workload as a raw PyTorch loop (plain, and DDP under torchrun) is measured in the
-same rounds, so the Trainer's own cost shows. Run: `python benchmarks/ddp.py [--rounds 5] [--steps 60]`.
+Each round launches, one after the other, the same workload three ways on 2 processes (gloo, one
+thread each): raw PyTorch (``torch.nn.parallel.DistributedDataParallel`` under torchrun), this
+Trainer (``Trainer(strategy="ddp")`` under ``trainer launch``) and this Accelerator (``accelerator.prepare``
+under ``trainer launch``). The order is reversed every other round, so a load that drifts during a
+round weighs on all three alike. Inside each run rank zero times chunks of steps after a warm-up and
+reports the median chunk rate (a burst of load on this shared machine spoils a chunk, not the run).
+Each round's ratio is our samples/s over raw torch DDP's in that round; the summary gives every
+round's ratio, the median and the lowest. ``--single`` adds the 1-process runs (the Trainer and raw
+torch on the whole global batch with 2 threads) to show the scaling.
+
+    python benchmarks/ddp.py [--rounds 5] [--steps 200] [--chunk 20] [--results DIR]
 """
 
 from __future__ import annotations
@@ -22,21 +27,52 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-WORKER = textwrap.dedent("""
-    import json, sys, time
+COMMON = textwrap.dedent("""
+    import json, os, statistics, sys, time
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
-    sys.path.insert(0, {root!r})
-    from trainer.callbacks import Callback
-    from trainer import Trainer, TrainModule
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    out, global_batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    out, global_batch, steps, warmup, chunk = sys.argv[1], *map(int, sys.argv[2:6])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+
+    def make_net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                                   torch.nn.ReLU(), torch.nn.Linear(512, 10))
+
+    def make_data():
+        g = torch.Generator().manual_seed(0)
+        n = global_batch * (steps + 1)
+        return TensorDataset(torch.randn(n, 256, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+    marks = {}  # step -> perf_counter at the start of that step (rank zero)
+
+    def mark(step):
+        if step == 0:
+            marks["first"] = time.time()
+        if step >= warmup and (step - warmup) % chunk == 0:
+            marks[step] = time.perf_counter()
+
+    def report(weights):
+        if rank != 0:
+            return
+        points = sorted(k for k in marks if k != "first")
+        rates = [global_batch * (b - a) / (marks[b] - marks[a]) for a, b in zip(points, points[1:])]
+        checksum = float(sum(w.double().sum() for w in weights))
+        json.dump({"first_step": marks["first"], "chunk_rates": rates, "samples_per_s": statistics.median(rates),
+                   "checksum": checksum}, open(out, "w"))
+""")
+
+TRAINER = COMMON + textwrap.dedent("""
+    sys.path.insert(0, {root!r})
+    from trainer import Trainer, TrainModule
+    from trainer.callbacks import Callback
 
     class Net(TrainModule):
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                           torch.nn.ReLU(), torch.nn.Linear(512, 10))
+            self.net = make_net()
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -47,134 +83,172 @@ WORKER = textwrap.dedent("""
 
     class Clock(Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.global_step == 0 and batch_idx == 0:
-                self.first = time.time()
-            if trainer.global_step == 10 and not hasattr(self, "warm"):
-                self.warm = time.perf_counter()
+            mark(trainer.global_step)
 
         def on_train_end(self, trainer, module):
-            self.end = time.perf_counter()
+            mark(trainer.global_step)
 
-    clock = Clock()
     trainer = Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      accelerator="cpu", callbacks=[clock])
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    g = torch.Generator().manual_seed(0)
-    n = global_batch * (steps + 1)
-    data = TensorDataset(torch.randn(n, 256, generator=g), torch.randint(0, 10, (n,), generator=g))
-    trainer.fit(Net(), DataLoader(data, batch_size=global_batch // world))
-    if trainer.is_global_zero:
-        samples = (steps - 10) * global_batch
-        json.dump({{"first_step": clock.first, "samples_per_s": samples / (clock.end - clock.warm)}}, open(out, "w"))
+                      enable_model_summary=False, accelerator="cpu", callbacks=[Clock()])
+    module = Net()
+    trainer.fit(module, DataLoader(make_data(), batch_size=global_batch // world))
+    report(list(module.parameters()))
 """)
 
+ACCELERATOR = COMMON + textwrap.dedent("""
+    sys.path.insert(0, {root!r})
+    from trainer import Accelerator
 
-RAW = textwrap.dedent("""
-    import json, os, sys, time
-    import torch
+    accelerator = Accelerator(cpu=True)
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    model, optimizer, loader = accelerator.prepare(net, optimizer,
+                                                   DataLoader(make_data(), batch_size=global_batch // world))
+    for step, (x, y) in enumerate(loader):
+        mark(step)
+        if step == steps:
+            break
+        accelerator.backward(torch.nn.functional.cross_entropy(model(x), y))
+        optimizer.step()
+        optimizer.zero_grad()
+    report(list(net.parameters()))
+    accelerator.end_training()
+""")
+
+RAW = COMMON + textwrap.dedent("""
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    out, global_batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                              torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    net = make_net()
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    g = torch.Generator().manual_seed(0)
-    n = global_batch * (steps + 1)
-    data = TensorDataset(torch.randn(n, 256, generator=g), torch.randint(0, 10, (n,), generator=g))
+    data = make_data()
     sampler = DistributedSampler(data, shuffle=False) if world > 1 else None
-    first = time.time()
     for step, (x, y) in enumerate(DataLoader(data, batch_size=global_batch // world, sampler=sampler)):
-        if step == 10:
-            warm = time.perf_counter()
+        mark(step)
         if step == steps:
             break
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad()
-    end = time.perf_counter()
-    if int(os.environ.get("RANK", "0")) == 0:
-        json.dump({"first_step": first, "samples_per_s": (steps - 10) * global_batch / (end - warm)}, open(out, "w"))
+    report(list(net.parameters()))
     if world > 1:
         dist.destroy_process_group()
 """)
 
 
 def _run(cmd: list[str], out: str, env: dict) -> dict:
+    if os.path.exists(out):
+        os.remove(out)
     start = time.time()
     done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd[:6])} ... failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    result = json.load(open(out))
+    with open(out) as f:
+        result = json.load(f)
     result["to_first_step"] = result["first_step"] - start
     return result
 
 
-def main() -> None:
+RAW_DDP, TRAINER_DDP, ACCEL_DDP = "raw torch DDP, 2 processes", "Trainer DDP, 2 processes", "Accelerator DDP, 2 processes"
+RAW_1, TRAINER_1 = "raw torch, 1 process", "Trainer, 1 process"
+PAIRS = [(TRAINER_DDP, RAW_DDP), (ACCEL_DDP, RAW_DDP), (TRAINER_1, RAW_1)]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run (the warm-up included)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each run")
+    parser.add_argument("--chunk", type=int, default=20, help="steps per timed chunk")
     parser.add_argument("--global-batch", type=int, default=128)
+    parser.add_argument("--no-accelerator", action="store_true", help="leave the Accelerator's runs out")
+    parser.add_argument("--single", action="store_true", help="also the 1-process runs (2 threads)")
+    parser.add_argument("--json", help="write every run's numbers here")
     parser.add_argument("--results", help="also write ddp.md and ddp.png (ratio bars) in this directory")
-    args = parser.parse_args()
-    tmp = tempfile.mkdtemp()
-    script = os.path.join(tmp, "worker.py")
-    open(script, "w").write(WORKER.format(root=ROOT))
-    raw = os.path.join(tmp, "raw.py")
-    open(raw, "w").write(RAW)
+    args = parser.parse_args(argv)
+    if args.steps < args.warmup + 2 * args.chunk:
+        parser.error(f"--steps {args.steps}: expected at least --warmup + 2 x --chunk = "
+                     f"{args.warmup + 2 * args.chunk} (two timed chunks).")
+    tmp = tempfile.mkdtemp(prefix="bench-ddp-")
+    scripts = {}
+    for name, text in (("trainer", TRAINER), ("accelerator", ACCELERATOR), ("raw", RAW)):
+        scripts[name] = os.path.join(tmp, f"{name}.py")
+        with open(scripts[name], "w") as f:
+            f.write(text.replace("{root!r}", repr(ROOT)))
     out = os.path.join(tmp, "out.json")
-    env = {**os.environ, "TRAINER_CONFIG_FILE": os.path.join(tmp, "none.yaml")}
-    single_env = {**env, "OMP_NUM_THREADS": "2"}
-    rows: dict[str, list[dict]] = {"1 process": [], "DDP, 2 processes": [], "raw torch, 1 process": [],
-                                   "raw torch DDP, 2": []}
-    common = [out, str(args.global_batch), str(args.steps)]
+    env = {**os.environ, "TRAINER_CONFIG_FILE": os.path.join(tmp, "none.yaml"), "OMP_NUM_THREADS": "1"}
+    common = [out, str(args.global_batch), str(args.steps), str(args.warmup), str(args.chunk)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    for _ in range(args.rounds):
-        rows["1 process"].append(_run([sys.executable, script, *common], out, single_env))
-        rows["DDP, 2 processes"].append(_run([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2",
-                                              "--cpu", script, *common], out, env))
-        rows["raw torch, 1 process"].append(_run([sys.executable, raw, *common], out, single_env))
-        rows["raw torch DDP, 2"].append(_run([*torchrun, raw, *common], out, {**env, "OMP_NUM_THREADS": "1"}))
-    base = statistics.median(r["samples_per_s"] for r in rows["1 process"])
-    print(f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps, median of {args.rounds} "
-          "interleaved rounds")
-    print(f"{'':<22}{'samples/s':>11}{'vs 1 process':>14}{'start to first step':>22}")
+    launch = [sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "--cpu"]
+    runs = {RAW_DDP: [*torchrun, scripts["raw"], *common], TRAINER_DDP: [*launch, scripts["trainer"], *common]}
+    if not args.no_accelerator:
+        runs[ACCEL_DDP] = [*launch, scripts["accelerator"], *common]
+    if args.single:
+        runs[RAW_1] = [sys.executable, scripts["raw"], *common]
+        runs[TRAINER_1] = [sys.executable, scripts["trainer"], *common]
+    rows: dict[str, list[dict]] = {name: [] for name in runs}
+    loads = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for name in order:
+            run_env = {**env, "OMP_NUM_THREADS": "2"} if name in (RAW_1, TRAINER_1) else env
+            rows[name].append(_run(runs[name], out, run_env))
+        loads.append(os.getloadavg()[0])
+        line = "  ".join(f"{ours.split(',')[0]} {rows[ours][-1]['samples_per_s'] / rows[raw][-1]['samples_per_s']:.3f}x"
+                         for ours, raw in PAIRS if ours in rows)
+        print(f"round {r + 1}/{args.rounds}: {line}  (load average {loads[-1]:.1f})", file=sys.stderr, flush=True)
+    _print(args, rows, loads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "loads": loads, "rows": rows}, f, indent=1)
+    if args.results:
+        _write_results(args, rows, loads)
+
+
+def _ratios(rows: dict[str, list[dict]], ours: str, raw: str) -> list[float]:
+    return [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(rows[ours], rows[raw])]
+
+
+def _table(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[float]) -> str:
+    lines = [f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps per run ({args.warmup} "
+             f"untimed, then chunks of {args.chunk}; a run's rate is its median chunk), {args.rounds} rounds "
+             "(order reversed every other round); ratio: samples/s over raw torch with the same number of "
+             f"processes in the same round. Load average (1 min) during the rounds: {min(loads):.1f}-"
+             f"{max(loads):.1f}.", "",
+             "| run | samples/s (median) | ratio to raw torch, each round | median | lowest | start to first step |",
+             "|---|---:|---|---:|---:|---:|"]
     for name, results in rows.items():
         speed = statistics.median(r["samples_per_s"] for r in results)
         first = statistics.median(r["to_first_step"] for r in results)
-        print(f"{name:<22}{speed:>11.0f}{speed / base:>13.2f}x{first:>21.2f}s")
-    if args.results:
-        _write_results(args, rows)
+        raw = next((b for a, b in PAIRS if a == name), None)
+        if raw is None or raw not in rows:
+            lines.append(f"| {name} | {speed:.0f} | (reference) | 1.000x | | {first:.2f} s |")
+            continue
+        ratios = _ratios(rows, name, raw)
+        each = " ".join(f"{x:.3f}" for x in ratios)
+        lines.append(f"| {name} | {speed:.0f} | {each} | {statistics.median(ratios):.3f}x | {min(ratios):.3f}x | "
+                     f"{first:.2f} s |")
+    return "\n".join(lines)
 
 
-def _write_results(args: argparse.Namespace, rows: dict[str, list[dict]]) -> None:
-    """benchmarks/results/ddp.md and ddp.png: the Trainer against raw torch with the same process count."""
+def _print(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[float]) -> None:
+    print(_table(args, rows, loads))
+    checks = {name: {round(r["checksum"], 3) for r in results} for name, results in rows.items()}
+    ddp = {c for name in (RAW_DDP, TRAINER_DDP, ACCEL_DDP) if name in checks for c in checks[name]}
+    print(f"\nweights checksum after training: {'the same in every DDP run' if len(ddp) == 1 else checks}")
+
+
+def _write_results(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[float]) -> None:
+    """benchmarks/results/ddp.md and ddp.png: ours against raw torch with the same process count."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _report import write_results
 
-    pairs = [("this Trainer, 1 process", "1 process", "raw torch, 1 process"),
-             ("this Trainer, DDP on 2 processes", "DDP, 2 processes", "raw torch DDP, 2")]
-    lines = [f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps (the first 10 untimed), "
-             f"{args.rounds} interleaved rounds; ratio: samples/s over raw PyTorch with the same number of "
-             "processes in the same round.", "",
-             "| run | samples/s | raw torch samples/s | ratio (median) | range | start to first step | raw torch |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    bars = []
-    for label, ours, raw in pairs:
-        ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(rows[ours], rows[raw])]
-        med = lambda key, name: statistics.median(r[key] for r in rows[name])  # noqa: E731
-        lines.append(f"| {label} | {med('samples_per_s', ours):.0f} | {med('samples_per_s', raw):.0f} | "
-                     f"{statistics.median(ratios):.3f}x | {min(ratios):.3f}-{max(ratios):.3f}x | "
-                     f"{med('to_first_step', ours):.2f} s | {med('to_first_step', raw):.2f} s |")
-        bars.append((label, ratios))
-    for path in write_results(args.results, "ddp", "DDP on 2 CPU processes: this Trainer vs raw PyTorch",
-                              "\n".join(lines), bars, "samples/s / raw PyTorch (same processes, same round)",
-                              better="higher"):
+    bars = [(ours, _ratios(rows, ours, raw)) for ours, raw in PAIRS if ours in rows and raw in rows]
+    for path in write_results(args.results, "ddp", "DDP on 2 CPU processes: this Trainer and Accelerator vs raw "
+                              "PyTorch", _table(args, rows, loads), bars,
+                              "samples/s / raw PyTorch (same processes, same round)", better="higher"):
         print(f"wrote {path}", file=sys.stderr)
 
 

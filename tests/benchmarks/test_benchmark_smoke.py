@@ -85,13 +85,22 @@ def test_logger_calls_benchmark_times_the_flush_and_each_logger(tmp_path):
         assert re.search(r"\| [678] \| \d+\.\d \| \d+\.\d\d \| \d+\.\d%", rows.get(label, "")), proc.stdout
 
 
-@pytest.mark.timeout(180)
-def test_ddp_benchmark_runs_both_rows():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--rounds", "1", "--steps", "12"],
-                          capture_output=True, text=True, timeout=170)
+@pytest.mark.timeout(240)
+def test_ddp_benchmark_puts_the_trainer_and_the_accelerator_beside_raw_torch_ddp(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--rounds", "1", "--steps", "24",
+                           "--warmup", "4", "--chunk", "10", "--json", str(tmp_path / "ddp.json")],
+                          capture_output=True, text=True, timeout=230)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith(("1 process", "DDP, 2 processes"))]
-    assert len(rows) == 2 and all(re.search(r"\d+\.\d\dx\s+\d+\.\d\ds$", row) for row in rows), proc.stdout
+    rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert "(reference)" in rows["raw torch DDP, 2 processes"]
+    for name in ("Trainer DDP, 2 processes", "Accelerator DDP, 2 processes"):  # each round's ratio, median, lowest
+        assert re.search(r"\| \d+ \| \d+\.\d{3} \| \d+\.\d{3}x \| \d+\.\d{3}x \| \d+\.\d\d s \|$", rows[name]), proc.stdout
+    assert re.search(r"round 1/1: Trainer DDP \d+\.\d{3}x  Accelerator DDP \d+\.\d{3}x", proc.stderr), proc.stderr
+    raw = json.loads((tmp_path / "ddp.json").read_text())["rows"]
+    for runs in raw.values():  # every run timed its two chunks and trained to the same weights
+        assert len(runs[0]["chunk_rates"]) == 2
+    assert raw["Trainer DDP, 2 processes"][0]["checksum"] == pytest.approx(
+        raw["raw torch DDP, 2 processes"][0]["checksum"], rel=1e-2)
 
 
 @pytest.mark.timeout(400)
