@@ -1,6 +1,7 @@
 """Callbacks: the loop's observers (progress, early stopping, monitors) and loggers."""
 
 from .base import Callback, MissingMetricError
+from .view import TrainerView
 from .early_stopping import EarlyStopping, EarlyStoppingReason
 from .finetuning import BackboneFinetuning, BaseFinetuning
 from .gradient_accumulation_scheduler import GradientAccumulationScheduler
@@ -23,4 +24,4 @@ from .weight_averaging import EMAWeightAveraging, WeightAveraging
 
 __all__ = ["BasePredictionWriter", "CSVLogger", "Callback", "MissingMetricError", "EarlyStopping", "LambdaCallback", "LearningRateFinder", "BatchSizeFinder", "SpikeDetection", "TrainingSpikeError", "StochasticWeightAveraging", "WeightAveraging", "EMAWeightAveraging", "BaseFinetuning", "BackboneFinetuning", "GradientAccumulationScheduler", "LearningRateMonitor", "Logger", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TensorBoardLogger", "WandbLogger", "MLflowLogger", "ThroughputMonitor", "DeviceStatsMonitor", "Timer",
-           "EarlyStoppingReason", "OnExceptionCheckpoint", "RayTrainReportCallback"]
+           "EarlyStoppingReason", "OnExceptionCheckpoint", "RayTrainReportCallback", "TrainerView"]

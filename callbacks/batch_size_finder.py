@@ -12,6 +12,7 @@ from trainer.strategies._util import rank_zero_info
 
 from .base import Callback
 from .tuning import Snapshot, TunerExit, attr_holders, quiet_logging, set_attr, train_steps
+from .view import TrainerView
 
 
 def is_oom(err: BaseException) -> bool:
@@ -48,7 +49,7 @@ class BatchSizeFinder(Callback):
         self.optimal_batch_size: int | None = init_val
         self.trials: list[tuple[int, bool]] = []  # (batch size, fit)
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         holders = attr_holders(trainer, module, (self._batch_arg_name,))
         owner = trainer.datamodule if _defines_train_loader(trainer.datamodule) else module
         if not holders or not _defines_train_loader(owner):
@@ -63,7 +64,7 @@ class BatchSizeFinder(Callback):
             raise TunerExit()
         trainer.fit_loop.reload_train_dataloader()
 
-    def scale_batch_size(self, trainer: Any, module: Any, holders: list, owner: Any) -> int:
+    def scale_batch_size(self, trainer: TrainerView, module: Any, holders: list, owner: Any) -> int:
         snapshot = Snapshot(trainer, module)
         size, low, high = self._init_val, 0, None
         quiet = quiet_logging(module)
@@ -97,7 +98,7 @@ class BatchSizeFinder(Callback):
                                f"(trials: {self.trials}). Lower init_val or free memory.")
         return low
 
-    def _trial(self, trainer: Any, module: Any, loader: Any) -> bool:
+    def _trial(self, trainer: TrainerView, module: Any, loader: Any) -> bool:
         fits = True
         try:
             for _ in train_steps(trainer, module, loader, self._steps_per_trial, synced=False):

@@ -9,6 +9,7 @@ from typing import Any
 from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
+from .view import TrainerView
 
 
 class EarlyStoppingReason(enum.Enum):
@@ -74,25 +75,25 @@ class EarlyStopping(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
-    def on_validation_end(self, trainer: Any, module: Any) -> None:
+    def on_validation_end(self, trainer: TrainerView, module: Any) -> None:
         if trainer.sanity_checking or self.check_on_train_epoch_end:
             return
         self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if self.check_on_train_epoch_end or (self.check_on_train_epoch_end is None and not self._saw_validation):
             self._check(trainer)
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         self._saw_validation = False
 
-    def on_validation_start(self, trainer: Any, module: Any) -> None:
+    def on_validation_start(self, trainer: TrainerView, module: Any) -> None:
         if not trainer.sanity_checking:
             self._saw_validation = True
 
     _saw_validation = False
 
-    def _check(self, trainer: Any) -> None:
+    def _check(self, trainer: TrainerView) -> None:
         metrics = dict(trainer.callback_metrics)
         metrics.setdefault("epoch", trainer.current_epoch)
         metrics.setdefault("step", trainer.global_step)

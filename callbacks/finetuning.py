@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from trainer.strategies._util import rank_zero_info
 
 from .base import Callback
+from .view import TrainerView
 
 log = logging.getLogger("trainer")
 
@@ -128,7 +129,7 @@ class BaseFinetuning(Callback):
         raise NotImplementedError(f"{type(self).__name__} must override finetune_function(module, epoch, optimizer).")
 
     # -- hooks ----------------------------------------------------------------------------------
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage != "fit":
             return
         refusal = trainer.strategy.adding_param_groups_refusal
@@ -139,7 +140,7 @@ class BaseFinetuning(Callback):
         # what the strategy will wrap as trainable: DDP's reducer syncs only these, the rest is averaged here
         self._synced = {id(p) for p in module.parameters() if p.requires_grad}
 
-    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         epoch = trainer.current_epoch
         if epoch <= self._last_epoch:
             return  # resumed inside an epoch whose unfreezing the checkpoint already holds
@@ -154,13 +155,13 @@ class BaseFinetuning(Callback):
                 stored.extend({**{k: v for k, v in g.items() if k != "params"}, "params": [names[p] for p in g["params"]]}
                               for g in new)
 
-    def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, trainer: TrainerView, module: Any, optimizer: torch.optim.Optimizer) -> None:
         # parameters unfrozen after the strategy wrapped the module are outside DDP's reducer: average them here
         late = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in self._synced and p.requires_grad]
         if late:
             trainer.strategy.average_gradients(late)
 
-    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, module: Any, checkpoint: dict[str, Any]) -> None:
         """Re-add the checkpoint's unfrozen groups before the optimizer's state is loaded into them."""
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if not state:
@@ -218,7 +219,7 @@ class BackboneFinetuning(BaseFinetuning):
         self.rounding = rounding
         self.previous_backbone_lr: float | None = None
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage == "fit" and not isinstance(getattr(module, "backbone", None), Module):
             raise AttributeError(f"BackboneFinetuning: {type(module).__name__} has no `backbone` attribute that is a "
                                  "torch.nn.Module. Put the pretrained part in self.backbone, or subclass "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Callback
+from .view import TrainerView
 
 
 class GradientAccumulationScheduler(Callback):
@@ -41,7 +42,7 @@ class GradientAccumulationScheduler(Callback):
         """The factor of ``epoch``: that of the largest scheduled epoch not after it."""
         return next(k for e, k in reversed(self.scheduling.items()) if e <= epoch)
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         if not getattr(module, "automatic_optimization", True):
             raise ValueError(f"GradientAccumulationScheduler with manual optimization ({type(module).__name__}."
                              "automatic_optimization = False): the module steps its optimizers itself, so the loop "
@@ -52,5 +53,5 @@ class GradientAccumulationScheduler(Callback):
                              "factor in the schedule (e.g. {0: k}) and leave accumulate_grad_batches at 1.")
         trainer.fit_loop.set_accumulate_grad_batches(self.get_accumulate_grad_batches(trainer.current_epoch))
 
-    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         trainer.fit_loop.set_accumulate_grad_batches(self.get_accumulate_grad_batches(trainer.current_epoch))

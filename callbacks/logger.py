@@ -11,6 +11,7 @@ import weakref
 from typing import Any, Callable
 
 from .base import Callback
+from .view import TrainerView
 
 
 class BackgroundWriter:
@@ -212,11 +213,11 @@ class Logger(Callback):
         """Wait until every queued write ran; raise the first error one raised (``raise_errors``)."""
         self.background_writer.wait(raise_errors)
 
-    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, module: Any, stage: str) -> None:
         self.flush_writes()  # nothing is left queued past a stage (its end and on_exception waited already)
         self.background_writer.stop()  # nor a thread: it would outlive the stage by its idle second
 
-    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, module: Any, exception: BaseException) -> None:
         if trainer.is_global_zero:
             try:
                 self.flush_writes()

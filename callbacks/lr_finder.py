@@ -12,6 +12,7 @@ from trainer.strategies._util import rank_zero_info, rank_zero_warn
 
 from .base import Callback
 from .tuning import Snapshot, TunerExit, attr_holders, quiet_logging, set_attr, train_steps
+from .view import TrainerView
 
 
 class LRFinderResult:
@@ -114,7 +115,7 @@ class LearningRateFinder(Callback):
             return self._min_lr + (self._max_lr - self._min_lr) * t
         return self._min_lr * (self._max_lr / self._min_lr) ** t
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         names = (self._attr_name,) if self._attr_name else ("lr", "learning_rate")
         holders = attr_holders(trainer, module, names) if self._update_attr else []
         if self._update_attr and not holders:
@@ -133,7 +134,7 @@ class LearningRateFinder(Callback):
         if self.early_exit:
             raise TunerExit()
 
-    def lr_find(self, trainer: Any, module: Any) -> LRFinderResult:
+    def lr_find(self, trainer: TrainerView, module: Any) -> LRFinderResult:
         result = LRFinderResult(self._mode, self._min_lr, self._max_lr, self._num_training_steps)
         snapshot = Snapshot(trainer, module)
         optimizer = trainer.optimizers[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Callback
+from .view import TrainerView
 
 
 class LearningRateMonitor(Callback):
@@ -32,12 +33,12 @@ class LearningRateMonitor(Callback):
         self.lrs: dict[str, list[float]] = {}
         self._last_logged_step = -1
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage == "fit" and not trainer.loggers:
             raise ValueError("LearningRateMonitor needs a logger to write to, but the Trainer has logger=False. "
                              "Remove logger=False (or pass e.g. logger=CSVLogger('runs')), or drop the callback.")
 
-    def _values(self, trainer: Any) -> dict[str, float]:
+    def _values(self, trainer: TrainerView) -> dict[str, float]:
         # an lr_scheduler config's "name" names its optimizer's values, as in Lightning
         named = {id(config.scheduler.optimizer): config.name for config in trainer.lr_scheduler_configs
                  if getattr(config, "name", None) and hasattr(config.scheduler, "optimizer")}
@@ -63,7 +64,7 @@ class LearningRateMonitor(Callback):
                     out[f"{name}-weight_decay"] = float(group["weight_decay"])
         return out
 
-    def _log(self, trainer: Any) -> None:
+    def _log(self, trainer: TrainerView) -> None:
         self._last_logged_step = trainer.global_step  # an epoch start and a step at one step give one row
         values = self._values(trainer)
         for name, value in values.items():
@@ -73,12 +74,12 @@ class LearningRateMonitor(Callback):
             for logger in trainer.loggers:
                 logger.enqueue_metrics(values, trainer.global_step)  # on the logger's writer thread
 
-    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, module: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if self.logging_interval != "epoch" and step % trainer.log_every_n_steps == 0 \
                 and step != self._last_logged_step:
             self._log(trainer)
 
-    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer)

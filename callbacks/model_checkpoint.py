@@ -15,6 +15,7 @@ from trainer.strategies.checkpoint_io import non_finite_parameters
 from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
 from trainer.strategies._util import rank_zero_info
+from .view import TrainerView
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 
@@ -188,7 +189,7 @@ class ModelCheckpoint(Callback):
                 f"train_time_interval={self.train_time_interval}}}"]
 
     # -- when ---------------------------------------------------------------------------------
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         strategy = trainer.accelerator.strategy
         if self.async_save:  # the checkpoint format must be able to copy its state aside for a background write
             strategy.checkpoint_format.require_staging("ModelCheckpoint(async_save=True)",
@@ -201,17 +202,17 @@ class ModelCheckpoint(Callback):
             lock_directory(self.dirpath)  # one writing run per directory (it cleans temporaries on resume)
             self._locked = True
 
-    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if self._locked:
             assert self.dirpath is not None  # locked in setup, where it is set
             unlock_directory(self.dirpath)
             self._locked = False
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         self._last_time_saved = time.monotonic()
         self._saw_validation = False
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.every_n_train_steps and not self.train_time_interval:
             return  # saves at epoch ends and validations only (the default): nothing to ask per batch
         step = trainer.global_step
@@ -226,18 +227,18 @@ class ModelCheckpoint(Callback):
                 trainer.refresh_callback_metrics()
             self._save(trainer)
 
-    def on_validation_end(self, trainer: Any, module: Any) -> None:
+    def on_validation_end(self, trainer: TrainerView, module: Any) -> None:
         if trainer.sanity_checking or not trainer.training:
             return
         self._saw_validation = True
         if not self._on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._save(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if self._on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._save(trainer)
 
-    def on_train_end(self, trainer: Any, module: Any) -> None:
+    def on_train_end(self, trainer: TrainerView, module: Any) -> None:
         # fit stopped inside an epoch (max_steps, max_time): keep that point too, to resume from it
         stopped_inside = trainer.state.batch_idx > 0 and not trainer.is_accumulating
         if stopped_inside and trainer.global_step != self._last_global_step_saved:
@@ -249,11 +250,11 @@ class ModelCheckpoint(Callback):
                 self._write(trainer, None, [], None, self._last_path(trainer, self._candidates(trainer)))
                 self._last_saved_step = trainer.global_step
 
-    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, module: Any, exception: BaseException) -> None:
         if not self.save_on_exception or trainer.config.fast_dev_run or trainer.sanity_checking:
             return
         nothing_ran = trainer.global_step == 0 and trainer.current_epoch == 0 and trainer.state.batch_idx == 0
-        if trainer.module is None or nothing_ran or trainer.global_step == self._last_global_step_saved:
+        if trainer.lightning_module is None or nothing_ran or trainer.global_step == self._last_global_step_saved:
             return  # fit failed before its first batch, or this very step is saved already
         if trainer.world_size > 1:
             if trainer.is_global_zero:
@@ -277,12 +278,12 @@ class ModelCheckpoint(Callback):
                 exception.add_note(f"ModelCheckpoint(save_on_exception=True) could not save: {type(err).__name__}: "
                                    f"{err}")
 
-    def _on_train_epoch_end(self, trainer: Any) -> bool:
+    def _on_train_epoch_end(self, trainer: TrainerView) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
         return not trainer.val_dataloaders
 
-    def _epoch_due(self, trainer: Any) -> bool:
+    def _epoch_due(self, trainer: TrainerView) -> bool:
         return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # -- what -------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ class ModelCheckpoint(Callback):
         with open(filepath, "w") as f:
             yaml.safe_dump({k: float(v) for k, v in self.best_k_models.items()}, f)
 
-    def _candidates(self, trainer: Any) -> dict[str, Any]:
+    def _candidates(self, trainer: TrainerView) -> dict[str, Any]:
         """What ``monitor`` and the filename may name: the logged metrics, and ``epoch`` / ``step``
         (the Trainer's counters, unless logged under those names)."""
         metrics = dict(trainer.callback_metrics)
@@ -332,7 +333,7 @@ class ModelCheckpoint(Callback):
         metrics.setdefault("step", trainer.global_step)
         return metrics
 
-    def _save(self, trainer: Any) -> None:
+    def _save(self, trainer: TrainerView) -> None:
         if trainer.config.fast_dev_run:
             return  # as in Lightning: a fast_dev_run writes no checkpoint
         if not self._parameters_finite(trainer):
@@ -367,11 +368,12 @@ class ModelCheckpoint(Callback):
         ckpt = trainer.dump_checkpoint(self.save_weights_only)  # every rank: it gathers the ranks' RNG states
         # the state copied now (training may change it from here on), written behind by the ranks that write
         # (rank zero's one file; every rank its own shards)
-        staged = trainer.accelerator.strategy.checkpoint_format.stage(ckpt, trainer.module, trainer.optimizers)
+        staged = trainer.accelerator.strategy.checkpoint_format.stage(ckpt, trainer.lightning_module,
+                                                                      trainer.optimizers)
         if staged is not None:
             writer.submit(lambda: self._write(trainer, written, evicted, staged, last), written or last)
 
-    def _last_path(self, trainer: Any, metrics: dict[str, Any]) -> str:
+    def _last_path(self, trainer: TrainerView, metrics: dict[str, Any]) -> str:
         """Where last.ckpt goes (``CHECKPOINT_NAME_LAST`` filled in); sets ``last_model_path`` (it is
         part of the checkpoint's state). When the name changed, the previous one is removed once the
         new one is written (see ``_write``)."""
@@ -381,11 +383,11 @@ class ModelCheckpoint(Callback):
             self._replaced_last = previous
         return path
 
-    def _parameters_finite(self, trainer: Any, quiet: bool = False) -> bool:
+    def _parameters_finite(self, trainer: TrainerView, quiet: bool = False) -> bool:
         """NaN or inf weights (e.g. from a NaN gradient with a finite loss) never replace a checkpoint:
         fit stops naming the step, or with ``stop_on_nonfinite_loss=False`` this save is skipped."""
         strategy = trainer.accelerator.strategy
-        bad = non_finite_parameters(trainer.module, strategy.all_gather_object)
+        bad = non_finite_parameters(trainer.lightning_module, strategy.all_gather_object)
         if not bad:
             return True
         kept = self.last_model_path or self.best_model_path
@@ -401,7 +403,7 @@ class ModelCheckpoint(Callback):
             warnings.warn(message + " Training goes on (stop_on_nonfinite_loss=False).", stacklevel=2)
         return False
 
-    def _write(self, trainer: Any, written: str | None, evicted: list[str], ckpt: Any, last: str | None) -> None:
+    def _write(self, trainer: TrainerView, written: str | None, evicted: list[str], ckpt: Any, last: str | None) -> None:
         """The checkpoint, then the evictions it replaces, then last.ckpt. ``ckpt`` is the checkpoint
         format's staged write (``write(path)``), called from the background thread (rank zero's one file,
         no collectives there; or every rank's shards, over their own group); None: save now."""
@@ -420,13 +422,13 @@ class ModelCheckpoint(Callback):
             self._remove(trainer, [self._replaced_last])
             self._replaced_last = None
 
-    def _link_last(self, trainer: Any, written: str, last: str, collective: bool) -> bool:
+    def _link_last(self, trainer: TrainerView, written: str, last: str, collective: bool) -> bool:
         """last.ckpt as a hard link to the checkpoint just written (the same state at the same step):
         one write per save instead of two. False where the checkpoint format cannot link (sharded
         directories) or the filesystem cannot: then last.ckpt is written in full."""
         return trainer.accelerator.strategy.checkpoint_format.link(written, last, collective)
 
-    def _rank_latest(self, metrics: dict[str, float], trainer: Any) -> tuple[str, list[str]]:
+    def _rank_latest(self, metrics: dict[str, float], trainer: TrainerView) -> tuple[str, list[str]]:
         reuse = self._latest[0] if self.save_top_k == 1 and self._latest else None  # the one this save replaces
         path = self._path(trainer, metrics, reuse=reuse)
         evicted = []
@@ -437,7 +439,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = path
         return path, [p for p in evicted if p != path]
 
-    def _rank_by_score(self, metrics: dict[str, float], trainer: Any) -> tuple[str | None, list[str]]:
+    def _rank_by_score(self, metrics: dict[str, float], trainer: TrainerView) -> tuple[str | None, list[str]]:
         assert self.monitor is not None  # called only with a monitor
         score = float(metrics[self.monitor])
         if math.isnan(score):
@@ -473,7 +475,7 @@ class ModelCheckpoint(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
-    def _path(self, trainer: Any, metrics: dict[str, float], name: str | None = None, reuse: str | None = None,
+    def _path(self, trainer: TrainerView, metrics: dict[str, float], name: str | None = None, reuse: str | None = None,
               versioned: bool = True) -> str:
         """The file for this save in ``dirpath``. With ``enable_version_counter``, a name taken by a
         file this callback does not own (an earlier run's; not ``reuse``, the one this save replaces)
@@ -496,7 +498,7 @@ class ModelCheckpoint(Callback):
                 path, ver = candidate(ver), ver + 1
         return strategy.broadcast(path) if strategy.world_size > 1 else path
 
-    def _remove(self, trainer: Any, paths: list[str]) -> None:
+    def _remove(self, trainer: TrainerView, paths: list[str]) -> None:
         """Delete checkpoints this callback wrote and no longer keeps (only inside its dirpath)."""
         if not trainer.is_global_zero:
             return

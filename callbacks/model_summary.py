@@ -8,6 +8,7 @@ import torch
 
 from .base import Callback
 from trainer.strategies._util import rank_zero_info
+from .view import TrainerView
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -43,7 +44,7 @@ class ModelSummary(Callback):
             raise ValueError(f"ModelSummary(max_depth={max_depth!r}): expected an int >= 0, or -1 for every layer.")
         self.max_depth = max_depth
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         if trainer.is_global_zero:
             rank_zero_info(self.summarize(module))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .base import Callback
 from trainer.strategies._util import rank_zero_info
+from .view import TrainerView
 
 # Dense peak FLOP/s per device (vendor datasheets), by the precision the matmuls run in.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -42,7 +43,7 @@ def peak_flops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def _log(trainer: Any, values: dict[str, float]) -> None:
+def _log(trainer: TrainerView, values: dict[str, float]) -> None:
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.enqueue_metrics(values, trainer.global_step)  # on the logger's writer thread
@@ -75,7 +76,7 @@ class ThroughputMonitor(Callback):
         self._mark: tuple[float, int, int, Any] | None = None
         self._peak: float | None = None
 
-    def on_train_start(self, trainer: Any, module: Any) -> None:
+    def on_train_start(self, trainer: TrainerView, module: Any) -> None:
         self._items = 0
         self._mark = (time.perf_counter(), trainer.state.batches_seen, trainer.state.samples_seen, 0)
         device = trainer.strategy.root_device
@@ -86,7 +87,7 @@ class ThroughputMonitor(Callback):
         else:
             self._peak = None  # MFU needs a known accelerator's peak; none for CPU
 
-    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, module: Any, batch: Any, batch_idx: int) -> None:
         if self.measure_flops and self.flops_per_sample is None and self._counter is None:
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -94,7 +95,7 @@ class ThroughputMonitor(Callback):
             self._counter.__enter__()  # counts this batch's forward and backward
             self._samples_before = trainer.state.samples_seen
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             size = max(trainer.state.samples_seen - self._samples_before, 1)
@@ -106,7 +107,7 @@ class ThroughputMonitor(Callback):
         if step and step % trainer.log_every_n_steps == 0 and self._mark is not None and step != self._mark[3]:
             self._report(trainer)
 
-    def _report(self, trainer: Any) -> None:
+    def _report(self, trainer: TrainerView) -> None:
         now, batches, samples = time.perf_counter(), trainer.state.batches_seen, trainer.state.samples_seen
         then, batches0, samples0, _ = self._mark  # type: ignore[misc]
         seconds = max(now - then, 1e-9)
@@ -134,7 +135,7 @@ class DeviceStatsMonitor(Callback):
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step and step % trainer.log_every_n_steps == 0 and self.last.get("_step") != step:
             values = self.stats(trainer.strategy.root_device)
@@ -225,31 +226,31 @@ class Timer(Callback):
     def _finish(self, stage: str) -> None:
         self._end[stage] = time.monotonic()
 
-    def on_train_start(self, trainer: Any, module: Any) -> None:
+    def on_train_start(self, trainer: TrainerView, module: Any) -> None:
         self._begin("train")
 
-    def on_train_end(self, trainer: Any, module: Any) -> None:
+    def on_train_end(self, trainer: TrainerView, module: Any) -> None:
         self._finish("train")
 
-    def on_validation_start(self, trainer: Any, module: Any) -> None:
+    def on_validation_start(self, trainer: TrainerView, module: Any) -> None:
         self._begin("validate")
 
-    def on_validation_end(self, trainer: Any, module: Any) -> None:
+    def on_validation_end(self, trainer: TrainerView, module: Any) -> None:
         self._finish("validate")
 
-    def on_test_start(self, trainer: Any, module: Any) -> None:
+    def on_test_start(self, trainer: TrainerView, module: Any) -> None:
         self._begin("test")
 
-    def on_test_end(self, trainer: Any, module: Any) -> None:
+    def on_test_end(self, trainer: TrainerView, module: Any) -> None:
         self._finish("test")
 
-    def on_predict_start(self, trainer: Any, module: Any) -> None:
+    def on_predict_start(self, trainer: TrainerView, module: Any) -> None:
         self._begin("predict")
 
-    def on_predict_end(self, trainer: Any, module: Any) -> None:
+    def on_predict_end(self, trainer: TrainerView, module: Any) -> None:
         self._finish("predict")
 
-    def _check(self, trainer: Any) -> None:
+    def _check(self, trainer: TrainerView) -> None:
         if self.duration is None:
             return
         up = self.time_elapsed("train") >= self.duration.total_seconds()
@@ -260,7 +261,7 @@ class Timer(Callback):
             if trainer.is_global_zero:
                 rank_zero_info(f"Timer: {self.duration} of training reached; stopping.")
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if self.interval != "step" or step == self._checked_step:
             return  # inside an accumulation window: no new optimizer step yet
@@ -269,7 +270,7 @@ class Timer(Callback):
         self._checked_step = step
         self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if self.interval == "epoch":
             self._check(trainer)
 

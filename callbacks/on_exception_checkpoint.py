@@ -10,6 +10,7 @@ from trainer.strategies.checkpoint_directories import remove_path
 from trainer.strategies.exceptions import MisconfigurationException
 from trainer.strategies._util import rank_zero_info
 from .base import Callback
+from .view import TrainerView
 
 
 class OnExceptionCheckpoint(Callback):
@@ -42,10 +43,10 @@ class OnExceptionCheckpoint(Callback):
     def ckpt_path(self) -> str:
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         self._failed = False
 
-    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, module: Any, exception: BaseException) -> None:
         self._failed = True
         if not trainer.training and not trainer.sanity_checking:
             return  # validate/test/predict have no training state to save
@@ -64,6 +65,6 @@ class OnExceptionCheckpoint(Callback):
             if hasattr(exception, "add_note"):
                 exception.add_note(f"OnExceptionCheckpoint could not save {self.ckpt_path}: {type(err).__name__}: {err}")
 
-    def teardown(self, trainer: Any, module: Any, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage == "fit" and not self._failed and trainer.is_global_zero and os.path.exists(self.ckpt_path):
             remove_path(self.ckpt_path)  # a successful fit: the state of a failure is stale

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Callback
+from .view import TrainerView
 
 _INTERVALS = ("batch", "epoch", "batch_and_epoch")
 
@@ -40,28 +41,29 @@ class BasePredictionWriter(Callback):
     def writes_on_epoch(self) -> bool:
         return self.write_interval in ("epoch", "batch_and_epoch")
 
-    def write_on_batch_end(self, trainer: Any, module: Any, prediction: Any, batch_indices: list[int] | None,
+    def write_on_batch_end(self, trainer: TrainerView, module: Any, prediction: Any, batch_indices: list[int] | None,
                            batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         """Write one batch's predictions; ``batch_indices``: the dataset indices of its samples."""
         raise NotImplementedError(f"{type(self).__name__}(write_interval={self.write_interval!r}) must implement "
                                   "write_on_batch_end.")
 
-    def write_on_epoch_end(self, trainer: Any, module: Any, predictions: list[Any],
+    def write_on_epoch_end(self, trainer: TrainerView, module: Any, predictions: list[Any],
                            batch_indices: list[Any]) -> None:
         """Write every prediction at once (a list per dataloader when there are several)."""
         raise NotImplementedError(f"{type(self).__name__}(write_interval={self.write_interval!r}) must implement "
                                   "write_on_epoch_end.")
 
-    def on_predict_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         if self.writes_on_batch:
             indices = trainer.predict_batch_indices
             batch_indices = indices[dataloader_idx][batch_idx] if indices and indices[dataloader_idx] else None
             self.write_on_batch_end(trainer, module, outputs, batch_indices, batch, batch_idx, dataloader_idx)
 
-    def on_predict_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_predict_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if self.writes_on_epoch:
             predictions, indices = trainer.predictions, trainer.predict_batch_indices
+            assert predictions is not None and indices is not None  # kept while an epoch-end writer is attached
             if len(predictions) == 1:
                 predictions, indices = predictions[0], indices[0]
             self.write_on_epoch_end(trainer, module, predictions, indices)

@@ -8,6 +8,7 @@ from typing import Any
 
 from .base import Callback
 from trainer.strategies._util import rank_zero_info
+from .view import TrainerView
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -36,28 +37,28 @@ class ProgressBar(Callback):
         self._val_seconds, self._val_batches = 0.0, 0
         self._val_start: float | None = None  # set while fit's validation runs
         self._val_step: int | None = None  # global_step of fit's latest validation
-        self._trainer: Any = None
+        self._trainer: TrainerView | None = None
 
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> TrainerView:
         """The Trainer this bar is attached to (Lightning's ``ProgressBar.trainer``), from ``setup`` on."""
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__name__}.trainer: the bar is not attached to a Trainer yet; it is from "
                                "the stage's setup on.")
         return self._trainer
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         self._trainer = trainer
 
-    def get_metrics(self, trainer: Any, module: Any) -> dict[str, float]:
+    def get_metrics(self, trainer: TrainerView, module: Any) -> dict[str, float]:
         """What the bar shows: the values logged with ``prog_bar=True``. Override it to change that
         (Lightning's hook of the same name)."""
         return dict(trainer.progress_bar_metrics)
 
-    def _enabled(self, trainer: Any) -> bool:
+    def _enabled(self, trainer: TrainerView) -> bool:
         return trainer.is_global_zero and (self.force or sys.stderr.isatty())
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         self._fit_start = time.monotonic()
         self._samples_at_start = trainer.state.samples_seen
         self._steps_at_start = trainer.global_step
@@ -65,14 +66,14 @@ class ProgressBar(Callback):
         self._val_seconds, self._val_batches, self._val_start = 0.0, 0, None
         self._val_step = None
 
-    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         if self._enabled(trainer):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=trainer.num_training_batches, desc=f"Epoch {trainer.current_epoch}",
                              dynamic_ncols=True, leave=True, file=sys.stderr)
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         bar = self._bar
         if bar is None:
             return
@@ -83,7 +84,7 @@ class ProgressBar(Callback):
                 self._shown_metrics = dict(metrics)
                 bar.set_postfix_str(_fmt(metrics), refresh=False)
 
-    def on_validation_start(self, trainer: Any, module: Any) -> None:
+    def on_validation_start(self, trainer: TrainerView, module: Any) -> None:
         if trainer.state.stage == "fit":  # not the sanity check, not trainer.validate()
             self._val_start = time.monotonic()
         if self._bar is not None and not trainer.sanity_checking:  # show the batch just finished first
@@ -93,17 +94,18 @@ class ProgressBar(Callback):
             from tqdm.auto import tqdm
 
             sizes = trainer.num_val_batches if trainer.state.stage == "fit" else []
-            total = sum(sizes) if sizes and all(n is not None for n in sizes) else None
+            known = [n for n in sizes if n is not None]
+            total = sum(known) if sizes and len(known) == len(sizes) else None
             self._val_bar = tqdm(desc="Validation", total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
-    def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         if self._val_start is not None:
             self._val_batches += 1
         if self._val_bar is not None:
             self._val_bar.update(1)
 
-    def on_validation_end(self, trainer: Any, module: Any) -> None:
+    def on_validation_end(self, trainer: TrainerView, module: Any) -> None:
         if self._val_start is not None:
             self._val_seconds += time.monotonic() - self._val_start
             self._val_start = None
@@ -114,7 +116,7 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.set_postfix_str(_fmt(self.get_metrics(trainer, module)), refresh=True)
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         metrics = self.get_metrics(trainer, module)
         if self._bar is not None:
             self._bar.set_postfix_str(_fmt(metrics), refresh=False)
@@ -124,23 +126,23 @@ class ProgressBar(Callback):
             rank_zero_info(f"epoch {trainer.current_epoch}: global_step {trainer.global_step}"
                            + (f", {_fmt(metrics)}" if metrics else ""))
 
-    def on_train_end(self, trainer: Any, module: Any) -> None:
+    def on_train_end(self, trainer: TrainerView, module: Any) -> None:
         # fit may stop inside an epoch (max_steps, max_time): no on_train_epoch_end then
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
-    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, module: Any, exception: BaseException) -> None:
         for bar in (self._bar, self._val_bar):
             if bar is not None:
                 bar.close()
         self._bar = self._val_bar = None
 
-    def on_fit_end(self, trainer: Any, module: Any) -> None:
+    def on_fit_end(self, trainer: TrainerView, module: Any) -> None:
         if trainer.is_global_zero:
             rank_zero_info(self.summary(trainer))
 
-    def summary(self, trainer: Any) -> str:
+    def summary(self, trainer: TrainerView) -> str:
         """The end-of-fit table: each stage's batches, time and throughput, the best checkpoint and
         the final metrics (rates are for the whole job: this process's times the process count)."""
         seconds = max(time.monotonic() - self._fit_start, 1e-9)

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from .base import Callback
+from .view import TrainerView
 
 
 class RayTrainReportCallback(Callback):
@@ -44,24 +45,24 @@ class RayTrainReportCallback(Callback):
         self._last_reported_step = -1
         self.reports = 0
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         refusal = trainer.strategy.rank_zero_checkpoint_refusal
         if stage == "fit" and refusal:
             raise ValueError(f"RayTrainReportCallback with {type(trainer.strategy).__name__}: {refusal}, and Ray "
                              "takes rank zero's directory only. Report "
                              "with strategy='ddp', or save with ModelCheckpoint to storage every worker shares.")
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = self.every_n_train_steps
         if n is not None and trainer.global_step % n == 0 and trainer.global_step != self._last_reported_step:
             self._report(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         n = self.every_n_epochs
         if n is not None and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_reported_step:
             self._report(trainer)
 
-    def _report(self, trainer: Any) -> None:
+    def _report(self, trainer: TrainerView) -> None:
         import ray.train
 
         self._last_reported_step = trainer.global_step

@@ -12,6 +12,7 @@ import torch
 from trainer.strategies._util import rank_zero_warn
 
 from .base import Callback
+from .view import TrainerView
 
 
 class TrainingSpikeError(RuntimeError):
@@ -57,11 +58,11 @@ class SpikeDetection(Callback):
         self.skipped_steps: list[int] = []  # the optimizer steps (0-based) whose update was skipped
         self._window_loss: Any = 0.0
 
-    def on_before_backward(self, trainer: Any, module: Any, loss: torch.Tensor) -> None:
+    def on_before_backward(self, trainer: TrainerView, module: Any, loss: torch.Tensor) -> None:
         # the loop weighted each micro-batch's loss for its window: their sum is the window's loss
         self._window_loss = self._window_loss + loss.detach().float()
 
-    def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, trainer: TrainerView, module: Any, optimizer: torch.optim.Optimizer) -> None:
         value, self._window_loss = self._window_loss, 0.0
         if not isinstance(value, torch.Tensor):
             return  # no loss went through backward in this window

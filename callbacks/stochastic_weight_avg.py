@@ -14,6 +14,7 @@ from trainer.strategies._util import rank_zero_info
 
 from .base import Callback
 from .weight_averaging import detached_copy, refuse_sharded
+from .view import TrainerView
 
 _BatchNorm = torch.nn.modules.batchnorm._BatchNorm
 
@@ -82,13 +83,13 @@ class StochasticWeightAveraging(Callback):
         return averaged + (current - averaged) / (num_averaged + 1)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage != "fit":
             return
         refuse_sharded(self, trainer)
         self._average_model = detached_copy(module, trainer)
 
-    def on_fit_start(self, trainer: Any, module: Any) -> None:
+    def on_fit_start(self, trainer: TrainerView, module: Any) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"StochasticWeightAveraging with {len(trainer.optimizers)} optimizers: it anneals and "
                              "averages for exactly one. Return one optimizer from configure_optimizers.")
@@ -105,7 +106,7 @@ class StochasticWeightAveraging(Callback):
         self._swa_start_epoch = start
         self._has_batch_norm = any(isinstance(m, _BatchNorm) for m in module.modules())
 
-    def _start_swa(self, trainer: Any, module: Any) -> None:
+    def _start_swa(self, trainer: TrainerView, module: Any) -> None:
         """Anneal towards ``swa_lrs``: SWALR replaces the module's scheduler (or is the only one)."""
         assert self._average_model is not None  # made in setup
         self._average_model = self._average_model.to(self._device or next(module.parameters()).device)
@@ -128,7 +129,7 @@ class StochasticWeightAveraging(Callback):
             self.n_averaged = torch.tensor(self._init_n_averaged, dtype=torch.long)
 
     # -- the schedule ----------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         epoch = trainer.current_epoch
         if not self.swa_start <= epoch <= self.swa_end:
             return
@@ -138,7 +139,7 @@ class StochasticWeightAveraging(Callback):
             self._update(module)
             self._latest_update_epoch = epoch
 
-    def on_train_end(self, trainer: Any, module: Any) -> None:
+    def on_train_end(self, trainer: TrainerView, module: Any) -> None:
         if self._average_model is None or self._swa_scheduler is None:
             return
         if trainer.current_epoch - 1 == self.swa_end or self._max_epochs == -1:
@@ -156,7 +157,7 @@ class StochasticWeightAveraging(Callback):
         n += 1
 
     @torch.no_grad()
-    def _update_batch_norm(self, trainer: Any, module: torch.nn.Module) -> None:
+    def _update_batch_norm(self, trainer: TrainerView, module: torch.nn.Module) -> None:
         """Recompute the BatchNorm statistics for the averaged weights: one pass over this process's training
         data (the forward of each batch's first element, as ``torch.optim.swa_utils.update_bn``), a cumulative
         mean (momentum None), then the mean over processes."""
@@ -186,7 +187,7 @@ class StochasticWeightAveraging(Callback):
                 "scheduler_state": None if self._swa_scheduler is None else self._swa_scheduler.state_dict(),
                 "average_model_state": None if self._average_model is None else self._average_model.state_dict()}
 
-    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, module: Any, checkpoint: dict[str, Any]) -> None:
         """Called before the optimizer and schedulers are restored: if SWA had started, SWALR takes the
         scheduler's place now, so the checkpoint's scheduler state lands in it."""
         state = checkpoint.get("callbacks", {}).get(self.state_key)

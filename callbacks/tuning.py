@@ -11,6 +11,7 @@ import random
 from typing import Any, Iterator
 
 import torch
+from .view import TrainerView
 
 
 
@@ -23,14 +24,14 @@ class TunerExit(BaseException):
 class Snapshot:
     """The module's weights and buffers, the optimizers' states, the precision's scaler and the RNG states."""
 
-    def __init__(self, trainer: Any, module: torch.nn.Module) -> None:
+    def __init__(self, trainer: TrainerView, module: torch.nn.Module) -> None:
         self.weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self.optimizers = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
         self.precision = copy.deepcopy(trainer.strategy.precision.state_dict())
         self.rng = (torch.get_rng_state(), random.getstate(),
                     torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, _numpy_state())
 
-    def restore(self, trainer: Any, module: torch.nn.Module) -> None:
+    def restore(self, trainer: TrainerView, module: torch.nn.Module) -> None:
         module.load_state_dict(self.weights)
         for opt, state in zip(trainer.optimizers, self.optimizers):
             opt.load_state_dict(state)
@@ -59,7 +60,7 @@ class _Counter:
     global_step = 0
 
 
-def train_steps(trainer: Any, module: Any, loader: Any, num_steps: int, synced: bool = True,
+def train_steps(trainer: TrainerView, module: Any, loader: Any, num_steps: int, synced: bool = True,
                 before_step: Any = None) -> Iterator[torch.Tensor]:
     """Train up to ``num_steps`` steps of one batch each on ``loader`` with the fit's optimizer, through the
     step engine (precision, clipping aside), yielding each step's loss. ``synced=False``: no collective runs
@@ -103,7 +104,7 @@ def quiet_logging(module: Any) -> Any:
     return manager
 
 
-def attr_holders(trainer: Any, module: Any, names: tuple[str, ...]) -> list[tuple[Any, str]]:
+def attr_holders(trainer: TrainerView, module: Any, names: tuple[str, ...]) -> list[tuple[Any, str]]:
     """(object, name) for each of module, module.hparams, datamodule, datamodule.hparams holding one of ``names``."""
     found = []
     for owner in (module, trainer.datamodule):

@@ -18,9 +18,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from trainer.strategies._util import rank_zero_warn
 
 from .base import Callback
+from .view import TrainerView
 
 
-def refuse_sharded(callback: Callback, trainer: Any) -> None:
+def refuse_sharded(callback: Callback, trainer: TrainerView) -> None:
     """A strategy that cannot keep a full averaged copy beside the module refuses, saying why."""
     strategy = trainer.strategy
     refusal = strategy.weight_averaging_refusal
@@ -29,7 +30,7 @@ def refuse_sharded(callback: Callback, trainer: Any) -> None:
                          "a single device for weight averaging.")
 
 
-def detached_copy(module: torch.nn.Module, trainer: Any) -> torch.nn.Module:
+def detached_copy(module: torch.nn.Module, trainer: TrainerView) -> torch.nn.Module:
     """A deep copy of ``module`` that does not drag the running trainer (and its process group) along."""
     return copy.deepcopy(module, memo={id(trainer): None})
 
@@ -64,7 +65,7 @@ class WeightAveraging(Callback):
         """Update after the optimizer step ``step_idx`` (from 0) or the epoch ``epoch_idx``? Default: every step."""
         return step_idx is not None
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage != "fit":
             return
         refuse_sharded(self, trainer)
@@ -72,32 +73,32 @@ class WeightAveraging(Callback):
         self._average_model = AveragedModel(detached_copy(module, trainer), device=device,
                                             use_buffers=self._use_buffers, **self._kwargs)
 
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # every micro-batch ends here; the step count moves only when the window's optimizer step ran
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
             assert self._average_model is not None  # made in setup
             self._average_model.update_parameters(module)
             self._latest_update_step = trainer.global_step
 
-    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
             assert self._average_model is not None  # made in setup
             self._average_model.update_parameters(module)
             self._latest_update_epoch = trainer.current_epoch
 
-    def on_train_end(self, trainer: Any, module: Any) -> None:
+    def on_train_end(self, trainer: TrainerView, module: Any) -> None:
         for average, current in self._pairs(module):
             current.data.copy_(average.data)
 
-    def on_validation_epoch_start(self, trainer: Any, module: Any) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, module: Any) -> None:
         if self._average_model is not None:
             self._swap(module)
 
-    def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, module: Any) -> None:
         if self._average_model is not None:
             self._swap(module)
 
-    def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: TrainerView, module: Any, checkpoint: dict[str, Any]) -> None:
         if self._average_model is None or "state_dict" not in checkpoint:
             return
         average = self._average_model.state_dict()
@@ -105,7 +106,7 @@ class WeightAveraging(Callback):
         checkpoint["state_dict"] = {k[len("module."):]: v for k, v in average.items() if k.startswith("module.")}
         checkpoint["averaging_state"] = {k: v for k, v in average.items() if not k.startswith("module.")}
 
-    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, module: Any, checkpoint: dict[str, Any]) -> None:
         if self._average_model is None:
             return
         if "current_model_state" in checkpoint and "averaging_state" in checkpoint:

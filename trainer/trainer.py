@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from trainer.callbacks.base import Callback
+from trainer.callbacks.view import TrainerView
 from trainer.callbacks.logger import Logger
 from trainer.callbacks.trackers import default_loggers
 from trainer.callbacks.early_stopping import EarlyStopping
@@ -545,3 +546,8 @@ class Trainer:
     def log_dir(self) -> str:
         return self.loggers[0].log_dir if self.loggers else self.config.default_root_dir
 
+
+if TYPE_CHECKING:
+    def _as_view(trainer: Trainer) -> TrainerView:
+        """mypy checks here that a Trainer is what callbacks are promised: every member of ``TrainerView``."""
+        return trainer
