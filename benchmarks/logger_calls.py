@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import trainer.callbacks as callbacks
     from _variants import Plan, _run_trainer_logging
-    from trainer.metrics import MetricsPublisher
+    from trainer.logs.publish import MetricsPublisher
 
     torch.set_num_threads(1)
     kinds = tuple(k for k in args.loggers.split(",") if k)

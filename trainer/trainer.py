@@ -32,7 +32,7 @@ from trainer.trainer_config import TrainerConfig
 from trainer.data.datamodule import DataModule, check_sources, has_loader, run_prepare_data
 from trainer.loops.hooks import Hooks
 from trainer.engine.script_launch import apply_launch_settings, launch_settings
-from trainer.metrics import MetricsPublisher
+from trainer.logs.publish import MetricsPublisher
 from trainer.module import TrainModule
 from trainer.engine.compiled import from_compiled
 from trainer.profiler import Profiler, ProfiledHooks, resolve_profiler, start_profiling

@@ -331,7 +331,7 @@ def test_the_losses_between_two_flushes_live_in_one_buffer_and_the_first_non_fin
     finds the first non-finite loss and its (step, batch), past the buffer's first size and in float64."""
     import math
 
-    from trainer.results import Results
+    from trainer.logs.results import Results
 
     results = Results("train")
     values = [float(i) for i in range(100)]

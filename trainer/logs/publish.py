@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainer.results import Results
+from trainer.logs.results import Results
 from trainer.logs.console import rank_zero_info
 
 
