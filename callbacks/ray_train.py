@@ -46,11 +46,10 @@ class RayTrainReportCallback(Callback):
         self.reports = 0
 
     def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
-        refusal = trainer.strategy.rank_zero_checkpoint_refusal
-        if stage == "fit" and refusal:
-            raise ValueError(f"RayTrainReportCallback with {type(trainer.strategy).__name__}: {refusal}, and Ray "
-                             "takes rank zero's directory only. Report "
-                             "with strategy='ddp', or save with ModelCheckpoint to storage every worker shares.")
+        if stage == "fit":  # Ray takes rank zero's checkpoint directory: it must be the whole run's state
+            trainer.strategy.checkpoint_format.require_rank_zero_whole(
+                "RayTrainReportCallback", "and Ray takes rank zero's directory only. Report with strategy='ddp', or "
+                "save with ModelCheckpoint to storage every worker shares.")
 
     def on_train_batch_end(self, trainer: TrainerView, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = self.every_n_train_steps

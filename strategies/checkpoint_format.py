@@ -122,6 +122,11 @@ class CheckpointFormat:
         format's checkpoints aside."""
         return None
 
+    def require_rank_zero_whole(self, owner: str, why_and_fix: str) -> None:
+        """Raise ``ValueError`` (naming ``owner``, then ``why_and_fix``) if what rank zero writes of a
+        checkpoint is not the whole run's state (each rank writes its own part)."""
+        return None
+
     def link(self, source: str, target: str, collective: bool) -> bool:
         """Make ``target`` a hard link to the checkpoint ``source`` (the same state at the same step):
         one write instead of two. False where it cannot (then ``target`` is written in full).
@@ -231,6 +236,10 @@ class ShardedFormat(CheckpointFormat):
         raise ValueError(f"{owner} with {type(self.strategy).__name__}: its checkpoints are sharded, each rank "
                              f"writing its own part ({self.name}), which cannot be copied aside for a background write "
                              f"(FSDP's can). {fix}")
+
+    def require_rank_zero_whole(self, owner: str, why_and_fix: str) -> None:
+        raise ValueError(f"{owner} with {type(self.strategy).__name__}: its checkpoints are written in shards, one "
+                         f"per rank, {why_and_fix}")
 
     def link(self, source: str, target: str, collective: bool) -> bool:
         return False  # a directory cannot be hard-linked: written in full

@@ -257,7 +257,6 @@ class DeepSpeedStrategy(Strategy):
     oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
                          "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
                          "free of collectives.")
-    rank_zero_checkpoint_refusal = "its checkpoints are written in shards, one per rank"
     weight_averaging_refusal = ("the engine owns the (possibly partitioned) parameters and their fp32 master copy, "
                                 "so an averaged copy kept beside them would not see the weights the engine steps.")
     accumulation_schedule_refusal = ("DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it "

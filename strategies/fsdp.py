@@ -200,7 +200,6 @@ class FSDPStrategy(Strategy):
 
     oom_split_refusal = ("FSDP gathers parameters in every forward and backward (collectives), so a rank that "
                          "retries a micro-batch in pieces would leave the others waiting in a different collective.")
-    rank_zero_checkpoint_refusal = "its checkpoints are written in shards, one per rank"
     weight_averaging_refusal = ("each process holds only its shard of the parameters, and the averaged copy would "
                                 "be a full unsharded module on every process (or shards that the averaging and the "
                                 "swap for validation would have to gather).")

@@ -237,8 +237,6 @@ class Strategy(ABC):
     adding_param_groups_refusal: str | None = None
     # StochasticWeightAveraging / WeightAveraging: why a full averaged copy of the module cannot be kept (None: it can)
     weight_averaging_refusal: str | None = None
-    # RayTrainReportCallback: why one checkpoint file from rank zero cannot be the whole run's state (None: it can)
-    rank_zero_checkpoint_refusal: str | None = None
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""
