@@ -84,6 +84,11 @@ class Callback:
     # -- logging (Lightning lets a callback call self.log: its module's, attached when a stage starts) ----
     _logging_module: Any = None
 
+    def attach_module(self, module: Any) -> None:
+        """The module whose ``self.log`` this callback's ``log`` goes through (None: none). The hook
+        dispatcher attaches the running module when a stage starts."""
+        self._logging_module = module
+
     def log(self, name: str, value: Any, **kwargs: Any) -> None:
         """``module.log(name, value, **kwargs)`` of the module being trained/evaluated (same arguments and
         defaults for the hook it is called from)."""

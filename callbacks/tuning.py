@@ -70,7 +70,7 @@ def train_steps(trainer: TrainerView, module: Any, loader: Any, num_steps: int, 
     engine = accel.engine
     step_fn = trainer.fit_loop.training_step if synced else trainer.strategy.local_training_step(module)
     # The trial runs inside on_fit_start, where self.log is refused; its training_step logs as in fit.
-    no_log_hook, module._no_log_hook = getattr(module, "_no_log_hook", None), None
+    no_log_hook = module.refuse_logging(None)
     module.train()
     try:  # its own step count, one micro-batch per step; the fit's plan (and a fresh window) come back after
         with engine.planned(progress=_Counter(), accumulation=1, optimizers=[optimizer], count_every_step=False):
@@ -91,7 +91,7 @@ def train_steps(trainer: TrainerView, module: Any, loader: Any, num_steps: int, 
                 engine.zero_grad(optimizer)
                 yield loss.detach()
     finally:
-        module._no_log_hook = no_log_hook
+        module.refuse_logging(no_log_hook)
 
 
 def quiet_logging(module: Any) -> Any:

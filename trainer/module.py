@@ -55,7 +55,7 @@ class TrainModule(torch.nn.Module):
         self._trainer: Any = None  # attach(trainer)
         self._results: Any = None  # log_into(results): where self.log writes, the running stage's Results
         self._warned_unattached_log = False
-        self._no_log_hook: str | None = None  # set while a hook whose logged values are never shown runs
+        self._no_log_hook: str | None = None  # refuse_logging(hook): a hook whose logged values are never shown runs
         self._hparams = AttributeDict()
 
     # -- what the user writes -------------------------------------------------------------
@@ -275,9 +275,16 @@ class TrainModule(torch.nn.Module):
         """True while a Trainer is attached (``self.trainer`` raises otherwise)."""
         return self._trainer is not None
 
+    def refuse_logging(self, hook: str | None) -> str | None:
+        """Make ``self.log`` raise, naming ``hook``, while a hook whose logged values are never shown runs
+        (``on_fit_start``, ``setup``, ...; Lightning refuses them too); None: allowed again. The hook
+        dispatcher calls it around those hooks; returns the previous refusal, which a nested call gives back."""
+        previous, self._no_log_hook = self._no_log_hook, hook
+        return previous
+
     def log_into(self, results: Any) -> Any:
         """Send this module's ``self.log`` calls to ``results`` (the running stage's
-        ``trainer.results.Results``; None: outside a stage, where ``self.log`` warns once and does
+        ``trainer.logs.results.Results``; None: outside a stage, where ``self.log`` warns once and does
         nothing). The loops call it when a stage or an evaluation inside fit starts; returns the
         previous target, which an evaluation inside fit gives back when it ends."""
         previous, self._results = self._results, results

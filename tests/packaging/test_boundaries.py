@@ -84,10 +84,6 @@ PRIVATE_ALLOWED = [
              "accelerator.gradient_state._remove_dataloader")),
     Allowed("same room: skip_first_batches asks a prepared loader (wrappers.py) for the Accelerator that made it",
             ("trainer/accelerate/data_loader.py",), ("getattr(dataloader, '_accelerator', None)",)),
-    Allowed("the loops attach the running module to callbacks and mark the module's no-log hooks "
-            "(issue 26 point 3: documented attach slots)",
-            ("trainer/loops/hooks.py", "callbacks/tuning.py"),
-            ("cb._logging_module", "module._no_log_hook", "getattr(module, '_no_log_hook', None)")),
     Allowed("checkpoint restore reads the old state keys a callback answers to (EarlyStopping, ModelCheckpoint)",
             ("trainer/persistence/trainer_checkpoint.py",), ("getattr(cb, '_legacy_state_keys', ())",)),
     Allowed("loops/wiring.py is the Trainer constructor's checks, split out of trainer.py for it alone",

@@ -19,7 +19,7 @@ class Hooks:
         self._module: dict[str, list[tuple[str, Callable]]] = {}
         self._callbacks: dict[str, list[tuple[str, Callable]]] = {}
         for cb in callbacks:
-            cb._logging_module = module  # Callback.log logs through the module (as Lightning attaches it)
+            cb.attach_module(module)  # Callback.log logs through the module (as Lightning attaches it)
         for name in HOOK_NAMES:
             self._module[name] = ([(f"{type(module).__name__} (the TrainModule)", getattr(module, name))]
                                   if _overrides(module, TrainModule, name) else [])
@@ -68,11 +68,11 @@ NO_LOG_HOOKS = frozenset({
 def no_logging(module: TrainModule, name: str, fn: Callable) -> Callable:
     """``fn`` with ``self.log`` refused (naming the hook ``name``) while it runs."""
     def call(*args: Any) -> Any:
-        outer, module._no_log_hook = module._no_log_hook, name
+        outer = module.refuse_logging(name)
         try:
             return fn(*args)
         finally:
-            module._no_log_hook = outer
+            module.refuse_logging(outer)
     return call
 
 
