@@ -151,7 +151,8 @@ def _run(cmd: list[str], out: str, env: dict) -> dict:
     return result
 
 
-RAW_DDP, TRAINER_DDP, ACCEL_DDP = "raw torch DDP, 2 processes", "Trainer DDP, 2 processes", "Accelerator DDP, 2 processes"
+RAW_DDP, TRAINER_DDP = "raw torch DDP, 2 processes", "Trainer DDP, 2 processes"
+ACCEL_DDP = "Accelerator DDP, 2 processes"
 RAW_1, TRAINER_1 = "raw torch, 1 process", "Trainer, 1 process"
 PAIRS = [(TRAINER_DDP, RAW_DDP), (ACCEL_DDP, RAW_DDP), (TRAINER_1, RAW_1)]
 
