@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 import torch
 
 from trainer import DataModule, Trainer, TrainModule, seed_everything
-from trainer.callbacks import Callback
+from trainer.callbacks import Callback, TrainerView
 from trainer.callbacks.logger import Logger
 from trainer.trainer_config import TrainerConfig
 from trainer.strategies import Strategy
@@ -79,7 +79,7 @@ class SaveConfigCallback(Callback):
         self.parser, self.config, self.config_filename, self.overwrite = parser, config, config_filename, overwrite
         self.text = parser.dump(config)
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if not trainer.is_global_zero:
             return
         path = os.path.join(trainer.log_dir, self.config_filename)
@@ -91,7 +91,7 @@ class SaveConfigCallback(Callback):
         with open(path, "w") as f:
             f.write(self.text)
 
-    def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: TrainerView, module: Any, checkpoint: dict[str, Any]) -> None:
         checkpoint["cli_config"] = self.text
 
 
