@@ -59,7 +59,7 @@ def test_fit_on_two_started_ranks_comes_back_equal_to_one_process_on_the_whole_b
     assert trainer.module is model and trainer.world_size == 1  # this process is no rank
     # metrics and the checkpoint callback's results as rank zero had them
     assert set(trainer.callback_metrics) >= {"train/loss", "val/loss"}
-    assert isinstance(trainer.callback_metrics["val/loss"], float)
+    assert isinstance(trainer.callback_metrics["val/loss"], torch.Tensor)  # a 0-d tensor, as Lightning's
     assert checkpoint.best_model_path.endswith(".ckpt") and os.path.isfile(checkpoint.best_model_path)
     assert len(checkpoint.best_k_models) == 1 and checkpoint.best_model_score == pytest.approx(
         checkpoint.best_k_models[checkpoint.best_model_path])
