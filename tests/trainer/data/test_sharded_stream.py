@@ -297,7 +297,7 @@ def _on_rank(tmp: str, shards: list[str], **kw) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 @pytest.mark.parametrize("stop", [3, 7])  # mid-shard; after each worker's short last batch of a shard
 def test_two_processes_stopped_inside_the_epoch_resume_on_one(tmp_path, stop):
     from tests.helpers.distributed import run_distributed
@@ -305,7 +305,7 @@ def test_two_processes_stopped_inside_the_epoch_resume_on_one(tmp_path, stop):
     shards = write_shards(tmp_path / "shards", 4, PER_SHARD)  # 2 shards a rank, 1 a loader worker: 8 steps
     path = str(tmp_path / "mid.ckpt")
     before = run_distributed(_on_rank, tmp=str(tmp_path), shards=shards, max_steps=stop, max_epochs=2,
-                             save_to=path, timeout=200)
+                             save_to=path, timeout=400)
     after = _fit(shards, tmp_path / "after.log", ckpt_path=path, max_epochs=2, workers=2)
     everything = sorted(_sample_ids(shards).values())
     trained_before = [a for r in before for a in _ids(r["seen"])]
@@ -319,7 +319,7 @@ def test_two_processes_stopped_inside_the_epoch_resume_on_one(tmp_path, stop):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 @pytest.mark.parametrize("shards_n, stop, epochs, last_step", [
     (3, 2, 1, [3, 2]),  # 17 left: global batches of 4, the last 4 + 1 as 3 + 2 (weighted)
     (4, 4, 2, [2, 2]),  # 20 left, then an epoch dealt by the stream itself over the two ranks
@@ -331,7 +331,7 @@ def test_one_process_stopped_inside_the_epoch_resumes_on_two(tmp_path, shards_n,
     path = str(tmp_path / "mid.ckpt")
     before = _fit(shards, tmp_path / "before.log", max_steps=stop, max_epochs=epochs, save_to=path, workers=2)
     ranks = run_distributed(_on_rank, tmp=str(tmp_path), shards=shards, ckpt_path=path, max_epochs=epochs,
-                            timeout=200)
+                            timeout=400)
     everything = sorted(_sample_ids(shards).values())
     trained_before = _ids(before["seen"])
     after = [_ids(r["seen"]) for r in ranks]
