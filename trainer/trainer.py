@@ -53,7 +53,8 @@ class Trainer:
     """Runs a ``TrainModule``: fit, validate, test and predict, on any strategy.
 
     All arguments are keyword-only. Every bad value is refused here, before training, with the value
-    received, what is expected and the fix.
+    received, what is expected and the fix. The loop's settings, ``max_epochs`` on, are the fields of
+    ``trainer.trainer_config.TrainerConfig`` (checked there; the Trainer guide says more of each).
 
     Args:
         accelerator: "auto" (cuda, then mps, then cpu), "cpu", "cuda"/"gpu" or "mps".
@@ -70,11 +71,39 @@ class Trainer:
         profiler: None, "simple", "pytorch" or a profiler object.
         plugins: Lightning's ``plugins=``; only a ``SLURMEnvironment`` (its auto-requeue settings) is taken,
             anything else is refused with where it goes here.
-        max_epochs ... enable_model_summary: the loop's settings, each a field of
-            ``trainer.trainer_config.TrainerConfig`` and checked there (the Trainer guide's table describes
-            each). ``accumulate_grad_batches=None``: the ``trainer launch`` setting, else 1;
-            ``enable_checkpointing``/``enable_progress_bar``/``enable_model_summary=None``: on, unless
-            ``barebones=True`` (which refuses an explicit True).
+        max_epochs: epochs to train; -1 for no limit; None: 1000 unless max_steps or max_time stop first.
+        max_steps: optimizer steps to train (-1: no limit).
+        max_time: a time limit: seconds, a ``timedelta``, a dict such as ``{"hours": 1}`` or "DD:HH:MM:SS".
+        accumulate_grad_batches: micro-batches per optimizer step; None: the ``trainer launch`` setting, else 1.
+        gradient_clip_val: clip gradients to this norm (or value); None: no clipping.
+        gradient_clip_algorithm: "norm" or "value".
+        val_check_interval: validate every this fraction of an epoch (float) or number of batches (int).
+        check_val_every_n_epoch: validate every N epochs (None: count val_check_interval across epochs).
+        limit_train_batches: batches per epoch to train (int) or fraction of the epoch (float).
+        limit_val_batches: likewise for validation.
+        limit_test_batches: likewise for test.
+        limit_predict_batches: likewise for predict.
+        num_sanity_val_steps: validation batches run before training (-1: all of them).
+        fast_dev_run: True (or N): a smoke test of 1 (or N) batches of each stage, one epoch, no sanity
+            check and no checkpoints.
+        log_every_n_steps: how often step values reach the loggers (one host sync each time).
+        default_root_dir: where logs and checkpoints go unless a logger or callback says otherwise.
+        enable_progress_bar: add a ``ProgressBar`` (None: yes, unless ``barebones``).
+        enable_checkpointing: add a ``ModelCheckpoint`` (None: yes, unless ``barebones``).
+        deterministic: True, False or "warn": torch's deterministic algorithms.
+        stop_on_nonfinite_loss: a NaN or inf loss stops fit (an error naming the step), at the next read-back.
+        min_epochs: train at least this many epochs, whatever stops earlier.
+        min_steps: train at least this many optimizer steps.
+        overfit_batches: train and validate on the same first N batches (or fraction) every epoch.
+        reload_dataloaders_every_n_epochs: ask the module/datamodule for new loaders every N epochs (0: never).
+        use_distributed_sampler: give each process its share of a map-style dataset.
+        benchmark: cuDNN's benchmark mode (None: leave it as it is).
+        detect_anomaly: run under ``torch.autograd.set_detect_anomaly``.
+        inference_mode: evaluate under ``torch.inference_mode`` (else ``no_grad``).
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm on several processes.
+        barebones: nothing beside the loop: no checkpointing, progress bar, summary, sanity check or loggers.
+        oom_split: an out-of-memory micro-batch is split and trained in pieces, with the same update.
+        enable_model_summary: add a ``ModelSummary`` (None: yes, unless ``barebones``).
 
     Example:
         >>> trainer = Trainer(max_epochs=3, precision="bf16-mixed", accumulate_grad_batches=4)
