@@ -138,7 +138,7 @@ class Reshard:
         self.origin, self.order, self.steps, self.epoch, self.start = origin, order, steps, epoch, start
         self.batches = [step[rank] for step in steps]
         self.shares = loss_shares(steps, rank, accumulation)
-        self.weights = item_weights(steps, accumulation)
+        self.accumulation, self.weights = accumulation, item_weights(steps, accumulation)
         self.end = start + len(steps)  # the batch_idx at which the epoch is over
         self._done = [origin["consumed"]]
         for step in steps:
@@ -155,7 +155,12 @@ class Reshard:
         kwargs = {**loader_kwargs(loader), "persistent_workers": False}
         return DataLoader(loader.dataset, batch_sampler=_Batches(self.batches[batch_idx - self.start:]), **kwargs)
 
-    def weighted(self, items: Any, engine: Any, batch_idx: int) -> Iterator[Any]:
+    def weighted(self, items: Any, engine: Any, batch_idx: int, accumulation: int) -> Iterator[Any]:
+        """``items`` weighed for windows of ``accumulation`` micro-batches: the epoch's value once its
+        ``on_train_epoch_start`` ran (a GradientAccumulationScheduler may set another than the Trainer's,
+        which the plan was made with before anything ran)."""
+        if accumulation != self.accumulation:
+            self.accumulation, self.weights = accumulation, item_weights(self.steps, accumulation)
         return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
 
 

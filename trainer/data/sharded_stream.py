@@ -164,7 +164,7 @@ class StreamRest:
         self.consumed_before, self.steps, self.epoch, self.start = consumed, steps, epoch, start
         self.pieces = [as_ranges(step[rank]) for step in steps]
         self.shares = loss_shares(steps, rank, accumulation)
-        self.weights = item_weights(steps, accumulation)
+        self.accumulation, self.weights = accumulation, item_weights(steps, accumulation)
         self.end = start + len(steps)  # the batch_idx at which the epoch is over
 
     def state(self, batch_idx: int) -> dict[str, Any]:
@@ -177,7 +177,12 @@ class StreamRest:
         return DataLoader(PlannedPieces(loader.dataset, self.pieces[batch_idx - self.start:]), batch_size=None,
                           **kwargs)
 
-    def weighted(self, items: Any, engine: Any, batch_idx: int) -> Iterator[Any]:
+    def weighted(self, items: Any, engine: Any, batch_idx: int, accumulation: int) -> Iterator[Any]:
+        """``items`` weighed for windows of ``accumulation`` micro-batches: the epoch's value once its
+        ``on_train_epoch_start`` ran (a GradientAccumulationScheduler may set another than the Trainer's,
+        which the plan was made with before anything ran)."""
+        if accumulation != self.accumulation:
+            self.accumulation, self.weights = accumulation, item_weights(self.steps, accumulation)
         return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
 
 

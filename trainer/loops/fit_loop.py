@@ -371,7 +371,8 @@ class FitLoop:
             batches = loader
         elif self.reshard is not None:  # the rest of an epoch begun on another number of processes
             now, plan = rng_states(), self.reshard
-            items = plan.weighted(with_is_last(plan.loader(loader, start)), self.trainer.accelerator.engine, start)
+            items = plan.weighted(with_is_last(plan.loader(loader, start)), self.trainer.accelerator.engine, start,
+                                  self.accumulate_grad_batches)
             return set_rng_states_after_first(items, now)
         else:
             now = rng_states()
