@@ -98,7 +98,7 @@ def test_wandb_offline_run_holds_history_and_config(tmp_path, capsys):
     losses = [(h["trainer/global_step"], h["train/loss"]) for h in record["history"] if "train/loss" in h]
     assert [s for s, _ in losses] == [1, 3, 5, 7, 9, 11, 13, 15]
     val = [(h["trainer/global_step"], h["epoch"]) for h in record["history"] if "val/loss" in h]
-    assert val == [(8, 0), (16, 1)]  # after each epoch's 8 steps, in that epoch
+    assert val == [(7, 0), (15, 1)]  # after each epoch's 8 steps, at the 8th step's row (as Lightning), in that epoch
     assert sum(1 for h in record["history"] if "val/loss" in h) == 2
     assert record["config"]["width"] == 4 and record["config"]["note"] == "hello"
     assert record["config"]["trainer/max_epochs"] == 2

@@ -268,14 +268,15 @@ def test_csv_logger_columns_and_rows(make_trainer):
     val = [r["val/loss"] for r in rows if r["val/loss"]]
     assert len(val) == 2  # the sanity check writes no row
     # the epoch value of t: batches of 4 with values 1, 2, 3 -> 2.0. Lightning's x axis: the n-th optimizer
-    # step's row at step n-1, a validation's at the steps taken, an epoch's at its last step row's; `epoch` in each
+    # step's row at step n-1, a validation in fit at the row of the batch it follows (Lightning validates before it
+    # counts that batch), an epoch's at its last step row's; `epoch` in each
     expected = [
         {"step": "1", "train/loss": repr(losses[1]), "epoch": "0", "val/loss": "", "t": ""},
-        {"step": "3", "train/loss": "", "epoch": "0", "val/loss": val[0], "t": ""},
+        {"step": "2", "train/loss": "", "epoch": "0", "val/loss": val[0], "t": ""},
         {"step": "2", "train/loss": "", "epoch": "0", "val/loss": "", "t": "2.0"},
         {"step": "3", "train/loss": repr(losses[3]), "epoch": "1", "val/loss": "", "t": ""},
         {"step": "5", "train/loss": repr(losses[5]), "epoch": "1", "val/loss": "", "t": ""},
-        {"step": "6", "train/loss": "", "epoch": "1", "val/loss": val[1], "t": ""},
+        {"step": "5", "train/loss": "", "epoch": "1", "val/loss": val[1], "t": ""},
         {"step": "5", "train/loss": "", "epoch": "1", "val/loss": "", "t": "2.0"},
     ]
     assert rows == expected

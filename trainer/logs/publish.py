@@ -114,6 +114,8 @@ class MetricsPublisher:
         self.progress_bar_metrics: dict[str, float] = {}
         self.history: list[tuple[int, dict[str, float]]] = []  # what the loggers received (rank zero)
         self._announced = False
+        # the x of a validation's row inside fit, set by the fit loop around it (None: stepped_batches())
+        self.eval_step: int | None = None
 
     def reset(self) -> None:
         """A new top-level stage (fit, validate, test, predict) starts with no metrics (as Lightning)."""
@@ -186,7 +188,9 @@ class MetricsPublisher:
     def stepped_batches(self) -> int:
         """Lightning's x axis for logger rows: batches that ended with an optimizer step (one per
         batch in manual optimization, however many optimizers it steps). A training step's row is
-        logged at this count minus one (the first at step 0), an evaluation's at the count."""
+        logged at this count minus one (the first at step 0), an evaluation's at the count -- but a
+        validation inside fit at the row of the batch it follows when that batch stepped (Lightning validates
+        before it counts the batch: ``eval_step``, set by the fit loop)."""
         trainer = self._trainer
         module = trainer.module
         if module is not None and not getattr(module, "automatic_optimization", True):
@@ -210,7 +214,7 @@ class MetricsPublisher:
         if stage != "sanity_check":
             logged_steps = results.names("logger")
             self._publish(values, results, also_plain=False,
-                          extra={k: v for k, v in step_values.items() if k in logged_steps})
+                          extra={k: v for k, v in step_values.items() if k in logged_steps}, step=self.eval_step)
         if num_loaders == 1:
             return [values]
         # each loader's dict: its own metrics, and those logged outside any loader (e.g. in an epoch-end hook)

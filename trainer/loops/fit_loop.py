@@ -473,7 +473,12 @@ class FitLoop:
                 self.metrics.publish_train(epoch_end=False)  # crossed a multiple of log_every_n_steps
             if state.val_pending:
                 state.val_pending = False  # a checkpoint written during validation must not repeat it
-                self._validate(val_loaders)
+                # its rows sit where Lightning's do: before this batch is counted on the x axis if it stepped
+                self.metrics.eval_step = self.metrics.stepped_batches() - (1 if manual or stepped else 0)
+                try:
+                    self._validate(val_loaders)
+                finally:
+                    self.metrics.eval_step = None
                 self._sync_should_stop()
             # a SIGTERM on any rank stops every rank at this step: polled every few steps, settled
             # (blocking) at the epoch's last step so that a pending stop is never lost (preemption.py)
