@@ -156,8 +156,9 @@ class Trainer:
         _check_num_nodes(num_nodes)
         self.num_nodes = num_nodes
         options = launch_settings().get(strategy) if isinstance(strategy, str) else None
-        self.accelerator = Accelerator(strategy=resolve_strategy(strategy, accelerator, devices, precision, options,
-                                                                        auto_precision=True))
+        # the strategy is resolved once, here; the runtime is built over it (not through Accelerator's user arguments)
+        resolved = resolve_strategy(strategy, accelerator, devices, precision, options, auto_precision=True)
+        self.accelerator = Accelerator.for_strategy(resolved)
         refusal = self.accelerator.strategy.oom_split_refusal
         if self.config.oom_split and refusal:
             raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "

@@ -212,3 +212,29 @@ def test_deepspeeds_driver_before_its_engine_says_what_to_do():
     with pytest.raises(ValueError, match=r"pass exactly one model and its optimizer together \(got 1 model\(s\) "
                                          r"and 0 optimizer\(s\)\)"):
         DeepSpeedStrategy().prepare([torch.nn.Linear(1, 1)], [])
+
+
+def test_the_trainer_builds_its_runtime_over_one_resolved_strategy(monkeypatch):
+    import trainer.accelerate.arguments as arguments
+    import trainer.trainer as trainer_module
+
+    resolved: list[object] = []
+    for module in (trainer_module, arguments):
+        original = module.resolve_strategy
+        monkeypatch.setattr(module, "resolve_strategy",
+                            lambda *a, _original=original, **k: resolved.append(_original(*a, **k)) or resolved[-1])
+
+    def user_constructor(self, *args, **kwargs):
+        raise AssertionError("the Trainer went through Accelerator's user constructor")
+
+    monkeypatch.setattr(Accelerator, "__init__", user_constructor)
+    trainer = Trainer(strategy="auto", precision="bf16-mixed", max_steps=1, **_quiet())
+    assert resolved == [trainer.strategy] and trainer.accelerator.strategy is trainer.strategy
+    assert trainer.accelerator.gradient_accumulation_steps == 1 and trainer.accelerator.device_placement
+    trainer.fit(BoringModel(), regression_loader(n=16))
+    assert trainer.global_step == 1
+
+
+def test_the_runtime_for_a_strategy_refuses_a_name():
+    with pytest.raises(TypeError, match=r"for_strategy\('ddp'\): expected a Strategy object.*Accelerator\(strategy="):
+        Accelerator.for_strategy("ddp")  # type: ignore[arg-type]

@@ -84,17 +84,43 @@ class Accelerator(TrackingMixin, ProcessDecorators):
                                         "parallelism_config": parallelism_config})
         if args.gradient_accumulation is not None:
             gradient_accumulation_steps = args.gradient_accumulation.num_steps
-        self.strategy, gradient_accumulation_steps = build_strategy(
+        built, gradient_accumulation_steps = build_strategy(
             strategy, devices, mixed_precision, gradient_accumulation_steps, cpu, deepspeed_plugin, fsdp_plugin)
-        self._tracker_specs = _tracker_specs(log_with)  # checked now: a typo fails before training
+        specs = _tracker_specs(log_with)  # checked now: a typo fails before training
+        plugin = args.gradient_accumulation or GradientAccumulationPlugin(num_steps=gradient_accumulation_steps)
+        self._start(built, plugin, args.dataloader, args.project, specs, device_placement=device_placement,
+                    step_scheduler_with_optimizer=step_scheduler_with_optimizer, deepspeed_plugin=deepspeed_plugin,
+                    fsdp_plugin=fsdp_plugin)
+
+    @classmethod
+    def for_strategy(cls, strategy: Strategy) -> Accelerator:
+        """The runtime over an already resolved ``strategy``, every other setting at Accelerate's default:
+        how the Trainer builds its own (``trainer.accelerator``), without reading the user constructor's
+        arguments or resolving the strategy a second time."""
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"Accelerator.for_strategy({strategy!r:.80}): expected a Strategy object; for a name "
+                            "such as 'ddp' use Accelerator(strategy='ddp').")
+        runtime = cls.__new__(cls)
+        runtime._start(strategy, GradientAccumulationPlugin(num_steps=1), DataLoaderConfiguration(),
+                       ProjectConfiguration(), [])
+        return runtime
+
+    def _start(self, strategy: Strategy, plugin: GradientAccumulationPlugin, dataloader: DataLoaderConfiguration,
+               project: ProjectConfiguration, tracker_specs: list[Any], *, device_placement: bool = True,
+               step_scheduler_with_optimizer: bool = True, deepspeed_plugin: Any = None,
+               fsdp_plugin: Any = None) -> None:
+        """Set the runtime up from settings already checked: the strategy's processes, the step engine,
+        the gradient state and the prepared-object registry."""
+        gradient_accumulation_steps = plugin.num_steps
+        self.strategy = strategy
+        self._tracker_specs = tracker_specs
         self.strategy.setup()
         self.device_placement = device_placement
         self.deepspeed_plugin, self.fsdp_plugin = deepspeed_plugin, fsdp_plugin
-        self.dataloader_config = args.dataloader
-        self.project_configuration = args.project
-        self.project_dir = args.project.project_dir
+        self.dataloader_config = dataloader
+        self.project_configuration = project
+        self.project_dir = project.project_dir
         self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
-        plugin = args.gradient_accumulation or GradientAccumulationPlugin(num_steps=gradient_accumulation_steps)
         self._gradient_state = GradientState(gradient_accumulation_steps, plugin.sync_with_dataloader,
                                             plugin.adjust_scheduler, plugin.sync_each_batch)
         self.engine = StepEngine(self.strategy, gradient_accumulation_steps)
