@@ -96,7 +96,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], command: str | None
     """``parse_known_args``, except that a line with a misspelt option is refused for that option (with the
     closest spelling) and not for what argparse tripped on next: in ``trainer config --devise cpu`` the
     value ``cpu`` would otherwise be read as the ``show`` action and refused as that."""
-    target = parser.commands.get(command) if command else None  # type: ignore[attr-defined]
+    commands: dict[str, argparse.ArgumentParser] = parser.commands  # type: ignore[attr-defined]
+    target = commands.get(command) if command else None
     if target is None:
         return parser.parse_known_args(argv)
 
