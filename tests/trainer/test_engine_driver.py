@@ -238,3 +238,24 @@ def test_the_trainer_builds_its_runtime_over_one_resolved_strategy(monkeypatch):
 def test_the_runtime_for_a_strategy_refuses_a_name():
     with pytest.raises(TypeError, match=r"for_strategy\('ddp'\): expected a Strategy object.*Accelerator\(strategy="):
         Accelerator.for_strategy("ddp")  # type: ignore[arg-type]
+
+
+class PreparingStrategy(SingleDeviceStrategy):
+    """Keeps the driver its last ``prepare`` returned."""
+
+    def prepare(self, models, optimizers):
+        models, optimizers, self.returned = super().prepare(models, optimizers)
+        return models, optimizers, self.returned
+
+
+def test_the_trainers_engine_drives_the_driver_its_strategy_prepared_the_optimizers_with():
+    # DeepSpeed's driver wraps the engine it builds over the module and the optimizer, so the engine must
+    # drive the driver prepare() returned, not one made before anything was prepared
+    strategy = PreparingStrategy("cpu")
+    trainer = Trainer(strategy=strategy, max_steps=1, **_quiet())
+    trainer.fit(BoringModel(), regression_loader(n=16))
+    assert trainer.accelerator.engine.driver is trainer.strategy.returned
+    accelerator = Accelerator(strategy=PreparingStrategy("cpu"))
+    model = torch.nn.Linear(1, 1)
+    accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert accelerator.engine.driver is accelerator.strategy.returned

@@ -190,8 +190,11 @@ class FitLoop:
                                                              module.configure_optimizers)(), automatic)
         if automatic:
             check_optimizer_count(optimizers, module)
-        strategy = self.trainer.accelerator.strategy
-        self.optimizers = [strategy.setup_optimizer(opt) for opt in optimizers]
+        # the module was set up by prepare_trainer_module; the strategy prepares its optimizers and returns the
+        # driver the engine steps them with (DeepSpeed's wraps the engine it builds over the module and optimizer)
+        accelerator = self.trainer.accelerator
+        _, self.optimizers, driver = accelerator.strategy.prepare([], optimizers)
+        accelerator.engine.plan(driver=driver)
         self.module_optimizers = [ModuleOptimizer(opt, self.trainer) for opt in self.optimizers]
         self.scheduler_configs = schedulers
         # in manual optimization the module steps its schedulers itself (as in Lightning)
