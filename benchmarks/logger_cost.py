@@ -11,6 +11,9 @@ that over logging off's in the same round. Three clocks: the training thread's C
 cost on the training thread, what this benchmark is for, and steady under load), the process's CPU
 time (the writer threads' work included) and wall time (what a user waits; on a shared machine it
 moves by more than the differences measured here, so read it with the load printed beside it).
+The wall and CPU clocks cannot resolve 1% on a loaded machine, so each fit also times, on the
+training thread, every call the loop makes into the logger (``enqueue_metrics``: the queueing, or
+with ``--sync`` the write itself) and reports it per log call and as a share of the step's time.
 Each variant first runs one short untimed fit, so a tracker's run is open (W&B's start takes seconds,
 in its own service process) before the rounds. The loggers write on their background writer threads;
 ``--sync`` adds each logger written on the training thread (as before the writer threads), to show
@@ -108,12 +111,29 @@ def _fit(setup: _Setup, logger: Any, steps: int | None = None) -> dict[str, Any]
         def on_train_end(self, trainer: Any, module: Any) -> None:
             mark()
 
+    in_logger: list[float] = []  # seconds the training thread spent in each call into the logger
+    if logger is not None:
+        enqueue = logger.enqueue_metrics
+
+        def timed(metrics: Any, step: int) -> None:
+            start = time.perf_counter()
+            try:
+                enqueue(metrics, step)
+            finally:
+                in_logger.append(time.perf_counter() - start)
+
+        logger.enqueue_metrics = timed
     torch.manual_seed(0)
     trainer = Trainer(max_steps=steps or setup.steps, logger=logger if logger is not None else False,
                       enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                       log_every_n_steps=args.log_every_n_steps, accelerator="cpu", callbacks=[Clock()])
-    trainer.fit(setup.make_model(), setup.loader)
-    out: dict[str, Any] = {"rows": len(trainer._metrics.history)}
+    try:
+        trainer.fit(setup.make_model(), setup.loader)
+    finally:
+        if logger is not None:
+            logger.enqueue_metrics = enqueue
+    out: dict[str, Any] = {"rows": len(trainer._metrics.history), "logger_call_us": [1e6 * t for t in in_logger],
+                           "steps": steps or setup.steps}
     for i, clock in enumerate(CLOCKS):
         chunk_ms = [1e3 * (b[i] - a[i]) / args.chunk for a, b in zip(marks, marks[1:])]
         out[f"{clock}_chunks"] = chunk_ms
@@ -188,18 +208,23 @@ def _table(args: argparse.Namespace, setup: _Setup, results: dict[str, list[dict
              f"over logging off's in the same round. Load average (1 min) during the rounds: {min(loads):.1f}-"
              f"{max(loads):.1f}.", "",
              "| variant | training-thread CPU ms/step | ratio to logging off, each round | median | highest "
-             "| process CPU, median ratio | wall, median ratio | rows logged per fit |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| process CPU, median ratio | wall, median ratio | rows logged per fit | training thread in the logger, "
+             "µs per row (median) | its share of a step |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runs in results.items():
         ms = statistics.median(r["training_thread_cpu"] for r in runs)
         if name == "logging off":
-            lines.append(f"| {name} | {ms:.2f} | (reference) | 1.000x | | 1.000x | 1.000x | 0 |")
+            lines.append(f"| {name} | {ms:.2f} | (reference) | 1.000x | | 1.000x | 1.000x | 0 | | |")
             continue
         ratio = {c: [r[c] / o[c] for r, o in zip(runs, off)] for c in CLOCKS}
         cpu = ratio["training_thread_cpu"]
+        calls = [t for r in runs for t in r["logger_call_us"]]
+        per_row = statistics.median(calls) if calls else float("nan")
+        step_us = 1e3 * statistics.median(r["wall"] for r in off)
+        share = 100 * sum(calls) / len(runs) / runs[0]["steps"] / step_us  # per step, over a step's wall time
         lines.append(f"| {name} | {ms:.2f} | {' '.join(f'{x:.3f}' for x in cpu)} | {statistics.median(cpu):.3f}x "
                      f"| {max(cpu):.3f}x | {statistics.median(ratio['process_cpu']):.3f}x "
-                     f"| {statistics.median(ratio['wall']):.3f}x | {runs[0]['rows']} |")
+                     f"| {statistics.median(ratio['wall']):.3f}x | {runs[0]['rows']} | {per_row:.1f} | {share:.4f}% |")
     return "\n".join(lines)
 
 
