@@ -78,7 +78,7 @@ class DeepSpeedStrategy(Strategy):
         >>> Trainer(strategy="deepspeed_stage_2", precision="bf16-mixed")  # doctest: +SKIP
     """
 
-    distributed_type = "DEEPSPEED"  # type: ignore[assignment]  # Accelerate's name; a property on the base
+    distributed_type = "DEEPSPEED"  # Accelerate's name (a property on the base)
     processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, zero_stage: int = 2, offload_optimizer: bool = False, offload_parameters: bool = False,

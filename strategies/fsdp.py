@@ -52,7 +52,7 @@ class FSDPStrategy(Strategy):
         >>> FSDPStrategy(auto_wrap_policy={torch.nn.TransformerEncoderLayer})  # doctest: +SKIP
     """
 
-    distributed_type = "FSDP"  # type: ignore[assignment]  # Accelerate's name; a property on the base
+    distributed_type = "FSDP"  # Accelerate's name (a property on the base)
     processes: ProcessGroup  # always a process group (made in __init__)
 
     def __init__(self, device_kind: str = "cpu", precision: Precision | str | None = None,

@@ -195,7 +195,7 @@ class FSDPLike(Strategy):
     """A strategy that says it shards like FSDP (without sharding anything)."""
 
     root_device = torch.device("cpu")
-    distributed_type = "FSDP"  # type: ignore[assignment]
+    distributed_type = "FSDP"
 
 
 def test_accelerates_distributed_type_is_the_strategys_answer():

@@ -112,6 +112,7 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         """Set the runtime up from settings already checked: the strategy's processes, the step engine,
         the gradient state and the prepared-object registry."""
         gradient_accumulation_steps = plugin.num_steps
+        assert gradient_accumulation_steps is not None  # the plugin checked it: a positive int
         self.strategy = strategy
         self._tracker_specs = tracker_specs
         self.strategy.setup()
