@@ -180,3 +180,27 @@ def test_the_renamed_script_equals_lightning(family, tmp_path):
 def _xy(out: Path, path: str, key: str) -> list[tuple[int, int, float]]:
     with open(out / path) as f:
         return sorted((int(r["step"]), int(r["epoch"]), float(r[key])) for r in csv.DictReader(f) if r.get(key))
+
+
+def test_a_max_steps_stop_inside_an_epoch_leaves_current_epoch_at_that_epoch(make_trainer):
+    """docs/migrating.md: the epoch a max_steps stop cuts is not counted as completed (Lightning counts it: its DQN
+    example at max_steps=300 ends at current_epoch 24 where we end at 23, on the same weights)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainer import TrainModule
+
+    class Tiny(TrainModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    trainer = make_trainer(max_steps=7, max_epochs=None, enable_checkpointing=False)
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.ones(12, 1)), batch_size=4))  # 3 steps an epoch
+    assert (trainer.global_step, trainer.current_epoch) == (7, 2)  # 2 epochs done, the third cut after one step
+    # (Lightning 2.6.5 on the same run: 7, 3)
