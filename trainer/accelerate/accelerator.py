@@ -241,7 +241,8 @@ class Accelerator(TrackingMixin, ProcessDecorators):
 
     @property
     def optimizer_step_was_skipped(self) -> bool:
-        """Whether the last optimizer step was skipped (16-mixed found inf/nan gradients)."""
+        """Whether the last optimizer step was skipped: its ``StepResult`` from the step engine (inf/nan
+        gradients under fp16 loss scaling: the GradScaler's, or DeepSpeed's own)."""
         return any(opt.step_was_skipped for opt in self.prepared.optimizers)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
