@@ -196,7 +196,6 @@ class Strategy(ABC):
         strategies/driver.py); one that needs no prepared object works before anything is prepared."""
         return Driver(self._precision)
 
-
     def unwrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
