@@ -7,8 +7,10 @@ under ``trainer launch``). The order is reversed every other round, so a load th
 round weighs on all three alike. Inside each run rank zero times chunks of steps after a warm-up and
 reports the median chunk rate (a burst of load on this shared machine spoils a chunk, not the run).
 Each round's ratio is our samples/s over raw torch DDP's in that round; the summary gives every
-round's ratio, the median and the lowest. ``--single`` adds the 1-process runs (the Trainer and raw
-torch on the whole global batch with 2 threads) to show the scaling.
+round's ratio, the median and the lowest. Beside it, the same from rank zero's CPU time per step (raw
+torch's over ours, so higher is better in both): with more runnable processes than cores, wall time
+mostly measures waiting for a core, which the CPU time leaves out. ``--single`` adds the 1-process
+runs (the Trainer and raw torch on the whole global batch with 2 threads) to show the scaling.
 
     python benchmarks/ddp.py [--rounds 5] [--steps 200] [--chunk 20] [--results DIR]
 """
@@ -52,16 +54,18 @@ COMMON = textwrap.dedent("""
         if step == 0:
             marks["first"] = time.time()
         if step >= warmup and (step - warmup) % chunk == 0:
-            marks[step] = time.perf_counter()
+            marks[step] = (time.perf_counter(), time.process_time())
 
     def report(weights):
         if rank != 0:
             return
         points = sorted(k for k in marks if k != "first")
-        rates = [global_batch * (b - a) / (marks[b] - marks[a]) for a, b in zip(points, points[1:])]
+        rates = [global_batch * (b - a) / (marks[b][0] - marks[a][0]) for a, b in zip(points, points[1:])]
+        cpu = [1e3 * (marks[b][1] - marks[a][1]) / (b - a) for a, b in zip(points, points[1:])]
         checksum = float(sum(w.double().sum() for w in weights))
         json.dump({"first_step": marks["first"], "chunk_rates": rates, "samples_per_s": statistics.median(rates),
-                   "checksum": checksum}, open(out, "w"))
+                   "chunk_cpu_ms": cpu, "cpu_ms_per_step": statistics.median(cpu), "checksum": checksum},
+                  open(out, "w"))
 """)
 
 TRAINER = COMMON + textwrap.dedent("""
@@ -197,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             run_env = {**env, "OMP_NUM_THREADS": "2"} if name in (RAW_1, TRAINER_1) else env
             rows[name].append(_run(runs[name], out, run_env))
         loads.append(os.getloadavg()[0])
-        line = "  ".join(f"{ours.split(',')[0]} {rows[ours][-1]['samples_per_s'] / rows[raw][-1]['samples_per_s']:.3f}x"
-                         for ours, raw in PAIRS if ours in rows)
+        line = "  ".join(f"{ours.split(',')[0]} {_ratios(rows, ours, raw)[-1]:.3f}x "
+                         f"(CPU {_cpu_ratios(rows, ours, raw)[-1]:.3f}x)" for ours, raw in PAIRS if ours in rows)
         print(f"round {r + 1}/{args.rounds}: {line}  (load average {loads[-1]:.1f})", file=sys.stderr, flush=True)
     _print(args, rows, loads)
     if args.json:
@@ -212,25 +216,33 @@ def _ratios(rows: dict[str, list[dict]], ours: str, raw: str) -> list[float]:
     return [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(rows[ours], rows[raw])]
 
 
+def _cpu_ratios(rows: dict[str, list[dict]], ours: str, raw: str) -> list[float]:
+    return [b["cpu_ms_per_step"] / a["cpu_ms_per_step"] for a, b in zip(rows[ours], rows[raw])]
+
+
 def _table(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[float]) -> str:
     lines = [f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps per run ({args.warmup} "
              f"untimed, then chunks of {args.chunk}; a run's rate is its median chunk), {args.rounds} rounds "
              "(order reversed every other round); ratio: samples/s over raw torch with the same number of "
              f"processes in the same round. Load average (1 min) during the rounds: {min(loads):.1f}-"
              f"{max(loads):.1f}.", "",
-             "| run | samples/s (median) | ratio to raw torch, each round | median | lowest | start to first step |",
-             "|---|---:|---|---:|---:|---:|"]
+             "| run | samples/s (median) | ratio to raw torch, each round | median | lowest | start to first step "
+             "| rank 0 CPU ms/step | CPU ratio (raw/ours), each round | median | lowest |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
     for name, results in rows.items():
         speed = statistics.median(r["samples_per_s"] for r in results)
         first = statistics.median(r["to_first_step"] for r in results)
+        cpu_ms = statistics.median(r["cpu_ms_per_step"] for r in results)
         raw = next((b for a, b in PAIRS if a == name), None)
         if raw is None or raw not in rows:
-            lines.append(f"| {name} | {speed:.0f} | (reference) | 1.000x | | {first:.2f} s |")
+            lines.append(f"| {name} | {speed:.0f} | (reference) | 1.000x | | {first:.2f} s | {cpu_ms:.2f} "
+                         "| (reference) | 1.000x | |")
             continue
-        ratios = _ratios(rows, name, raw)
+        ratios, cpu = _ratios(rows, name, raw), _cpu_ratios(rows, name, raw)
         each = " ".join(f"{x:.3f}" for x in ratios)
         lines.append(f"| {name} | {speed:.0f} | {each} | {statistics.median(ratios):.3f}x | {min(ratios):.3f}x | "
-                     f"{first:.2f} s |")
+                     f"{first:.2f} s | {cpu_ms:.2f} | {' '.join(f'{x:.3f}' for x in cpu)} | "
+                     f"{statistics.median(cpu):.3f}x | {min(cpu):.3f}x |")
     return "\n".join(lines)
 
 

@@ -95,11 +95,13 @@ def test_ddp_benchmark_puts_the_trainer_and_the_accelerator_beside_raw_torch_ddp
     assert "(reference)" in rows["raw torch DDP, 2 processes"]
     for name in ("Trainer DDP, 2 processes", "Accelerator DDP, 2 processes"):  # each round's ratio, median, lowest
         ratio = r"\d+\.\d{3}"
-        assert re.search(rf"\| \d+ \| {ratio} \| {ratio}x \| {ratio}x \| \d+\.\d\d s \|$", rows[name]), proc.stdout
-    assert re.search(r"round 1/1: Trainer DDP \d+\.\d{3}x  Accelerator DDP \d+\.\d{3}x", proc.stderr), proc.stderr
+        wall = rf"\| \d+ \| {ratio} \| {ratio}x \| {ratio}x \| \d+\.\d\d s"
+        assert re.search(wall + rf" \| \d+\.\d\d \| {ratio} \| {ratio}x \| {ratio}x \|$", rows[name]), proc.stdout
+    assert re.search(r"round 1/1: Trainer DDP \d+\.\d{3}x \(CPU \d+\.\d{3}x\)  Accelerator DDP \d+\.\d{3}x \(CPU",
+                     proc.stderr), proc.stderr
     raw = json.loads((tmp_path / "ddp.json").read_text())["rows"]
     for runs in raw.values():  # every run timed its two chunks and trained to the same weights
-        assert len(runs[0]["chunk_rates"]) == 2
+        assert len(runs[0]["chunk_rates"]) == len(runs[0]["chunk_cpu_ms"]) == 2
     assert raw["Trainer DDP, 2 processes"][0]["checksum"] == pytest.approx(
         raw["raw torch DDP, 2 processes"][0]["checksum"], rel=1e-2)
 
@@ -242,8 +244,8 @@ def test_compare_trees_refuses_a_tree_that_is_not_a_checkout(tmp_path):
 @pytest.mark.timeout(300)
 def test_logger_cost_benchmark_times_the_demo_model_with_each_logger_against_logging_off(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "logger_cost.py"), "--rounds", "1",
-                           "--warmup", "2", "--chunks", "2", "--chunk", "5", "--log-every-n-steps", "5", "--loggers", "csv,tensorboard",
-                           "--sync", "--json", str(tmp_path / "loggers.json")],
+                           "--warmup", "2", "--chunks", "2", "--chunk", "5", "--log-every-n-steps", "5",
+                           "--loggers", "csv,tensorboard", "--sync", "--json", str(tmp_path / "loggers.json")],
                           capture_output=True, text=True, timeout=290, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
