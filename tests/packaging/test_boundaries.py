@@ -75,7 +75,7 @@ PRIVATE_ALLOWED = [
              "callbacks/trackers.py", "callbacks/weight_averaging.py", "trainer/accelerate/accelerator.py",
              "trainer/accelerate/data_loader.py", "trainer/accelerate/operations.py", "trainer/accelerate/tracking.py",
              "trainer/cli/config_file.py", "trainer/logs/console.py", "trainer/loops/oom.py", "trainer/loops/wiring.py",
-             "trainer/results.py", "trainer/trainer.py", "trainer/trainer_config.py",
+             "trainer/logs/results.py", "trainer/trainer.py", "trainer/trainer_config.py",
              "trainer/accelerate/helpers.py"),
             ("import trainer.strategies._util",)),
     Allowed("Accelerate's GradientState names, which Accelerate's own Accelerator and loaders call the same way",
