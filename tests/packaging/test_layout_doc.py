@@ -1,4 +1,5 @@
-"""The README's Layout table against the code: every room of the source tree has a row, every row is a room,
+"""docs/layout.md and the README's Layout table against the code. docs/layout.md names every module of the
+library under its room, and no module that is not there. The README's table: every room of the source tree has a row, every row is a room,
 and what a room imports of the others (read from the source, top-level and function-level imports alike) is
 what its row says -- no more (an undeclared dependency) and no less (a stale row)."""
 
@@ -69,3 +70,30 @@ def test_the_checker_sees_a_changed_row():
     rows = _rows()
     assert rows["callbacks"] == {"strategies"} and rows["strategies"] == set()
     assert {"root", "engine", "accelerate", "persistence", "loops", "data", "logs", "cli"} <= set(rows)
+
+
+def _layout_doc_rooms() -> dict[str, set[str]]:
+    """docs/layout.md's block: room folder -> the ``name.py`` files its paragraph names."""
+    block = (ROOT / "docs" / "layout.md").read_text().split("```\n", 1)[1].split("```", 1)[0]
+    rooms: dict[str, set[str]] = {}
+    current = None
+    for line in block.splitlines():
+        if line[:1] not in (" ", ""):
+            current = line.split()[0].rstrip("/")
+            rooms.setdefault(current, set())
+        if current is not None:
+            rooms[current].update(re.findall(r"(?<![\w/.])([a-z_][a-z0-9_]*\.py)\b", line))  # not a/b.py
+    return rooms
+
+
+def test_docs_layout_names_every_module_in_its_room_and_none_that_is_not_there():
+    rooms = _layout_doc_rooms()
+    missing, stale = [], []
+    for folder in ["trainer", "callbacks", "strategies",
+                   *(f"trainer/{d.name}" for d in (ROOT / "trainer").iterdir() if (d / "__init__.py").exists())]:
+        files = {f.name for f in (ROOT / folder).glob("*.py") if f.name != "__init__.py"}
+        named = rooms.get(folder, set())
+        missing += [f"{folder}/{f}" for f in sorted(files - named)]
+        stale += [f"{folder}/{f}" for f in sorted(named - files - {"__init__.py"})]
+    assert not missing, "modules docs/layout.md does not name under their room: " + ", ".join(missing)
+    assert not stale, "docs/layout.md names modules its room does not hold: " + ", ".join(stale)
