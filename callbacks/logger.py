@@ -21,10 +21,12 @@ class BackgroundWriter:
     A call that raises stops the writer for that logger (the calls queued after it are dropped, as a
     synchronous write that raised would have stopped training there) and the error is raised on the
     caller's thread at its next ``submit`` or ``wait``, with a note naming the call. The thread is a
-    daemon started when a call is queued and ending after a second with nothing to do (a forked child,
-    which inherits no threads, starts its own); writers still holding calls are drained at exit."""
+    daemon started when a call is queued and ending after a minute with nothing to do (a forked child,
+    which inherits no threads, starts its own); writers still holding calls are drained at exit. The
+    minute outlasts any log interval worth the name: starting a thread costs the submitting thread a few
+    hundred microseconds (a second's idle end made every row of a 5 s log interval pay it)."""
 
-    IDLE_SECONDS = 1.0
+    IDLE_SECONDS = 60.0
 
     def __init__(self, name: str) -> None:
         self.name = name
