@@ -132,7 +132,7 @@ def _fit(setup: _Setup, logger: Any, steps: int | None = None) -> dict[str, Any]
     finally:
         if logger is not None:
             logger.enqueue_metrics = enqueue
-    out: dict[str, Any] = {"rows": len(trainer._metrics.history), "logger_call_us": [1e6 * t for t in in_logger],
+    out: dict[str, Any] = {"rows": len(in_logger), "logger_call_us": [1e6 * t for t in in_logger],
                            "steps": steps or setup.steps}
     for i, clock in enumerate(CLOCKS):
         chunk_ms = [1e3 * (b[i] - a[i]) / args.chunk for a, b in zip(marks, marks[1:])]
