@@ -4,7 +4,9 @@ overhead.py compares whole runs, which on a noisy shared machine cannot resolve 
 This script trains the overhead benchmark's tiny MLP once with ``self.log`` every step and every
 logger at log_every_n_steps=50, and times each call the loop makes at a log interval: reading
 the logged values back (one flush), and each logger's ``log_metrics``. Medians per call, and
-what that costs per training step at this interval.
+what that costs per training step at this interval. ``log_metrics`` runs on each logger's writer
+thread, not the training thread (its share is the writer's work; benchmarks/logger_cost.py times what
+the training thread pays).
 
     python benchmarks/logger_calls.py [--steps 4000] [--loggers tensorboard,wandb,mlflow,csv]
 """
