@@ -28,7 +28,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from trainer.callbacks import Callback
     from trainer import Trainer, TrainModule
-    from trainer.persistence import trainer_checkpoint as checkpoint
+    from trainer.persistence import trainer_checkpoint
 
     out, strategy, steps, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -95,8 +95,8 @@ WORKER = textwrap.dedent("""
     save = time.perf_counter() - t
     trainer.strategy.barrier()
     t = time.perf_counter()
-    found = checkpoint.load_for_resume(trainer, path)
-    checkpoint.restore(trainer, found[1], found[0], lambda name, ckpt: None)  # no module or callback hooks here
+    found = trainer_checkpoint.load_for_resume(trainer, path)
+    trainer_checkpoint.restore(trainer, found[1], found[0], lambda name, ckpt: None)  # no module or callback hooks here
     trainer.strategy.barrier()
     load = time.perf_counter() - t
     if trainer.is_global_zero:

@@ -19,12 +19,12 @@ from trainer.callbacks.model_summary import ModelSummary
 from trainer.callbacks.progress import ProgressBar
 from trainer.strategies import resolve_strategy
 from trainer.strategies.checkpoint_io import BackgroundWriter
-from trainer.persistence import trainer_io as checkpointing
+from trainer.persistence import trainer_io
 from trainer.engine import interrupt
 from trainer.loops import eval_loop, misuse, stop_reason
 from trainer.accelerate.accelerator import Accelerator
 from trainer.loops.fit_loop import FitLoop
-from trainer.persistence import trainer_checkpoint as checkpoint
+from trainer.persistence import trainer_checkpoint
 from trainer.loops.wiring import (DataSources, _callback_list, _check_barebones, _check_checkpointing, _check_module,
                             _check_num_nodes,
                             _check_plugins, _convert_sync_batchnorm, _shown, _with_module_callbacks)
@@ -222,7 +222,7 @@ class Trainer:
     accumulate_grad_batches = property(lambda self: self.fit_loop.accumulate_grad_batches)  # this epoch's
     is_accumulating = property(lambda self: self.accelerator.engine.in_window)  # inside an accumulation window
     background_writer = property(lambda self: self._background_writes)  # ModelCheckpoint(async_save=True)'s
-    checkpoint_dir = property(checkpointing.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
+    checkpoint_dir = property(trainer_io.checkpoint_dir)  # the ModelCheckpoint's dirpath, else root/checkpoints
     root_device = property(lambda self: self.accelerator.strategy.root_device)
     checkpoint_callbacks = property(lambda self: [c for c in self.callbacks if isinstance(c, ModelCheckpoint)])
     early_stopping_callbacks = property(lambda self: [c for c in self.callbacks if isinstance(c, EarlyStopping)])
@@ -387,12 +387,12 @@ class Trainer:
             method = {"validate": "val", "test": "test", "predict": "predict"}[stage] + "_dataloader()"
             raise TypeError(f"trainer.{stage}({type(model).__name__}(...)): no data. Pass dataloaders=..., or "
                             f"datamodule=... with a {method} method, or define {method} in {type(model).__name__}.")
-        path = checkpointing.eval_checkpoint(self, stage, ckpt_path)
+        path = trainer_io.eval_checkpoint(self, stage, ckpt_path)
         self._launch_if_needed()
 
         def body() -> Any:
             if path is not None:
-                checkpointing.load_weights_for_eval(self, path, self._hooks)
+                trainer_io.load_weights_for_eval(self, path, self._hooks)
                 self.ckpt_path = path
             return run(self._data.stage_loaders(stage, dataloaders))
         return self._run(stage, model, body, datamodule)
@@ -442,7 +442,7 @@ class Trainer:
                 profiler.stop("setup")
             with torch.autograd.set_detect_anomaly(True) if self.config.detect_anomaly else contextlib.nullcontext():
                 result = body()
-            checkpointing.finish_background_writes(self)
+            trainer_io.finish_background_writes(self)
             self._metrics.finalize("success")  # loggers write what they buffered (e.g. after test)
             self.state.status = "finished"
             return result
@@ -452,7 +452,7 @@ class Trainer:
             raise SystemExit(0) from None
         except BaseException as err:
             self.interrupted, self.state.status = isinstance(err, KeyboardInterrupt), "interrupted"
-            checkpointing.settle_background_writes(self._background_writes, err)
+            trainer_io.settle_background_writes(self._background_writes, err)
             self._hooks("on_exception", err)
             if isinstance(err, KeyboardInterrupt):  # one line per rank, not a traceback per rank (trainer/engine/interrupt.py)
                 interrupt.report(self, stage, err)
@@ -472,13 +472,13 @@ class Trainer:
     def _fit(self, ckpt_path: str | None) -> None:
         loop, found = self.fit_loop, None
         if ckpt_path is None and self.slurm_environment.auto_requeue and self.slurm_environment.requeued():
-            requeue_save = checkpoint.requeue_save(self)
+            requeue_save = trainer_checkpoint.requeue_save(self)
             if requeue_save is not None:  # SLURM requeued this job after its warning signal: go on from there
                 ckpt_path = requeue_save
         if ckpt_path is not None:
-            found = checkpoint.load_for_resume(self, str(ckpt_path))
+            found = trainer_checkpoint.load_for_resume(self, str(ckpt_path))
             if found is not None:
-                checkpoint.restore(self, found[1], found[0], self._hooks)
+                trainer_checkpoint.restore(self, found[1], found[0], self._hooks)
                 from trainer.data.loader_state import position_to_resume
 
                 loop.resume_loader_position = position_to_resume(self, found[1], found[0])
@@ -509,12 +509,12 @@ class Trainer:
         if self.module is None:
             raise RuntimeError("trainer.save_checkpoint(...): nothing to save yet; call it during or after fit.")
         self._background_writes.wait()  # in order: a write still running in the background lands first
-        checkpointing.save_checkpoint(self, filepath, self.dump_checkpoint(weights_only))
+        trainer_io.save_checkpoint(self, filepath, self.dump_checkpoint(weights_only))
 
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The whole training state as a checkpoint dict (call it on every rank: it gathers the
         ranks' RNG states). ``weights_only``: the module's weights and the counters."""
-        ckpt = checkpoint.dump(self, weights_only, self._hooks)
+        ckpt = trainer_checkpoint.dump(self, weights_only, self._hooks)
         if "loops" in ckpt:
             from trainer.data.loader_state import gather_positions
 
@@ -535,7 +535,7 @@ class Trainer:
         """
         if self.module is None:
             raise RuntimeError("trainer.save_model(...): no module yet; call it after fit.")
-        return self.accelerator.save_model(checkpointing.submodule_of(self.module, module), directory, max_shard_size)
+        return self.accelerator.save_model(trainer_io.submodule_of(self.module, module), directory, max_shard_size)
 
     def refresh_callback_metrics(self) -> None:
         """Read the training values logged since the last ``log_every_n_steps`` interval back into

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from trainer.strategies.checkpoint_io import BackgroundWriter, non_finite_parameters
-from trainer.persistence import trainer_checkpoint as checkpoint
+from trainer.persistence import trainer_checkpoint
 from trainer.loops.hooks import add_note
 from trainer.loops.preemption import Preempted
 from trainer.logs.console import rank_zero_info, rank_zero_warn
@@ -64,7 +64,7 @@ def eval_checkpoint(trainer: Any, stage: str, ckpt_path: Any) -> str | None:
     if ckpt_path == "last":
         last = getattr(cb, "last_model_path", "") if cb is not None else ""
         if not last:
-            found = checkpoint.newest_checkpoint(trainer.checkpoint_dir, cb)
+            found = trainer_checkpoint.newest_checkpoint(trainer.checkpoint_dir, cb)
             if found is None:
                 raise ValueError(f"trainer.{stage}(ckpt_path='last'): no checkpoint in "
                                  f"{trainer.checkpoint_dir!r}. Run fit first, or pass a path.")
@@ -84,8 +84,8 @@ def load_weights_for_eval(trainer: Any, path: str, hooks: Any) -> None:
 
     def from_file() -> None:  # the one file's weights (a format with shards refuses before this)
         ckpt = safe_load(path)
-        checkpoint.check_compatible(ckpt, path, strategy.world_size)
-        checkpoint.load_weights_into(trainer.accelerator.unwrap_model(trainer.module), ckpt["state_dict"], path,
+        trainer_checkpoint.check_compatible(ckpt, path, strategy.world_size)
+        trainer_checkpoint.load_weights_into(trainer.accelerator.unwrap_model(trainer.module), ckpt["state_dict"], path,
                                      strict=getattr(trainer.module, "strict_loading", True))
         hooks.module("on_load_checkpoint", ckpt)
 
