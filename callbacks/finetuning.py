@@ -132,10 +132,8 @@ class BaseFinetuning(Callback):
     def setup(self, trainer: TrainerView, module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        refusal = trainer.strategy.adding_param_groups_refusal
-        if refusal:
-            raise ValueError(f"{type(self).__name__} with {type(trainer.strategy).__name__}: {refusal} Use "
-                             "strategy='ddp' or a single device, or remove the callback.")
+        trainer.strategy.refuse_unsupported("adding_param_groups", type(self).__name__,
+                                            "Use strategy='ddp' or a single device, or remove the callback.")
         self.freeze_before_training(module)
         # what the strategy will wrap as trainable: DDP's reducer syncs only these, the rest is averaged here
         self._synced = {id(p) for p in module.parameters() if p.requires_grad}

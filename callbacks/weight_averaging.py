@@ -23,11 +23,8 @@ from .view import TrainerView
 
 def refuse_sharded(callback: Callback, trainer: TrainerView) -> None:
     """A strategy that cannot keep a full averaged copy beside the module refuses, saying why."""
-    strategy = trainer.strategy
-    refusal = strategy.weight_averaging_refusal
-    if refusal:
-        raise ValueError(f"{type(callback).__name__} with {type(strategy).__name__}: {refusal} Use strategy='ddp' or "
-                         "a single device for weight averaging.")
+    trainer.strategy.refuse_unsupported("weight_averaging", type(callback).__name__,
+                                        "Use strategy='ddp' or a single device for weight averaging.")
 
 
 def detached_copy(module: torch.nn.Module, trainer: TrainerView) -> torch.nn.Module:

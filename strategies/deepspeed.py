@@ -254,16 +254,17 @@ class DeepSpeedStrategy(Strategy):
     def no_backward_sync(self, module: torch.nn.Module) -> ContextManager:
         return contextlib.nullcontext()  # backward only accumulates; engine.step() reduces
 
-    oom_split_refusal = ("DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the "
-                         "loop cannot renormalise the extra micro-batches of a split batch or keep their backward "
-                         "free of collectives.")
-    weight_averaging_refusal = ("the engine owns the (possibly partitioned) parameters and their fp32 master copy, "
-                                "so an averaged copy kept beside them would not see the weights the engine steps.")
-    accumulation_schedule_refusal = ("DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it "
-                                     "sets its own loss scaling and step boundaries from it), so the number of "
-                                     "micro-batches per step cannot change between epochs.")
-    adding_param_groups_refusal = ("DeepSpeed's engine builds its own optimizer partitions from the parameter "
-                                   "groups it was given, so groups cannot be added to it while it runs.")
+    refusals = {
+        "oom_split": "DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the loop cannot "
+                     "renormalise the extra micro-batches of a split batch or keep their backward free of collectives.",
+        "weight_averaging": "the engine owns the (possibly partitioned) parameters and their fp32 master copy, so an "
+                            "averaged copy kept beside them would not see the weights the engine steps.",
+        "accumulation_schedule": "DeepSpeed's engine is built with a fixed gradient_accumulation_steps (it sets its own "
+                                 "loss scaling and step boundaries from it), so the number of micro-batches per step "
+                                 "cannot change between epochs.",
+        "adding_param_groups": "DeepSpeed's engine builds its own optimizer partitions from the parameter groups it "
+                               "was given, so groups cannot be added to it while it runs.",
+    }
 
     # -- state --------------------------------------------------------------------------------------
     def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -198,11 +198,13 @@ class FSDPStrategy(Strategy):
             return contextlib.nullcontext()  # FSDP's MixedPrecisionPolicy casts; no autocast on top
         return super().forward_context()
 
-    oom_split_refusal = ("FSDP gathers parameters in every forward and backward (collectives), so a rank that "
-                         "retries a micro-batch in pieces would leave the others waiting in a different collective.")
-    weight_averaging_refusal = ("each process holds only its shard of the parameters, and the averaged copy would "
-                                "be a full unsharded module on every process (or shards that the averaging and the "
-                                "swap for validation would have to gather).")
+    refusals = {
+        "oom_split": "FSDP gathers parameters in every forward and backward (collectives), so a rank that retries a "
+                     "micro-batch in pieces would leave the others waiting in a different collective.",
+        "weight_averaging": "each process holds only its shard of the parameters, and the averaged copy would be a "
+                            "full unsharded module on every process (or shards that the averaging and the swap for "
+                            "validation would have to gather).",
+    }
 
     @contextlib.contextmanager
     def no_backward_sync(self, module: torch.nn.Module) -> Any:

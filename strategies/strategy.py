@@ -228,14 +228,24 @@ class Strategy(ABC):
         all-reduced there. Nothing to skip on one device."""
         return contextlib.nullcontext()
 
-    # Trainer(oom_split=True): micro-batches run without any collective, gradients sync once per window
-    oom_split_refusal: str | None = None  # why this strategy cannot split a micro-batch (None: it can)
-    # GradientAccumulationScheduler: why the micro-batches per step cannot change between epochs (None: they can)
-    accumulation_schedule_refusal: str | None = None
-    # BaseFinetuning: why parameter groups cannot be added to a running optimizer (None: they can)
-    adding_param_groups_refusal: str | None = None
-    # StochasticWeightAveraging / WeightAveraging: why a full averaged copy of the module cannot be kept (None: it can)
-    weight_averaging_refusal: str | None = None
+    #: What this strategy cannot do, by feature, with the reason in words (a feature not here: it can):
+    #: "oom_split" (Trainer(oom_split=True): micro-batches run without any collective, gradients sync once per
+    #: window), "accumulation_schedule" (GradientAccumulationScheduler: the micro-batches per step change between
+    #: epochs), "adding_param_groups" (BaseFinetuning: parameter groups added to a running optimizer),
+    #: "weight_averaging" (StochasticWeightAveraging / WeightAveraging: a full averaged copy beside the module).
+    refusals: dict[str, str] = {}
+    FEATURES = frozenset({"oom_split", "accumulation_schedule", "adding_param_groups", "weight_averaging"})
+
+    def refuse_unsupported(self, feature: str, asked: str, fix: str) -> None:
+        """Raise ``MisconfigurationException`` naming ``asked`` (what the user's code asked for), this strategy,
+        its reason and ``fix`` when it cannot do ``feature`` (one of ``FEATURES``); return when it can."""
+        if feature not in self.FEATURES:
+            raise ValueError(f"refuse_unsupported({feature!r}): expected one of {sorted(self.FEATURES)}.")
+        reason = self.refusals.get(feature)
+        if reason:
+            from .exceptions import MisconfigurationException
+
+            raise MisconfigurationException(f"{asked} with {type(self).__name__}: {reason} {fix}")
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""

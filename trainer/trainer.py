@@ -159,10 +159,9 @@ class Trainer:
         # the strategy is resolved once, here; the runtime is built over it (not through Accelerator's user arguments)
         resolved = resolve_strategy(strategy, accelerator, devices, precision, options, auto_precision=True)
         self.accelerator = Accelerator.for_strategy(resolved)
-        refusal = self.accelerator.strategy.oom_split_refusal
-        if self.config.oom_split and refusal:
-            raise ValueError(f"Trainer(oom_split=True) with {type(self.accelerator.strategy).__name__}: {refusal} "
-                             "Remove oom_split=True, or use strategy='ddp' or a single device.")
+        if self.config.oom_split:
+            self.accelerator.strategy.refuse_unsupported("oom_split", "Trainer(oom_split=True)",
+                                                         "Remove oom_split=True, or use strategy='ddp' or a single device.")
         self.callbacks: list[Callback] = _callback_list(callbacks)
         _check_checkpointing(self.config, self.callbacks)
         self.profiler: Profiler | None = resolve_profiler(profiler)  # None: nothing is timed (profiler.py)

@@ -21,12 +21,32 @@ STRATEGIES = (SingleDeviceStrategy, DDPStrategy, FSDPStrategy, DeepSpeedStrategy
 ABILITIES = ("checkpoint_format", "prepare", "driver", "distributed_type", "has_step_contexts", "needs_launch",
              "requested_processes", "connect", "full_state_dict",
              "local_state_bytes", "check_precision", "with_precision",
-             "start_method")
+             "start_method", "refusals", "refuse_unsupported")
 
 
 def test_every_ability_is_declared_on_the_base():
     missing = [name for name in ABILITIES if not hasattr(Strategy, name)]
     assert not missing, f"declare these on Strategy with a default: {missing}"
+
+
+@pytest.mark.parametrize("cls", STRATEGIES)
+def test_a_strategy_refuses_what_it_cannot_do_by_feature_with_its_reason(cls):
+    """The loop and the callbacks tell the strategy what the user asked for; it refuses with its own reason
+    (no caller reads a capability and decides)."""
+    from trainer.strategies.exceptions import MisconfigurationException
+
+    assert set(cls.refusals) <= Strategy.FEATURES, f"{cls.__name__} refuses unknown features"
+    strategy = cls.__new__(cls)  # the refusals are the class's: nothing to set up
+    for feature in sorted(Strategy.FEATURES):
+        reason = cls.refusals.get(feature)
+        if reason is None:
+            assert strategy.refuse_unsupported(feature, "Asked()", "Fix it.") is None
+        else:
+            with pytest.raises(MisconfigurationException) as err:
+                strategy.refuse_unsupported(feature, "Asked()", "Fix it.")
+            assert str(err.value) == f"Asked() with {cls.__name__}: {reason} Fix it."
+    with pytest.raises(ValueError, match=r"refuse_unsupported\('oom_splitt'\): expected one of"):
+        strategy.refuse_unsupported("oom_splitt", "Asked()", "Fix it.")
 
 
 @pytest.mark.parametrize("cls", STRATEGIES)

@@ -144,12 +144,10 @@ class FitLoop:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"set_accumulate_grad_batches({k!r}): expected a positive int of micro-batches per "
                              "optimizer step.")
-        refusal = self.trainer.accelerator.strategy.accumulation_schedule_refusal
-        if refusal:
-            raise ValueError(f"Changing accumulate_grad_batches during fit with "
-                             f"{type(self.trainer.accelerator.strategy).__name__}: {refusal} Remove the "
-                             "GradientAccumulationScheduler and pass Trainer(accumulate_grad_batches=k), or use "
-                             "strategy='ddp' or 'fsdp'.")
+        self.trainer.accelerator.strategy.refuse_unsupported(
+            "accumulation_schedule", "Changing accumulate_grad_batches during fit",
+            "Remove the GradientAccumulationScheduler and pass Trainer(accumulate_grad_batches=k), or use "
+            "strategy='ddp' or 'fsdp'.")
         if self.is_accumulating:
             raise RuntimeError(f"set_accumulate_grad_batches({k}) inside an accumulation window (batch_idx "
                                f"{self.state.batch_idx}): the window's micro-batches were weighted for "
