@@ -232,20 +232,31 @@ class Strategy(ABC):
     #: "oom_split" (Trainer(oom_split=True): micro-batches run without any collective, gradients sync once per
     #: window), "accumulation_schedule" (GradientAccumulationScheduler: the micro-batches per step change between
     #: epochs), "adding_param_groups" (BaseFinetuning: parameter groups added to a running optimizer),
-    #: "weight_averaging" (StochasticWeightAveraging / WeightAveraging: a full averaged copy beside the module).
+    #: "weight_averaging" (StochasticWeightAveraging / WeightAveraging: a full averaged copy beside the module),
+    #: "parameter_averaging" (Accelerate's LocalSGD: the processes' parameters averaged every few steps),
+    #: "join_uneven_inputs" (Accelerate's join_uneven_inputs: torch's Join over the prepared DDP models).
     refusals: dict[str, str] = {}
-    FEATURES = frozenset({"oom_split", "accumulation_schedule", "adding_param_groups", "weight_averaging"})
+    FEATURES = frozenset({"oom_split", "accumulation_schedule", "adding_param_groups", "weight_averaging",
+                          "parameter_averaging", "join_uneven_inputs"})
 
-    def refuse_unsupported(self, feature: str, asked: str, fix: str) -> None:
-        """Raise ``MisconfigurationException`` naming ``asked`` (what the user's code asked for), this strategy,
-        its reason and ``fix`` when it cannot do ``feature`` (one of ``FEATURES``); return when it can."""
+    def refuse_unsupported(self, feature: str, asked: str, fix: str, warn: bool = False) -> bool:
+        """When this strategy cannot do ``feature`` (one of ``FEATURES``): raise ``MisconfigurationException``
+        naming ``asked`` (what the user's code asked for), this strategy, its reason and ``fix``; with
+        ``warn=True`` say so in a warning instead and return False. Returns True when it can."""
         if feature not in self.FEATURES:
             raise ValueError(f"refuse_unsupported({feature!r}): expected one of {sorted(self.FEATURES)}.")
         reason = self.refusals.get(feature)
-        if reason:
-            from .exceptions import MisconfigurationException
+        if not reason:
+            return True
+        message = f"{asked} with {type(self).__name__}: {reason} {fix}"
+        if warn:
+            import warnings
 
-            raise MisconfigurationException(f"{asked} with {type(self).__name__}: {reason} {fix}")
+            warnings.warn(message, UserWarning, stacklevel=3)
+            return False
+        from .exceptions import MisconfigurationException
+
+        raise MisconfigurationException(message)
 
     def local_training_step(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``training_step`` with no communication in its forward or backward."""

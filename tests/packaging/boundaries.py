@@ -25,9 +25,9 @@ mutation must be caught, a clean snippet must not be).
    table keyed by such names, ``isinstance``/``issubclass``/``type(x) is`` against a concrete strategy
    class, and reading a capability flag (``sharded_format``, ``has_engine``, ...). The rule: a caller
    never branches on what a strategy *is* or *has*; it calls a method of the strategy (or of an object
-   the strategy returned) that does the work. A ``*_refusal`` member is allowed: it is a question the
-   strategy answers with its own reason (None, or the message the caller raises), so the decision and
-   its wording stay in the strategy.
+   the strategy returned) that does the work. What a strategy cannot do is told to it, not asked:
+   ``strategy.refuse_unsupported(feature, asked, fix)`` raises (or warns) with the strategy's own reason,
+   so the decision and its wording stay in the strategy.
 """
 
 from __future__ import annotations

@@ -123,12 +123,6 @@ STRATEGY_TESTS_ALLOWED = [
             ("{'deepspeed': ...}",)),
     Allowed("the user's strategy= string checked against fsdp_plugin= before it becomes a strategy",
             ("trainer/accelerate/arguments.py",), ("strategy not in ('auto', 'fsdp')",)),
-    Allowed("to do: LocalSGD and join_uneven_inputs refuse sharded strategies by Accelerate's distributed_type; "
-            "to become a *_refusal of the strategy",
-            ("trainer/accelerate/local_sgd.py", "trainer/accelerate/accelerator.py"),
-            ("kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)",
-             "kind != DistributedType.NO",
-             "self.state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)")),
 ]
 
 
@@ -201,7 +195,8 @@ def test_no_strategy_is_asked_what_it_is_outside_strategies():
     new, _ = _strategy_scan()
     assert not new, ("these branch on a strategy's name, kind, class or capability flag outside strategies/; "
                      "move the branch into a method of the strategy (or of the object it returns) and call it "
-                     "(a *_refusal member is fine: the strategy answers with its reason):\n" + "\n".join(new))
+                     "(what a strategy cannot do is told to it: strategy.refuse_unsupported(feature, asked, fix) refuses "
+                     "with its own reason):\n" + "\n".join(new))
 
 
 @pytest.mark.parametrize("scan", [_private_scan, _dynamic_import_scan, _strategy_scan])
@@ -368,8 +363,7 @@ STRATEGY_MUTATIONS = {
     "match": "def f(name):\n    match name:\n        case 'fsdp':\n            return 1\n",
 }
 STRATEGY_CLEAN = {
-    "a refusal": "def f(strategy):\n    refusal = strategy.oom_split_refusal\n    if refusal:\n"
-                 "        raise RuntimeError(refusal)\n",
+    "a refusal": "def f(strategy):\n    strategy.refuse_unsupported('oom_split', 'Trainer(oom_split=True)', 'Fix.')\n",
     "a name as a setting": "def f():\n    return Trainer(strategy='ddp')\n",
     "a name in a message": "raise ValueError(\"use strategy='fsdp'\")\n",
     "the base class": "def f(s):\n    return isinstance(s, Strategy)\n",

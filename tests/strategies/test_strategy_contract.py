@@ -40,11 +40,14 @@ def test_a_strategy_refuses_what_it_cannot_do_by_feature_with_its_reason(cls):
     for feature in sorted(Strategy.FEATURES):
         reason = cls.refusals.get(feature)
         if reason is None:
-            assert strategy.refuse_unsupported(feature, "Asked()", "Fix it.") is None
+            assert strategy.refuse_unsupported(feature, "Asked()", "Fix it.") is True
         else:
             with pytest.raises(MisconfigurationException) as err:
                 strategy.refuse_unsupported(feature, "Asked()", "Fix it.")
             assert str(err.value) == f"Asked() with {cls.__name__}: {reason} Fix it."
+            with pytest.warns(UserWarning) as said:
+                assert strategy.refuse_unsupported(feature, "Asked()", "Fix it.", warn=True) is False
+            assert [str(w.message) for w in said] == [str(err.value)]
     with pytest.raises(ValueError, match=r"refuse_unsupported\('oom_splitt'\): expected one of"):
         strategy.refuse_unsupported("oom_splitt", "Asked()", "Fix it.")
 

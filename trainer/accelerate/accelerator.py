@@ -552,11 +552,8 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         loader keeps its setting, with a warning)."""
         import warnings
 
-        if self.state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-            if self.num_processes > 1:
-                warnings.warn(f"join_uneven_inputs: only supported for multi-GPU (and multi-CPU) data parallel "
-                              f"training; this job is {self.state.distributed_type.value}, so the block runs "
-                              "without joining.", UserWarning, stacklevel=3)
+        if self.num_processes == 1 or not self.strategy.refuse_unsupported(
+                "join_uneven_inputs", "join_uneven_inputs", "The block runs without joining.", warn=True):
             yield
             return
         from trainer.accelerate.data_loader import BatchSamplerShard, find_shard

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from trainer.accelerate.operations import DistributedType
 
 
 class LocalSGD:
@@ -37,15 +36,12 @@ class LocalSGD:
         if isinstance(local_sgd_steps, bool) or not isinstance(local_sgd_steps, int) or local_sgd_steps < 1:
             raise ValueError(f"LocalSGD(local_sgd_steps={local_sgd_steps!r}): expected a positive int (optimizer steps "
                              "between two averagings of the parameters).")
-        kind = accelerator.distributed_type
-        if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-            raise ValueError(f"LocalSGD with distributed_type={kind.value}: only plain data parallelism (DDP on CPUs "
-                             "or GPUs) is supported; sharded parameters cannot be averaged this way. Drop LocalSGD or "
-                             "use the DDP strategy.")
+        accelerator.strategy.refuse_unsupported("parameter_averaging", "LocalSGD",
+                                                "Drop LocalSGD or use the DDP strategy.")
         self.accelerator = accelerator
         self.model = model
         self.local_sgd_steps = local_sgd_steps
-        self.enabled = enabled and kind != DistributedType.NO
+        self.enabled = enabled and accelerator.num_processes > 1
         self.num_steps = 0
         self._no_sync: contextlib.ExitStack | None = None
 

@@ -193,6 +193,28 @@ def test_local_sgd_and_notebook_launcher_on_one_process():
         notebook_launcher(ran.append, num_nodes=2)
 
 
+def test_local_sgd_and_join_uneven_inputs_under_a_sharded_strategy_say_why_not():
+    """The strategy refuses with its own reason (FSDP: each process holds a shard): LocalSGD raises, and
+    join_uneven_inputs on several processes would warn and run the block unjoined (one process: nothing to join)."""
+    from trainer.local_sgd import LocalSGD
+    from trainer.strategies import FSDPStrategy
+    from trainer.utils import FullyShardedDataParallelPlugin
+    from trainer.utils.exceptions import MisconfigurationException
+
+    accelerator = Accelerator(cpu=True, fsdp_plugin=FullyShardedDataParallelPlugin())
+    try:
+        model = accelerator.prepare(torch.nn.Linear(2, 2))
+        with pytest.raises(MisconfigurationException, match=r"LocalSGD with FSDPStrategy: each process holds only "
+                                                            r"its shard.*Drop LocalSGD or use the DDP strategy"):
+            LocalSGD(accelerator=accelerator, model=model, local_sgd_steps=2)
+        with pytest.warns(UserWarning, match=r"join_uneven_inputs with FSDPStrategy: .*runs without joining"):
+            assert not accelerator.strategy.refuse_unsupported("join_uneven_inputs", "join_uneven_inputs",
+                                                               "The block runs without joining.", warn=True)
+        assert isinstance(accelerator.strategy, FSDPStrategy)
+    finally:
+        accelerator.end_training()
+
+
 # -- 2 processes --------------------------------------------------------------------------------------
 def _two_processes() -> dict:
     import io
