@@ -8,7 +8,7 @@ from typing import Any
 
 from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 from .view import TrainerView
 
 

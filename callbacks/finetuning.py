@@ -15,7 +15,7 @@ import torch
 from torch.nn import Module
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 
 from .base import Callback
 from .view import TrainerView

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from trainer.strategies._util import did_you_mean
+from trainer.strategies.support import did_you_mean
 
 from .base import HOOK_NAMES, Callback
 

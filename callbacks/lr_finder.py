@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
-from trainer.strategies._util import rank_zero_info, rank_zero_warn
+from trainer.strategies.support import rank_zero_info, rank_zero_warn
 
 from .base import Callback
 from .tuning import Snapshot, TunerExit, attr_holders, quiet_logging, set_attr, train_steps

@@ -14,7 +14,7 @@ from trainer.strategies.checkpoint_directories import lock_directory, remove_pat
 from trainer.strategies.checkpoint_io import non_finite_parameters
 from trainer.strategies.exceptions import MisconfigurationException
 from .base import Callback, MissingMetricError
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 from .view import TrainerView
 
 _FIELD = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .base import Callback
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 from .view import TrainerView
 
 

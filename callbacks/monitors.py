@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .base import Callback
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 from .view import TrainerView
 
 # Dense peak FLOP/s per device (vendor datasheets), by the precision the matmuls run in.

@@ -8,7 +8,7 @@ from typing import Any
 
 from trainer.strategies.checkpoint_directories import remove_path
 from trainer.strategies.exceptions import MisconfigurationException
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 from .base import Callback
 from .view import TrainerView
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from trainer.strategies._util import rank_zero_warn
+from trainer.strategies.support import rank_zero_warn
 
 from .base import Callback
 from .view import TrainerView

@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, cast
 import torch
 from torch.optim.swa_utils import SWALR
 
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 
 from .base import Callback
 from .weight_averaging import detached_copy, refuse_sharded

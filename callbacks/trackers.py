@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .logger import CSVLogger, Logger, _plain
-from trainer.strategies._util import rank_zero_info
+from trainer.strategies.support import rank_zero_info
 
 
 # the loggers' tools are opened on first use, which may be on a logger's writer thread or on the user's (who

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from trainer.strategies._util import rank_zero_warn
+from trainer.strategies.support import rank_zero_warn
 
 from .base import Callback
 from .view import TrainerView

@@ -238,7 +238,7 @@ class DeepSpeedStrategy(Strategy):
     def batch_to_device(self, batch: Any) -> Any:
         batch = super().batch_to_device(batch)
         if self.precision.name in ("bf16-mixed", "16-mixed"):  # the engine holds the weights in half precision
-            from ._util import apply_to_tensors
+            from .support import apply_to_tensors
 
             dtype = torch.bfloat16 if self.precision.name == "bf16-mixed" else torch.float16
             batch = apply_to_tensors(batch, lambda t: t.to(dtype) if t.is_floating_point() else t)

@@ -11,7 +11,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from ._util import apply_to_tensors, did_you_mean, quoted
+from .support import apply_to_tensors, did_you_mean, quoted
 from .driver import SKIPPED_INF, STEPPED, StepResult
 
 # The one table of precision names: ours -> (Accelerate's ``mixed_precision``, autocast dtype, parameter dtype).

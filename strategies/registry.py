@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._util import did_you_mean, quoted, rank_zero_info
+from .support import did_you_mean, quoted, rank_zero_info
 from .precision import Precision
 from .strategy import SingleDeviceStrategy, Strategy
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, cast
 
 import torch
 
-from ._util import apply_to_tensors
+from .support import apply_to_tensors
 from .checkpoint_format import CheckpointFormat, OneFileFormat
 from .checkpoint_io import atomic_save, safe_load
 from .driver import Driver

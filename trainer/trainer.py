@@ -137,7 +137,7 @@ class Trainer:
         # SLURM auto-requeue settings (Trainer(plugins=[SLURMEnvironment(...)])); ranks come from the environment
         self.slurm_environment = _check_plugins(plugins) or SLURMEnvironment()
         if unknown:  # Python's own TypeError would not say which name was meant
-            from trainer.strategies._util import did_you_mean
+            from trainer.strategies.support import did_you_mean
             name = sorted(unknown)[0]
             known = [*TrainerConfig.__dataclass_fields__, *_WIRING_ARGS]
             raise TypeError(f"Trainer({name}=...): unknown argument.{did_you_mean(name, known)}")

@@ -8,7 +8,7 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainer.strategies._util import quoted
+from trainer.strategies.support import quoted
 from trainer.strategies.exceptions import MisconfigurationException
 
 

@@ -66,18 +66,6 @@ FOREIGN_PRIVATES = {
 }
 
 PRIVATE_ALLOWED = [
-    Allowed("the bottom layer's rank-zero logging and message helpers (rank_zero_info, quoted, did_you_mean, "
-            "apply_to_tensors); callbacks/ may import nothing above strategies/; to become a public module",
-            ("callbacks/batch_size_finder.py", "callbacks/early_stopping.py", "callbacks/finetuning.py",
-             "callbacks/lambda_function.py", "callbacks/lr_finder.py", "callbacks/model_checkpoint.py",
-             "callbacks/model_summary.py", "callbacks/monitors.py", "callbacks/on_exception_checkpoint.py",
-             "callbacks/progress.py", "callbacks/spike_detection.py", "callbacks/stochastic_weight_avg.py",
-             "callbacks/trackers.py", "callbacks/weight_averaging.py", "trainer/accelerate/accelerator.py",
-             "trainer/accelerate/data_loader.py", "trainer/accelerate/operations.py", "trainer/accelerate/tracking.py",
-             "trainer/cli/config_file.py", "trainer/logs/console.py", "trainer/loops/oom.py", "trainer/loops/wiring.py",
-             "trainer/logs/results.py", "trainer/trainer.py", "trainer/trainer_config.py",
-             "trainer/accelerate/helpers.py"),
-            ("import trainer.strategies._util",)),
     Allowed("Accelerate's GradientState names, which Accelerate's own Accelerator and loaders call the same way",
             ("trainer/accelerate/accelerator.py", "trainer/accelerate/wrappers.py"),
             ("self.gradient_state._set_sync_gradients", "accelerator.gradient_state._add_dataloader",

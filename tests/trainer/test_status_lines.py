@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from trainer.strategies import SingleDeviceStrategy
-from trainer.strategies._util import RankZeroFilter, log, rank_zero_info
+from trainer.strategies.support import RankZeroFilter, log, rank_zero_info
 from tests.helpers.models import BoringModel, regression_loader
 
 
@@ -79,7 +79,7 @@ def test_a_script_sees_them_on_stdout_until_it_configures_logging(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import logging, sys
         from trainer import Trainer
-        from trainer.strategies._util import rank_zero_info
+        from trainer.strategies.support import rank_zero_info
         rank_zero_info("first status line")
         logging.basicConfig(stream=sys.stderr, format="APP %(message)s", level=logging.INFO)
         rank_zero_info("second status line")

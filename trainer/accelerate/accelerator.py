@@ -16,7 +16,7 @@ import torch
 from trainer.accelerate import operations
 from trainer.accelerate.state import ProcessDecorators
 from trainer.strategies import Strategy
-from trainer.strategies._util import apply_to_tensors
+from trainer.strategies.support import apply_to_tensors
 from trainer.accelerate.wrappers import AcceleratedOptimizer, AcceleratedScheduler, PreparedDataLoader
 from trainer.accelerate.prepared import PreparedObjects
 from trainer.accelerate.arguments import build_strategy, read_accelerate_args

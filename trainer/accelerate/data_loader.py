@@ -438,7 +438,7 @@ class DataLoaderShard:
         self.non_blocking = non_blocking
 
     def __iter__(self) -> Iterator[Any]:
-        from trainer.strategies._util import apply_to_tensors
+        from trainer.strategies.support import apply_to_tensors
 
         for batch in self.loader:
             if self.device is not None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from trainer.strategies._util import apply_to_tensors
+from trainer.strategies.support import apply_to_tensors
 
 
 # -- enums -----------------------------------------------------------------------------------------

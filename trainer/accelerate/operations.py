@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.strategies._util import apply_to_tensors
+from trainer.strategies.support import apply_to_tensors
 
 _REDUCTIONS = ("sum", "mean", "max", "min")
 

@@ -105,7 +105,7 @@ def _tracker_specs(log_with: Any) -> list[Any]:
             specs += [n for n in _TRACKER_NAMES if installed(n) and n not in specs]
             continue
         if name not in _TRACKER_NAMES:
-            from trainer.strategies._util import did_you_mean, quoted
+            from trainer.strategies.support import did_you_mean, quoted
 
             raise ValueError(f"Accelerator(log_with={item!r}): unknown tracker. Expected one of "
                              f"{quoted(_TRACKER_NAMES)}, 'all', a Logger object, or a list of these."

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.strategies._util import did_you_mean, quoted
+from trainer.strategies.support import did_you_mean, quoted
 from trainer.strategies.fsdp import AUTO_WRAP_POLICIES, SHARDING_STRATEGIES
 
 ENV_VAR = "TRAINER_CONFIG_FILE"

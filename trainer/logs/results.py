@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from trainer.strategies._util import quoted
+from trainer.strategies.support import quoted
 from trainer.strategies.exceptions import MisconfigurationException
 
 REDUCE_FX = ("mean", "sum", "max", "min")

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import torch
 
-from trainer.strategies._util import first_tensor
+from trainer.strategies.support import first_tensor
 
 log = logging.getLogger("trainer")
 

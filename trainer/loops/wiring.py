@@ -259,7 +259,7 @@ def _warn_weights_only_last(checkpoints: list[ModelCheckpoint]) -> None:
     construction (rank zero), unless another ModelCheckpoint writes a whole last.ckpt."""
     import warnings
 
-    from trainer.strategies._util import process_rank
+    from trainer.strategies.support import process_rank
 
     weights_only = [cb for cb in checkpoints if cb.save_last and cb.save_weights_only]
     if not weights_only or any(cb.save_last and not cb.save_weights_only for cb in checkpoints) or process_rank():

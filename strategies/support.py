@@ -1,4 +1,5 @@
-"""Small helpers shared by the packages: error suggestions and collection traversal."""
+"""What every package shares (public so that callbacks/, trainer/ and strategies/ may use it): error suggestions,
+collection traversal and rank-zero console logging."""
 
 from __future__ import annotations
 
