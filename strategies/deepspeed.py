@@ -257,8 +257,6 @@ class DeepSpeedStrategy(Strategy):
     refusals = {
         "parameter_averaging": "the engine owns the (possibly partitioned) parameters and reduces the gradients "
                                "itself at its step, so the processes' parameters cannot be averaged beside it.",
-        "join_uneven_inputs": "the engine's reductions are its own (not DDP's reducer), which torch's Join cannot "
-                              "shadow for a process that ran out of batches.",
         "oom_split": "DeepSpeed scales the loss and keeps the gradients in its engine's partitions, so the loop cannot "
                      "renormalise the extra micro-batches of a split batch or keep their backward free of collectives.",
         "weight_averaging": "the engine owns the (possibly partitioned) parameters and their fp32 master copy, so an "

@@ -201,8 +201,6 @@ class FSDPStrategy(Strategy):
     refusals = {
         "parameter_averaging": "each process holds only its shard of the parameters, so there is no full set of "
                                "parameters on each process to average.",
-        "join_uneven_inputs": "its collectives gather and scatter shards in every forward and backward, which torch's "
-                              "Join cannot shadow for a process that ran out of batches.",
         "oom_split": "FSDP gathers parameters in every forward and backward (collectives), so a rank that retries a "
                      "micro-batch in pieces would leave the others waiting in a different collective.",
         "weight_averaging": "each process holds only its shard of the parameters, and the averaged copy would be a "

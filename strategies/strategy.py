@@ -233,11 +233,10 @@ class Strategy(ABC):
     #: window), "accumulation_schedule" (GradientAccumulationScheduler: the micro-batches per step change between
     #: epochs), "adding_param_groups" (BaseFinetuning: parameter groups added to a running optimizer),
     #: "weight_averaging" (StochasticWeightAveraging / WeightAveraging: a full averaged copy beside the module),
-    #: "parameter_averaging" (Accelerate's LocalSGD: the processes' parameters averaged every few steps),
-    #: "join_uneven_inputs" (Accelerate's join_uneven_inputs: torch's Join over the prepared DDP models).
+    #: "parameter_averaging" (Accelerate's LocalSGD: the processes' parameters averaged every few steps).
     refusals: dict[str, str] = {}
     FEATURES = frozenset({"oom_split", "accumulation_schedule", "adding_param_groups", "weight_averaging",
-                          "parameter_averaging", "join_uneven_inputs"})
+                          "parameter_averaging"})
 
     def refuse_unsupported(self, feature: str, asked: str, fix: str, warn: bool = False) -> bool:
         """When this strategy cannot do ``feature`` (one of ``FEATURES``): raise ``MisconfigurationException``

@@ -111,6 +111,11 @@ STRATEGY_TESTS_ALLOWED = [
             ("{'deepspeed': ...}",)),
     Allowed("the user's strategy= string checked against fsdp_plugin= before it becomes a strategy",
             ("trainer/accelerate/arguments.py",), ("strategy not in ('auto', 'fsdp')",)),
+    Allowed("Accelerate's join_uneven_inputs follows accelerator.state.distributed_type, which Accelerate's users and "
+            "its own test script set (test_join_raises_warning_for_non_ddp_distributed): the user's state, not a "
+            "question to the strategy",
+            ("trainer/accelerate/accelerator.py",),
+            ("self.state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)",)),
 ]
 
 

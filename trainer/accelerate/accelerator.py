@@ -552,8 +552,13 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         loader keeps its setting, with a warning)."""
         import warnings
 
-        if self.num_processes == 1 or not self.strategy.refuse_unsupported(
-                "join_uneven_inputs", "join_uneven_inputs", "The block runs without joining.", warn=True):
+        # Accelerate's behaviour follows accelerator.state.distributed_type, which its users (and its own test
+        # script) set; the warning follows the state here too
+        if self.state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            if self.num_processes > 1:
+                warnings.warn(f"join_uneven_inputs: only supported for multi-GPU (and multi-CPU) data parallel "
+                              f"training; this job is {self.state.distributed_type.value}, so the block runs "
+                              "without joining.", UserWarning, stacklevel=3)
             yield
             return
         from trainer.accelerate.data_loader import BatchSamplerShard, find_shard

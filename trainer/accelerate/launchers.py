@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from typing import Any, Callable
+
+
+_AGENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def notebook_launcher(function: Callable, args: tuple = (), num_processes: int | None = None,
@@ -53,10 +57,16 @@ def notebook_launcher(function: Callable, args: tuple = (), num_processes: int |
     if mixed_precision != "no":
         settings["mixed_precision"] = mixed_precision
     os.environ[SETTINGS_ENV] = json.dumps(settings)
+    # torch's agent installs its own handler for SIGINT/SIGTERM/SIGHUP/SIGQUIT and leaves it: a notebook's
+    # next Ctrl-C would raise its SignalException instead of KeyboardInterrupt. The caller's come back.
+    handlers = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
     try:
         with frame_named_rendezvous_events():
             elastic_launch(config, function)(*args)
     finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
         if before is None:
             os.environ.pop(SETTINGS_ENV, None)
         else:

@@ -37,6 +37,14 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before it runs: SIGINT delivered and at its default, as a terminal's job has it. An ignored or
+    blocked SIGINT is inherited across exec, and the child would then train its 10000 epochs; a CI run once saw
+    that (no line printed, 120 s timeout) after other tests had run in the same pytest worker."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _write(tmp_path: Path) -> dict:
     (tmp_path / "train.py").write_text(SCRIPT)
     (tmp_path / "markers").mkdir()
@@ -45,7 +53,8 @@ def _write(tmp_path: Path) -> dict:
 
 def test_one_process_prints_one_line_with_the_checkpoint_to_continue_from(tmp_path):
     env = {**_write(tmp_path), "SELF_INTERRUPT": "1"}
-    run = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         preexec_fn=_as_from_a_terminal)
     assert run.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (run.returncode, run.stderr[-2000:])
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-2000:]
     lines = [line for line in run.stderr.splitlines() if "Interrupted" in line]
@@ -76,7 +85,8 @@ def test_trainer_launch_prints_one_line_per_rank(tmp_path):
     env = _write(tmp_path)
     launcher = subprocess.Popen([sys.executable, "-m", "trainer.cli", "launch", "--num-processes", "2", "train.py"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)  # its own process group, as a terminal's job
+                                start_new_session=True,  # its own process group, as a terminal's job
+                                preexec_fn=_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 180
         while len(os.listdir(tmp_path / "markers")) < 2 and launcher.poll() is None and time.monotonic() < deadline:
