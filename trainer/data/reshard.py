@@ -128,18 +128,35 @@ class _Batches(Sampler[list[int]]):
         return len(self.batches)
 
 
-class Reshard:
+class DealtRest:
+    """The rest of an epoch dealt over this run's processes in ``steps`` (``steps[i][r]``: rank ``r``'s part of
+    step ``i``), from ``batch_idx`` ``start`` to ``end``: the part the re-deal of an order (``Reshard``) and of a
+    sharded stream (sharded_stream.StreamRest) share. The loop also calls their ``loader`` and ``state``."""
+
+    def __init__(self, steps: list[list[list[Any]]], accumulation: int, epoch: int, start: int) -> None:
+        self.steps, self.epoch, self.start = steps, epoch, start
+        self.accumulation, self.weights = accumulation, item_weights(steps, accumulation)
+        self.end = start + len(steps)  # the batch_idx at which the epoch is over
+
+    def weighted(self, items: Any, engine: Any, batch_idx: int, accumulation: int) -> Iterator[Any]:
+        """``items`` weighed for windows of ``accumulation`` micro-batches: the epoch's value once its
+        ``on_train_epoch_start`` ran (a GradientAccumulationScheduler may set another than the Trainer's,
+        which the plan was made with before anything ran)."""
+        if accumulation != self.accumulation:
+            self.accumulation, self.weights = accumulation, item_weights(self.steps, accumulation)
+        return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
+
+
+class Reshard(DealtRest):
     """The rest of an epoch re-dealt over this run's processes."""
 
     checkpoint_key = "epoch_order"  # where a checkpoint inside it records its origin (the loop writes state())
 
     def __init__(self, origin: dict[str, Any], order: list[int], steps: list[list[list[int]]], rank: int,
                  accumulation: int, epoch: int, start: int) -> None:
-        self.origin, self.order, self.steps, self.epoch, self.start = origin, order, steps, epoch, start
+        super().__init__(steps, accumulation, epoch, start)
+        self.origin, self.order = origin, order
         self.batches = [step[rank] for step in steps]
-        self.shares = loss_shares(steps, rank, accumulation)
-        self.accumulation, self.weights = accumulation, item_weights(steps, accumulation)
-        self.end = start + len(steps)  # the batch_idx at which the epoch is over
         self._done = [origin["consumed"]]
         for step in steps:
             self._done.append(self._done[-1] + sum(len(b) for b in step))
@@ -154,14 +171,6 @@ class Reshard:
     def loader(self, loader: DataLoader, batch_idx: int) -> DataLoader:
         kwargs = {**loader_kwargs(loader), "persistent_workers": False}
         return DataLoader(loader.dataset, batch_sampler=_Batches(self.batches[batch_idx - self.start:]), **kwargs)
-
-    def weighted(self, items: Any, engine: Any, batch_idx: int, accumulation: int) -> Iterator[Any]:
-        """``items`` weighed for windows of ``accumulation`` micro-batches: the epoch's value once its
-        ``on_train_epoch_start`` ran (a GradientAccumulationScheduler may set another than the Trainer's,
-        which the plan was made with before anything ran)."""
-        if accumulation != self.accumulation:
-            self.accumulation, self.weights = accumulation, item_weights(self.steps, accumulation)
-        return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
 
 
 def with_item_weights(items: Any, weights: list[float | None], engine: Any) -> Iterator[Any]:

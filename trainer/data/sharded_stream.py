@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.logs.console import rank_zero_info
 from trainer.data.data_position import loader_kwargs
-from trainer.data.reshard import check_weighting, deal, item_weights, loss_shares, with_item_weights
+from trainer.data.reshard import DealtRest, check_weighting, deal, loss_shares
 from trainer.strategies.checkpoint_io import CheckpointError
 
 PROTOCOL = ("shard_sizes", "read_ranges", "state_dict", "load_state_dict")
@@ -153,7 +153,7 @@ class PlannedPieces(IterableDataset):
             yield batch
 
 
-class StreamRest:
+class StreamRest(DealtRest):
     """The rest of a stream's epoch dealt over this run's processes (the loop uses it as it uses a
     reshard.Reshard: ``loader``, ``weighted``, ``state``, ``start``, ``end``)."""
 
@@ -161,11 +161,9 @@ class StreamRest:
 
     def __init__(self, consumed: Ranges, steps: list[list[list[tuple[str, int]]]], rank: int, accumulation: int,
                  epoch: int, start: int) -> None:
-        self.consumed_before, self.steps, self.epoch, self.start = consumed, steps, epoch, start
+        super().__init__(steps, accumulation, epoch, start)
+        self.consumed_before = consumed
         self.pieces = [as_ranges(step[rank]) for step in steps]
-        self.shares = loss_shares(steps, rank, accumulation)
-        self.accumulation, self.weights = accumulation, item_weights(steps, accumulation)
-        self.end = start + len(steps)  # the batch_idx at which the epoch is over
 
     def state(self, batch_idx: int) -> dict[str, Any]:
         """What a checkpoint taken at ``batch_idx`` records: every sample of the epoch trained so far."""
@@ -176,14 +174,6 @@ class StreamRest:
         kwargs = {**loader_kwargs(loader), "persistent_workers": False}
         return DataLoader(PlannedPieces(loader.dataset, self.pieces[batch_idx - self.start:]), batch_size=None,
                           **kwargs)
-
-    def weighted(self, items: Any, engine: Any, batch_idx: int, accumulation: int) -> Iterator[Any]:
-        """``items`` weighed for windows of ``accumulation`` micro-batches: the epoch's value once its
-        ``on_train_epoch_start`` ran (a GradientAccumulationScheduler may set another than the Trainer's,
-        which the plan was made with before anything ran)."""
-        if accumulation != self.accumulation:
-            self.accumulation, self.weights = accumulation, item_weights(self.steps, accumulation)
-        return with_item_weights(items, self.weights[batch_idx - self.start:], engine)
 
 
 def pending_rest(loops: dict[str, Any], path: str, saved_world: int, world_size: int) -> dict[str, Any] | None:
