@@ -1,9 +1,16 @@
 """Lightning's ddp_spawn / ddp_fork / ddp_notebook: trainer.fit in a plain interpreter (this pytest session) starts
-two real gloo ranks itself, and the results come back to the caller's Trainer and module (trainer/engine/spawn.py)."""
+two real gloo ranks itself (spawned, or forked), and the results come back to the caller's Trainer and module
+(trainer/engine/spawn.py)."""
 
 from __future__ import annotations
 
 import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
 
 import pytest
 import torch
@@ -28,6 +35,19 @@ class FailsOnRankOne(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
+class RecordsDraws(Callback):
+    """Each rank's first draws from python's, numpy's and torch's generators (plain attributes: they come back)."""
+
+    def on_fit_start(self, trainer, module):
+        self.draws = [random.random(), float(np.random.rand()), torch.rand(()).item()]
+
+
+def _seed_the_caller():
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+
+
 def _one_process_reference(tmp_path):
     data = RandomRegression(N)
     model = BoringModel()
@@ -42,14 +62,17 @@ def test_fit_on_two_started_ranks_comes_back_equal_to_one_process_on_the_whole_b
     reference = _one_process_reference(tmp_path)
     model = BoringModel()
     untrained = model.layer.weight.detach().clone()
-    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpts"), monitor="val/loss", save_last=True)
+    checkpoint, draws = ModelCheckpoint(dirpath=str(tmp_path / "ckpts"), monitor="val/loss", save_last=True), \
+        RecordsDraws()
     trainer = quiet_trainer(strategy=strategy, devices=2, max_epochs=EPOCHS, default_root_dir=str(tmp_path),
-                            num_sanity_val_steps=0, enable_model_summary=False, callbacks=[checkpoint])
+                            num_sanity_val_steps=0, enable_model_summary=False, callbacks=[checkpoint, draws])
     loader = DataLoader(RandomRegression(N), batch_size=B)
+    _seed_the_caller()
+    expected_draws = [random.random(), float(np.random.rand()), torch.rand(()).item()]
+    _seed_the_caller()  # the ranks draw from the state the caller has at fit: a spawned one gets it pickled
     assert trainer.fit(model, loader, DataLoader(RandomRegression(8, seed=1), batch_size=4)) is None
-    out = capsys.readouterr().out
-    assert "Starting 2 processes (fork) for trainer.fit()" in out
-    assert ("with fork, not spawn" in out) is (strategy == "ddp_spawn")
+    method = strategy.removeprefix("ddp_")
+    assert f"Starting 2 processes ({method}) for trainer.fit()" in capsys.readouterr().out
 
     # the trained weights are in the caller's module: those of one process on the whole batch
     assert not torch.equal(model.layer.weight, untrained)
@@ -66,15 +89,19 @@ def test_fit_on_two_started_ranks_comes_back_equal_to_one_process_on_the_whole_b
     assert float(checkpoint.best_model_score) <= trainer.callback_metrics["val/loss"]  # the better of 2 epochs
     assert os.path.basename(checkpoint.last_model_path) == "last.ckpt"
     assert trainer.state.stage == "idle" and trainer.state.finished  # Lightning's check after fit
+    # the caller's random state, forked or pickled (python's own generator reseeds itself in a forked child)
+    assert draws.draws[1:] == pytest.approx(expected_draws[1:])
+    assert (draws.draws[0] == expected_draws[0]) is (strategy == "ddp_spawn")
 
-    if strategy == "ddp_fork":  # validate and predict start the ranks again and return rank zero's results
-        val = DataLoader(RandomRegression(8, seed=1), batch_size=4)
-        [metrics] = trainer.validate(model, val, verbose=False)
-        x, y = RandomRegression(8, seed=1)[:]
-        with torch.no_grad():
-            # rank zero's value (logged without sync_dist): its share of the data, samples 0, 2, 4, 6
-            expected = torch.nn.functional.mse_loss(reference.layer(x[::2]), y[::2]).item()
-        assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
+    # validate starts the ranks again and returns rank zero's results
+    val = DataLoader(RandomRegression(8, seed=1), batch_size=4)
+    [metrics] = trainer.validate(model, val, verbose=False)
+    x, y = RandomRegression(8, seed=1)[:]
+    with torch.no_grad():
+        # rank zero's value (logged without sync_dist): its share of the data, samples 0, 2, 4, 6
+        expected = torch.nn.functional.mse_loss(reference.layer(x[::2]), y[::2]).item()
+    assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
+    if strategy == "ddp_fork":  # predict's return comes back the same way (one more spawn costs ~5 s)
         predictions = trainer.predict(model, DataLoader(RandomRegression(8, seed=1), batch_size=4))
         assert all(isinstance(p, torch.Tensor) and p.shape == (4, 1) for p in predictions)
 
@@ -88,12 +115,61 @@ def test_an_error_on_a_started_rank_is_raised_in_the_caller_naming_the_rank(tmp_
     assert "Raised on rank 1 of 2" in notes and "training_step" in notes
 
 
-def test_ddp_spawn_starts_its_ranks_by_fork_and_says_so():
+def test_ddp_spawn_spawns_and_ddp_fork_forks(monkeypatch):
+    import multiprocessing
+
     from trainer.engine.spawn import choose_start_method
 
-    method, why = choose_start_method("spawn")
-    assert method == "fork" and "unpickled" in why
-    assert choose_start_method("fork") == ("fork", None)
+    assert (choose_start_method("spawn"), choose_start_method("fork")) == ("spawn", "fork")
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    assert choose_start_method("spawn") == "spawn"
+    with pytest.raises(RuntimeError, match=r"'ddp_fork' or 'ddp_notebook'.*by fork, which .* does not have.*"
+                                           r"Use strategy='ddp_spawn'"):
+        choose_start_method("fork")
+
+
+def test_what_cannot_be_pickled_for_spawned_ranks_is_named_before_any_rank_starts(tmp_path, capsys):
+    trainer = quiet_trainer(strategy="ddp_spawn", devices=2, max_epochs=1, default_root_dir=str(tmp_path),
+                            enable_checkpointing=False, enable_model_summary=False)
+    loader = DataLoader(RandomRegression(8), batch_size=2, collate_fn=lambda items: items)
+    with pytest.raises(TypeError, match=r"ddp_spawn'\)\.fit\(\): train_dataloaders\.collate_fn \(function .*<lambda>\)"
+                                        r".*cannot be sent to the spawned processes.*importable module.*'ddp_fork'"):
+        trainer.fit(BoringModel(), loader)
+    assert "Starting 2 processes" not in capsys.readouterr().out  # refused before any worker started
+
+    class Local(BoringModel):  # a class defined inside a function: pickle cannot find it by name
+        pass
+
+    with pytest.raises(TypeError, match=r"\.validate\(\): model\.__class__ \(class .*<locals>\.Local\)"):
+        trainer.validate(Local(), DataLoader(RandomRegression(8), batch_size=2))
+
+
+def test_a_module_defined_in_an_interactive_main_is_refused_for_ddp_spawn_with_the_fix(tmp_path):
+    """python -c (like a notebook or the REPL): a spawned process cannot import __main__'s classes; ddp_fork can."""
+    code = textwrap.dedent(f"""
+        from torch.utils.data import DataLoader
+        from tests.helpers.models import BoringModel, RandomRegression
+        from trainer import Trainer
+
+        class Net(BoringModel):
+            pass
+
+        for strategy in ("ddp_spawn", "ddp_fork"):
+            trainer = Trainer(strategy=strategy, devices=2, max_epochs=1, accelerator="cpu", logger=False,
+                              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                              default_root_dir={str(tmp_path)!r})
+            try:
+                trainer.fit(Net(), DataLoader(RandomRegression(8), batch_size=2))
+                print(strategy, "trained", trainer.global_step)
+            except TypeError as err:
+                print(strategy, "refused:", err)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert "ddp_spawn refused: Trainer(strategy='ddp_spawn').fit(): model.__class__ (class __main__.Net)" in done.stdout, \
+        done.stdout + done.stderr
+    assert "Net is defined in __main__ of an interactive session" in done.stdout
+    assert "ddp_fork trained 2" in done.stdout, done.stdout + done.stderr
 
 
 def test_a_bad_start_method_is_refused():
