@@ -225,3 +225,25 @@ def test_only_rank_zero_calls_torch_save_for_checkpoints(tmp_path):
                             enable_model_summary=False, callbacks=[counter, ModelCheckpoint(save_top_k=-1)])
     trainer.fit(BoringModel(), DataLoader(RandomRegression(8), batch_size=2))
     assert counter.calls == 2  # rank zero's: one checkpoint an epoch
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """A spawned rank runs the caller's script again before its own work; a fit at the top level would start
+    ranks of its own there. The rank says why and the caller's error says how to guard the script."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        from torch.utils.data import DataLoader
+        from tests.helpers.models import BoringModel, RandomRegression
+        from trainer import Trainer
+
+        trainer = Trainer(strategy="ddp_spawn", devices=2, max_epochs=1, accelerator="cpu", logger=False,
+                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                          default_root_dir={str(tmp_path)!r})
+        trainer.fit(BoringModel(), DataLoader(RandomRegression(8), batch_size=2))
+        """))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode != 0
+    assert "fit() ran while a spawned rank was importing the script that started it" in done.stderr, done.stderr
+    assert "training code at the script's top level belongs under `if __name__ == \"__main__\":`" in done.stderr
