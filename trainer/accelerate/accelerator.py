@@ -327,18 +327,26 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         so every process runs the same number of steps; ``gather_for_metrics`` drops those repeats
         again. ``even_batches=False`` is for evaluation: training on it is refused unless inside
         ``join_uneven_inputs``. An ``IterableDataset`` (or ``dispatch_batches=True``) is read by
-        process 0 alone, which sends each process its share.
+        process 0 alone, which sends each process its share -- except a sharded stream
+        (``trainer/data/sharded_stream.py``), which deals its shards to the processes itself: each
+        process reads its own loader.
+
+        ``DataLoaderConfiguration(use_stateful_dataloader=True)``: ``save_state`` records each process's
+        position in the pass and ``load_state`` puts it back (see ``PreparedDataLoader``); a plain
+        ``DataLoader`` over an ``IterableDataset`` is rebuilt as torchdata's ``StatefulDataLoader``.
         """
         if isinstance(loader, PreparedDataLoader):
             return loader
-        from trainer.accelerate.data_loader import shard_for_processes
+        from trainer.accelerate.data_loader import shard_for_processes, stateful_loader
 
         config = self.dataloader_config
+        if config.use_stateful_dataloader:
+            loader = stateful_loader(loader, self.num_processes, config.dispatch_batches)
         loader = shard_for_processes(loader, self.num_processes, self.process_index,
                                      split_batches=config.split_batches, even_batches=config.even_batches,
                                      dispatch_batches=config.dispatch_batches,
                                      use_seedable_sampler=config.use_seedable_sampler, data_seed=config.data_seed)
-        prepared = PreparedDataLoader(loader, self)
+        prepared = PreparedDataLoader(loader, self, stateful=config.use_stateful_dataloader)
         self.prepared.dataloaders.append(prepared)
         return prepared
 
@@ -382,7 +390,15 @@ class Accelerator(TrackingMixin, ProcessDecorators):
                             "loss.backward() are not supported (the strategy runs backward). Drop them.")
         if not self._joined and self.num_processes > 1:
             self._refuse_uneven_training()
-        self.engine.backward(self.engine.scale_loss(loss, num_items))
+        engine = self.engine
+        weight = engine.item_weight
+        if weight is not None and num_items is None and engine.window.micro == 0:
+            # outside accumulate(), on a step of a re-dealt rest whose ranks hold uneven items (load_state,
+            # sharded_stream.py): each sample weighs its share of the global mean, as inside a window
+            loader = self._gradient_state.active_dataloader
+            engine.backward(loss * (weight * (loader.batch_len if loader is not None else 1)))
+            return
+        engine.backward(engine.scale_loss(loss, num_items))
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
@@ -737,6 +753,11 @@ class Accelerator(TrackingMixin, ProcessDecorators):
         uninterrupted one drew (README: the restart pattern)."""
         from trainer.data.data_position import SameRandomStreams, skip_batches
 
+        if num_batches and isinstance(dataloader, PreparedDataLoader) and dataloader.resumes_inside_pass:
+            raise ValueError(f"accelerator.skip_first_batches(dataloader, {num_batches}) after load_state on a "
+                             "dataloader prepared with DataLoaderConfiguration(use_stateful_dataloader=True): "
+                             "load_state already put it where the saved run was, so skipping would leave out "
+                             f"{num_batches} more untrained batch(es). Iterate the dataloader itself.")
         loader = getattr(dataloader, "loader", dataloader)
         skipped = num_batches * (getattr(loader, "batch_size", None) or 0)
         source = dataloader if isinstance(dataloader, PreparedDataLoader) else None

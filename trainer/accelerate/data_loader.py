@@ -15,7 +15,9 @@ others (one small broadcast per pass), so processes whose global random streams 
 the pass, so every process runs the same number of steps (``gather_for_metrics`` drops the repeats
 again); ``even_batches=False`` lets the last processes run one batch less (evaluation only, see
 ``Accelerator.prepare_data_loader``). ``dispatch_batches=True``: process 0 alone reads the loader and
-sends each process its share (what an iterable dataset needs: it cannot be indexed per process).
+sends each process its share (what an iterable dataset needs: it cannot be indexed per process) --
+except a sharded stream (``trainer/data/sharded_stream.py``), which deals its shards to the processes
+itself: each process reads its own loader, unless ``dispatch_batches=True`` is given.
 
 The Trainer door keeps Lightning's ``DistributedSampler`` (``trainer/data/distributed_data.py``).
 """
@@ -59,6 +61,14 @@ class SeedableRandomSampler(RandomSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+
+def is_sharded_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` follows the sharded-stream protocol (it says how it is sharded and deals its
+    shards to the processes itself): each process then reads its own loader."""
+    from trainer.data.sharded_stream import missing_methods
+
+    return isinstance(dataset, IterableDataset) and not missing_methods(dataset)
 
 
 def _world_and_rank(num_processes: int | None, process_index: int | None) -> tuple[int, int]:
@@ -352,11 +362,15 @@ def shard_for_processes(loader: Any, num_processes: int, process_index: int, spl
     """``loader`` rebuilt so this process reads its share, as Accelerate shares it (see the module doc).
 
     ``dispatch_batches`` defaults to True for an ``IterableDataset`` and False otherwise. On one
-    process the loader is returned as it is (only the seedable sampler is put in when asked).
+    process the loader is returned as it is (only the seedable sampler is put in when asked), and so
+    is a loader over a sharded stream (``trainer/data/sharded_stream.py``: it deals its shards to the
+    processes itself) unless ``dispatch_batches=True``.
     """
     if not isinstance(loader, DataLoader):
         return loader
     iterable = isinstance(loader.dataset, IterableDataset)
+    if iterable and dispatch_batches is not True and is_sharded_stream(loader.dataset):
+        return loader  # it deals its shards to the processes itself: each reads its own (sharded_stream.py)
     dispatch = iterable if dispatch_batches is None else dispatch_batches
     if use_seedable_sampler and isinstance(loader.sampler, RandomSampler) \
             and not isinstance(loader.sampler, SeedableRandomSampler) and loader.batch_sampler is not None \
@@ -390,6 +404,40 @@ def shard_for_processes(loader: Any, num_processes: int, process_index: int, spl
     if loader.batch_sampler is None:  # each item of the sampler is fetched as it is (an automatic batch or not)
         return DataLoader(loader.dataset, batch_size=None, sampler=_Flatten(shard), **kwargs)
     return DataLoader(loader.dataset, batch_sampler=shard, **kwargs)
+
+
+def stateful_loader(loader: Any, num_processes: int, dispatch_batches: bool | None) -> Any:
+    """``loader`` as ``use_stateful_dataloader=True`` prepares it: over an ``IterableDataset``, one whose
+    position can be saved (torchdata's ``StatefulDataLoader``, built from a plain ``DataLoader``'s settings);
+    a map-style loader as it is (its position is the batches handed out, skipped by index on a resume).
+    Refused where each process's position cannot be saved: a stream process 0 reads for every process."""
+    if not isinstance(loader, DataLoader) or not isinstance(loader.dataset, IterableDataset):
+        return loader
+    kind = type(loader.dataset).__name__
+    if num_processes > 1 and (dispatch_batches or not is_sharded_stream(loader.dataset)):
+        raise ValueError(
+            f"DataLoaderConfiguration(use_stateful_dataloader=True) with a DataLoader over {kind} on {num_processes} "
+            f"processes, which process 0 reads for every process (dispatch_batches"
+            f"{'=True' if dispatch_batches else ' is the default for an IterableDataset'}): a position is saved "
+            "for a loader each process reads itself. Give the dataset the sharded-stream protocol (shard_sizes(), "
+            "read_ranges(ranges), a 'shard_progress' entry in its state_dict(): trainer/data/sharded_stream.py, "
+            "examples/tar_shards.py) so that it deals its shards to the processes, "
+            f"{'drop dispatch_batches=True, ' if dispatch_batches else ''}or leave use_stateful_dataloader off "
+            "(accelerator.skip_first_batches then reads the trained batches again).")
+    if callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None)):
+        return loader  # a StatefulDataLoader already
+    try:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+    except ImportError:
+        raise ImportError("DataLoaderConfiguration(use_stateful_dataloader=True) saves a stream's position with "
+                          "torchdata's StatefulDataLoader, and torchdata is not installed. Install it: "
+                          "pip install 'torchdata>=0.8'.") from None
+    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
+        raise ValueError(f"DataLoaderConfiguration(use_stateful_dataloader=True): the DataLoader over {kind} has a "
+                         f"custom batch_sampler ({type(loader.batch_sampler).__name__}), which cannot be rebuilt as a "
+                         "StatefulDataLoader. Pass a torchdata StatefulDataLoader yourself.")
+    return StatefulDataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
+                              **loader_kwargs(loader))
 
 
 class _Flatten:
@@ -463,7 +511,8 @@ class DataLoaderShard:
 _UNSUPPORTED = {"rng_types": "the order is drawn on process 0 at each pass and sent to the others (or seeded: "
                 "use_seedable_sampler=True); drop rng_types",
                 "slice_fn_for_dispatch": "batches are sliced along their first dimension",
-                "use_stateful_dataloader": "resume inside an epoch with skip_first_batches after load_state"}
+                "use_stateful_dataloader": "a loader's position is saved by Accelerator.save_state: prepare it with "
+                "Accelerator(dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=True)).prepare(loader)"}
 
 
 def prepare_data_loader(dataloader: DataLoader, device: Any = None, num_processes: int | None = None,

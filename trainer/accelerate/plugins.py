@@ -131,10 +131,13 @@ class DataLoaderConfiguration:
         dispatch_batches: the main process reads the loader and sends each process its share of
             every step (the others never read the dataset). Defaults to True for an
             ``IterableDataset`` (which cannot be dealt by index), False otherwise.
-        use_stateful_dataloader: refused (torchdata's resumable loaders); resume with
-            ``load_state`` and ``skip_first_batches``.
-        use_stateful_dataloader: refused when True (torchdata's StatefulDataLoader is not used);
-            resume inside an epoch with ``Accelerator.skip_first_batches`` after ``load_state``.
+        use_stateful_dataloader: prepared loaders save their position (torchdata's
+            ``StatefulDataLoader``; a plain ``DataLoader`` over an ``IterableDataset`` is rebuilt as one):
+            ``save_state`` records where each process's loader is and ``load_state`` puts it back, so
+            the next pass reads only what was not trained -- no ``skip_first_batches``. Loaded by
+            another number of processes, the rest of the pass is re-dealt over them when the dataset
+            follows the sharded-stream protocol (``trainer/data/sharded_stream.py``), and refused
+            otherwise. For iterable datasets read by each process (see ``Accelerator.prepare_data_loader``).
     """
 
     split_batches: bool = False
@@ -144,12 +147,6 @@ class DataLoaderConfiguration:
     data_seed: int | None = None
     non_blocking: bool = False
     use_stateful_dataloader: bool = False
-
-    def __post_init__(self) -> None:
-        if self.use_stateful_dataloader:
-            raise ValueError("DataLoaderConfiguration(use_stateful_dataloader=True): not supported. Resume inside an "
-                             "epoch with accelerator.skip_first_batches(loader, n) after load_state (which restores "
-                             "the RNG states that decide the order).")
 
 
 @dataclass

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
+from torch.utils.data import IterableDataset
 
 from trainer.engine.step_engine import count_items
-from trainer.data.data_position import capture_epoch_start, order_generators, restore_epoch_start
+from trainer.data.data_position import (SameRandomStreams, capture_epoch_start, order_generators, restore_epoch_start,
+                                        rng_states, set_rng_states_after_first, skip_batches)
 
 
 class AcceleratedOptimizer(torch.optim.Optimizer):
@@ -126,10 +128,16 @@ class PreparedDataLoader:
     ``load_state``, ``skip_first_batches`` draws that same order again and the following passes count
     on from that epoch -- with or without ``set_epoch`` or a seedable sampler. ``source`` is the
     loader that ``skip_first_batches`` made this one from: its pass counts as the source's.
+
+    ``stateful`` (``DataLoaderConfiguration(use_stateful_dataloader=True)``): the state also holds the
+    position in the pass -- the batches handed out and, for an iterable dataset, its loader's own state
+    read as each batch arrives (torchdata's ``StatefulDataLoader``) -- and ``load_state`` makes the next
+    pass go on from there, reading nothing trained again; or, loaded by another number of processes,
+    read the rest of the pass dealt over them (``load_rest``, trainer/data/sharded_stream.py).
     """
 
     def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True,
-                 source: PreparedDataLoader | None = None, skipped_batches: int = 0) -> None:
+                 source: PreparedDataLoader | None = None, skipped_batches: int = 0, stateful: bool = False) -> None:
         self.loader = loader
         self._accelerator = accelerator
         self.end_of_dataloader = False
@@ -143,6 +151,14 @@ class PreparedDataLoader:
         self._source = source
         self._pass: dict[str, Any] | None = None  # the pass in progress: its epoch and start states
         self._loaded: dict[str, Any] | None = None  # load_state's, until the next pass: in_pass, epoch_start
+        self._stateful = stateful
+        # what saves an iterable dataset's position (the loader, or its dataset read in this process)
+        self._position_owner: Any = None
+        if stateful and isinstance(getattr(loader, "dataset", None), IterableDataset):
+            from trainer.data.loader_state import saveable
+
+            self._position_owner = saveable(loader)
+        self._position: Any = None  # the owner's state after the batch last handed out
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -164,7 +180,7 @@ class PreparedDataLoader:
 
     def __iter__(self) -> Iterator[Any]:
         accelerator = self._accelerator
-        owner = self._source or self  # a skip_first_batches loader's pass is its source's pass
+        owner = self._source if self._source is not None else self  # a skip_first_batches loader's pass is its source's
         loaded = owner._begin_pass(self)
         # saved at (or after) a pass's last batch, and this skips batches of that finished pass (the
         # README's loop counts them): it yields nothing and, as the uninterrupted run never made it, it
@@ -178,9 +194,13 @@ class PreparedDataLoader:
         self.remainder = self._remainder()
         self.samples_before = self._skipped_samples
         self.end_of_dataloader = False
+        assert owner._pass is not None  # _begin_pass set it
+        owner._pass["batches"] = self._skipped_batches
+        pairs = self._pass_items(loaded if self._source is None else None, owner._pass)
         accelerator.gradient_state._add_dataloader(self)
         try:
-            for batch, is_last in with_is_last(self.loader):
+            for batch, is_last in pairs:
+                owner._pass["batches"] += 1
                 self.end_of_dataloader = is_last
                 items = count_items(batch)
                 self.batch_len = 1 if items is None else items  # no size: one sample (the engine's policy)
@@ -191,6 +211,42 @@ class PreparedDataLoader:
             accelerator.gradient_state._remove_dataloader(self)
         if replay and loaded is not None and self.samples_before == self._skipped_samples and not loaded["epoch_set"]:
             owner._epoch = loaded["epoch"]  # the next pass is the one after the finished pass, as saved
+
+    def _pass_items(self, loaded: dict[str, Any] | None, this_pass: dict[str, Any]) -> Iterator[tuple[Any, bool]]:
+        """This pass's ``(batch, is_last)``: from where ``load_state`` left a stateful loader (its position,
+        the batches to skip, or the rest dealt over this run's processes), else from the start. A resumed
+        pass leaves the random streams load_state put back as they are (the loader's iterator draws its
+        seed where the uninterrupted run drew it at the pass's start)."""
+        resume = loaded if loaded is not None and loaded["in_pass"] and self._stateful else None
+        rest = resume.get("rest") if resume is not None else None
+        if rest is not None:  # another number of processes saved it: this rank's part of the rest
+            this_pass["rest"] = rest
+            accelerator = self._accelerator
+            items = rest.weighted(with_is_last(rest.loader(self.loader, rest.start)), accelerator.engine, rest.start,
+                                  accelerator.gradient_accumulation_steps)
+            return set_rng_states_after_first(items, rng_states())
+        source: Any = self.loader
+        if resume is not None and resume.get("position") is not None and self._position_owner is not None:
+            self._position_owner.load_state_dict(resume["position"])  # reads on from there: nothing again
+        elif resume is not None and resume.get("batches") and not isinstance(self.dataset, IterableDataset):
+            # a map-style dataset: the pass's order drawn again from its start states, the batches handed out
+            # skipped by index (none is read), as skip_first_batches does
+            epoch_start, skipped = resume["epoch_start"], int(resume["batches"])
+            source = SameRandomStreams(skip_batches(self.loader, skipped))
+            source.before_first_batch = lambda: restore_epoch_start(self.loader, epoch_start)
+            this_pass["batches"] = skipped
+            self.samples_before = skipped * (getattr(self.loader, "batch_size", None) or 0)
+            return with_is_last(source)
+        owner = self._position_owner
+        items = with_is_last(source) if owner is None else self._with_positions(source, owner)
+        return items if resume is None else set_rng_states_after_first(items, rng_states())
+
+    def _with_positions(self, source: Any, owner: Any) -> Iterator[tuple[Any, bool]]:
+        from trainer.data.loader_state import with_positions
+
+        for (batch, position), is_last in with_is_last(with_positions(source, owner)):
+            self._position = position  # read as the batch arrived, before the look-ahead
+            yield batch, is_last
 
     def _begin_pass(self, iterating: PreparedDataLoader) -> dict[str, Any] | None:
         """Set the sampler's epoch and record the pass (read by ``iterating``: this loader or one
@@ -211,20 +267,51 @@ class PreparedDataLoader:
         batch is out (the usual save after a step) counts that pass as done: resumed, the next pass
         is the next epoch's, as in the uninterrupted run."""
         if self._pass is not None and not self._pass["iterating"].end_of_dataloader:
-            return {"epoch": self._pass["epoch"], "in_pass": True, "epoch_start": self._pass["epoch_start"]}
+            state = {"epoch": self._pass["epoch"], "in_pass": True, "epoch_start": self._pass["epoch_start"]}
+            return {**state, **self._position_state()} if self._stateful else state
         # between passes, the generators the next pass's order comes from (the loader's generator=, or
         # the one a shuffle gets when prepared on several processes) continue from where they are
-        return {"epoch": self._epoch, "in_pass": False,
-                "generators": [g.get_state() for g in order_generators(self.loader)]}
+        state = {"epoch": self._epoch, "in_pass": False,
+                 "generators": [g.get_state() for g in order_generators(self.loader)]}
+        if self._stateful and self._pass is not None:  # at the pass's last batch: what it read, for a re-deal
+            state.update({k: v for k, v in self._position_state().items() if k != "batches"})
+        return state
+
+    def _position_state(self) -> dict[str, Any]:
+        """A stateful loader's place in the pass in progress: the batches handed out, and the loader's own
+        position (an iterable dataset) or, inside a rest re-dealt by load_state, every sample trained."""
+        assert self._pass is not None
+        batches, rest = self._pass.get("batches", 0), self._pass.get("rest")
+        state: dict[str, Any] = {"stateful": True, "batches": batches}
+        if rest is not None:
+            state["stream_rest"] = rest.state(batches)
+        elif self._pass["iterating"]._position is not None:
+            state["position"] = self._pass["iterating"]._position
+        return state
+
+    @property
+    def resumes_inside_pass(self) -> bool:
+        """load_state put this stateful loader inside a pass: its next pass goes on from there."""
+        return self._stateful and self._loaded is not None and self._loaded["in_pass"] and (
+            bool(self._loaded.get("batches")) or self._loaded.get("position") is not None
+            or self._loaded.get("rest") is not None)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch = state["epoch"]
         self._set_sampler_epoch(self._epoch)
         self._loaded = {"in_pass": bool(state.get("in_pass")), "epoch_start": state.get("epoch_start"),
-                        "epoch": self._epoch, "epoch_set": False}
+                        "epoch": self._epoch, "epoch_set": False, "batches": state.get("batches", 0),
+                        "position": state.get("position")}
         if not state.get("in_pass"):
             for generator, saved in zip(order_generators(self.loader), state.get("generators") or []):
                 generator.set_state(saved)
+
+    def load_rest(self, epoch: int, rest: Any) -> None:
+        """Read ``rest`` (a sharded_stream.StreamRest: this rank's part of the rest of pass ``epoch``, which
+        another number of processes saved) as the next pass; the passes after it count on from ``epoch``."""
+        self.load_state_dict({"epoch": epoch, "in_pass": True})
+        assert self._loaded is not None
+        self._loaded["rest"] = rest
 
     def _remainder(self) -> int:
         from trainer.accelerate.data_loader import find_shard

@@ -199,31 +199,11 @@ def plan_stream_resume(loop: Any, loader: Any, pending: dict[str, Any]) -> Strea
     trainer, epoch = loop.trainer, loop.state.current_epoch
     strategy, cfg = trainer.accelerator.strategy, trainer.config
     world, saved_world, path = strategy.world_size, pending["saved_world"], pending["path"]
-    dataset = getattr(loader, "dataset", None)
-    kind = type(dataset if dataset is not None else loader).__name__
     try:
-        if not isinstance(loader, DataLoader) or not isinstance(dataset, IterableDataset):
-            raise _cannot(f"the training data is now {kind}, not a DataLoader over an IterableDataset as when it was "
-                          "saved")
-        lacks = missing_methods(dataset)
-        if lacks:
-            raise _cannot(f"{kind} does not say how it is sharded (it has no {', '.join(lacks)}). A dataset sharded "
-                          "by files or ranges can be re-dealt: give it shard_sizes(), read_ranges(ranges) and a "
-                          "'shard_progress' entry in its state_dict() -- the sharded-stream protocol in "
-                          "trainer/data/sharded_stream.py; examples/tar_shards.py implements it")
+        kind = check_stream_loader(loader)
         if cfg.limit_train_batches not in (None, 1.0) or cfg.overfit_batches:
             raise _cannot("limit_train_batches/overfit_batches cut the epoch by a number of batches per process")
-        if loader.batch_size is None:
-            raise _cannot(f"the training DataLoader has batch_size=None ({kind} makes its own batches), so its "
-                          "samples cannot be dealt into batches")
-        sharded: Any = dataset  # it has the protocol's methods (checked above)
-        sizes = {str(k): int(v) for k, v in sharded.shard_sizes().items()}
-        consumed = pending["consumed"]
-        if consumed is None:
-            consumed = _trained_by_every_rank(pending["positions"] or {}, saved_world, kind)
-        consumed = union(consumed)
-        check_progress(consumed, sizes, "the checkpoint's position")
-        rest = remaining(sizes, consumed)
+        sizes, consumed, rest = untrained(loader, pending, kind)
         if not rest:
             return None
         steps = deal(rest, world, loader.batch_size)
@@ -238,11 +218,48 @@ def plan_stream_resume(loop: Any, loader: Any, pending: dict[str, Any]) -> Strea
     # batch_idx goes on from the saved one on the same number of processes (a rest re-dealt before);
     # else it is where the samples trained so far would put it here, at least 1 (inside the epoch)
     start = pending["batch_idx"] if saved_world == world else max(1, math.ceil(done / (world * loader.batch_size)))
-    rank_zero_info(f"Resuming inside epoch {epoch}, saved by {saved_world} process(es): {kind}'s {len(rest)} "
-                   f"untrained sample(s) (of {sum(sizes.values())}, in {len({a[0] for a in rest})} of its "
-                   f"{len(sizes)} shards) are dealt over {world} in {len(steps)} step(s) of up to {world} x "
-                   f"{loader.batch_size}; the {done} trained are not read again.")
+    say_redealt(kind, sizes, rest, done, saved_world, world, len(steps), loader.batch_size, f"epoch {epoch}")
     return StreamRest(consumed, steps, strategy.global_rank, cfg.accumulate_grad_batches, epoch, start)
+
+
+def check_stream_loader(loader: Any) -> str:
+    """The dataset's type name, when ``loader`` reads a sharded stream whose rest can be dealt; raises the
+    reason (CheckpointError) otherwise. Both doors call it (the Trainer's resume, Accelerator.load_state)."""
+    dataset = getattr(loader, "dataset", None)
+    kind = type(dataset if dataset is not None else loader).__name__
+    if not isinstance(loader, DataLoader) or not isinstance(dataset, IterableDataset):
+        raise _cannot(f"the training data is now {kind}, not a DataLoader over an IterableDataset as when it was "
+                      "saved")
+    lacks = missing_methods(dataset)
+    if lacks:
+        raise _cannot(f"{kind} does not say how it is sharded (it has no {', '.join(lacks)}). A dataset sharded "
+                      "by files or ranges can be re-dealt: give it shard_sizes(), read_ranges(ranges) and a "
+                      "'shard_progress' entry in its state_dict() -- the sharded-stream protocol in "
+                      "trainer/data/sharded_stream.py; examples/tar_shards.py implements it")
+    if loader.batch_size is None:
+        raise _cannot(f"the training DataLoader has batch_size=None ({kind} makes its own batches), so its "
+                      "samples cannot be dealt into batches")
+    return kind
+
+
+def untrained(loader: Any, pending: dict[str, Any], kind: str) -> tuple[dict[str, int], Ranges, list[tuple[str, int]]]:
+    """``(shard sizes, samples trained, samples left in shard order)`` of the epoch ``pending`` stopped in:
+    its ``consumed`` (a rest re-dealt before) or the union of every saved rank's ``positions``."""
+    sizes = {str(k): int(v) for k, v in loader.dataset.shard_sizes().items()}
+    consumed = pending["consumed"]
+    if consumed is None:
+        consumed = _trained_by_every_rank(pending["positions"] or {}, pending["saved_world"], kind)
+    consumed = union(consumed)
+    check_progress(consumed, sizes, "the checkpoint's position")
+    return sizes, consumed, remaining(sizes, consumed)
+
+
+def say_redealt(kind: str, sizes: dict[str, int], rest: list[tuple[str, int]], done: int, saved_world: int,
+                world: int, steps: int, batch_size: int, where: str) -> None:
+    rank_zero_info(f"Resuming inside {where}, saved by {saved_world} process(es): {kind}'s {len(rest)} "
+                   f"untrained sample(s) (of {sum(sizes.values())}, in {len({a[0] for a in rest})} of its "
+                   f"{len(sizes)} shards) are dealt over {world} in {steps} step(s) of up to {world} x "
+                   f"{batch_size}; the {done} trained are not read again.")
 
 
 def _trained_by_every_rank(positions: dict[Any, Any], saved_world: int, kind: str) -> Ranges:

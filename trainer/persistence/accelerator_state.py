@@ -121,6 +121,8 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
     state = _upgrade(state, path)
     check_layout(state, path)  # every field this reads, named when wrong
     _check_counts(accelerator, state, input_dir)
+    # a stateful loader's rest dealt over this run's processes, or refused with the reason, before anything loads
+    rests = _plan_rests(accelerator, state, input_dir)
     if not fmt.wrote(state):
         raise CheckpointError(f"Accelerator.load_state({input_dir!r}): saved by {state['metadata'].get('strategy')} "
                               f"as {state.get('sharded') or 'one file'}; this Accelerator uses "
@@ -132,21 +134,76 @@ def load_state(accelerator: Any, input_dir: str, strict: bool = True) -> None:
         obj.load_state_dict(sd)
     strategy.precision.load_state_dict(state["precision"])
     accelerator.step = state["accelerator"]["step"]
-    _load_dataloaders(accelerator, state["accelerator"].get("dataloaders", {}), strategy.global_rank)
+    _load_dataloaders(accelerator, state["accelerator"].get("dataloaders", {}), strategy.global_rank, rests)
     rng = state["rng"].get(strategy.global_rank)
     if rng is not None:
         set_rng_states(rng)
 
 
-def _load_dataloaders(accelerator: Any, saved: dict[int, list[dict[str, Any]]], rank: int) -> None:
-    """Each prepared loader's epoch (and pass start) as saved, matched by the order of ``prepare``.
-    Another world size: rank zero's epochs, without start states (the shards' order is new anyway);
-    a state from before loaders were saved, or a loader prepared beyond the saved ones: unchanged."""
+def _load_dataloaders(accelerator: Any, saved: dict[int, list[dict[str, Any]]], rank: int,
+                      rests: dict[int, tuple[int, Any]]) -> None:
+    """Each prepared loader's epoch (and pass start, and a stateful loader's position) as saved, matched by
+    the order of ``prepare``; a stateful loader saved inside a pass by another number of processes reads the
+    rest of that pass dealt over this run's (``rests``: ``_plan_rests``). Another world size otherwise: rank
+    zero's epochs, without start states (the shards' order is new anyway); a state from before loaders were
+    saved, or a loader prepared beyond the saved ones: unchanged."""
     own = saved.get(rank)
     if own is None and 0 in saved:
         own = [{"epoch": s["epoch"], "in_pass": False} for s in saved[0]]
-    for loader, loader_state in zip(accelerator.prepared.dataloaders, own or []):
-        loader.load_state_dict(loader_state)
+    for i, (loader, loader_state) in enumerate(zip(accelerator.prepared.dataloaders, own or [])):
+        if i not in rests:
+            loader.load_state_dict(loader_state)
+            continue
+        epoch, rest = rests[i]
+        if rest is None:  # nothing of the pass remains: the next pass is the next epoch's
+            loader.load_state_dict({"epoch": epoch + 1, "in_pass": False})
+        else:
+            loader.load_rest(epoch, rest)
+
+
+def _plan_rests(accelerator: Any, state: dict[str, Any], input_dir: str) -> dict[int, tuple[int, Any]]:
+    """For each stateful prepared loader whose saved pass must be re-dealt -- saved inside it by another number
+    of processes, or inside a rest re-dealt before -- its epoch and this rank's part of the rest (None: nothing
+    remains). Raises, naming the reason and the fix, where the dataset does not say how it is sharded."""
+    from trainer.data.reshard import deal
+    from trainer.data.sharded_stream import StreamRest, check_stream_loader, say_redealt, untrained
+
+    saved = state["accelerator"].get("dataloaders", {})
+    saved_world, world = state["metadata"].get("world_size", 1), accelerator.num_processes
+    rank = accelerator.process_index
+    plans: dict[int, tuple[int, Any]] = {}
+    for i, loader in enumerate(accelerator.prepared.dataloaders):
+        states = {r: s[i] for r, s in saved.items() if i < len(s)}
+        inside = {r: s for r, s in states.items() if s.get("stateful") and s.get("in_pass")}
+        if not inside or not (saved_world != world or any("stream_rest" in s for s in inside.values())):
+            continue
+        first = inside[min(inside)]
+        epoch = first["epoch"]
+        inner = loader.loader
+        try:
+            if not loader._stateful:
+                raise CheckpointError("this run prepared it without DataLoaderConfiguration(use_stateful_dataloader="
+                                      "True), so it cannot read the rest")
+            kind = check_stream_loader(inner)
+            rest_state = first.get("stream_rest")
+            # a rank whose own pass was over holds no position: it trained every shard it was dealt
+            pending = {"consumed": None if rest_state is None else rest_state["consumed"], "saved_world": saved_world,
+                       "positions": {r: s.get("position") for r, s in states.items() if s.get("position") is not None}}
+            sizes, consumed, rest = untrained(inner, pending, kind)
+            steps = deal(rest, world, inner.batch_size) if rest else []
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"Accelerator.load_state({input_dir!r}): prepared dataloader {i} was saved inside a pass (epoch "
+                f"{epoch}, {first.get('batches', 0)} batch(es) in) with its position on each of {saved_world} "
+                f"process(es); this run has {world}, and {err}. Or load it with {saved_world} process(es), or save "
+                "the state at the end of a pass.") from None
+        done = sum(stop - start for ranges in consumed.values() for start, stop in ranges)
+        if rest:
+            say_redealt(kind, sizes, rest, done, saved_world, world, len(steps), inner.batch_size,
+                        f"pass {epoch} of prepared dataloader {i}")
+        plans[i] = (epoch, StreamRest(consumed, steps, rank, accelerator.gradient_accumulation_steps, epoch, 0)
+                    if rest else None)
+    return plans
 
 
 def _check_counts(accelerator: Any, state: dict[str, Any], input_dir: str) -> None:

@@ -84,8 +84,9 @@ LACKING_BY_REASON = {
     "PEFT models are prepared like any module; nothing PEFT-specific is needed": "is_peft_model",
     "the machinery of Accelerate's process-wide shared state; here every Accelerator owns its state":
         "ThreadLocalSharedDict do_nothing is_initialized",
-    "torchdata's stateful loaders are refused (use_stateful_dataloader): resume with load_state + "
-    "skip_first_batches": "DataLoaderAdapter DataLoaderStateMixin",
+    "Accelerate's bases of its stateful loader wrappers; here use_stateful_dataloader=True keeps torchdata's "
+    "StatefulDataLoader inside the prepared loader, whose state_dict holds its position":
+        "DataLoaderAdapter DataLoaderStateMixin",
     "an IterableDataset is read by process 0 and dispatched (DataLoaderDispatcher), not sharded per process":
         "IterableDatasetShard",
     "skip_first_batches rebuilds the loader around the same (batch) sampler; these wrapper classes are "

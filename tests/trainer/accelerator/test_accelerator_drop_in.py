@@ -39,7 +39,6 @@ def test_unsupported_arguments_are_refused_by_name_with_the_reason(kwargs, match
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: DataLoaderConfiguration(use_stateful_dataloader=True), r"use_stateful_dataloader.*skip_first_batches"),
     (lambda: GradientAccumulationPlugin(num_steps=0), r"num_steps=0.*positive int"),
     (lambda: GradientAccumulationPlugin(), r"num_steps=None"),
     (lambda: ProjectConfiguration(total_limit=0), r"total_limit=0.*positive int"),
