@@ -265,9 +265,11 @@ def _unpickle_in_worker(blob: bytes) -> tuple:
 def _refuse_while_bootstrapping(stage: str) -> None:
     """A spawned process runs the caller's script again before its rank starts; a ``trainer.fit`` at the
     script's top level would then start ranks of its own. Say how to guard it, as the first error the user sees."""
-    import multiprocessing
-
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
+    frame = inspect.currentframe()
+    while frame is not None and not (frame.f_globals.get("__name__") == "multiprocessing.spawn"
+                                     and frame.f_code.co_name.startswith("_fixup_main")):  # runs the script again
+        frame = frame.f_back
+    if frame is not None:
         raise RuntimeError(f"Trainer(strategy='ddp_spawn').{stage}() ran while a spawned rank was importing the "
                            "script that started it: a spawned process runs the script's top-level code again. Put "
                            "the training code under `if __name__ == \"__main__\":`, or use strategy='ddp_fork'.")
