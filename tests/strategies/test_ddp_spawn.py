@@ -247,3 +247,21 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     assert done.returncode != 0
     assert "fit() ran while a spawned rank was importing the script that started it" in done.stderr, done.stderr
     assert "training code at the script's top level belongs under `if __name__ == \"__main__\":`" in done.stderr
+
+
+def test_a_class_a_spawned_rank_cannot_import_comes_back_as_its_error_with_the_fix(tmp_path, monkeypatch):
+    """Pickled here by name, but its module exists only in this process: the rank's ModuleNotFoundError is raised
+    in the caller with a note saying what happened and how to fix it."""
+    import types
+
+    made_here = types.ModuleType("made_in_this_process_only")
+    exec("from tests.helpers.models import BoringModel\nclass Net(BoringModel):\n    pass\n", made_here.__dict__)
+    made_here.Net.__module__ = made_here.__name__
+    monkeypatch.setitem(sys.modules, made_here.__name__, made_here)
+    trainer = quiet_trainer(strategy="ddp_spawn", devices=2, max_epochs=1, default_root_dir=str(tmp_path),
+                            enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(ModuleNotFoundError, match="made_in_this_process_only") as info:
+        trainer.fit(made_here.Net(), DataLoader(RandomRegression(8), batch_size=2))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "a spawned rank of Trainer(strategy='ddp_spawn') unpickled what the caller sent it" in notes
+    assert "strategy='ddp_fork'" in notes and "Raised on rank" in notes
