@@ -7,6 +7,8 @@ Callbacks receive ``(trainer, module, ...)``. They see the trainer as a ``Traine
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 from trainer.strategies.exceptions import MisconfigurationException
@@ -24,6 +26,10 @@ class MissingMetricError(KeyError, MisconfigurationException):
 class Callback:
     """Base class for callbacks. Override only the hooks you need: hooks that are not
     overridden are never called (the dispatcher skips them)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _alias_hooks(cls)  # its hooks also take Lightning's keyword pl_module= (see _accepting_pl_module)
 
     @property
     def state_key(self) -> str:
@@ -110,3 +116,36 @@ class Callback:
 
 HOOK_NAMES = tuple(name for name, value in vars(Callback).items()
                    if callable(value) and (name.startswith("on_") or name in ("setup", "teardown")))
+
+
+def _accepting_pl_module(name: str, hook: Any) -> Any:
+    """``hook`` (whose second parameter is ``module``) also called by keyword as Lightning's callbacks are:
+    ``setup(trainer, pl_module=model, stage="fit")``. Other callers are unchanged."""
+    try:
+        params = list(inspect.signature(hook).parameters)
+    except (TypeError, ValueError):
+        return hook
+    if params[1:3] != ["trainer", "module"] or "pl_module" in params or getattr(hook, "_takes_pl_module", False):
+        return hook
+
+    @functools.wraps(hook)
+    def accepting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "pl_module" in kwargs:
+            if "module" in kwargs or len(args) > 1:
+                raise TypeError(f"{type(self).__name__}.{name}() got the module twice (pl_module= and module or a "
+                                "second positional argument); pass it once: (trainer, pl_module) or (trainer, module).")
+            kwargs["module"] = kwargs.pop("pl_module")
+        return hook(self, *args, **kwargs)
+
+    accepting._takes_pl_module = True  # type: ignore[attr-defined]
+    return accepting
+
+
+def _alias_hooks(cls: type) -> None:
+    for name in HOOK_NAMES:
+        hook = cls.__dict__.get(name)
+        if callable(hook):
+            setattr(cls, name, _accepting_pl_module(name, hook))
+
+
+_alias_hooks(Callback)

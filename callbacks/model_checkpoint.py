@@ -27,6 +27,9 @@ def _number(value: Any) -> Any:
     return value
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")  # a remote filesystem's URL (s3://, memory://)
+
+
 def default_dirpath(trainer: TrainerView) -> tuple[str, bool]:
     """Where a ModelCheckpoint without ``dirpath`` writes (Lightning's rule): the first logger's run folder
     ``<save_dir>/<name>/<version>/checkpoints`` (``version_<N>`` for an int version; the Trainer's
@@ -149,7 +152,8 @@ class ModelCheckpoint(Callback):
                                             "pathlib.Path), or None for the logger's run folder "
                                             "(<default_root_dir>/checkpoints without a logger).")
         if dirpath is not None:  # a Path, "~/ckpts": plain absolute text (what checkpoints and comparisons hold)
-            dirpath = os.path.abspath(os.path.expanduser(os.fspath(dirpath)))
+            dirpath = os.fspath(dirpath)  # a URL is kept as given: setup refuses it, naming it
+            dirpath = dirpath if _URL.match(dirpath) else os.path.abspath(os.path.expanduser(dirpath))
         self.dirpath, self.filename, self.monitor, self.mode = dirpath, filename, monitor, mode
         self.save_on_exception, self.enable_version_counter = save_on_exception, enable_version_counter
         self.save_top_k, self.save_last, self.save_weights_only = save_top_k, save_last, save_weights_only
@@ -197,6 +201,13 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             dirpath, self._dirpath_from_logger = default_dirpath(trainer)
             self.dirpath = strategy.broadcast(dirpath) if strategy.world_size > 1 else dirpath  # rank zero's version
+        url = _URL.match(os.fspath(self.dirpath))
+        if url:  # made local, it would write to a folder named after the scheme ('memory:/...') in the cwd
+            raise ValueError(
+                f"ModelCheckpoint(dirpath={os.fspath(self.dirpath)!r}, save_last={self.save_last!r}): {url.group(1)}:// "
+                "is a remote filesystem URL, and writing checkpoints (an atomic rename per file, `last.ckpt` as a "
+                "link, the directory's .lock) is only supported for local file paths. Expected a local directory: "
+                "give the local path of a mounted filesystem, or copy the files to the remote store after fit.")
         self.dirpath = os.path.abspath(os.path.expanduser(os.fspath(self.dirpath)))
         if stage == "fit" and trainer.is_global_zero and not self._locked:
             lock_directory(self.dirpath)  # one writing run per directory (it cleans temporaries on resume)
