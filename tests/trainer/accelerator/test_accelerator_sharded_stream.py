@@ -54,6 +54,7 @@ def _train(shards: list[str], log: str, stop: int | None = None, save: str | Non
 
 
 def _on_rank(tmp: str, shards: list[str], **kw) -> dict:
+    Path(tmp).mkdir(parents=True, exist_ok=True)
     return _train(shards, str(Path(tmp) / f"rank{os.environ['RANK']}.log"), **kw)
 
 
@@ -110,6 +111,53 @@ def test_one_process_resumes_at_its_position_bit_exact_reading_only_the_rest(tmp
     print(f"1 -> 1, saved after step {stop}: {trained} trained, {after['reads']} read after load_state")
 
 
+class Counted(torch.utils.data.Dataset):
+    """A map-style dataset that counts the samples read."""
+
+    def __init__(self, n: int = 12) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x, self.reads = torch.randn(n, 4, generator=g), 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return self.x[i], self.x[i].sum().reshape(1)
+
+
+def _train_map_style(stop: int | None = None, save: str | None = None, load: str | None = None) -> dict:
+    set_seed(0)
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=True))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    data = Counted()
+    model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(data, batch_size=BATCH, shuffle=True))
+    if load is not None:
+        accelerator.load_state(load)
+    seen, reads = [], data.reads
+    for _ in range(2):  # the resumed run's first pass is the rest of the saved one
+        for x, y in loader:
+            seen.append(x.tolist())
+            accelerator.backward(torch.nn.functional.mse_loss(model(x), y))
+            optimizer.step()
+            optimizer.zero_grad()
+            if stop is not None and len(seen) == stop:
+                accelerator.save_state(save)
+                return {"seen": seen}
+    return {"seen": seen, "reads": data.reads - reads, "weights": [p.detach().tolist() for p in model.parameters()]}
+
+
+def test_a_map_style_pass_resumes_at_its_position_without_skip_first_batches(tmp_path):
+    straight = _train_map_style()
+    before = _train_map_style(stop=4, save=str(tmp_path / "state"))
+    after = _train_map_style(load=str(tmp_path / "state"))
+    assert before["seen"] + after["seen"] == straight["seen"]  # the rest of the shuffled pass, then the next pass
+    assert after["weights"] == straight["weights"]  # bit-exact
+    assert after["reads"] == 2 * 12 - 4 * BATCH  # the batches trained before are not read
+
+
 def test_skip_first_batches_after_a_restored_position_is_refused(tmp_path):
     shards = write_shards(tmp_path / "shards", 2, PER_SHARD)
     state = str(tmp_path / "state")
@@ -123,6 +171,23 @@ def test_skip_first_batches_after_a_restored_position_is_refused(tmp_path):
                                          r"dataloader=True\): load_state already put it where the saved run was.*"
                                          r"Iterate the dataloader itself"):
         accelerator.skip_first_batches(loader, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_two_processes_resume_each_at_its_own_position_bit_exact(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    shards = write_shards(tmp_path / "shards", 4, PER_SHARD)
+    state = str(tmp_path / "state")
+    straight = run_distributed(_on_rank, tmp=str(tmp_path / "straight"), shards=shards, timeout=400)
+    before = run_distributed(_on_rank, tmp=str(tmp_path / "before"), shards=shards, stop=3, save=state, timeout=400)
+    after = run_distributed(_on_rank, tmp=str(tmp_path / "after"), shards=shards, load=state, timeout=400)
+    for rank in range(2):
+        assert before[rank]["seen"] + after[rank]["seen"] == straight[rank]["seen"]
+        assert after[rank]["weights"] == straight[rank]["weights"]  # bit-exact
+        assert after[rank]["reads"] == 2 * PER_SHARD - 3 * BATCH  # each reads only its own untrained samples
+    print(f"2 -> 2, saved after step 3: {[r['reads'] for r in after]} read after load_state by the two processes")
 
 
 # -- another number of processes: the rest is re-dealt ----------------------------------------------
