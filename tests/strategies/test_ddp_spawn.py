@@ -166,8 +166,8 @@ def test_a_module_defined_in_an_interactive_main_is_refused_for_ddp_spawn_with_t
         """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert "ddp_spawn refused: Trainer(strategy='ddp_spawn').fit(): model.__class__ (class __main__.Net)" in done.stdout, \
-        done.stdout + done.stderr
+    refused = "ddp_spawn refused: Trainer(strategy='ddp_spawn').fit(): model.__class__ (class __main__.Net)"
+    assert refused in done.stdout, done.stdout + done.stderr
     assert "Net is defined in __main__ of an interactive session" in done.stdout
     assert "ddp_fork trained 2" in done.stdout, done.stdout + done.stderr
 
