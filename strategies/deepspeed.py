@@ -266,6 +266,8 @@ class DeepSpeedStrategy(Strategy):
                                  "cannot change between epochs.",
         "adding_param_groups": "DeepSpeed's engine builds its own optimizer partitions from the parameter groups it "
                                "was given, so groups cannot be added to it while it runs.",
+        "module_backward": "the engine runs the backward itself (its loss scale and ZeRO's gradient partitioning "
+                           "hooks), so a backward of the module's own would bypass them.",
     }
 
     # -- state --------------------------------------------------------------------------------------
@@ -330,6 +332,10 @@ class DeepSpeedDriver(Driver):
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already scaled it for its window
+
+    def backward_by(self, backward: Callable[[torch.Tensor], Any], loss: torch.Tensor) -> None:
+        raise RuntimeError("DeepSpeed runs the backward in its engine; a module's own backward is refused at fit "
+                           "start (DeepSpeedStrategy.refusals['module_backward']).")
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         return None  # the engine unscales inside step()

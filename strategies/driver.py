@@ -69,6 +69,10 @@ class Driver:
         """``loss.backward(*args, **kwargs)`` with the precision's loss scaling."""
         self.precision.backward(loss, *args, **kwargs)
 
+    def backward_by(self, backward: Callable[[torch.Tensor], Any], loss: torch.Tensor) -> None:
+        """``backward(loss)`` (a module's own ``backward``) with the precision's loss scaling applied first."""
+        backward(self.precision.scale_loss(loss))
+
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Undo loss scaling (16-mixed) on ``optimizer``'s gradients; safe to call twice in a step."""
         self.precision.unscale_gradients(optimizer)

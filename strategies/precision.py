@@ -115,10 +115,12 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` times the gradient scaler's scale (16-mixed); as it is otherwise."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        if self.scaler is not None:
-            loss = self.scaler.scale(loss)
-        loss.backward(*args, **kwargs)
+        self.scale_loss(loss).backward(*args, **kwargs)
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients back to their true scale (before clipping); safe to call once per step."""

@@ -233,10 +233,11 @@ class Strategy(ABC):
     #: window), "accumulation_schedule" (GradientAccumulationScheduler: the micro-batches per step change between
     #: epochs), "adding_param_groups" (BaseFinetuning: parameter groups added to a running optimizer),
     #: "weight_averaging" (StochasticWeightAveraging / WeightAveraging: a full averaged copy beside the module),
-    #: "parameter_averaging" (Accelerate's LocalSGD: the processes' parameters averaged every few steps).
+    #: "parameter_averaging" (Accelerate's LocalSGD: the processes' parameters averaged every few steps),
+    #: "module_backward" (a TrainModule overriding ``backward``: called in place of the driver's backward).
     refusals: dict[str, str] = {}
     FEATURES = frozenset({"oom_split", "accumulation_schedule", "adding_param_groups", "weight_averaging",
-                          "parameter_averaging"})
+                          "parameter_averaging", "module_backward"})
 
     def refuse_unsupported(self, feature: str, asked: str, fix: str, warn: bool = False) -> bool:
         """When this strategy cannot do ``feature`` (one of ``FEATURES``): raise ``MisconfigurationException``

@@ -6,7 +6,7 @@ import contextlib
 import os
 import inspect
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -225,6 +225,29 @@ class TrainModule(torch.nn.Module):
         self.train()
 
     # -- overridable steps of automatic optimization (Lightning's names) ----------------------------
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Automatic optimization's backward of the step's loss: ``loss.backward(*args, **kwargs)``. The
+        ``loss`` is already weighted for its accumulation window and, under ``precision="16-mixed"``,
+        multiplied by the gradient scaler's scale. Override it to run backward your own way (e.g.
+        ``retain_graph=True``); ``on_before_backward``/``on_after_backward`` run around it. Not with
+        DeepSpeed, whose engine runs the backward (refused at fit start). Manual optimization: ``manual_backward``."""
+        loss.backward(*args, **kwargs)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Callable[[], Any] | None = None) -> None:
+        """Step ``optimizer`` once an accumulation window closed (``batch_idx``: the window's last batch).
+        ``optimizer_closure`` gets the step ready (``on_before_optimizer_step``, gradient clipping) and returns
+        the last training step's loss; ``training_step`` and the backward have already run. An override must
+        call it, usually as ``optimizer.step(closure=optimizer_closure)`` (skip a step by calling
+        ``optimizer_closure()`` alone). ``optimizer.step`` goes through the strategy and precision, and counts
+        ``global_step``."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        """Zero the gradients after each optimizer step (``set_to_none=True``); after
+        ``on_before_zero_grad``. Override it to keep gradients or zero them another way."""
+        optimizer.zero_grad()
+
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Called at every optimizer step, after ``on_before_optimizer_step``, with the Trainer's

@@ -165,17 +165,6 @@ def test_configure_gradient_clipping_override_clips_its_own_way(make_trainer):
         assert (new.detach() - old).abs().max() <= 0.001 + 1e-7
 
 
-@pytest.mark.parametrize("hook", ["optimizer_step", "optimizer_zero_grad", "backward"])
-def test_an_override_the_loop_would_ignore_is_refused_before_training(hook, make_trainer):
-    Overrides = type("Overrides", (BoringModel,), {hook: lambda self, *args, **kwargs: None})
-    model = Overrides()
-    before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=rf"Overrides\.{hook}\(\.\.\.\) is defined, but this Trainer does not call "
-                                         rf"a module's {hook}.*Instead: .*automatic_optimization = False"):
-        make_trainer(max_epochs=1).fit(model, regression_loader(8, 8))
-    assert all(torch.equal(old, new) for old, new in zip(before, model.parameters()))
-
-
 class NanAt(BoringModel):
     def __init__(self, bad_batch):
         super().__init__()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
 
@@ -294,6 +294,12 @@ class StepEngine:
             return
         with self._profiler.profile("backward"):
             self._driver.backward(loss, *args, **kwargs)
+
+    def backward_by(self, backward: Callable[[torch.Tensor], Any], loss: torch.Tensor) -> None:
+        """``backward(loss)`` (a module's own ``backward``) in place of the driver's, after the precision's
+        loss scaling (``loss`` already weighted)."""
+        with self.timed("backward"):
+            self._driver.backward_by(backward, loss)
 
     def manual_backward(self, loss: torch.Tensor, module: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
         """Manual optimization's backward: no wrapper synced it, so the strategy then makes the

@@ -41,8 +41,9 @@ from trainer.data.data_position import (capture_epoch_start, restore_epoch_start
 from trainer.data.datamodule import batch_mover
 from trainer.data import loader_state
 from trainer.data.distributed_data import default_data_seed
-from trainer.loops.hooks import module_override, no_logging, refuse_unsupported_overrides
-from trainer.loops.manual import ModuleOptimizer
+from trainer.loops.hooks import module_override, no_logging
+from trainer.loops.manual import ModuleOptimizer, StepOptimizer
+from trainer.strategies.exceptions import MisconfigurationException
 from trainer.engine.optim import check_optimizer_count, parse_optimizers, step_schedulers
 from trainer.loops.preemption import StopAgreement
 from trainer.state import TrainerState
@@ -198,8 +199,17 @@ class FitLoop:
         # in manual optimization the module steps its schedulers itself (as in Lightning)
         self.step_schedulers = [s for s in schedulers if s.interval == "step" and automatic]
         self.epoch_schedulers = [s for s in schedulers if s.interval == "epoch" and automatic]
-        if automatic:
-            refuse_unsupported_overrides(module)
+        # the module's own backward / optimizer_step / optimizer_zero_grad, called in place of the loop's (as
+        # Lightning calls them); a strategy whose engine runs the backward itself refuses the first
+        self._step_loss: torch.Tensor | None = None  # the last training step's loss, for optimizer_closure
+        self.custom_backward = module_override(module, "backward") if automatic else None
+        self.custom_step = module_override(module, "optimizer_step") if automatic else None
+        self.custom_zero_grad = module_override(module, "optimizer_zero_grad") if automatic else None
+        if self.custom_backward is not None:
+            accelerator.strategy.refuse_unsupported(
+                "module_backward", f"{type(module).__name__}.backward(...) overridden",
+                "Put work around the backward in on_before_backward(loss) / on_after_backward(), or use manual "
+                "optimization (self.automatic_optimization = False).")
         # the module's own scheduler stepping and clipping, when it overrides Lightning's hooks for them
         self.scheduler_step = module_override(module, "lr_scheduler_step") if automatic else None
         self.custom_clip = module_override(module, "configure_gradient_clipping") if automatic else None
@@ -461,7 +471,7 @@ class FitLoop:
             if stepped and not manual:
                 if splitter is not None:
                     accel.strategy.all_reduce_gradients(optimizer)  # the split micro-batches ran without sync
-                self._optimizer_step(optimizer)
+                self._optimizer_step(optimizer, batch_idx)
             state.val_pending = bool(validate_this_epoch) and _is_val_time(cfg, state, batch_idx, is_last, val_every)
             if has_batch_end:
                 outputs = output if manual else batch_end_outputs(output)
@@ -505,7 +515,12 @@ class FitLoop:
         before, after = self._backward_hooks
         if before:
             self.hooks("on_before_backward", loss)
-        engine.backward(loss)
+        if self.custom_step is not None:
+            self._step_loss = loss.detach()  # what optimizer_closure returns (detached: no graph kept to the step)
+        if self.custom_backward is None:
+            engine.backward(loss)
+        else:
+            engine.backward_by(self.custom_backward, loss)
         if after:
             self.hooks("on_after_backward")
 
@@ -529,30 +544,79 @@ class FitLoop:
 
         return splitter.run(batch, size, train_piece, engine.window.has_loss)
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero."""
-        cfg, hooks, state, engine = self.trainer.config, self.hooks, self.state, self.trainer.accelerator.engine
-        clip, custom_clip = cfg.gradient_clip_val, self.custom_clip
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, batch_idx: int) -> None:
+        """Normalise the window exactly, unscale and clip, step the optimizer and the step-schedulers, zero
+        (the module's optimizer_step / optimizer_zero_grad when it overrides them)."""
+        hooks, state, engine = self.hooks, self.state, self.trainer.accelerator.engine
         engine.finish_window(optimizer)
-        before_step, before_zero = self._step_hooks
-        if clip or custom_clip is not None:
-            engine.unscale(optimizer)  # the hook and the clipping see true gradients
-        if before_step:
-            hooks("on_before_optimizer_step", optimizer)
-        if custom_clip is not None:  # the module's configure_gradient_clipping (it may clip with self.clip_gradients)
-            with engine.timed("configure_gradient_clipping"):
-                custom_clip(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=cfg.gradient_clip_algorithm)
-        elif clip:
-            engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
-        engine.step(optimizer)  # counts state.global_step
-        if before_zero:
-            hooks("on_before_zero_grad", optimizer)
-        engine.zero_grad(optimizer)
+        before_zero = self._step_hooks[1]
+        if self.custom_step is None and self.custom_zero_grad is None:
+            self._prepare_step(optimizer)
+            engine.step(optimizer)  # counts state.global_step
+            if before_zero:
+                hooks("on_before_zero_grad", optimizer)
+            engine.zero_grad(optimizer)
+        else:
+            self._module_step(optimizer, batch_idx)
         if self.step_schedulers:
             if self._plateau_needs_agreement:  # every rank reduces its rate on rank zero's values
                 self.metrics.publish_train(epoch_end=False, log=False)
             step_schedulers(self.step_schedulers, "step", state.global_step, self.metrics.callback_metrics,
                             self.scheduler_step)
+
+    def _prepare_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before the step: unscale if anything reads the gradients, on_before_optimizer_step, clipping."""
+        cfg, engine = self.trainer.config, self.trainer.accelerator.engine
+        clip, custom_clip = cfg.gradient_clip_val, self.custom_clip
+        if clip or custom_clip is not None:
+            engine.unscale(optimizer)  # the hook and the clipping see true gradients
+        if self._step_hooks[0]:
+            self.hooks("on_before_optimizer_step", optimizer)
+        if custom_clip is not None:  # the module's configure_gradient_clipping (it may clip with self.clip_gradients)
+            with engine.timed("configure_gradient_clipping"):
+                custom_clip(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=cfg.gradient_clip_algorithm)
+        elif clip:
+            engine.clip(optimizer, clip, cfg.gradient_clip_algorithm)
+
+    def _module_step(self, optimizer: torch.optim.Optimizer, batch_idx: int) -> None:
+        """The step through the module's optimizer_step / optimizer_zero_grad overrides (Lightning's hooks):
+        each gets a StepOptimizer (its step and zero_grad go through the engine). optimizer_step gets the
+        closure that prepares the step; an override that never calls it would skip clipping and the hook
+        unnoticed, so that is refused, as Lightning refuses it."""
+        engine, epoch, module = self.trainer.accelerator.engine, self.state.current_epoch, self.trainer.module
+        prepared: list[bool] = []
+
+        def prepare() -> None:
+            if not prepared:
+                prepared.append(True)
+                self._prepare_step(optimizer)
+
+        called: list[bool] = []
+
+        def optimizer_closure() -> Any:
+            called.append(True)
+            prepare()
+            return self._step_loss
+
+        wrapped = StepOptimizer(optimizer, self.trainer, prepare)
+        if self.custom_step is None:
+            prepare()
+            engine.step(optimizer)  # counts state.global_step
+        else:
+            self.custom_step(epoch, batch_idx, wrapped, optimizer_closure)
+            self._step_loss = None
+            if not called:
+                raise MisconfigurationException(
+                    f"{type(module).__name__}.optimizer_step(epoch={epoch}, batch_idx={batch_idx}, optimizer, "
+                    "optimizer_closure) returned without calling optimizer_closure. It gets the step ready "
+                    "(on_before_optimizer_step, gradient clipping) and returns the loss; call it, usually as "
+                    "optimizer.step(closure=optimizer_closure), or optimizer_closure() alone to skip this step.")
+        if self._step_hooks[1]:
+            self.hooks("on_before_zero_grad", optimizer)
+        if self.custom_zero_grad is None:
+            engine.zero_grad(optimizer)
+        else:
+            self.custom_zero_grad(epoch, batch_idx, wrapped)
 
     def _end_train_epoch(self) -> None:
         """Epoch-end order: the module's hook (it may log epoch values), then the epoch metrics are

@@ -106,28 +106,6 @@ def add_note(err: BaseException, note: str) -> None:
         err.args = (f"{err.args[0] if err.args else ''} ({note})",) + tuple(err.args[1:])
 
 
-# Lightning hooks of automatic optimization that the fit loop does its own way: overriding one would be
-# silently ignored, so fit refuses it and says where that code goes instead
-_UNSUPPORTED_OVERRIDES = {
-    "optimizer_step": "put what it does before the step in on_before_optimizer_step(optimizer) (gradients are "
-                      "unscaled there), a learning-rate warm-up in a scheduler (stepped through lr_scheduler_step), "
-                      "or step the optimizer yourself with manual optimization",
-    "optimizer_zero_grad": "gradients are zeroed with set_to_none=True after each step; put other work in "
-                           "on_before_zero_grad(optimizer), or use manual optimization",
-    "backward": "put work around backward in on_before_backward(loss) / on_after_backward(), or call "
-                "self.manual_backward(loss, ...) yourself with manual optimization",
-}
-
-
 def module_override(module: TrainModule, name: str) -> Callable | None:
     """The module's bound ``name`` if its class overrides TrainModule's (e.g. ``lr_scheduler_step``), else None."""
     return getattr(module, name) if _overrides(module, TrainModule, name) else None
-
-
-def refuse_unsupported_overrides(module: TrainModule) -> None:
-    """Automatic optimization: refuse a module that defines a Lightning hook the fit loop never calls."""
-    for name, instead in _UNSUPPORTED_OVERRIDES.items():
-        if callable(getattr(type(module), name, None)):
-            raise ValueError(f"{type(module).__name__}.{name}(...) is defined, but this Trainer does not call a "
-                             f"module's {name} in automatic optimization (it would be silently ignored). Instead: "
-                             f"{instead}. Manual optimization: set `self.automatic_optimization = False` in __init__.")

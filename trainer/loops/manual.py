@@ -99,6 +99,24 @@ class ModuleOptimizer:
         return f"ModuleOptimizer({type(self.optimizer).__name__})"
 
 
+class StepOptimizer(ModuleOptimizer):
+    """What a module's ``optimizer_step`` / ``optimizer_zero_grad`` override receives in automatic
+    optimization. ``step(closure)`` runs the closure, then ``prepare`` (the loop's own preparation of the
+    step: on_before_optimizer_step and clipping, once, in case ``closure`` was another callable), then the
+    engine's step (precision, strategy, ``global_step``); returns the closure's result."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Any, prepare: Callable[[], Any]) -> None:
+        super().__init__(optimizer, trainer)
+        self._prepare = prepare
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        out = closure() if closure is not None else None
+        self._prepare()
+        result = self._trainer.accelerator.engine.step(self.optimizer)
+        self.step_was_skipped = result.skipped
+        return out
+
+
 def _raw(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer.optimizer if isinstance(optimizer, ModuleOptimizer) else optimizer
 

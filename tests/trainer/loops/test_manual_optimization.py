@@ -402,9 +402,9 @@ def test_deepspeed_refuses_manual_optimization_with_the_reason(monkeypatch, make
         trainer.fit(GAN(), DataLoader(_data(), batch_size=4))
 
 
-def test_manual_mode_may_define_the_hooks_automatic_mode_refuses(make_trainer):
-    """optimizer_step / optimizer_zero_grad / backward are refused only in automatic optimization
-    (the loop would ignore them); a manual module may define them, e.g. as helpers it calls itself."""
+def test_manual_mode_may_define_the_step_hooks_with_its_own_signatures(make_trainer):
+    """optimizer_step / optimizer_zero_grad / backward are called by the loop only in automatic
+    optimization; a manual module may define them, e.g. as helpers it calls itself."""
 
     class Manual(BoringModel):
         automatic_optimization = False
