@@ -85,10 +85,13 @@ TEST_SCRIPT = ["init_state_check", "process_execution_check", "test_split_betwee
                "training_check(use_seedable_sampler=True)", "test_trigger", "test_reinstantiated_state"]
 TWO_PROCESSES_ONLY = {"check_seedable_sampler_in_batch_sampler_shard"}
 # test_distributed_data_loop.py asserts two processes (create_accelerator, the expected batches)
+# and its stateful-dataloader checks (use_stateful_dataloader=True, torchdata), on one process: on two their
+# iterable dataset is dispatched from process 0, which is refused with the flag (docs/migrating.md)
 DATA_LOOP_ONE_PROCESS = ["test_data_loader(shuffle=False)", "test_data_loader(shuffle=True)",
-                         "test_data_loader(batch_sampler)", "test_data_loader(sampler=BatchSampler)"]
+                         "test_data_loader(batch_sampler)", "test_data_loader(sampler=BatchSampler)",
+                         "test_stateful_dataloader", "test_stateful_dataloader_save_state"]
 
-# Accelerate's test_distributed_data_loop.py: main()'s calls (the stateful-dataloader ones need torchdata).
+# Accelerate's test_distributed_data_loop.py: main()'s calls (the stateful-dataloader ones: one process only).
 DATA_LOOP = ["test_skip_first_batches_preserves_metric_samples", "test_default_ensures_even_batch_sizes",
              "test_can_disable_even_batches", "test_can_join_uneven_inputs", "test_join_can_override_even_batches",
              "test_join_can_override_for_mixed_type_dataloaders",
@@ -127,7 +130,8 @@ def _call_data_loop(module: types.ModuleType, call: str, accelerator: Any) -> No
             loader = DataLoader(dataset, batch_sampler=BatchSampler(RandomSampler(dataset), batch_size=size,
                                                                     drop_last=False), num_workers=workers)
         module.test_data_loader(loader, accelerator)
-    elif call in ("test_skip_first_batches_preserves_metric_samples",):
+    elif call in ("test_skip_first_batches_preserves_metric_samples", "test_stateful_dataloader",
+                  "test_stateful_dataloader_save_state"):
         getattr(module, call)(accelerator)
     else:
         getattr(module, call)()

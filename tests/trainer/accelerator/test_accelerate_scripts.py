@@ -12,8 +12,10 @@ What is not run, or run adapted, is exactly what docs/migrating.md lists as a de
   Accelerator; here each Accelerator owns its state, so it keeps working.
 - ``test_sync.py``'s accumulation tests run with every ``split_batches`` / ``dispatch_batches`` /
   ``sync_each_batch`` combination, as its ``main()`` does.
-- the stateful-dataloader checks of ``test_distributed_data_loop.py`` (torchdata's loaders are not
-  supported) and ``test_split_between_processes_dataset`` (needs the ``datasets`` package).
+- the stateful-dataloader checks of ``test_distributed_data_loop.py`` run on one process only: on two,
+  their ``IterableDataset`` (without the sharded-stream protocol) is dispatched from process 0, and
+  ``use_stateful_dataloader=True`` refuses that (docs/migrating.md); ``test_split_between_processes_dataset``
+  is not run (needs the ``datasets`` package).
 - ``test_gradient_accumulation*`` run on a 64-sample ``RegressionDataset`` instead of 80, so every
   accumulation window is full: on a short last window our update is the exact mean over the
   window's samples where Accelerate divides by ``gradient_accumulation_steps``.
