@@ -257,7 +257,9 @@ class PreparedDataLoader:
             self._epoch += 1
         loaded, self._loaded = self._loaded, None
         # resumed inside a pass: its start states, so a save inside this pass records them again
-        start = loaded["epoch_start"] if loaded is not None and loaded["in_pass"] else capture_epoch_start(self.loader)
+        start = loaded.get("epoch_start") if loaded is not None and loaded["in_pass"] else None
+        if start is None:  # a fresh pass (or the rest of one another number of processes saved: load_rest)
+            start = capture_epoch_start(self.loader)
         self._pass = {"epoch": epoch, "epoch_start": start, "iterating": iterating}
         return loaded
 

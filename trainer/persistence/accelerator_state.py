@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from trainer.data.data_position import rng_states, set_rng_states
 from trainer.persistence.layout import check_layout
@@ -184,6 +185,11 @@ def _plan_rests(accelerator: Any, state: dict[str, Any], input_dir: str) -> dict
             if not loader._stateful:
                 raise CheckpointError("this run prepared it without DataLoaderConfiguration(use_stateful_dataloader="
                                       "True), so it cannot read the rest")
+            if not isinstance(getattr(inner, "dataset", None), IterableDataset):
+                raise CheckpointError(
+                    f"the rest of the epoch cannot be re-dealt: it reads a map-style "
+                    f"{type(getattr(inner, 'dataset', inner)).__name__}, whose position is the batches each process "
+                    "was dealt (another number of processes is dealt other batches)")
             kind = check_stream_loader(inner)
             rest_state = first.get("stream_rest")
             # a rank whose own pass was over holds no position: it trained every shard it was dealt

@@ -211,3 +211,17 @@ def _check_loader(c: _Check, state: Any, field: str) -> None:
         c.tensor(c.get(start, "torch", f"{field}.epoch_start.torch"), f"{field}.epoch_start.torch", torch.uint8)
         c.sequence(c.get(start, "generators", f"{field}.epoch_start.generators"), f"{field}.epoch_start.generators",
                    lambda t, f: c.tensor(t, f, torch.uint8))
+    # DataLoaderConfiguration(use_stateful_dataloader=True): the position in the pass (wrappers.PreparedDataLoader)
+    if "stateful" in state:
+        c.flag(state["stateful"], f"{field}.stateful")
+    if "batches" in state:
+        c.count(state["batches"], f"{field}.batches")
+    if "position" in state:
+        c.mapping(state["position"], f"{field}.position", keys=None)
+    if "stream_rest" in state:
+        rest = c.mapping(state["stream_rest"], f"{field}.stream_rest")
+        consumed = c.mapping(c.get(rest, "consumed", f"{field}.stream_rest.consumed"), f"{field}.stream_rest.consumed")
+        for name, ranges in consumed.items():
+            c.sequence(ranges, f"{field}.stream_rest.consumed.{name}",
+                       lambda r, f: c.sequence(r, f) if len(r) == 2 and all(type(x) is int for x in r)
+                       else c.fail(f, r, "[start, stop]"))

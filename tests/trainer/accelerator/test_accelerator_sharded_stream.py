@@ -242,6 +242,51 @@ def test_saved_on_one_process_loaded_on_two_deals_the_rest_over_both(tmp_path, s
           f"load_state by the two processes (the {rest} untrained)")
 
 
+def _relabel(state: str, rank1: dict) -> None:
+    """The state as if two processes saved it, rank 1's loader state ``rank1``."""
+    path = os.path.join(state, "state.ckpt")
+    content = safe_load(path)
+    content["metadata"]["world_size"] = 2
+    own = content["accelerator"]["dataloaders"][0][0]
+    content["accelerator"]["dataloaders"][1] = [{"epoch_start": own["epoch_start"], **rank1}]
+    atomic_save(content, path)
+
+
+CLAIMED = {"shard-00003.tar": [[0, 3]]}  # what the relabelled rank 1 says it trained
+
+
+def test_a_state_saved_inside_the_redealt_rest_loads_it_exactly(tmp_path):
+    shards = write_shards(tmp_path / "shards", 4, PER_SHARD)  # one process: 2 workers of 2 shards each
+    state, again = str(tmp_path / "state"), str(tmp_path / "again")
+    before = _train(shards, str(tmp_path / "before.log"), stop=4, save=state)
+    _relabel(state, {"epoch": 0, "in_pass": True, "stateful": True, "batches": 3,
+                     "position": {"shard_progress": CLAIMED}})
+    straight = _train(shards, str(tmp_path / "straight.log"), load=state)
+    trained = [a for a, _ in _samples([before])]
+    assert len(_samples([straight])) == 4 * PER_SHARD - 4 * BATCH - 3  # the rest, without rank 1's claim
+    assert not set(trained) & {a for a, _ in _samples([straight])}
+    first = _train(shards, str(tmp_path / "first.log"), load=state, stop=3, save=again)
+    consumed = safe_load(os.path.join(again, "state.ckpt"))["accelerator"]["dataloaders"][0][0]["stream_rest"]
+    # 4 steps of 2 workers (shards 0 and 1 to 4 each), rank 1's claim, then 3 steps of the rest in shard order
+    assert consumed == {"consumed": {"shard-00000.tar": [[0, 7]], "shard-00001.tar": [[0, 7]],
+                                     "shard-00003.tar": [[0, 3]]}}
+    second = _train(shards, str(tmp_path / "second.log"), load=again)
+    assert first["seen"] + second["seen"] == straight["seen"]
+    assert second["weights"] == straight["weights"]  # bit-exact: the same batches, the same order
+    assert second["reads"] == straight["reads"] - 3 * BATCH  # only the rest of the rest is read
+
+
+def test_a_map_style_position_on_another_process_count_is_refused(tmp_path):
+    state = str(tmp_path / "state")
+    _train_map_style(stop=2, save=state)
+    _relabel(state, {"epoch": 0, "in_pass": True, "stateful": True, "batches": 2})
+    with pytest.raises(CheckpointError, match=r"prepared dataloader 0 was saved inside a pass \(epoch 0, 2 batch\(es\) "
+                                              r"in\) .* this run has 1, and the rest of the epoch cannot be re-dealt: "
+                                              r"it reads a map-style Counted, whose position is the batches each "
+                                              r"process was dealt.*Or load it with 2 process\(es\)"):
+        _train_map_style(load=state)
+
+
 # -- refusals -----------------------------------------------------------------------------------------
 
 class PositionOnly(IterableDataset):
