@@ -1,6 +1,7 @@
 """The ``Callback`` base: every hook the loop fires, each a no-op until overridden.
 
-Callbacks receive ``(trainer, module, ...)``. They see the trainer as a ``TrainerView``
+Callbacks receive ``(trainer, module, ...)`` (called by keyword, the module may also be named as in
+Lightning: ``pl_module=``). They see the trainer as a ``TrainerView``
 (callbacks/view.py: ``global_step``, ``current_epoch``, ``callback_metrics``, ``should_stop``,
 ``is_global_zero``, ``loggers``...) and never import the loop.
 """
