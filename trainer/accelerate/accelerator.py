@@ -346,7 +346,13 @@ class Accelerator(TrackingMixin, ProcessDecorators):
                                      split_batches=config.split_batches, even_batches=config.even_batches,
                                      dispatch_batches=config.dispatch_batches,
                                      use_seedable_sampler=config.use_seedable_sampler, data_seed=config.data_seed)
-        prepared = PreparedDataLoader(loader, self, stateful=config.use_stateful_dataloader)
+        owner = None  # what saves a stream's position (the StatefulDataLoader, or its dataset read in process)
+        stream = isinstance(getattr(loader, "dataset", None), torch.utils.data.IterableDataset)
+        if config.use_stateful_dataloader and stream:
+            from trainer.data.loader_state import saveable
+
+            owner = saveable(loader)
+        prepared = PreparedDataLoader(loader, self, stateful=config.use_stateful_dataloader, position_owner=owner)
         self.prepared.dataloaders.append(prepared)
         return prepared
 

@@ -137,7 +137,8 @@ class PreparedDataLoader:
     """
 
     def __init__(self, loader: Any, accelerator: Any, skipped_samples: int = 0, auto_epoch: bool = True,
-                 source: PreparedDataLoader | None = None, skipped_batches: int = 0, stateful: bool = False) -> None:
+                 source: PreparedDataLoader | None = None, skipped_batches: int = 0, stateful: bool = False,
+                 position_owner: Any = None) -> None:
         self.loader = loader
         self._accelerator = accelerator
         self.end_of_dataloader = False
@@ -152,12 +153,9 @@ class PreparedDataLoader:
         self._pass: dict[str, Any] | None = None  # the pass in progress: its epoch and start states
         self._loaded: dict[str, Any] | None = None  # load_state's, until the next pass: in_pass, epoch_start
         self._stateful = stateful
-        # what saves an iterable dataset's position (the loader, or its dataset read in this process)
-        self._position_owner: Any = None
-        if stateful and isinstance(getattr(loader, "dataset", None), IterableDataset):
-            from trainer.data.loader_state import saveable
-
-            self._position_owner = saveable(loader)
+        # what saves an iterable dataset's position (loader_state.saveable: the loader, or its dataset read in
+        # this process), chosen by Accelerator.prepare_data_loader
+        self._position_owner = position_owner
         self._position: Any = None  # the owner's state after the batch last handed out
 
     def __len__(self) -> int:
@@ -242,9 +240,7 @@ class PreparedDataLoader:
         return items if resume is None else set_rng_states_after_first(items, rng_states())
 
     def _with_positions(self, source: Any, owner: Any) -> Iterator[tuple[Any, bool]]:
-        from trainer.data.loader_state import with_positions
-
-        for (batch, position), is_last in with_is_last(with_positions(source, owner)):
+        for (batch, position), is_last in with_is_last((batch, owner.state_dict()) for batch in source):
             self._position = position  # read as the batch arrived, before the look-ahead
             yield batch, is_last
 
@@ -290,6 +286,11 @@ class PreparedDataLoader:
         elif self._pass["iterating"]._position is not None:
             state["position"] = self._pass["iterating"]._position
         return state
+
+    @property
+    def stateful(self) -> bool:
+        """Prepared with ``DataLoaderConfiguration(use_stateful_dataloader=True)``: its state holds its position."""
+        return self._stateful
 
     @property
     def resumes_inside_pass(self) -> bool:

@@ -182,7 +182,7 @@ def _plan_rests(accelerator: Any, state: dict[str, Any], input_dir: str) -> dict
         epoch = first["epoch"]
         inner = loader.loader
         try:
-            if not loader._stateful:
+            if not loader.stateful:
                 raise CheckpointError("this run prepared it without DataLoaderConfiguration(use_stateful_dataloader="
                                       "True), so it cannot read the rest")
             if not isinstance(getattr(inner, "dataset", None), IterableDataset):
