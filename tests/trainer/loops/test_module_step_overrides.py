@@ -159,3 +159,28 @@ def test_deepspeed_refuses_a_backward_override_with_the_reason():
     with pytest.raises(MisconfigurationException, match=r"M\.backward\(\.\.\.\) overridden with DeepSpeedStrategy: the "
                                                         r"engine runs the backward itself"):
         strategy.refuse_unsupported("module_backward", "M.backward(...) overridden", "Fix.")
+
+
+def _ddp_worker():
+    from tests.helpers.trainers import quiet_trainer
+
+    out = {}
+    for name, cls in (("plain", Plain), ("overriding", Overriding)):
+        model = cls()
+        trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=2, gradient_clip_val=0.05, **LEAN)
+        trainer.fit(model, regression_loader(40, 4))
+        assert trainer.world_size == 2
+        out[name] = [p.detach().tolist() for p in model.parameters()]
+        out[name + "_steps"] = trainer.global_step
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_overrides_on_two_ddp_processes_train_as_the_loop_does():
+    """The module's backward runs inside the loop's no-sync window (the gradients are all-reduced once per
+    window) and its optimizer_step steps through the strategy: the same weights as without overrides."""
+    from tests.helpers.distributed import run_distributed
+
+    for rank in run_distributed(_ddp_worker, world_size=2):
+        assert rank["overriding"] == rank["plain"] and rank["overriding_steps"] == rank["plain_steps"] == 3
