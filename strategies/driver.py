@@ -5,6 +5,7 @@ driver does each part of it the way the strategy needs it, without the engine as
 holds:
 
     backward(loss)          the precision's loss scaling, then backward
+    backward_by(fn, loss)   the same with the module's own backward ``fn`` (DeepSpeed refuses it)
     unscale(optimizer)      undo the loss scale so gradients can be read or clipped
     clip_norm / clip_value  clip gradients (the norm over every shard under FSDP)
     step(optimizer)         the optimizer step; returns a ``StepResult`` (stepped, or skipped on inf/nan)
