@@ -152,13 +152,27 @@ def test_optimizer_zero_grad_override_that_keeps_gradients_accumulates_them(make
     torch.testing.assert_close(model.layer.weight, reference.layer.weight)
 
 
-def test_deepspeed_refuses_a_backward_override_with_the_reason():
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_deepspeed_refuses_a_backward_override_at_fit_start_with_the_reason(monkeypatch, make_trainer):
+    from tests.helpers.distributed import free_port
     from trainer.strategies import DeepSpeedStrategy
 
-    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
-    with pytest.raises(MisconfigurationException, match=r"M\.backward\(\.\.\.\) overridden with DeepSpeedStrategy: the "
-                                                        r"engine runs the backward itself"):
-        strategy.refuse_unsupported("module_backward", "M.backward(...) overridden", "Fix.")
+    class OwnBackward(Plain):
+        def backward(self, loss):
+            loss.backward()
+
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(name, value)
+    model = OwnBackward()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer(strategy=DeepSpeedStrategy(zero_stage=2, timeout=60), max_epochs=1, **LEAN)
+    with pytest.raises(MisconfigurationException, match=r"OwnBackward\.backward\(\.\.\.\) overridden with "
+                                                        r"DeepSpeedStrategy: the engine runs the backward itself.*"
+                                                        r"on_before_backward\(loss\) / on_after_backward\(\)"):
+        trainer.fit(model, regression_loader(16, 8))
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(before, model.parameters()))
 
 
 def _ddp_worker():
