@@ -1,16 +1,23 @@
 """DDP on 2 CPU processes: this Trainer and this Accelerator against raw torch DDP, side by side.
 
-Each round launches, one after the other, the same workload three ways on 2 processes (gloo, one
-thread each): raw PyTorch (``torch.nn.parallel.DistributedDataParallel`` under torchrun), this
-Trainer (``Trainer(strategy="ddp")`` under ``trainer launch``) and this Accelerator (``accelerator.prepare``
-under ``trainer launch``). The order is reversed every other round, so a load that drifts during a
-round weighs on all three alike. Inside each run rank zero times chunks of steps after a warm-up and
-reports the median chunk rate (a burst of load on this shared machine spoils a chunk, not the run).
-Each round's ratio is our samples/s over raw torch DDP's in that round; the summary gives every
-round's ratio, the median and the lowest. Beside it, the same from rank zero's CPU time per step (raw
-torch's over ours, so higher is better in both): with more runnable processes than cores, wall time
-mostly measures waiting for a core, which the CPU time leaves out. ``--single`` adds the 1-process
-runs (the Trainer and raw torch on the whole global batch with 2 threads) to show the scaling.
+By default each round launches 2 processes (gloo, one thread each) per door, and raw PyTorch's DDP
+loop (``torch.nn.parallel.DistributedDataParallel``, its own model, optimizer, loader and sampler)
+runs in the *same* processes, on the same process group, chunk by chunk between ours: ours, raw,
+ours, raw, ... For the Trainer (``Trainer(strategy="ddp")`` under ``trainer launch``) a callback
+runs raw torch's chunk at each chunk boundary of the Trainer's loop; for the Accelerator
+(``accelerator.prepare`` under ``trainer launch``) the script alternates the two loops. Raw torch
+samples the data as the door beside it does (the Trainer's shuffling DistributedSampler, prepare()'s
+batch dealing), so both train the same weights, bit for bit, and every round checks it. A round's
+ratio is the median, over neighbouring chunk pairs, of raw torch's chunk time over ours (samples/s
+over raw torch's): a burst of load on this shared machine falls on two neighbouring chunks alike
+instead of on one whole run. The **control** pairs raw torch DDP with an identical second raw torch
+DDP loop the same way (under torchrun): its ratio would be 1.000, so how far its rounds stray is
+the resolution of the measurement on this machine. Beside it, the same from rank zero's CPU time
+(raw torch's over ours, higher is better).
+
+``--separate`` is the older comparison: raw torch DDP under torchrun, the Trainer and the Accelerator
+each in launches of their own, order reversed every other round, each run's rate its median chunk
+(``--single`` adds the 1-process runs). ``--pin`` puts rank r on core r.
 
     python benchmarks/ddp.py [--rounds 5] [--steps 200] [--chunk 20] [--results DIR]
 """
@@ -277,6 +284,23 @@ PAIRED_ACCELERATOR = PAIRED_COMMON + textwrap.dedent("""
     accelerator.end_training()
 """)
 
+# The control: raw torch DDP against a second, identical raw torch DDP loop, paired the same way. Its
+# ratio would be 1.000 on a quiet machine; how far its rounds stray is what this machine can resolve.
+PAIRED_CONTROL = PAIRED_COMMON + textwrap.dedent("""
+    dist.init_process_group("gloo")
+    first = time.time()
+    twin, raw = RawLoop(shuffle=True), RawLoop(shuffle=True)
+    twin.run(warmup)
+    raw.run(warmup)
+    for _ in range((steps - warmup) // chunk):
+        start = clock()
+        twin.run(chunk)
+        chunks["ours"].append(since(start))
+        timed_raw(raw, chunk)
+    report_paired(list(twin.net.parameters()), list(raw.net.parameters()), first)
+    dist.destroy_process_group()
+""")
+
 
 def _run(cmd: list[str], out: str, env: dict) -> dict:
     if os.path.exists(out):
@@ -295,8 +319,9 @@ RAW_DDP, TRAINER_DDP = "raw torch DDP, 2 processes", "Trainer DDP, 2 processes"
 ACCEL_DDP = "Accelerator DDP, 2 processes"
 RAW_1, TRAINER_1 = "raw torch, 1 process", "Trainer, 1 process"
 RAW_BY_TRAINER, RAW_BY_ACCEL = "raw torch DDP, beside the Trainer", "raw torch DDP, beside the Accelerator"
+TWIN, RAW_BY_TWIN = "raw torch DDP again (control)", "raw torch DDP, beside its twin"
 PAIRS = [(TRAINER_DDP, RAW_DDP), (ACCEL_DDP, RAW_DDP), (TRAINER_1, RAW_1),
-         (TRAINER_DDP, RAW_BY_TRAINER), (ACCEL_DDP, RAW_BY_ACCEL)]
+         (TRAINER_DDP, RAW_BY_TRAINER), (ACCEL_DDP, RAW_BY_ACCEL), (TWIN, RAW_BY_TWIN)]
 
 
 def _paired_rows(result: dict, chunk: int, global_batch: int) -> tuple[dict, dict]:
@@ -327,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--separate", action="store_true",
                         help="raw torch DDP in launches of its own (default: in the same processes as ours, "
                              "chunk by chunk between ours)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="leave out the control (raw torch DDP paired with an identical raw torch DDP loop)")
     parser.add_argument("--pin", action="store_true", help="pin rank r of each launch to core r (Linux)")
     parser.add_argument("--json", help="write every run's numbers here")
     parser.add_argument("--results", help="also write ddp.md and ddp.png (ratio bars) in this directory")
@@ -339,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.single and not args.separate:
         parser.error("--single compares separate launches: add --separate.")
     texts = {"trainer": TRAINER, "accelerator": ACCELERATOR, "raw": RAW, "paired_trainer": PAIRED_TRAINER,
-             "paired_accelerator": PAIRED_ACCELERATOR}
+             "paired_accelerator": PAIRED_ACCELERATOR, "paired_control": PAIRED_CONTROL}
     for name, text in texts.items():
         scripts[name] = os.path.join(tmp, f"{name}.py")
         with open(scripts[name], "w") as f:
@@ -359,7 +386,9 @@ def main(argv: list[str] | None = None) -> None:
         runs = {TRAINER_DDP: [*launch, scripts["paired_trainer"], *common]}
         if not args.no_accelerator:
             runs[ACCEL_DDP] = [*launch, scripts["paired_accelerator"], *common]
-    beside = {TRAINER_DDP: RAW_BY_TRAINER, ACCEL_DDP: RAW_BY_ACCEL}
+        if not args.no_control:
+            runs[TWIN] = [*torchrun, scripts["paired_control"], *common]
+    beside = {TRAINER_DDP: RAW_BY_TRAINER, ACCEL_DDP: RAW_BY_ACCEL, TWIN: RAW_BY_TWIN}
     if args.single:
         runs[RAW_1] = [sys.executable, scripts["raw"], *common]
         runs[TRAINER_1] = [sys.executable, scripts["trainer"], *common]
@@ -412,7 +441,8 @@ def _table(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[fl
     else:
         how = ("raw torch DDP in the same two processes as ours, chunk by chunk between ours (ours, raw, ours, "
                "raw, ...); a round is one launch; its ratio is the median over neighbouring chunk pairs of raw "
-               "torch's time over ours (samples/s over raw torch's)")
+               "torch's time over ours (samples/s over raw torch's). The control pairs raw torch DDP with an "
+               "identical second raw torch DDP loop: its ratio is 1.000 but for what this machine cannot resolve")
     lines = [f"MLP 256-512-512-10, global batch {args.global_batch}, {args.steps} steps per run ({args.warmup} "
              f"untimed, then chunks of {args.chunk}), {args.rounds} rounds; {how}. Load average (1 min) during "
              f"the rounds: {min(loads):.1f}-{max(loads):.1f}.", "",
@@ -444,7 +474,7 @@ def _print(args: argparse.Namespace, rows: dict[str, list[dict]], loads: list[fl
         ddp = {c for name in (RAW_DDP, TRAINER_DDP, ACCEL_DDP) if name in checks for c in checks[name]}
         print(f"\nweights checksum after training: {'the same in every DDP run' if len(ddp) == 1 else checks}")
         return
-    for ours in (TRAINER_DDP, ACCEL_DDP):
+    for ours in (TRAINER_DDP, ACCEL_DDP, TWIN):
         if ours in rows:
             raw = _raw_of(rows, ours)
             same = [a["checksum"] == b["checksum"] for a, b in zip(rows[ours], rows[raw])]
