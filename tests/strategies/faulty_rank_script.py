@@ -1,6 +1,6 @@
 """A 2-process Trainer run in which one rank hangs or dies, for test_rank_failures.py:
 
-    trainer launch --num-processes 2 --collective-timeout 15 faulty_rank_script.py FAULT RANK MARK_FILE
+    trainer launch --num-processes 2 --collective-timeout 6 faulty_rank_script.py FAULT RANK MARK_FILE
 
 At batch 2, rank RANK writes the time to MARK_FILE and then hangs (``hang``: sleeps forever in
 ``training_step``) or dies (``kill``: SIGKILLs itself). The other rank waits in DDP's gradient
