@@ -19,9 +19,11 @@ from typing import Any, Callable
 import torch.multiprocessing as mp
 
 # What the fork server imports once. Only modules whose import reads no per-test state: the
-# library reads its environment variables when it is used, not when it is imported.
-PRELOAD = ["torch", "torch.distributed", "trainer", "trainer.callbacks", "trainer.strategies", "tests.helpers",
-           "tests.helpers.distributed"]
+# library reads its environment variables when it is used, not when it is imported. torch._dynamo:
+# every rank imported it anyway (torch's optimizers do when they take their parameters, and the process
+# group does before it forms), for ~1.3 CPU-seconds a rank and call; no test sets its variables.
+PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "trainer", "trainer.callbacks", "trainer.strategies",
+           "tests.helpers", "tests.helpers.distributed"]
 
 
 def free_port() -> int:
@@ -45,17 +47,22 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, queue: Any, kwa
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def context() -> Any:
-    """The multiprocessing context the distributed tests start their ranks with (see the module's doc)."""
+def context(fresh: bool = False) -> Any:
+    """The multiprocessing context the distributed tests start their ranks with (see the module's doc);
+    ``fresh``: new interpreters that have imported nothing (spawn), for a test of what an import does."""
+    if fresh:
+        return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, i.e. on the first call
     return ctx
 
 
-def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 120, **kwargs: Any) -> list[Any]:
+def run_distributed(fn: Callable, world_size: int = 2, timeout: float = 120, fresh_interpreters: bool = False,
+                    **kwargs: Any) -> list[Any]:
     """``fn(**kwargs)`` on every rank; returns the results in rank order (lists, numbers, not tensors:
-    tensors sent through a queue die with their process)."""
-    ctx = context()
+    tensors sent through a queue die with their process). ``fresh_interpreters``: ranks that have not
+    imported PRELOAD's modules (see ``context``)."""
+    ctx = context(fresh_interpreters)
     queue = ctx.Queue()
     port = free_port()
     environ = dict(os.environ)
