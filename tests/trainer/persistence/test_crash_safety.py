@@ -27,11 +27,16 @@ def _start(run_dir: Path, out: Path, **env: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
 
 
-def _reference(tmp_path: Path) -> dict:
-    out = tmp_path / "reference.pt"
-    proc = _start(tmp_path / "reference", out)
-    assert proc.wait(timeout=120) == 0, proc.stdout.read()
-    return torch.load(out, weights_only=True)
+def _start_reference(tmp_path: Path) -> subprocess.Popen:
+    """The uninterrupted run, in a directory of its own: started first, it runs beside the killed ones
+    (most of each run is a new interpreter importing torch, so the two overlap instead of queueing)."""
+    return _start(tmp_path / "reference", tmp_path / "reference.pt")
+
+
+def _reference(tmp_path: Path, proc: subprocess.Popen) -> dict:
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    return torch.load(tmp_path / "reference.pt", weights_only=True)
 
 
 def _kill_when_saving(proc: subprocess.Popen, ckpt_dir: Path) -> bool:
@@ -48,7 +53,7 @@ def _kill_when_saving(proc: subprocess.Popen, ckpt_dir: Path) -> bool:
 
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_moments_and_mid_save_then_resume_gives_the_uninterrupted_weights(tmp_path):
-    expected = _reference(tmp_path)
+    reference = _start_reference(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "final.pt"
     ckpt_dir = run_dir / "checkpoints"
     rng = random.Random(0)
@@ -75,6 +80,7 @@ def test_sigkill_at_random_moments_and_mid_save_then_resume_gives_the_uninterrup
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
     assert kills == 5 and mid_save_kills == 3  # every kill landed; three of them with a write in flight
+    expected = _reference(tmp_path, reference)
     got = torch.load(out, weights_only=True)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
@@ -83,7 +89,7 @@ def test_sigkill_at_random_moments_and_mid_save_then_resume_gives_the_uninterrup
 
 @pytest.mark.timeout(300)
 def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
-    expected = _reference(tmp_path)
+    reference = _start_reference(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "final.pt"
     proc = _start(run_dir, out, TRAINER_TEST_SAVE_DELAY="0.02")
     seen = []  # status lines (the precision chosen, the model summary) come first; then training starts
@@ -98,6 +104,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path):
     proc = _start(run_dir, out)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "Resuming from" in output, output
+    expected = _reference(tmp_path, reference)
     got = torch.load(out, weights_only=True)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
