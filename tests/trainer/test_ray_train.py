@@ -55,7 +55,12 @@ def _trainer_loop(config: dict) -> None:
             if (trainer.current_epoch == 1 and trainer.global_step == 9 and trainer.global_rank == 1
                     and not os.path.exists(config["crashed"])):
                 open(config["crashed"], "w").close()
-                time.sleep(5)  # Ray's controller collects a report when it next polls the workers (every few s)
+                # Ray's controller collects a report when it next polls the workers; the report of epoch 0 is
+                # registered once its checkpoint manager has written its snapshot (Ray writes it at each
+                # registration, and only then). Dying before that would lose the checkpoint to resume from.
+                deadline = time.monotonic() + 60
+                while not os.path.exists(config["snapshot"]) and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 os._exit(1)
 
     record = Record()
@@ -101,16 +106,23 @@ def _accelerate(batch: int) -> dict:
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray Train's controller polls its workers every 2 s by default, to see a report, a finished run or a
+        # dead worker: each wait paid up to that at every step of a run (a missed poll only waits on, Ray marks
+        # a worker dead after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 600 s). Ray passes this variable on to
+        # its controller and workers.
+        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 def _run(loop, tmp_path, max_failures: int = 0) -> dict:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    config = {"out": str(tmp_path / "out.json"), "crashed": str(tmp_path / "crashed")}
+    config = {"out": str(tmp_path / "out.json"), "crashed": str(tmp_path / "crashed"),
+              "snapshot": str(tmp_path / "ray" / "run" / "checkpoint_manager_snapshot.json")}
     TorchTrainer(loop, train_loop_config=config,
                  scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="run",
