@@ -353,3 +353,21 @@ def test_the_losses_between_two_flushes_live_in_one_buffer_and_the_first_non_fin
     results.record_loss(torch.tensor(2.0), global_step=0, batch_idx=0)
     results.record_loss(big, global_step=1, batch_idx=1)
     assert results.flush() is None and results.window_loss == pytest.approx((2.0 + 1e300) / 2)
+
+
+def test_recorded_losses_keep_their_values_across_shapes_dtypes_and_a_float64_buffer():
+    """record_loss's common step skips the buffer checks when the loss has the dtype and device of the
+    last one; a one-element loss of shape (1,), a float64 loss after float32 ones and float32 ones after
+    it (into the promoted buffer) are all kept exactly, and the first non-finite one is still found."""
+    import math
+
+    from trainer.logs.results import Results
+
+    results = Results("train")
+    losses = [torch.tensor(1.5), torch.tensor([2.5]), torch.tensor(1e300, dtype=torch.float64),
+              torch.tensor(0.25), torch.tensor([math.inf]), torch.tensor(3.0)]
+    for step, loss in enumerate(losses):
+        results.record_loss(loss, global_step=step, batch_idx=step)
+    assert results._loss_buffer.dtype == torch.float64
+    assert results._loss_buffer[:6].tolist() == [1.5, 2.5, 1e300, 0.25, math.inf, 3.0]
+    assert results.flush() == (4, 4)

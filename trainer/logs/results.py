@@ -118,6 +118,7 @@ class Results:
         # one new scalar tensor per step kept small blocks alive between each step's large transient
         # ones (in one probe of the demo, flushing every step kept the peak RSS 12 MB lower).
         self._loss_buffer: torch.Tensor | None = None
+        self._loss_room, self._loss_dtype, self._loss_device = 0, torch.float32, torch.device("cpu")  # record_loss
         self._loss_where: list[tuple[int, int]] = []
         self.window_loss: float | None = None
 
@@ -197,17 +198,24 @@ class Results:
         into the buffer: no allocation that outlives the step, no sync)."""
         n = len(self._loss_where)
         buffer = self._loss_buffer
-        if (buffer is None or n == buffer.numel() or buffer.device != loss.device
-                or (buffer.dtype != loss.dtype and torch.promote_types(buffer.dtype, loss.dtype) != buffer.dtype)):
-            # first use, full (more steps between two flushes than it holds), or the loss moved or changed
-            # dtype: a new buffer with the losses so far, in a dtype that holds both exactly
-            held = buffer if n else None  # the n losses so far (n > 0: the buffer exists)
-            dtype = loss.dtype if held is None else torch.promote_types(held.dtype, loss.dtype)
-            grown = torch.empty(max(64, 2 * n), dtype=dtype, device=loss.device)
-            if held is not None:
-                grown[:n].copy_(held[:n])
-            buffer = self._loss_buffer = grown
-        buffer[n].copy_(loss.detach().reshape(()))
+        # the common step: room left, and the loss's dtype and device those the buffer took last time
+        # (compared without asking the buffer: each tensor call costs microseconds between a step's matmuls)
+        if not (n < self._loss_room and loss.dtype is self._loss_dtype and loss.device == self._loss_device):
+            if (buffer is None or n == buffer.numel() or buffer.device != loss.device
+                    or (buffer.dtype != loss.dtype
+                        and torch.promote_types(buffer.dtype, loss.dtype) != buffer.dtype)):
+                # first use, full (more steps between two flushes than it holds), or the loss moved or changed
+                # dtype: a new buffer with the losses so far, in a dtype that holds both exactly
+                held = buffer if n else None  # the n losses so far (n > 0: the buffer exists)
+                dtype = loss.dtype if held is None else torch.promote_types(held.dtype, loss.dtype)
+                grown = torch.empty(max(64, 2 * n), dtype=dtype, device=loss.device)
+                if held is not None:
+                    grown[:n].copy_(held[:n])
+                buffer = self._loss_buffer = grown
+            self._loss_room, self._loss_dtype, self._loss_device = buffer.numel(), loss.dtype, loss.device
+        assert buffer is not None  # the room check above: a buffer with room exists
+        value = loss.detach()
+        buffer[n] = value if value.dim() == 0 else value.reshape(())  # one in-place copy, no graph
         self._loss_where.append((global_step, batch_idx))
 
     def weights(self) -> dict[str, float]:
