@@ -78,8 +78,8 @@ COMMON = textwrap.dedent("""
                   open(out, "w"))
 """)
 
-TRAINER = COMMON + textwrap.dedent("""
-    sys.path.insert(0, {root!r})
+# The module both Trainer scripts train (after COMMON, with the package importable).
+TRAINER_MODULE = textwrap.dedent("""
     from trainer import Trainer, TrainModule
     from trainer.callbacks import Callback
 
@@ -94,6 +94,11 @@ TRAINER = COMMON + textwrap.dedent("""
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
+""")
+
+TRAINER = COMMON + textwrap.dedent("""
+    sys.path.insert(0, {root!r})
+""") + TRAINER_MODULE + textwrap.dedent("""
 
     class Clock(Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -204,21 +209,7 @@ PAIRED_COMMON = COMMON + textwrap.dedent("""
                    "checksum": checksum(ours), "raw_checksum": checksum(raw)}, open(out, "w"))
 """)
 
-PAIRED_TRAINER = PAIRED_COMMON + textwrap.dedent("""
-    from trainer import Trainer, TrainModule
-    from trainer.callbacks import Callback
-
-    class Net(TrainModule):
-        def __init__(self):
-            super().__init__()
-            self.net = make_net()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
+PAIRED_TRAINER = PAIRED_COMMON + TRAINER_MODULE + textwrap.dedent("""
 
     class Interleave(Callback):
         \"\"\"At every chunk boundary of the Trainer's loop: close our chunk, run raw torch's, reopen ours.\"\"\"
